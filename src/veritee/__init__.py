@@ -1,0 +1,3 @@
+"""Veritee: trusted WebAssembly."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""The ``veritee`` command. Light at start-up: heavy libraries are imported inside commands.
+
+Exit codes: 0 success (``run``: the module's own exit code), 1 general error, 2 usage,
+3 device, 4 secure world, 5 module, 6 sealing, 7 evidence/appraisal, 8 build.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from veritee.errors import Error, UsageError
+from veritee.home import DEFAULT_VTEE, Home
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _home(ctx: click.Context) -> Home:
+    home: Home = ctx.obj
+    return home
+
+
+def _fail(err: Error) -> NoReturn:
+    click.echo(f"veritee: error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+class _Group(click.Group):
+    """Turns every Veritee error into one line and its exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Error as err:
+            _fail(err)
+        except KeyboardInterrupt:
+            click.echo("veritee: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="VERITEE_HOME",
+    help="State directory of the emulated device (default: $VERITEE_HOME or the user data dir).",
+)
+@click.version_option(package_name="veritee")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """Veritee: run WebAssembly modules inside a TEE and prove what runs where.
+
+    \b
+    Quick start:
+      veritee device init                 # provision an emulated device
+      veritee tee start                   # boot its secure world (background)
+      veritee build hello.c -o hello.wasm
+      veritee run hello.wasm -- a b c     # run inside the secure world
+      veritee attest hello.wasm -o ev.cbor && veritee evidence show ev.cbor
+    """
+    ctx.obj = Home.resolve(home)
+
+
+# -- modules -------------------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("-O", "opt", default="2", show_default=True, help="Optimisation level.")
+@click.option("-I", "includes", multiple=True, type=click.Path(path_type=Path), help="Include dir.")
+def build(source: Path, output: Path, opt: str, includes: tuple[Path, ...]) -> None:
+    """Compile a C source (clang, wasm32-wasi) or WAT text into a Wasm module.
+
+    \b
+    Example:  veritee build examples/hello/hello.c -o hello.wasm
+    """
+    from veritee.wasm import build as wasm_build
+
+    size = wasm_build.build(source, output, opt=opt, includes=list(includes))
+    click.echo(f"built {output} ({size} bytes)", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def measure(module: Path) -> None:
+    """Print a module's measurement (SHA-256 of its binary; WAT is converted first)."""
+    from veritee.wasm.runtime import measure as measure_bytes
+    from veritee.wasm.runtime import to_binary
+
+    click.echo(measure_bytes(to_binary(module.read_bytes())).hex())
+
+
+def _parse_dirs(dirs: tuple[str, ...]) -> list[tuple[str, str, bool]]:
+    out = []
+    for d in dirs:
+        host, _, guest = d.partition("::")
+        path = Path(host).resolve()
+        if not path.is_dir():
+            raise UsageError(f"--dir {d}: {host} is not a directory")
+        out.append((str(path), guest or host, True))
+    return out
+
+
+def _parse_env(env: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for kv in env:
+        key, sep, value = kv.partition("=")
+        if not key:
+            raise UsageError(f"--env {kv}: expected NAME=VALUE")
+        out.append((key, value if sep else os.environ.get(key, "")))
+    return out
+
+
+def _read_stdin() -> bytes:
+    if sys.stdin is None or sys.stdin.isatty():
+        return b""
+    return sys.stdin.buffer.read()
+
+
+@cli.command(
+    context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to run in.")
+@click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]", help="Grant a directory.")
+@click.option("--env", "env", multiple=True, metavar="NAME[=VAL]", help="Set an env variable.")
+@click.option(
+    "--max-memory",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Memory limit in MiB.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Time budget in seconds.",
+)
+@click.option("--name", default=None, help="Name of the module (default: file name).")
+@click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    vtee: str,
+    dirs: tuple[str, ...],
+    env: tuple[str, ...],
+    max_memory: int,
+    timeout: float,
+    name: str | None,
+    module: Path,
+    args: tuple[str, ...],
+) -> None:
+    """Run a WASI module inside the secure world; its exit code becomes ours.
+
+    \b
+    Flags follow 'wasmtime run': options, then the module, then its arguments
+    (a '--' before them is accepted). Standard input is passed through when
+    it is not a terminal.
+    \b
+    Example:  veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
+    """
+    from veritee.tee import client as teec
+    from veritee.tee.ta import WasmSession
+
+    argv = list(args[1:] if args[:1] == ("--",) else args)
+    with teec.Context(home=_home(ctx), vtee=vtee) as context:
+        session = WasmSession(context)
+        session.load(
+            module.read_bytes(),
+            name=name or module.name,
+            memory_mb=max_memory,
+            timeout=timeout,
+            dirs=_parse_dirs(dirs),
+        )
+        result = session.run(argv, _parse_env(env), _read_stdin())
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    if result.truncated:
+        click.echo("veritee: module output was truncated", err=True)
+    sys.exit(result.exit_code & 0xFF if result.exit_code >= 0 else 1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--nonce", help="Verifier's challenge, hex (8 to 64 bytes). Random if omitted.")
+@click.option("--user-data", default="", help="Extra data (hex) the module token vouches for.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--vtee", default=DEFAULT_VTEE, show_default=True)
+@click.option("--max-memory", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=300.0)
+@click.pass_context
+def attest(
+    ctx: click.Context,
+    module: Path,
+    nonce: str | None,
+    user_data: str,
+    output: Path,
+    vtee: str,
+    max_memory: int,
+    timeout: float,
+) -> None:
+    """Load a module into the secure world and write evidence for it over a nonce.
+
+    \b
+    Example:  veritee attest hello.wasm --nonce $(openssl rand -hex 32) -o ev.cbor
+    """
+    from veritee.tee import client as teec
+    from veritee.tee.ta import WasmSession
+
+    challenge = _hex_arg("--nonce", nonce) if nonce else os.urandom(32)
+    with teec.Context(home=_home(ctx), vtee=vtee) as context:
+        session = WasmSession(context)
+        info = session.load(
+            module.read_bytes(), name=module.name, memory_mb=max_memory, timeout=timeout
+        )
+        evidence = session.attest(challenge, _hex_arg("--user-data", user_data))
+    output.write_bytes(evidence)
+    click.echo(f"measurement {info['measurement'].hex()}", err=True)
+    click.echo(f"nonce       {challenge.hex()}", err=True)
+    click.echo(f"wrote {output} ({len(evidence)} bytes)", err=True)
+
+
+def _hex_arg(flag: str, value: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise UsageError(f"{flag} must be hex") from None
+
+
+# -- device, tee, evidence: in their own modules to keep this one short ------------------------
+
+from veritee.cli import device as _device  # noqa: E402
+from veritee.cli import evidence as _evidence  # noqa: E402
+
+_device.register(cli)
+_evidence.register(cli)
+
+
+def main() -> None:
+    cli(prog_name="veritee")
+
+
+if __name__ == "__main__":
+    main()

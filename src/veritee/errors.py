@@ -1,0 +1,64 @@
+"""Veritee's errors: one base class, each subclass a diagnosis a person can act on.
+
+The CLI catches :class:`Error` in one place, prints ``str(err)`` on one line and exits with
+``err.exit_code``. Messages never carry secrets (keys, sealed plaintext, the HUK).
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base of every error Veritee raises on purpose."""
+
+    #: Process exit code used by the CLI for this family of errors.
+    exit_code = 1
+
+
+class UsageError(Error):
+    """The caller asked for something malformed (bad flag value, bad file)."""
+
+    exit_code = 2
+
+
+class DeviceError(Error):
+    """The emulated device is missing, half provisioned or unreadable."""
+
+    exit_code = 3
+
+
+class SecureWorldError(Error):
+    """The secure world is not running, refused a request, or failed."""
+
+    exit_code = 4
+
+
+class BootError(SecureWorldError):
+    """Measured or secure boot refused to start the secure world."""
+
+
+class ModuleError(Error):
+    """A Wasm module is malformed, asks for what is not offered, or broke a limit."""
+
+    exit_code = 5
+
+
+class ModuleLimitExceeded(ModuleError):
+    """A module went over its memory or time budget and was stopped."""
+
+
+class SealingError(Error):
+    """Sealed data does not open: tampered, or sealed for another module or TEE."""
+
+    exit_code = 6
+
+
+class EvidenceError(Error):
+    """Evidence is malformed or does not appraise; subclasses name the failed check."""
+
+    exit_code = 7
+
+
+class BuildError(Error):
+    """Compiling a module from source failed."""
+
+    exit_code = 8

@@ -1,0 +1,241 @@
+"""Appraisal of Veritee evidence: I/O-free, bytes and values in, a result out or one error.
+
+Checks, in order, each with its own exception (see ``errors``):
+
+1. well-formed evidence and tokens                              MalformedToken
+2. device certificate chains to a trusted, unrevoked CA and is
+   valid now; the device is not revoked                         UntrustedDevice
+3. platform token signed by the certified device key (DAK)      BadSignature
+4. vtee token signed by the key the platform token endorses;
+   module token signed by the key the vtee token binds          BadSignature / BindingMismatch
+5. module token's challenge is the verifier's nonce             NonceMismatch
+6. boot log and module measurement are endorsed                 MeasurementNotEndorsed
+
+Steps 1–5 are :func:`verify`; :func:`appraise` adds step 6 against reference values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from veritee.evidence import cose
+from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
+from veritee.evidence.errors import (
+    BadSignature,
+    BindingMismatch,
+    MalformedToken,
+    MeasurementNotEndorsed,
+    NonceMismatch,
+    UntrustedDevice,
+)
+
+MAX_CHAIN = 4  # certificates in x5chain; a device cert, perhaps intermediates
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """Manufacturer CAs the verifier trusts, and what has been revoked since."""
+
+    cas: tuple[x509.Certificate, ...]
+    revoked_devices: frozenset[bytes] = frozenset()  # UEIDs
+    revoked_cas: frozenset[bytes] = frozenset()  # SHA-256 of the CA certificate (DER)
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> TrustAnchors:
+        try:
+            return cls(tuple(x509.load_pem_x509_certificates(pem)))
+        except ValueError:
+            raise UntrustedDevice("trust anchor file holds no PEM certificate") from None
+
+
+@dataclass(frozen=True)
+class ReferenceValues:
+    """Endorsed measurements: boot components by name, modules by measurement."""
+
+    boot: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
+    modules: Mapping[bytes, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, value: Any) -> ReferenceValues:
+        """Parse ``{"boot": [{component, measurement}], "modules": [{name, measurement}]}``."""
+        if not isinstance(value, dict):
+            raise MalformedToken("reference values must be a JSON object")
+        boot: dict[str, set[bytes]] = {}
+        modules: dict[bytes, str] = {}
+        try:
+            for e in value.get("boot", []):
+                boot.setdefault(str(e["component"]), set()).add(_hex32(e["measurement"]))
+            for e in value.get("modules", []):
+                modules[_hex32(e["measurement"])] = str(e.get("name", ""))
+        except (KeyError, TypeError) as exc:
+            raise MalformedToken(f"reference values entry lacks a field: {exc}") from None
+        return cls({k: frozenset(v) for k, v in boot.items()}, modules)
+
+    def merge(self, other: ReferenceValues) -> ReferenceValues:
+        boot = {
+            k: self.boot.get(k, frozenset()) | other.boot.get(k, frozenset())
+            for k in {*self.boot, *other.boot}
+        }
+        return ReferenceValues(boot, {**self.modules, **other.modules})
+
+
+@dataclass(frozen=True)
+class Verified:
+    """Evidence whose every signature, binding and the nonce checked out."""
+
+    platform: PlatformClaims
+    vtee: VteeClaims
+    module: ModuleClaims
+    device_certificate: x509.Certificate
+    ca: x509.Certificate
+
+
+def verify(
+    data: bytes,
+    anchors: TrustAnchors,
+    *,
+    nonce: bytes | None,
+    now: dt.datetime | None = None,
+) -> Verified:
+    """Steps 1–5. ``nonce=None`` skips the freshness check (for offline inspection only)."""
+    evidence = Evidence.decode(data)
+    platform_msg = cose.decode(evidence.platform)
+    device_cert, ca = _device_certificate(platform_msg, anchors, now)
+    dak = device_cert.public_key()
+    assert isinstance(dak, ec.EllipticCurvePublicKey)
+    cose.verify(platform_msg, dak, what="platform token")
+    platform = PlatformClaims.from_cbor(platform_msg.claims())
+    expected_ueid = b"\x01" + cose.key_digest(cose.ec_key_to_cose(dak))
+    if platform.ueid != expected_ueid:
+        raise BindingMismatch("platform token's UEID is not that of the certified device key")
+    if platform.ueid in anchors.revoked_devices:
+        raise UntrustedDevice(f"device {platform.ueid.hex()} is revoked")
+
+    vtee_msg = cose.decode(evidence.vtee)
+    cose.verify(vtee_msg, cose.cose_to_ec_key(platform.vtee_key), what="vtee token")
+    vtee = VteeClaims.from_cbor(vtee_msg.claims())
+    if vtee.vtee_id != platform.vtee_id:
+        raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
+
+    module_msg = cose.decode(evidence.module)
+    cose.verify(module_msg, cose.cose_to_ec_key(vtee.module_key), what="module token")
+    module = ModuleClaims.from_cbor(module_msg.claims())
+    if module.measurement != vtee.measurement or module.config != vtee.config:
+        raise BindingMismatch("module token's measurement or config differs from its vtee token")
+    if nonce is not None and not hmac.compare_digest(module.nonce, nonce):
+        raise NonceMismatch(
+            "module token's challenge is not the verifier's nonce (stale or replayed)"
+        )
+    return Verified(platform, vtee, module, device_cert, ca)
+
+
+def appraise(
+    data: bytes,
+    anchors: TrustAnchors,
+    refs: ReferenceValues,
+    *,
+    nonce: bytes,
+    now: dt.datetime | None = None,
+) -> Verified:
+    """All checks; the result is evidence from an endorsed module on an endorsed platform."""
+    verified = verify(data, anchors, nonce=nonce, now=now)
+    check_reference_values(verified, refs)
+    return verified
+
+
+def check_reference_values(verified: Verified, refs: ReferenceValues) -> None:
+    """Step 6: every boot component and the module measurement must be endorsed."""
+    seen = set()
+    for entry in verified.platform.boot_log:
+        seen.add(entry.component)
+        endorsed = refs.boot.get(entry.component)
+        if endorsed is None:
+            raise MeasurementNotEndorsed(
+                f"boot component '{entry.component}' has no reference value"
+            )
+        if entry.measurement not in endorsed:
+            raise MeasurementNotEndorsed(
+                f"boot component '{entry.component}' measures {entry.measurement.hex()[:16]}…, "
+                "which is not an endorsed value"
+            )
+    missing = set(refs.boot) - seen
+    if missing:
+        raise MeasurementNotEndorsed(f"boot log lacks endorsed component(s): {sorted(missing)}")
+    if verified.module.measurement not in refs.modules:
+        raise MeasurementNotEndorsed(
+            f"module measurement {verified.module.measurement.hex()} is not among the "
+            "reference values"
+        )
+
+
+def _device_certificate(
+    msg: cose.Sign1, anchors: TrustAnchors, now: dt.datetime | None
+) -> tuple[x509.Certificate, x509.Certificate]:
+    chain = msg.unprotected.get(cose.HDR_X5CHAIN)
+    if isinstance(chain, bytes):
+        chain = [chain]
+    if not isinstance(chain, list) or not chain or len(chain) > MAX_CHAIN:
+        raise MalformedToken("platform token carries no device certificate (x5chain)")
+    try:
+        certs = [x509.load_der_x509_certificate(c) for c in chain]
+    except (ValueError, TypeError):
+        raise MalformedToken("platform token's x5chain is not DER certificates") from None
+    when = now or dt.datetime.now(dt.UTC)
+    for cert in certs:
+        if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+            raise UntrustedDevice(f"certificate '{cert.subject.rfc4514_string()}' is not valid now")
+    # Walk up from the device certificate to a trust anchor.
+    for i, cert in enumerate(certs):
+        issuer = certs[i + 1] if i + 1 < len(certs) else None
+        if issuer is None:
+            for ca in anchors.cas:
+                if _issued_by(cert, ca):
+                    digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
+                    if digest in anchors.revoked_cas:
+                        raise UntrustedDevice(f"CA '{ca.subject.rfc4514_string()}' is revoked")
+                    return certs[0], ca
+            raise UntrustedDevice(
+                f"device certificate issuer '{cert.issuer.rfc4514_string()}' is not a trusted CA"
+            )
+        if not _issued_by(cert, issuer):
+            raise UntrustedDevice("x5chain is broken: a certificate is not signed by the next")
+    raise UntrustedDevice("no path to a trusted CA")  # pragma: no cover - loop always returns
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _hex32(value: Any) -> bytes:
+    try:
+        raw = bytes.fromhex(str(value))
+    except ValueError:
+        raise MalformedToken(f"measurement {value!r} is not hex") from None
+    if len(raw) != 32:
+        raise MalformedToken(f"measurement {value!r} is not a SHA-256 digest")
+    return raw
+
+
+__all__ = [
+    "BadSignature",
+    "ReferenceValues",
+    "TrustAnchors",
+    "Verified",
+    "appraise",
+    "check_reference_values",
+    "verify",
+]

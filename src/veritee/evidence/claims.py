@@ -1,0 +1,304 @@
+"""Veritee evidence: claim keys, typed claim sets, and the CBOR encoding of the token chain.
+
+Evidence is one CBOR map holding three COSE_Sign1 tokens, each binding the key that signs the
+next (as Arm CCA's platform token binds the realm key)::
+
+    manufacturer CA --X.509--> device cert (DAK)
+    platform token  signed by DAK       : device + boot claims, the vTEE's identity, cnf = vTEE key
+    vtee token      signed by vTEE key  : module measurement + config, cnf = module attestation key
+    module token    signed by module AK : verifier nonce, module measurement + config, HPKE key
+
+The platform token is issued by the device monitor once per vTEE boot (it endorses the vTEE
+attestation key); the vtee token once per loaded module; the module token per challenge.
+Claim keys follow EAT (RFC 9711) where one exists; Veritee's own claims use private negative
+keys. Encoders here are pure: signing happens in the secure world, checking in appraisal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from veritee.evidence import cose
+from veritee.evidence.errors import MalformedToken
+
+PROFILE_EVIDENCE = "tag:veritee.dev,2026:evidence"
+PROFILE_PLATFORM = "tag:veritee.dev,2026:platform"
+PROFILE_VTEE = "tag:veritee.dev,2026:vtee"
+PROFILE_MODULE = "tag:veritee.dev,2026:module"
+MEDIA_TYPE = "application/vnd.veritee.evidence+cbor"
+
+# EAT / CWT claim keys.
+IAT = 6
+CNF = 8  # RFC 8747 confirmation: {1: COSE_Key}
+NONCE = 10
+UEID = 256
+HWMODEL = 259
+SECBOOT = 262
+PROFILE = 265
+# Veritee private claims.
+LIFECYCLE = -76000
+BOOT_LOG = -76001
+VTEE_ID = -76002
+VTEE_NAME = -76003
+VTEE_CONFIG = -76004
+MODULE_MEASUREMENT = -76010
+MODULE_CONFIG = -76011
+MODULE_NAME = -76012
+PROVISIONING_KEY = -76013
+USER_DATA = -76014
+
+_CNF_COSE_KEY = 1
+# Boot-log entry keys.
+_COMPONENT, _MEASUREMENT, _SIGNER, _VERSION = 1, 2, 3, 4
+
+LIFECYCLES = ("emulated", "debug", "secured")
+HWMODEL_EMULATED = "veritee-emulated-tee"
+MAX_USER_DATA = 1024  # bound on caller-supplied data folded into a module token
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    """One measured boot stage: what it is, its SHA-256, who signed it."""
+
+    component: str
+    measurement: bytes
+    signer: bytes  # SHA-256 of the vendor public key that signed the stage (empty if unsigned)
+    version: str = ""
+
+    def to_cbor(self) -> dict[int, Any]:
+        return {
+            _COMPONENT: self.component,
+            _MEASUREMENT: self.measurement,
+            _SIGNER: self.signer,
+            _VERSION: self.version,
+        }
+
+    @classmethod
+    def from_cbor(cls, value: Any) -> BootEntry:
+        if not isinstance(value, dict):
+            raise MalformedToken("boot log entry is not a map")
+        return cls(
+            component=_req(value, _COMPONENT, str, "boot entry component"),
+            measurement=_digest(value, _MEASUREMENT, "boot entry measurement"),
+            signer=_req(value, _SIGNER, bytes, "boot entry signer"),
+            version=_req(value, _VERSION, str, "boot entry version"),
+        )
+
+
+@dataclass(frozen=True)
+class PlatformClaims:
+    """Signed by the device attestation key: the device, its boot, and the vTEE it endorses."""
+
+    ueid: bytes
+    lifecycle: str
+    secure_boot: bool
+    boot_log: tuple[BootEntry, ...]
+    vtee_id: bytes
+    vtee_name: str
+    vtee_config: bytes
+    vtee_key: dict[int, Any]  # COSE_Key of the vTEE attestation key
+    iat: int
+    hwmodel: str = HWMODEL_EMULATED
+
+    def to_cbor(self) -> dict[int, Any]:
+        return {
+            PROFILE: PROFILE_PLATFORM,
+            UEID: self.ueid,
+            HWMODEL: self.hwmodel,
+            LIFECYCLE: self.lifecycle,
+            SECBOOT: self.secure_boot,
+            BOOT_LOG: [e.to_cbor() for e in self.boot_log],
+            VTEE_ID: self.vtee_id,
+            VTEE_NAME: self.vtee_name,
+            VTEE_CONFIG: self.vtee_config,
+            NONCE: cose.key_digest(self.vtee_key),
+            CNF: {_CNF_COSE_KEY: self.vtee_key},
+            IAT: self.iat,
+        }
+
+    @classmethod
+    def from_cbor(cls, c: dict[Any, Any]) -> PlatformClaims:
+        _profile(c, PROFILE_PLATFORM)
+        lifecycle = _req(c, LIFECYCLE, str, "lifecycle")
+        if lifecycle not in LIFECYCLES:
+            raise MalformedToken(f"lifecycle {lifecycle!r} is not one of {LIFECYCLES}")
+        log = _req(c, BOOT_LOG, list, "boot log")
+        key = _cnf_key(c)
+        _check_binding(c, key, "platform")
+        return cls(
+            ueid=_req(c, UEID, bytes, "ueid"),
+            lifecycle=lifecycle,
+            secure_boot=_req(c, SECBOOT, bool, "secure boot"),
+            boot_log=tuple(BootEntry.from_cbor(e) for e in log),
+            vtee_id=_req(c, VTEE_ID, bytes, "vTEE id"),
+            vtee_name=_req(c, VTEE_NAME, str, "vTEE name"),
+            vtee_config=_digest(c, VTEE_CONFIG, "vTEE config digest"),
+            vtee_key=key,
+            iat=_req(c, IAT, int, "iat"),
+            hwmodel=_req(c, HWMODEL, str, "hwmodel"),
+        )
+
+
+@dataclass(frozen=True)
+class VteeClaims:
+    """Signed by the vTEE attestation key: this module instance's attestation key and identity."""
+
+    vtee_id: bytes
+    measurement: bytes
+    config: bytes
+    module_key: dict[int, Any]  # COSE_Key of the module attestation key
+    iat: int
+
+    def to_cbor(self) -> dict[int, Any]:
+        return {
+            PROFILE: PROFILE_VTEE,
+            VTEE_ID: self.vtee_id,
+            MODULE_MEASUREMENT: self.measurement,
+            MODULE_CONFIG: self.config,
+            NONCE: cose.key_digest(self.module_key),
+            CNF: {_CNF_COSE_KEY: self.module_key},
+            IAT: self.iat,
+        }
+
+    @classmethod
+    def from_cbor(cls, c: dict[Any, Any]) -> VteeClaims:
+        _profile(c, PROFILE_VTEE)
+        key = _cnf_key(c)
+        _check_binding(c, key, "vtee")
+        return cls(
+            vtee_id=_req(c, VTEE_ID, bytes, "vTEE id"),
+            measurement=_digest(c, MODULE_MEASUREMENT, "module measurement"),
+            config=_digest(c, MODULE_CONFIG, "module config digest"),
+            module_key=key,
+            iat=_req(c, IAT, int, "iat"),
+        )
+
+
+@dataclass(frozen=True)
+class ModuleClaims:
+    """Signed by the module attestation key, per challenge."""
+
+    nonce: bytes
+    measurement: bytes
+    config: bytes
+    name: str
+    provisioning_key: dict[int, Any]  # COSE_Key (X25519) secrets are encrypted to (HPKE)
+    iat: int
+    user_data: bytes = b""  # e.g. a TLS key digest that the token vouches for
+
+    def to_cbor(self) -> dict[int, Any]:
+        return {
+            PROFILE: PROFILE_MODULE,
+            NONCE: self.nonce,
+            MODULE_MEASUREMENT: self.measurement,
+            MODULE_CONFIG: self.config,
+            MODULE_NAME: self.name,
+            PROVISIONING_KEY: self.provisioning_key,
+            USER_DATA: self.user_data,
+            IAT: self.iat,
+        }
+
+    @classmethod
+    def from_cbor(cls, c: dict[Any, Any]) -> ModuleClaims:
+        _profile(c, PROFILE_MODULE)
+        nonce = _req(c, NONCE, bytes, "nonce")
+        if not 8 <= len(nonce) <= 64:
+            raise MalformedToken(f"nonce is {len(nonce)} bytes; 8 to 64 are accepted")
+        user_data = _req(c, USER_DATA, bytes, "user data")
+        if len(user_data) > MAX_USER_DATA:
+            raise MalformedToken("user data is over its size limit")
+        pkey = c.get(PROVISIONING_KEY)
+        cose.cose_to_x25519_key(pkey)
+        return cls(
+            nonce=nonce,
+            measurement=_digest(c, MODULE_MEASUREMENT, "module measurement"),
+            config=_digest(c, MODULE_CONFIG, "module config digest"),
+            name=_req(c, MODULE_NAME, str, "module name"),
+            provisioning_key=pkey,  # type: ignore[arg-type]
+            iat=_req(c, IAT, int, "iat"),
+            user_data=user_data,
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The three signed tokens, still encoded (appraisal decodes and checks them)."""
+
+    platform: bytes
+    vtee: bytes
+    module: bytes
+
+    def encode(self) -> bytes:
+        return bytes(
+            cbor2.dumps(
+                {
+                    "profile": PROFILE_EVIDENCE,
+                    "platform": self.platform,
+                    "vtee": self.vtee,
+                    "module": self.module,
+                }
+            )
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Evidence:
+        value = cose.loads(data, what="evidence")
+        if not isinstance(value, dict) or value.get("profile") != PROFILE_EVIDENCE:
+            raise MalformedToken(f"not Veritee evidence (expected profile {PROFILE_EVIDENCE})")
+        parts = [value.get(k) for k in ("platform", "vtee", "module")]
+        if not all(isinstance(p, bytes) for p in parts):
+            raise MalformedToken("evidence lacks one of its platform, vtee or module tokens")
+        return cls(*parts)  # type: ignore[arg-type]
+
+
+def encode_claims(claims: PlatformClaims | VteeClaims | ModuleClaims) -> bytes:
+    return bytes(cbor2.dumps(claims.to_cbor()))
+
+
+def ueid_of(cose_key: dict[int, Any]) -> bytes:
+    """Instance id of a device: 0x01 (RAND type) || SHA-256 of its attestation key."""
+    return b"\x01" + cose.key_digest(cose_key)
+
+
+def config_digest(config: dict[str, Any]) -> bytes:
+    """SHA-256 of the canonical CBOR of a configuration map (module or vTEE)."""
+    return hashlib.sha256(cbor2.dumps(config, canonical=True)).digest()
+
+
+def _req(c: dict[Any, Any], key: int, typ: type, what: str) -> Any:
+    value = c.get(key)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise MalformedToken(f"claim '{what}' ({key}) is missing or not a {typ.__name__}")
+    return value
+
+
+def _digest(c: dict[Any, Any], key: int, what: str) -> bytes:
+    value: bytes = _req(c, key, bytes, what)
+    if len(value) != 32:
+        raise MalformedToken(f"claim '{what}' is {len(value)} bytes, not a SHA-256 digest")
+    return value
+
+
+def _profile(c: dict[Any, Any], expected: str) -> None:
+    if c.get(PROFILE) != expected:
+        raise MalformedToken(f"token profile is {c.get(PROFILE)!r}, expected {expected!r}")
+
+
+def _cnf_key(c: dict[Any, Any]) -> dict[int, Any]:
+    cnf = c.get(CNF)
+    if not isinstance(cnf, dict) or not isinstance(cnf.get(_CNF_COSE_KEY), dict):
+        raise MalformedToken("claim 'cnf' does not hold a COSE_Key")
+    key: dict[int, Any] = cnf[_CNF_COSE_KEY]
+    cose.cose_to_ec_key(key)
+    return key
+
+
+def _check_binding(c: dict[Any, Any], key: dict[int, Any], token: str) -> None:
+    from veritee.evidence.errors import BindingMismatch
+
+    if c.get(NONCE) != cose.key_digest(key):
+        raise BindingMismatch(f"{token} token's challenge is not the digest of the key it binds")

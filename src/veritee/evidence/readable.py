@@ -1,0 +1,72 @@
+"""Evidence as people read it: decoded claims under names, byte strings as hex. No checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+
+from veritee.evidence import cose
+from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
+
+
+def describe(data: bytes) -> dict[str, Any]:
+    """Decode evidence without verifying it; raise MalformedToken if it does not decode."""
+    ev = Evidence.decode(data)
+    pmsg, vmsg, mmsg = cose.decode(ev.platform), cose.decode(ev.vtee), cose.decode(ev.module)
+    platform = PlatformClaims.from_cbor(pmsg.claims())
+    vtee = VteeClaims.from_cbor(vmsg.claims())
+    module = ModuleClaims.from_cbor(mmsg.claims())
+    chain = pmsg.unprotected.get(cose.HDR_X5CHAIN) or []
+    certs = []
+    for der in chain if isinstance(chain, list) else [chain]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            certs.append(
+                {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string()}
+            )
+        except (ValueError, TypeError):
+            certs.append({"error": "not a DER certificate"})
+    return {
+        "platform": {
+            "signed_by": "device attestation key (x5chain)",
+            "alg": pmsg.alg,
+            "ueid": platform.ueid.hex(),
+            "hwmodel": platform.hwmodel,
+            "lifecycle": platform.lifecycle,
+            "secure_boot": platform.secure_boot,
+            "boot_log": [
+                {
+                    "component": e.component,
+                    "version": e.version,
+                    "measurement": e.measurement.hex(),
+                    "signer": e.signer.hex(),
+                }
+                for e in platform.boot_log
+            ],
+            "vtee_id": platform.vtee_id.hex(),
+            "vtee_name": platform.vtee_name,
+            "vtee_config": platform.vtee_config.hex(),
+            "vtee_key_digest": cose.key_digest(platform.vtee_key).hex(),
+            "iat": platform.iat,
+            "x5chain": certs,
+        },
+        "vtee": {
+            "signed_by": "vTEE attestation key",
+            "vtee_id": vtee.vtee_id.hex(),
+            "module_measurement": vtee.measurement.hex(),
+            "module_config": vtee.config.hex(),
+            "module_key_digest": cose.key_digest(vtee.module_key).hex(),
+            "iat": vtee.iat,
+        },
+        "module": {
+            "signed_by": "module attestation key",
+            "name": module.name,
+            "nonce": module.nonce.hex(),
+            "measurement": module.measurement.hex(),
+            "config": module.config.hex(),
+            "provisioning_key": module.provisioning_key[-2].hex(),
+            "user_data": module.user_data.hex(),
+            "iat": module.iat,
+        },
+    }

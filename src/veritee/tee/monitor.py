@@ -1,0 +1,350 @@
+"""The device monitor: the only holder of the HUK and the device attestation key (DAK).
+
+It performs the measured (and, when configured, secure) boot, then creates each virtual TEE:
+derives the vTEE's keys from the HUK, endorses the vTEE's attestation key in a platform token
+signed with the DAK (naming the vTEE id, its configuration digest and the boot log), and starts
+the vTEE as its own process, handing it those keys over a pipe. The single secure world of a
+plain device is the vTEE named ``default``: one code path, not two.
+
+The host talks to the monitor over ``monitor.sock`` (status, stop); it never receives a key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import serialization
+
+from veritee.errors import BootError, DeviceError, Error
+from veritee.evidence import cose
+from veritee.evidence.claims import BootEntry, PlatformClaims, config_digest, encode_claims
+from veritee.home import DEFAULT_VTEE, Home
+from veritee.tee import boot, device, keys, protocol
+
+log = logging.getLogger("veritee.monitor")
+
+VTEE_START_TIMEOUT = 60.0  # seconds for a vTEE process to import wasmtime and listen
+READY_TIMEOUT = 90.0  # seconds 'veritee tee start' waits for boot to finish
+
+
+@dataclass
+class VteeProcess:
+    name: str
+    vtee_id: bytes
+    config_digest: bytes
+    process: subprocess.Popen[bytes]
+    started: float
+
+
+class Monitor:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.info = device.load_info(home)
+        self.huk = keys.read_secret(home.device / device.HUK)
+        self.dak = keys.read_private_key(home.device / device.DAK_KEY)
+        self.config = device.tee_config(home)
+        self.lifecycle = str(self.config.get("lifecycle", "emulated"))
+        self.secure_boot = bool(self.config.get("secure_boot", True))
+        self.vtees: dict[str, VteeProcess] = {}
+        self.lock = threading.Lock()
+        self.boot_entries: list[BootEntry] = []
+        self.pcr = b""
+
+    def measured_boot(self) -> None:
+        stages = boot.measure_stages(self.config)
+        if self.secure_boot:
+            try:
+                manifest = (self.home.device / device.MANIFEST).read_bytes()
+            except FileNotFoundError:
+                raise BootError("secure boot: the device has no signed boot manifest") from None
+            boot.secure_boot(stages, manifest, self.info.vendor_pub)
+        self.boot_entries, self.pcr = boot.boot_log(stages, self.info.vendor_pub, self.secure_boot)
+        for e in self.boot_entries:
+            log.info("measured %s %s", e.component, e.measurement.hex())
+
+    def _platform_token(self, name: str, vtee_id: bytes, digest: bytes, ak_pub: Any) -> bytes:
+        claims = PlatformClaims(
+            ueid=self.info.ueid,
+            lifecycle=self.lifecycle,
+            secure_boot=self.secure_boot,
+            boot_log=tuple(self.boot_entries),
+            vtee_id=vtee_id,
+            vtee_name=name,
+            vtee_config=digest,
+            vtee_key=cose.ec_key_to_cose(ak_pub),
+            iat=int(time.time()),
+        )
+        chain = [self.info.certificate.public_bytes(serialization.Encoding.DER)]
+        return cose.sign1(encode_claims(claims), self.dak, unprotected={cose.HDR_X5CHAIN: chain})
+
+    def start_vtee(self, name: str) -> VteeProcess:
+        with self.lock:
+            running = self.vtees.get(name)
+            if running is not None and running.process.poll() is None:
+                return running
+        record = device.load_vtee_record(self.home, name)
+        vtee_id = bytes.fromhex(record["id"])
+        vconfig = record["config"]
+        digest = config_digest(vconfig)
+        ak = keys.derive_p256(self.huk, "vtee-attestation", vtee_id, digest)
+        handoff = {
+            "name": name,
+            "id": vtee_id,
+            "config": vconfig,
+            "config_digest": digest,
+            "attestation_key": ak.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            "platform_token": self._platform_token(name, vtee_id, digest, ak.public_key()),
+            "seal_root": keys.derive(self.huk, "vtee-seal", vtee_id, digest),
+            "aot_key": keys.derive(self.huk, "vtee-aot", vtee_id, digest),
+            "dir": str(self.home.vtee(name)),
+            "socket": str(self.home.vtee_socket(name)),
+            "boot": {
+                "log": [e.to_cbor() for e in self.boot_entries],
+                "pcr": self.pcr,
+                "lifecycle": self.lifecycle,
+                "secure_boot": self.secure_boot,
+                "ueid": self.info.ueid,
+            },
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "veritee.tee.world"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the vTEE logs to the monitor's log
+            start_new_session=False,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(cbor2.dumps(handoff))
+        proc.stdin.close()
+        del handoff, ak
+        line = _read_line(proc.stdout, VTEE_START_TIMEOUT)
+        if line.strip() != b"ready":
+            proc.kill()
+            raise Error(f"vTEE {name!r} failed to start (see {self.home.log_file})")
+        vp = VteeProcess(name, vtee_id, digest, proc, time.time())
+        with self.lock:
+            self.vtees[name] = vp
+        log.info("started vTEE %s (pid %d)", name, proc.pid)
+        return vp
+
+    def stop_vtee(self, name: str) -> bool:
+        with self.lock:
+            vp = self.vtees.pop(name, None)
+        if vp is None:
+            return False
+        vp.process.terminate()
+        try:
+            vp.process.wait(10)
+        except subprocess.TimeoutExpired:
+            vp.process.kill()
+            vp.process.wait()
+        return True
+
+    def stop_all(self) -> None:
+        for name in list(self.vtees):
+            self.stop_vtee(name)
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            vtees = {
+                vp.name: {
+                    "pid": vp.process.pid,
+                    "running": vp.process.poll() is None,
+                    "id": vp.vtee_id,
+                    "config_digest": vp.config_digest,
+                    "started": vp.started,
+                }
+                for vp in self.vtees.values()
+            }
+        return {
+            "ueid": self.info.ueid,
+            "lifecycle": self.lifecycle,
+            "secure_boot": self.secure_boot,
+            "boot_log": [e.to_cbor() for e in self.boot_entries],
+            "pcr": self.pcr,
+            "pid": os.getpid(),
+            "vtees": vtees,
+        }
+
+
+def _read_line(stream: Any, timeout: float) -> bytes:
+    result: list[bytes] = []
+    t = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else b""
+
+
+class _Control(socketserver.BaseRequestHandler):
+    server: _ControlServer
+
+    def handle(self) -> None:
+        try:
+            request = protocol.recv(self.request)
+        except protocol.ProtocolError:
+            return
+        monitor = self.server.monitor
+        op = request.get("op")
+        try:
+            if op == "status":
+                reply: dict[str, Any] = {"ok": True, "status": monitor.status()}
+            elif op == "stop":
+                reply = {"ok": True}
+                threading.Thread(target=self.server.shutdown, daemon=True).start()
+            else:
+                reply = {"ok": False, "error": f"unknown request {op!r}"}
+        except Error as exc:
+            reply = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(OSError, protocol.ProtocolError):
+            protocol.send(self.request, reply)
+
+
+class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    monitor: Monitor
+
+
+def control(home: Home, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request to a running monitor (host side)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(home.monitor_socket))
+        protocol.send(sock, request)
+        reply = protocol.recv(sock)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise Error(
+            f"no secure world is running for {home.root}: run 'veritee tee start'"
+        ) from None
+    except (OSError, protocol.ProtocolError) as exc:
+        raise Error(f"the device monitor did not answer: {exc}") from None
+    finally:
+        sock.close()
+    if not reply.get("ok"):
+        raise Error(str(reply.get("error", "the device monitor refused the request")))
+    return reply
+
+
+def run(home: Home, ready: Any) -> int:
+    """Boot and serve until stopped. ``ready`` gets one JSON line: ok, or the boot error."""
+    try:
+        monitor = Monitor(home)
+        monitor.measured_boot()
+        monitor.start_vtee(DEFAULT_VTEE)
+    except Error as exc:
+        log.error("%s", exc)
+        ready.write(json.dumps({"ok": False, "error": str(exc)}) + "\n")
+        ready.flush()
+        return 1
+    home.monitor_socket.unlink(missing_ok=True)
+    old = os.umask(0o077)
+    try:
+        server = _ControlServer(str(home.monitor_socket), _Control)
+    finally:
+        os.umask(old)
+    server.monitor = monitor
+
+    def stop(_signo: int, _frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    home.monitor_pid.write_text(f"{os.getpid()}\n")
+    ready.write(json.dumps({"ok": True, "pid": os.getpid()}) + "\n")
+    ready.flush()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        monitor.stop_all()
+        server.server_close()
+        home.monitor_socket.unlink(missing_ok=True)
+        home.monitor_pid.unlink(missing_ok=True)
+        log.info("secure world stopped")
+    return 0
+
+
+def start_daemon(home: Home) -> int:
+    """Start the monitor in the background; return its pid once booted, or raise its error."""
+    if home.monitor_socket.exists():
+        try:
+            reply = control(home, {"op": "status"}, timeout=5)
+            raise DeviceError(
+                f"a secure world is already running for {home.root} (pid {reply['status']['pid']})"
+            )
+        except DeviceError:
+            raise
+        except Error:
+            home.monitor_socket.unlink(missing_ok=True)  # stale socket of a dead monitor
+    device.load_info(home)  # a clear error now if there is no device
+    read_fd, write_fd = os.pipe()
+    log_file = open(home.log_file, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "veritee.tee.monitor",
+            "--home",
+            str(home.root),
+            "--ready-fd",
+            str(write_fd),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=log_file,
+        pass_fds=(write_fd,),
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    log_file.close()
+    with os.fdopen(read_fd, "rb") as r:
+        line = _read_line(r, READY_TIMEOUT)
+    if not line:
+        proc.kill()
+        raise Error(f"the secure world did not come up in {READY_TIMEOUT:g} s; see {home.log_file}")
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        proc.wait(10)
+        raise BootError(str(reply.get("error")))
+    return int(reply["pid"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Veritee device monitor (started by 'veritee tee start')"
+    )
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--ready-fd", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s monitor[%(process)d] %(levelname)s %(message)s"
+    )
+    ready = os.fdopen(args.ready_fd, "w") if args.ready_fd is not None else sys.stdout
+    code = run(Home(Path(args.home)), ready)
+    ready.close()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Monitor", "control", "start_daemon"]

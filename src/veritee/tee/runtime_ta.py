@@ -1,0 +1,224 @@
+"""The Wasm runtime trusted application, server side: one session = one loaded module.
+
+At LOAD the secure world measures the module, compiles it (or takes the authenticated AOT
+artifact), and mints the instance's keys: a module attestation key (P-256) endorsed by the
+vTEE key in a vtee token, and an X25519 key that secrets are provisioned to. Neither private
+key ever leaves this process; the normal world sees measurements, tokens and output only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from veritee.errors import ModuleError, UsageError
+from veritee.evidence import cose
+from veritee.evidence.claims import (
+    MAX_USER_DATA,
+    Evidence,
+    ModuleClaims,
+    VteeClaims,
+    config_digest,
+    encode_claims,
+)
+from veritee.tee.sealing import Sealer
+from veritee.wasm.runtime import (
+    CompiledModule,
+    Limits,
+    Preopen,
+    RunRequest,
+    Runtime,
+    to_binary,
+)
+
+PRIVATE_DIR_GUEST = "/data"  # where a module finds its private storage
+MAX_NAME = 64
+MAX_ARGS_BYTES = 1024 * 1024  # argv + env of one run
+NONCE_MIN, NONCE_MAX = 8, 64  # bytes; EAT nonces are 8 to 64 bytes
+
+
+@dataclass(frozen=True)
+class VteeIdentity:
+    """What a vTEE was given by the monitor at start."""
+
+    name: str
+    vtee_id: bytes
+    config: dict[str, Any]
+    config_digest: bytes
+    attestation_key: ec.EllipticCurvePrivateKey
+    platform_token: bytes
+    seal_root: bytes
+
+    @property
+    def memory_cap(self) -> int:
+        return int(self.config.get("memory_mb", 4096)) * 1024 * 1024
+
+
+@dataclass
+class LoadedModule:
+    name: str
+    compiled: CompiledModule
+    limits: Limits
+    preopens: tuple[Preopen, ...]
+    config_digest: bytes
+    sealer: Sealer
+    attestation_key: ec.EllipticCurvePrivateKey
+    provisioning_key: x25519.X25519PrivateKey
+    vtee_token: bytes
+    loaded_at: float = field(default_factory=time.time)
+    running: bool = False
+
+    @property
+    def measurement(self) -> bytes:
+        return self.compiled.measurement
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "measurement": self.measurement,
+            "config_digest": self.config_digest,
+            "size": self.compiled.wasm_size,
+            "from_cache": self.compiled.from_cache,
+            "limits": self.limits.to_cbor(),
+            "dirs": [[p.guest, p.writable] for p in self.preopens],
+        }
+
+
+def load(
+    runtime: Runtime, vtee: VteeIdentity, storage: Path, module: bytes, raw_config: bytes
+) -> LoadedModule:
+    """Measure, compile and key one module instance; raise ModuleError/UsageError."""
+    config = _decode_map(raw_config, "load config")
+    name = config.get("name", "module")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise UsageError(f"module name must be 1 to {MAX_NAME} characters")
+    memory_mb = config.get("memory_mb", 256)
+    timeout = config.get("timeout", 300.0)
+    if not isinstance(memory_mb, int) or not 1 <= memory_mb * 1024 * 1024 <= vtee.memory_cap:
+        raise UsageError(f"memory limit must be 1 to {vtee.memory_cap >> 20} MiB")
+    if not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
+        raise UsageError("time budget must be between 0 and 86400 seconds")
+    limits = Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout))
+
+    compiled = runtime.compile(to_binary(module))
+    private = storage / compiled.measurement.hex()
+    private.mkdir(parents=True, exist_ok=True)
+    preopens = [Preopen(str(private), PRIVATE_DIR_GUEST, True)]
+    for entry in config.get("dirs", []):
+        if not (isinstance(entry, list) and len(entry) == 3):
+            raise UsageError("each granted dir must be [host, guest, writable]")
+        host, guest, writable = entry
+        if not isinstance(host, str) or not os.path.isabs(host) or not os.path.isdir(host):
+            raise UsageError(f"granted dir {host!r} is not an existing absolute directory")
+        if not isinstance(guest, str) or not guest or guest == PRIVATE_DIR_GUEST:
+            raise UsageError(f"guest path {guest!r} is empty or reserved")
+        preopens.append(Preopen(host, guest, bool(writable)))
+
+    # The configuration digest names what the module may do; the host paths behind granted
+    # dirs are the normal world's business and are left out, the guest names are not.
+    module_config = {
+        "limits": limits.to_cbor(),
+        "dirs": [[p.guest, p.writable] for p in preopens],
+    }
+    digest = config_digest(module_config)
+    mak = ec.generate_private_key(ec.SECP256R1())
+    vtee_claims = VteeClaims(
+        vtee_id=vtee.vtee_id,
+        measurement=compiled.measurement,
+        config=digest,
+        module_key=cose.ec_key_to_cose(mak.public_key()),
+        iat=int(time.time()),
+    )
+    vtee_token = cose.sign1(encode_claims(vtee_claims), vtee.attestation_key)
+    return LoadedModule(
+        name=name,
+        compiled=compiled,
+        limits=limits,
+        preopens=tuple(preopens),
+        config_digest=digest,
+        sealer=Sealer(vtee.seal_root, compiled.measurement),
+        attestation_key=mak,
+        provisioning_key=x25519.X25519PrivateKey.generate(),
+        vtee_token=vtee_token,
+    )
+
+
+def run(
+    runtime: Runtime,
+    loaded: LoadedModule,
+    raw_request: bytes,
+    cancel: threading.Event,
+    scratch: Path,
+) -> tuple[int, bytes]:
+    """Run the loaded module; returns (exit code, CBOR result)."""
+    if len(raw_request) > MAX_ARGS_BYTES + 64 * 1024 * 1024:
+        raise UsageError("run request is too large")
+    request = _decode_map(raw_request, "run request")
+    args, env, stdin = request.get("args", []), request.get("env", []), request.get("stdin", b"")
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise UsageError("args must be a list of strings")
+    if not isinstance(env, list) or not all(
+        isinstance(kv, list) and len(kv) == 2 and all(isinstance(x, str) for x in kv) for kv in env
+    ):
+        raise UsageError("env must be a list of [name, value] strings")
+    if not isinstance(stdin, bytes):
+        raise UsageError("stdin must be bytes")
+    loaded.running = True
+    try:
+        result = runtime.run(
+            loaded.compiled,
+            RunRequest(tuple(args), tuple((k, v) for k, v in env), stdin, loaded.preopens),
+            loaded.limits,
+            loaded.sealer,
+            name=loaded.name,
+            cancel=cancel,
+            scratch_dir=scratch,
+        )
+    finally:
+        loaded.running = False
+    body = {
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "elapsed": result.elapsed,
+        "truncated": result.truncated,
+    }
+    return result.exit_code, bytes(cbor2.dumps(body))
+
+
+def attest(vtee: VteeIdentity, loaded: LoadedModule, nonce: bytes, user_data: bytes) -> bytes:
+    """Evidence over ``nonce``: platform token, vtee token, and a fresh module token."""
+    if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+        raise UsageError(f"nonce must be {NONCE_MIN} to {NONCE_MAX} bytes, got {len(nonce)}")
+    if len(user_data) > MAX_USER_DATA:
+        raise UsageError(f"user data must be at most {MAX_USER_DATA} bytes")
+    claims = ModuleClaims(
+        nonce=nonce,
+        measurement=loaded.measurement,
+        config=loaded.config_digest,
+        name=loaded.name,
+        provisioning_key=cose.x25519_key_to_cose(loaded.provisioning_key.public_key()),
+        iat=int(time.time()),
+        user_data=user_data,
+    )
+    module_token = cose.sign1(encode_claims(claims), loaded.attestation_key)
+    return Evidence(vtee.platform_token, loaded.vtee_token, module_token).encode()
+
+
+def _decode_map(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = cbor2.loads(raw) if raw else {}
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
+        raise UsageError(f"{what} is not valid CBOR") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a CBOR map")
+    return value
+
+
+__all__ = ["LoadedModule", "ModuleError", "VteeIdentity", "attest", "load", "run"]

@@ -1,0 +1,115 @@
+"""The secure world's trusted applications: their UUIDs, commands, and a client-side binding.
+
+Two TAs live in every (v)TEE:
+
+- the **Wasm runtime TA**: one session holds one loaded module instance, with its own
+  attestation and provisioning keys. Commands: LOAD, RUN, ATTEST, INFO.
+- the **system TA**: STATUS (boot log, vTEE identity, loaded modules).
+
+Structured inputs and outputs travel as CBOR inside memref parameters.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from veritee.tee import client as teec
+
+RUNTIME_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:wasm-runtime"))
+SYSTEM_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:system"))
+
+CMD_LOAD = 0x1  # p0 in: module bytes; p1 in: CBOR load config; p2 out: CBOR module info
+CMD_RUN = 0x2  # p0 in: CBOR run request; p1 out: CBOR result; p2 value out: a = exit code
+CMD_ATTEST = 0x3  # p0 in: nonce; p1 in: user data; p2 out: evidence (CBOR)
+CMD_INFO = 0x4  # p0 out: CBOR module info
+CMD_STATUS = 0x10  # system TA; p0 out: CBOR status
+
+# Output capacities the client offers. They bound what a TA may return, not what is allocated.
+MAX_RESULT_BYTES = 40 * 1024 * 1024
+MAX_EVIDENCE_BYTES = 64 * 1024
+MAX_INFO_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    elapsed: float
+    truncated: bool
+
+
+class WasmSession:
+    """A session with the runtime TA: one module, loaded into a (v)TEE."""
+
+    def __init__(self, context: teec.Context) -> None:
+        self.session = context.open_session(RUNTIME_TA)
+        self.info: dict[str, Any] = {}
+
+    def load(
+        self,
+        module: bytes,
+        *,
+        name: str = "module",
+        memory_mb: int | None = None,
+        timeout: float | None = None,
+        dirs: list[tuple[str, str, bool]] | None = None,
+    ) -> dict[str, Any]:
+        """Load ``module`` (Wasm binary or WAT); returns measurement and config digest."""
+        config: dict[str, Any] = {"name": name, "dirs": [list(d) for d in dirs or []]}
+        if memory_mb is not None:
+            config["memory_mb"] = memory_mb
+        if timeout is not None:
+            config["timeout"] = timeout
+        out = teec.memref_out(MAX_INFO_BYTES)
+        self.session.invoke(
+            CMD_LOAD,
+            teec.Operation([teec.memref_in(module), teec.memref_in(cbor2.dumps(config)), out]),
+        )
+        self.info = cbor2.loads(out.buffer)
+        return self.info
+
+    def run(
+        self, args: list[str], env: list[tuple[str, str]] | None = None, stdin: bytes = b""
+    ) -> RunOutput:
+        request = {"args": args, "env": [list(kv) for kv in env or []], "stdin": stdin}
+        out = teec.memref_out(MAX_RESULT_BYTES)
+        code = teec.value_out()
+        self.session.invoke(
+            CMD_RUN, teec.Operation([teec.memref_in(cbor2.dumps(request)), out, code])
+        )
+        result = cbor2.loads(out.buffer)
+        return RunOutput(
+            exit_code=code.a if code.a < 2**31 else code.a - 2**32,
+            stdout=result["stdout"],
+            stderr=result["stderr"],
+            elapsed=result["elapsed"],
+            truncated=result["truncated"],
+        )
+
+    def attest(self, nonce: bytes, user_data: bytes = b"") -> bytes:
+        """Evidence for this module over the verifier's ``nonce``."""
+        out = teec.memref_out(MAX_EVIDENCE_BYTES)
+        self.session.invoke(
+            CMD_ATTEST,
+            teec.Operation([teec.memref_in(nonce), teec.memref_in(user_data), out]),
+        )
+        return out.buffer
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def status(context: teec.Context) -> dict[str, Any]:
+    session = context.open_session(SYSTEM_TA)
+    try:
+        out = teec.memref_out(MAX_INFO_BYTES)
+        session.invoke(CMD_STATUS, teec.Operation([out]))
+        value: dict[str, Any] = cbor2.loads(out.buffer)
+        return value
+    finally:
+        session.close()

@@ -1,0 +1,350 @@
+"""A secure world (one vTEE) as its own process: the TEE Client API endpoint and its TAs.
+
+Started by the device monitor, which hands it, over a pipe, only what this vTEE may hold:
+its identity, its attestation key and endorsement (platform token), its sealing root and AOT
+cache key; never the HUK or the device key. It then serves the world boundary on a Unix
+socket, a thread per client connection, so a long-running module does not hold up others.
+A client that disconnects mid-run has its module cancelled at the next epoch tick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import select
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
+from veritee.tee import client as teec
+from veritee.tee import protocol, runtime_ta
+from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
+from veritee.tee.ta import (
+    CMD_ATTEST,
+    CMD_INFO,
+    CMD_LOAD,
+    CMD_RUN,
+    CMD_STATUS,
+    RUNTIME_TA,
+    SYSTEM_TA,
+)
+from veritee.wasm.runtime import Runtime
+
+log = logging.getLogger("veritee.world")
+
+WATCH_INTERVAL = 0.05  # seconds between checks that a client is still there during a run
+MAX_SESSIONS_PER_CONNECTION = 256
+
+
+class _Reply(Exception):
+    """Carries a TEEC error back to the client from deep in a handler."""
+
+    def __init__(self, code: int, origin: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.origin, self.message = code, origin, message
+
+
+class SecureWorld:
+    """State shared by all connections of one vTEE."""
+
+    def __init__(self, handoff: dict[str, Any]) -> None:
+        key = serialization.load_der_private_key(handoff["attestation_key"], password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        self.identity = VteeIdentity(
+            name=handoff["name"],
+            vtee_id=handoff["id"],
+            config=handoff["config"],
+            config_digest=handoff["config_digest"],
+            attestation_key=key,
+            platform_token=handoff["platform_token"],
+            seal_root=handoff["seal_root"],
+        )
+        self.root = Path(handoff["dir"])
+        self.storage = self.root / "storage"
+        self.scratch = self.root / "tmp"
+        for d in (self.storage, self.scratch):
+            d.mkdir(parents=True, exist_ok=True)
+        self.runtime = Runtime(self.root / "cache", handoff["aot_key"])
+        self.boot = handoff["boot"]
+        self.started = time.time()
+        self.max_modules = int(self.identity.config.get("max_modules", 64))
+        self.modules: dict[int, LoadedModule] = {}
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            modules = [
+                {
+                    "session": sid,
+                    "name": m.name,
+                    "measurement": m.measurement,
+                    "running": m.running,
+                    "loaded_at": m.loaded_at,
+                }
+                for sid, m in self.modules.items()
+            ]
+        ident = self.identity
+        return {
+            "vtee": {
+                "name": ident.name,
+                "id": ident.vtee_id,
+                "config": ident.config,
+                "config_digest": ident.config_digest,
+            },
+            "boot": self.boot,
+            "uptime": time.time() - self.started,
+            "modules": modules,
+        }
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    """One TEEC context: its sessions live and die with this connection."""
+
+    server: _Server
+
+    def handle(self) -> None:
+        world = self.server.world
+        sock: socket.socket = self.request
+        sessions: dict[int, str] = {}
+        try:
+            while True:
+                try:
+                    message = protocol.recv(sock)
+                except protocol.ProtocolError:
+                    return
+                try:
+                    reply = self._dispatch(world, sock, sessions, message)
+                    reply.setdefault("rc", teec.TEEC_SUCCESS)
+                except _Reply as r:
+                    reply = {"rc": r.code, "origin": r.origin, "msg": r.message}
+                try:
+                    protocol.send(sock, reply)
+                except (OSError, protocol.ProtocolError):
+                    return
+        finally:
+            with world.lock:
+                for sid in sessions:
+                    world.modules.pop(sid, None)
+
+    def _dispatch(
+        self,
+        world: SecureWorld,
+        sock: socket.socket,
+        sessions: dict[int, str],
+        message: dict[str, Any],
+    ) -> dict[str, Any]:
+        op = message.get("op")
+        if op == "open":
+            uuid = message.get("uuid")
+            if uuid not in (RUNTIME_TA, SYSTEM_TA):
+                raise _Reply(
+                    teec.TEEC_ERROR_ITEM_NOT_FOUND,
+                    teec.TEEC_ORIGIN_TEE,
+                    f"no trusted application with UUID {uuid!r} in this TEE",
+                )
+            if len(sessions) >= MAX_SESSIONS_PER_CONNECTION:
+                raise _Reply(teec.TEEC_ERROR_BUSY, teec.TEEC_ORIGIN_TEE, "too many sessions")
+            sid = next(world.ids)
+            sessions[sid] = str(uuid)
+            return {"session": sid}
+        sid = message.get("session")
+        if not isinstance(sid, int) or sid not in sessions:
+            # Sessions are per connection: another client's session id is simply unknown here.
+            raise _Reply(
+                teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TEE, f"no open session {sid!r}"
+            )
+        if op == "close":
+            del sessions[sid]
+            with world.lock:
+                world.modules.pop(sid, None)
+            return {}
+        if op != "invoke":
+            raise _Reply(teec.TEEC_ERROR_BAD_FORMAT, teec.TEEC_ORIGIN_TEE, f"unknown op {op!r}")
+        params = message.get("params")
+        if not isinstance(params, list) or len(params) != teec.MAX_PARAMS:
+            raise _Reply(teec.TEEC_ERROR_BAD_PARAMETERS, teec.TEEC_ORIGIN_TEE, "need 4 params")
+        cmd = message.get("cmd")
+        try:
+            if sessions[sid] == SYSTEM_TA:
+                return _system(world, cmd, params)
+            return _runtime(world, sock, sid, cmd, params)
+        except ModuleLimitExceeded as exc:
+            raise _Reply(teec.TEEC_ERROR_CANCEL, teec.TEEC_ORIGIN_TRUSTED_APP, str(exc)) from None
+        except (ModuleError, UsageError) as exc:
+            raise _Reply(
+                teec.TEEC_ERROR_BAD_FORMAT
+                if isinstance(exc, ModuleError)
+                else teec.TEEC_ERROR_BAD_PARAMETERS,
+                teec.TEEC_ORIGIN_TRUSTED_APP,
+                str(exc),
+            ) from None
+        except Error as exc:
+            raise _Reply(teec.TEEC_ERROR_GENERIC, teec.TEEC_ORIGIN_TRUSTED_APP, str(exc)) from None
+
+
+def _memref(params: list[Any], i: int, *, output: bool = False) -> dict[str, Any]:
+    p = params[i]
+    want = (
+        (teec.TEEC_MEMREF_TEMP_OUTPUT, teec.TEEC_MEMREF_TEMP_INOUT)
+        if output
+        else (teec.TEEC_MEMREF_TEMP_INPUT, teec.TEEC_MEMREF_TEMP_INOUT)
+    )
+    if not isinstance(p, dict) or p.get("t") not in want or not isinstance(p.get("buf"), bytes):
+        raise _Reply(
+            teec.TEEC_ERROR_BAD_PARAMETERS,
+            teec.TEEC_ORIGIN_TRUSTED_APP,
+            f"parameter {i} must be a memref {'output' if output else 'input'}",
+        )
+    return p
+
+
+def _out(params: list[Any], i: int, data: bytes) -> dict[str, Any]:
+    """Fill output memref ``i``; GP semantics: too small a buffer gets SHORT_BUFFER + size."""
+    p = _memref(params, i, output=True)
+    size = p.get("size")
+    if not isinstance(size, int) or size < len(data):
+        raise _Reply(
+            teec.TEEC_ERROR_SHORT_BUFFER,
+            teec.TEEC_ORIGIN_TRUSTED_APP,
+            f"output parameter {i} needs {len(data)} bytes",
+        )
+    return {"t": p["t"], "buf": data, "size": len(data)}
+
+
+def _reply(params: list[Any], outs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    return {"params": [outs.get(i) for i in range(teec.MAX_PARAMS)]}
+
+
+def _system(world: SecureWorld, cmd: Any, params: list[Any]) -> dict[str, Any]:
+    if cmd != CMD_STATUS:
+        raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, "unknown cmd")
+    return _reply(params, {0: _out(params, 0, bytes(cbor2.dumps(world.status())))})
+
+
+def _runtime(
+    world: SecureWorld, sock: socket.socket, sid: int, cmd: Any, params: list[Any]
+) -> dict[str, Any]:
+    with world.lock:
+        loaded = world.modules.get(sid)
+    if cmd == CMD_LOAD:
+        if loaded is not None:
+            raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "already loaded")
+        with world.lock:
+            if len(world.modules) >= world.max_modules:
+                raise _Reply(
+                    teec.TEEC_ERROR_BUSY,
+                    teec.TEEC_ORIGIN_TRUSTED_APP,
+                    f"this TEE already holds its maximum of {world.max_modules} modules",
+                )
+        module = _memref(params, 0)["buf"]
+        config = _memref(params, 1)["buf"]
+        new = runtime_ta.load(world.runtime, world.identity, world.storage, module, config)
+        with world.lock:
+            world.modules[sid] = new
+        log.info("loaded %s (%s)", new.name, new.measurement.hex()[:16])
+        return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(new.info())))})
+    if loaded is None:
+        raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "no module loaded")
+    if cmd == CMD_RUN:
+        request = _memref(params, 0)["buf"]
+        cancel = threading.Event()
+        done = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(sock, cancel, done), daemon=True)
+        watcher.start()
+        try:
+            code, body = runtime_ta.run(world.runtime, loaded, request, cancel, world.scratch)
+        finally:
+            done.set()
+        out = _out(params, 1, body)
+        return _reply(
+            params, {1: out, 2: {"t": teec.TEEC_VALUE_OUTPUT, "a": code & 0xFFFFFFFF, "b": 0}}
+        )
+    if cmd == CMD_ATTEST:
+        nonce = _memref(params, 0)["buf"]
+        user_data = _memref(params, 1)["buf"]
+        evidence = runtime_ta.attest(world.identity, loaded, nonce, user_data)
+        return _reply(params, {2: _out(params, 2, evidence)})
+    if cmd == CMD_INFO:
+        return _reply(params, {0: _out(params, 0, bytes(cbor2.dumps(loaded.info())))})
+    raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, f"cmd {cmd!r}")
+
+
+def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) -> None:
+    """Cancel the run if the client hangs up (EOF on its socket) before it ends."""
+    while not done.is_set():
+        readable, _, _ = select.select([sock], [], [], WATCH_INTERVAL)
+        if readable and not done.is_set():
+            try:
+                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    cancel.set()
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                cancel.set()
+                return
+            # Data pending (a pipelined request): the client is alive; wait for the run.
+            done.wait()
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    world: SecureWorld
+
+
+def serve(handoff: dict[str, Any], ready: Any = None) -> None:
+    """Run one vTEE until SIGTERM; ``ready`` (a writable file) gets one line once listening."""
+    world = SecureWorld(handoff)
+    path = Path(handoff["socket"])
+    path.unlink(missing_ok=True)
+    old = os.umask(0o077)
+    try:
+        server = _Server(str(path), _Connection)
+    finally:
+        os.umask(old)
+    server.world = world
+
+    def stop(_signo: int, _frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("vTEE %s listening on %s", world.identity.name, path)
+    if ready is not None:
+        ready.write("ready\n")
+        ready.flush()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        path.unlink(missing_ok=True)
+        world.runtime.close()
+        world.modules.clear()
+
+
+def main() -> None:
+    """Entry of a vTEE process: the handoff arrives as one CBOR map on stdin."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s vtee[%(process)d] %(levelname)s %(message)s"
+    )
+    handoff = cbor2.loads(sys.stdin.buffer.read())
+    sys.stdin.close()
+    serve(handoff, ready=sys.stdout)
+    # wasmtime's worker threads must not outlive the objects they call back into.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Build modules: C with clang for wasm32-wasi (WASI preview 1), or WAT text."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import veritee
+from veritee.errors import BuildError
+
+CLANG_CANDIDATES = ("clang", "clang-16", "clang-15", "clang-14")
+TARGET = "wasm32-wasi"
+
+
+def sdk_dir() -> Path:
+    """The SDK headers: in a source checkout, ``sdk/`` at the repository root."""
+    return Path(veritee.__file__).resolve().parents[2] / "sdk"
+
+
+def find_clang() -> str:
+    for name in CLANG_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise BuildError(
+        "clang is not installed: run 'make setup' (Debian: apt-get install clang lld wasi-libc "
+        "libclang-rt-14-dev-wasm32)"
+    )
+
+
+def build(source: Path, output: Path, *, opt: str = "2", includes: list[Path] | None = None) -> int:
+    """Compile ``source`` into ``output``; returns the module size in bytes."""
+    if source.suffix == ".wat":
+        from veritee.wasm.runtime import to_binary
+
+        output.write_bytes(to_binary(source.read_bytes()))
+        return output.stat().st_size
+    if source.suffix != ".c":
+        raise BuildError(f"{source}: only .c and .wat sources are supported")
+    if opt not in ("0", "1", "2", "3", "s", "z"):
+        raise BuildError(f"-O{opt} is not an optimisation level")
+    cmd = [find_clang(), f"--target={TARGET}", f"-O{opt}", "-Wall"]
+    for inc in [sdk_dir(), *(includes or [])]:
+        cmd += ["-I", str(inc)]
+    cmd += [str(source), "-o", str(output)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
+        if "wasi" in proc.stderr and ("not found" in proc.stderr or "cannot find" in proc.stderr):
+            first += " (is wasi-libc installed? run 'make setup')"
+        raise BuildError(f"clang failed on {source}: {first}")
+    return output.stat().st_size
