@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,3 +39,94 @@ def vector() -> Callable[[str], Path]:
         return path
 
     return _vector
+
+
+# -- a real emulated device with its secure world running, driven through the real CLI -------
+
+BUILD_TIMEOUT = 120  # seconds; a generous bound that only catches a hang
+CLI_TIMEOUT = 120
+
+
+@dataclass
+class Device:
+    """A provisioned device in its own state directory, its secure world running."""
+
+    home: Path
+
+    def cli(
+        self, *args: str | Path, input: bytes | None = None, timeout: float = CLI_TIMEOUT
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``veritee --home HOME ARGS`` as a separate process."""
+        return subprocess.run(
+            [sys.executable, "-m", "veritee", "--home", str(self.home), *map(str, args)],
+            input=input if input is not None else b"",
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str | Path, input: bytes | None = None) -> str:
+        proc = self.cli(*args, input=input)
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc.stdout.decode()
+
+    def start(self) -> None:
+        self.ok("tee", "start")
+
+    def stop(self) -> None:
+        self.cli("tee", "stop")
+
+    def context(self, vtee: str = "default") -> Any:
+        from veritee.home import Home
+        from veritee.tee import client as teec
+
+        return teec.Context(home=Home(self.home), vtee=vtee)
+
+
+def _provision(root: Path) -> Device:
+    dev = Device(root)
+    dev.ok("device", "init")
+    return dev
+
+
+@pytest.fixture(scope="session")
+def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
+    """One device for the whole session (tests must not restart it: use ``fresh_device``)."""
+    dev = _provision(tmp_path_factory.mktemp("device"))
+    dev.start()
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture
+def fresh_device(tmp_path: Path) -> Iterator[Device]:
+    """A device of this test's own, started; stopped at the end whatever happened."""
+    dev = _provision(tmp_path / "home")
+    dev.start()
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="session")
+def wasm(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Build a module from C or WAT in the repo (``examples/...`` or ``tests/assets/...``)."""
+    out = tmp_path_factory.mktemp("wasm")
+    built: dict[tuple[str, tuple[str, ...]], Path] = {}
+
+    def _wasm(source: str, *defines: str) -> Path:
+        key = (source, defines)
+        if key not in built:
+            from veritee.wasm.build import build
+
+            src = REPO / source
+            target = out / f"{src.stem}-{len(built)}.wasm"
+            if defines:
+                # Variants of one source (e.g. a "modified" module) via -D flags.
+                cmd_src = out / f"{src.stem}-{len(built)}{src.suffix}"
+                cmd_src.write_text("".join(f"#define {d}\n" for d in defines) + src.read_text())
+                src = cmd_src
+            build(src, target)
+            built[key] = target
+        return built[key]
+
+    return _wasm

@@ -278,39 +278,39 @@ class Runtime:
         hostfns.define(linker, services)
         instance = None
         exit_code = 0
+        failure: ModuleError | None = None
         try:
             try:
                 instance = linker.instantiate(store, compiled.module)
             except wasmtime.WasmtimeError as exc:
                 msg = _first_line(exc)
                 if ("memory" in msg and "limit" in msg) or "exceeds" in msg:
-                    raise ModuleLimitExceeded(
+                    failure = ModuleLimitExceeded(
                         f"module needs more memory than its limit of {_mib(limits.memory_bytes)}"
-                    ) from None
-                raise ModuleError(f"module cannot be instantiated: {msg}") from None
-            start = instance.exports(store)["_start"]
-            try:
-                start(store)
-            except wasmtime.ExitTrap as exc:
-                exit_code = exc.code
-            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                if reason:
-                    raise ModuleLimitExceeded(f"module stopped: {reason[-1]}") from None
-                if _memory_exhausted(instance, store, limits):
-                    raise ModuleLimitExceeded(
-                        f"module stopped: memory limit of {_mib(limits.memory_bytes)} reached "
-                        f"({_first_line(exc)})"
-                    ) from None
-                raise ModuleError(f"module trapped: {_first_line(exc)}") from None
-            if exit_code != 0 and _memory_exhausted(instance, store, limits):
-                stderr.write(
-                    f"veritee: memory limit of {_mib(limits.memory_bytes)} reached\n".encode()
-                )
+                    )
+                else:
+                    failure = ModuleError(f"module cannot be instantiated: {msg}")
+            if instance is not None:
+                try:
+                    instance.exports(store)["_start"](store)
+                except wasmtime.ExitTrap as exc:
+                    exit_code = exc.code
+                except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                    failure = _classify(exc, reason, _memory_exhausted(instance, store, limits),
+                                        limits)
+                if exit_code != 0 and _memory_exhausted(instance, store, limits):
+                    stderr.write(
+                        f"veritee: memory limit of {_mib(limits.memory_bytes)} reached\n".encode()
+                    )
         finally:
-            # Stores hold the WASI output callbacks: drop them here, not at interpreter exit.
+            # Drop the store now: wasmtime's WASI threads call back into its output capture,
+            # and a store kept alive (say, by a traceback) outlives the interpreter otherwise.
             del instance, store, linker, wasi
             if stdin_path:
                 os.unlink(stdin_path)
+        if failure is not None:
+            # Raised outside the except blocks, so no traceback keeps the store alive.
+            raise failure
         return RunResult(
             exit_code=exit_code,
             stdout=stdout.value(),
@@ -318,6 +318,19 @@ class Runtime:
             elapsed=time.monotonic() - started,
             truncated=stdout.truncated or stderr.truncated,
         )
+
+
+def _classify(
+    exc: BaseException, reason: list[str], memory_exhausted: bool, limits: Limits
+) -> ModuleError:
+    if reason:
+        return ModuleLimitExceeded(f"module stopped: {reason[-1]}")
+    if memory_exhausted:
+        return ModuleLimitExceeded(
+            f"module stopped: memory limit of {_mib(limits.memory_bytes)} reached "
+            f"({_first_line(exc)})"
+        )
+    return ModuleError(f"module trapped: {_first_line(exc)}")
 
 
 class _Capture:

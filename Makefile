@@ -1,0 +1,28 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set themselves up.
+VENV := .venv/bin
+PY_SOURCES := src tests bench
+
+.PHONY: setup demo test test-slow lint bench clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(VENV)/veritee demo
+
+lint: setup
+	$(VENV)/ruff check $(PY_SOURCES)
+	$(VENV)/ruff format --check $(PY_SOURCES)
+	$(VENV)/mypy
+
+test: lint
+	$(VENV)/pytest -q
+
+test-slow: setup
+	$(VENV)/pytest -q -m slow
+
+bench: setup
+	$(VENV)/python bench/compute.py
+
+clean:
+	rm -rf out bench/out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m veritee`` is the ``veritee`` command."""
+
+from veritee.cli import main
+
+main()
