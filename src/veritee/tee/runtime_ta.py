@@ -9,8 +9,8 @@ key ever leaves this process; the normal world sees measurements, tokens and out
 from __future__ import annotations
 
 import os
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,14 @@ from veritee.evidence.claims import (
     config_digest,
     encode_claims,
 )
-from veritee.tee.sealing import Sealer
+from veritee.tee.sealing import module_key
+from veritee.tee.worker import WorkerPool, raise_for
 from veritee.wasm.runtime import (
+    ArtifactChanged,
     CompiledModule,
+    Compiler,
     Limits,
     Preopen,
-    RunRequest,
-    Runtime,
     to_binary,
 )
 
@@ -64,11 +65,12 @@ class VteeIdentity:
 @dataclass
 class LoadedModule:
     name: str
+    wasm: bytes
     compiled: CompiledModule
     limits: Limits
     preopens: tuple[Preopen, ...]
     config_digest: bytes
-    sealer: Sealer
+    seal_key: bytes
     attestation_key: ec.EllipticCurvePrivateKey
     provisioning_key: x25519.X25519PrivateKey
     vtee_token: bytes
@@ -92,7 +94,7 @@ class LoadedModule:
 
 
 def load(
-    runtime: Runtime, vtee: VteeIdentity, storage: Path, module: bytes, raw_config: bytes
+    compiler: Compiler, vtee: VteeIdentity, storage: Path, module: bytes, raw_config: bytes
 ) -> LoadedModule:
     """Measure, compile and key one module instance; raise ModuleError/UsageError."""
     config = _decode_map(raw_config, "load config")
@@ -107,7 +109,10 @@ def load(
         raise UsageError("time budget must be between 0 and 86400 seconds")
     limits = Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout))
 
-    compiled = runtime.compile(to_binary(module))
+    wasm = to_binary(module)
+    compiled = compiler.compile(wasm)
+    if "_start" not in compiled.exports:
+        raise ModuleError("module has no '_start' export: it is not a WASI command")
     private = storage / compiled.measurement.hex()
     private.mkdir(parents=True, exist_ok=True)
     preopens = [Preopen(str(private), PRIVATE_DIR_GUEST, True)]
@@ -139,11 +144,12 @@ def load(
     vtee_token = cose.sign1(encode_claims(vtee_claims), vtee.attestation_key)
     return LoadedModule(
         name=name,
+        wasm=wasm,
         compiled=compiled,
         limits=limits,
         preopens=tuple(preopens),
         config_digest=digest,
-        sealer=Sealer(vtee.seal_root, compiled.measurement),
+        seal_key=module_key(vtee.seal_root, compiled.measurement),
         attestation_key=mak,
         provisioning_key=x25519.X25519PrivateKey.generate(),
         vtee_token=vtee_token,
@@ -151,15 +157,14 @@ def load(
 
 
 def run(
-    runtime: Runtime,
+    compiler: Compiler,
+    pool: WorkerPool,
     loaded: LoadedModule,
     raw_request: bytes,
-    cancel: threading.Event,
+    cancelled: Callable[[], bool],
     scratch: Path,
 ) -> tuple[int, bytes]:
-    """Run the loaded module; returns (exit code, CBOR result)."""
-    if len(raw_request) > MAX_ARGS_BYTES + 64 * 1024 * 1024:
-        raise UsageError("run request is too large")
+    """Run the loaded module in a fresh worker; returns (exit code, CBOR result)."""
     request = _decode_map(raw_request, "run request")
     args, env, stdin = request.get("args", []), request.get("env", []), request.get("stdin", b"")
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
@@ -170,26 +175,48 @@ def run(
         raise UsageError("env must be a list of [name, value] strings")
     if not isinstance(stdin, bytes):
         raise UsageError("stdin must be bytes")
+    if sum(len(a) for a in args) + sum(len(k) + len(v) for k, v in env) > MAX_ARGS_BYTES:
+        raise UsageError(f"arguments and environment exceed {MAX_ARGS_BYTES} bytes")
     loaded.running = True
     try:
-        result = runtime.run(
-            loaded.compiled,
-            RunRequest(tuple(args), tuple((k, v) for k, v in env), stdin, loaded.preopens),
-            loaded.limits,
-            loaded.sealer,
-            name=loaded.name,
-            cancel=cancel,
-            scratch_dir=scratch,
-        )
+        for attempt in (1, 2):
+            compiled = loaded.compiled
+            job = {
+                "artifact_path": str(compiled.artifact_path),
+                "artifact_digest": compiled.artifact_digest,
+                "measurement": compiled.measurement,
+                "seal_key": loaded.seal_key,
+                "name": loaded.name,
+                "args": args,
+                "env": env,
+                "stdin": stdin,
+                "preopens": [[p.host, p.guest, p.writable] for p in loaded.preopens],
+                "memory": loaded.limits.memory_bytes,
+                "time": loaded.limits.time_seconds,
+                "scratch": str(scratch),
+            }
+            reply = pool.run(job, loaded.limits.time_seconds, cancelled)
+            try:
+                raise_for(reply)
+            except ArtifactChanged:
+                # The normal world owns the disk: an artifact swapped after we checked it is
+                # dropped and the module compiled afresh from the bytes we measured.
+                if attempt == 2:
+                    raise
+                compiler.forget(compiled.measurement)
+                compiled.artifact_path.unlink(missing_ok=True)
+                loaded.compiled = compiler.compile(loaded.wasm)
+                continue
+            break
     finally:
         loaded.running = False
     body = {
-        "stdout": result.stdout,
-        "stderr": result.stderr,
-        "elapsed": result.elapsed,
-        "truncated": result.truncated,
+        "stdout": reply["stdout"],
+        "stderr": reply["stderr"],
+        "elapsed": reply["elapsed"],
+        "truncated": reply["truncated"],
     }
-    return result.exit_code, bytes(cbor2.dumps(body))
+    return int(reply["exit"]), bytes(cbor2.dumps(body))
 
 
 def attest(vtee: VteeIdentity, loaded: LoadedModule, nonce: bytes, user_data: bytes) -> bytes:

@@ -23,12 +23,17 @@ NONCE_BYTES = 12
 OVERHEAD = 1 + NONCE_BYTES + 16  # = VERITEE_SEAL_OVERHEAD in sdk/veritee.h
 
 
-class Sealer:
-    """Seals for one module instance; holds its key, never hands it out."""
+def module_key(seal_root: bytes, measurement: bytes) -> bytes:
+    """The sealing key of one module in one vTEE."""
+    return derive(seal_root, "seal", measurement)
 
-    def __init__(self, seal_root: bytes, measurement: bytes) -> None:
+
+class Sealer:
+    """Seals for one module instance with its key (see :func:`module_key`)."""
+
+    def __init__(self, key: bytes, measurement: bytes) -> None:
         self.measurement = measurement
-        self._aead = AESGCM(derive(seal_root, "seal", measurement))
+        self._aead = AESGCM(key)
         self._aad = bytes([VERSION]) + measurement
 
     def seal(self, plaintext: bytes) -> bytes:

@@ -39,7 +39,8 @@ from veritee.tee.ta import (
     RUNTIME_TA,
     SYSTEM_TA,
 )
-from veritee.wasm.runtime import Runtime
+from veritee.tee.worker import WorkerPool
+from veritee.wasm.runtime import Compiler
 
 log = logging.getLogger("veritee.world")
 
@@ -75,7 +76,8 @@ class SecureWorld:
         self.scratch = self.root / "tmp"
         for d in (self.storage, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
-        self.runtime = Runtime(self.root / "cache", handoff["aot_key"])
+        self.compiler = Compiler(self.root / "cache", handoff["aot_key"])
+        self.pool = WorkerPool()
         self.boot = handoff["boot"]
         self.started = time.time()
         self.max_modules = int(self.identity.config.get("max_modules", 64))
@@ -250,7 +252,7 @@ def _runtime(
                 )
         module = _memref(params, 0)["buf"]
         config = _memref(params, 1)["buf"]
-        new = runtime_ta.load(world.runtime, world.identity, world.storage, module, config)
+        new = runtime_ta.load(world.compiler, world.identity, world.storage, module, config)
         with world.lock:
             world.modules[sid] = new
         log.info("loaded %s (%s)", new.name, new.measurement.hex()[:16])
@@ -264,7 +266,9 @@ def _runtime(
         watcher = threading.Thread(target=_watch, args=(sock, cancel, done), daemon=True)
         watcher.start()
         try:
-            code, body = runtime_ta.run(world.runtime, loaded, request, cancel, world.scratch)
+            code, body = runtime_ta.run(
+                world.compiler, world.pool, loaded, request, cancel.is_set, world.scratch
+            )
         finally:
             done.set()
         out = _out(params, 1, body)
@@ -330,7 +334,7 @@ def serve(handoff: dict[str, Any], ready: Any = None) -> None:
     finally:
         server.server_close()
         path.unlink(missing_ok=True)
-        world.runtime.close()
+        world.pool.close()
         world.modules.clear()
 
 

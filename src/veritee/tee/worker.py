@@ -1,0 +1,181 @@
+"""Module workers: each run of a module happens in a fresh process of the secure world.
+
+Why processes: the time budget and a client's hang-up must be able to stop a module at any
+instruction, and the only mechanisms wasmtime offers inside a process (epoch interruption,
+fuel) slowed the compute kernels by 1.7-1.8x (bench/compute.py). Ending a process costs the
+module nothing while it runs. A fresh process per run also keeps one module's leftovers
+(heap, wasmtime internals) away from the next module.
+
+A worker is told only what its one run needs: the authenticated artifact's path and digest,
+that module's sealing key (never the vTEE's sealing root), its inputs and limits. The pool
+keeps a few workers started ahead (importing wasmtime takes ~0.1 s), so runs do not wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from veritee.errors import ModuleError, ModuleLimitExceeded, SecureWorldError
+from veritee.tee import protocol
+
+log = logging.getLogger("veritee.worker")
+
+POOL_SIZE = 2  # warm workers kept ready; each is one idle Python process (~40 MB)
+POLL_INTERVAL = 0.05  # seconds between checks of the deadline and the client while a run goes
+
+
+class _Worker:
+    def __init__(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = parent
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "veritee.tee.worker", str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        child.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.sock.close()
+
+
+class WorkerPool:
+    """Hands each run to a fresh worker process; ends it at the deadline or on cancel."""
+
+    def __init__(self, size: int = POOL_SIZE) -> None:
+        self._size = size
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(size):
+            self._idle.append(_Worker())
+
+    def _take(self) -> _Worker:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        threading.Thread(target=self._refill, daemon=True).start()
+        return worker or _Worker()
+
+    def _refill(self) -> None:
+        with self._lock:
+            missing = 0 if self._closed else self._size - len(self._idle)
+        for _ in range(missing):
+            fresh = _Worker()
+            with self._lock:
+                if self._closed or len(self._idle) >= self._size:
+                    fresh.kill()
+                else:
+                    self._idle.append(fresh)
+
+    def run(
+        self, job: dict[str, Any], time_seconds: float, cancelled: Callable[[], bool]
+    ) -> dict[str, Any]:
+        """Run ``job`` in a worker; return its reply, or raise when stopped or failed."""
+        worker = self._take()
+        deadline = time.monotonic() + time_seconds
+        try:
+            protocol.send(worker.sock, job)
+            while True:
+                ready, _, _ = select.select([worker.sock], [], [], POLL_INTERVAL)
+                if ready:
+                    return protocol.recv(worker.sock)
+                if cancelled():
+                    raise ModuleLimitExceeded("module stopped: cancelled, the client went away")
+                if time.monotonic() >= deadline:
+                    raise ModuleLimitExceeded(
+                        f"module stopped: time budget of {time_seconds:g} s exhausted"
+                    )
+        except (OSError, protocol.ProtocolError):
+            code = worker.process.poll()
+            raise SecureWorldError(f"module worker died (exit status {code})") from None
+        finally:
+            worker.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for w in idle:
+            w.kill()
+
+
+def _serve(fd: int) -> None:
+    """Worker side: wait for one job, run it, reply, exit."""
+    import cbor2  # noqa: F401 - imported ahead, with wasmtime, so a job starts at once
+
+    from veritee.tee.sealing import Sealer
+    from veritee.wasm import runtime
+
+    engine = runtime.new_engine()
+    sock = socket.socket(fileno=fd)
+    try:
+        job = protocol.recv(sock)
+    except protocol.ProtocolError:
+        return  # the pool closed us before giving us work
+    try:
+        module = runtime.load_artifact(engine, Path(job["artifact_path"]), job["artifact_digest"])
+        request = runtime.RunRequest(
+            args=tuple(job["args"]),
+            env=tuple((k, v) for k, v in job["env"]),
+            stdin=job["stdin"],
+            preopens=tuple(runtime.Preopen(h, g, w) for h, g, w in job["preopens"]),
+        )
+        limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"])
+        result = runtime.execute(
+            engine,
+            module,
+            request,
+            limits,
+            Sealer(job["seal_key"], job["measurement"]),
+            name=job["name"],
+            scratch_dir=Path(job["scratch"]),
+        )
+        reply: dict[str, Any] = {
+            "exit": result.exit_code,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "elapsed": result.elapsed,
+            "truncated": result.truncated,
+        }
+    except ModuleError as exc:
+        reply = {"error": type(exc).__name__, "message": str(exc)}
+    protocol.send(sock, reply)
+
+
+def raise_for(reply: dict[str, Any]) -> None:
+    """Turn a worker's error reply back into the exception it reported."""
+    from veritee.wasm.runtime import ArtifactChanged
+
+    kind = reply.get("error")
+    if kind is None:
+        return
+    cls = {
+        "ModuleLimitExceeded": ModuleLimitExceeded,
+        "ArtifactChanged": ArtifactChanged,
+    }.get(str(kind), ModuleError)
+    raise cls(str(reply.get("message", "module failed")))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    _serve(int(sys.argv[1]))
+    # wasmtime's threads must not outlive the objects they call back into.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
