@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests reach files by name through ``asset`` / ``vector``, never by hand-built paths."""
+"""Shared fixtures. Tests reach files by name (``asset``, ``vector``), never by hand-built paths."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def vector() -> Callable[[str], Path]:
 
     def _vector(name: str) -> Path:
         path = VECTORS / name
-        assert path.exists(), f"missing shared vector {name} (expected ../shared/vectors beside the repo)"
+        assert path.exists(), (
+            f"missing shared vector {name} (expected ../shared/vectors beside the repo)"
+        )
         return path
 
     return _vector

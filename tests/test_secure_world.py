@@ -117,8 +117,17 @@ def test_client_that_disconnects_does_not_leave_its_module_running(
 ) -> None:
     spin = wasm("tests/assets/c/spin.c")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "veritee", "--home", str(device.home), "run", "--timeout", "600",
-         str(spin)],
+        [
+            sys.executable,
+            "-m",
+            "veritee",
+            "--home",
+            str(device.home),
+            "run",
+            "--timeout",
+            "600",
+            str(spin),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -71,7 +71,7 @@ def device_show(home: Home, as_json: bool) -> None:
     from veritee.tee.keys import spki_digest
 
     info = dev.load_info(home)
-    data = {
+    data: dict[str, Any] = {
         "home": str(home.root),
         "ueid": info.ueid.hex(),
         "certificate": {

@@ -158,9 +158,9 @@ class _Connection(socketserver.BaseRequestHandler):
                 )
             if len(sessions) >= MAX_SESSIONS_PER_CONNECTION:
                 raise _Reply(teec.TEEC_ERROR_BUSY, teec.TEEC_ORIGIN_TEE, "too many sessions")
-            sid = next(world.ids)
-            sessions[sid] = str(uuid)
-            return {"session": sid}
+            new_sid = next(world.ids)
+            sessions[new_sid] = str(uuid)
+            return {"session": new_sid}
         sid = message.get("session")
         if not isinstance(sid, int) or sid not in sessions:
             # Sessions are per connection: another client's session id is simply unknown here.

@@ -284,7 +284,8 @@ def execute(
             failure = ModuleError("module has no '_start' export: it is not a WASI command")
         elif instance is not None:
             try:
-                instance.exports(store)["_start"](store)
+                start: Any = instance.exports(store)["_start"]
+                start(store)
             except wasmtime.ExitTrap as exc:
                 exit_code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
