@@ -35,7 +35,6 @@ from veritee.evidence.psa import (
     ClaimReader,
     Lifecycle,
     SoftwareComponent,
-    decode_cose,
 )
 
 __all__ = [
@@ -243,7 +242,7 @@ def _entry(entries: Mapping[Any, Any], key: int, tag: int, what: str) -> cose.Si
             )
     if not isinstance(entry, bytes):
         raise MalformedToken(f"{what} (key {key}) is not a byte string")
-    msg = decode_cose(entry, what=what)
+    msg = cose.decode(entry, what=what)
     if msg.mac:
         raise MalformedToken(f"{what} is a COSE_Mac0; CCA tokens are COSE_Sign1")
     if msg.alg not in ACCEPTED_ALGORITHMS:

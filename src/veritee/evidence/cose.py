@@ -92,32 +92,35 @@ def loads(data: bytes, *, what: str) -> Any:
     if len(data) > MAX_TOKEN_BYTES:
         raise MalformedToken(f"{what} is {len(data)} bytes, over the {MAX_TOKEN_BYTES}-byte limit")
     try:
-        return cbor2.loads(data)
+        # Duplicate map keys are refused: another verifier might keep the first, we the last.
+        return cbor2.loads(data, allow_duplicate_keys=False)
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise MalformedToken(f"{what} is not valid CBOR ({type(exc).__name__})") from None
 
 
-def decode(data: bytes) -> Sign1:
+def decode(data: bytes, *, what: str = "COSE message") -> Sign1:
     """Parse a (tagged or untagged) COSE_Sign1 or COSE_Mac0 without verifying it."""
-    value = loads(data, what="COSE message")
+    value = loads(data, what=what)
     tagged = False
     mac = False
     if isinstance(value, cbor2.CBORTag):
         if value.tag not in (TAG_SIGN1, TAG_MAC0):
-            raise MalformedToken(f"CBOR tag {value.tag} is not COSE_Sign1 (18) or COSE_Mac0 (17)")
+            raise MalformedToken(
+                f"{what}: CBOR tag {value.tag} is not COSE_Sign1 (18) or COSE_Mac0 (17)"
+            )
         tagged, mac, value = True, value.tag == TAG_MAC0, value.value
     # cbor2 decodes the contents of a tag as immutable types (tuple, frozendict).
     if not isinstance(value, list | tuple) or len(value) != 4:
-        raise MalformedToken("COSE message is not a 4-element array")
+        raise MalformedToken(f"{what} is not a 4-element COSE array")
     protected, unprotected, payload, signature = value
     if not isinstance(protected, bytes) or not isinstance(unprotected, Mapping):
-        raise MalformedToken("COSE headers have the wrong types")
+        raise MalformedToken(f"{what}: COSE headers have the wrong types")
     unprotected = {k: list(v) if isinstance(v, tuple) else v for k, v in unprotected.items()}
     if not isinstance(payload, bytes) or not isinstance(signature, bytes):
-        raise MalformedToken("COSE payload or signature is not a byte string")
-    protected_map = loads(protected, what="COSE protected header") if protected else {}
+        raise MalformedToken(f"{what}: COSE payload or signature is not a byte string")
+    protected_map = loads(protected, what=f"{what} protected header") if protected else {}
     if not isinstance(protected_map, dict):
-        raise MalformedToken("COSE protected header is not a map")
+        raise MalformedToken(f"{what}: COSE protected header is not a map")
     return Sign1(protected, protected_map, unprotected, payload, signature, mac, tagged)
 
 
@@ -188,7 +191,8 @@ def cose_to_ec_key(value: Any) -> ec.EllipticCurvePublicKey:
     """Parse an EC2 COSE_Key (map) into a public key; raise :class:`MalformedToken`."""
     if not isinstance(value, dict) or value.get(_KTY) != _KTY_EC2:
         raise MalformedToken("key is not an EC2 COSE_Key")
-    curve_info = _EC_CURVES.get(value.get(_CRV))  # type: ignore[arg-type]
+    crv = value.get(_CRV)
+    curve_info = _EC_CURVES.get(crv) if isinstance(crv, int) else None
     x, y = value.get(_X), value.get(_Y)
     if curve_info is None or not isinstance(x, bytes) or not isinstance(y, bytes):
         raise MalformedToken("EC2 COSE_Key has an unknown curve or bad coordinates")

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -360,37 +359,8 @@ def _software_component(entry: Any, where: str) -> SoftwareComponent:
     )
 
 
-def decode_cose(data: bytes, *, what: str) -> cose.Sign1:
-    """Decode a tagged or untagged COSE_Sign1 / COSE_Mac0 without verifying it.
-
-    Stand-in for :func:`cose.decode`, which rejects every *tagged* message under cbor2 6:
-    that release decodes a tag's content as a tuple with ``frozendict`` maps, and
-    ``cose.decode`` asks for ``list`` and ``dict``. Same checks otherwise; shared with
-    :mod:`veritee.evidence.cca`. Raises :class:`MalformedToken`.
-    """
-    value = cose.loads(data, what=what)
-    tagged = mac = False
-    if isinstance(value, cbor2.CBORTag):
-        if value.tag not in (cose.TAG_SIGN1, cose.TAG_MAC0):
-            raise MalformedToken(
-                f"{what}: CBOR tag {value.tag} is not COSE_Sign1 (18) or COSE_Mac0 (17)"
-            )
-        tagged, mac, value = True, value.tag == cose.TAG_MAC0, value.value
-    if not isinstance(value, list | tuple) or len(value) != 4:
-        raise MalformedToken(f"{what} is not a 4-element COSE array")
-    protected, unprotected, payload, signature = value
-    if not isinstance(protected, bytes) or not isinstance(unprotected, Mapping):
-        raise MalformedToken(f"{what}: COSE headers have the wrong types")
-    if not isinstance(payload, bytes) or not isinstance(signature, bytes):
-        raise MalformedToken(f"{what}: COSE payload or signature is not a byte string")
-    protected_map = cose.loads(protected, what=f"{what} protected header") if protected else {}
-    if not isinstance(protected_map, dict):
-        raise MalformedToken(f"{what}: COSE protected header is not a map")
-    return cose.Sign1(protected, protected_map, dict(unprotected), payload, signature, mac, tagged)
-
-
 def _open(token: bytes) -> cose.Sign1:
-    msg = decode_cose(token, what="PSA token")
+    msg = cose.decode(token, what="PSA token")
     alg = msg.alg
     if alg not in ACCEPTED_ALGORITHMS:
         raise BadSignature(f"PSA token: COSE algorithm {alg} is not accepted (ES256 or HMAC 256)")
