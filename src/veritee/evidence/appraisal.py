@@ -110,9 +110,7 @@ def verify(
     """Steps 1–5. ``nonce=None`` skips the freshness check (for offline inspection only)."""
     evidence = Evidence.decode(data)
     platform_msg = cose.decode(evidence.platform)
-    device_cert, ca = _device_certificate(platform_msg, anchors, now)
-    dak = device_cert.public_key()
-    assert isinstance(dak, ec.EllipticCurvePublicKey)
+    device_cert, dak, ca = _device_certificate(platform_msg, anchors, now)
     cose.verify(platform_msg, dak, what="platform token")
     platform = PlatformClaims.from_cbor(platform_msg.claims())
     expected_ueid = b"\x01" + cose.key_digest(cose.ec_key_to_cose(dak))
@@ -179,6 +177,23 @@ def check_reference_values(verified: Verified, refs: ReferenceValues) -> None:
 
 
 def _device_certificate(
+    msg: cose.Sign1, anchors: TrustAnchors, now: dt.datetime | None
+) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey, x509.Certificate]:
+    """The device certificate, its (EC) key, and the trust anchor it chains to."""
+    try:
+        cert, ca = _walk_chain(msg, anchors, now)
+        key = cert.public_key()
+    except ValueError:
+        # cryptography parses certificate fields lazily: a mangled one fails on first use.
+        raise MalformedToken(
+            "platform token's x5chain holds a certificate that does not parse"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise UntrustedDevice("device certificate does not certify an EC attestation key")
+    return cert, key, ca
+
+
+def _walk_chain(
     msg: cose.Sign1, anchors: TrustAnchors, now: dt.datetime | None
 ) -> tuple[x509.Certificate, x509.Certificate]:
     chain = msg.unprotected.get(cose.HDR_X5CHAIN)

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from veritee.errors import SecureWorldError
+from veritee.errors import ModuleError, SecureWorldError
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.tee import protocol
 
@@ -77,6 +77,11 @@ class TeecError(SecureWorldError):
         self.code = code
         self.origin = origin
         self.message = message
+        if origin == TEEC_ORIGIN_TRUSTED_APP and code in (
+            TEEC_ERROR_BAD_FORMAT,
+            TEEC_ERROR_CANCEL,
+        ):
+            self.exit_code = ModuleError.exit_code  # the module was at fault, not the TEE
         name = CODE_NAMES.get(code, f"0x{code:08x}")
         where = ORIGIN_NAMES.get(origin, str(origin))
         super().__init__(message or f"{name} (origin {where})")
