@@ -165,7 +165,7 @@ def test_tokens_of_two_instances_cannot_be_mixed(case: Case) -> None:
 
 def test_whole_chain_forged_under_a_rogue_ca_fails(case: Case) -> None:
     """An attacker builds a perfect-looking chain with its own CA and device key."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rogue_ca_key, rogue_ca = _new_ca(now)
     dak = ec.generate_private_key(ec.SECP256R1())
     cert = _device_cert(dak.public_key(), b"\x01" * 33, rogue_ca_key, rogue_ca, now)
@@ -178,7 +178,7 @@ def test_whole_chain_forged_under_a_rogue_ca_fails(case: Case) -> None:
 
 
 def test_other_trust_anchor_rejects(case: Case) -> None:
-    _, other_ca = _new_ca(dt.datetime.now(dt.timezone.utc))
+    _, other_ca = _new_ca(dt.datetime.now(dt.UTC))
     with pytest.raises(UntrustedDevice):
         appraise(case.evidence, TrustAnchors((other_ca,)), case.refs, nonce=NONCE)
 
@@ -195,7 +195,7 @@ def test_revoked_device_and_revoked_ca_reject(case: Case) -> None:
 
 
 def test_expired_device_certificate_rejects(case: Case) -> None:
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=20 * 365)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=20 * 365)
     with pytest.raises(UntrustedDevice, match="not valid now"):
         appraise(case.evidence, case.anchors, case.refs, nonce=NONCE, now=later)
 
