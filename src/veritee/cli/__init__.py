@@ -228,6 +228,25 @@ def attest(
     click.echo(f"wrote {output} ({len(evidence)} bytes)", err=True)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out/demo"),
+    show_default=True,
+    help="Where the demo keeps its device and modules (replaced each run).",
+)
+def demo(workdir: Path) -> None:
+    """A narrated tour: build, provision, boot, run, attest, appraise, attack.
+
+    \b
+    Example:  veritee demo
+    """
+    from veritee import demo as tour
+
+    tour.run(workdir.resolve())
+
+
 def _hex_arg(flag: str, value: str) -> bytes:
     try:
         return bytes.fromhex(value)
