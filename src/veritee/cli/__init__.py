@@ -258,9 +258,11 @@ def _hex_arg(flag: str, value: str) -> bytes:
 
 from veritee.cli import device as _device  # noqa: E402
 from veritee.cli import evidence as _evidence  # noqa: E402
+from veritee.cli import vtee as _vtee  # noqa: E402
 
 _device.register(cli)
 _evidence.register(cli)
+_vtee.register(cli)
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from veritee.errors import DeviceError, UsageError
 from veritee.evidence import cose
 from veritee.evidence.claims import ueid_of
 from veritee.home import DEFAULT_VTEE, Home
-from veritee.tee import boot, keys
+from veritee.tee import boot, keys, vtees
 
 CA_VALIDITY = dt.timedelta(days=3650)
 DEVICE_VALIDITY = dt.timedelta(days=3650)
@@ -43,7 +42,6 @@ MANIFEST = "boot-manifest.cbor"
 REFERENCE_VALUES = "reference-values.json"
 
 DEFAULT_TEE_CONFIG: dict[str, Any] = {"lifecycle": "emulated", "secure_boot": True}
-DEFAULT_VTEE_CONFIG: dict[str, Any] = {"memory_mb": 4096, "max_modules": 64}
 
 
 @dataclass(frozen=True)
@@ -156,14 +154,15 @@ def provision(home: Home, *, ca_dir: Path | None = None, force: bool = False) ->
     dak = ec.generate_private_key(ec.SECP256R1())
     ueid = ueid_of(cose.ec_key_to_cose(dak.public_key()))
     cert = _device_cert(dak.public_key(), ueid, ca_key, ca, now)
-    keys.write_secret(home.device / HUK, secrets.token_bytes(keys.HUK_BYTES))
+    huk = secrets.token_bytes(keys.HUK_BYTES)
+    keys.write_secret(home.device / HUK, huk)
     keys.write_private_key(home.device / DAK_KEY, dak)
     (home.device / DAK_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (home.device / CA_CERT).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (home.device / VENDOR_PUB).write_bytes(keys.public_pem(vendor.public_key()))
     (home.device / "tee-config.json").write_text(json.dumps(DEFAULT_TEE_CONFIG, indent=2))
     sign_boot_image(home)
-    create_vtee_record(home, DEFAULT_VTEE, DEFAULT_VTEE_CONFIG)
+    vtees.create(home, huk, DEFAULT_VTEE, vtees.make_config())
     return load_info(home)
 
 
@@ -192,28 +191,6 @@ def tee_config(home: Home) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise DeviceError("device tee-config.json must hold a JSON object")
     return value
-
-
-def create_vtee_record(home: Home, name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Write a new vTEE's record: a fresh random id makes a fresh identity."""
-    record = {"name": name, "id": secrets.token_hex(16), "config": config}
-    path = home.vtee(name)
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    (path / "vtee.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def load_vtee_record(home: Home, name: str) -> dict[str, Any]:
-    try:
-        record = json.loads((home.vtee(name) / "vtee.json").read_text())
-    except FileNotFoundError:
-        raise DeviceError(f"no vTEE named {name!r} on the device in {home.root}") from None
-    except json.JSONDecodeError as exc:
-        raise DeviceError(f"vTEE {name!r} record is not valid JSON: {exc}") from None
-    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise DeviceError(f"vTEE {name!r} record is malformed")
-    return record
 
 
 def load_info(home: Home) -> DeviceInfo:

@@ -30,16 +30,17 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives import serialization
 
-from veritee.errors import BootError, DeviceError, Error
+from veritee.errors import BootError, DeviceError, Error, UsageError
 from veritee.evidence import cose
-from veritee.evidence.claims import BootEntry, PlatformClaims, config_digest, encode_claims
+from veritee.evidence.claims import BootEntry, PlatformClaims, encode_claims
 from veritee.home import DEFAULT_VTEE, Home
-from veritee.tee import boot, device, keys, protocol
+from veritee.tee import boot, device, keys, protocol, vtees
 
 log = logging.getLogger("veritee.monitor")
 
 VTEE_START_TIMEOUT = 60.0  # seconds for a vTEE process to import wasmtime and listen
 READY_TIMEOUT = 90.0  # seconds 'veritee tee start' waits for boot to finish
+AUTOSTART = "autostart"  # marker in a vTEE's directory: start it at boot
 
 
 @dataclass
@@ -97,24 +98,24 @@ class Monitor:
             running = self.vtees.get(name)
             if running is not None and running.process.poll() is None:
                 return running
-        record = device.load_vtee_record(self.home, name)
-        vtee_id = bytes.fromhex(record["id"])
-        vconfig = record["config"]
-        digest = config_digest(vconfig)
-        ak = keys.derive_p256(self.huk, "vtee-attestation", vtee_id, digest)
+        record = vtees.load(self.home, self.huk, name)
+        keys_ = vtees.derive_keys(self.home, self.huk, record)
+        digest = record.config_digest
         handoff = {
             "name": name,
-            "id": vtee_id,
-            "config": vconfig,
+            "id": record.vtee_id,
+            "config": record.config,
             "config_digest": digest,
-            "attestation_key": ak.private_bytes(
+            "attestation_key": keys_.attestation_key.private_bytes(
                 serialization.Encoding.DER,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
-            "platform_token": self._platform_token(name, vtee_id, digest, ak.public_key()),
-            "seal_root": keys.derive(self.huk, "vtee-seal", vtee_id, digest),
-            "aot_key": keys.derive(self.huk, "vtee-aot", vtee_id, digest),
+            "platform_token": self._platform_token(
+                name, record.vtee_id, digest, keys_.attestation_key.public_key()
+            ),
+            "seal_root": keys_.seal_root,
+            "aot_key": keys_.aot_key,
             "dir": str(self.home.vtee(name)),
             "socket": str(self.home.vtee_socket(name)),
             "boot": {
@@ -130,25 +131,60 @@ class Monitor:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the vTEE logs to the monitor's log
-            start_new_session=False,
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(cbor2.dumps(handoff))
         proc.stdin.close()
-        del handoff, ak
+        del handoff, keys_
         line = _read_line(proc.stdout, VTEE_START_TIMEOUT)
         if line.strip() != b"ready":
             proc.kill()
             raise Error(f"vTEE {name!r} failed to start (see {self.home.log_file})")
-        vp = VteeProcess(name, vtee_id, digest, proc, time.time())
+        vp = VteeProcess(name, record.vtee_id, digest, proc, time.time())
         with self.lock:
             self.vtees[name] = vp
+        (self.home.vtee(name) / AUTOSTART).touch()
         log.info("started vTEE %s (pid %d)", name, proc.pid)
         return vp
 
-    def stop_vtee(self, name: str) -> bool:
+    def create_vtee(self, name: str, config: dict[str, Any]) -> vtees.VteeRecord:
+        record = vtees.create(self.home, self.huk, name, vtees.make_config(**config))
+        log.info("created vTEE %s (id %s)", name, record.vtee_id.hex())
+        return record
+
+    def destroy_vtee(self, name: str) -> vtees.VteeRecord:
+        self.stop_vtee(name)
+        record = vtees.destroy(self.home, name)
+        log.info(
+            "destroyed vTEE %s (id %s): its seed and keys are gone", name, record.vtee_id.hex()
+        )
+        return record
+
+    def list_vtees(self) -> list[dict[str, Any]]:
+        out = []
+        for name in vtees.names(self.home):
+            try:
+                record = vtees.load(self.home, self.huk, name)
+                entry: dict[str, Any] = {
+                    "name": name,
+                    "id": record.vtee_id,
+                    "config": record.config,
+                    "created": record.created,
+                }
+            except Error as exc:
+                entry = {"name": name, "error": str(exc)}
+            with self.lock:
+                vp = self.vtees.get(name)
+            entry["running"] = vp is not None and vp.process.poll() is None
+            entry["pid"] = vp.process.pid if entry["running"] and vp else None
+            out.append(entry)
+        return out
+
+    def stop_vtee(self, name: str, *, forget: bool = True) -> bool:
         with self.lock:
             vp = self.vtees.pop(name, None)
+        if forget:
+            (self.home.vtee(name) / AUTOSTART).unlink(missing_ok=True)
         if vp is None:
             return False
         vp.process.terminate()
@@ -160,8 +196,9 @@ class Monitor:
         return True
 
     def stop_all(self) -> None:
+        # Shutting the device down is not stopping its vTEEs: they come back at next boot.
         for name in list(self.vtees):
-            self.stop_vtee(name)
+            self.stop_vtee(name, forget=False)
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -205,15 +242,36 @@ class _Control(socketserver.BaseRequestHandler):
         monitor = self.server.monitor
         op = request.get("op")
         try:
+            name = str(request.get("name", ""))
             if op == "status":
                 reply: dict[str, Any] = {"ok": True, "status": monitor.status()}
+            elif op == "vtee-list":
+                reply = {"ok": True, "vtees": monitor.list_vtees()}
+            elif op == "vtee-create":
+                config = request.get("config") or {}
+                if not isinstance(config, dict):
+                    raise UsageError("config must be a map")
+                record = monitor.create_vtee(name, config)
+                reply = {"ok": True, "id": record.vtee_id}
+            elif op == "vtee-start":
+                vp = monitor.start_vtee(name)
+                reply = {"ok": True, "pid": vp.process.pid, "id": vp.vtee_id}
+            elif op == "vtee-stop":
+                if not monitor.stop_vtee(name):
+                    raise UsageError(f"vTEE {name!r} is not running")
+                reply = {"ok": True}
+            elif op == "vtee-destroy":
+                record = monitor.destroy_vtee(name)
+                reply = {"ok": True, "id": record.vtee_id}
             elif op == "stop":
                 reply = {"ok": True}
                 threading.Thread(target=self.server.shutdown, daemon=True).start()
             else:
                 reply = {"ok": False, "error": f"unknown request {op!r}"}
         except Error as exc:
-            reply = {"ok": False, "error": str(exc)}
+            reply = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        except TypeError as exc:  # e.g. a config key that make_config does not take
+            reply = {"ok": False, "error": f"bad request: {exc}", "exit_code": 2}
         with contextlib.suppress(OSError, protocol.ProtocolError):
             protocol.send(self.request, reply)
 
@@ -240,7 +298,9 @@ def control(home: Home, request: dict[str, Any], timeout: float = 30.0) -> dict[
     finally:
         sock.close()
     if not reply.get("ok"):
-        raise Error(str(reply.get("error", "the device monitor refused the request")))
+        err = Error(str(reply.get("error", "the device monitor refused the request")))
+        err.exit_code = int(reply.get("exit_code", 1))
+        raise err
     return reply
 
 
@@ -250,6 +310,12 @@ def run(home: Home, ready: Any) -> int:
         monitor = Monitor(home)
         monitor.measured_boot()
         monitor.start_vtee(DEFAULT_VTEE)
+        for name in vtees.names(home):
+            if name != DEFAULT_VTEE and (home.vtee(name) / AUTOSTART).exists():
+                try:
+                    monitor.start_vtee(name)
+                except Error as exc:  # one broken vTEE must not keep the device down
+                    log.error("vTEE %s not started: %s", name, exc)
     except Error as exc:
         log.error("%s", exc)
         ready.write(json.dumps({"ok": False, "error": str(exc)}) + "\n")

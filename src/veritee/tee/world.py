@@ -77,7 +77,7 @@ class SecureWorld:
         for d in (self.storage, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
         self.compiler = Compiler(self.root / "cache", handoff["aot_key"])
-        self.pool = WorkerPool()
+        self.pool = WorkerPool(int(self.identity.config.get("workers", 2)))
         self.boot = handoff["boot"]
         self.started = time.time()
         self.max_modules = int(self.identity.config.get("max_modules", 64))
@@ -243,6 +243,9 @@ def _runtime(
     if cmd == CMD_LOAD:
         if loaded is not None:
             raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "already loaded")
+        module = _memref(params, 0)["buf"]
+        config = _memref(params, 1)["buf"]
+        new = runtime_ta.load(world.compiler, world.identity, world.storage, module, config)
         with world.lock:
             if len(world.modules) >= world.max_modules:
                 raise _Reply(
@@ -250,10 +253,16 @@ def _runtime(
                     teec.TEEC_ORIGIN_TRUSTED_APP,
                     f"this TEE already holds its maximum of {world.max_modules} modules",
                 )
-        module = _memref(params, 0)["buf"]
-        config = _memref(params, 1)["buf"]
-        new = runtime_ta.load(world.compiler, world.identity, world.storage, module, config)
-        with world.lock:
+            # The vTEE's memory is shared by its modules: their limits must fit in it together.
+            committed = sum(m.limits.memory_bytes for m in world.modules.values())
+            if committed + new.limits.memory_bytes > world.identity.memory_cap:
+                raise _Reply(
+                    teec.TEEC_ERROR_OUT_OF_MEMORY,
+                    teec.TEEC_ORIGIN_TRUSTED_APP,
+                    f"this TEE's {world.identity.memory_cap >> 20} MiB are committed to its "
+                    f"loaded modules ({committed >> 20} MiB); cannot load "
+                    f"{new.limits.memory_bytes >> 20} MiB more",
+                )
             world.modules[sid] = new
         log.info("loaded %s (%s)", new.name, new.measurement.hex()[:16])
         return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(new.info())))})
