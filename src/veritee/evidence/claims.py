@@ -50,6 +50,7 @@ MODULE_CONFIG = -76011
 MODULE_NAME = -76012
 PROVISIONING_KEY = -76013
 USER_DATA = -76014
+PROVISIONING_KEY_PQ = -76015  # {1: ML-KEM-768 public, 2: X25519 public}: the hybrid PQ suite
 
 _CNF_COSE_KEY = 1
 # Boot-log entry keys.
@@ -189,6 +190,7 @@ class ModuleClaims:
     provisioning_key: dict[int, Any]  # COSE_Key (X25519) secrets are encrypted to (HPKE)
     iat: int
     user_data: bytes = b""  # e.g. a TLS key digest that the token vouches for
+    provisioning_key_pq: dict[int, bytes] | None = None  # see veritee.evidence.provisioning
 
     def to_cbor(self) -> dict[int, Any]:
         return {
@@ -200,6 +202,7 @@ class ModuleClaims:
             PROVISIONING_KEY: self.provisioning_key,
             USER_DATA: self.user_data,
             IAT: self.iat,
+            **({PROVISIONING_KEY_PQ: self.provisioning_key_pq} if self.provisioning_key_pq else {}),
         }
 
     @classmethod
@@ -213,6 +216,11 @@ class ModuleClaims:
             raise MalformedToken("user data is over its size limit")
         pkey = c.get(PROVISIONING_KEY)
         cose.cose_to_x25519_key(pkey)
+        pq = c.get(PROVISIONING_KEY_PQ)
+        if pq is not None:
+            from veritee.evidence.provisioning import pq_public_key
+
+            pq_public_key(pq)
         return cls(
             nonce=nonce,
             measurement=_digest(c, MODULE_MEASUREMENT, "module measurement"),
@@ -221,6 +229,7 @@ class ModuleClaims:
             provisioning_key=pkey,  # type: ignore[arg-type]
             iat=_req(c, IAT, int, "iat"),
             user_data=user_data,
+            provisioning_key_pq=pq,
         )
 
 

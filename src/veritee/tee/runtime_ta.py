@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import ModuleError, UsageError
 from veritee.evidence import cose
@@ -28,6 +28,7 @@ from veritee.evidence.claims import (
     config_digest,
     encode_claims,
 )
+from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee.sealing import module_key
 from veritee.tee.worker import WorkerPool, raise_for
 from veritee.wasm.runtime import (
@@ -72,7 +73,7 @@ class LoadedModule:
     config_digest: bytes
     seal_key: bytes
     attestation_key: ec.EllipticCurvePrivateKey
-    provisioning_key: x25519.X25519PrivateKey
+    provisioning: ProvisioningKeys
     vtee_token: bytes
     loaded_at: float = field(default_factory=time.time)
     running: bool = False
@@ -151,7 +152,7 @@ def load(
         config_digest=digest,
         seal_key=module_key(vtee.seal_root, compiled.measurement),
         attestation_key=mak,
-        provisioning_key=x25519.X25519PrivateKey.generate(),
+        provisioning=ProvisioningKeys(),
         vtee_token=vtee_token,
     )
 
@@ -230,7 +231,8 @@ def attest(vtee: VteeIdentity, loaded: LoadedModule, nonce: bytes, user_data: by
         measurement=loaded.measurement,
         config=loaded.config_digest,
         name=loaded.name,
-        provisioning_key=cose.x25519_key_to_cose(loaded.provisioning_key.public_key()),
+        provisioning_key=cose.x25519_key_to_cose(loaded.provisioning.x25519.public_key()),
+        provisioning_key_pq=loaded.provisioning.pq_public_claim(),
         iat=int(time.time()),
         user_data=user_data,
     )
