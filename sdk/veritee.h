@@ -48,7 +48,16 @@ extern "C" {
 #define VERITEE_ERR_UNSEAL (-3)
 /* This secure world does not offer the operation (e.g. its backend lacks it). */
 #define VERITEE_ERR_NOT_SUPPORTED (-4)
-/* -5 and below are reserved for functions added later. */
+/* The secret service refused the request (appraisal or its policy said no);
+ * the reason is written to the module's stderr by the secure world. */
+#define VERITEE_ERR_REFUSED (-5)
+/* The secret's envelope is not signed by the service key the module gave, or
+ * does not decrypt for this module: the relay or the service is not genuine. */
+#define VERITEE_ERR_NOT_AUTHENTIC (-6)
+/* The normal world could not relay the request (no --attest-to given, the
+ * service unreachable, or an unreadable answer). */
+#define VERITEE_ERR_RELAY (-7)
+/* -8 and below are reserved for functions added later. */
 
 /* ---- sizes -------------------------------------------------------------- */
 
@@ -113,7 +122,51 @@ int32_t veritee_unseal(const uint8_t *in, uint32_t in_len, uint8_t *out, uint32_
 VERITEE_IMPORT("measurement")
 int32_t veritee_measurement(uint8_t out[VERITEE_MEASUREMENT_LEN]);
 
-/* ---- attestation, secrets: reserved for a later version ----------------- */
+/* ---- attestation and secrets (WASI-RA) ----------------------------------- */
+
+/* Length of a P-256 public key in uncompressed form (0x04 || X || Y). */
+#define VERITEE_SERVICE_KEY_LEN 65u
+/* Flag for veritee_secret: use the hybrid post-quantum suite (ML-KEM-768 + X25519). */
+#define VERITEE_SECRET_PQ 1u
+
+/*
+ * Produce evidence for this module over a verifier's challenge: the platform,
+ * vtee and module tokens (CBOR), with nonce (8 to 64 bytes) and optional
+ * user_data (up to 1024 bytes, e.g. a digest of a key this module owns) in
+ * the module token. The secure world signs; the module never sees a key.
+ *
+ * Returns the evidence length, or VERITEE_ERR_BAD_ARG (bad pointers, nonce or
+ * user_data size), VERITEE_ERR_SHORT_BUFFER (evidence is a few KiB).
+ */
+VERITEE_IMPORT("evidence")
+int32_t veritee_evidence(const uint8_t *nonce, uint32_t nonce_len, const uint8_t *user_data,
+                         uint32_t user_data_len, uint8_t *out, uint32_t out_cap);
+
+/*
+ * Obtain the secret called name from the secret service that this run was
+ * wired to (veritee run --attest-to URL), in one remote-attestation handshake:
+ * the secure world fetches a challenge, answers it with this module's
+ * evidence, checks that the returned envelope is signed by service_key (the
+ * service's P-256 key, uncompressed, 65 bytes: embed it in the module so it is
+ * part of what is measured) and decrypts it (HPKE to this module's key). The
+ * normal world only relays bytes and learns nothing.
+ *
+ * Returns the secret's length, or VERITEE_ERR_BAD_ARG, VERITEE_ERR_SHORT_BUFFER,
+ * VERITEE_ERR_REFUSED, VERITEE_ERR_NOT_AUTHENTIC, VERITEE_ERR_RELAY.
+ */
+VERITEE_IMPORT("secret")
+int32_t veritee_secret(const uint8_t *service_key, uint32_t service_key_len, const char *name,
+                       uint32_t name_len, uint8_t *out, uint32_t out_cap, uint32_t flags);
+
+/*
+ * AES-256-GCM decryption inside the secure world (as the GlobalPlatform TEE
+ * Internal API offers): in = iv (12) || ciphertext || tag (16), no associated
+ * data. Returns the plaintext length, or VERITEE_ERR_UNSEAL if it does not
+ * authenticate, VERITEE_ERR_BAD_ARG, VERITEE_ERR_SHORT_BUFFER.
+ */
+VERITEE_IMPORT("aes_gcm_open")
+int32_t veritee_aes_gcm_open(const uint8_t key[32], const uint8_t *in, uint32_t in_len,
+                             uint8_t *out, uint32_t out_cap);
 
 /* ---- helpers (header-only, no import) ----------------------------------- */
 
@@ -128,6 +181,12 @@ static inline const char *veritee_strerror(int32_t code) {
         return "sealed data was altered or sealed by another module or TEE";
     case VERITEE_ERR_NOT_SUPPORTED:
         return "not supported by this secure world";
+    case VERITEE_ERR_REFUSED:
+        return "the secret service refused";
+    case VERITEE_ERR_NOT_AUTHENTIC:
+        return "the secret did not come from the expected service";
+    case VERITEE_ERR_RELAY:
+        return "the normal world could not relay the request";
     default:
         return code >= 0 ? "success" : "unknown error";
     }

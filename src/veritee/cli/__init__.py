@@ -73,7 +73,10 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("-O", "opt", default="2", show_default=True, help="Optimisation level.")
 @click.option("-I", "includes", multiple=True, type=click.Path(path_type=Path), help="Include dir.")
-def build(source: Path, output: Path, opt: str, includes: tuple[Path, ...]) -> None:
+@click.option("-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="Define a macro.")
+def build(
+    source: Path, output: Path, opt: str, includes: tuple[Path, ...], defines: tuple[str, ...]
+) -> None:
     """Compile a C source (clang, wasm32-wasi) or WAT text into a Wasm module.
 
     \b
@@ -81,7 +84,7 @@ def build(source: Path, output: Path, opt: str, includes: tuple[Path, ...]) -> N
     """
     from veritee.wasm import build as wasm_build
 
-    size = wasm_build.build(source, output, opt=opt, includes=list(includes))
+    size = wasm_build.build(source, output, opt=opt, includes=list(includes), defines=list(defines))
     click.echo(f"built {output} ({size} bytes)", err=True)
 
 
@@ -143,6 +146,12 @@ def _read_stdin() -> bytes:
     help="Time budget in seconds.",
 )
 @click.option("--name", default=None, help="Name of the module (default: file name).")
+@click.option(
+    "--attest-to",
+    metavar="URL",
+    default=None,
+    help="Secret service the module may attest to (WASI-RA); this relays its traffic.",
+)
 @click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -154,6 +163,7 @@ def run(
     max_memory: int,
     timeout: float,
     name: str | None,
+    attest_to: str | None,
     module: Path,
     args: tuple[str, ...],
 ) -> None:
@@ -167,9 +177,11 @@ def run(
     Example:  veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
     """
     from veritee.tee import client as teec
+    from veritee.tee.supplicant import HttpRelay
     from veritee.tee.ta import WasmSession
 
     argv = list(args[1:] if args[:1] == ("--",) else args)
+    relay = HttpRelay(attest_to) if attest_to else None
     with teec.Context(home=_home(ctx), vtee=vtee) as context:
         session = WasmSession(context)
         session.load(
@@ -179,7 +191,7 @@ def run(
             timeout=timeout,
             dirs=_parse_dirs(dirs),
         )
-        result = session.run(argv, _parse_env(env), _read_stdin())
+        result = session.run(argv, _parse_env(env), _read_stdin(), relay)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -258,10 +270,12 @@ def _hex_arg(flag: str, value: str) -> bytes:
 
 from veritee.cli import device as _device  # noqa: E402
 from veritee.cli import evidence as _evidence  # noqa: E402
+from veritee.cli import verifier as _verifier  # noqa: E402
 from veritee.cli import vtee as _vtee  # noqa: E402
 
 _device.register(cli)
 _evidence.register(cli)
+_verifier.register(cli)
 _vtee.register(cli)
 
 

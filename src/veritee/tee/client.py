@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -114,6 +115,7 @@ class TempMemref:
 
 
 Param = Value | TempMemref | None
+Relay = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -206,12 +208,18 @@ class Context:
             ) from None
         self._closed = False
 
-    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+    def call(self, message: dict[str, Any], relay: Relay | None = None) -> dict[str, Any]:
+        """One request; requests the TEE makes of the normal world meanwhile go to ``relay``."""
         if self._closed:
             raise TeecError(TEEC_ERROR_BAD_STATE, TEEC_ORIGIN_API, "context is finalized")
         try:
             protocol.send(self._sock, message)
             reply = protocol.recv(self._sock)
+            while "rpc" in reply:
+                rpc = reply["rpc"]
+                answer = relay(rpc) if relay and isinstance(rpc, dict) else {"error": "no relay"}
+                protocol.send(self._sock, {"rpc_reply": answer})
+                reply = protocol.recv(self._sock)
         except (OSError, protocol.ProtocolError) as exc:
             raise TeecError(
                 TEEC_ERROR_TARGET_DEAD,
@@ -257,13 +265,19 @@ class Session:
         self.id = session_id
         self._open = True
 
-    def invoke(self, command: int, operation: Operation | None = None) -> Operation:
-        """``TEEC_InvokeCommand``; output parameters of ``operation`` are filled in."""
+    def invoke(
+        self, command: int, operation: Operation | None = None, relay: Relay | None = None
+    ) -> Operation:
+        """``TEEC_InvokeCommand``; output parameters of ``operation`` are filled in.
+
+        ``relay`` plays the part of OP-TEE's tee-supplicant: it carries out requests the
+        trusted application makes of the normal world during the call (e.g. network I/O).
+        """
         if not self._open:
             raise TeecError(TEEC_ERROR_BAD_STATE, TEEC_ORIGIN_API, "session is closed")
         op = operation or Operation()
         reply = self.context.call(
-            {"op": "invoke", "session": self.id, "cmd": command, "params": op.encode()}
+            {"op": "invoke", "session": self.id, "cmd": command, "params": op.encode()}, relay
         )
         op.update(reply.get("params"))
         return op

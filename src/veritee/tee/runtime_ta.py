@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import ModuleError, UsageError
@@ -23,13 +24,13 @@ from veritee.evidence import cose
 from veritee.evidence.claims import (
     MAX_USER_DATA,
     Evidence,
-    ModuleClaims,
     VteeClaims,
     config_digest,
     encode_claims,
 )
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee.sealing import module_key
+from veritee.tee.services import module_token
 from veritee.tee.worker import WorkerPool, raise_for
 from veritee.wasm.runtime import (
     ArtifactChanged,
@@ -160,10 +161,12 @@ def load(
 def run(
     compiler: Compiler,
     pool: WorkerPool,
+    vtee: VteeIdentity,
     loaded: LoadedModule,
     raw_request: bytes,
     cancelled: Callable[[], bool],
     scratch: Path,
+    relay: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[int, bytes]:
     """Run the loaded module in a fresh worker; returns (exit code, CBOR result)."""
     request = _decode_map(raw_request, "run request")
@@ -195,8 +198,19 @@ def run(
                 "memory": loaded.limits.memory_bytes,
                 "time": loaded.limits.time_seconds,
                 "scratch": str(scratch),
+                # What the module's host functions need, for this module only.
+                "attestation_key": loaded.attestation_key.private_bytes(
+                    serialization.Encoding.DER,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+                "platform_token": vtee.platform_token,
+                "vtee_token": loaded.vtee_token,
+                "config_digest": loaded.config_digest,
+                "provisioning": loaded.provisioning.export(),
+                "relay": bool(request.get("relay")) and relay is not None,
             }
-            reply = pool.run(job, loaded.limits.time_seconds, cancelled)
+            reply = pool.run(job, loaded.limits.time_seconds, cancelled, relay)
             try:
                 raise_for(reply)
             except ArtifactChanged:
@@ -226,18 +240,16 @@ def attest(vtee: VteeIdentity, loaded: LoadedModule, nonce: bytes, user_data: by
         raise UsageError(f"nonce must be {NONCE_MIN} to {NONCE_MAX} bytes, got {len(nonce)}")
     if len(user_data) > MAX_USER_DATA:
         raise UsageError(f"user data must be at most {MAX_USER_DATA} bytes")
-    claims = ModuleClaims(
+    token = module_token(
+        loaded.attestation_key,
         nonce=nonce,
+        user_data=user_data,
         measurement=loaded.measurement,
         config=loaded.config_digest,
         name=loaded.name,
-        provisioning_key=cose.x25519_key_to_cose(loaded.provisioning.x25519.public_key()),
-        provisioning_key_pq=loaded.provisioning.pq_public_claim(),
-        iat=int(time.time()),
-        user_data=user_data,
+        keys=loaded.provisioning,
     )
-    module_token = cose.sign1(encode_claims(claims), loaded.attestation_key)
-    return Evidence(vtee.platform_token, loaded.vtee_token, module_token).encode()
+    return Evidence(vtee.platform_token, loaded.vtee_token, token).encode()
 
 
 def _decode_map(raw: bytes, what: str) -> dict[str, Any]:

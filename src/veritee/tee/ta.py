@@ -74,13 +74,23 @@ class WasmSession:
         return self.info
 
     def run(
-        self, args: list[str], env: list[tuple[str, str]] | None = None, stdin: bytes = b""
+        self,
+        args: list[str],
+        env: list[tuple[str, str]] | None = None,
+        stdin: bytes = b"",
+        relay: teec.Relay | None = None,
     ) -> RunOutput:
-        request = {"args": args, "env": [list(kv) for kv in env or []], "stdin": stdin}
+        """Run the module; ``relay`` carries its attestation traffic (see supplicant)."""
+        request = {
+            "args": args,
+            "env": [list(kv) for kv in env or []],
+            "stdin": stdin,
+            "relay": relay is not None,
+        }
         out = teec.memref_out(MAX_RESULT_BYTES)
         code = teec.value_out()
         self.session.invoke(
-            CMD_RUN, teec.Operation([teec.memref_in(cbor2.dumps(request)), out, code])
+            CMD_RUN, teec.Operation([teec.memref_in(cbor2.dumps(request)), out, code]), relay
         )
         result = cbor2.loads(out.buffer)
         return RunOutput(

@@ -81,9 +81,16 @@ class WorkerPool:
                     self._idle.append(fresh)
 
     def run(
-        self, job: dict[str, Any], time_seconds: float, cancelled: Callable[[], bool]
+        self,
+        job: dict[str, Any],
+        time_seconds: float,
+        cancelled: Callable[[], bool],
+        relay: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Run ``job`` in a worker; return its reply, or raise when stopped or failed."""
+        """Run ``job`` in a worker; return its reply, or raise when stopped or failed.
+
+        Requests the worker makes of the normal world (``{"rpc": …}``) go to ``relay``.
+        """
         worker = self._take()
         deadline = time.monotonic() + time_seconds
         try:
@@ -91,7 +98,12 @@ class WorkerPool:
             while True:
                 ready, _, _ = select.select([worker.sock], [], [], POLL_INTERVAL)
                 if ready:
-                    return protocol.recv(worker.sock)
+                    message = protocol.recv(worker.sock)
+                    if "rpc" not in message:
+                        return message
+                    answer = relay(message["rpc"]) if relay else {"error": "no relay"}
+                    protocol.send(worker.sock, {"rpc_reply": answer})
+                    continue
                 if cancelled():
                     raise ModuleLimitExceeded("module stopped: cancelled, the client went away")
                 if time.monotonic() >= deadline:
@@ -115,8 +127,10 @@ class WorkerPool:
 def _serve(fd: int) -> None:
     """Worker side: wait for one job, run it, reply, exit."""
     import cbor2  # noqa: F401 - imported ahead, with wasmtime, so a job starts at once
+    from cryptography.hazmat.primitives import serialization
 
-    from veritee.tee.sealing import Sealer
+    from veritee.evidence.provisioning import ProvisioningKeys
+    from veritee.tee.services import ModuleServices
     from veritee.wasm import runtime
 
     engine = runtime.new_engine()
@@ -134,19 +148,39 @@ def _serve(fd: int) -> None:
             preopens=tuple(runtime.Preopen(h, g, w) for h, g, w in job["preopens"]),
         )
         limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"])
+        notes: list[str] = []
+
+        def relay(request: dict[str, Any]) -> dict[str, Any]:
+            protocol.send(sock, {"rpc": request})
+            answer = protocol.recv(sock).get("rpc_reply")
+            return answer if isinstance(answer, dict) else {"error": "bad relay answer"}
+
+        key = serialization.load_der_private_key(job["attestation_key"], password=None)
+        services = ModuleServices(
+            measurement=job["measurement"],
+            seal_key=job["seal_key"],
+            attestation_key=key,  # type: ignore[arg-type]
+            platform_token=job["platform_token"],
+            vtee_token=job["vtee_token"],
+            config=job["config_digest"],
+            name=job["name"],
+            keys=ProvisioningKeys.restore(job["provisioning"]),
+            relay=relay if job.get("relay") else None,
+            note=notes.append,
+        )
         result = runtime.execute(
             engine,
             module,
             request,
             limits,
-            Sealer(job["seal_key"], job["measurement"]),
+            services,
             name=job["name"],
             scratch_dir=Path(job["scratch"]),
         )
         reply: dict[str, Any] = {
             "exit": result.exit_code,
             "stdout": result.stdout,
-            "stderr": result.stderr,
+            "stderr": result.stderr + "".join(f"{n}\n" for n in notes).encode(),
             "elapsed": result.elapsed,
             "truncated": result.truncated,
         }

@@ -276,7 +276,14 @@ def _runtime(
         watcher.start()
         try:
             code, body = runtime_ta.run(
-                world.compiler, world.pool, loaded, request, cancel.is_set, world.scratch
+                world.compiler,
+                world.pool,
+                world.identity,
+                loaded,
+                request,
+                cancel.is_set,
+                world.scratch,
+                relay=lambda rpc: _relay(sock, rpc),
             )
         finally:
             done.set()
@@ -294,6 +301,16 @@ def _runtime(
     raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, f"cmd {cmd!r}")
 
 
+def _relay(sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
+    """Ask the client (the normal world's supplicant) to carry a request; wait for its answer."""
+    try:
+        protocol.send(sock, {"rpc": rpc})
+        answer = protocol.recv(sock).get("rpc_reply")
+    except (OSError, protocol.ProtocolError) as exc:
+        return {"error": f"client gone: {exc}"}
+    return answer if isinstance(answer, dict) else {"error": "malformed relay answer"}
+
+
 def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) -> None:
     """Cancel the run if the client hangs up (EOF on its socket) before it ends."""
     while not done.is_set():
@@ -308,8 +325,8 @@ def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) 
             except OSError:
                 cancel.set()
                 return
-            # Data pending (a pipelined request): the client is alive; wait for the run.
-            done.wait()
+            # Data pending (a relay answer): the client is alive; look again shortly.
+            done.wait(WATCH_INTERVAL)
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -29,7 +29,14 @@ def find_clang() -> str:
     )
 
 
-def build(source: Path, output: Path, *, opt: str = "2", includes: list[Path] | None = None) -> int:
+def build(
+    source: Path,
+    output: Path,
+    *,
+    opt: str = "2",
+    includes: list[Path] | None = None,
+    defines: list[str] | None = None,
+) -> int:
     """Compile ``source`` into ``output``; returns the module size in bytes."""
     if source.suffix == ".wat":
         from veritee.wasm.runtime import to_binary
@@ -43,6 +50,10 @@ def build(source: Path, output: Path, *, opt: str = "2", includes: list[Path] | 
     cmd = [find_clang(), f"--target={TARGET}", f"-O{opt}", "-Wall"]
     for inc in [sdk_dir(), *(includes or [])]:
         cmd += ["-I", str(inc)]
+    for define in defines or []:
+        if not define or define.startswith("-"):
+            raise BuildError(f"-D {define!r} is not a macro definition")
+        cmd.append(f"-D{define}")
     cmd += [str(source), "-o", str(output)]
     output.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -1,0 +1,182 @@
+"""What the secure world does behind a module's host functions (runs in the module's worker).
+
+Sealing, evidence, secrets (WASI-RA) and AES-GCM for one module instance. Network traffic
+goes out as requests relayed by the normal world (as OP-TEE's tee-supplicant does): the
+secure world decides what is sent, checks what comes back, and the relay sees only the
+challenge, the evidence and HPKE ciphertext.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from veritee.errors import EvidenceError, SealingError
+from veritee.evidence import cose, provisioning
+from veritee.evidence.claims import MAX_USER_DATA, Evidence, ModuleClaims, encode_claims
+from veritee.tee.sealing import Sealer
+from veritee.wasm import hostfns
+from veritee.wasm.hostfns import HostError
+
+NONCE_MIN, NONCE_MAX = 8, 64
+SECRETS_API = "/secrets/v1"
+GCM_IV = 12
+
+Relay = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def module_token(
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    nonce: bytes,
+    user_data: bytes,
+    measurement: bytes,
+    config: bytes,
+    name: str,
+    keys: provisioning.ProvisioningKeys,
+) -> bytes:
+    """The module token over a challenge, signed with the module attestation key."""
+    claims = ModuleClaims(
+        nonce=nonce,
+        measurement=measurement,
+        config=config,
+        name=name,
+        provisioning_key=cose.x25519_key_to_cose(keys.x25519.public_key()),
+        iat=int(time.time()),
+        user_data=user_data,
+        provisioning_key_pq=keys.pq_public_claim(),
+    )
+    return cose.sign1(encode_claims(claims), key)
+
+
+class ModuleServices:
+    """HostServices of one module instance, as its worker holds them."""
+
+    def __init__(
+        self,
+        *,
+        measurement: bytes,
+        seal_key: bytes,
+        attestation_key: ec.EllipticCurvePrivateKey,
+        platform_token: bytes,
+        vtee_token: bytes,
+        config: bytes,
+        name: str,
+        keys: provisioning.ProvisioningKeys,
+        relay: Relay | None,
+        note: Callable[[str], None],
+    ) -> None:
+        self.measurement = measurement
+        self._sealer = Sealer(seal_key, measurement)
+        self._key = attestation_key
+        self._platform = platform_token
+        self._vtee = vtee_token
+        self._config = config
+        self._name = name
+        self._keys = keys
+        self._relay = relay
+        self._note = note
+
+    def seal(self, plaintext: bytes) -> bytes:
+        return self._sealer.seal(plaintext)
+
+    def unseal(self, blob: bytes) -> bytes:
+        return self._sealer.unseal(blob)
+
+    def evidence(self, nonce: bytes, user_data: bytes) -> bytes:
+        if not NONCE_MIN <= len(nonce) <= NONCE_MAX or len(user_data) > MAX_USER_DATA:
+            raise HostError(hostfns.ERR_BAD_ARG, "nonce or user data of the wrong size")
+        token = module_token(
+            self._key,
+            nonce=nonce,
+            user_data=user_data,
+            measurement=self.measurement,
+            config=self._config,
+            name=self._name,
+            keys=self._keys,
+        )
+        return Evidence(self._platform, self._vtee, token).encode()
+
+    def aes_gcm_open(self, key: bytes, blob: bytes) -> bytes:
+        if len(blob) < GCM_IV + 16:
+            raise SealingError("ciphertext is shorter than an IV and a tag")
+        try:
+            return AESGCM(key).decrypt(blob[:GCM_IV], blob[GCM_IV:], None)
+        except InvalidTag:
+            raise SealingError("ciphertext does not authenticate under this key") from None
+
+    def secret(self, service_key: bytes, name: bytes, post_quantum: bool) -> bytes:
+        """One WASI-RA handshake with the secret service; raise HostError with the reason."""
+        try:
+            pinned = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), service_key)
+            label = name.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise HostError(hostfns.ERR_BAD_ARG, "service key or secret name malformed") from None
+        if not 0 < len(label) <= provisioning.MAX_NAME:
+            raise HostError(hostfns.ERR_BAD_ARG, "secret name is empty or too long")
+        challenge = self._request("challenge", {}, expect=201)
+        try:
+            nonce = bytes.fromhex(str(challenge["nonce"]))
+        except (KeyError, ValueError):
+            raise HostError(hostfns.ERR_RELAY, "challenge answer has no nonce") from None
+        if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+            raise HostError(hostfns.ERR_RELAY, "challenge nonce has the wrong size")
+        suite = provisioning.SUITE_PQ if post_quantum else provisioning.SUITE_X25519
+        body = {
+            "nonce": nonce.hex(),
+            "name": label,
+            "evidence": self.evidence(nonce, b"").hex(),
+            "suite": suite,
+        }
+        answer = self._request("release", body, expect=200)
+        try:
+            envelope = provisioning.Envelope(
+                name=str(answer["name"]),
+                suite=str(answer["suite"]),
+                ciphertext=bytes.fromhex(str(answer["ciphertext"])),
+                signature=bytes.fromhex(str(answer["signature"])),
+            )
+        except (KeyError, ValueError):
+            raise HostError(hostfns.ERR_NOT_AUTHENTIC, "release answer is malformed") from None
+        if envelope.name != label or envelope.suite != suite:
+            raise HostError(hostfns.ERR_NOT_AUTHENTIC, "release answer is for another request")
+        try:
+            return provisioning.open_(envelope, nonce=nonce, keys=self._keys, service_key=pinned)
+        except EvidenceError as exc:
+            self._note(f"veritee: secret {label!r}: {exc}")
+            raise HostError(hostfns.ERR_NOT_AUTHENTIC, str(exc)) from None
+
+    def _request(self, op: str, body: dict[str, Any], *, expect: int) -> dict[str, Any]:
+        if self._relay is None:
+            self._note("veritee: no secret service: run the module with --attest-to URL")
+            raise HostError(hostfns.ERR_RELAY, "no relay")
+        reply = self._relay(
+            {
+                "op": "http",
+                "method": "POST",
+                "path": f"{SECRETS_API}/{op}",
+                "body": json.dumps(body).encode(),
+            }
+        )
+        status, raw = reply.get("status"), reply.get("body", b"")
+        if not isinstance(status, int) or not isinstance(raw, bytes):
+            self._note(f"veritee: secret service unreachable: {reply.get('error', 'no answer')}")
+            raise HostError(hostfns.ERR_RELAY, "relay failed")
+        try:
+            value = json.loads(raw) if raw else {}
+        except ValueError:
+            value = {}
+        if not isinstance(value, dict):
+            value = {}
+        if status != expect:
+            detail = value.get("detail") or value.get("error") or raw[:200].decode("latin-1")
+            self._note(f"veritee: secret service refused ({status}): {detail}")
+            code = hostfns.ERR_REFUSED if 400 <= status < 500 else hostfns.ERR_RELAY
+            raise HostError(code, str(detail))
+        return value
