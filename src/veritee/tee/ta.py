@@ -123,3 +123,112 @@ def status(context: teec.Context) -> dict[str, Any]:
         return value
     finally:
         session.close()
+
+
+# -- the application TA: long-lived modules of a distributed app (see docs/apps.md) ---------
+
+APP_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:app-module"))
+CMD_APP_LOAD = 0x20  # p0 in: module; p1 in: CBOR config; p2 out: CBOR info
+CMD_APP_ATTEST = 0x21  # p0 in: nonce; p1 in: user data; p2 out: evidence
+CMD_APP_CONNECT = 0x22  # p0 in: connect statement signed with the deployment key
+CMD_APP_DELIVER = 0x23  # p0 in: sealed event; p1 out: CBOR outcome
+CMD_APP_STATUS = 0x24  # p0 out: CBOR status
+CMD_APP_PUBLIC = 0x25  # p0 in: endpoint name; p1 in: request bytes; p2 out: CBOR outcome
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What delivering one event produced.
+
+    ``events``: sealed events the module emitted (route each by its connection id);
+    ``reply``: the sealed answer when the event was a request; ``state``: the instance's
+    sealed state after the event (store it, hand it back to ``load`` after a restart);
+    ``dropped``: why the event was refused (replay, altered, misrouted, malformed), else None;
+    ``log``: what the module wrote to stdout/stderr.
+    """
+
+    events: list[bytes]
+    reply: bytes | None
+    state: bytes
+    dropped: str | None
+    log: str
+
+
+class AppSession:
+    """A session with the application TA: one long-lived module instance of an app.
+
+    Node agents use it: ``load`` (with the app's deployment public key, and the sealed state
+    from a previous life if any), ``attest``, ``connect`` (statements the deployer signed),
+    ``deliver`` each sealed event that arrives for this module. Requests the module makes
+    during a delivery reach the node agent through ``relay`` as
+    ``{"op": "request", "event": sealed}``; it must answer ``{"event": sealed_reply}`` or
+    ``{"error": reason}``.
+    """
+
+    def __init__(self, context: teec.Context) -> None:
+        self.session = context.open_session(APP_TA)
+        self.info: dict[str, Any] = {}
+
+    def load(
+        self,
+        module: bytes,
+        *,
+        name: str,
+        app: str,
+        deployment_key: bytes,
+        memory_mb: int | None = None,
+        timeout: float | None = None,
+        state: bytes | None = None,
+    ) -> dict[str, Any]:
+        """Returns measurement, config_digest, endpoints ([kind, name]), key (X25519)."""
+        config: dict[str, Any] = {"name": name, "app": app, "deployment_key": deployment_key}
+        if memory_mb is not None:
+            config["memory_mb"] = memory_mb
+        if timeout is not None:
+            config["timeout"] = timeout
+        if state is not None:
+            config["state"] = state
+        out = teec.memref_out(MAX_INFO_BYTES)
+        self.session.invoke(
+            CMD_APP_LOAD,
+            teec.Operation([teec.memref_in(module), teec.memref_in(cbor2.dumps(config)), out]),
+        )
+        self.info = cbor2.loads(out.buffer)
+        return self.info
+
+    def attest(self, nonce: bytes, user_data: bytes = b"") -> bytes:
+        out = teec.memref_out(MAX_EVIDENCE_BYTES)
+        self.session.invoke(
+            CMD_APP_ATTEST,
+            teec.Operation([teec.memref_in(nonce), teec.memref_in(user_data), out]),
+        )
+        return out.buffer
+
+    def connect(self, statement: bytes) -> None:
+        self.session.invoke(CMD_APP_CONNECT, teec.Operation([teec.memref_in(statement)]))
+
+    def deliver(self, event: bytes, relay: teec.Relay | None = None) -> Outcome:
+        out = teec.memref_out(MAX_RESULT_BYTES)
+        self.session.invoke(CMD_APP_DELIVER, teec.Operation([teec.memref_in(event), out]), relay)
+        r = cbor2.loads(out.buffer)
+        return Outcome(r["events"], r["reply"], r["state"], r["dropped"], r["log"])
+
+    def public(self, endpoint: str, request: bytes, relay: teec.Relay | None = None) -> Outcome:
+        """Call a public (unauthenticated) endpoint; its answer is ``Outcome.reply``, plain."""
+        out = teec.memref_out(MAX_RESULT_BYTES)
+        self.session.invoke(
+            CMD_APP_PUBLIC,
+            teec.Operation([teec.memref_in(endpoint.encode()), teec.memref_in(request), out]),
+            relay,
+        )
+        r = cbor2.loads(out.buffer)
+        return Outcome(r["events"], r["reply"], r["state"], r["dropped"], r["log"])
+
+    def status(self) -> dict[str, Any]:
+        out = teec.memref_out(MAX_INFO_BYTES)
+        self.session.invoke(CMD_APP_STATUS, teec.Operation([out]))
+        value: dict[str, Any] = cbor2.loads(out.buffer)
+        return value
+
+    def close(self) -> None:
+        self.session.close()

@@ -48,6 +48,9 @@ def build(
     if opt not in ("0", "1", "2", "3", "s", "z"):
         raise BuildError(f"-O{opt} is not an optimisation level")
     cmd = [find_clang(), f"--target={TARGET}", f"-O{opt}", "-Wall"]
+    is_app = "veritee_app.h" in source.read_text(errors="replace")
+    if is_app:
+        cmd.append("-mexec-model=reactor")  # an app module is called, it has no main
     for inc in [sdk_dir(), *(includes or [])]:
         cmd += ["-I", str(inc)]
     for define in defines or []:
@@ -62,4 +65,8 @@ def build(
         if "wasi" in proc.stderr and ("not found" in proc.stderr or "cannot find" in proc.stderr):
             first += " (is wasi-libc installed? run 'make setup')"
         raise BuildError(f"clang failed on {source}: {first}")
+    if is_app:
+        from veritee.wasm.endpoints import record
+
+        output.write_bytes(record(output.read_bytes()))
     return output.stat().st_size

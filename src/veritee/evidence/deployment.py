@@ -1,0 +1,128 @@
+"""Deployment statements: what an application's owner tells a module's secure world.
+
+An application has a deployment key (P-256) that its owner's deployer holds. Each module is
+loaded with the public half in its configuration (so it is part of what the module's
+evidence attests). The deployer then tells each end of each connection, in a statement
+signed with that key, which attested peer to trust; the secure worlds derive the
+connection key from their own attested key-agreement keys, so the deployer never holds it.
+
+Statements are COSE_Sign1 (ES256) over a CBOR map; pure encode/verify, no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from veritee.evidence import cose
+from veritee.evidence.errors import BadSignature, MalformedToken
+
+PROFILE_CONNECT = "tag:veritee.dev,2026:connect"
+ENDPOINT_KINDS = ("input", "output", "request", "handler", "entry")
+MAX_NAME = 64
+CONN_ID_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The attested other end of a connection, as the deployer appraised it."""
+
+    measurement: bytes  # 32 bytes; all-zero for a user's tool (a direct connection)
+    key: bytes  # the peer's X25519 key-agreement public key (32 bytes, from its evidence)
+    node: str  # where the node agents should route (informational for the secure world)
+    endpoint: str  # the peer's endpoint name
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Tells a module instance: bind ``endpoint`` (of ``kind``) to ``peer`` under ``conn_id``."""
+
+    app: str
+    conn_id: bytes
+    kind: str  # this end's endpoint kind
+    endpoint: str  # this end's endpoint name
+    module_key: bytes  # X25519 key of the module instance this statement is for
+    peer: Peer
+    initiator: bool  # True at the sending end (output/request), False at input/handler/entry
+    iat: int = 0
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {
+            "profile": PROFILE_CONNECT,
+            "app": self.app,
+            "conn": self.conn_id,
+            "kind": self.kind,
+            "endpoint": self.endpoint,
+            "module_key": self.module_key,
+            "peer": {
+                "measurement": self.peer.measurement,
+                "key": self.peer.key,
+                "node": self.peer.node,
+                "endpoint": self.peer.endpoint,
+            },
+            "initiator": self.initiator,
+            "iat": self.iat or int(time.time()),
+        }
+
+    @classmethod
+    def from_cbor(cls, c: Any) -> Connect:
+        if not isinstance(c, dict) or c.get("profile") != PROFILE_CONNECT:
+            raise MalformedToken("not a Veritee connect statement")
+        p = c.get("peer")
+        try:
+            peer = Peer(
+                measurement=_bytes(p["measurement"], 32, "peer measurement"),
+                key=_bytes(p["key"], 32, "peer key"),
+                node=_text(p["node"], "peer node", 256),
+                endpoint=_text(p["endpoint"], "peer endpoint", MAX_NAME),
+            )
+            kind = _text(c["kind"], "kind", 16)
+            if kind not in ENDPOINT_KINDS:
+                raise MalformedToken(f"endpoint kind {kind!r} is not one of {ENDPOINT_KINDS}")
+            initiator = c["initiator"]
+            if not isinstance(initiator, bool) or not isinstance(c["iat"], int):
+                raise MalformedToken("connect statement: initiator or iat has the wrong type")
+            return cls(
+                app=_text(c["app"], "app", MAX_NAME),
+                conn_id=_bytes(c["conn"], CONN_ID_BYTES, "connection id"),
+                kind=kind,
+                endpoint=_text(c["endpoint"], "endpoint", MAX_NAME),
+                module_key=_bytes(c["module_key"], 32, "module key"),
+                peer=peer,
+                initiator=initiator,
+                iat=c["iat"],
+            )
+        except (KeyError, TypeError):
+            raise MalformedToken("connect statement lacks a field") from None
+
+
+def sign_connect(statement: Connect, deployment_key: ec.EllipticCurvePrivateKey) -> bytes:
+    return cose.sign1(bytes(cbor2.dumps(statement.to_cbor())), deployment_key)
+
+
+def verify_connect(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Connect:
+    """Check a statement's signature against the app's deployment key; raise EvidenceError."""
+    msg = cose.decode(data, what="connect statement")
+    try:
+        cose.verify(msg, deployment_key, what="connect statement")
+    except BadSignature:
+        raise BadSignature(
+            "connect statement is not signed with this application's deployment key"
+        ) from None
+    return Connect.from_cbor(cose.loads(msg.payload, what="connect statement"))
+
+
+def _bytes(value: Any, size: int, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise MalformedToken(f"{what} must be {size} bytes")
+    return value
+
+
+def _text(value: Any, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise MalformedToken(f"{what} must be a string of 1 to {limit} characters")
+    return value
