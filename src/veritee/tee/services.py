@@ -111,6 +111,32 @@ class ModuleServices:
         except InvalidTag:
             raise SealingError("ciphertext does not authenticate under this key") from None
 
+    # -- app modules: events go through the vTEE, which holds the connection keys ----------
+
+    def output(self, name: bytes, data: bytes) -> bytes:
+        self._app("output", name=name.decode("utf-8", "replace"), data=data)
+        return b""
+
+    def request(self, name: bytes, data: bytes) -> bytes:
+        answer = self._app("request", name=name.decode("utf-8", "replace"), data=data)
+        reply = answer.get("data")
+        if not isinstance(reply, bytes):
+            raise HostError(hostfns.ERR_RELAY, "request got no answer")
+        return reply
+
+    def respond(self, data: bytes) -> bytes:
+        self._app("respond", data=data)
+        return b""
+
+    def _app(self, op: str, **fields: Any) -> dict[str, Any]:
+        if self._relay is None:
+            raise HostError(hostfns.ERR_NOT_SUPPORTED, "not an app module")
+        answer = self._relay({"op": op, **fields})
+        if "error" in answer:
+            self._note(f"veritee: {op}: {answer['error']}")
+            raise HostError(hostfns.ERR_RELAY, str(answer["error"]))
+        return answer
+
     def secret(self, service_key: bytes, name: bytes, post_quantum: bool) -> bytes:
         """One WASI-RA handshake with the secret service; raise HostError with the reason."""
         try:

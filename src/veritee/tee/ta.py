@@ -162,7 +162,9 @@ class AppSession:
     ``deliver`` each sealed event that arrives for this module. Requests the module makes
     during a delivery reach the node agent through ``relay`` as
     ``{"op": "request", "event": sealed}``; it must answer ``{"event": sealed_reply}`` or
-    ``{"error": reason}``.
+    ``{"error": reason}``. Give each AppSession its own Context (connection): a request
+    relayed during one delivery is delivered to its handler's session meanwhile, and calls
+    on one connection do not nest.
     """
 
     def __init__(self, context: teec.Context) -> None:

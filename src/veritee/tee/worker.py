@@ -85,36 +85,32 @@ class WorkerPool:
         job: dict[str, Any],
         time_seconds: float,
         cancelled: Callable[[], bool],
-        relay: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        relay: Relay | None = None,
     ) -> dict[str, Any]:
         """Run ``job`` in a worker; return its reply, or raise when stopped or failed.
 
         Requests the worker makes of the normal world (``{"rpc": …}``) go to ``relay``.
         """
         worker = self._take()
-        deadline = time.monotonic() + time_seconds
         try:
-            protocol.send(worker.sock, job)
-            while True:
-                ready, _, _ = select.select([worker.sock], [], [], POLL_INTERVAL)
-                if ready:
-                    message = protocol.recv(worker.sock)
-                    if "rpc" not in message:
-                        return message
-                    answer = relay(message["rpc"]) if relay else {"error": "no relay"}
-                    protocol.send(worker.sock, {"rpc_reply": answer})
-                    continue
-                if cancelled():
-                    raise ModuleLimitExceeded("module stopped: cancelled, the client went away")
-                if time.monotonic() >= deadline:
-                    raise ModuleLimitExceeded(
-                        f"module stopped: time budget of {time_seconds:g} s exhausted"
-                    )
-        except (OSError, protocol.ProtocolError):
-            code = worker.process.poll()
-            raise SecureWorldError(f"module worker died (exit status {code})") from None
+            return _exchange(worker, job, time_seconds, cancelled, relay)
         finally:
             worker.kill()
+
+    def reactor(
+        self, job: dict[str, Any], time_seconds: float, relay: Relay | None
+    ) -> ReactorProcess:
+        """Start a long-lived module instance in a worker of its own."""
+        worker = self._take()
+        try:
+            reply = _exchange(worker, {**job, "op": "reactor"}, time_seconds, _never, relay)
+        except BaseException:
+            worker.kill()
+            raise
+        if "error" in reply:
+            worker.kill()
+            raise_for(reply)
+        return ReactorProcess(worker, str(reply.get("log", "")))
 
     def close(self) -> None:
         with self._lock:
@@ -122,6 +118,75 @@ class WorkerPool:
             idle, self._idle = self._idle, []
         for w in idle:
             w.kill()
+
+
+Relay = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _never() -> bool:
+    return False
+
+
+def _exchange(
+    worker: _Worker,
+    message: dict[str, Any],
+    time_seconds: float,
+    cancelled: Callable[[], bool],
+    relay: Relay | None,
+) -> dict[str, Any]:
+    """Send one message to a worker and wait for its answer, serving its relay requests."""
+    deadline = time.monotonic() + time_seconds
+    try:
+        protocol.send(worker.sock, message)
+        while True:
+            ready, _, _ = select.select([worker.sock], [], [], POLL_INTERVAL)
+            if ready:
+                answer = protocol.recv(worker.sock)
+                if "rpc" not in answer:
+                    return answer
+                rpc = answer["rpc"]
+                result = relay(rpc) if relay and isinstance(rpc, dict) else {"error": "no relay"}
+                protocol.send(worker.sock, {"rpc_reply": result})
+                continue
+            if cancelled():
+                raise ModuleLimitExceeded("module stopped: cancelled, the client went away")
+            if time.monotonic() >= deadline:
+                raise ModuleLimitExceeded(
+                    f"module stopped: time budget of {time_seconds:g} s exhausted"
+                )
+    except (OSError, protocol.ProtocolError):
+        code = worker.process.poll()
+        raise SecureWorldError(f"module worker died (exit status {code})") from None
+
+
+class ReactorProcess:
+    """The vTEE's handle on a long-lived module instance; one call at a time."""
+
+    def __init__(self, worker: _Worker, log: str) -> None:
+        self._worker = worker
+        self.initial_log = log
+        self._lock = threading.Lock()
+
+    def call(self, export: str, payload: bytes, time_seconds: float, relay: Relay) -> str:
+        """Call an endpoint; raise (and end the instance) if it fails or overruns."""
+        with self._lock:
+            try:
+                reply = _exchange(
+                    self._worker, {"call": export, "payload": payload}, time_seconds, _never, relay
+                )
+            except BaseException:
+                self.close()
+                raise
+        raise_for(reply)
+        return str(reply.get("log", ""))
+
+    @property
+    def alive(self) -> bool:
+        return self._worker.process.poll() is None
+
+    def close(self) -> None:
+        if self._worker.process.poll() is None:
+            self._worker.kill()
 
 
 def _serve(fd: int) -> None:
@@ -168,6 +233,9 @@ def _serve(fd: int) -> None:
             relay=relay if job.get("relay") else None,
             note=notes.append,
         )
+        if job.get("op") == "reactor":
+            _serve_reactor(sock, engine, module, limits, services, job, notes)
+            return
         result = runtime.execute(
             engine,
             module,
@@ -187,6 +255,43 @@ def _serve(fd: int) -> None:
     except ModuleError as exc:
         reply = {"error": type(exc).__name__, "message": str(exc)}
     protocol.send(sock, reply)
+
+
+def _serve_reactor(
+    sock: socket.socket,
+    engine: Any,
+    module: Any,
+    limits: Any,
+    services: Any,
+    job: dict[str, Any],
+    notes: list[str],
+) -> None:
+    """Worker side of a long-lived instance: instantiate once, then call endpoints."""
+    from veritee.wasm import runtime
+
+    reactor = runtime.Reactor(
+        engine,
+        module,
+        limits,
+        services,
+        name=job["name"],
+        preopens=tuple(runtime.Preopen(h, g, w) for h, g, w in job["preopens"]),
+    )
+    protocol.send(sock, {"ready": True, "log": "".join(notes)})
+    while True:
+        try:
+            message = protocol.recv(sock)
+        except protocol.ProtocolError:
+            return  # the vTEE let this instance go
+        notes.clear()
+        try:
+            log = reactor.call(str(message["call"]), message["payload"])
+            reply: dict[str, Any] = {"log": log + "".join(f"{n}\n" for n in notes)}
+        except ModuleError as exc:
+            reply = {"error": type(exc).__name__, "message": str(exc)}
+        protocol.send(sock, reply)
+        if "error" in reply:
+            return  # a trapped instance is not trusted to go on
 
 
 def raise_for(reply: dict[str, Any]) -> None:

@@ -27,10 +27,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
+from veritee.evidence.claims import Evidence
+from veritee.tee import app_ta, protocol, runtime_ta
 from veritee.tee import client as teec
-from veritee.tee import protocol, runtime_ta
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
+from veritee.tee.services import module_token
 from veritee.tee.ta import (
+    APP_TA,
+    CMD_APP_ATTEST,
+    CMD_APP_CONNECT,
+    CMD_APP_DELIVER,
+    CMD_APP_LOAD,
+    CMD_APP_PUBLIC,
+    CMD_APP_STATUS,
     CMD_ATTEST,
     CMD_INFO,
     CMD_LOAD,
@@ -82,8 +91,23 @@ class SecureWorld:
         self.started = time.time()
         self.max_modules = int(self.identity.config.get("max_modules", 64))
         self.modules: dict[int, LoadedModule] = {}
+        self.apps: dict[int, app_ta.AppModule] = {}
         self.lock = threading.Lock()
         self.ids = itertools.count(1)
+
+    def close_session(self, sid: int) -> None:
+        """Free what a session held (its module, its app instance's worker)."""
+        with self.lock:
+            self.modules.pop(sid, None)
+            app = self.apps.pop(sid, None)
+        if app is not None and app.reactor is not None:
+            app.reactor.close()
+
+    def committed_memory(self) -> int:
+        """Memory promised to loaded modules (call with the lock held)."""
+        return sum(m.limits.memory_bytes for m in self.modules.values()) + sum(
+            a.limits.memory_bytes for a in self.apps.values()
+        )
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -136,9 +160,8 @@ class _Connection(socketserver.BaseRequestHandler):
                 except (OSError, protocol.ProtocolError):
                     return
         finally:
-            with world.lock:
-                for sid in sessions:
-                    world.modules.pop(sid, None)
+            for sid in sessions:
+                world.close_session(sid)
 
     def _dispatch(
         self,
@@ -150,7 +173,7 @@ class _Connection(socketserver.BaseRequestHandler):
         op = message.get("op")
         if op == "open":
             uuid = message.get("uuid")
-            if uuid not in (RUNTIME_TA, SYSTEM_TA):
+            if uuid not in _TAS:
                 raise _Reply(
                     teec.TEEC_ERROR_ITEM_NOT_FOUND,
                     teec.TEEC_ORIGIN_TEE,
@@ -169,8 +192,7 @@ class _Connection(socketserver.BaseRequestHandler):
             )
         if op == "close":
             del sessions[sid]
-            with world.lock:
-                world.modules.pop(sid, None)
+            world.close_session(sid)
             return {}
         if op != "invoke":
             raise _Reply(teec.TEEC_ERROR_BAD_FORMAT, teec.TEEC_ORIGIN_TEE, f"unknown op {op!r}")
@@ -179,9 +201,7 @@ class _Connection(socketserver.BaseRequestHandler):
             raise _Reply(teec.TEEC_ERROR_BAD_PARAMETERS, teec.TEEC_ORIGIN_TEE, "need 4 params")
         cmd = message.get("cmd")
         try:
-            if sessions[sid] == SYSTEM_TA:
-                return _system(world, cmd, params)
-            return _runtime(world, sock, sid, cmd, params)
+            return _TAS[sessions[sid]](world, sock, sid, cmd, params)
         except ModuleLimitExceeded as exc:
             raise _Reply(teec.TEEC_ERROR_CANCEL, teec.TEEC_ORIGIN_TRUSTED_APP, str(exc)) from None
         except (ModuleError, UsageError) as exc:
@@ -229,7 +249,9 @@ def _reply(params: list[Any], outs: dict[int, dict[str, Any]]) -> dict[str, Any]
     return {"params": [outs.get(i) for i in range(teec.MAX_PARAMS)]}
 
 
-def _system(world: SecureWorld, cmd: Any, params: list[Any]) -> dict[str, Any]:
+def _system(
+    world: SecureWorld, _sock: socket.socket, _sid: int, cmd: Any, params: list[Any]
+) -> dict[str, Any]:
     if cmd != CMD_STATUS:
         raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, "unknown cmd")
     return _reply(params, {0: _out(params, 0, bytes(cbor2.dumps(world.status())))})
@@ -247,14 +269,14 @@ def _runtime(
         config = _memref(params, 1)["buf"]
         new = runtime_ta.load(world.compiler, world.identity, world.storage, module, config)
         with world.lock:
-            if len(world.modules) >= world.max_modules:
+            if len(world.modules) + len(world.apps) >= world.max_modules:
                 raise _Reply(
                     teec.TEEC_ERROR_BUSY,
                     teec.TEEC_ORIGIN_TRUSTED_APP,
                     f"this TEE already holds its maximum of {world.max_modules} modules",
                 )
             # The vTEE's memory is shared by its modules: their limits must fit in it together.
-            committed = sum(m.limits.memory_bytes for m in world.modules.values())
+            committed = world.committed_memory()
             if committed + new.limits.memory_bytes > world.identity.memory_cap:
                 raise _Reply(
                     teec.TEEC_ERROR_OUT_OF_MEMORY,
@@ -301,6 +323,72 @@ def _runtime(
     raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, f"cmd {cmd!r}")
 
 
+def _app(
+    world: SecureWorld, sock: socket.socket, sid: int, cmd: Any, params: list[Any]
+) -> dict[str, Any]:
+    """The application TA: one long-lived module instance of a distributed app."""
+    with world.lock:
+        loaded = world.apps.get(sid)
+    if cmd == CMD_APP_LOAD:
+        if loaded is not None:
+            raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "already loaded")
+        new = app_ta.load(
+            world.compiler,
+            world.pool,
+            world.identity,
+            world.storage,
+            world.scratch,
+            _memref(params, 0)["buf"],
+            _memref(params, 1)["buf"],
+        )
+        with world.lock:
+            full = len(world.modules) + len(world.apps) >= world.max_modules
+            short = world.committed_memory() + new.limits.memory_bytes > world.identity.memory_cap
+            if not (full or short):
+                world.apps[sid] = new
+        if full or short:
+            if new.reactor is not None:
+                new.reactor.close()
+            raise _Reply(
+                teec.TEEC_ERROR_BUSY if full else teec.TEEC_ERROR_OUT_OF_MEMORY,
+                teec.TEEC_ORIGIN_TRUSTED_APP,
+                "this TEE is full: too many modules" if full else "this TEE's memory is committed",
+            )
+        log.info("loaded app module %s/%s (%s)", new.app, new.name, new.measurement.hex()[:16])
+        return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(new.info())))})
+    if loaded is None:
+        raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "no module loaded")
+    relay = lambda rpc: _relay(sock, rpc)  # noqa: E731 - one-line adapter
+    if cmd == CMD_APP_ATTEST:
+        nonce, user_data = _memref(params, 0)["buf"], _memref(params, 1)["buf"]
+        if not runtime_ta.NONCE_MIN <= len(nonce) <= runtime_ta.NONCE_MAX:
+            raise UsageError("nonce must be 8 to 64 bytes")
+        token = module_token(
+            loaded.attestation_key,
+            nonce=nonce,
+            user_data=user_data[:1024],
+            measurement=loaded.measurement,
+            config=loaded.config_digest,
+            name=loaded.name,
+            keys=loaded.provisioning,
+        )
+        evidence = Evidence(world.identity.platform_token, loaded.vtee_token, token).encode()
+        return _reply(params, {2: _out(params, 2, evidence)})
+    if cmd == CMD_APP_CONNECT:
+        app_ta.connect(loaded, _memref(params, 0)["buf"])
+        return _reply(params, {})
+    if cmd == CMD_APP_DELIVER:
+        outcome = app_ta.deliver(loaded, _memref(params, 0)["buf"], relay)
+        return _reply(params, {1: _out(params, 1, bytes(cbor2.dumps(outcome)))})
+    if cmd == CMD_APP_PUBLIC:
+        endpoint = _memref(params, 0)["buf"].decode("utf-8", "replace")
+        outcome = app_ta.public(loaded, endpoint, _memref(params, 1)["buf"], relay)
+        return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(outcome)))})
+    if cmd == CMD_APP_STATUS:
+        return _reply(params, {0: _out(params, 0, bytes(cbor2.dumps(app_ta.status(loaded))))})
+    raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, f"cmd {cmd!r}")
+
+
 def _relay(sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
     """Ask the client (the normal world's supplicant) to carry a request; wait for its answer."""
     try:
@@ -327,6 +415,10 @@ def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) 
                 return
             # Data pending (a relay answer): the client is alive; look again shortly.
             done.wait(WATCH_INTERVAL)
+
+
+# The trusted applications of this TEE, by UUID: add a TA here.
+_TAS = {RUNTIME_TA: _runtime, SYSTEM_TA: _system, APP_TA: _app}
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -13,7 +13,19 @@ import wasmtime
 from veritee.errors import SealingError
 
 MODULE = "veritee"
-NAMES = frozenset({"seal", "unseal", "measurement", "evidence", "secret", "aes_gcm_open"})
+NAMES = frozenset(
+    {
+        "seal",
+        "unseal",
+        "measurement",
+        "evidence",
+        "secret",
+        "aes_gcm_open",
+        "output",
+        "request",
+        "respond",
+    }
+)
 
 ERR_BAD_ARG = -1  # pointer or length outside the module's memory
 ERR_SHORT_BUFFER = -2  # output buffer too small
@@ -49,6 +61,12 @@ class HostServices(Protocol):
     def secret(self, service_key: bytes, name: bytes, post_quantum: bool) -> bytes: ...
 
     def aes_gcm_open(self, key: bytes, blob: bytes) -> bytes: ...
+
+    def output(self, name: bytes, data: bytes) -> bytes: ...
+
+    def request(self, name: bytes, data: bytes) -> bytes: ...
+
+    def respond(self, data: bytes) -> bytes: ...
 
 
 def define(linker: Any, services: HostServices) -> None:
@@ -121,6 +139,26 @@ def define(linker: Any, services: HostServices) -> None:
             small=False,
         )
 
+    def output(caller: Any, n_ptr: int, n_len: int, d_ptr: int, d_len: int) -> int:
+        code = _call(caller, [(n_ptr, n_len), (d_ptr, d_len)], 0, 0, services.output, small=False)
+        return min(code, 0)
+
+    def request(
+        caller: Any, n_ptr: int, n_len: int, d_ptr: int, d_len: int, out_ptr: int, out_cap: int
+    ) -> int:
+        return _call(
+            caller,
+            [(n_ptr, n_len), (d_ptr, d_len)],
+            out_ptr,
+            out_cap,
+            services.request,
+            small=False,
+        )
+
+    def respond(caller: Any, d_ptr: int, d_len: int) -> int:
+        return min(_call(caller, [(d_ptr, d_len)], 0, 0, services.respond, small=False), 0)
+
+    two = wasmtime.FuncType([i32, i32], [i32])
     six = wasmtime.FuncType([i32] * 6, [i32])
     seven = wasmtime.FuncType([i32] * 7, [i32])
     five = wasmtime.FuncType([i32] * 5, [i32])
@@ -130,6 +168,9 @@ def define(linker: Any, services: HostServices) -> None:
     linker.define_func(MODULE, "evidence", six, evidence, access_caller=True)
     linker.define_func(MODULE, "secret", seven, secret, access_caller=True)
     linker.define_func(MODULE, "aes_gcm_open", five, aes_gcm_open, access_caller=True)
+    linker.define_func(MODULE, "output", four, output, access_caller=True)
+    linker.define_func(MODULE, "request", six, request, access_caller=True)
+    linker.define_func(MODULE, "respond", two, respond, access_caller=True)
 
 
 def _call(
@@ -147,7 +188,7 @@ def _call(
         return ERR_BAD_ARG
     args = []
     for ptr, length in inputs:
-        if small and length > MAX_SMALL_INPUT:
+        if length > (MAX_SMALL_INPUT if small else MAX_SEAL_INPUT):
             return ERR_BAD_ARG
         data = _read(memory, caller, ptr, length)
         if data is None:

@@ -375,3 +375,79 @@ def _first_line(exc: BaseException) -> str:
 
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB"
+
+
+class Reactor:
+    """A long-lived module instance (WASI reactor) whose exports are called per event.
+
+    Lives in its worker process; the caller enforces time by ending that process.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        module: Any,
+        limits: Limits,
+        services: hostfns.HostServices,
+        *,
+        name: str,
+        preopens: tuple[Preopen, ...] = (),
+    ) -> None:
+        self._out = _Capture()
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [name]
+        wasi.stdout_custom = self._out.write
+        wasi.stderr_custom = self._out.write
+        for p in preopens:
+            wasi.preopen_dir(p.host, p.guest, p.writable)
+        self._limits = limits
+        self._store = wasmtime.Store(engine)
+        self._store.set_wasi(wasi)
+        self._store.set_limits(memory_size=limits.memory_bytes)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        hostfns.define(linker, services)
+        try:
+            self._instance = linker.instantiate(self._store, module)
+        except wasmtime.WasmtimeError as exc:
+            raise ModuleError(f"module cannot be instantiated: {_first_line(exc)}") from None
+        self._exports = self._instance.exports(self._store)
+        for required in ("veritee_alloc", "memory"):
+            if required not in set(self._exports):
+                raise ModuleError(f"app module does not export '{required}' (use veritee_app.h)")
+        if "_initialize" in set(self._exports):
+            self._invoke("_initialize", [])
+
+    def call(self, export: str, payload: bytes) -> str:
+        """Call endpoint ``export`` with ``payload``; returns what the module printed."""
+        if export not in set(self._exports):
+            raise ModuleError(f"module has no endpoint export {export!r}")
+        ptr = self._invoke("veritee_alloc", [len(payload)])
+        if not isinstance(ptr, int) or ptr <= 0:
+            raise ModuleLimitExceeded("module could not allocate room for the event")
+        memory: Any = self._exports["memory"]
+        memory.write(self._store, payload, ptr)
+        self._invoke(export, [ptr, len(payload)])
+        if "veritee_free" in set(self._exports):
+            self._invoke("veritee_free", [ptr])
+        log = self._out.value().decode("utf-8", "replace")
+        self._out = _Capture()
+        return log
+
+    def _invoke(self, export: str, args: list[int]) -> Any:
+        func: Any = self._exports[export]
+        failure: ModuleError | None = None
+        try:
+            result = func(self._store, *args)
+        except wasmtime.ExitTrap as exc:
+            failure = ModuleError(f"module exited with code {exc.code} inside {export}")
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            failure = _classify(
+                exc, _memory_exhausted(self._instance, self._store, self._limits), self._limits
+            )
+        if failure is not None:
+            raise failure  # outside the except block: no traceback keeps the store alive
+        return result
+
+    def close(self) -> None:
+        del self._exports, self._instance, self._store

@@ -1,0 +1,384 @@
+"""The application TA, server side: long-lived modules of a distributed, event-driven app.
+
+A session holds one module instance of an application: its measurement, its configuration
+(which names the app and its deployment public key, so the evidence attests them), its
+keys (a module attestation key endorsed by the vTEE, X25519 and PQ provisioning keys, the
+X25519 one also agreeing connection keys), its channels, and a worker process running the
+module as a WASI reactor. The vTEE keeps every connection key: the module's worker only
+asks it, per call, to seal an output, carry a request, or record a response.
+
+Every delivered event is checked (connection, direction, strictly increasing counter,
+AEAD) before the module sees it; what it emits is sealed before the node agent sees it.
+After each event the instance's state (its keys and channels with their counters) is
+sealed under the module's sealing key and handed to the node agent to keep, so a node that
+restarts resumes its connections, and replays stay refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from veritee.errors import Error, EvidenceError, ModuleError, SealingError, UsageError
+from veritee.evidence import cose
+from veritee.evidence.claims import VteeClaims, config_digest, encode_claims
+from veritee.evidence.deployment import verify_connect
+from veritee.evidence.provisioning import ProvisioningKeys
+from veritee.tee import channels
+from veritee.tee.channels import Channel, EventRejected
+from veritee.tee.runtime_ta import PRIVATE_DIR_GUEST, VteeIdentity
+from veritee.tee.sealing import Sealer, module_key
+from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
+from veritee.wasm import endpoints
+from veritee.wasm.runtime import Compiler, Limits, Preopen, to_binary
+
+STATE_VERSION = 1
+MAX_CONNECTIONS = 1024  # per module instance
+ANSWERS = {"input": None, "entry": None, "handler": "reply"}  # kinds that receive events
+
+
+@dataclass
+class AppModule:
+    name: str
+    app: str
+    deployment_key: ec.EllipticCurvePublicKey
+    measurement: bytes
+    config_digest: bytes
+    limits: Limits
+    table: list[endpoints.Endpoint]
+    sealer: Sealer
+    seal_key: bytes
+    attestation_key: ec.EllipticCurvePrivateKey
+    provisioning: ProvisioningKeys
+    vtee_token: bytes
+    reactor: ReactorProcess | None = None
+    channels: dict[bytes, Channel] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def endpoint(self, kind: str, name: str) -> bool:
+        return endpoints.Endpoint(kind, name) in self.table
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "app": self.app,
+            "measurement": self.measurement,
+            "config_digest": self.config_digest,
+            "endpoints": [[e.kind, e.name] for e in self.table],
+            "key": self.provisioning.x25519.public_key().public_bytes_raw(),
+        }
+
+    def state(self) -> bytes:
+        """This instance's keys and channels, sealed for this module in this vTEE only."""
+        body = {
+            "v": STATE_VERSION,
+            "app": self.app,
+            "provisioning": self.provisioning.export(),
+            "channels": [c.to_cbor() for c in self.channels.values()],
+        }
+        return self.sealer.seal(bytes(cbor2.dumps(body)))
+
+
+def load(
+    compiler: Compiler,
+    pool: WorkerPool,
+    vtee: VteeIdentity,
+    storage: Path,
+    scratch: Path,
+    module: bytes,
+    raw_config: bytes,
+) -> AppModule:
+    """Measure, compile, key and start one app module instance."""
+    try:
+        config = cbor2.loads(raw_config)
+    except (cbor2.CBORDecodeError, ValueError, TypeError):
+        raise UsageError("app load config is not valid CBOR") from None
+    if not isinstance(config, dict):
+        raise UsageError("app load config must be a map")
+    name, app = config.get("name"), config.get("app")
+    if not (isinstance(name, str) and 0 < len(name) <= 64):
+        raise UsageError("module name must be 1 to 64 characters")
+    if not (isinstance(app, str) and 0 < len(app) <= 64):
+        raise UsageError("app name must be 1 to 64 characters")
+    try:
+        deployment_key = ec.EllipticCurvePublicKey.from_encoded_point(
+            ec.SECP256R1(), config.get("deployment_key", b"")
+        )
+    except (ValueError, TypeError):
+        raise UsageError("deployment_key must be a P-256 public key (SEC1 encoding)") from None
+    memory_mb, timeout = config.get("memory_mb", 64), config.get("timeout", 10.0)
+    if not isinstance(memory_mb, int) or not 1 <= memory_mb * 1024 * 1024 <= vtee.memory_cap:
+        raise UsageError(f"memory limit must be 1 to {vtee.memory_cap >> 20} MiB")
+    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        raise UsageError("time budget per event must be between 0 and 3600 seconds")
+    limits = Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout))
+
+    wasm = to_binary(module)
+    table = endpoints.recorded(wasm)
+    if table is None:
+        raise ModuleError(
+            "not an app module: no endpoint table (build it with 'veritee build' from a "
+            "source that includes veritee_app.h)"
+        )
+    compiled = compiler.compile(wasm)
+    private = storage / compiled.measurement.hex()
+    private.mkdir(parents=True, exist_ok=True)
+    preopens = (Preopen(str(private), PRIVATE_DIR_GUEST, True),)
+    raw_key = deployment_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    digest = config_digest(
+        {
+            "limits": limits.to_cbor(),
+            "dirs": [[PRIVATE_DIR_GUEST, True]],
+            "app": app,
+            "deployment_key": raw_key,
+        }
+    )
+    seal_key = module_key(vtee.seal_root, compiled.measurement)
+    sealer = Sealer(seal_key, compiled.measurement)
+    provisioning, restored = _restore(sealer, config.get("state"), app)
+    mak = ec.generate_private_key(ec.SECP256R1())
+    vtee_token = cose.sign1(
+        encode_claims(
+            VteeClaims(
+                vtee_id=vtee.vtee_id,
+                measurement=compiled.measurement,
+                config=digest,
+                module_key=cose.ec_key_to_cose(mak.public_key()),
+                iat=int(time.time()),
+            )
+        ),
+        vtee.attestation_key,
+    )
+    loaded = AppModule(
+        name=name,
+        app=app,
+        deployment_key=deployment_key,
+        measurement=compiled.measurement,
+        config_digest=digest,
+        limits=limits,
+        table=table,
+        sealer=sealer,
+        seal_key=seal_key,
+        attestation_key=mak,
+        provisioning=provisioning,
+        vtee_token=vtee_token,
+        channels={c.conn_id: c for c in restored},
+    )
+    job = {
+        "artifact_path": str(compiled.artifact_path),
+        "artifact_digest": compiled.artifact_digest,
+        "measurement": compiled.measurement,
+        "seal_key": seal_key,
+        "name": name,
+        "args": [],
+        "env": [],
+        "stdin": b"",
+        "preopens": [[p.host, p.guest, p.writable] for p in preopens],
+        "memory": limits.memory_bytes,
+        "time": limits.time_seconds,
+        "scratch": str(scratch),
+        "attestation_key": mak.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        "platform_token": vtee.platform_token,
+        "vtee_token": vtee_token,
+        "config_digest": digest,
+        "provisioning": provisioning.export(),
+        "relay": True,
+    }
+    loaded.reactor = pool.reactor(job, limits.time_seconds, _no_events)
+    return loaded
+
+
+def _no_events(rpc: dict[str, Any]) -> dict[str, Any]:
+    return {"error": "no events may be emitted while the module initialises"}
+
+
+def _restore(sealer: Sealer, state: Any, app: str) -> tuple[ProvisioningKeys, list[Channel]]:
+    if state is None:
+        return ProvisioningKeys(), []
+    if not isinstance(state, bytes):
+        raise UsageError("state must be bytes sealed by this module")
+    try:
+        body = cbor2.loads(sealer.unseal(state))
+        if body.get("v") != STATE_VERSION or body.get("app") != app:
+            raise SealingError("sealed state is of another version or application")
+        return (
+            ProvisioningKeys.restore(body["provisioning"]),
+            [Channel.from_cbor(c) for c in body["channels"]],
+        )
+    except SealingError:
+        raise
+    except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError):
+        raise SealingError("sealed state does not decode") from None
+
+
+def connect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
+    """Bind an endpoint to an attested peer, on the deployer's signed word."""
+    try:
+        stmt = verify_connect(statement, loaded.deployment_key)
+    except EvidenceError as exc:
+        raise SealingError(f"connection refused: {exc}") from None
+    if stmt.app != loaded.app:
+        raise SealingError(f"connection refused: statement is for app {stmt.app!r}")
+    if not loaded.endpoint(stmt.kind, stmt.endpoint):
+        raise UsageError(f"module {loaded.name!r} has no {stmt.kind} endpoint {stmt.endpoint!r}")
+    if stmt.initiator != (stmt.kind in ("output", "request")):
+        raise UsageError("statement's initiator flag does not fit the endpoint kind")
+    if stmt.conn_id not in loaded.channels and len(loaded.channels) >= MAX_CONNECTIONS:
+        raise UsageError(f"module already has {MAX_CONNECTIONS} connections")
+    try:
+        channel = channels.establish(loaded.provisioning.x25519, loaded.measurement, stmt)
+    except EventRejected as exc:
+        raise SealingError(f"connection refused: {exc}") from None
+    with loaded.lock:
+        loaded.channels[stmt.conn_id] = channel
+    return {"state": loaded.state()}
+
+
+class _Call:
+    """What one delivery collects while the module runs."""
+
+    def __init__(self, loaded: AppModule, relay: Relay | None) -> None:
+        self.loaded = loaded
+        self.relay = relay
+        self.events: list[bytes] = []
+        self.response: bytes | None = None
+
+    def __call__(self, rpc: dict[str, Any]) -> dict[str, Any]:
+        op = rpc.get("op")
+        try:
+            if op == "output":
+                return self._output(str(rpc.get("name")), _data(rpc))
+            if op == "request":
+                return self._request(str(rpc.get("name")), _data(rpc))
+            if op == "respond":
+                self.response = _data(rpc)
+                return {"ok": True}
+        except Error as exc:
+            return {"error": str(exc)}
+        if op == "http" and self.relay is not None:
+            return self.relay(rpc)
+        return {"error": f"operation {op!r} is not available here"}
+
+    def _output(self, name: str, data: bytes) -> dict[str, Any]:
+        if not self.loaded.endpoint("output", name):
+            return {"error": f"module declares no output {name!r}"}
+        for ch in self.loaded.channels.values():
+            if ch.kind == "output" and ch.endpoint == name:
+                self.events.append(ch.seal(data))
+        return {"ok": True}
+
+    def _request(self, name: str, data: bytes) -> dict[str, Any]:
+        matches = [
+            c for c in self.loaded.channels.values() if c.kind == "request" and c.endpoint == name
+        ]
+        if not matches:
+            return {"error": f"request {name!r} is not connected"}
+        if self.relay is None:
+            return {"error": "no node agent to carry the request"}
+        ch = matches[0]
+        answer = self.relay({"op": "request", "event": ch.seal(data)})
+        reply = answer.get("event")
+        if not isinstance(reply, bytes):
+            return {"error": str(answer.get("error", "request was not answered"))}
+        try:
+            return {"data": ch.open(reply)}
+        except EventRejected as exc:
+            self.loaded.dropped[exc.reason] = self.loaded.dropped.get(exc.reason, 0) + 1
+            return {"error": f"answer refused: {exc}"}
+
+
+def _data(rpc: dict[str, Any]) -> bytes:
+    data = rpc.get("data", b"")
+    if not isinstance(data, bytes):
+        raise UsageError("event data must be bytes")
+    return data
+
+
+def deliver(loaded: AppModule, event: bytes, relay: Relay | None) -> dict[str, Any]:
+    """Check one sealed event, hand it to the module, seal what it emits."""
+    with loaded.lock:
+        try:
+            conn_id = channels.conn_id_of(event)
+            channel = loaded.channels.get(conn_id)
+            if channel is None:
+                raise EventRejected("misrouted", "event is for a connection this module lacks")
+            if channel.kind not in ANSWERS:
+                raise EventRejected("misrouted", f"events do not arrive on a {channel.kind}")
+            payload = channel.open(event)
+        except EventRejected as exc:
+            loaded.dropped[exc.reason] = loaded.dropped.get(exc.reason, 0) + 1
+            return _outcome(loaded, [], None, exc.reason, str(exc))
+        call = _Call(loaded, relay)
+        log = _call(loaded, f"veritee_{channel.kind}_{channel.endpoint}", payload, call)
+        reply = None
+        if channel.kind == "handler":
+            reply = channel.seal(call.response if call.response is not None else b"")
+        loaded.delivered += 1
+        return _outcome(loaded, call.events, reply, None, log)
+
+
+def public(loaded: AppModule, endpoint: str, request: bytes, relay: Relay | None) -> dict[str, Any]:
+    """An unauthenticated request to a public endpoint; the module decides what to answer."""
+    if not loaded.endpoint("public", endpoint):
+        raise UsageError(f"module {loaded.name!r} has no public endpoint {endpoint!r}")
+    with loaded.lock:
+        call = _Call(loaded, relay)
+        log = _call(loaded, f"veritee_public_{endpoint}", request, call)
+        return _outcome(loaded, call.events, call.response or b"", None, log)
+
+
+def _call(loaded: AppModule, export: str, payload: bytes, call: _Call) -> str:
+    if loaded.reactor is None or not loaded.reactor.alive:
+        raise ModuleError(f"module {loaded.name!r} is not running (it failed earlier); reload it")
+    return loaded.reactor.call(export, payload, loaded.limits.time_seconds, call)
+
+
+def _outcome(
+    loaded: AppModule, events: list[bytes], reply: bytes | None, dropped: str | None, log: str
+) -> dict[str, Any]:
+    return {
+        "events": events,
+        "reply": reply,
+        "state": loaded.state(),
+        "dropped": dropped,
+        "log": log,
+    }
+
+
+def status(loaded: AppModule) -> dict[str, Any]:
+    with loaded.lock:
+        return {
+            **loaded.info(),
+            "running": loaded.reactor is not None and loaded.reactor.alive,
+            "delivered": loaded.delivered,
+            "dropped": dict(loaded.dropped),
+            "connections": [
+                {
+                    "conn": c.conn_id,
+                    "kind": c.kind,
+                    "endpoint": c.endpoint,
+                    "peer_node": c.peer.node,
+                    "peer_endpoint": c.peer.endpoint,
+                    "peer_measurement": c.peer.measurement,
+                    "sent": c.sent,
+                    "received": c.received,
+                    "dropped": dict(c.dropped),
+                }
+                for c in loaded.channels.values()
+            ],
+        }

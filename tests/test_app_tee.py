@@ -1,0 +1,255 @@
+"""The application TA in a real secure world: connections, sealed events, attacks on them.
+
+The test plays the deployer (it holds the app's deployment key) and the node agents (it
+carries sealed events between sessions), so each secure-world check is attacked directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from veritee.evidence.appraisal import TrustAnchors, verify
+from veritee.evidence.deployment import Connect, Peer, sign_connect
+from veritee.tee import channels
+from veritee.tee import client as teec
+from veritee.tee.ta import AppSession
+
+from .conftest import Device
+
+APP = "test-app"
+USER = bytes(32)  # a user's tool has no measurement
+
+
+@dataclass
+class Env:
+    dev: Device
+    ctx: Any
+    key: ec.EllipticCurvePrivateKey
+    sender: AppSession
+    counter: AppSession
+    user: x25519.X25519PrivateKey
+
+    @property
+    def raw_key(self) -> bytes:
+        return self.key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+
+
+def _load(ctx: Any, module: Path, name: str, key: bytes, state: bytes | None = None) -> AppSession:
+    session = AppSession(ctx)
+    session.load(module.read_bytes(), name=name, app=APP, deployment_key=key, state=state)
+    return session
+
+
+def _connect(
+    key: ec.EllipticCurvePrivateKey,
+    conn: bytes,
+    a: AppSession,
+    a_kind: str,
+    a_ep: str,
+    b: AppSession,
+    b_kind: str,
+    b_ep: str,
+) -> None:
+    """Connect a's endpoint (the initiator) to b's, as a deployer does: one statement each."""
+    for me, kind, ep, peer, peer_ep, initiator in (
+        (a, a_kind, a_ep, b, b_ep, True),
+        (b, b_kind, b_ep, a, a_ep, False),
+    ):
+        stmt = Connect(
+            app=APP,
+            conn_id=conn,
+            kind=kind,
+            endpoint=ep,
+            module_key=me.info["key"],
+            peer=Peer(peer.info["measurement"], peer.info["key"], "local", peer_ep),
+            initiator=initiator,
+        )
+        me.connect(sign_connect(stmt, key))
+
+
+def _user_channel(
+    env: Env, conn: bytes, target: AppSession, kind: str, ep: str
+) -> channels.Channel:
+    """A direct connection from the user's tool to a module endpoint."""
+    user_pub = env.user.public_key().public_bytes_raw()
+    stmt = Connect(
+        app=APP,
+        conn_id=conn,
+        kind=kind,
+        endpoint=ep,
+        module_key=target.info["key"],
+        peer=Peer(USER, user_pub, "user", "tool"),
+        initiator=False,
+    )
+    target.connect(sign_connect(stmt, env.key))
+    mine = Connect(
+        app=APP,
+        conn_id=conn,
+        kind="output",
+        endpoint="tool",
+        module_key=user_pub,
+        peer=Peer(target.info["measurement"], target.info["key"], "local", ep),
+        initiator=True,
+    )
+    return channels.establish(env.user, USER, mine)
+
+
+@pytest.fixture
+def env(device: Device, wasm: Callable[..., Path]) -> Iterator[Env]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    raw = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    # One connection per module session, as node agents keep them: a request relayed during
+    # one delivery is delivered to its handler on another connection, never nested on one.
+    with device.context() as ctx, device.context() as ctx2:
+        sender = _load(ctx, wasm("tests/assets/c/app_sender.c"), "sender", raw)
+        counter = _load(ctx2, wasm("tests/assets/c/app_counter.c"), "counter", raw)
+        e = Env(device, ctx, key, sender, counter, x25519.X25519PrivateKey.generate())
+        _connect(key, b"A" * 16, sender, "output", "pressed", counter, "input", "pressed")
+        yield e
+
+
+def test_endpoint_table_comes_from_the_binary(env: Env) -> None:
+    assert sorted(map(tuple, env.counter.info["endpoints"])) == [
+        ("handler", "count"),
+        ("input", "pressed"),
+        ("public", "http"),
+    ]
+
+
+def test_events_flow_and_requests_are_answered(env: Env) -> None:
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    for i in range(5):
+        out = env.sender.deliver(press.seal(f"press {i}".encode()))
+        assert out.dropped is None and len(out.events) == 1
+        assert env.counter.deliver(out.events[0]).dropped is None
+    ask = _user_channel(env, b"Q" * 16, env.counter, "handler", "count")
+    out = env.counter.deliver(ask.seal(b"?"))
+    assert out.reply is not None
+    assert ask.open(out.reply) == b"5"
+    public = env.counter.public("http", b"GET /")
+    assert public.reply is not None and public.reply.startswith(b"count=5")
+
+
+def test_a_module_request_is_carried_by_the_relay(env: Env) -> None:
+    _connect(env.key, b"R" * 16, env.sender, "request", "ask", env.counter, "handler", "count")
+    query = _user_channel(env, b"U" * 16, env.sender, "entry", "query")
+
+    def node_agent(rpc: dict[str, Any]) -> dict[str, Any]:
+        assert rpc["op"] == "request"
+        return {"event": env.counter.deliver(rpc["event"]).reply}
+
+    out = env.sender.deliver(query.seal(b""), node_agent)
+    assert "answer: 0" in out.log
+
+
+def test_replayed_altered_and_misrouted_events_are_dropped(env: Env) -> None:
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    event = env.sender.deliver(press.seal(b"one")).events[0]
+    assert env.counter.deliver(event).dropped is None
+    assert env.counter.deliver(event).dropped == "replay"  # replayed
+    later = env.sender.deliver(press.seal(b"two")).events[0]
+    altered = bytearray(later)
+    altered[-1] ^= 1
+    assert env.counter.deliver(bytes(altered)).dropped == "altered"
+    assert env.counter.deliver(later).dropped is None  # the genuine one still arrives
+    newest = env.sender.deliver(press.seal(b"three")).events[0]
+    older = env.sender.deliver(press.seal(b"four")).events[0]
+    assert env.counter.deliver(older).dropped is None
+    assert env.counter.deliver(newest).dropped == "replay"  # reordered: refused
+    # An event for the sender's entry connection delivered to the counter: misrouted.
+    assert env.counter.deliver(press.seal(b"five")).dropped == "misrouted"
+    public = env.counter.public("http", b"")
+    assert public.reply is not None and public.reply.startswith(b"count=3")
+    status = env.counter.status()
+    assert status["dropped"] == {"replay": 2, "altered": 1, "misrouted": 1}
+
+
+def test_statements_not_signed_by_the_app_key_fail_closed(env: Env) -> None:
+    rogue = ec.generate_private_key(ec.SECP256R1())
+    stmt = Connect(
+        app=APP,
+        conn_id=b"X" * 16,
+        kind="input",
+        endpoint="pressed",
+        module_key=env.counter.info["key"],
+        peer=Peer(
+            bytes(32),
+            x25519.X25519PrivateKey.generate().public_key().public_bytes_raw(),
+            "evil",
+            "pressed",
+        ),
+        initiator=False,
+    )
+    with pytest.raises(teec.TeecError, match="deployment key"):
+        env.counter.connect(sign_connect(stmt, rogue))
+    # A node agent swapping the peer key inside a genuine statement breaks its signature.
+    genuine = bytearray(sign_connect(stmt, env.key))
+    peer_key = stmt.peer.key
+    i = bytes(genuine).index(peer_key)
+    genuine[i : i + 32] = os.urandom(32)
+    with pytest.raises(teec.TeecError, match="deployment key"):
+        env.counter.connect(bytes(genuine))
+
+
+def test_state_survives_a_reload_and_replays_stay_refused(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    first = env.sender.deliver(press.seal(b"1")).events[0]
+    outcome = env.counter.deliver(first)
+    state = outcome.state
+    key_before = env.counter.info["key"]
+    env.counter.close()
+    with env.dev.context() as ctx:
+        again = _load(ctx, wasm("tests/assets/c/app_counter.c"), "counter", env.raw_key, state)
+        assert again.info["key"] == key_before  # same attested key: peers need not reconnect
+        assert again.deliver(first).dropped == "replay"
+        second = env.sender.deliver(press.seal(b"2")).events[0]
+        assert again.deliver(second).dropped is None
+        # The state is sealed for this module: another module cannot take it over.
+        with pytest.raises(teec.TeecError, match=r"does not open|unseal"):
+            _load(ctx, wasm("tests/assets/c/app_sender.c"), "sender", env.raw_key, state)
+
+
+def test_evidence_of_an_app_module_attests_its_deployment_key(env: Env) -> None:
+    evidence = env.counter.attest(b"n" * 32)
+    anchors = TrustAnchors.from_pem((env.dev.home / "manufacturer" / "ca.pem").read_bytes())
+    verified = verify(evidence, anchors, nonce=b"n" * 32)
+    assert verified.module.measurement == env.counter.info["measurement"]
+    assert verified.module.config == env.counter.info["config_digest"]
+    assert cose_key_raw(verified.module.provisioning_key) == env.counter.info["key"]
+
+
+def cose_key_raw(cose_key: dict[int, Any]) -> bytes:
+    value: bytes = cose_key[-2]
+    return value
+
+
+def test_a_plain_wasi_command_is_not_an_app_module(
+    device: Device, wasm: Callable[..., Path]
+) -> None:
+    with device.context() as ctx:
+        session = AppSession(ctx)
+        with pytest.raises(teec.TeecError, match="not an app module"):
+            session.load(
+                wasm("examples/hello/hello.c").read_bytes(),
+                name="hello",
+                app=APP,
+                deployment_key=ec.generate_private_key(ec.SECP256R1())
+                .public_key()
+                .public_bytes(
+                    serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+                ),
+            )
