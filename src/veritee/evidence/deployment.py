@@ -22,7 +22,7 @@ from veritee.evidence import cose
 from veritee.evidence.errors import BadSignature, MalformedToken
 
 PROFILE_CONNECT = "tag:veritee.dev,2026:connect"
-ENDPOINT_KINDS = ("input", "output", "request", "handler", "entry")
+ENDPOINT_KINDS = ("input", "output", "request", "handler", "entry")  # connectable kinds
 MAX_NAME = 64
 CONN_ID_BYTES = 16
 
@@ -73,6 +73,8 @@ class Connect:
         if not isinstance(c, dict) or c.get("profile") != PROFILE_CONNECT:
             raise MalformedToken("not a Veritee connect statement")
         p = c.get("peer")
+        if not isinstance(p, dict):
+            raise MalformedToken("connect statement has no peer")
         try:
             peer = Peer(
                 measurement=_bytes(p["measurement"], 32, "peer measurement"),
