@@ -33,8 +33,9 @@ from veritee.evidence.deployment import verify_connect
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee import channels
 from veritee.tee.channels import Channel, EventRejected
-from veritee.tee.runtime_ta import PRIVATE_DIR_GUEST, VteeIdentity
+from veritee.tee.runtime_ta import PRIVATE_DIR_GUEST, VteeIdentity, parse_limits
 from veritee.tee.sealing import Sealer, module_key
+from veritee.tee.services import Attester
 from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
 from veritee.wasm import endpoints
 from veritee.wasm.runtime import Compiler, Limits, Preopen, to_binary
@@ -63,6 +64,17 @@ class AppModule:
     dropped: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attester(self, platform_token: bytes) -> Attester:
+        return Attester(
+            self.attestation_key,
+            platform_token,
+            self.vtee_token,
+            self.measurement,
+            self.config_digest,
+            self.name,
+            self.provisioning,
+        )
 
     def endpoint(self, kind: str, name: str) -> bool:
         return endpoints.Endpoint(kind, name) in self.table
@@ -115,12 +127,7 @@ def load(
         )
     except (ValueError, TypeError):
         raise UsageError("deployment_key must be a P-256 public key (SEC1 encoding)") from None
-    memory_mb, timeout = config.get("memory_mb", 64), config.get("timeout", 10.0)
-    if not isinstance(memory_mb, int) or not 1 <= memory_mb * 1024 * 1024 <= vtee.memory_cap:
-        raise UsageError(f"memory limit must be 1 to {vtee.memory_cap >> 20} MiB")
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        raise UsageError("time budget per event must be between 0 and 3600 seconds")
-    limits = Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout))
+    limits = parse_limits(config, vtee, memory_mb=64, timeout=10.0, max_timeout=3600)
 
     wasm = to_binary(module)
     table = endpoints.recorded(wasm)

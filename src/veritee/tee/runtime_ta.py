@@ -22,15 +22,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from veritee.errors import ModuleError, UsageError
 from veritee.evidence import cose
 from veritee.evidence.claims import (
-    MAX_USER_DATA,
-    Evidence,
     VteeClaims,
     config_digest,
     encode_claims,
 )
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee.sealing import module_key
-from veritee.tee.services import module_token
+from veritee.tee.services import Attester
 from veritee.tee.worker import WorkerPool, raise_for
 from veritee.wasm.runtime import (
     ArtifactChanged,
@@ -83,6 +81,17 @@ class LoadedModule:
     def measurement(self) -> bytes:
         return self.compiled.measurement
 
+    def attester(self, platform_token: bytes) -> Attester:
+        return Attester(
+            self.attestation_key,
+            platform_token,
+            self.vtee_token,
+            self.measurement,
+            self.config_digest,
+            self.name,
+            self.provisioning,
+        )
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -103,13 +112,7 @@ def load(
     name = config.get("name", "module")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
         raise UsageError(f"module name must be 1 to {MAX_NAME} characters")
-    memory_mb = config.get("memory_mb", 256)
-    timeout = config.get("timeout", 300.0)
-    if not isinstance(memory_mb, int) or not 1 <= memory_mb * 1024 * 1024 <= vtee.memory_cap:
-        raise UsageError(f"memory limit must be 1 to {vtee.memory_cap >> 20} MiB")
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
-        raise UsageError("time budget must be between 0 and 86400 seconds")
-    limits = Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout))
+    limits = parse_limits(config, vtee, memory_mb=256, timeout=300.0, max_timeout=86400)
 
     wasm = to_binary(module)
     compiled = compiler.compile(wasm)
@@ -236,20 +239,25 @@ def run(
 
 def attest(vtee: VteeIdentity, loaded: LoadedModule, nonce: bytes, user_data: bytes) -> bytes:
     """Evidence over ``nonce``: platform token, vtee token, and a fresh module token."""
-    if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
-        raise UsageError(f"nonce must be {NONCE_MIN} to {NONCE_MAX} bytes, got {len(nonce)}")
-    if len(user_data) > MAX_USER_DATA:
-        raise UsageError(f"user data must be at most {MAX_USER_DATA} bytes")
-    token = module_token(
-        loaded.attestation_key,
-        nonce=nonce,
-        user_data=user_data,
-        measurement=loaded.measurement,
-        config=loaded.config_digest,
-        name=loaded.name,
-        keys=loaded.provisioning,
-    )
-    return Evidence(vtee.platform_token, loaded.vtee_token, token).encode()
+    return loaded.attester(vtee.platform_token).evidence(nonce, user_data)
+
+
+def parse_limits(
+    config: dict[str, Any],
+    vtee: VteeIdentity,
+    *,
+    memory_mb: int,
+    timeout: float,
+    max_timeout: float,
+) -> Limits:
+    """The limits a load asks for, within what the vTEE allows; raise UsageError."""
+    memory_mb = config.get("memory_mb", memory_mb)
+    timeout = config.get("timeout", timeout)
+    if not isinstance(memory_mb, int) or not 1 <= memory_mb * 1024 * 1024 <= vtee.memory_cap:
+        raise UsageError(f"memory limit must be 1 to {vtee.memory_cap >> 20} MiB")
+    if not isinstance(timeout, int | float) or not 0 < timeout <= max_timeout:
+        raise UsageError(f"time budget must be between 0 and {max_timeout:g} seconds")
+    return Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout))
 
 
 def _decode_map(raw: bytes, what: str) -> dict[str, Any]:

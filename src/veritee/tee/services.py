@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from veritee.errors import EvidenceError, SealingError
+from veritee.errors import EvidenceError, SealingError, UsageError
 from veritee.evidence import cose, provisioning
 from veritee.evidence.claims import MAX_USER_DATA, Evidence, ModuleClaims, encode_claims
 from veritee.tee.sealing import Sealer
@@ -31,28 +32,36 @@ GCM_IV = 12
 Relay = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def module_token(
-    key: ec.EllipticCurvePrivateKey,
-    *,
-    nonce: bytes,
-    user_data: bytes,
-    measurement: bytes,
-    config: bytes,
-    name: str,
-    keys: provisioning.ProvisioningKeys,
-) -> bytes:
-    """The module token over a challenge, signed with the module attestation key."""
-    claims = ModuleClaims(
-        nonce=nonce,
-        measurement=measurement,
-        config=config,
-        name=name,
-        provisioning_key=cose.x25519_key_to_cose(keys.x25519.public_key()),
-        iat=int(time.time()),
-        user_data=user_data,
-        provisioning_key_pq=keys.pq_public_claim(),
-    )
-    return cose.sign1(encode_claims(claims), key)
+@dataclass(frozen=True)
+class Attester:
+    """Makes evidence for one module instance: the three tokens, the last one fresh."""
+
+    key: ec.EllipticCurvePrivateKey  # the module attestation key
+    platform_token: bytes
+    vtee_token: bytes
+    measurement: bytes
+    config: bytes
+    name: str
+    keys: provisioning.ProvisioningKeys
+
+    def evidence(self, nonce: bytes, user_data: bytes) -> bytes:
+        """Evidence over ``nonce``; raise UsageError for a nonce or user data of a bad size."""
+        if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+            raise UsageError(f"nonce must be {NONCE_MIN} to {NONCE_MAX} bytes, got {len(nonce)}")
+        if len(user_data) > MAX_USER_DATA:
+            raise UsageError(f"user data must be at most {MAX_USER_DATA} bytes")
+        claims = ModuleClaims(
+            nonce=nonce,
+            measurement=self.measurement,
+            config=self.config,
+            name=self.name,
+            provisioning_key=cose.x25519_key_to_cose(self.keys.x25519.public_key()),
+            iat=int(time.time()),
+            user_data=user_data,
+            provisioning_key_pq=self.keys.pq_public_claim(),
+        )
+        token = cose.sign1(encode_claims(claims), self.key)
+        return Evidence(self.platform_token, self.vtee_token, token).encode()
 
 
 class ModuleServices:
@@ -74,11 +83,9 @@ class ModuleServices:
     ) -> None:
         self.measurement = measurement
         self._sealer = Sealer(seal_key, measurement)
-        self._key = attestation_key
-        self._platform = platform_token
-        self._vtee = vtee_token
-        self._config = config
-        self._name = name
+        self._attester = Attester(
+            attestation_key, platform_token, vtee_token, measurement, config, name, keys
+        )
         self._keys = keys
         self._relay = relay
         self._note = note
@@ -90,18 +97,10 @@ class ModuleServices:
         return self._sealer.unseal(blob)
 
     def evidence(self, nonce: bytes, user_data: bytes) -> bytes:
-        if not NONCE_MIN <= len(nonce) <= NONCE_MAX or len(user_data) > MAX_USER_DATA:
-            raise HostError(hostfns.ERR_BAD_ARG, "nonce or user data of the wrong size")
-        token = module_token(
-            self._key,
-            nonce=nonce,
-            user_data=user_data,
-            measurement=self.measurement,
-            config=self._config,
-            name=self._name,
-            keys=self._keys,
-        )
-        return Evidence(self._platform, self._vtee, token).encode()
+        try:
+            return self._attester.evidence(nonce, user_data)
+        except UsageError as exc:
+            raise HostError(hostfns.ERR_BAD_ARG, str(exc)) from None
 
     def aes_gcm_open(self, key: bytes, blob: bytes) -> bytes:
         if len(blob) < GCM_IV + 16:

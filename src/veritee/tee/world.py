@@ -27,11 +27,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
-from veritee.evidence.claims import Evidence
 from veritee.tee import app_ta, protocol, runtime_ta
 from veritee.tee import client as teec
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
-from veritee.tee.services import module_token
 from veritee.tee.ta import (
     APP_TA,
     CMD_APP_ATTEST,
@@ -103,11 +101,34 @@ class SecureWorld:
         if app is not None and app.reactor is not None:
             app.reactor.close()
 
-    def committed_memory(self) -> int:
-        """Memory promised to loaded modules (call with the lock held)."""
-        return sum(m.limits.memory_bytes for m in self.modules.values()) + sum(
-            a.limits.memory_bytes for a in self.apps.values()
-        )
+    def admit(self, sid: int, new: LoadedModule | app_ta.AppModule) -> None:
+        """Register a loaded module if this vTEE has room for it, else raise _Reply.
+
+        The vTEE's memory is shared by its modules: their limits must fit in it together.
+        """
+        with self.lock:
+            count = len(self.modules) + len(self.apps)
+            committed = sum(m.limits.memory_bytes for m in self.modules.values()) + sum(
+                a.limits.memory_bytes for a in self.apps.values()
+            )
+            if count >= self.max_modules:
+                raise _Reply(
+                    teec.TEEC_ERROR_BUSY,
+                    teec.TEEC_ORIGIN_TRUSTED_APP,
+                    f"this TEE already holds its maximum of {self.max_modules} modules",
+                )
+            if committed + new.limits.memory_bytes > self.identity.memory_cap:
+                raise _Reply(
+                    teec.TEEC_ERROR_OUT_OF_MEMORY,
+                    teec.TEEC_ORIGIN_TRUSTED_APP,
+                    f"this TEE's {self.identity.memory_cap >> 20} MiB are committed to its "
+                    f"loaded modules ({committed >> 20} MiB); cannot load "
+                    f"{new.limits.memory_bytes >> 20} MiB more",
+                )
+            if isinstance(new, LoadedModule):
+                self.modules[sid] = new
+            else:
+                self.apps[sid] = new
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -268,24 +289,7 @@ def _runtime(
         module = _memref(params, 0)["buf"]
         config = _memref(params, 1)["buf"]
         new = runtime_ta.load(world.compiler, world.identity, world.storage, module, config)
-        with world.lock:
-            if len(world.modules) + len(world.apps) >= world.max_modules:
-                raise _Reply(
-                    teec.TEEC_ERROR_BUSY,
-                    teec.TEEC_ORIGIN_TRUSTED_APP,
-                    f"this TEE already holds its maximum of {world.max_modules} modules",
-                )
-            # The vTEE's memory is shared by its modules: their limits must fit in it together.
-            committed = world.committed_memory()
-            if committed + new.limits.memory_bytes > world.identity.memory_cap:
-                raise _Reply(
-                    teec.TEEC_ERROR_OUT_OF_MEMORY,
-                    teec.TEEC_ORIGIN_TRUSTED_APP,
-                    f"this TEE's {world.identity.memory_cap >> 20} MiB are committed to its "
-                    f"loaded modules ({committed >> 20} MiB); cannot load "
-                    f"{new.limits.memory_bytes >> 20} MiB more",
-                )
-            world.modules[sid] = new
+        world.admit(sid, new)
         log.info("loaded %s (%s)", new.name, new.measurement.hex()[:16])
         return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(new.info())))})
     if loaded is None:
@@ -341,38 +345,21 @@ def _app(
             _memref(params, 0)["buf"],
             _memref(params, 1)["buf"],
         )
-        with world.lock:
-            full = len(world.modules) + len(world.apps) >= world.max_modules
-            short = world.committed_memory() + new.limits.memory_bytes > world.identity.memory_cap
-            if not (full or short):
-                world.apps[sid] = new
-        if full or short:
+        try:
+            world.admit(sid, new)
+        except _Reply:
             if new.reactor is not None:
                 new.reactor.close()
-            raise _Reply(
-                teec.TEEC_ERROR_BUSY if full else teec.TEEC_ERROR_OUT_OF_MEMORY,
-                teec.TEEC_ORIGIN_TRUSTED_APP,
-                "this TEE is full: too many modules" if full else "this TEE's memory is committed",
-            )
+            raise
         log.info("loaded app module %s/%s (%s)", new.app, new.name, new.measurement.hex()[:16])
         return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(new.info())))})
     if loaded is None:
         raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "no module loaded")
     relay = lambda rpc: _relay(sock, rpc)  # noqa: E731 - one-line adapter
     if cmd == CMD_APP_ATTEST:
-        nonce, user_data = _memref(params, 0)["buf"], _memref(params, 1)["buf"]
-        if not runtime_ta.NONCE_MIN <= len(nonce) <= runtime_ta.NONCE_MAX:
-            raise UsageError("nonce must be 8 to 64 bytes")
-        token = module_token(
-            loaded.attestation_key,
-            nonce=nonce,
-            user_data=user_data[:1024],
-            measurement=loaded.measurement,
-            config=loaded.config_digest,
-            name=loaded.name,
-            keys=loaded.provisioning,
+        evidence = loaded.attester(world.identity.platform_token).evidence(
+            _memref(params, 0)["buf"], _memref(params, 1)["buf"]
         )
-        evidence = Evidence(world.identity.platform_token, loaded.vtee_token, token).encode()
         return _reply(params, {2: _out(params, 2, evidence)})
     if cmd == CMD_APP_CONNECT:
         app_ta.connect(loaded, _memref(params, 0)["buf"])
