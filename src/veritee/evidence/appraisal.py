@@ -153,6 +153,16 @@ def appraise(
 
 def check_reference_values(verified: Verified, refs: ReferenceValues) -> None:
     """Step 6: every boot component and the module measurement must be endorsed."""
+    check_boot(verified, refs)
+    if verified.module.measurement not in refs.modules:
+        raise MeasurementNotEndorsed(
+            f"module measurement {verified.module.measurement.hex()} is not among the "
+            "reference values"
+        )
+
+
+def check_boot(verified: Verified, refs: ReferenceValues) -> None:
+    """Every boot component must be endorsed, and every endorsed component present."""
     seen = set()
     for entry in verified.platform.boot_log:
         seen.add(entry.component)
@@ -169,11 +179,6 @@ def check_reference_values(verified: Verified, refs: ReferenceValues) -> None:
     missing = set(refs.boot) - seen
     if missing:
         raise MeasurementNotEndorsed(f"boot log lacks endorsed component(s): {sorted(missing)}")
-    if verified.module.measurement not in refs.modules:
-        raise MeasurementNotEndorsed(
-            f"module measurement {verified.module.measurement.hex()} is not among the "
-            "reference values"
-        )
 
 
 def _device_certificate(
@@ -251,6 +256,7 @@ __all__ = [
     "TrustAnchors",
     "Verified",
     "appraise",
+    "check_boot",
     "check_reference_values",
     "verify",
 ]
