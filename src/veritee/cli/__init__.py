@@ -271,13 +271,11 @@ def _hex_arg(flag: str, value: str) -> bytes:
 from veritee.cli import device as _device  # noqa: E402
 from veritee.cli import evidence as _evidence  # noqa: E402
 from veritee.cli import secrets as _secrets  # noqa: E402
-from veritee.cli import verifier as _verifier  # noqa: E402
 from veritee.cli import vtee as _vtee  # noqa: E402
 
 _device.register(cli)
 _evidence.register(cli)
 _secrets.register(cli)
-_verifier.register(cli)
 _vtee.register(cli)
 
 
