@@ -1,0 +1,148 @@
+"""WASI-RA end to end: a module attests itself to the real secret service and decrypts data.
+
+The module (examples/secret) pins the service key in its code; the normal world (`veritee run
+--attest-to`) only relays. Attacks: a module the policy does not name, and a relay to an
+impostor service whose key the module does not pin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from veritee.wasm.build import build
+from veritee.wasm.runtime import measure
+
+from .conftest import REPO, Device
+from .test_secrets_service import Service, start_service
+
+KEY = bytes(range(32))
+MESSAGE = b"meet at the old mill at noon"
+
+
+def _config(tmp: Path, dev: Device, allowed: list[str]) -> Path:
+    config = {
+        "trust": {
+            "ca": [str(dev.home / "manufacturer" / "ca.pem")],
+            "reference_values": [str(dev.home / "manufacturer" / "reference-values.json")],
+        },
+        "secrets": [
+            {
+                "name": "data-key",
+                "value_hex": KEY.hex(),
+                "allow": {"measurements": allowed, "lifecycles": ["emulated"]},
+            }
+        ],
+    }
+    path = tmp / f"secrets-{len(allowed)}-{os.urandom(4).hex()}.yaml"
+    path.write_text(json.dumps(config))  # YAML is a superset of JSON
+    return path
+
+
+def _module(tmp: Path, service_key: str) -> Path:
+    out = tmp / "secret.wasm"
+    build(
+        REPO / "examples" / "secret" / "secret.c",
+        out,
+        defines=[f"VERITEE_SECRET_SERVICE_KEY={service_key}"],
+    )
+    return out
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    iv = os.urandom(12)
+    (d / "msg.enc").write_bytes(iv + AESGCM(KEY).encrypt(iv, MESSAGE, None))
+    return d
+
+
+@pytest.fixture
+def service_key(tmp_path: Path, device: Device) -> str:
+    return device.ok("secrets", "key", "--state", tmp_path / "state").strip()
+
+
+@pytest.fixture
+def service(tmp_path: Path, device: Device, service_key: str) -> Iterator[tuple[Service, Path]]:
+    module = _module(tmp_path, service_key)
+    config = _config(tmp_path, device, [measure(module.read_bytes()).hex()])
+    svc = start_service(device.home, config, tmp_path / "state")
+    yield svc, module
+    svc.stop()
+
+
+@pytest.mark.parametrize("suite", [[], ["--pq"]], ids=["x25519", "mlkem768-x25519"])
+def test_module_receives_a_key_and_decrypts(
+    device: Device, service: tuple[Service, Path], data_dir: Path, suite: list[str]
+) -> None:
+    svc, module = service
+    proc = device.cli(
+        "run",
+        "--attest-to",
+        svc.url,
+        "--dir",
+        f"{data_dir}::/in",
+        module,
+        "--",
+        *suite,
+        "/in/msg.enc",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert MESSAGE in proc.stdout
+
+
+def test_a_module_the_policy_does_not_name_is_refused(
+    device: Device, tmp_path: Path, service_key: str, data_dir: Path
+) -> None:
+    module = _module(tmp_path, service_key)
+    config = _config(tmp_path, device, ["00" * 32])  # some other module
+    svc = start_service(device.home, config, tmp_path / "state")
+    try:
+        proc = device.cli(
+            "run", "--attest-to", svc.url, "--dir", f"{data_dir}::/in", module, "/in/msg.enc"
+        )
+    finally:
+        svc.stop()
+    assert proc.returncode == 1
+    assert b"the secret service refused" in proc.stderr
+    assert b"(403)" in proc.stderr
+    assert MESSAGE not in proc.stdout
+
+
+def test_a_relay_to_an_impostor_service_gets_nothing_accepted(
+    device: Device, tmp_path: Path, service: tuple[Service, Path], data_dir: Path
+) -> None:
+    _, module = service  # pins the genuine service's key
+    impostor_state = tmp_path / "impostor"
+    config = _config(tmp_path, device, [measure(module.read_bytes()).hex()])
+    impostor = start_service(device.home, config, impostor_state)  # its own key
+    try:
+        proc = device.cli(
+            "run",
+            "--attest-to",
+            impostor.url,
+            "--dir",
+            f"{data_dir}::/in",
+            module,
+            "/in/msg.enc",
+        )
+    finally:
+        impostor.stop()
+    assert proc.returncode == 1
+    assert b"did not come from the expected service" in proc.stderr
+    assert MESSAGE not in proc.stdout
+
+
+def test_without_a_relay_the_module_is_told_so(
+    device: Device, service: tuple[Service, Path], data_dir: Path
+) -> None:
+    _, module = service
+    proc = device.cli("run", "--dir", f"{data_dir}::/in", module, "/in/msg.enc")
+    assert proc.returncode == 1
+    assert b"run the module with --attest-to URL" in proc.stderr
