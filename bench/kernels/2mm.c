@@ -4,46 +4,24 @@
  * Size: argv[1] = N.
  * Prints: kernel=2mm ns=<compute region> checksum=<sum of D>.
  */
-#include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+
+#include "harness.h"
+
+#define KERNEL "2mm"
 
 #define DEFAULT_N 480
+#define MIN_N 2
 #define MAX_N 8192 /* keeps five N x N double arrays well inside wasm32's 4 GiB */
 
-static long long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static int size_arg(int argc, char **argv, int fallback) {
-    if (argc < 2) {
-        return fallback;
-    }
-    char *end;
-    errno = 0;
-    long value = strtol(argv[1], &end, 10);
-    if (errno != 0 || end == argv[1] || *end != '\0' || value < 2 || value > MAX_N) {
-        fprintf(stderr, "2mm: size must be an integer from 2 to %d\n", MAX_N);
-        exit(2);
-    }
-    return (int)value;
-}
-
 int main(int argc, char **argv) {
-    int n = size_arg(argc, argv, DEFAULT_N);
+    int n = harness_size(argc, argv, KERNEL, DEFAULT_N, MIN_N, MAX_N);
     double alpha = 1.5, beta = 1.2;
-    double (*tmp)[n] = malloc(sizeof(double[n][n]));
-    double (*a)[n] = malloc(sizeof(double[n][n]));
-    double (*b)[n] = malloc(sizeof(double[n][n]));
-    double (*c)[n] = malloc(sizeof(double[n][n]));
-    double (*d)[n] = malloc(sizeof(double[n][n]));
-    if (tmp == NULL || a == NULL || b == NULL || c == NULL || d == NULL) {
-        fprintf(stderr, "2mm: out of memory\n");
-        return 1;
-    }
+    double (*tmp)[n] = harness_alloc(KERNEL, sizeof(double[n][n]));
+    double (*a)[n] = harness_alloc(KERNEL, sizeof(double[n][n]));
+    double (*b)[n] = harness_alloc(KERNEL, sizeof(double[n][n]));
+    double (*c)[n] = harness_alloc(KERNEL, sizeof(double[n][n]));
+    double (*d)[n] = harness_alloc(KERNEL, sizeof(double[n][n]));
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < n; j++) {
             a[i][j] = (double)((i * j + 1) % n) / n;
@@ -53,7 +31,7 @@ int main(int argc, char **argv) {
         }
     }
 
-    long long start = now_ns();
+    long long start = harness_now_ns();
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < n; j++) {
             tmp[i][j] = 0.0;
@@ -70,7 +48,7 @@ int main(int argc, char **argv) {
             }
         }
     }
-    long long elapsed = now_ns() - start;
+    long long end = harness_now_ns();
 
     double checksum = 0.0;
     for (int i = 0; i < n; i++) {
@@ -78,7 +56,7 @@ int main(int argc, char **argv) {
             checksum += d[i][j];
         }
     }
-    printf("kernel=2mm ns=%lld checksum=%.17g\n", elapsed, checksum);
+    harness_report(KERNEL, start, end, checksum);
     free(tmp);
     free(a);
     free(b);

@@ -4,43 +4,21 @@
  * Size: argv[1] = N (TSTEPS fixed at 50).
  * Prints: kernel=heat-3d ns=<compute region> checksum=<sum of A>.
  */
-#include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+
+#include "harness.h"
+
+#define KERNEL "heat-3d"
 
 #define DEFAULT_N 120
 #define TSTEPS 50
+#define MIN_N 3
 #define MAX_N 512 /* keeps two N^3 double grids inside wasm32's 4 GiB */
 
-static long long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static int size_arg(int argc, char **argv, int fallback) {
-    if (argc < 2) {
-        return fallback;
-    }
-    char *end;
-    errno = 0;
-    long value = strtol(argv[1], &end, 10);
-    if (errno != 0 || end == argv[1] || *end != '\0' || value < 3 || value > MAX_N) {
-        fprintf(stderr, "heat-3d: size must be an integer from 3 to %d\n", MAX_N);
-        exit(2);
-    }
-    return (int)value;
-}
-
 int main(int argc, char **argv) {
-    int n = size_arg(argc, argv, DEFAULT_N);
-    double (*a)[n][n] = malloc(sizeof(double[n][n][n]));
-    double (*b)[n][n] = malloc(sizeof(double[n][n][n]));
-    if (a == NULL || b == NULL) {
-        fprintf(stderr, "heat-3d: out of memory\n");
-        return 1;
-    }
+    int n = harness_size(argc, argv, KERNEL, DEFAULT_N, MIN_N, MAX_N);
+    double (*a)[n][n] = harness_alloc(KERNEL, sizeof(double[n][n][n]));
+    double (*b)[n][n] = harness_alloc(KERNEL, sizeof(double[n][n][n]));
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < n; j++) {
             for (int k = 0; k < n; k++) {
@@ -51,7 +29,7 @@ int main(int argc, char **argv) {
         }
     }
 
-    long long start = now_ns();
+    long long start = harness_now_ns();
     for (int t = 1; t <= TSTEPS; t++) {
         for (int i = 1; i < n - 1; i++) {
             for (int j = 1; j < n - 1; j++) {
@@ -74,7 +52,7 @@ int main(int argc, char **argv) {
             }
         }
     }
-    long long elapsed = now_ns() - start;
+    long long end = harness_now_ns();
 
     double checksum = 0.0;
     for (int i = 0; i < n; i++) {
@@ -84,7 +62,7 @@ int main(int argc, char **argv) {
             }
         }
     }
-    printf("kernel=heat-3d ns=%lld checksum=%.17g\n", elapsed, checksum);
+    harness_report(KERNEL, start, end, checksum);
     free(a);
     free(b);
     return 0;
