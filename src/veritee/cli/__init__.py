@@ -1,7 +1,8 @@
 """The ``veritee`` command. Light at start-up: heavy libraries are imported inside commands.
 
 Exit codes: 0 success (``run``: the module's own exit code), 1 general error, 2 usage,
-3 device, 4 secure world, 5 module, 6 sealing, 7 evidence/appraisal, 8 build.
+3 device, 4 secure world, 5 module, 6 sealing, 7 evidence/appraisal, 8 build,
+9 verifier unreachable or refused.
 """
 
 from __future__ import annotations
@@ -270,12 +271,16 @@ def _hex_arg(flag: str, value: str) -> bytes:
 
 from veritee.cli import device as _device  # noqa: E402
 from veritee.cli import evidence as _evidence  # noqa: E402
+from veritee.cli import ratls as _ratls  # noqa: E402
 from veritee.cli import secrets as _secrets  # noqa: E402
+from veritee.cli import verifier as _verifier  # noqa: E402
 from veritee.cli import vtee as _vtee  # noqa: E402
 
 _device.register(cli)
 _evidence.register(cli)
+_ratls.register(cli)
 _secrets.register(cli)
+_verifier.register(cli)
 _vtee.register(cli)
 
 

@@ -30,9 +30,10 @@ STAGE_CONFIG = "tee-config"
 SIGNED_STAGES = (STAGE_SECURE_WORLD, STAGE_RUNTIME)
 MANIFEST_PROFILE = "tag:veritee.dev,2026:boot-manifest"
 
-# The secure world's code: what runs with the device secrets. The CLI, verifier and deployer
-# run in the normal world or elsewhere and are not part of the TCB being measured.
-_SECURE_WORLD_PARTS = ("errors.py", "home.py", "tee", "evidence", "wasm")
+# The secure world's code: what runs with the device secrets (ratls: the TLS TA terminates
+# modules' TLS with it). The CLI, verifier and deployer run in the normal world or elsewhere
+# and are not part of the TCB being measured.
+_SECURE_WORLD_PARTS = ("errors.py", "home.py", "tee", "evidence", "wasm", "ratls")
 
 
 @dataclass(frozen=True)

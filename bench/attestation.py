@@ -1,0 +1,516 @@
+"""Attestation benchmark: the verifier's full round trip and its throughput, on loopback.
+
+Sets up a throwaway emulated device (its secure world running) and a verifier
+(``veritee verifier serve``), then measures, on this machine:
+
+  appraise      the in-process decision alone (verify + policy + EAR signing), no I/O;
+  store         the database work of one attestation (insert session, read it, record result);
+  health        a bare GET /health round trip: the HTTP stack's floor;
+  verifier rt   newSession (client nonce) -> submit ready evidence -> EAR: the verifier's part;
+  full rt       newSession (server nonce) -> evidence from the secure world -> submit -> EAR;
+  throughput    appraisals per second with several client processes, each on its own
+                keep-alive connection, submitting pre-made evidence for client-chosen nonces.
+
+Ratios are printed against the baselines measured in the same run (health, appraise), and
+against the targets of issue 5 (p50 < 10 ms, >= 1000 appraisals/s on 2 cores) and the
+Authentic Execution paper's attestation times (0.33 s TrustZone, 1.79 s SGX). The clients run
+on the same cores as the server: what they spend is taken from the server.
+
+Examples:
+
+    python bench/attestation.py --quick
+    python bench/attestation.py --workers 2 --clients 4 --seconds 10 --json > out.json
+
+Exit codes: 0 done, 1 a measurement failed, 2 bad arguments or missing toolchain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import http.client
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parent.parent
+HELLO = REPO / "examples" / "hello" / "hello.c"
+SESSION_TYPE = "application/vnd.veraison.challenge-response-session+json"
+EVIDENCE_TYPE = "application/vnd.veritee.evidence+cbor"
+START_TIMEOUT = 60.0  # seconds for the device and the verifier to come up
+
+TARGET_P50_MS = 10.0
+TARGET_RATE = 1000.0
+PAPER_TRUSTZONE_S = 0.33
+PAPER_SGX_S = 1.79
+
+
+@dataclass
+class Stats:
+    n: int
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Stats:
+        ms = sorted(s * 1000 for s in seconds)
+        p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+        return cls(len(ms), statistics.median(ms), p99, statistics.fmean(ms))
+
+
+def _veritee(home: Path, *args: str | Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", "--home", str(home), *map(str, args)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"veritee {' '.join(map(str, args))}: {proc.stderr.decode()}")
+    return proc.stdout.decode()
+
+
+@contextmanager
+def device(root: Path) -> Iterator[Path]:
+    home = root / "device"
+    _veritee(home, "device", "init")
+    _veritee(home, "tee", "start")
+    try:
+        yield home
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "veritee", "--home", str(home), "tee", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@contextmanager
+def verifier(home: Path, state: Path, workers: int) -> Iterator[tuple[str, int]]:
+    ready = state / "ready.json"
+    state.mkdir(parents=True)
+    log = (state / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "veritee",
+            "--home",
+            str(home),
+            "verifier",
+            "serve",
+            "--port",
+            "0",
+            "--state",
+            str(state),
+            "--workers",
+            str(workers),
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        url = None
+        while time.monotonic() < deadline and url is None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"verifier exited: {(state / 'serve.log').read_text()}")
+            if ready.exists() and ready.read_text():
+                candidate = json.loads(ready.read_text())["url"]
+                try:
+                    _get(Conn(candidate), "/health")
+                    url = candidate
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                time.sleep(0.1)
+        if url is None:
+            raise RuntimeError("verifier did not start")
+        yield url, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+class Conn:
+    """A keep-alive HTTP/1.1 connection (stdlib: the lightest client, to spare the cores)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.c = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        self.c.request(method, path, body=body, headers=headers or {})
+        r = self.c.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+
+def _get(conn: Conn, path: str) -> bytes:
+    status, _, data = conn.request("GET", path)
+    if status != 200:
+        raise OSError(f"GET {path}: {status}")
+    return data
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def attest_once(conn: Conn, evidence_for: Callable[[bytes], bytes], nonce: bytes | None) -> str:
+    """newSession -> evidence -> submit; returns the EAR. A client nonce skips minting."""
+    query = f"?nonce={_b64(nonce)}" if nonce is not None else "?nonceSize=32"
+    status, headers, body = conn.request(
+        "POST", f"/challenge-response/v1/newSession{query}", headers={"Accept": SESSION_TYPE}
+    )
+    if status != 201:
+        raise RuntimeError(f"newSession: {status} {body[:200]!r}")
+    session = json.loads(body)
+    text = session["nonce"]
+    challenge = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    path = "/challenge-response/v1/" + headers["location"]
+    status, _, body = conn.request(
+        "POST",
+        path,
+        body=evidence_for(challenge),
+        headers={"Content-Type": EVIDENCE_TYPE, "Accept": SESSION_TYPE},
+    )
+    if status != 200:
+        raise RuntimeError(f"submit: {status} {body[:300]!r}")
+    result = json.loads(body)
+    if result.get("status") != "complete":
+        raise RuntimeError(f"session ended {result.get('status')}")
+    return str(result["result"])
+
+
+def _client_process(url: str, work: list[tuple[bytes, bytes]], out: Any, start: Any) -> None:
+    conn = Conn(url)
+    evidence = dict(work)
+    start.wait()
+    t0 = time.perf_counter()
+    done = 0
+    for nonce, _ in work:
+        attest_once(conn, evidence.__getitem__, nonce)
+        done += 1
+    out.put((done, time.perf_counter() - t0))
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from veritee.home import Home
+    from veritee.tee import client as teec
+    from veritee.tee.ta import WasmSession
+    from veritee.verifier import appraise as appraisal
+    from veritee.verifier import ear, endorsements
+    from veritee.verifier.policy import DEFAULT_NAME, DEFAULT_POLICY, compile_policy
+    from veritee.verifier.store import Store
+    from veritee.wasm.build import build
+    from veritee.wasm.runtime import measure as measure_module
+
+    results: dict[str, Any] = {"workers": args.workers, "clients": args.clients}
+    root = Path(tempfile.mkdtemp(prefix="veritee-bench-"))
+    try:
+        hello = root / "hello.wasm"
+        build(HELLO, hello)
+        with (
+            device(root) as home,
+            verifier(home, root / "verifier", args.workers) as (url, server_pid),
+        ):
+            token = (root / "verifier" / "admin-token").read_text().strip()
+            _veritee(
+                home, "verifier", "provision", "--verifier", url, "--token", token, "trust-device"
+            )
+            _veritee(
+                home,
+                "verifier",
+                "provision",
+                "--verifier",
+                url,
+                "--token",
+                token,
+                "module",
+                hello,
+                "--name",
+                "hello",
+            )
+            with teec.Context(home=Home(home), vtee="default") as ctx:
+                session = WasmSession(ctx)
+                session.load(hello.read_bytes(), name="hello")
+
+                # -- the decision alone, in process ------------------------------------
+                nonce = os.urandom(32)
+                evidence = session.attest(nonce)
+                refs = endorsements.reference_values(
+                    json.loads((home / "manufacturer" / "reference-values.json").read_text())
+                ) + endorsements.reference_values(
+                    {
+                        "kind": "module",
+                        "name": "hello",
+                        "measurement": measure_module(hello.read_bytes()).hex(),
+                    }
+                )
+                e = endorsements.Endorsements.build(
+                    endorsements.ca_anchors_from_pem(
+                        (home / "manufacturer" / "ca.pem").read_text()
+                    ),
+                    (),
+                    (),
+                    refs,
+                )
+                policy = compile_policy(DEFAULT_NAME, DEFAULT_POLICY)
+                from cryptography.hazmat.primitives.asymmetric import ec
+
+                key = ec.generate_private_key(ec.SECP256R1())
+
+                def decide() -> None:
+                    context = appraisal.Context(
+                        e, policy, ear.VerifierId("Veritee", "bench"), dt.datetime.now(dt.UTC)
+                    )
+                    outcome = appraisal.appraise(evidence, EVIDENCE_TYPE, nonce, context)
+                    assert outcome.status == "warning"
+                    ear.sign(outcome.result, key)
+
+                results["appraise"] = asdict(_timed(decide, args.n))
+                # Where the decision's time goes: its three costly steps, one by one.
+                from veritee.evidence.appraisal import TrustAnchors
+                from veritee.evidence.appraisal import verify as verify_evidence
+
+                anchors = TrustAnchors(e.cas)
+                results["verify"] = asdict(
+                    _timed(lambda: verify_evidence(evidence, anchors, nonce=nonce), args.n)
+                )
+                context = appraisal.Context(
+                    e, policy, ear.VerifierId("Veritee", "bench"), dt.datetime.now(dt.UTC)
+                )
+                outcome = appraisal.appraise(evidence, EVIDENCE_TYPE, nonce, context)
+                policy_input = {
+                    "scheme": "veritee",
+                    "submods": {
+                        name: {
+                            "claims": dict(a.extensions[appraisal.ANNOTATED]),
+                            "trust_vector": {
+                                k.replace("-", "_"): v for k, v in a.trust_vector.items()
+                            },
+                        }
+                        for name, a in outcome.result.submods.items()
+                    },
+                }
+                results["policy"] = asdict(_timed(lambda: policy.judge(policy_input), args.n))
+                results["sign"] = asdict(_timed(lambda: ear.sign(outcome.result, key), args.n))
+                results["attest_in_tee"] = asdict(_timed(lambda: session.attest(nonce), args.n))
+
+                # -- the store's part, on its own SQLite file ---------------------------
+                store = Store(f"sqlite:///{root / 'bench.db'}")
+                store.create()
+
+                def store_work() -> None:
+                    sid = os.urandom(16).hex()
+                    store.create_session(sid, os.urandom(32), time.time(), time.time() + 60)
+                    store.session(sid)
+                    store.generation()
+                    store.finish_session(
+                        sid,
+                        status="complete",
+                        media_type=EVIDENCE_TYPE,
+                        evidence=evidence,
+                        result="x" * 1500,
+                        outcome="warning",
+                        failure=None,
+                    )
+
+                results["store"] = asdict(_timed(store_work, args.n))
+
+                # -- over HTTP, one client, keep-alive ----------------------------------
+                conn = Conn(url)
+                results["health"] = asdict(_timed(lambda: _get(conn, "/health"), args.n))
+                ready = {}
+                for _ in range(args.n + 20):  # _timed warms up with 20
+                    n = os.urandom(32)
+                    ready[n] = session.attest(n)
+                queue = iter(list(ready))
+                results["verifier_rt"] = asdict(
+                    _timed(lambda: attest_once(conn, ready.__getitem__, next(queue)), args.n)
+                )
+                results["full_rt"] = asdict(
+                    _timed(lambda: attest_once(conn, session.attest, None), args.n)
+                )
+
+                # -- throughput: several client processes -------------------------------
+                per_client = max(1, int(args.rate_guess * args.seconds / args.clients))
+                works = []
+                for _ in range(args.clients):
+                    batch = []
+                    for _ in range(per_client):
+                        n = os.urandom(32)
+                        batch.append((n, session.attest(n)))
+                    works.append(batch)
+            mpctx = mp.get_context("spawn")
+            out, start = mpctx.Queue(), mpctx.Event()
+            procs = [
+                mpctx.Process(target=_client_process, args=(url, w, out, start)) for w in works
+            ]
+            for p in procs:
+                p.start()
+            time.sleep(1.0)  # let every client connect and import before the clock starts
+            servers = [server_pid, *_children(server_pid)]
+            cpu0, machine0 = sum(_cpu_seconds(p) for p in servers), _machine()
+            t0 = time.perf_counter()
+            start.set()
+            finished = [out.get(timeout=600) for _ in procs]
+            wall = time.perf_counter() - t0
+            cpu1, machine1 = sum(_cpu_seconds(p) for p in servers), _machine()
+            for p in procs:
+                p.join(30)
+            total = sum(done for done, _ in finished)
+            busy = (machine1[0] - machine0[0]) - (machine1[1] - machine0[1])
+            results["throughput"] = {
+                "appraisals": total,
+                "seconds": wall,
+                "rate": total / wall,
+                "server_cpu_ms_per_appraisal": (cpu1 - cpu0) * 1000 / max(total, 1),
+                "machine_busy": busy / max(machine1[0] - machine0[0], 1),
+            }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine() -> tuple[int, int]:
+    """(all jiffies, idle + iowait jiffies) since boot, over every core."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def _timed(fn: Callable[[], Any], n: int) -> Stats:
+    for _ in range(min(20, n)):
+        fn()  # warm up: caches, connections, policy compilation
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return Stats.of(times)
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        f"Veritee attestation benchmark: {os.cpu_count()} cores, verifier {r['workers']} "
+        f"worker(s), {r['clients']} client process(es), load average "
+        f"{os.getloadavg()[0]:.2f}",
+        "",
+        f"{'measurement':44} {'p50 ms':>8} {'p99 ms':>8} {'x health':>9} {'x appraise':>11}",
+    ]
+    health, appraise = r["health"]["p50_ms"], r["appraise"]["p50_ms"]
+    for key, label in [
+        ("appraise", "appraise in process (verify+policy+sign)"),
+        ("verify", "  verify: chain, 3 signatures, nonce"),
+        ("policy", "  policy: one Rego query (default policy)"),
+        ("sign", "  sign the EAR (ES256)"),
+        ("store", "store work of one attestation (SQLite)"),
+        ("attest_in_tee", "evidence from the secure world"),
+        ("health", "GET /health round trip"),
+        ("verifier_rt", "verifier round trip (client nonce)"),
+        ("full_rt", "full round trip (server nonce + TEE)"),
+    ]:
+        s = r[key]
+        lines.append(
+            f"{label:44} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f} {s['p50_ms'] / health:9.1f} "
+            f"{s['p50_ms'] / appraise:11.2f}"
+        )
+    t = r["throughput"]
+    full = r["full_rt"]["p50_ms"]
+    ceiling = (os.cpu_count() or 1) * 1000 / appraise
+    lines += [
+        "",
+        f"throughput: {t['rate']:.0f} appraisals/s ({t['appraisals']} in {t['seconds']:.2f} s); "
+        f"in-process ceiling on {os.cpu_count()} cores {ceiling:.0f}/s "
+        f"(x{t['rate'] / ceiling:.2f})",
+        f"server CPU per appraisal {t['server_cpu_ms_per_appraisal']:.2f} ms "
+        f"(x{t['server_cpu_ms_per_appraisal'] / appraise:.1f} the in-process decision); "
+        f"machine busy {t['machine_busy']:.0%} during the run (clients and server share it)",
+        f"targets: round trip p50 {full:.2f} ms vs < {TARGET_P50_MS} ms "
+        f"({'met' if full < TARGET_P50_MS else 'NOT met'}); "
+        f"{t['rate']:.0f}/s vs >= {TARGET_RATE:.0f}/s "
+        f"({'met' if t['rate'] >= TARGET_RATE else 'NOT met'})",
+        f"vs Authentic Execution: TrustZone 0.33 s is x{PAPER_TRUSTZONE_S * 1000 / full:.0f} "
+        f"our full round trip, SGX 1.79 s x{PAPER_SGX_S * 1000 / full:.0f}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="verifier worker processes")
+    parser.add_argument("--clients", type=int, default=8, help="client processes for throughput")
+    parser.add_argument("-n", type=int, default=500, help="samples per latency measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="target throughput run time")
+    parser.add_argument(
+        "--rate-guess", type=float, default=400.0, help="expected rate, sizes the work"
+    )
+    parser.add_argument("--quick", action="store_true", help="n=100, 2 s of load")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.seconds = 100, 2.0
+    if shutil.which("clang") is None:
+        print("bench: clang is needed to build the module (run scripts/setup.sh)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        results = measure(args)
+    except (RuntimeError, OSError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(results, indent=2) if args.json else report(results))
+
+
+if __name__ == "__main__":
+    main()

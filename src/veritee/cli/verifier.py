@@ -1,0 +1,596 @@
+"""``veritee verifier …`` (serve, provision, attest) and ``veritee ear show``.
+
+Exit codes beyond the common ones: 7 a result does not verify (bad signature, expired);
+9 the verifier did not answer or refused the request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from veritee.errors import UsageError
+from veritee.home import DEFAULT_VTEE, Home
+
+DEFAULT_URL = "http://127.0.0.1:8443"
+URL_ENV = "VERITEE_VERIFIER"
+TOKEN_ENV = "VERITEE_VERIFIER_TOKEN"
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(verifier)
+    cli.add_command(ear_group)
+
+
+@click.group()
+def verifier() -> None:
+    """Run and provision the verification service, and attest against it.
+
+    \b
+    Example:
+      veritee verifier serve --port 8443 &
+      veritee verifier provision --token-file HOME/verifier/admin-token trust-device
+      veritee verifier attest hello.wasm -o result.jwt
+    """
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+@verifier.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8443, show_default=True, help="0: any free."
+)
+@click.option(
+    "--state",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State directory (key, token, SQLite database). Default: HOME/verifier.",
+)
+@click.option(
+    "--database",
+    help="SQLAlchemy URL, e.g. postgresql+psycopg://user@/veritee?host=/run/postgresql. "
+    "Default: SQLite in the state directory.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on the one port (they share the database and the signing key).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Provisioning bearer token (default: generated into STATE/admin-token).",
+)
+@click.option(
+    "--session-ttl",
+    type=click.FloatRange(0.1, 86400),
+    default=150.0,
+    show_default=True,
+    help="Seconds a session's nonce stays valid.",
+)
+@click.option("--server-nonces-only", is_flag=True, help="Refuse client-chosen nonces (nonce=...).")
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write {url, pid} as JSON here once listening (for scripts that use --port 0).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--access-log", is_flag=True, help="Also log every HTTP request.")
+@click.pass_obj
+def serve(
+    home: Home,
+    host: str,
+    port: int,
+    state_dir: Path | None,
+    database: str | None,
+    workers: int,
+    token_file: Path | None,
+    session_ttl: float,
+    server_nonces_only: bool,
+    ready_file: Path | None,
+    log_level: str,
+    access_log: bool,
+) -> None:
+    """Run the verification service (Veraison challenge-response API v1).
+
+    Logs are JSON lines on stderr. The provisioning token is printed where it was
+    written on first start; the verifier's public key is at
+    /.well-known/veraison/verification.
+
+    \b
+    Examples:
+      veritee verifier serve --port 8443
+      veritee verifier serve --workers 2 \\
+          --database postgresql+psycopg://veritee@/veritee?host=/run/postgresql
+    """
+    state = (state_dir or home.root / "verifier").resolve()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = database or f"sqlite:///{state / 'verifier.db'}"
+    new_token = token_file is None and not (state / "admin-token").exists()
+
+    # Metrics from every worker meet in one directory, cleared at each start.
+    metrics_dir = state / "metrics" / str(os.getpid())
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
+    import uvicorn
+
+    from veritee.verifier import credentials
+    from veritee.verifier.logs import log_config
+    from veritee.verifier.service import CONFIG_ENV, Config
+    from veritee.verifier.store import Store
+
+    store = Store(url)
+    store.create()
+    store.engine.dispose()
+    credentials.signing_key(state)
+    credentials.admin_token(state, token_file)
+    config = Config(
+        state_dir=str(state),
+        database_url=url,
+        token_file=None if token_file is None else str(token_file.resolve()),
+        session_ttl=session_ttl,
+        allow_client_nonce=not server_nonces_only,
+    )
+    os.environ[CONFIG_ENV] = config.to_env()
+
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
+    # TCP, and without it every response waits out the client's delayed ACK (40 ms).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    bound = sock.getsockname()[1]
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+    if new_token:
+        click.echo(f"provisioning token written to {state / 'admin-token'}", err=True)
+    click.echo(f"verifier listening on {base} ({workers} worker(s), state {state})", err=True)
+    if ready_file is not None:
+        ready_file.write_text(json.dumps({"url": base, "pid": os.getpid()}))
+    # uvicorn.run(fd=...) would wrap the socket as AF_UNIX: hand uvicorn the socket itself.
+    from uvicorn.supervisors import Multiprocess
+
+    uv_config = uvicorn.Config(
+        "veritee.verifier.service:app_from_environment",
+        factory=True,
+        workers=workers,
+        log_config=log_config(log_level, access_log=access_log),
+        access_log=access_log,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    if workers > 1:
+        Multiprocess(uv_config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(uv_config).run(sockets=[sock])
+
+
+# -- provisioning ------------------------------------------------------------------------------
+
+
+def _client(ctx: click.Context) -> Any:
+    from veritee.verifier.client import VerifierClient
+
+    opts = ctx.find_root().meta.get("verifier", {})
+    return VerifierClient(opts["url"], token=opts.get("token"))
+
+
+@verifier.group("provision", invoke_without_command=True)
+@click.option("--verifier", "url", envvar=URL_ENV, default=DEFAULT_URL, show_default=True)
+@click.option("--token", envvar=TOKEN_ENV, help="Provisioning token (or $VERITEE_VERIFIER_TOKEN).")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Read the provisioning token from this file (e.g. STATE/admin-token).",
+)
+@click.option(
+    "--file",
+    "deployment",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Apply a whole deployment (YAML or JSON) in one transaction.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_context
+def provision(
+    ctx: click.Context,
+    url: str,
+    token: str | None,
+    token_file: Path | None,
+    deployment: Path | None,
+    as_json: bool,
+) -> None:
+    """Provision trust anchors, revocations, reference values and policies.
+
+    \b
+    Examples:
+      veritee verifier provision --token-file STATE/admin-token --file deploy.yaml
+      veritee verifier provision trust-device          # this HOME's emulated device
+      veritee verifier provision module hello.wasm --version 1.0
+      veritee verifier provision revoke --device 01be7d…
+      veritee verifier provision show --json
+    """
+    if token is None and token_file is not None:
+        token = token_file.read_text().strip()
+    ctx.find_root().meta["verifier"] = {"url": url, "token": token, "json": as_json}
+    if deployment is not None:
+        from veritee.verifier.deployfile import load
+
+        with _client(ctx) as client:
+            answer = client.deploy(load(deployment))
+        _print(ctx, answer, f"applied {deployment}: {answer['applied']}")
+    elif ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+def _print(ctx: click.Context, data: Any, text: str) -> None:
+    if ctx.find_root().meta.get("verifier", {}).get("json"):
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(text)
+
+
+@provision.command("trust-ca")
+@click.argument(
+    "pems", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.pass_context
+def provision_ca(ctx: click.Context, pems: tuple[Path, ...]) -> None:
+    """Trust manufacturer CA certificates (PEM) for Veritee evidence.
+
+    \b
+    Example:  veritee verifier provision trust-ca HOME/manufacturer/ca.pem
+    """
+    with _client(ctx) as client:
+        ids = client.add_trust_anchors([{"ca": p.read_text()} for p in pems])
+    _print(ctx, {"ids": ids}, "\n".join(f"trusted CA {i}" for i in ids))
+
+
+@provision.command("trust-key")
+@click.argument("key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--scheme", type=click.Choice(["psa", "cca"]), required=True)
+@click.option("--instance-id", help="Device instance id (hex); PSA: derived from the key.")
+@click.pass_context
+def provision_key(ctx: click.Context, key: Path, scheme: str, instance_id: str | None) -> None:
+    """Trust a PSA/CCA device's attestation public key (PEM or JWK).
+
+    \b
+    Example:  veritee verifier provision trust-key --scheme psa iak-pub.pem
+    """
+    entry: dict[str, Any] = {"scheme": scheme, "key": key.read_text()}
+    if instance_id is not None:
+        entry["instance-id"] = instance_id
+    with _client(ctx) as client:
+        ids = client.add_trust_anchors([entry])
+    _print(ctx, {"ids": ids}, f"trusted {scheme} key {ids[0]}")
+
+
+@provision.command("trust-device")
+@click.pass_context
+def provision_device(ctx: click.Context) -> None:
+    """Trust this HOME's emulated device: its manufacturer CA and boot reference values.
+
+    \b
+    Example:  veritee --home /tmp/dev1 verifier provision trust-device
+    """
+    home: Home = ctx.find_root().obj
+    ca = home.manufacturer / "ca.pem"
+    refs = home.manufacturer / "reference-values.json"
+    if not ca.exists() or not refs.exists():
+        raise UsageError(f"{home.root} holds no provisioned device (run 'veritee device init')")
+    with _client(ctx) as client:
+        anchors = client.add_trust_anchors([{"ca": ca.read_text()}])
+        ids = client.add_reference_values(_read_json(refs))
+    _print(
+        ctx,
+        {"trust-anchors": anchors, "reference-values": ids},
+        f"trusted CA {anchors[0][:16]}… and {len(ids)} boot reference value(s) from {home.root}",
+    )
+
+
+@provision.command("refs")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--scheme", type=click.Choice(["veritee", "psa", "cca"]), default=None)
+@click.pass_context
+def provision_refs(ctx: click.Context, path: Path, scheme: str | None) -> None:
+    """Add reference values from a JSON/YAML file (an entry, a list, or a manufacturer file).
+
+    \b
+    Example:  veritee verifier provision refs HOME/manufacturer/reference-values.json
+    """
+    from veritee.verifier.deployfile import read_data
+
+    value = read_data(path)
+    if scheme is not None:
+        value = _with_scheme(value, scheme)
+    with _client(ctx) as client:
+        ids = client.add_reference_values(value)
+    _print(ctx, {"ids": ids}, f"added {len(ids)} reference value(s)")
+
+
+@provision.command("module")
+@click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Name to endorse it under (default: the file name).")
+@click.option("--version", "version", default="", help="Version to record.")
+@click.pass_context
+def provision_module(ctx: click.Context, module: Path, name: str | None, version: str) -> None:
+    """Endorse a Wasm module: its measurement becomes a reference value.
+
+    \b
+    Example:  veritee verifier provision module hello.wasm --version 1.0
+    """
+    from veritee.wasm.runtime import measure, to_binary
+
+    entry = {
+        "kind": "module",
+        "name": name or module.stem,
+        "version": version,
+        "measurement": measure(to_binary(module.read_bytes())).hex(),
+    }
+    with _client(ctx) as client:
+        ids = client.add_reference_values(entry)
+    _print(ctx, {"ids": ids, **entry}, f"endorsed {entry['name']} {entry['measurement']}")
+
+
+@provision.command("revoke")
+@click.option("--device", help="UEID / instance id of the device (hex).")
+@click.option("--ca", help="CA certificate (PEM file) or the hex SHA-256 of its DER.")
+@click.option("--reason", default="", help="Why, for the record.")
+@click.pass_context
+def provision_revoke(ctx: click.Context, device: str | None, ca: str | None, reason: str) -> None:
+    """Revoke a device or a manufacturer CA: its evidence appraises contraindicated.
+
+    \b
+    Example:  veritee verifier provision revoke --device 01be7d54… --reason "stolen"
+    """
+    if (device is None) == (ca is None):
+        raise UsageError("give exactly one of --device and --ca")
+    entry: dict[str, str] = {"reason": reason}
+    if device is not None:
+        entry["device"] = device
+    else:
+        assert ca is not None
+        entry["ca"] = Path(ca).read_text() if Path(ca).is_file() else ca
+    with _client(ctx) as client:
+        rid = client.revoke(entry)
+    _print(ctx, {"id": rid}, f"revoked {rid}")
+
+
+@provision.command("policy")
+@click.argument("name")
+@click.argument("rego", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--activate", is_flag=True, help="Make it the active appraisal policy.")
+@click.pass_context
+def provision_policy(ctx: click.Context, name: str, rego: Path, activate: bool) -> None:
+    """Add (or replace) an appraisal policy written in Rego.
+
+    \b
+    Example:  veritee verifier provision policy prod prod.rego --activate
+    """
+    with _client(ctx) as client:
+        answer = client.put_policy(name, rego.read_text(), activate=activate)
+    _print(ctx, answer, f"policy {answer['id']}" + (" (active)" if activate else ""))
+
+
+@provision.command("activate")
+@click.argument("name")
+@click.pass_context
+def provision_activate(ctx: click.Context, name: str) -> None:
+    """Make NAME the active appraisal policy (built in: default, strict).
+
+    \b
+    Example:  veritee verifier provision activate strict
+    """
+    with _client(ctx) as client:
+        client.activate_policy(name)
+    _print(ctx, {"active-policy": name}, f"active policy: {name}")
+
+
+@provision.command("remove")
+@click.argument(
+    "what", type=click.Choice(["trust-anchors", "revocations", "reference-values", "policies"])
+)
+@click.argument("item_id")
+@click.pass_context
+def provision_remove(ctx: click.Context, what: str, item_id: str) -> None:
+    """Remove one provisioned item by its id (see 'show').
+
+    \b
+    Example:  veritee verifier provision remove revocations device:01be7d…
+    """
+    with _client(ctx) as client:
+        client.remove(what, item_id)
+    _print(ctx, {"removed": item_id}, f"removed {item_id}")
+
+
+@provision.command("show")
+@click.option("--sessions", "n_sessions", type=click.IntRange(0, 1000), default=0)
+@click.pass_context
+def provision_show(ctx: click.Context, n_sessions: int) -> None:
+    """Show everything provisioned (and the latest sessions with --sessions N).
+
+    \b
+    Example:  veritee verifier provision show --sessions 10 --json
+    """
+    with _client(ctx) as client:
+        state = client.state()
+        if n_sessions:
+            state["sessions"] = client.sessions(n_sessions)
+    if ctx.find_root().meta["verifier"].get("json"):
+        click.echo(json.dumps(state, indent=2))
+        return
+    click.echo(f"generation {state['generation']}, active policy {state['active-policy']}")
+    for section in ("trust-anchors", "revocations", "reference-values", "policies"):
+        click.secho(f"{section} ({len(state[section])})", bold=True)
+        for item in state[section]:
+            click.echo("  " + "  ".join(str(v) for v in item.values() if v not in (None, "")))
+    for s in state.get("sessions", []):
+        failure = s.get("failure") or {}
+        click.echo(
+            f"  {s['id']}  {s['status']:9} {s['outcome'] or '':16} {failure.get('check', '')}"
+        )
+
+
+# -- attest ------------------------------------------------------------------------------------
+
+
+@verifier.command("attest")
+@click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--verifier", "url", envvar=URL_ENV, default=DEFAULT_URL, show_default=True)
+@click.option("--vtee", default=DEFAULT_VTEE, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Save EAR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verified result as JSON.")
+@click.pass_obj
+def attest_remote(
+    home: Home, module: Path, url: str, vtee: str, output: Path | None, as_json: bool
+) -> None:
+    """Attest a module to a verifier: new session, evidence from the secure world, result.
+
+    Exits 0 whatever the result says; the result is printed (and checked against the
+    verifier's published key). Exit 9 if the verifier refused.
+
+    \b
+    Example:  veritee verifier attest hello.wasm --verifier http://127.0.0.1:8443
+    """
+    from veritee.evidence.claims import MEDIA_TYPE
+    from veritee.tee import client as teec
+    from veritee.tee.ta import WasmSession
+    from veritee.verifier import ear
+    from veritee.verifier.client import VerifierClient
+
+    with teec.Context(home=home, vtee=vtee) as context, VerifierClient(url) as client:
+        session = WasmSession(context)
+        session.load(module.read_bytes(), name=module.name)
+        token = client.attest(lambda nonce, _accept: (session.attest(nonce), MEDIA_TYPE))
+        result = ear.verify(token, client.public_key())
+    if output is not None:
+        output.write_text(token + "\n")
+    _show_result(result, as_json)
+
+
+# -- ear show ----------------------------------------------------------------------------------
+
+
+@click.group("ear")
+def ear_group() -> None:
+    """Read and check EAT attestation results (EAR).
+
+    \b
+    Example:  veritee ear show result.jwt --verifier http://127.0.0.1:8443
+    """
+
+
+@ear_group.command("show")
+@click.argument("result")
+@click.option("--key", help="The verifier's public key: a JWK file or JWK JSON text.")
+@click.option("--verifier", "url", help="Fetch the key from this verifier's discovery document.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verified claims as JSON.")
+def ear_show(result: str, key: str | None, url: str | None, as_json: bool) -> None:
+    """Check an EAR's signature and print it readably. Exit 7 if it does not verify.
+
+    RESULT is a file holding the JWT (or a session JSON with a "result"), the JWT
+    itself, or - for standard input.
+
+    \b
+    Examples:
+      veritee ear show result.jwt --verifier http://127.0.0.1:8443
+      veritee ear show result.jwt --key verifier.jwk --json
+    """
+    from veritee.verifier import ear
+
+    token = _read_token(result)
+    if (key is None) == (url is None):
+        raise UsageError("give exactly one of --key and --verifier to check the signature")
+    if key is not None:
+        text = Path(key).read_text() if Path(key).is_file() else key
+        public = ear.public_key_from_jwk(text)
+    else:
+        from veritee.verifier.client import VerifierClient
+
+        assert url is not None
+        with VerifierClient(url) as client:
+            public = client.public_key()
+    _show_result(ear.verify(token, public), as_json)
+
+
+def _read_token(result: str) -> str:
+    if result == "-":
+        text = sys.stdin.read()
+    elif Path(result).is_file():
+        text = Path(result).read_text()
+    elif result.count(".") == 2:
+        text = result
+    else:
+        raise UsageError(f"RESULT {result[:80]!r} is neither a file nor a JWT")
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            text = str(json.loads(text).get("result", ""))
+        except (ValueError, AttributeError):
+            raise UsageError("RESULT is JSON without a 'result' member") from None
+    if not text:
+        raise UsageError("RESULT is empty")
+    return text
+
+
+def _show_result(result: Any, as_json: bool) -> None:
+    from veritee.verifier import ear
+
+    claims = result.to_json()
+    if as_json:
+        click.echo(json.dumps({"verified": True, "claims": claims}, indent=2))
+        return
+    colours = {"affirming": "green", "warning": "yellow", "contraindicated": "red"}
+    click.echo(f"EAR from {result.verifier_id.developer} {result.verifier_id.build}, signature OK")
+    failure = claims.get("ear.veritee.failure")
+    if failure:
+        click.secho(f"failed check: {failure['check']}: {failure['reason']}", fg="red")
+    rows = ear.describe(result)
+    for name, appraisal in result.submods.items():
+        click.secho(f"{name}: {appraisal.status}", bold=True, fg=colours.get(appraisal.status))
+        if appraisal.policy_id:
+            click.echo(f"  policy {appraisal.policy_id}")
+        for row in rows:
+            if row.submod == name and row.tier != "none":
+                click.echo(f"  {row.claim:18} {row.tier:16} {row.meaning}")
+        annotated = appraisal.extensions.get("ear.veraison.annotated-evidence", {})
+        for field in ("ueid", "lifecycle", "vtee-name", "name", "measurement", "instance-id"):
+            if field in annotated:
+                click.echo(f"  {field:18} {annotated[field]}")
+        for reason in appraisal.extensions.get("ear.veritee.reasons", ()):
+            click.secho(f"  ! {reason}", fg="yellow")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _with_scheme(value: Any, scheme: str) -> Any:
+    if isinstance(value, list):
+        return [_with_scheme(v, scheme) for v in value]
+    if isinstance(value, dict):
+        return {**value, "scheme": scheme}
+    return value

@@ -1,0 +1,164 @@
+"""Appraisal of Arm PSA attestation tokens (one submodule) and CCA tokens (platform, realm).
+
+The device's attestation key (IAK / CPAK) is looked up by the instance id the token claims,
+among the keys the operator provisioned; only then is the signature checked. Software
+components are matched by measurement against the scheme's ``boot`` reference values; a
+realm's initial measurement (RIM) against its ``realm`` reference values.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from veritee.evidence import cca as cca_token
+from veritee.evidence import psa as psa_token
+from veritee.evidence.errors import NonceMismatch
+from veritee.evidence.psa import Lifecycle, SoftwareComponent
+from veritee.verifier._scheme import AFFIRM, CONTRAINDICATED, WARN, Context, Submod, b64url
+from veritee.verifier.endorsements import Endorsements
+from veritee.verifier.errors import DeviceRevoked, UnknownDevice
+from veritee.verifier.media import Scheme
+
+# Lifecycle states whose hardware is genuine but open to debugging: a warning, not a failure.
+DEBUG_STATES = frozenset(
+    {
+        "non-psa-rot-debug",
+        "recoverable-psa-rot-debug",
+        "non-cca-platform-rot-debug",
+        "recoverable-cca-platform-rot-debug",
+    }
+)
+
+
+def psa(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
+    """Submodule ``psa``; raises the first failed check's error."""
+    unverified = psa_token.parse(evidence)
+    key = _device_key(context.endorsements, "psa", unverified.instance_id)
+    claims = psa_token.verify(evidence, key)
+    _check_nonce(claims.nonce, nonce, "PSA token's nonce")
+    components, reasons = _components(context.endorsements, "psa", claims.software_components)
+    submod = Submod(
+        "psa",
+        {
+            "profile": claims.profile,
+            "instance-id": claims.instance_id.hex(),
+            "implementation-id": claims.implementation_id.hex(),
+            "client-id": claims.client_id,
+            **_lifecycle(claims.lifecycle),
+            "certification-reference": claims.certification_reference,
+            "software-components": components,
+        },
+        {
+            "instance_identity": AFFIRM,
+            "hardware": _hardware(claims.lifecycle),
+            "executables": CONTRAINDICATED if reasons else AFFIRM,
+        },
+        reasons,
+    )
+    return [submod]
+
+
+def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
+    """Submodules ``cca-platform`` and ``cca-realm``; raises the first failed check's error."""
+    unverified = cca_token.parse(evidence)
+    key = _device_key(context.endorsements, "cca", unverified.platform.instance_id)
+    claims = cca_token.verify(evidence, key)
+    p, r = claims.platform, claims.realm
+    _check_nonce(r.challenge, nonce, "CCA realm token's challenge")
+    components, reasons = _components(context.endorsements, "cca", p.software_components)
+    hardware = _hardware(p.lifecycle)
+    platform = Submod(
+        "cca-platform",
+        {
+            "profile": p.profile,
+            "instance-id": p.instance_id.hex(),
+            "implementation-id": p.implementation_id.hex(),
+            **_lifecycle(p.lifecycle),
+            "config": p.config.hex(),
+            "hash-algo": p.hash_algo,
+            "software-components": components,
+        },
+        {
+            "instance_identity": AFFIRM,
+            "hardware": hardware,
+            "executables": CONTRAINDICATED if reasons else AFFIRM,
+        },
+        reasons,
+    )
+    rim = context.endorsements.endorsed("cca", "realm", r.initial_measurement)
+    realm = Submod(
+        "cca-realm",
+        {
+            "profile": r.profile,
+            "initial-measurement": r.initial_measurement.hex(),
+            "extensible-measurements": [m.hex() for m in r.extensible_measurements],
+            "personalization-value": r.personalization_value.hex(),
+            "hash-algo": r.hash_algo,
+            "public-key": b64url(r.public_key),
+            "endorsed-as": None if rim is None else {"name": rim.name, "version": rim.version},
+        },
+        {
+            "instance_identity": AFFIRM,
+            "hardware": hardware,
+            "executables": AFFIRM if rim is not None else CONTRAINDICATED,
+        },
+    )
+    if rim is None:
+        realm.reasons.append(
+            f"realm initial measurement {r.initial_measurement.hex()[:16]}… is not among the "
+            "reference values"
+        )
+    return [platform, realm]
+
+
+def _device_key(e: Endorsements, scheme: Scheme, instance_id: bytes) -> Any:
+    key = e.keys.get((scheme, instance_id))
+    if key is None:
+        raise UnknownDevice(
+            f"no {scheme.upper()} attestation key is provisioned for instance id "
+            f"{instance_id.hex()}"
+        )
+    if instance_id in e.revoked_devices:
+        raise DeviceRevoked(f"device {instance_id.hex()} is revoked")
+    return key
+
+
+def _check_nonce(claimed: bytes, nonce: bytes, what: str) -> None:
+    if not hmac.compare_digest(claimed, nonce):
+        raise NonceMismatch(f"{what} is not the session's nonce (stale or replayed)")
+
+
+def _lifecycle(lifecycle: Lifecycle) -> Mapping[str, Any]:
+    return {"lifecycle": lifecycle.state, "lifecycle-value": lifecycle.value}
+
+
+def _hardware(lifecycle: Lifecycle) -> int:
+    if lifecycle.state == "secured":
+        return AFFIRM
+    return WARN if lifecycle.state in DEBUG_STATES else CONTRAINDICATED
+
+
+def _components(
+    e: Endorsements, scheme: Scheme, components: tuple[SoftwareComponent, ...]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    out, reasons = [], []
+    for i, c in enumerate(components):
+        ref = e.endorsed(scheme, "boot", c.measurement_value)
+        label = c.measurement_type or f"#{i}"
+        out.append(
+            {
+                "type": c.measurement_type,
+                "version": c.version,
+                "measurement": c.measurement_value.hex(),
+                "signer": c.signer_id.hex(),
+                "endorsed": ref is not None,
+            }
+        )
+        if ref is None:
+            reasons.append(
+                f"software component '{label}' measures {c.measurement_value.hex()[:16]}…, "
+                "which is not an endorsed value"
+            )
+    return out, reasons

@@ -1,0 +1,49 @@
+"""What every appraisal scheme shares: its inputs (:class:`Context`), its output per
+submodule (:class:`Submod`), and the AR4SI codes it uses."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from veritee.verifier import ear
+from veritee.verifier.endorsements import Endorsements
+from veritee.verifier.policy import Policy
+
+# How long a result stays valid for relying parties (its ``exp``): long enough to reach them,
+# short enough that a revocation takes effect soon.
+RESULT_VALIDITY_SECONDS = 600
+
+# Trust codes (AR4SI section 2.3).
+AFFIRM = 2
+WARN = 32
+CONTRAINDICATED = 96
+NOT_RECOGNISED = 97
+CRYPTO_FAILED = 99
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything an appraisal depends on besides the evidence and its nonce."""
+
+    endorsements: Endorsements
+    policy: Policy
+    verifier_id: ear.VerifierId
+    now: dt.datetime
+    result_validity: int = RESULT_VALIDITY_SECONDS
+
+
+@dataclass
+class Submod:
+    """One submodule as a scheme verified it: claims (JSON values), facts, findings."""
+
+    name: str
+    claims: dict[str, Any]
+    vector: dict[str, int] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

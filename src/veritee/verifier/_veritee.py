@@ -1,0 +1,95 @@
+"""Appraisal of Veritee evidence (platform -> vtee -> module tokens) into two submodules."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography.hazmat.primitives import serialization
+
+from veritee.evidence import appraisal
+from veritee.verifier._scheme import AFFIRM, CONTRAINDICATED, WARN, Context, Submod, b64url
+from veritee.verifier.errors import CaRevoked, DeviceRevoked
+
+
+def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
+    """Submodules ``platform`` and ``module``; raises the first failed check's error."""
+    e = context.endorsements
+    # Revocations are checked here rather than by appraisal.verify, so each has its own error.
+    v = appraisal.verify(evidence, appraisal.TrustAnchors(e.cas), nonce=nonce, now=context.now)
+    ca_digest = hashlib.sha256(v.ca.public_bytes(serialization.Encoding.DER)).digest()
+    if ca_digest in e.revoked_cas:
+        raise CaRevoked(f"CA '{v.ca.subject.rfc4514_string()}' is revoked")
+    if v.platform.ueid in e.revoked_devices:
+        raise DeviceRevoked(f"device {v.platform.ueid.hex()} is revoked")
+
+    p = v.platform
+    boot = []
+    reasons = []
+    for entry in p.boot_log:
+        endorsed_values = e.boot_values("veritee", entry.component)
+        endorsed = entry.measurement in endorsed_values
+        boot.append(
+            {
+                "component": entry.component,
+                "version": entry.version,
+                "measurement": entry.measurement.hex(),
+                "endorsed": endorsed,
+            }
+        )
+        if not endorsed_values:
+            reasons.append(f"boot component '{entry.component}' has no reference value")
+        elif not endorsed:
+            reasons.append(
+                f"boot component '{entry.component}' measures {entry.measurement.hex()[:16]}…, "
+                "which is not an endorsed value"
+            )
+    missing = e.boot_names("veritee") - {entry.component for entry in p.boot_log}
+    if missing:
+        reasons.append(f"boot log lacks endorsed component(s): {sorted(missing)}")
+    hardware = AFFIRM if p.lifecycle == "secured" else WARN
+    platform = Submod(
+        "platform",
+        {
+            "ueid": p.ueid.hex(),
+            "lifecycle": p.lifecycle,
+            "secure-boot": p.secure_boot,
+            "hwmodel": p.hwmodel,
+            "vtee-id": p.vtee_id.hex(),
+            "vtee-name": p.vtee_name,
+            "vtee-config": p.vtee_config.hex(),
+            "ca": v.ca.subject.rfc4514_string(),
+            "boot": boot,
+        },
+        {
+            "instance_identity": AFFIRM,
+            "hardware": hardware,
+            "executables": CONTRAINDICATED if reasons else AFFIRM,
+            "configuration": AFFIRM if p.secure_boot else WARN,
+        },
+        reasons,
+    )
+
+    m = v.module
+    ref = e.endorsed("veritee", "module", m.measurement)
+    module = Submod(
+        "module",
+        {
+            "name": m.name,
+            "measurement": m.measurement.hex(),
+            "config": m.config.hex(),
+            "endorsed-as": None if ref is None else {"name": ref.name, "version": ref.version},
+            "provisioning-key": b64url(m.provisioning_key[-2]),
+            "user-data": m.user_data.hex(),
+            "vtee-name": p.vtee_name,
+        },
+        {
+            "instance_identity": AFFIRM,
+            "hardware": hardware,
+            "executables": AFFIRM if ref is not None else CONTRAINDICATED,
+        },
+    )
+    if ref is None:
+        module.reasons.append(
+            f"module measurement {m.measurement.hex()} is not among the reference values"
+        )
+    return [platform, module]

@@ -1,0 +1,208 @@
+"""The verifier's decision, I/O-free: evidence bytes, a nonce, endorsements and a policy in; an
+(unsigned) EAR out.
+
+Each scheme computes, per submodule, the claims it verified and an AR4SI trustworthiness
+vector from its checks (the *facts*); the Rego policy then judges them (see
+:mod:`veritee.verifier.policy`). Outcomes:
+
+* bytes that are not evidence raise :class:`MalformedToken` or
+  :class:`~veritee.verifier.errors.UnsupportedMediaType` (the service answers 400 / 415);
+* a failed cryptographic or identity check (bad signature, broken binding, nonce mismatch,
+  unknown, untrusted or revoked device or CA) gives a result whose every submodule is
+  contraindicated, with the failed check and its reason in ``ear.veritee.failure``; the
+  policy is not asked, as no policy may accept forged evidence;
+* otherwise the facts as the policy judged them: an unendorsed measurement makes
+  ``executables`` contraindicated in its submodule, with the reason in ``ear.veritee.reasons``.
+
+Claims the schemes compute (the policy may change any of them):
+
+=================  ===========================================================================
+claim              code
+=================  ===========================================================================
+instance-identity  2 the identity checked out; on failure 97 unknown/untrusted, 96 revoked,
+                   99 cryptographic failure (signature, binding, nonce)
+hardware           2 lifecycle ``secured``; 32 ``emulated``, ``debug`` and PSA/CCA debug
+                   states; 96 other PSA/CCA states. A module or realm inherits its platform's
+executables        2 every measurement endorsed; 96 one is not (named in the reasons)
+configuration      Veritee platform only: 2 secure boot on, 32 off
+=================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from veritee.errors import EvidenceError
+from veritee.evidence.errors import (
+    BadSignature,
+    BindingMismatch,
+    MalformedToken,
+    NonceMismatch,
+    UntrustedDevice,
+)
+from veritee.verifier import _arm, _veritee, ear
+from veritee.verifier._scheme import (
+    CONTRAINDICATED,
+    CRYPTO_FAILED,
+    NOT_RECOGNISED,
+    RESULT_VALIDITY_SECONDS,
+    Context,
+    Submod,
+    b64url,
+)
+from veritee.verifier.errors import CaRevoked, DeviceRevoked, PolicyFailed
+from veritee.verifier.media import Scheme, scheme_of
+from veritee.verifier.policy import CLAIMS, Policy
+
+__all__ = [
+    "ANNOTATED",
+    "FAILURE",
+    "REASONS",
+    "RESULT_VALIDITY_SECONDS",
+    "SUBMODS",
+    "Context",
+    "Failure",
+    "Outcome",
+    "appraise",
+    "failure_code",
+]
+
+SUBMODS: Mapping[Scheme, tuple[str, ...]] = {
+    "veritee": ("platform", "module"),
+    "psa": ("psa",),
+    "cca": ("cca-platform", "cca-realm"),
+}
+
+ANNOTATED = "ear.veraison.annotated-evidence"
+REASONS = "ear.veritee.reasons"
+FAILURE = "ear.veritee.failure"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The check that failed (its exception class name) and why."""
+
+    check: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An appraisal's result: the EAR to sign, its worst status, and what failed if anything."""
+
+    result: ear.Ear
+    scheme: Scheme
+    status: str
+    failure: Failure | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        """Every finding the submodules list (e.g. unendorsed measurements)."""
+        out: list[str] = []
+        for appraisal in self.result.submods.values():
+            out.extend(appraisal.extensions.get(REASONS, ()))
+        return out
+
+
+_SCHEMES: Mapping[Scheme, Callable[[bytes, bytes, Context], list[Submod]]] = {
+    "veritee": _veritee.appraise,
+    "psa": _arm.psa,
+    "cca": _arm.cca,
+}
+
+
+def appraise(evidence: bytes, media_type: str, nonce: bytes, context: Context) -> Outcome:
+    """Appraise ``evidence`` of ``media_type`` against the session's ``nonce``.
+
+    Raises :class:`~veritee.verifier.errors.UnsupportedMediaType` or :class:`MalformedToken`
+    for input that is not evidence at all; every other failed check is in the outcome.
+    """
+    scheme = scheme_of(media_type)
+    try:
+        submods = _SCHEMES[scheme](evidence, nonce, context)
+        judged = _judge(scheme, submods, context.policy)
+    except MalformedToken:
+        raise
+    except EvidenceError as err:
+        return _failed(scheme, nonce, context, err)
+    return _outcome(scheme, nonce, context, judged, None)
+
+
+def failure_code(err: EvidenceError) -> int:
+    """The instance-identity code (AR4SI) a failed check earns."""
+    if isinstance(err, DeviceRevoked | CaRevoked):
+        return CONTRAINDICATED  # recognised, but not trustworthy any more
+    if isinstance(err, UntrustedDevice):
+        return NOT_RECOGNISED
+    if isinstance(err, BadSignature | BindingMismatch | NonceMismatch):
+        return CRYPTO_FAILED
+    return CONTRAINDICATED
+
+
+def _judge(scheme: Scheme, submods: list[Submod], policy: Policy) -> list[tuple[Submod, str]]:
+    judgements = policy.judge(
+        {
+            "scheme": scheme,
+            "submods": {
+                s.name: {"claims": s.claims, "trust_vector": _full(s.vector)} for s in submods
+            },
+        }
+    )
+    judged = []
+    for s in submods:
+        judgement = judgements.get(s.name)
+        if judgement is not None:
+            s.vector = {**s.vector, **judgement.claims}
+        status = ear.status_from_vector(ear.TrustVector(**s.vector))
+        if judgement is not None and judgement.status is not None:
+            status = max(status, judgement.status, key=ear.STATUSES.index)
+        judged.append((s, status))
+    return judged
+
+
+def _outcome(
+    scheme: Scheme,
+    nonce: bytes,
+    context: Context,
+    judged: list[tuple[Submod, str]],
+    failure: Failure | None,
+) -> Outcome:
+    submods = {}
+    for s, status in judged:
+        extensions: dict[str, Any] = {ANNOTATED: s.claims} if s.claims else {}
+        if s.reasons:
+            extensions[REASONS] = list(s.reasons)
+        submods[s.name] = ear.Appraisal(
+            status=status,
+            trust_vector=ear.TrustVector(**s.vector),
+            policy_id=context.policy.id,
+            extensions=extensions,
+        )
+    iat = int(context.now.timestamp())
+    top: dict[str, Any] = {}
+    if failure is not None:
+        top[FAILURE] = {"check": failure.check, "reason": failure.reason}
+    result = ear.Ear(
+        iat=iat,
+        verifier_id=context.verifier_id,
+        submods=submods,
+        nonce=b64url(nonce),
+        exp=iat + context.result_validity,
+        extensions=top,
+    )
+    worst = max((status for _, status in judged), key=ear.STATUSES.index)
+    return Outcome(result, scheme, worst, failure)
+
+
+def _failed(scheme: Scheme, nonce: bytes, context: Context, err: EvidenceError) -> Outcome:
+    failure = Failure(type(err).__name__, str(err))
+    # A policy that cannot be evaluated says nothing about the device: no claim, but no pass.
+    vector = {} if isinstance(err, PolicyFailed) else {"instance_identity": failure_code(err)}
+    judged = [(Submod(name, {}, dict(vector)), "contraindicated") for name in SUBMODS[scheme]]
+    return _outcome(scheme, nonce, context, judged, failure)
+
+
+def _full(vector: Mapping[str, int]) -> dict[str, int]:
+    return {claim: vector.get(claim, 0) for claim in CLAIMS}

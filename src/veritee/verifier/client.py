@@ -1,0 +1,174 @@
+"""A client for a Veritee (or Veraison) verifier: challenge-response, discovery, provisioning.
+
+Used by the CLI, the tests and the benchmark. Problems the service answers with become
+:class:`~veritee.verifier.errors.VerifierRefused` carrying the problem's ``check``; a service
+that does not answer is :class:`~veritee.verifier.errors.VerifierUnreachable`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from veritee.verifier import ear
+from veritee.verifier.errors import VerifierRefused, VerifierUnreachable
+
+SESSION_MEDIA_TYPE = "application/vnd.veraison.challenge-response-session+json"
+NEW_SESSION = "/challenge-response/v1/newSession"
+WELL_KNOWN = "/.well-known/veraison/verification"
+PROVISIONING = "/provisioning/v1"
+# Loopback answers in milliseconds; a verifier that takes this long is not coming back.
+DEFAULT_TIMEOUT = 30.0
+
+EvidenceBuilder = Callable[[bytes, list[str]], tuple[bytes, str]]
+
+
+class VerifierClient:
+    """One verifier, one connection pool. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self, base_url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def __enter__(self) -> VerifierClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- verification --------------------------------------------------------------------
+
+    def discovery(self) -> dict[str, Any]:
+        return dict(self._request("GET", WELL_KNOWN).json())
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The verifier's EAR key, from its discovery document."""
+        return ear.public_key_from_jwk(self.discovery()["ear-verification-key"])
+
+    def new_session(
+        self, *, nonce: bytes | None = None, nonce_size: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Open a session; returns its absolute URL and its JSON (``nonce`` still base64url)."""
+        params = {}
+        if nonce is not None:
+            params["nonce"] = base64.urlsafe_b64encode(nonce).rstrip(b"=").decode()
+        if nonce_size is not None:
+            params["nonceSize"] = str(nonce_size)
+        response = self._request(
+            "POST", NEW_SESSION, params=params, headers={"Accept": SESSION_MEDIA_TYPE}
+        )
+        location = response.headers.get("location", "")
+        url = urljoin(f"{self.base_url}{NEW_SESSION}", location)
+        return url, dict(response.json())
+
+    def submit(self, session_url: str, evidence: bytes, media_type: str) -> dict[str, Any]:
+        """Submit evidence; returns the completed session (``result`` holds the EAR)."""
+        response = self._request(
+            "POST",
+            session_url,
+            content=evidence,
+            headers={"Content-Type": media_type, "Accept": SESSION_MEDIA_TYPE},
+        )
+        return dict(response.json())
+
+    def session(self, session_url: str) -> dict[str, Any]:
+        return dict(self._request("GET", session_url).json())
+
+    def delete(self, session_url: str) -> None:
+        self._request("DELETE", session_url)
+
+    def attest(self, build: EvidenceBuilder, *, nonce_size: int = 32) -> str:
+        """The whole exchange: new session, evidence over its nonce, the EAR back (a JWT)."""
+        url, session = self.new_session(nonce_size=nonce_size)
+        evidence, media_type = build(nonce_of(session), list(session.get("accept", [])))
+        done = self.submit(url, evidence, media_type)
+        result = done.get("result")
+        if not isinstance(result, str):
+            raise VerifierRefused(
+                f"session ended {done.get('status')!r} without a result", status=200
+            )
+        return result
+
+    # -- provisioning --------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return dict(self._admin("GET", "/state").json())
+
+    def add_trust_anchors(self, entries: list[Mapping[str, Any]]) -> list[str]:
+        return list(self._admin("POST", "/trust-anchors", entries).json()["ids"])
+
+    def revoke(self, entry: Mapping[str, Any]) -> str:
+        return str(self._admin("POST", "/revocations", entry).json()["id"])
+
+    def add_reference_values(self, value: Any) -> list[str]:
+        return list(self._admin("POST", "/reference-values", value).json()["ids"])
+
+    def put_policy(self, name: str, rego: str, *, activate: bool = False) -> dict[str, Any]:
+        body = {"rego": rego, "activate": activate}
+        return dict(self._admin("PUT", f"/policies/{name}", body).json())
+
+    def activate_policy(self, name: str) -> None:
+        self._admin("POST", "/active-policy", {"name": name})
+
+    def deploy(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._admin("POST", "/deployment", document).json())
+
+    def remove(self, what: str, item_id: str) -> None:
+        self._admin("DELETE", f"/{what}/{item_id}")
+
+    def sessions(self, limit: int = 50) -> list[dict[str, Any]]:
+        response = self._admin("GET", f"/sessions?limit={limit}")
+        return list(response.json()["sessions"])
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _admin(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        content = None
+        if body is not None:
+            content = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        return self._request(method, f"{PROVISIONING}{path}", content=content, headers=headers)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise VerifierUnreachable(f"verifier {self.base_url} did not answer: {exc}") from None
+        if response.status_code >= 400:
+            raise _refused(response)
+        return response
+
+
+def nonce_of(session: Mapping[str, Any]) -> bytes:
+    """The nonce of a session resource (base64url, padded or not)."""
+    text = str(session.get("nonce", ""))
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _refused(response: httpx.Response) -> VerifierRefused:
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    detail = problem.get("detail") or response.reason_phrase
+    check = problem.get("check")
+    return VerifierRefused(
+        f"verifier refused ({response.status_code} {check or response.reason_phrase}): {detail}",
+        status=response.status_code,
+        check=check if isinstance(check, str) else None,
+    )

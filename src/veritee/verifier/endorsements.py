@@ -1,0 +1,417 @@
+"""What the operator provisions, as frozen values: trust anchors, revocations, reference values.
+
+Everything here is I/O-free: provisioning bodies (JSON objects from the REST API or from a
+deployment file) are parsed once into these models, which the store persists and appraisal
+reads back as one :class:`Endorsements` snapshot. Each parser raises
+:class:`~veritee.verifier.errors.ProvisioningError` naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from veritee.verifier.errors import ProvisioningError
+from veritee.verifier.media import SCHEMES, Scheme
+
+RefKind = Literal["boot", "module", "realm"]
+REF_KINDS: tuple[RefKind, ...] = ("boot", "module", "realm")
+RevocationKind = Literal["device", "ca"]
+
+# Digest sizes a measurement may have: SHA-256/384/512 (PSA and CCA allow all three).
+MEASUREMENT_SIZES = frozenset({32, 48, 64})
+# Names and versions are echoed into results and logs: bound them.
+MAX_NAME_CHARS = 256
+# A PEM bundle of more CAs than this is a mistake or an attack on the appraisal loop (every
+# anchor is tried against every device certificate).
+MAX_CAS_PER_ENTRY = 16
+# Policies are compiled in every worker; a megabyte of Rego is far past any real policy.
+MAX_POLICY_CHARS = 256 * 1024
+# Instance ids (UEIDs) are 33 bytes for PSA/CCA and Veritee; allow other UEID forms up to this.
+MAX_INSTANCE_ID_BYTES = 64
+
+
+@dataclass(frozen=True)
+class CaAnchor:
+    """A manufacturer CA (Veritee evidence): devices whose certificate it issued are trusted."""
+
+    pem: str
+    id: str  # SHA-256 of the DER certificate, hex
+    subject: str
+
+
+@dataclass(frozen=True)
+class KeyAnchor:
+    """A PSA/CCA attestation public key, endorsed for one device (its instance id)."""
+
+    scheme: Scheme
+    instance_id: bytes
+    pem: str
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(f"{self.scheme}:{self.instance_id.hex()}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A revoked device (its UEID / instance id) or CA (SHA-256 of its DER certificate)."""
+
+    kind: RevocationKind
+    value: bytes
+    reason: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.value.hex()}"
+
+
+@dataclass(frozen=True)
+class ReferenceValue:
+    """An endorsed measurement: a boot component, a Wasm module, or a CCA realm (its RIM)."""
+
+    scheme: Scheme
+    kind: RefKind
+    name: str
+    measurement: bytes
+    version: str = ""
+
+    @property
+    def id(self) -> str:
+        key = f"{self.scheme}:{self.kind}:{self.name}:{self.measurement.hex()}"
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "scheme": self.scheme,
+            "kind": self.kind,
+            "name": self.name,
+            "version": self.version,
+            "measurement": self.measurement.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class Endorsements:
+    """One consistent snapshot of everything provisioned, indexed for appraisal.
+
+    ``refs`` maps (scheme, kind) to {measurement: [reference values]}; boot components are
+    also indexed by name in ``boot`` so appraisal can tell "altered" from "unknown".
+    """
+
+    cas: tuple[x509.Certificate, ...] = ()
+    keys: Mapping[tuple[Scheme, bytes], ec.EllipticCurvePublicKey] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    revoked_devices: frozenset[bytes] = frozenset()
+    revoked_cas: frozenset[bytes] = frozenset()
+    references: tuple[ReferenceValue, ...] = ()
+    # Indexes built from ``references``: (scheme, kind) -> measurement -> entries, and
+    # (scheme, boot component name) -> endorsed measurements.
+    _by_measurement: Mapping[tuple[str, str], Mapping[bytes, tuple[ReferenceValue, ...]]] = field(
+        init=False, repr=False, compare=False
+    )
+    _boot: Mapping[tuple[str, str], frozenset[bytes]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_measurement: dict[tuple[str, str], dict[bytes, list[ReferenceValue]]] = {}
+        boot: dict[tuple[str, str], set[bytes]] = {}
+        for rv in self.references:
+            by_measurement.setdefault((rv.scheme, rv.kind), {}).setdefault(
+                rv.measurement, []
+            ).append(rv)
+            if rv.kind == "boot":
+                boot.setdefault((rv.scheme, rv.name), set()).add(rv.measurement)
+        frozen = {k: {m: tuple(v) for m, v in d.items()} for k, d in by_measurement.items()}
+        object.__setattr__(self, "_by_measurement", frozen)
+        object.__setattr__(self, "_boot", {k: frozenset(v) for k, v in boot.items()})
+        object.__setattr__(self, "keys", types.MappingProxyType(dict(self.keys)))
+
+    @classmethod
+    def build(
+        cls,
+        cas: Iterable[CaAnchor] = (),
+        keys: Iterable[KeyAnchor] = (),
+        revocations: Iterable[Revocation] = (),
+        references: Iterable[ReferenceValue] = (),
+    ) -> Endorsements:
+        certs = tuple(x509.load_pem_x509_certificate(ca.pem.encode()) for ca in cas)
+        key_map: dict[tuple[Scheme, bytes], ec.EllipticCurvePublicKey] = {}
+        for k in keys:
+            key_map[(k.scheme, k.instance_id)] = _load_ec_public_pem(k.pem)
+        revs = list(revocations)
+        return cls(
+            cas=certs,
+            keys=key_map,
+            revoked_devices=frozenset(r.value for r in revs if r.kind == "device"),
+            revoked_cas=frozenset(r.value for r in revs if r.kind == "ca"),
+            references=tuple(references),
+        )
+
+    def endorsed(self, scheme: Scheme, kind: RefKind, measurement: bytes) -> ReferenceValue | None:
+        """The reference value endorsing ``measurement`` (the first provisioned), or None."""
+        found = self._by_measurement.get((scheme, kind), {}).get(measurement)
+        return found[0] if found else None
+
+    def boot_names(self, scheme: Scheme) -> frozenset[str]:
+        """Names of the boot components that have reference values for ``scheme``."""
+        return frozenset(name for s, name in self._boot if s == scheme)
+
+    def boot_values(self, scheme: Scheme, name: str) -> frozenset[bytes]:
+        return self._boot.get((scheme, name), frozenset())
+
+
+# -- parsing provisioning input ----------------------------------------------------------------
+
+
+def ca_anchors_from_pem(pem: str) -> list[CaAnchor]:
+    """Every certificate in a PEM bundle, as trust anchors."""
+    if not isinstance(pem, str) or "-----BEGIN CERTIFICATE-----" not in pem:
+        raise ProvisioningError("a CA trust anchor must be PEM text holding a certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        raise ProvisioningError("the CA PEM does not parse as X.509 certificates") from None
+    if len(certs) > MAX_CAS_PER_ENTRY:
+        raise ProvisioningError(f"a PEM bundle may hold at most {MAX_CAS_PER_ENTRY} CAs")
+    out = []
+    for cert in certs:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        out.append(
+            CaAnchor(
+                pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+                id=hashlib.sha256(der).hexdigest(),
+                subject=cert.subject.rfc4514_string(),
+            )
+        )
+    return out
+
+
+def ca_id(pem_or_hex: str) -> bytes:
+    """The SHA-256 of a CA's DER certificate, from its PEM or from the hex digest itself."""
+    if "-----BEGIN" in pem_or_hex:
+        return bytes.fromhex(ca_anchors_from_pem(pem_or_hex)[0].id)
+    return _hex(pem_or_hex, "CA id", sizes=frozenset({32}))
+
+
+def key_anchor(value: Mapping[str, Any]) -> KeyAnchor:
+    """``{"scheme": "psa"|"cca", "instance-id": HEX, "key": PEM | JWK}``.
+
+    A PSA instance id may be left out: it is then derived from the key as TF-M does
+    (0x01 || SHA-256 of the uncompressed point). CCA instance ids are not derivable.
+    """
+    scheme = value.get("scheme")
+    if scheme not in ("psa", "cca"):
+        raise ProvisioningError("a key trust anchor needs 'scheme': 'psa' or 'cca'")
+    key = _public_key(value.get("key"))
+    raw_id = value.get("instance-id")
+    if raw_id is None:
+        if scheme != "psa":
+            raise ProvisioningError("a CCA key trust anchor needs its 'instance-id' (hex)")
+        from veritee.evidence.psa import instance_id_of
+
+        instance_id = instance_id_of(key)
+    else:
+        instance_id = _hex(raw_id, "instance-id", max_size=MAX_INSTANCE_ID_BYTES)
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    return KeyAnchor(scheme=cast(Scheme, scheme), instance_id=instance_id, pem=pem)
+
+
+def trust_anchors(value: Any) -> list[CaAnchor | KeyAnchor]:
+    """One trust-anchor entry: ``{"ca": PEM}`` or a key anchor (see :func:`key_anchor`)."""
+    if not isinstance(value, Mapping):
+        raise ProvisioningError("a trust anchor entry must be an object")
+    if "ca" in value:
+        return list(ca_anchors_from_pem(value["ca"]))
+    if "key" in value:
+        return [key_anchor(value)]
+    raise ProvisioningError("a trust anchor entry needs 'ca' (PEM) or 'key' (PEM or JWK)")
+
+
+def revocation(value: Any) -> Revocation:
+    """``{"device": HEX}`` or ``{"ca": PEM | HEX-SHA256}``, with an optional ``reason``."""
+    if not isinstance(value, Mapping):
+        raise ProvisioningError("a revocation entry must be an object")
+    reason = _text(value.get("reason", ""), "reason", allow_empty=True)
+    if "device" in value:
+        ueid = _hex(value["device"], "device", max_size=MAX_INSTANCE_ID_BYTES)
+        return Revocation("device", ueid, reason)
+    if "ca" in value:
+        if not isinstance(value["ca"], str):
+            raise ProvisioningError("revocation 'ca' must be a PEM certificate or a hex SHA-256")
+        return Revocation("ca", ca_id(value["ca"]), reason)
+    raise ProvisioningError("a revocation entry needs 'device' (UEID hex) or 'ca'")
+
+
+def reference_values(value: Any, *, scheme: str | None = None) -> list[ReferenceValue]:
+    """One entry, a list of entries, or a manufacturer file (``{"boot": [...], "modules": [...]}``).
+
+    An entry is ``{"scheme", "kind", "name", "version", "measurement"}``; ``scheme`` defaults
+    to ``veritee``. The manufacturer's file names boot entries' ``component``.
+    """
+    if isinstance(value, list):
+        return [rv for item in value for rv in reference_values(item, scheme=scheme)]
+    if not isinstance(value, Mapping):
+        raise ProvisioningError("reference values must be an object or a list of objects")
+    if "kind" not in value and ("boot" in value or "modules" in value or "realms" in value):
+        out: list[ReferenceValue] = []
+        for key, section_kind in (("boot", "boot"), ("modules", "module"), ("realms", "realm")):
+            entries = value.get(key, [])
+            if not isinstance(entries, list):
+                raise ProvisioningError(f"reference values '{key}' must be a list")
+            for entry in entries:
+                if not isinstance(entry, Mapping):
+                    raise ProvisioningError(f"reference values '{key}' entries must be objects")
+                named = dict(entry)
+                if "component" in named and "name" not in named:
+                    named["name"] = named.pop("component")
+                named.setdefault("kind", section_kind)
+                named.setdefault("scheme", value.get("scheme", scheme or "veritee"))
+                out.extend(reference_values(named))
+        return out
+    s = value.get("scheme", scheme or "veritee")
+    if s not in SCHEMES:
+        raise ProvisioningError(f"reference value 'scheme' must be one of {', '.join(SCHEMES)}")
+    kind: Any = value.get("kind")
+    if kind not in REF_KINDS:
+        raise ProvisioningError(f"reference value 'kind' must be one of {', '.join(REF_KINDS)}")
+    version = value.get("version", "")
+    return [
+        ReferenceValue(
+            scheme=cast(Scheme, s),
+            kind=cast(RefKind, kind),
+            name=_text(value.get("name", ""), "name", allow_empty=kind != "boot"),
+            measurement=_hex(value.get("measurement"), "measurement", sizes=MEASUREMENT_SIZES),
+            version=_text(
+                str(version) if isinstance(version, int | float) else version,
+                "version",
+                allow_empty=True,
+            ),
+        )
+    ]
+
+
+def policy_source(value: Any) -> tuple[str, str]:
+    """``{"name": NAME, "rego": TEXT}`` -> (name, text); compiled by :mod:`policy`."""
+    if not isinstance(value, Mapping):
+        raise ProvisioningError("a policy entry must be an object with 'name' and 'rego'")
+    name = policy_name(value.get("name"))
+    rego = value.get("rego")
+    if not isinstance(rego, str) or not rego.strip():
+        raise ProvisioningError(f"policy {name!r} has no 'rego' text")
+    if len(rego) > MAX_POLICY_CHARS:
+        raise ProvisioningError(f"policy {name!r} is over {MAX_POLICY_CHARS} characters")
+    return name, rego
+
+
+def policy_name(value: Any) -> str:
+    name = _text(value, "policy name")
+    if not all(c.isalnum() or c in "-_./" for c in name):
+        raise ProvisioningError("a policy name may hold letters, digits and - _ . / only")
+    return name
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A whole provisioning document, applied in one transaction (``provision --file``)."""
+
+    anchors: tuple[CaAnchor | KeyAnchor, ...] = ()
+    revocations: tuple[Revocation, ...] = ()
+    references: tuple[ReferenceValue, ...] = ()
+    policies: tuple[tuple[str, str], ...] = ()
+    active_policy: str | None = None
+
+    @classmethod
+    def parse(cls, doc: Any) -> Deployment:
+        """``{"trust-anchors": [...], "revocations": [...], "reference-values": [...],
+        "policies": [{"name", "rego", "activate"?}], "active-policy": NAME}``."""
+        if not isinstance(doc, Mapping):
+            raise ProvisioningError("a deployment document must be an object")
+        known = {"trust-anchors", "revocations", "reference-values", "policies", "active-policy"}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise ProvisioningError(f"deployment has unknown sections: {', '.join(unknown[:5])}")
+        anchors = [a for entry in _list(doc, "trust-anchors") for a in trust_anchors(entry)]
+        revs = [revocation(entry) for entry in _list(doc, "revocations")]
+        refs = [rv for entry in _list(doc, "reference-values") for rv in reference_values(entry)]
+        policies = []
+        active = doc.get("active-policy")
+        for entry in _list(doc, "policies"):
+            policies.append(policy_source(entry))
+            if isinstance(entry, Mapping) and entry.get("activate"):
+                active = entry["name"]
+        return cls(
+            anchors=tuple(anchors),
+            revocations=tuple(revs),
+            references=tuple(refs),
+            policies=tuple(policies),
+            active_policy=None if active is None else policy_name(active),
+        )
+
+
+def _list(doc: Mapping[str, Any], key: str) -> list[Any]:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise ProvisioningError(f"deployment section '{key}' must be a list")
+    return value
+
+
+def _public_key(value: Any) -> ec.EllipticCurvePublicKey:
+    if isinstance(value, Mapping) or (isinstance(value, str) and value.lstrip().startswith("{")):
+        from veritee.verifier.jwk import ec_public_key_from_jwk
+
+        return ec_public_key_from_jwk(value)
+    if not isinstance(value, str):
+        raise ProvisioningError("'key' must be a PEM public key or a JWK")
+    return _load_ec_public_pem(value)
+
+
+def _load_ec_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise ProvisioningError("'key' is not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
+        key.curve, ec.SECP256R1 | ec.SECP384R1
+    ):
+        raise ProvisioningError("'key' must be an EC P-256 or P-384 public key")
+    return key
+
+
+def _hex(
+    value: Any,
+    what: str,
+    *,
+    sizes: frozenset[int] | None = None,
+    max_size: int | None = None,
+) -> bytes:
+    if not isinstance(value, str):
+        raise ProvisioningError(f"'{what}' must be a hex string")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise ProvisioningError(f"'{what}' is not hex") from None
+    if sizes is not None and len(raw) not in sizes:
+        allowed = ", ".join(str(s) for s in sorted(sizes))
+        raise ProvisioningError(f"'{what}' is {len(raw)} bytes; {allowed} accepted")
+    if not raw or (max_size is not None and len(raw) > max_size):
+        raise ProvisioningError(f"'{what}' must be 1 to {max_size} bytes")
+    return raw
+
+
+def _text(value: Any, what: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ProvisioningError(f"'{what}' must be a string")
+    if (not value and not allow_empty) or len(value) > MAX_NAME_CHARS:
+        raise ProvisioningError(f"'{what}' must be 1 to {MAX_NAME_CHARS} characters")
+    return value

@@ -1,0 +1,64 @@
+"""Structured logs: one JSON object per line on stderr, for the service and its workers.
+
+Library code logs with ``logging`` and extra fields (``logger.info("...", extra={...})``);
+this formatter turns a record, extras included, into a JSON line a log pipeline can index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+# LogRecord attributes that are plumbing, not content.
+_STANDARD = frozenset(
+    {*vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)), "message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts": ..., "level": ..., "logger": ..., "msg": ..., **extra}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def log_config(level: str = "info", *, access_log: bool = False) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn and Veritee: JSON lines on stderr."""
+    lvl = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "veritee.verifier.logs.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "veritee": {"handlers": ["stderr"], "level": lvl, "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": lvl, "propagate": False},
+            "uvicorn.error": {"level": lvl},
+            "uvicorn.access": {
+                "handlers": ["stderr"] if access_log else [],
+                "level": lvl if access_log else "WARNING",
+                "propagate": False,
+            },
+        },
+    }

@@ -1,0 +1,248 @@
+"""Appraisal policies in Rego, evaluated with regopy: compiled once, queried once per appraisal.
+
+The contract a policy is written against (see docs/verifier.md):
+
+* it is a Rego module in ``package veritee``;
+* the verifier queries ``data.veritee`` once per appraisal, with ``input``::
+
+      {"scheme": "veritee" | "psa" | "cca",
+       "submods": {NAME: {"claims": {...as in ear.veraison.annotated-evidence...},
+                          "trust_vector": {"instance_identity": 2, "hardware": 32, ...}}}}
+
+  where NAME is ``platform`` and ``module`` (Veritee), ``psa``, or ``cca-platform`` and
+  ``cca-realm``, and each trust vector holds the verifier's own codes (the facts);
+* each of the eight AR4SI claims (``instance_identity``, ``configuration``, ``executables``,
+  ``file_system``, ``hardware``, ``runtime_opaque``, ``storage_opaque``, ``sourced_data``)
+  may be defined as an object from submodule name to code (-128..127), e.g.
+  ``hardware.platform := 32 if ...`` or ``hardware[name] := 96 if { some name, _ in
+  input.submods; ... }``; a code given replaces the verifier's. ``status`` likewise maps a
+  submodule to a tier name, which can make its status worse than its vector, never better.
+  Other rules are the policy's own helpers and are ignored.
+
+Policies judge evidence whose signatures, chain and nonce already checked out: a
+cryptographic failure is contraindicated whatever the policy says. One query per appraisal,
+not one per submodule: building regopy's input costs more than evaluating most policies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import regopy
+
+from veritee.verifier.ear import CLAIM_MAX, CLAIM_MIN, STATUSES
+from veritee.verifier.errors import PolicyCompileError, PolicyFailed
+
+PACKAGE = "veritee"
+QUERY = f"x = data.{PACKAGE}"
+CLAIMS = (
+    "instance_identity",
+    "configuration",
+    "executables",
+    "file_system",
+    "hardware",
+    "runtime_opaque",
+    "storage_opaque",
+    "sourced_data",
+)
+DEFAULT_NAME = "default"
+STRICT_NAME = "strict"
+
+DEFAULT_POLICY = """\
+# Veritee's default appraisal policy ("default").
+#
+# The verifier has already computed every trustworthiness claim from its checks (see
+# docs/verifier.md); this policy decides what is acceptable. A rule left undefined keeps
+# the verifier's value.
+package veritee
+
+import rego.v1
+
+# Emulated and debug devices are ACCEPTED WITH A WARNING. Their hardware claim is 32 ("genuine
+# but known bugs or vulnerabilities"), never 2, for the platform and the module it runs: a
+# relying party that needs real, locked-down hardware asks for "affirming", or the operator
+# activates the "strict" policy.
+hardware[name] := 32 if {
+	input.scheme == "veritee"
+	input.submods.platform.claims.lifecycle in {"emulated", "debug"}
+	some name, _ in input.submods
+}
+
+# A Veritee platform that booted without secure boot is NOT accepted.
+configuration.platform := 96 if {
+	input.scheme == "veritee"
+	input.submods.platform.claims["secure-boot"] == false
+}
+
+# PSA and CCA platforms in a debug lifecycle state are accepted with a warning (the verifier
+# computes 32 for them); every other non-secured state is contraindicated (the verifier
+# computes 96). Nothing to change here: listed so the decision is written down.
+"""
+
+STRICT_POLICY = """\
+# A stricter policy ("strict"): only devices in the "secured" lifecycle are accepted.
+package veritee
+
+import rego.v1
+
+lifecycle := input.submods.platform.claims.lifecycle if input.scheme == "veritee"
+
+lifecycle := input.submods.psa.claims.lifecycle if input.scheme == "psa"
+
+lifecycle := input.submods["cca-platform"].claims.lifecycle if input.scheme == "cca"
+
+# Anything but a secured device: hardware contraindicated ("genuine but contraindicated"),
+# for every submodule.
+hardware[name] := 96 if {
+	lifecycle != "secured"
+	some name, _ in input.submods
+}
+
+configuration.platform := 96 if {
+	input.scheme == "veritee"
+	input.submods.platform.claims["secure-boot"] == false
+}
+"""
+
+BUILTIN: Mapping[str, str] = {DEFAULT_NAME: DEFAULT_POLICY, STRICT_NAME: STRICT_POLICY}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a policy decided for one submodule: claim overrides and an optional status."""
+
+    claims: Mapping[str, int] = field(default_factory=dict)
+    status: str | None = None
+
+
+class Policy:
+    """A compiled Rego policy. Thread-safe: one query runs at a time per policy."""
+
+    def __init__(self, name: str, rego: str) -> None:
+        self.name = name
+        self.rego = rego
+        self.digest = hashlib.sha256(rego.encode()).hexdigest()
+        self._interpreter = regopy.Interpreter()
+        try:
+            self._interpreter.add_module(f"{name}.rego", rego)
+            self._bundle = self._interpreter.build(QUERY)
+        except regopy.RegoError as exc:
+            raise PolicyCompileError(
+                f"policy {name!r} does not compile: {_first_line(exc)}"
+            ) from None
+        if not self._bundle.ok():
+            raise PolicyCompileError(f"policy {name!r} does not compile")
+        # regopy's interpreter holds the input between set_input and query: not re-entrant.
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        """What results carry as ``ear.appraisal-policy-id``: name and a digest of the text."""
+        return f"policy:{self.name}@{self.digest[:12]}"
+
+    def judge(self, value: Mapping[str, Any]) -> Mapping[str, Judgement]:
+        """Query the policy; a judgement per submodule it judged. Raise :class:`PolicyFailed`."""
+        with self._lock:
+            try:
+                self._interpreter.set_input(value)
+                output = self._interpreter.query_bundle(self._bundle)
+            except regopy.RegoError as exc:
+                raise PolicyFailed(f"policy {self.name!r} failed: {_first_line(exc)}") from None
+            ok, text = output.ok(), str(output)
+        if not ok:
+            raise PolicyFailed(
+                f"policy {self.name!r} could not be evaluated (conflicting rule values?)"
+            )
+        return _judgements(self.name, text)
+
+
+def compile_policy(name: str, rego: str) -> Policy:
+    """Compile ``rego`` and check it answers a sample query with a well-formed judgement.
+
+    Raises :class:`PolicyCompileError`. Run it in a child process for untrusted text (see
+    :func:`veritee.verifier.service` provisioning): regopy aborts the process on some inputs.
+    """
+    policy = Policy(name, rego)
+    sample = {
+        "scheme": "veritee",
+        "submods": {
+            "platform": {
+                "claims": {"lifecycle": "emulated", "secure-boot": True},
+                "trust_vector": dict.fromkeys(CLAIMS, 0),
+            },
+            "module": {"claims": {}, "trust_vector": dict.fromkeys(CLAIMS, 0)},
+        },
+    }
+    try:
+        policy.judge(sample)
+    except PolicyFailed as exc:
+        raise PolicyCompileError(str(exc)) from None
+    return policy
+
+
+def _judgements(name: str, text: str) -> Mapping[str, Judgement]:
+    if text.strip() == "undefined":
+        return {}  # no package veritee: nothing to change
+    try:
+        document = json.loads(text)["bindings"]["x"]
+    except (ValueError, KeyError, TypeError):
+        raise PolicyFailed(f"policy {name!r} returned something that is not a document") from None
+    if not isinstance(document, dict):
+        raise PolicyFailed(f"policy {name!r}: data.{PACKAGE} is not an object")
+    claims: dict[str, dict[str, int]] = {}
+    statuses: dict[str, str] = {}
+    for claim in (*CLAIMS, "status"):
+        by_submod = document.get(claim, {})
+        if not isinstance(by_submod, dict):
+            raise PolicyFailed(
+                f"policy {name!r}: '{claim}' must be an object keyed by submodule name"
+            )
+        for submod, value in by_submod.items():
+            if claim == "status":
+                if value not in STATUSES:
+                    raise PolicyFailed(f"policy {name!r} set 'status' to {str(value)[:40]!r}")
+                statuses[submod] = value
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise PolicyFailed(f"policy {name!r} set '{claim}' to a non-integer")
+            if not CLAIM_MIN <= value <= CLAIM_MAX:
+                raise PolicyFailed(f"policy {name!r} set '{claim}' to {value}, out of range")
+            claims.setdefault(submod, {})[claim] = value
+    return {
+        submod: Judgement(claims.get(submod, {}), statuses.get(submod))
+        for submod in {*claims, *statuses}
+    }
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if "errormsg" in line:
+            return line.strip().strip("()").replace("errormsg ", "")[:200]
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def main() -> None:
+    """``python -m veritee.verifier.policy NAME < policy.rego``: compile-check in isolation.
+
+    Exit 0 if it compiles, 1 with the diagnosis on stderr otherwise. The service runs this
+    in a child process before accepting a policy, so a policy that crashes regopy crashes
+    only the child.
+    """
+    import sys
+
+    name = sys.argv[1] if len(sys.argv) > 1 else "policy"
+    try:
+        compile_policy(name, sys.stdin.read())
+    except PolicyCompileError as exc:
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

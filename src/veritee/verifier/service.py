@@ -1,0 +1,516 @@
+"""The verification service over HTTP (FastAPI): Veraison's challenge-response API v1,
+provisioning, discovery, health and metrics.
+
+A thin layer: it bounds and parses requests, asks the store, calls the I/O-free appraisal
+(:mod:`veritee.verifier.appraise`) and signs the result. Every refusal is an RFC 7807 problem
+(``application/problem+json``) whose ``check`` member names the failed check, so clients and
+tests can tell exactly what was wrong; nothing a client sends takes a worker down.
+
+Configuration reaches worker processes through one environment variable holding JSON
+(:data:`CONFIG_ENV`), since uvicorn starts them by import string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from veritee.errors import Error, EvidenceError
+from veritee.evidence.errors import MalformedToken
+from veritee.verifier import appraise as appraisal
+from veritee.verifier import credentials, ear, metrics
+from veritee.verifier.endorsements import Endorsements
+from veritee.verifier.errors import (
+    BadNonceRequest,
+    BadRequestBody,
+    BodyTooLarge,
+    NotAcceptable,
+    SessionAlreadyUsed,
+    SessionExpired,
+    SessionNotFound,
+    UnsupportedMediaType,
+    VerifierError,
+)
+from veritee.verifier.jwk import to_jwk
+from veritee.verifier.media import ACCEPT_LIST, scheme_of
+from veritee.verifier.policy import Policy
+from veritee.verifier.store import COMPLETE, FAILED, WAITING, SessionRecord, Store, StoreError
+
+log = logging.getLogger("veritee.verifier")
+
+CONFIG_ENV = "VERITEE_VERIFIER_CONFIG"
+SESSION_MEDIA_TYPE = "application/vnd.veraison.challenge-response-session+json"
+DISCOVERY_MEDIA_TYPE = "application/vnd.veraison.discovery+json"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+NEW_SESSION_PATH = "/challenge-response/v1/newSession"
+SESSION_PATH = "/challenge-response/v1/session/{session_id}"
+WELL_KNOWN_PATH = "/.well-known/veraison/verification"
+
+# Evidence is a few KiB (Veritee evidence: about 2 KiB; CCA tokens: about 2 KiB); the token
+# parsers refuse more than 64 KiB, so nothing larger is read at all: an attacker-sized body
+# must not exhaust a worker's memory.
+MAX_EVIDENCE_BYTES = 64 * 1024
+# Nonces: 8 to 64 bytes, as Veraison and EAT (eat_nonce) allow; 32 unless asked otherwise.
+NONCE_MIN_BYTES = 8
+NONCE_MAX_BYTES = 64
+DEFAULT_NONCE_BYTES = 32
+# Veraison's default session lifetime: long enough to produce evidence, short enough that a
+# stolen nonce is soon useless.
+DEFAULT_SESSION_TTL = 150.0
+# Expired sessions are purged at most this often, by whichever worker notices first.
+PURGE_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a worker needs to serve; JSON-serialisable, passed to workers via the environment."""
+
+    state_dir: str
+    database_url: str
+    token_file: str | None = None
+    session_ttl: float = DEFAULT_SESSION_TTL
+    allow_client_nonce: bool = True
+    result_validity: int = appraisal.RESULT_VALIDITY_SECONDS
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> Config:
+        raw = os.environ.get(CONFIG_ENV)
+        if not raw:
+            raise Error(f"{CONFIG_ENV} is not set: start workers with 'veritee verifier serve'")
+        return cls(**json.loads(raw))
+
+
+class Verifier:
+    """One worker's state: its store, signing key, and cached endorsements and policies."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        state = Path(config.state_dir)
+        self.store = Store(config.database_url)
+        self.key = credentials.signing_key(state)
+        self.jwk = to_jwk(self.key.public_key())
+        self.kid = self.jwk["kid"]
+        self.token = credentials.token_digest(
+            credentials.admin_token(state, _path(config.token_file))
+        )
+        from importlib.metadata import version
+
+        self.verifier_id = ear.VerifierId(developer="Veritee", build=version("veritee"))
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._endorsements = Endorsements()
+        self._policy: Policy | None = None
+        self._policies: dict[str, Policy] = {}
+        self._next_purge = 0.0
+
+    def endorsements(self, generation: int | None = None) -> tuple[Endorsements, Policy]:
+        """The snapshot at ``generation`` (read now if not given), reloaded when another
+        worker (or this one) provisioned since the last one."""
+        if generation is None:
+            generation = self.store.generation()
+        with self._lock:
+            if generation != self._generation or self._policy is None:
+                snap = self.store.snapshot()
+                self._endorsements = Endorsements.build(
+                    snap.cas, snap.keys, snap.revocations, snap.references
+                )
+                self._policy = self.policy(snap.policy_name, snap.policy_rego)
+                self._generation = snap.generation
+                log.info(
+                    "endorsements loaded",
+                    extra={"generation": snap.generation, "policy": self._policy.id},
+                )
+            return self._endorsements, self._policy
+
+    def policy(self, name: str, rego: str) -> Policy:
+        """A compiled policy, compiled once per text in this worker."""
+        key = f"{name}\0{rego}"
+        found = self._policies.get(key)
+        if found is None:
+            found = self._policies[key] = Policy(name, rego)
+        return found
+
+    def maybe_purge(self, now: float) -> None:
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_INTERVAL_SECONDS
+        purged = self.store.purge_sessions(now)
+        if purged:
+            log.info("purged old sessions", extra={"purged": purged})
+
+
+def create_app(config: Config) -> FastAPI:
+    """The ASGI application for one worker."""
+    verifier = Verifier(config)
+    app = FastAPI(
+        title="Veritee verifier",
+        description="Remote-attestation verification service (Veraison challenge-response v1).",
+        version=verifier.verifier_id.build,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.verifier = verifier
+    _install_problem_handlers(app)
+    _install_verification_routes(app, verifier)
+    from veritee.verifier._provisioning_api import install
+
+    install(app, verifier)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory (``veritee.verifier.service:app_from_environment``)."""
+    return create_app(Config.from_env())
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
+    @app.post(NEW_SESSION_PATH)
+    async def new_session(request: Request) -> Response:
+        _accepts(request, SESSION_MEDIA_TYPE)
+        nonce = _nonce(request, v.config.allow_client_nonce)
+        now = time.time()
+        sid = str(uuid.uuid4())
+        v.store.create_session(sid, nonce, now, now + v.config.session_ttl)
+        metrics.SESSIONS.inc()
+        v.maybe_purge(now)
+        record = SessionRecord(sid, nonce, now, now + v.config.session_ttl, WAITING)
+        return _session_response(record, 201, {"Location": f"session/{sid}"})
+
+    @app.post(SESSION_PATH)
+    async def submit(session_id: str, request: Request) -> Response:
+        started = time.perf_counter()
+        _accepts(request, SESSION_MEDIA_TYPE)
+        media_type = request.headers.get("content-type", "")
+        try:
+            scheme = scheme_of(media_type)
+        except UnsupportedMediaType:
+            metrics.PROBLEMS.labels("UnsupportedMediaType").inc()
+            raise
+        evidence = await read_body(request, MAX_EVIDENCE_BYTES)
+        session, generation = _waiting_session(v, session_id)
+        endorsements, policy = v.endorsements(generation)
+        context = appraisal.Context(
+            endorsements=endorsements,
+            policy=policy,
+            verifier_id=v.verifier_id,
+            now=dt.datetime.now(dt.UTC),
+            result_validity=v.config.result_validity,
+        )
+        try:
+            outcome = appraisal.appraise(evidence, media_type, session.nonce, context)
+        except MalformedToken as err:
+            failure = {"check": type(err).__name__, "reason": str(err)}
+            v.store.finish_session(
+                session_id,
+                status=FAILED,
+                media_type=media_type,
+                evidence=evidence,
+                result=None,
+                outcome="malformed",
+                failure=failure,
+            )
+            metrics.APPRAISALS.labels(scheme, "malformed").inc()
+            log.info(
+                "evidence refused",
+                extra={"session": session_id, "scheme": scheme, "outcome": "malformed", **failure},
+            )
+            raise
+        token = ear.sign(outcome.result, v.key, kid=v.kid)
+        verdict: dict[str, str] | None = None
+        if outcome.failure is not None:
+            verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
+        if not v.store.finish_session(
+            session_id,
+            status=COMPLETE,
+            media_type=media_type,
+            evidence=evidence,
+            result=token,
+            outcome=outcome.status,
+            failure=verdict,
+        ):
+            raise SessionAlreadyUsed("evidence was submitted to this session concurrently")
+        elapsed = time.perf_counter() - started
+        metrics.APPRAISALS.labels(scheme, outcome.status).inc()
+        metrics.LATENCY.observe(elapsed)
+        log.info(
+            "evidence appraised",
+            extra={
+                "session": session_id,
+                "scheme": scheme,
+                "outcome": outcome.status,
+                "policy": policy.id,
+                "ms": round(elapsed * 1000, 3),
+                **(verdict or {}),
+                **({"reasons": outcome.reasons} if outcome.reasons else {}),
+            },
+        )
+        done = SessionRecord(
+            session.id,
+            session.nonce,
+            session.created,
+            session.expiry,
+            COMPLETE,
+            media_type,
+            evidence,
+            token,
+        )
+        return _session_response(done, 200)
+
+    @app.get(SESSION_PATH)
+    async def get_session(session_id: str, request: Request) -> Response:
+        _accepts(request, SESSION_MEDIA_TYPE)
+        session = v.store.session(session_id)
+        if session is None:
+            raise SessionNotFound(f"no session {session_id[:80]!r}")
+        return _session_response(session, 200)
+
+    @app.delete(SESSION_PATH)
+    async def delete_session(session_id: str) -> Response:
+        if not v.store.delete_session(session_id):
+            raise SessionNotFound(f"no session {session_id[:80]!r}")
+        return Response(status_code=204)
+
+    @app.get(WELL_KNOWN_PATH)
+    async def discovery(request: Request) -> Response:
+        _accepts(request, DISCOVERY_MEDIA_TYPE)
+        body = {
+            "ear-verification-key": v.jwk,
+            "media-types": list(ACCEPT_LIST),
+            "version": v.verifier_id.build,
+            "service-state": "READY",
+            "api-endpoints": {
+                "newChallengeResponseSession": NEW_SESSION_PATH,
+                "provisioning": "/provisioning/v1",
+            },
+        }
+        return _json(body, 200, DISCOVERY_MEDIA_TYPE)
+
+    @app.get("/health")
+    async def health() -> Response:
+        try:
+            v.store.ping()
+        except StoreError as err:
+            return _json({"status": "unavailable", "detail": str(err)}, 503)
+        return _json({"status": "ok", "pid": os.getpid(), "version": v.verifier_id.build}, 200)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+
+def _waiting_session(v: Verifier, session_id: str) -> tuple[SessionRecord, int]:
+    session, generation = v.store.session_and_generation(session_id)
+    if session is None:
+        raise SessionNotFound(f"no session {session_id[:80]!r}")
+    if session.status != WAITING:
+        raise SessionAlreadyUsed(
+            f"session {session_id} already took its one submission (it is {session.status}): "
+            "a nonce is good for one submission; start a new session"
+        )
+    if time.time() > session.expiry:
+        raise SessionExpired(
+            f"session {session_id} expired at {_rfc3339(session.expiry)}; start a new session"
+        )
+    return session, generation
+
+
+def _nonce(request: Request, allow_client_nonce: bool) -> bytes:
+    given = request.query_params.get("nonce")
+    size = request.query_params.get("nonceSize")
+    if given is not None and size is not None:
+        raise BadNonceRequest("nonce and nonceSize are mutually exclusive")
+    if given is not None:
+        if not allow_client_nonce:
+            raise BadNonceRequest("this verifier mints its own nonces: ask with nonceSize")
+        nonce = _b64decode(given)
+        if not NONCE_MIN_BYTES <= len(nonce) <= NONCE_MAX_BYTES:
+            raise BadNonceRequest(
+                f"nonce must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes; got {len(nonce)}"
+            )
+        return nonce
+    n = DEFAULT_NONCE_BYTES
+    if size is not None:
+        if not size.isdigit() or not NONCE_MIN_BYTES <= int(size) <= NONCE_MAX_BYTES:
+            raise BadNonceRequest(
+                f"nonceSize must be in range {NONCE_MIN_BYTES}..{NONCE_MAX_BYTES}"
+            )
+        n = int(size)
+    return os.urandom(n)
+
+
+def _b64decode(text: str) -> bytes:
+    # base64url per the session media type; standard base64 and padding accepted too, as
+    # Veraison clients have sent both.
+    if len(text) > 2 * NONCE_MAX_BYTES:
+        raise BadNonceRequest("nonce is too long")
+    cleaned = text.replace("-", "+").replace("_", "/").rstrip("=")
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadNonceRequest("nonce must be base64url") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused past ``limit`` bytes before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the body is {declared} bytes, over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise BadRequestBody("the request has no body: send the evidence")
+    return body
+
+
+def _accepts(request: Request, media_type: str) -> None:
+    accept = request.headers.get("accept")
+    if not accept:
+        return
+    offered = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if offered & {media_type, "application/json", "application/*", "*/*"}:
+        return
+    raise NotAcceptable(f"the only representation offered is {media_type}")
+
+
+def _session_response(
+    s: SessionRecord, status: int, headers: dict[str, str] | None = None
+) -> Response:
+    body: dict[str, Any] = {
+        "status": s.status,
+        "nonce": base64.urlsafe_b64encode(s.nonce).rstrip(b"=").decode(),
+        "expiry": _rfc3339(s.expiry),
+        "accept": list(ACCEPT_LIST),
+    }
+    if s.evidence is not None and s.media_type is not None:
+        body["evidence"] = {"type": s.media_type, "value": base64.b64encode(s.evidence).decode()}
+    if s.result is not None:
+        body["result"] = s.result
+    if s.failure is not None and s.status == FAILED:
+        body["failure"] = s.failure
+    return _json(body, status, SESSION_MEDIA_TYPE, headers)
+
+
+def _rfc3339(t: float) -> str:
+    return (
+        dt.datetime.fromtimestamp(t, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _json(
+    body: Any,
+    status: int,
+    media_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type=media_type,
+        headers=headers,
+    )
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+# -- problems ----------------------------------------------------------------------------------
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    410: "Gone",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def problem(
+    status: int, check: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    """An RFC 7807 problem; ``check`` names the failed check (an error class name)."""
+    slug = "".join(f"-{c.lower()}" if c.isupper() else c for c in check).lstrip("-")
+    body = {
+        "type": f"tag:veritee.dev,2026:problem:{slug}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "check": check,
+    }
+    return _json(body, status, PROBLEM_MEDIA_TYPE, headers)
+
+
+def _install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VerifierError)
+    async def verifier_error(request: Request, err: VerifierError) -> Response:
+        metrics.PROBLEMS.labels(type(err).__name__).inc()
+        headers = {}
+        if err.http_status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="veritee-provisioning"'
+        if err.http_status == 415:
+            headers["Accept"] = ", ".join(ACCEPT_LIST)
+        return problem(err.http_status, type(err).__name__, str(err), headers)
+
+    @app.exception_handler(EvidenceError)
+    async def evidence_error(request: Request, err: EvidenceError) -> Response:
+        metrics.PROBLEMS.labels(type(err).__name__).inc()
+        return problem(400, type(err).__name__, str(err))
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, err: StoreError) -> Response:
+        log.error("store unavailable", extra={"detail": str(err)})
+        return problem(503, "StoreError", "the verifier's database is unavailable; retry")
+
+    @app.exception_handler(Error)
+    async def other_error(request: Request, err: Error) -> Response:
+        metrics.PROBLEMS.labels(type(err).__name__).inc()
+        return problem(400, type(err).__name__, str(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        check = {404: "NotFound", 405: "MethodNotAllowed"}.get(err.status_code, "HTTPError")
+        return problem(err.status_code, check, str(err.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> Response:
+        return problem(400, "BadRequest", "the request does not have the expected shape")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> Response:
+        log.exception("unexpected error", extra={"path": request.url.path})
+        return problem(500, "InternalError", "the verifier failed unexpectedly; see its log")
