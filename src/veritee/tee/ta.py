@@ -234,3 +234,13 @@ class AppSession:
 
     def close(self) -> None:
         self.session.close()
+
+
+# -- the TLS TA (attested TLS, veritee.tee.tls_ta): a module's TLS endpoint in the secure world.
+# Every command takes p0 in: a CBOR request, and gives p1 out: a CBOR reply.
+TLS_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:tls"))
+CMD_TLS_LOAD = 0x30  # load the module whose endpoint this session is; reply: its identity
+CMD_TLS_OPEN = 0x31  # open a connection (server or client role); reply: conn id, bytes to send
+CMD_TLS_FEED = 0x32  # bytes that arrived for a connection; reply: bytes to send, state, result
+CMD_TLS_CLOSE = 0x33  # forget a connection (its socket is gone)
+MAX_TLS_REPLY_BYTES = 40 * 1024 * 1024  # a response of 16 MiB, TLS records, a module's output

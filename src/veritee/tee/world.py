@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
-from veritee.tee import app_ta, protocol, runtime_ta
+from veritee.tee import app_ta, protocol, runtime_ta, tls_ta
 from veritee.tee import client as teec
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
 from veritee.tee.ta import (
@@ -45,6 +45,7 @@ from veritee.tee.ta import (
     CMD_STATUS,
     RUNTIME_TA,
     SYSTEM_TA,
+    TLS_TA,
 )
 from veritee.tee.worker import WorkerPool
 from veritee.wasm.runtime import Compiler
@@ -100,6 +101,7 @@ class SecureWorld:
             app = self.apps.pop(sid, None)
         if app is not None and app.reactor is not None:
             app.reactor.close()
+        tls_ta.close_session(sid)
 
     def admit(self, sid: int, new: LoadedModule | app_ta.AppModule) -> None:
         """Register a loaded module if this vTEE has room for it, else raise _Reply.
@@ -404,8 +406,16 @@ def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) 
             done.wait(WATCH_INTERVAL)
 
 
+def _tls(
+    world: SecureWorld, sock: socket.socket, sid: int, cmd: Any, params: list[Any]
+) -> dict[str, Any]:
+    """The TLS TA (attested TLS, see veritee.tee.tls_ta): p0 in CBOR request, p1 out reply."""
+    answer = tls_ta.invoke(world, sid, cmd, _memref(params, 0)["buf"])
+    return _reply(params, {1: _out(params, 1, answer)})
+
+
 # The trusted applications of this TEE, by UUID: add a TA here.
-_TAS = {RUNTIME_TA: _runtime, SYSTEM_TA: _system, APP_TA: _app}
+_TAS = {RUNTIME_TA: _runtime, SYSTEM_TA: _system, APP_TA: _app, TLS_TA: _tls}
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -1,0 +1,394 @@
+"""``veritee ratls …``: attested TLS. Serve a module over it, connect to one, read a certificate.
+
+Exit codes: 0 attested (and answered), 1 the channel failed (unreachable, refused, not TLS
+1.3), 2 usage, 4 secure world, 7 the peer's evidence did not pass (the check is named).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from veritee.errors import UsageError
+from veritee.home import DEFAULT_VTEE, Home
+
+if TYPE_CHECKING:
+    from veritee.ratls import Appraiser, AttestedPeer, ConnectionResult, Mode
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(ratls)
+
+
+@click.group(context_settings=CONTEXT)
+def ratls() -> None:
+    """Attested TLS: channels whose ends prove they are attested modules.
+
+    \b
+    Quick start:
+      veritee ratls serve directory.wasm --port 8443 &
+      veritee ratls connect 127.0.0.1:8443 --module directory.wasm --send alice
+      openssl s_client -connect 127.0.0.1:8443 </dev/null | veritee ratls show -
+    """
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a pair, or UsageError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:8443")
+    return host.strip("[]"), int(port)
+
+
+def _refs_and_anchors(
+    home: Home, ca: Path | None, refs_files: tuple[Path, ...], modules: tuple[Path, ...]
+) -> tuple[bytes, dict[str, Any]]:
+    """Trust anchors (PEM) and reference values (JSON form) from files, this device's by default."""
+    from veritee.wasm.runtime import measure, to_binary
+
+    ca_path = ca or home.manufacturer / "ca.pem"
+    try:
+        anchors = ca_path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"trust anchor {ca_path}: {exc.strerror}") from None
+    boot: list[Any] = []
+    endorsed: list[Any] = []
+    for f in refs_files or (home.manufacturer / "reference-values.json",):
+        try:
+            value = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError(f"reference values {f}: {exc}") from None
+        if not isinstance(value, dict):
+            raise UsageError(f"reference values {f}: not a JSON object")
+        boot += value.get("boot", [])
+        endorsed += value.get("modules", [])
+    for m in modules:
+        endorsed.append({"name": m.name, "measurement": measure(to_binary(m.read_bytes())).hex()})
+    return anchors, {"boot": boot, "modules": endorsed}
+
+
+def _appraiser(
+    home: Home,
+    verifier: str | None,
+    ca: Path | None,
+    refs_files: tuple[Path, ...],
+    modules: tuple[Path, ...],
+) -> Appraiser:
+    from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
+    from veritee.ratls import LocalAppraiser, ServiceAppraiser
+
+    if verifier is not None:
+        if ca or refs_files or modules:
+            raise UsageError("--verifier appraises remotely: leave out --ca, --refs and --module")
+        return ServiceAppraiser(verifier)
+    pem, refs = _refs_and_anchors(home, ca, refs_files, modules)
+    return LocalAppraiser(TrustAnchors.from_pem(pem), ReferenceValues.from_json(refs))
+
+
+def _describe(peer: AttestedPeer) -> list[tuple[str, str]]:
+    endorsed = f" [endorsed as {peer.endorsed_as}]" if peer.endorsed_as else ""
+    by = "locally" if peer.appraised_by == "local" else f"by {peer.appraised_by}"
+    return [
+        ("module", f"{peer.module_name} (measurement {peer.measurement.hex()}){endorsed}"),
+        ("status", f"{peer.status} (appraised {by})"),
+        ("freshness", f"{peer.mode}, over {peer.nonce.hex()[:32]}…"),
+        ("device", f"{peer.device.hex()} ({peer.hwmodel})"),
+        ("lifecycle", f"{peer.lifecycle}, secure boot {'on' if peer.secure_boot else 'off'}"),
+        ("vTEE", f"{peer.vtee} (id {peer.vtee_id.hex()})"),
+        ("TLS key", f"SHA-256 {peer.key_sha256.hex()}"),
+    ]
+
+
+@ratls.command("connect", context_settings=CONTEXT)
+@click.argument("address", metavar="HOST:PORT")
+@click.option(
+    "--mode",
+    type=click.Choice(["challenge", "exporter"]),
+    default="challenge",
+    show_default=True,
+    help="Freshness: a challenge before the handshake, or evidence over the TLS exporter after it.",
+)
+@click.option("--ca", type=FILE, help="Trusted manufacturer CA (PEM). Default: this device's.")
+@click.option(
+    "--refs",
+    "refs_files",
+    multiple=True,
+    type=FILE,
+    help="Reference values JSON. Default: this device manufacturer's.",
+)
+@click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    type=FILE,
+    help="Endorse this module's measurement (repeatable).",
+)
+@click.option("--verifier", metavar="URL", help="Appraise through this verification service.")
+@click.option("--send", metavar="TEXT", help="Request to send once attested (UTF-8).")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Send standard input as the request.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the peer at each step.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the claims (and answer) as JSON.")
+@click.pass_obj
+def connect(
+    home: Home,
+    address: str,
+    mode: str,
+    ca: Path | None,
+    refs_files: tuple[Path, ...],
+    modules: tuple[Path, ...],
+    verifier: str | None,
+    send: str | None,
+    from_stdin: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Connect over attested TLS; print the server's verified claims and status.
+
+    Nothing is sent before the server's evidence passed: its certificate (challenge
+    mode) or its evidence over this session's exporter (exporter mode) must come from
+    an endorsed module on a trusted device, and vouch for the TLS key.
+
+    \b
+    Examples:
+      veritee ratls connect 127.0.0.1:8443 --module directory.wasm --send alice
+      veritee ratls connect 127.0.0.1:8443 --mode exporter --verifier http://127.0.0.1:8080
+    """
+    from veritee import ratls as api
+
+    if send is not None and from_stdin:
+        raise UsageError("--send and --stdin both give the request: use one")
+    host, port = host_port(address)
+    request = send.encode() if send is not None else sys.stdin.buffer.read() if from_stdin else None
+    appraiser = _appraiser(home, verifier, ca, refs_files, modules)
+    try:
+        fresh: Mode = "exporter" if mode == "exporter" else "challenge"
+        with api.connect(host, port, appraiser, mode=fresh, timeout=timeout) as conn:
+            peer = conn.peer
+            assert peer is not None
+            answer = conn.request(request) if request is not None else None
+    finally:
+        appraiser.close()
+    if as_json:
+        out: dict[str, Any] = {"attested": True, **peer.claims()}
+        if answer is not None:
+            out["response"] = answer.decode("utf-8", "replace")
+        if peer.ear is not None:
+            out["ear"] = peer.ear
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.secho(f"attested TLS to {host}:{port}: every check passed", bold=True, err=True)
+    for key, value in _describe(peer):
+        click.echo(f"  {key:10} {value}", err=True)
+    if answer is not None:
+        sys.stdout.buffer.write(answer)
+        sys.stdout.flush()
+
+
+@ratls.command("serve", context_settings=CONTEXT)
+@click.argument("module", type=FILE)
+@click.option("--port", type=click.IntRange(0, 65535), required=True, help="0: any free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to run in.")
+@click.option("--name", help="Module name (default: the file name).")
+@click.option("--arg", "args", multiple=True, help="Argument for each run (repeatable).")
+@click.option(
+    "--instances",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Module instances sharing the connections.",
+)
+@click.option(
+    "--max-memory",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Memory limit of each instance, MiB.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Time budget of one request's run, seconds.",
+)
+@click.option(
+    "--client-module",
+    "client_modules",
+    multiple=True,
+    type=FILE,
+    help="Require attested clients; endorse this module (repeatable).",
+)
+@click.option("--client-ca", type=FILE, help="CA for attested clients (default: this device's).")
+@click.option("--client-refs", multiple=True, type=FILE, help="Reference values for clients.")
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write {host, port, measurement} as JSON here once listening.",
+)
+@click.pass_obj
+def serve(
+    home: Home,
+    module: Path,
+    port: int,
+    host: str,
+    vtee: str,
+    name: str | None,
+    args: tuple[str, ...],
+    instances: int,
+    max_memory: int,
+    timeout: float,
+    client_modules: tuple[Path, ...],
+    client_ca: Path | None,
+    client_refs: tuple[Path, ...],
+    ready_file: Path | None,
+) -> None:
+    """Serve a module over attested TLS until interrupted: one run per request.
+
+    The TLS endpoint lives in the secure world; this process only moves ciphertext.
+    Each connection gets a certificate with fresh evidence (over the client's challenge,
+    or over a marked nonce of the module's own for clients that send none, such as
+    openssl s_client, followed by evidence over the TLS exporter). A request runs the
+    module with the request on stdin; its stdout is the answer.
+
+    \b
+    Examples:
+      veritee ratls serve directory.wasm --port 8443
+      veritee ratls serve directory.wasm --port 8443 --client-module fetch.wasm
+    """
+    from veritee import ratls as api
+    from veritee.tee import client as teec
+
+    peer = None
+    if client_modules or client_ca or client_refs:
+        pem, refs = _refs_and_anchors(home, client_ca, client_refs, client_modules)
+        peer = api.PeerPolicy(pem, refs)
+    server = api.ModuleServer(
+        lambda: teec.Context(home=home, vtee=vtee),
+        module.read_bytes(),
+        (host, port),
+        name=name or module.name,
+        args=args,
+        memory_mb=max_memory,
+        timeout=timeout,
+        peer=peer,
+        instances=instances,
+        on_result=_report,
+    )
+    bound_host, bound_port = server.address
+    measurement = server.measurement.hex()
+    if ready_file is not None:
+        ready_file.write_text(
+            json.dumps({"host": bound_host, "port": bound_port, "measurement": measurement})
+        )
+    click.echo(
+        f"serving {name or module.name} (measurement {measurement}) over attested TLS on "
+        f"{bound_host}:{bound_port}{'; clients must attest' if peer else ''}",
+        err=True,
+    )
+
+    def stop(_signo: int, _frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    click.echo("stopped", err=True)
+
+
+def _report(result: ConnectionResult) -> None:
+    who = ""
+    if result.client:
+        who = f" client {result.client['module']['name']}"
+    if result.error is None:
+        what = "served" if result.served else "closed"
+        click.echo(f"{result.peer_address} {result.mode or '-'}{who}: {what}", err=True)
+    else:
+        check, reason = result.error
+        click.echo(
+            f"{result.peer_address} {result.mode or '-'}: refused: {check}: {reason}", err=True
+        )
+
+
+@ratls.command("show", context_settings=CONTEXT)
+@click.argument("path", metavar="CERT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def show(path: str, as_json: bool) -> None:
+    """Print the evidence in an RA-TLS certificate (PEM or DER; '-': stdin). NOT verified.
+
+    Reads the first certificate found, so the output of openssl s_client can be piped in.
+
+    \b
+    Example:  openssl s_client -connect 127.0.0.1:8443 </dev/null | veritee ratls show -
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from veritee.evidence.readable import describe
+    from veritee.ratls import certificate, wire
+
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        try:
+            der = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+        except ValueError:
+            raise UsageError(f"{path}: the PEM certificate does not parse") from None
+    else:
+        der = data
+    cert = certificate.read(der)
+    info: dict[str, Any] = {
+        "subject": cert.subject,
+        "not_before": cert.not_before.isoformat(),
+        "not_after": cert.not_after.isoformat(),
+        "key_sha256": cert.spki_sha256.hex(),
+        "evidence_in": list(cert.carriers),
+    }
+    if cert.evidence is not None:
+        claims = describe(cert.evidence)
+        module = claims.get("module", {})
+        raw = bytes.fromhex(str(module.get("nonce", "")))
+        info["freshness"] = (
+            "no challenge: a nonce the module chose itself (proves no freshness)"
+            if wire.is_no_challenge(raw)
+            else "a challenge from the peer"
+        )
+        info["binds_this_key"] = module.get("user_data") == cert.spki_sha256.hex()
+        info["claims"] = claims
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.secho("certificate (decoded, NOT verified)", bold=True)
+    for key in ("subject", "not_before", "not_after", "key_sha256", "freshness", "binds_this_key"):
+        if key in info:
+            click.echo(f"  {key}: {info[key]}")
+    click.echo(f"  evidence in: {', '.join(cert.carriers) or 'none: not an RA-TLS certificate'}")
+    for token, claims in info.get("claims", {}).items():
+        click.secho(f"{token} token", bold=True)
+        for key, value in claims.items():
+            if key == "boot_log":
+                click.echo("  boot_log:")
+                for e in value:
+                    click.echo(f"    {e['component']:14} {e['version']:8} {e['measurement']}")
+            elif key != "x5chain":
+                click.echo(f"  {key}: {value}")

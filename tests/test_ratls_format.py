@@ -1,0 +1,412 @@
+"""RA-TLS formats and checks, without sockets: hello and frame codecs, certificates with
+evidence, and every verification step on real evidence from a real secure world."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veritee import ratls
+from veritee.errors import EvidenceError
+from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
+from veritee.evidence.errors import MalformedToken, MeasurementNotEndorsed, NonceMismatch
+from veritee.ratls import certificate, verify, wire
+from veritee.ratls.appraisers import judge_ear, wire_nonce
+from veritee.ratls.errors import (
+    CertificateExpired,
+    ExporterMismatch,
+    KeyNotBound,
+    KeyOutsideSecureWorld,
+    MalformedCertificate,
+    MalformedExtension,
+    NoEvidence,
+    ProtocolViolation,
+    StaleChallenge,
+)
+from veritee.ratls.verify import Freshness
+from veritee.verifier import ear
+from veritee.wasm.runtime import measure
+
+from .conftest import Device
+
+NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+# -- the pre-handshake hello and the frames -------------------------------------------------
+
+
+def test_hello_round_trip_and_incomplete_input() -> None:
+    hello = wire.Hello(bytes(range(32)))
+    data = hello.encode()
+    assert data[:4] == b"VRA\x01" and data[4:6] == b"\x00\x20"
+    for cut in range(len(data)):
+        assert wire.parse_hello(data[:cut]) is None
+    assert wire.parse_hello(data + b"\x16\x03") == (hello, len(data))
+    assert wire.parse_hello(wire.Hello(b"").encode()) == (wire.Hello(b""), 6)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"GET / HTTP/1.1\r\n", "neither a hello nor a TLS record"),
+        (b"VRX", "neither a hello nor a TLS record"),
+        (b"VRA\x01\x01\x20", "unknown flags"),
+        (b"VRA\x01\x00\x07", "7 bytes; 8 to 64"),
+        (b"VRA\x01\x00\x41", "65 bytes; 8 to 64"),
+    ],
+)
+def test_bad_hellos_are_named(data: bytes, match: str) -> None:
+    with pytest.raises(ProtocolViolation, match=match):
+        wire.parse_hello(data)
+
+
+def test_a_stream_is_a_hello_or_tls() -> None:
+    assert wire.starts_with_hello(ord("V")) and not wire.starts_with_hello(0x16)
+    with pytest.raises(ProtocolViolation):
+        wire.starts_with_hello(ord("G"))
+
+
+def test_frames_split_anywhere_and_oversized_ones_are_refused_from_the_header() -> None:
+    stream = wire.frame(wire.FRAME_EVIDENCE, b"e" * 100) + wire.frame(wire.FRAME_DATA, b"hi")
+    reader, got = wire.FrameReader(), []
+    for i in range(len(stream)):
+        got += reader.feed(stream[i : i + 1])
+    assert got == [(wire.FRAME_EVIDENCE, b"e" * 100), (wire.FRAME_DATA, b"hi")]
+    with pytest.raises(ProtocolViolation, match="announces 65537 bytes; at most 65536"):
+        wire.FrameReader().feed(bytes([wire.FRAME_EVIDENCE]) + (65537).to_bytes(4, "big"))
+    with pytest.raises(ProtocolViolation, match="unknown frame kind 0x68"):
+        wire.FrameReader().feed(b"hello")
+
+
+def test_error_frames_carry_the_check_and_are_bounded() -> None:
+    (kind, body), *_ = wire.FrameReader().feed(wire.error_frame("StaleChallenge", "old"))
+    assert kind == wire.FRAME_ERROR and wire.parse_error(body) == ("StaleChallenge", "old")
+    long = wire.error_frame("X", "é" * 5000)
+    assert len(long) <= wire.FRAME_HEADER + wire.MAX_ERROR_BYTES
+    assert wire.parse_error(b"no check here") == ("PeerRefused", "no check here")
+
+
+def test_no_challenge_nonces_are_marked_and_fit_a_module_token() -> None:
+    nonce = wire.no_challenge_nonce()
+    assert wire.is_no_challenge(nonce) and 8 <= len(nonce) <= 64
+    assert nonce != wire.no_challenge_nonce()
+
+
+# -- certificates ---------------------------------------------------------------------------
+
+
+def _cert(extensions: list[tuple[x509.ObjectIdentifier, bytes]], key: Any = KEY) -> bytes:
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "t")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - dt.timedelta(hours=1))
+        .not_valid_after(NOW + dt.timedelta(hours=1))
+    )
+    for oid, value in extensions:
+        builder = builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_certificate_carries_the_evidence_under_both_oids() -> None:
+    der = certificate.build(KEY, b"evidence bytes", name="directory", now=NOW)
+    cert = x509.load_der_x509_certificate(der)
+    ours = cert.extensions.get_extension_for_oid(wire.OID_VERITEE_EVIDENCE)
+    dice = cert.extensions.get_extension_for_oid(wire.OID_DICE_TAGGED_EVIDENCE)
+    assert not ours.critical and not dice.critical
+    assert ours.value.public_bytes() == b"evidence bytes"
+    tagged = cbor2.loads(dice.value.public_bytes())
+    assert tagged == cbor2.CBORTag(0x56524101, b"evidence bytes")
+    assert dice.value.public_bytes()[:5] == b"\xda\x56\x52\x41\x01"  # tag, 4-byte argument
+    read = certificate.read(der)
+    assert read.evidence == b"evidence bytes" and read.carriers == ("veritee", "dice")
+    assert read.spki_sha256 == hashlib.sha256(certificate.spki_of(KEY.public_key())).digest()
+    assert str(wire.OID_VERITEE_EVIDENCE.dotted_string).startswith("2.25.")
+    assert wire.OID_DICE_TAGGED_EVIDENCE.dotted_string == "2.23.133.5.4.9"
+
+
+def test_either_extension_alone_is_read() -> None:
+    dice_only = _cert([(wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"ev"))])
+    ours_only = _cert([(wire.OID_VERITEE_EVIDENCE, b"ev")])
+    assert certificate.read(dice_only).evidence == b"ev"
+    assert certificate.read(ours_only).evidence == b"ev"
+    assert certificate.read(_cert([])).evidence is None
+
+
+@pytest.mark.parametrize(
+    ("extensions", "match"),
+    [
+        (
+            [
+                (wire.OID_VERITEE_EVIDENCE, b"one"),
+                (wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"two")),
+            ],
+            "disagree",
+        ),
+        ([(wire.OID_DICE_TAGGED_EVIDENCE, b"\xff\x00garbage")], "not valid CBOR"),
+        ([(wire.OID_DICE_TAGGED_EVIDENCE, cbor2.dumps(b"untagged"))], "holds no CBOR tag"),
+        (
+            [(wire.OID_DICE_TAGGED_EVIDENCE, cbor2.dumps(cbor2.CBORTag(60000, b"sgx")))],
+            "format 60000",
+        ),
+        (
+            [(wire.OID_DICE_TAGGED_EVIDENCE, cbor2.dumps(cbor2.CBORTag(0x56524101, [1])))],
+            "must be a byte string",
+        ),
+        (
+            [(wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"ev") + b"\x00")],
+            "trailing",
+        ),
+        ([(wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"ev")[:-1])], "not valid"),
+        ([(wire.OID_VERITEE_EVIDENCE, b"")], "empty"),
+        ([(wire.OID_VERITEE_EVIDENCE, b"x" * (wire.MAX_EVIDENCE_BYTES + 1))], "at most"),
+    ],
+)
+def test_malformed_extensions_are_named(
+    extensions: list[tuple[x509.ObjectIdentifier, bytes]], match: str
+) -> None:
+    with pytest.raises(MalformedExtension, match=match):
+        certificate.read(_cert(extensions))
+
+
+def test_garbage_and_truncated_certificates() -> None:
+    der = certificate.build(KEY, b"evidence", name="m", now=NOW)
+    for bad in (b"", b"\x30\x82garbage", der[: len(der) // 2], der[:-1]):
+        with pytest.raises(MalformedCertificate):
+            certificate.read(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.binary(max_size=300))
+def test_any_dice_extension_value_reads_or_fails_cleanly(value: bytes) -> None:
+    try:
+        read = certificate.read(_cert([(wire.OID_DICE_TAGGED_EVIDENCE, value)]))
+    except MalformedExtension:
+        return
+    assert certificate.dice_value(read.evidence or b"") == value  # only exact encodings pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.binary(min_size=1, max_size=300))
+def test_any_evidence_bytes_fail_appraisal_cleanly(value: bytes) -> None:
+    der = _cert([(wire.OID_VERITEE_EVIDENCE, value)])
+    with pytest.raises(EvidenceError):
+        verify.appraise(
+            der, Freshness("challenge", bytes(32)), TrustAnchors(()), ReferenceValues(), now=NOW
+        )
+
+
+def test_validity_period() -> None:
+    cert = certificate.read(certificate.build(KEY, b"ev", name="m", now=NOW))
+    certificate.check_validity(cert, NOW)
+    with pytest.raises(CertificateExpired, match="expired at"):
+        certificate.check_validity(cert, NOW + certificate.CERT_LIFETIME + dt.timedelta(seconds=1))
+    with pytest.raises(CertificateExpired, match="check the clocks"):
+        certificate.check_validity(cert, NOW - dt.timedelta(hours=1))
+
+
+def test_freshness_failures_say_which_kind() -> None:
+    challenge = Freshness("challenge", b"c" * 32)
+    with pytest.raises(StaleChallenge, match="replayed from an earlier connection"):
+        verify.check_freshness(b"d" * 32, challenge)
+    with pytest.raises(StaleChallenge, match="marked no-challenge"):
+        verify.check_freshness(wire.no_challenge_nonce(), challenge)
+    with pytest.raises(ExporterMismatch, match="another TLS session"):
+        verify.check_freshness(b"d" * 32, Freshness("exporter", b"c" * 32))
+    assert issubclass(StaleChallenge, NonceMismatch) and issubclass(ExporterMismatch, NonceMismatch)
+
+
+# -- every check on real evidence from a real secure world ----------------------------------
+
+
+class Recorder(ratls.LocalAppraiser):
+    """A relying party that keeps what it appraised (what an eavesdropper could keep too)."""
+
+    def __init__(self, anchors: TrustAnchors, refs: ReferenceValues) -> None:
+        super().__init__(anchors, refs)
+        self.seen: list[tuple[bytes, Freshness, bytes | None]] = []
+
+    def appraise(
+        self, cert_der: bytes, freshness: Freshness, evidence: bytes | None = None
+    ) -> ratls.AttestedPeer:
+        self.seen.append((cert_der, freshness, evidence))
+        return super().appraise(cert_der, freshness, evidence)
+
+
+@dataclass
+class Real:
+    anchors: TrustAnchors
+    refs: ReferenceValues
+    cert: bytes  # challenge mode, over `challenge`
+    challenge: Freshness
+    exporter_cert: bytes
+    exporter: Freshness
+    exporter_evidence: bytes
+    module: bytes
+
+
+@pytest.fixture(scope="module")
+def real(device: Device, wasm: Callable[..., Path]) -> Iterator[Real]:
+    module = wasm("examples/ratls/directory.c").read_bytes()
+    anchors = TrustAnchors.from_pem((device.home / "manufacturer" / "ca.pem").read_bytes())
+    refs = ReferenceValues.from_json(
+        json.loads((device.home / "manufacturer" / "reference-values.json").read_text())
+    ).merge(ReferenceValues({}, {measure(module): "directory"}))
+    server = ratls.ModuleServer(device.context, module, ("127.0.0.1", 0), instances=1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        recorder = Recorder(anchors, refs)
+        for mode in ratls.MODES:
+            with ratls.connect(*server.address, recorder, mode=mode) as conn:
+                assert conn.request(b"alice").startswith(b"alice: room 4.12")
+        (cert, challenge, _), (exp_cert, exporter, exp_evidence) = recorder.seen
+        assert exp_evidence is not None
+        yield Real(anchors, refs, cert, challenge, exp_cert, exporter, exp_evidence, module)
+    finally:
+        server.shutdown()
+        server.close()
+
+
+def test_real_certificate_passes_and_says_what_it_proves(real: Real) -> None:
+    peer = verify.appraise(real.cert, real.challenge, real.anchors, real.refs)
+    assert peer.module_name == "module" and peer.endorsed_as == "directory"
+    assert peer.measurement == measure(real.module)
+    assert peer.lifecycle == "emulated" and peer.status == "warning"
+    assert peer.key_sha256 == certificate.read(real.cert).spki_sha256
+    assert json.loads(json.dumps(peer.claims()))["module"]["measurement"] == peer.measurement.hex()
+
+
+def test_replayed_certificate_fails_as_a_stale_challenge(real: Real) -> None:
+    later = Freshness("challenge", bytes(32))
+    with pytest.raises(StaleChallenge):
+        verify.appraise(real.cert, later, real.anchors, real.refs)
+
+
+def test_exporter_evidence_over_another_session_fails(real: Real) -> None:
+    other = Freshness("exporter", bytes(32))
+    with pytest.raises(ExporterMismatch):
+        verify.appraise(
+            real.exporter_cert, other, real.anchors, real.refs, evidence=real.exporter_evidence
+        )
+    # The exporter-mode certificate itself only proves a marked, self-chosen nonce.
+    with pytest.raises(StaleChallenge, match="no-challenge"):
+        verify.appraise(real.exporter_cert, real.challenge, real.anchors, real.refs)
+
+
+def test_exporter_mode_needs_the_evidence_message(real: Real) -> None:
+    with pytest.raises(NoEvidence):
+        verify.appraise(real.exporter_cert, real.exporter, real.anchors, real.refs)
+    peer = verify.appraise(
+        real.exporter_cert, real.exporter, real.anchors, real.refs, evidence=real.exporter_evidence
+    )
+    assert peer.mode == "exporter"
+
+
+def test_expired_and_not_yet_valid_certificates(real: Real) -> None:
+    cert = certificate.read(real.cert)
+    for when in (cert.not_after + dt.timedelta(seconds=1), cert.not_before - dt.timedelta(1)):
+        with pytest.raises(CertificateExpired):
+            verify.appraise(real.cert, real.challenge, real.anchors, real.refs, now=when)
+
+
+def test_evidence_copied_into_a_certificate_of_another_key(real: Real) -> None:
+    evidence = certificate.read(real.cert).evidence
+    assert evidence is not None
+    forged = certificate.build(KEY, evidence, name="mitm", now=dt.datetime.now(dt.UTC))
+    with pytest.raises(KeyNotBound, match="vouches for another key"):
+        verify.appraise(forged, real.challenge, real.anchors, real.refs)
+
+
+def test_a_key_the_host_holds_is_refused_even_with_matching_user_data(
+    real: Real, device: Device
+) -> None:
+    from veritee.tee.ta import WasmSession
+
+    spki = certificate.spki_of(KEY.public_key())
+    with device.context() as ctx:
+        session = WasmSession(ctx)
+        session.load(real.module)
+        evidence = session.attest(real.challenge.nonce, hashlib.sha256(spki).digest())
+    forged = certificate.build(KEY, evidence, name="host", now=dt.datetime.now(dt.UTC))
+    with pytest.raises(KeyOutsideSecureWorld, match="held outside the secure world"):
+        verify.appraise(forged, real.challenge, real.anchors, real.refs)
+
+
+def test_module_not_in_the_reference_values(real: Real) -> None:
+    boot_only = ReferenceValues(real.refs.boot, {})
+    with pytest.raises(MeasurementNotEndorsed, match="not among the reference values"):
+        verify.appraise(real.cert, real.challenge, real.anchors, boot_only)
+
+
+# -- judging a verification service's result (EAR) --------------------------------------------
+
+
+def _ear(nonce: bytes, *, failure: dict[str, str] | None = None, executables: int = 2) -> ear.Ear:
+    vector = ear.TrustVector(instance_identity=2, hardware=32, executables=executables)
+    status = ear.status_from_vector(vector)
+    extensions = {"ear.veritee.failure": failure} if failure else {}
+    return ear.Ear(
+        iat=0,
+        verifier_id=ear.VerifierId("test", "0"),
+        submods={"module": ear.Appraisal(status=status, trust_vector=vector)},
+        nonce=wire_nonce(nonce),
+        extensions=extensions,
+    )
+
+
+def test_judge_ear(real: Real) -> None:
+    evidence = certificate.read(real.cert).evidence
+    assert evidence is not None
+    accept = frozenset({"affirming", "warning"})
+
+    def judge(result: ear.Ear, cert: bytes = real.cert, fr: Freshness = real.challenge) -> Any:
+        return judge_ear(result, "jwt", cert, evidence, fr, accept=accept, verifier="v")
+
+    assert judge(_ear(real.challenge.nonce)).status == "warning"
+    nonce_failure = {"check": "NonceMismatch", "reason": "not the session's nonce"}
+    with pytest.raises(StaleChallenge, match="verification service says"):
+        judge(_ear(real.challenge.nonce, failure=nonce_failure))
+    with pytest.raises(ExporterMismatch):
+        judge(_ear(real.exporter.nonce, failure=nonce_failure), fr=real.exporter)
+    with pytest.raises(StaleChallenge, match="another nonce"):
+        judge(_ear(bytes(32)))
+    with pytest.raises(MeasurementNotEndorsed):
+        judge(_ear(real.challenge.nonce, executables=96))
+    untrusted = {"check": "UntrustedDevice", "reason": "unknown CA"}
+    with pytest.raises(EvidenceError, match="unknown CA"):
+        judge(_ear(real.challenge.nonce, failure=untrusted))
+    forged = certificate.build(KEY, evidence, name="mitm", now=dt.datetime.now(dt.UTC))
+    with pytest.raises(KeyNotBound):
+        judge(_ear(real.challenge.nonce), cert=forged)
+
+
+def test_garbage_evidence_is_malformed_not_a_crash(real: Real) -> None:
+    with pytest.raises(MalformedToken):
+        judge_ear(
+            _ear(real.challenge.nonce),
+            "jwt",
+            real.cert,
+            b"\xa1garbage",
+            real.challenge,
+            accept=frozenset({"warning"}),
+            verifier="v",
+        )
