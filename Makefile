@@ -23,6 +23,9 @@ test-slow: setup
 
 bench: setup
 	$(VENV)/python bench/compute.py
+	$(VENV)/python bench/vtee.py
+	$(VENV)/python bench/attestation.py
+	$(VENV)/python bench/ratls.py
 
 clean:
 	rm -rf out bench/out .pytest_cache .mypy_cache .ruff_cache

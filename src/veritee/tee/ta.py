@@ -1,10 +1,12 @@
 """The secure world's trusted applications: their UUIDs, commands, and a client-side binding.
 
-Two TAs live in every (v)TEE:
+Four TAs live in every (v)TEE:
 
 - the **Wasm runtime TA**: one session holds one loaded module instance, with its own
   attestation and provisioning keys. Commands: LOAD, RUN, ATTEST, INFO.
 - the **system TA**: STATUS (boot log, vTEE identity, loaded modules).
+- the **application TA**: a long-lived module of a distributed app (see ``AppSession``).
+- the **TLS TA**: RA-TLS endpoints of modules, terminated inside (see docs/ratls.md).
 
 Structured inputs and outputs travel as CBOR inside memref parameters.
 """
