@@ -792,3 +792,21 @@ def test_random_nonce_never_passes(kit: Kit) -> None:
     for _ in range(20):
         outcome = _appraise(kit, nonce=os.urandom(32))
         assert _failure(outcome)["check"] == "NonceMismatch"
+
+
+def test_a_policy_can_require_a_vtee_for_a_module(kit: Kit) -> None:
+    """A vTEE is part of the identity a policy judges (this evidence is from 'default')."""
+
+    def pinned(vtees: str) -> Policy:
+        return compile_policy(
+            "pinned",
+            "package veritee\nimport rego.v1\n"
+            f"allowed := {{{vtees}}}\n"
+            "executables.module := 96 if not input.submods.platform.claims"
+            '["vtee-name"] in allowed\n',
+        )
+
+    refused = _appraise(kit, policy=pinned('"tenant-a", "tenant-b"'))
+    assert refused.result.submods["module"].status == "contraindicated"
+    accepted = _appraise(kit, policy=pinned('"default"'))
+    assert accepted.result.submods["module"].status == "affirming"
