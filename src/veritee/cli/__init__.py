@@ -247,17 +247,38 @@ def attest(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("out/demo"),
     show_default=True,
-    help="Where the demo keeps its device and modules (replaced each run).",
+    help="Where the demo keeps its devices, modules and state (replaced each run).",
 )
-def demo(workdir: Path) -> None:
-    """A narrated tour: build, provision, boot, run, attest, appraise, attack.
+@click.option(
+    "--single-device",
+    is_flag=True,
+    help="The one-device tour instead: run, attest, appraise, seal, attack.",
+)
+@click.option(
+    "--presses",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="Button presses in the distributed demo.",
+)
+def demo(workdir: Path, single_device: bool, presses: int) -> None:
+    """A narrated demo of Veritee.
+
+    By default: the distributed smart-home app (two nodes, each its own device and secure
+    world, and a verifier) deployed, attested, connected, driven, and attacked.
+    With --single-device: one device, from provisioning to appraised evidence and sealing.
 
     \b
-    Example:  veritee demo
+    Example:  veritee demo --presses 7
     """
-    from veritee import demo as tour
+    if single_device:
+        from veritee import demo as tour
 
-    tour.run(workdir.resolve())
+        tour.run(workdir.resolve())
+        return
+    from veritee.app import demo as app_demo
+
+    app_demo.run(workdir.resolve(), presses)
 
 
 def _hex_arg(flag: str, value: str) -> bytes:
@@ -269,6 +290,7 @@ def _hex_arg(flag: str, value: str) -> bytes:
 
 # -- device, tee, evidence: in their own modules to keep this one short ------------------------
 
+from veritee.cli import app as _app  # noqa: E402
 from veritee.cli import device as _device  # noqa: E402
 from veritee.cli import evidence as _evidence  # noqa: E402
 from veritee.cli import ratls as _ratls  # noqa: E402
@@ -276,6 +298,7 @@ from veritee.cli import secrets as _secrets  # noqa: E402
 from veritee.cli import verifier as _verifier  # noqa: E402
 from veritee.cli import vtee as _vtee  # noqa: E402
 
+_app.register(cli)
 _device.register(cli)
 _evidence.register(cli)
 _ratls.register(cli)

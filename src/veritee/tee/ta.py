@@ -132,7 +132,7 @@ def status(context: teec.Context) -> dict[str, Any]:
 APP_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:app-module"))
 CMD_APP_LOAD = 0x20  # p0 in: module; p1 in: CBOR config; p2 out: CBOR info
 CMD_APP_ATTEST = 0x21  # p0 in: nonce; p1 in: user data; p2 out: evidence
-CMD_APP_CONNECT = 0x22  # p0 in: connect statement signed with the deployment key
+CMD_APP_CONNECT = 0x22  # p0 in: statement signed with the deployment key; p1 out: state
 CMD_APP_DELIVER = 0x23  # p0 in: sealed event; p1 out: CBOR outcome
 CMD_APP_STATUS = 0x24  # p0 out: CBOR status
 CMD_APP_PUBLIC = 0x25  # p0 in: endpoint name; p1 in: request bytes; p2 out: CBOR outcome
@@ -208,8 +208,11 @@ class AppSession:
         )
         return out.buffer
 
-    def connect(self, statement: bytes) -> None:
-        self.session.invoke(CMD_APP_CONNECT, teec.Operation([teec.memref_in(statement)]))
+    def connect(self, statement: bytes) -> bytes:
+        """Bind an endpoint; returns the instance's sealed state, now with the connection."""
+        state = teec.memref_out(MAX_INFO_BYTES)
+        self.session.invoke(CMD_APP_CONNECT, teec.Operation([teec.memref_in(statement), state]))
+        return state.buffer
 
     def deliver(self, event: bytes, relay: teec.Relay | None = None) -> Outcome:
         out = teec.memref_out(MAX_RESULT_BYTES)

@@ -364,8 +364,9 @@ def _app(
         )
         return _reply(params, {2: _out(params, 2, evidence)})
     if cmd == CMD_APP_CONNECT:
-        app_ta.connect(loaded, _memref(params, 0)["buf"])
-        return _reply(params, {})
+        result = app_ta.connect(loaded, _memref(params, 0)["buf"])
+        outs = {1: _out(params, 1, result["state"])} if params[1] is not None else {}
+        return _reply(params, outs)
     if cmd == CMD_APP_DELIVER:
         outcome = app_ta.deliver(loaded, _memref(params, 0)["buf"], relay)
         return _reply(params, {1: _out(params, 1, bytes(cbor2.dumps(outcome)))})

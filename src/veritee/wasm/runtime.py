@@ -340,6 +340,12 @@ class _Capture:
     def value(self) -> bytes:
         return b"".join(self._chunks)
 
+    def take(self) -> bytes:
+        """What was captured so far, emptying the capture (WASI stays bound to it)."""
+        data = self.value()
+        self._chunks, self._size, self.truncated = [], 0, False
+        return data
+
 
 def _check_imports(module: Any) -> None:
     offered = hostfns.NAMES
@@ -430,9 +436,7 @@ class Reactor:
         self._invoke(export, [ptr, len(payload)])
         if "veritee_free" in set(self._exports):
             self._invoke("veritee_free", [ptr])
-        log = self._out.value().decode("utf-8", "replace")
-        self._out = _Capture()
-        return log
+        return self._out.take().decode("utf-8", "replace")
 
     def _invoke(self, export: str, args: list[int]) -> Any:
         func: Any = self._exports[export]

@@ -1,0 +1,495 @@
+"""The node agent (Authentic Execution's "event manager"): untrusted, and built to be.
+
+It loads modules into its secure world through the TEE Client API, routes sealed events by
+connection id (to a local module's inbox, or to another node through a :class:`Transport`),
+carries synchronous requests, runs periodic events, and keeps what it owes on disk: each
+module's binary and sealed state, its inbox, the outboxes of nodes that are down. It holds
+no key: a misbehaving agent can drop or delay events, never read, forge or replay them.
+
+State under ``directory`` (``HOME/node`` by default)::
+
+    apps/APP/app.cbor              this node's name in APP, its peers, routes, periodic events
+    apps/APP/modules/NAME/         module.wasm, load.cbor, state.sealed, inbox.spool
+    outbox/HOST_PORT.spool         events kept for another node
+    links/LINK                     highest event number taken from a sending node
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from veritee.app._host import LoadParams, ModuleHost
+from veritee.app.errors import AppError, NodeError, TransportError
+from veritee.app.routes import STAGED, End, Route, destination, keep_staged, restage
+from veritee.app.transport import Address, Transport
+from veritee.errors import Error
+from veritee.home import DEFAULT_VTEE, Home
+from veritee.tee.channels import EventRejected
+from veritee.tee.ta import Outcome
+
+log = logging.getLogger("veritee.node")
+
+# Events a user's tool has not fetched yet, per connection (a module's answer to the user).
+MAILBOX = 1024
+
+
+class UnknownModule(NodeError):
+    """No such module (or app) on this node."""
+
+
+@dataclass
+class _App:
+    name: str
+    node: str = ""
+    peers: dict[str, Address] = field(default_factory=dict)
+    periodic: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def to_cbor(self, routes: Iterable[Route]) -> bytes:
+        return bytes(
+            cbor2.dumps(
+                {
+                    "node": self.node,
+                    "peers": {k: list(v) for k, v in self.peers.items()},
+                    "periodic": [list(p) for p in self.periodic],
+                    "routes": [r.to_cbor() for r in routes if r.app == self.name],
+                }
+            )
+        )
+
+
+class NodeAgent:
+    """One node's agent. Thread-safe; its HTTP face is :mod:`veritee.app.api`."""
+
+    def __init__(
+        self, home: Home, directory: Path, transport: Transport, *, vtee: str = DEFAULT_VTEE
+    ) -> None:
+        self.home, self.vtee = home, vtee
+        self.directory = directory
+        self.transport = transport
+        self._apps: dict[str, _App] = {}
+        self._hosts: dict[tuple[str, str], ModuleHost] = {}
+        self._routes: dict[bytes, Route] = {}
+        self._retired: set[bytes] = set()
+        self._mailboxes: dict[bytes, deque[bytes]] = {}
+        self.counters: Counter[str] = Counter()  # agent-level drops: unrouted, retired, ...
+        self._lock = threading.RLock()
+        self._periodic_stop = threading.Event()
+        self._periodic_threads: list[threading.Thread] = []
+        self.started = time.time()
+        self.address: Address = ("", 0)
+
+    # -- start-up and shut-down -------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Start receiving events, then reload every module this node hosted; returns problems."""
+        self.address = self.transport.start(self._from_network, self._request_from_network)
+        problems = []
+        for app_dir in sorted((self.directory / "apps").glob("*")):
+            if not (app_dir / "app.cbor").is_file():
+                continue
+            app = self._restore_app(app_dir)
+            for module_dir in sorted((app_dir / "modules").glob("*")):
+                if module_dir.name.endswith(STAGED) or not (module_dir / "load.cbor").is_file():
+                    shutil.rmtree(module_dir, ignore_errors=True)  # an update that never finished
+                    continue
+                params = LoadParams.from_cbor((module_dir / "load.cbor").read_bytes())
+                host = self._new_host(module_dir, params)
+                self._hosts[(app.name, params.name)] = host
+                try:
+                    host.load()
+                    log.info("reloaded %s with its sealed state", host)
+                except Error as exc:
+                    host.failed = str(exc)
+                    problems.append(f"{host}: {exc}")
+        resume = getattr(self.transport, "resume", None)
+        if callable(resume):
+            resume()
+        self._start_periodic()
+        return problems
+
+    def _restore_app(self, app_dir: Path) -> _App:
+        raw = cbor2.loads((app_dir / "app.cbor").read_bytes())
+        app = _App(
+            app_dir.name,
+            raw.get("node", ""),
+            {k: (str(v[0]), int(v[1])) for k, v in raw.get("peers", {}).items()},
+            [(str(m), str(e), int(p)) for m, e, p in raw.get("periodic", [])],
+        )
+        self._apps[app.name] = app
+        for r in raw.get("routes", []):
+            route = Route.from_cbor(app.name, r)
+            self._routes[route.conn] = route
+        return app
+
+    def close(self) -> None:
+        self._periodic_stop.set()
+        self.transport.close()
+        with self._lock:
+            hosts = list(self._hosts.values())
+        for host in hosts:
+            host.close()
+
+    # -- what the deployer asks --------------------------------------------------------------
+
+    def configure(self, app: str, node: str, peers: Mapping[str, Address]) -> None:
+        """This node's name in ``app`` and where the app's other nodes take events."""
+        with self._lock:
+            a = self._apps.setdefault(app, _App(app))
+            a.node = node
+            a.peers = dict(peers)
+            self._save(app)
+
+    def load(self, params: LoadParams, wasm: bytes, *, staged: bool = False) -> dict[str, Any]:
+        """Load a module (``staged``: beside the running one, to replace it on ``activate``)."""
+        app = self._app(params.app)
+        key = (params.app, params.name + (STAGED if staged else ""))
+        with self._lock:
+            old = self._hosts.pop(key, None)
+        if old is not None:
+            old.destroy()
+        directory = self._module_dir(params.app, key[1])
+        if directory.exists():
+            shutil.rmtree(directory)
+        host = self._new_host(directory, params)
+        try:
+            info = host.load(wasm)
+        except BaseException:
+            host.destroy()
+            raise
+        with self._lock:
+            self._hosts[key] = host
+        log.info("loaded %s on %s (%s)", host, app.node, info["measurement"].hex()[:16])
+        return info
+
+    def activate(self, app: str, name: str, retire: Iterable[bytes]) -> None:
+        """Swap a staged instance in for the running one; events on ``retire`` stop."""
+        with self._lock:
+            staged = self._hosts.pop((app, name + STAGED), None)
+            if staged is None:
+                raise UnknownModule(f"no staged instance of {app}/{name} to activate")
+            old = self._hosts.pop((app, name), None)
+            self._retire(retire)
+            node = self._apps[app].node
+            for conn, route in list(self._routes.items()):
+                self._routes[conn] = restage(route, node, name + STAGED, name)
+        if old is not None:
+            old.destroy()
+        staged.move(self._module_dir(app, name))  # the instance runs on, keys and channels
+        with self._lock:
+            self._hosts[(app, name)] = staged
+            self._save(app)
+
+    def discard(self, app: str, name: str) -> None:
+        """Drop a staged instance (its update was refused)."""
+        with self._lock:
+            staged = self._hosts.pop((app, name + STAGED), None)
+        if staged is not None:
+            staged.destroy()
+
+    def disable(self, app: str, name: str, retire: Iterable[bytes]) -> None:
+        """Unload a module for good: its files go, events on its connections are dropped."""
+        with self._lock:
+            host = self._hosts.pop((app, name), None)
+            self._retire(retire)
+            self._apps[app].periodic = [p for p in self._apps[app].periodic if p[0] != name]
+            self._save(app)
+        if host is None:
+            raise UnknownModule(f"no module {app}/{name} on this node")
+        host.destroy()
+
+    def retire(self, app: str, conns: Iterable[bytes]) -> None:
+        """Connections that ended (a module disabled or replaced): their events are dropped."""
+        with self._lock:
+            self._app(app)
+            self._retire(conns)
+            self._save(app)
+
+    def _retire(self, conns: Iterable[bytes]) -> None:
+        for conn in conns:
+            self._routes.pop(conn, None)
+            self._retired.add(conn)
+
+    def attest(self, app: str, name: str, nonce: bytes, user_data: bytes, staged: bool) -> bytes:
+        return self._host(app, name, staged).attest(nonce, user_data)
+
+    def connect(self, app: str, name: str, statement: bytes, route: Route, staged: bool) -> None:
+        """Hand a signed statement to the module; the route is ours to know, not a secret."""
+        self._host(app, name, staged).connect(statement)
+        with self._lock:
+            if staged:  # events for the module on this connection go to the new instance
+                route = restage(route, self._apps[app].node, name, name + STAGED)
+            old = self._routes.get(route.conn)
+            if old is not None:  # both ends on this node: keep a staged end already recorded
+                route = Route(
+                    route.app,
+                    route.conn,
+                    route.name,
+                    keep_staged(old.initiator, route.initiator),
+                    keep_staged(old.responder, route.responder),
+                )
+            self._routes[route.conn] = route
+            self._retired.discard(route.conn)
+            self._save(app)
+
+    def add_route(self, route: Route) -> None:
+        with self._lock:
+            self._routes[route.conn] = route
+            self._retired.discard(route.conn)
+            self._save(route.app)
+
+    def set_periodic(self, app: str, events: list[tuple[str, str, int]]) -> None:
+        with self._lock:
+            self._app(app).periodic = list(events)
+            self._save(app)
+        self._start_periodic()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def route(self, event: bytes, *, origin: str = "module") -> tuple[str, ModuleHost | None]:
+        """Send an event on its way. Returns where to ("local", "remote", "user", "dropped")."""
+        try:
+            conn, direction = _header(event)
+        except EventRejected:
+            self.counters["malformed"] += 1
+            return "dropped", None
+        with self._lock:
+            route = self._routes.get(conn)
+            retired = conn in self._retired
+        if route is None:
+            self.counters["retired" if retired else "unrouted"] += 1
+            return "dropped", None
+        end = destination(route, direction)
+        app = self._apps.get(route.app)
+        if end.module is None:
+            box = self._mailboxes.setdefault(conn, deque(maxlen=MAILBOX))
+            box.append(event)
+            return "user", None
+        if app is not None and end.node == app.node:
+            host = self._hosts.get((route.app, end.module))
+            if host is None:
+                self.counters["no-module"] += 1
+                return "dropped", None
+            host.enqueue(event)
+            return "local", host
+        address = app.peers.get(end.node) if app is not None else None
+        if address is None:
+            self.counters["no-peer"] += 1
+            return "dropped", None
+        self.transport.send(address, event)
+        return "remote", None
+
+    def submit(self, event: bytes, *, wait: bool, timeout: float = 30.0) -> dict[str, Any]:
+        """A user's sealed event (a direct connection, or an entry call)."""
+        try:
+            conn, direction = _header(event)
+        except EventRejected as exc:
+            raise NodeError(f"not an event: {exc}") from None
+        with self._lock:
+            route = self._routes.get(conn)
+        if route is None:
+            self.counters["unrouted"] += 1
+            raise NodeError("no connection with that id on this node")
+        end = destination(route, direction)
+        app = self._apps.get(route.app)
+        if not wait or end.module is None or app is None or end.node != app.node:
+            where, _ = self.route(event, origin="user")
+            return {"routed": where}
+        host = self._hosts.get((route.app, end.module))
+        if host is None:
+            raise UnknownModule(f"module {route.app}/{end.module} is not loaded here")
+        future = host.enqueue(event, wait=True)
+        assert future is not None
+        outcome = future.result(timeout)
+        if outcome is None:
+            return {"routed": "local", "failed": True}
+        return {"routed": "local", "dropped": outcome.dropped, "log": outcome.log}
+
+    def request(self, event: bytes) -> bytes:
+        """Carry a request to its handler and bring back the sealed reply."""
+        conn, direction = _header(event)
+        with self._lock:
+            route = self._routes.get(conn)
+        if route is None:
+            self.counters["unrouted"] += 1
+            raise NodeError("no connection with that id")
+        end = destination(route, direction)
+        app = self._app(route.app)
+        if end.module is None:
+            raise NodeError("a request goes to a handler, not to a user")
+        if end.node == app.node:
+            outcome = self._host(route.app, end.module, False).deliver_now(event)
+            if outcome.dropped:
+                raise NodeError(
+                    f"the handler's secure world dropped the request: {outcome.dropped}"
+                )
+            if outcome.reply is None:
+                raise NodeError("the handler gave no answer")
+            return outcome.reply
+        address = app.peers.get(end.node)
+        if address is None:
+            raise NodeError(f"node {end.node!r} of app {route.app!r} has no known address")
+        return self.transport.request(address, event)
+
+    def mailbox(self, conn: bytes) -> list[bytes]:
+        box = self._mailboxes.get(conn)
+        out = list(box) if box else []
+        if box:
+            box.clear()
+        return out
+
+    def public(self, app: str, name: str, endpoint: str, request: bytes) -> Outcome:
+        return self._host(app, name, False).public(endpoint, request)
+
+    def inject(self, app: str, name: str, event: bytes) -> Outcome:
+        """Deliver an event straight to a module, bypassing routing: what a malicious host
+        could do. Exposed so that tests and the demo can play that host."""
+        return self._host(app, name, False).deliver_now(event)
+
+    def _from_network(self, event: bytes) -> None:
+        where, _ = self.route(event, origin="network")
+        if where == "dropped":
+            log.warning("dropped an event from the network: no route for it here")
+
+    def _request_from_network(self, event: bytes) -> bytes:
+        return self.request(event)
+
+    def _relay(self, rpc: dict[str, Any]) -> dict[str, Any]:
+        """What a module's secure world asks of us mid-event: carry a request."""
+        if rpc.get("op") != "request" or not isinstance(rpc.get("event"), bytes):
+            return {"error": f"operation {rpc.get('op')!r} is not offered by the node agent"}
+        try:
+            return {"event": self.request(rpc["event"])}
+        except (Error, TransportError, EventRejected) as exc:
+            return {"error": str(exc)}
+
+    def _absorb(self, host: ModuleHost, outcome: Outcome) -> None:
+        for event in outcome.events:
+            self.route(event)
+
+    # -- periodic events ---------------------------------------------------------------------
+
+    def _start_periodic(self) -> None:
+        self._periodic_stop.set()
+        for t in self._periodic_threads:
+            t.join(2)
+        self._periodic_stop = threading.Event()
+        self._periodic_threads = []
+        with self._lock:
+            jobs = [(a.name, *p) for a in self._apps.values() for p in a.periodic]
+        for app, module, endpoint, period in jobs:
+            t = threading.Thread(
+                target=self._tick,
+                args=(self._periodic_stop, app, module, endpoint, period / 1000),
+                name=f"periodic {app}/{module}.{endpoint}",
+                daemon=True,
+            )
+            t.start()
+            self._periodic_threads.append(t)
+
+    def _tick(self, stop: threading.Event, app: str, module: str, ep: str, period: float) -> None:
+        while not stop.wait(period):
+            try:
+                self.public(app, module, ep, b"")
+            except Error as exc:
+                log.warning("periodic event %s/%s.%s failed: %s", app, module, ep, exc)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            hosts = dict(self._hosts)
+            apps = dict(self._apps)
+            routes = list(self._routes.values())
+        out: dict[str, Any] = {
+            "address": list(self.address),
+            "uptime": time.time() - self.started,
+            "counters": dict(self.counters),
+            "links": self.transport.links(),
+            "apps": {},
+        }
+        for name, app in apps.items():
+            modules = {}
+            for (a, m), host in hosts.items():
+                if a != name:
+                    continue
+                try:
+                    tee = host.status()
+                except Error as exc:
+                    tee = {}
+                    host.failed = host.failed or str(exc)
+                modules[m] = {
+                    "tee": tee,
+                    "failed": host.failed,
+                    "inbox": len(host.inbox),
+                    "delivered": host.delivered,
+                    "dropped": dict(host.dropped),
+                    "loads": host.loads,
+                    "log": list(host.tail)[-10:],
+                }
+            out["apps"][name] = {
+                "node": app.node,
+                "peers": {k: list(v) for k, v in app.peers.items()},
+                "modules": modules,
+                "routes": len([r for r in routes if r.app == name]),
+                "periodic": [list(p) for p in app.periodic],
+            }
+        return out
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _app(self, app: str) -> _App:
+        with self._lock:
+            a = self._apps.get(app)
+        if a is None:
+            raise UnknownModule(f"app {app!r} is not deployed on this node")
+        return a
+
+    def _host(self, app: str, name: str, staged: bool) -> ModuleHost:
+        with self._lock:
+            host = self._hosts.get((app, name + (STAGED if staged else "")))
+        if host is None:
+            raise UnknownModule(f"no module {app}/{name}{' (staged)' if staged else ''} here")
+        return host
+
+    def _module_dir(self, app: str, name: str) -> Path:
+        return self.directory / "apps" / app / "modules" / name
+
+    def _new_host(self, directory: Path, params: LoadParams) -> ModuleHost:
+        return ModuleHost(
+            directory,
+            params,
+            home=self.home,
+            vtee=self.vtee,
+            absorb=self._absorb,
+            relay=self._relay,
+        )
+
+    def _save(self, app: str) -> None:
+        a = self._apps.get(app)
+        if a is None:
+            return
+        path = self.directory / "apps" / app / "app.cbor"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(a.to_cbor(self._routes.values()))
+        tmp.replace(path)
+
+
+def _header(event: bytes) -> tuple[bytes, int]:
+    from veritee.tee.channels import parse_header
+
+    _, conn, direction, _ = parse_header(event)
+    return conn, direction
+
+
+__all__ = ["AppError", "End", "NodeAgent", "Route", "UnknownModule"]

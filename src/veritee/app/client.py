@@ -1,0 +1,162 @@
+"""A client for a node agent's HTTP API (CBOR bodies), used by the deployer and the user tool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+import httpx
+
+from veritee.app.errors import NodeError, NodeUnreachable
+from veritee.app.routes import Route
+
+CBOR = "application/cbor"
+TIMEOUT = 30.0  # a module's time budget per event is 10 s by default
+LOAD_TIMEOUT = 180.0  # compiling a large module ahead of time takes a while the first time
+
+
+class NodeClient:
+    """One node agent. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, url: str, *, name: str = "", timeout: float = TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.name = name or self.url
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        content = None if body is None else bytes(cbor2.dumps(body))
+        headers = {"Content-Type": CBOR} if content is not None else {}
+        kwargs: dict[str, Any] = {"params": params, "content": content, "headers": headers}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise NodeUnreachable(
+                f"node {self.name} ({self.url}) did not answer: {exc or type(exc).__name__}"
+            ) from None
+        try:
+            value = cbor2.loads(response.content) if response.content else {}
+        except (cbor2.CBORDecodeError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            raise NodeError(f"node {self.name} answered {response.status_code} without CBOR")
+        if response.status_code >= 400:
+            raise NodeError(f"node {self.name}: {value.get('error', response.reason_phrase)}")
+        return value
+
+    # -- deployer -------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/info", timeout=5.0)
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")
+
+    def configure(self, app: str, node: str, peers: dict[str, tuple[str, int]]) -> None:
+        body = {"node": node, "peers": {k: list(v) for k, v in peers.items()}}
+        self._call("PUT", f"/v1/apps/{app}", body)
+
+    def load(
+        self,
+        app: str,
+        name: str,
+        wasm: bytes,
+        deployment_key: bytes,
+        *,
+        memory_mb: int | None = None,
+        timeout: float | None = None,
+        staged: bool = False,
+    ) -> dict[str, Any]:
+        body = {
+            "wasm": wasm,
+            "deployment_key": deployment_key,
+            "memory_mb": memory_mb,
+            "timeout": timeout,
+        }
+        return self._call(
+            "PUT",
+            f"/v1/apps/{app}/modules/{name}",
+            body,
+            params=_staged(staged),
+            timeout=LOAD_TIMEOUT,
+        )
+
+    def attest(self, app: str, name: str, nonce: bytes, *, staged: bool = False) -> bytes:
+        answer = self._call(
+            "POST",
+            f"/v1/apps/{app}/modules/{name}/attest",
+            {"nonce": nonce},
+            params=_staged(staged),
+        )
+        evidence = answer.get("evidence")
+        if not isinstance(evidence, bytes):
+            raise NodeError(f"node {self.name} answered an attestation without evidence")
+        return evidence
+
+    def connect(
+        self, app: str, name: str, statement: bytes, route: Route, *, staged: bool = False
+    ) -> None:
+        body = {"statement": statement, "route": route.to_cbor()}
+        self._call("POST", f"/v1/apps/{app}/modules/{name}/connect", body, params=_staged(staged))
+
+    def activate(self, app: str, name: str, retire: list[bytes]) -> None:
+        self._call("POST", f"/v1/apps/{app}/modules/{name}/activate", {"retire": retire})
+
+    def discard(self, app: str, name: str) -> None:
+        self._call("POST", f"/v1/apps/{app}/modules/{name}/discard", {})
+
+    def disable(self, app: str, name: str, retire: list[bytes]) -> None:
+        self._call("POST", f"/v1/apps/{app}/modules/{name}/disable", {"retire": retire})
+
+    def retire(self, app: str, conns: list[bytes]) -> None:
+        self._call("POST", f"/v1/apps/{app}/retire", {"retire": conns})
+
+    def periodic(self, app: str, events: list[tuple[str, str, int]]) -> None:
+        self._call("PUT", f"/v1/apps/{app}/periodic", {"events": [list(e) for e in events]})
+
+    def inject(self, app: str, name: str, event: bytes) -> dict[str, Any]:
+        return self._call("POST", f"/v1/apps/{app}/modules/{name}/inject", {"event": event})
+
+    # -- users ----------------------------------------------------------------------------------
+
+    def submit(self, event: bytes, *, wait: bool = True) -> dict[str, Any]:
+        return self._call("POST", "/v1/events", {"event": event, "wait": wait})
+
+    def request(self, event: bytes) -> bytes:
+        reply = self._call("POST", "/v1/request", {"event": event}).get("reply")
+        if not isinstance(reply, bytes):
+            raise NodeError(f"node {self.name} gave no reply")
+        return reply
+
+    def mailbox(self, conn: bytes) -> list[bytes]:
+        events = self._call("GET", f"/v1/mailbox/{conn.hex()}").get("events", [])
+        return [e for e in events if isinstance(e, bytes)]
+
+    def http(self, method: str, path: str, body: bytes = b"") -> httpx.Response:
+        """Plain HTTP through the agent, e.g. to a module's public endpoint."""
+        try:
+            return self._http.request(method, path, content=body)
+        except httpx.HTTPError as exc:
+            raise NodeUnreachable(f"node {self.name} ({self.url}) did not answer: {exc}") from None
+
+
+def _staged(staged: bool) -> dict[str, str] | None:
+    return {"staged": "true"} if staged else None

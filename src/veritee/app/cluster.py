@@ -1,0 +1,271 @@
+"""Node agents and a verifier as local processes: for the demo, the tests and the benchmark.
+
+Each node gets a device home of its own (its own manufacturer CA, HUK and secure world);
+the verifier is told to trust each device's CA and boot reference values, and the modules
+it is asked to endorse. Processes are started in their own sessions and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veritee.app.errors import AppError
+from veritee.home import Home
+
+READY_TIMEOUT = 60.0  # seconds for a node (provision + boot) or the verifier to come up
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class LocalNode:
+    name: str
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    events: tuple[str, int] = ("", 0)
+    process: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=Path)
+    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "ns1") to run it elsewhere
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _wait_ready(
+    path: Path, proc: subprocess.Popen[bytes], log: Path, what: str
+) -> dict[str, object]:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if path.exists():
+            value: dict[str, object] = json.loads(path.read_text())
+            return value
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise AppError(f"{what} exited ({proc.returncode}): {' | '.join(tail)}")
+        time.sleep(0.05)
+    raise AppError(f"{what} did not come up in {READY_TIMEOUT:g} s; see {log}")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(STOP_TIMEOUT)
+
+
+class LocalCluster:
+    """Nodes (agent + secure world each) and optionally a verifier, under ``workdir``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        names: Sequence[str] = ("home-hub", "home-server"),
+        *,
+        verifier: bool = True,
+        hosts: Sequence[str] | None = None,
+        prefixes: Sequence[Sequence[str]] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.nodes = {
+            n: LocalNode(
+                n,
+                workdir / n,
+                host=(hosts[i] if hosts else "127.0.0.1"),
+                prefix=tuple(prefixes[i]) if prefixes else (),
+            )
+            for i, n in enumerate(names)
+        }
+        self.want_verifier = verifier
+        self.verifier_url: str | None = None
+        self._verifier: subprocess.Popen[bytes] | None = None
+        self._token: str | None = None
+
+    # -- processes -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        from veritee.tee import device
+
+        for node in self.nodes.values():
+            home = Home(node.home)
+            if not device.is_provisioned(home):
+                device.provision(home)
+        if self.want_verifier:
+            self._start_verifier()
+        for node in self.nodes.values():
+            self.start_node(node.name, wait=False)
+        for node in self.nodes.values():
+            self._ready(node)
+        if self.verifier_url:
+            self._trust_devices()
+
+    def start_node(self, name: str, *, wait: bool = True) -> LocalNode:
+        """(Re)start a node's agent; it boots its secure world if that is not running."""
+        node = self.nodes[name]
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        node.log = self.workdir / f"{name}.log"
+        args = [
+            *node.prefix,
+            sys.executable,
+            "-m",
+            "veritee",
+            "node",
+            "start",
+            "--home",
+            str(node.home),
+            "--host",
+            node.host,
+            "--port",
+            str(node.port),
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "warning",
+        ]
+        with open(node.log, "ab") as log:
+            node.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        if wait:
+            self._ready(node)
+        return node
+
+    def _ready(self, node: LocalNode) -> None:
+        assert node.process is not None
+        info = _wait_ready(self.workdir / f"{node.name}.ready", node.process, node.log, node.name)
+        node.port = int(str(info["url"]).rsplit(":", 1)[1])
+        events = info["events"]
+        assert isinstance(events, list)
+        node.events = (str(events[0]), int(events[1]))
+
+    def kill_node(self, name: str, *, tee: bool = False) -> None:
+        """End a node's agent the hard way (SIGKILL), and its secure world too if ``tee``."""
+        node = self.nodes[name]
+        _stop(node.process, signal.SIGKILL)
+        if tee:
+            self._stop_tee(node)
+
+    def stop_node(self, name: str) -> None:
+        _stop(self.nodes[name].process)
+
+    def _stop_tee(self, node: LocalNode) -> None:
+        from veritee.errors import Error
+        from veritee.tee import monitor
+
+        home = Home(node.home)
+        with contextlib.suppress(Error):
+            monitor.control(home, {"op": "stop"})
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while home.monitor_socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _start_verifier(self) -> None:
+        state = self.workdir / "verifier"
+        ready = self.workdir / "verifier.ready"
+        ready.unlink(missing_ok=True)
+        log_path = self.workdir / "verifier.log"
+        with open(log_path, "ab") as log:
+            self._verifier = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "veritee",
+                    "--home",
+                    str(self.workdir / "verifier-home"),
+                    "verifier",
+                    "serve",
+                    "--port",
+                    "0",
+                    "--state",
+                    str(state),
+                    "--ready-file",
+                    str(ready),
+                    "--log-level",
+                    "warning",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        info = _wait_ready(ready, self._verifier, log_path, "verifier")
+        self.verifier_url = str(info["url"])
+        self._token = (state / "admin-token").read_text().strip()
+
+    def _trust_devices(self) -> None:
+        from veritee.verifier.client import VerifierClient
+
+        assert self.verifier_url is not None
+        with VerifierClient(self.verifier_url, token=self._token) as client:
+            for node in self.nodes.values():
+                home = Home(node.home)
+                client.add_trust_anchors([{"ca": (home.manufacturer / "ca.pem").read_text()}])
+                refs = json.loads((home.manufacturer / "reference-values.json").read_text())
+                client.add_reference_values(refs)
+
+    def endorse(self, modules: Iterable[tuple[str, bytes]]) -> None:
+        """Make these (name, binary) modules reference values at the verifier."""
+        from veritee.app.attest import measure
+        from veritee.verifier.client import VerifierClient
+
+        if self.verifier_url is None:
+            return
+        with VerifierClient(self.verifier_url, token=self._token) as client:
+            client.add_reference_values(
+                [
+                    {"kind": "module", "name": name, "version": "", "measurement": measure(b).hex()}
+                    for name, b in modules
+                ]
+            )
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            _stop(node.process)
+        for node in self.nodes.values():
+            if node.home.exists():
+                self._stop_tee(node)
+        _stop(self._verifier)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def descriptor_for(
+    template: Path, cluster: LocalCluster, binaries: dict[str, Path], out: Path
+) -> Path:
+    """A copy of ``template`` with the cluster's node addresses and built binaries."""
+    import yaml
+
+    from veritee.app.descriptor import read_tree
+
+    data, _ = read_tree(template.read_bytes(), str(template))
+    for node in data.get("nodes", []):
+        local = cluster.nodes.get(node.get("name"))
+        if local is not None:
+            node["host"], node["port"] = local.host, local.port
+    for module in data.get("modules", []):
+        binary = binaries.get(module.get("name"))
+        if binary is not None:
+            module.pop("source", None)
+            module["binary"] = str(binary)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out

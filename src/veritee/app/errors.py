@@ -1,0 +1,73 @@
+"""Errors of distributed apps: each names what failed and where, in one line.
+
+Exit codes (the CLI's, beyond the common ones): 2 a descriptor or argument is malformed,
+7 a module's attestation was not acceptable, 10 a deployment cannot proceed (state file,
+a module or connection refused), 11 a node agent did not answer or refused, 12 the secure
+world dropped an event (replayed, altered, misrouted).
+"""
+
+from __future__ import annotations
+
+from veritee.errors import Error
+
+
+class AppError(Error):
+    """A deployment cannot proceed; the message says which module or connection and why."""
+
+    exit_code = 10
+
+
+class DescriptorError(AppError):
+    """The descriptor is malformed or inconsistent; the message names the file, line, field."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, where: str = "", field: str = "") -> None:
+        self.where = where
+        self.field = field
+        prefix = ": ".join(p for p in (where, field) if p)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class UnsupportedField(DescriptorError):
+    """An Authentic Execution field that only makes sense on SGX or Sancus (or leaks keys)."""
+
+
+class StateError(AppError):
+    """The deployment state file is missing, unreadable, or does not name what was asked."""
+
+
+class NodeError(AppError):
+    """A node agent did not answer, or refused a request (its reason is in the message)."""
+
+    exit_code = 11
+
+
+class NodeUnreachable(NodeError):
+    """No node agent answers at the address the descriptor gives."""
+
+
+class AttestationRefused(AppError):
+    """A module's evidence did not appraise as acceptable; it is not connected."""
+
+    exit_code = 7
+
+
+class KeyMismatch(AttestationRefused):
+    """A key a node agent reported differs from the attested one (a swapped key)."""
+
+
+class EventDropped(AppError):
+    """The secure world refused an event (replay, altered, misrouted, malformed)."""
+
+    exit_code = 12
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TransportError(AppError):
+    """Sending to another node agent failed (it is down, or the link broke)."""
+
+    exit_code = 11

@@ -1,0 +1,124 @@
+"""Run a node agent: its secure world (booted if need be), the event transport, the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+
+from veritee.app.agent import NodeAgent
+from veritee.app.errors import AppError
+from veritee.app.transport import TcpTransport
+from veritee.errors import Error
+from veritee.home import DEFAULT_VTEE, Home
+
+log = logging.getLogger("veritee.node")
+
+
+def secure_world_running(home: Home) -> bool:
+    from veritee.tee import monitor
+
+    try:
+        monitor.control(home, {"op": "status"}, timeout=5)
+    except Error:
+        return False
+    return True
+
+
+def boot(home: Home, *, provision: bool) -> bool:
+    """Make sure this node's secure world runs; returns True if we started it."""
+    from veritee.tee import device, monitor
+
+    if secure_world_running(home):
+        return False
+    if not device.is_provisioned(home):
+        if not provision:
+            raise AppError(
+                f"{home.root} holds no provisioned device: run 'veritee --home {home.root} "
+                "device init' (or give --init)"
+            )
+        device.provision(home)
+        log.info("provisioned an emulated device in %s", home.root)
+    monitor.start_daemon(home)
+    log.info("booted the secure world of %s", home.root)
+    return True
+
+
+def serve(
+    home: Home,
+    *,
+    host: str,
+    port: int,
+    events_port: int | None = None,
+    directory: Path | None = None,
+    vtee: str = DEFAULT_VTEE,
+    ready_file: Path | None = None,
+    stop_tee: bool = False,
+    log_level: str = "info",
+) -> None:
+    """Serve until SIGINT/SIGTERM; with ``stop_tee`` the secure world is stopped too."""
+    import uvicorn
+
+    from veritee.app import api
+
+    try:
+        state = directory or home.root / "node"
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sock = _listen(host, port)
+        # Peers keep events for us at this port while we are down: keep it across restarts.
+        port_file = state / "events-port"
+        if events_port is None:
+            saved = port_file.read_text().strip() if port_file.exists() else ""
+            events_port = int(saved) if saved.isdigit() else 0
+        try:
+            transport = TcpTransport(state, host, events_port)
+        except BaseException:
+            sock.close()
+            raise
+        port_file.write_text(f"{transport.address[1]}\n")
+        agent = NodeAgent(home, state, transport, vtee=vtee)
+        try:
+            for problem in agent.start():
+                log.error("not reloaded: %s", problem)
+            url_host = f"[{host}]" if ":" in host else host
+            info = {
+                "url": f"http://{url_host}:{sock.getsockname()[1]}",
+                "events": list(agent.address),
+            }
+            log.info("node agent on %s, events on %s:%d", info["url"], *agent.address)
+            if ready_file is not None:
+                tmp = ready_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(info))
+                tmp.replace(ready_file)
+            config = uvicorn.Config(
+                api.create(agent),
+                log_level=log_level,
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=3,
+            )
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            agent.close()
+            sock.close()
+    finally:
+        if stop_tee:
+            from veritee.tee import monitor
+
+            try:
+                monitor.control(home, {"op": "stop"})
+            except Error as exc:
+                log.warning("could not stop the secure world: %s", exc)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AppError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    return sock

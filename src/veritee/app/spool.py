@@ -1,0 +1,147 @@
+"""An append-only FIFO of sealed events on disk: a node agent's inboxes and outboxes.
+
+Sealed events are safe to store in the clear (only the two secure worlds of a connection
+can open them, and a copy replayed later is refused by the counter), so a node agent keeps
+what it still owes: events for a module it has not delivered yet, events for a node that is
+down. A record is ``seq (8) || length (4) || bytes``; ``head`` holds the last consumed
+``seq``. Records are written with ``write(2)`` and survive the agent being killed; they are
+not fsync'd, so a power cut may lose the last few (the sender then resends what was not
+acknowledged, and the secure world drops anything it already accepted).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections import deque
+from pathlib import Path
+
+from veritee.app.errors import AppError
+
+_RECORD = struct.Struct(">QI")
+# Bounds what a corrupt or hostile file can make us allocate on start-up.
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+# Compact (truncate) the data file once everything is consumed and it is at least this big.
+COMPACT_BYTES = 4 * 1024 * 1024
+# How many events a spool holds before refusing more: a peer down for long must not fill
+# the disk. At the demo's event size this is a few tens of MiB.
+MAX_PENDING = 100_000
+
+
+class SpoolFull(AppError):
+    """A spool holds its maximum of undelivered events; newer ones are refused."""
+
+
+class Spool:
+    """A persistent FIFO of byte records, each numbered; consumed in order."""
+
+    def __init__(self, path: Path, *, max_pending: int = MAX_PENDING) -> None:
+        self.path = path
+        self.max_pending = max_pending
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._head_path = path.with_suffix(path.suffix + ".head")
+        self._cond = threading.Condition()
+        self._records: deque[tuple[int, bytes]] = deque()
+        self._head = self._read_head()
+        self._last = self._head
+        self._load()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._head_fd = os.open(self._head_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.closed = False
+
+    def _read_head(self) -> int:
+        try:
+            raw = self._head_path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        return int.from_bytes(raw[:8], "big") if len(raw) >= 8 else 0
+
+    def _load(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        i = 0
+        while i + _RECORD.size <= len(data):
+            seq, size = _RECORD.unpack_from(data, i)
+            if size > MAX_RECORD_BYTES or i + _RECORD.size + size > len(data):
+                break  # a record cut short when the agent died mid-write
+            if seq > self._head:
+                self._records.append((seq, data[i + _RECORD.size : i + _RECORD.size + size]))
+            self._last = max(self._last, seq)
+            i += _RECORD.size + size
+        if i < len(data):
+            os.truncate(self.path, i)
+
+    def append(self, record: bytes) -> int:
+        """Store ``record``; returns its number. Raises SpoolFull past ``max_pending``."""
+        if len(record) > MAX_RECORD_BYTES:
+            raise AppError(f"record of {len(record)} bytes is over {MAX_RECORD_BYTES}")
+        with self._cond:
+            if len(self._records) >= self.max_pending:
+                raise SpoolFull(
+                    f"{self.path.name} holds {self.max_pending} undelivered events already"
+                )
+            self._last += 1
+            seq = self._last
+            os.write(self._fd, _RECORD.pack(seq, len(record)) + record)
+            self._records.append((seq, record))
+            self._cond.notify_all()
+            return seq
+
+    def pending(self, after: int = 0, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
+        """Unconsumed records numbered above ``after``, oldest first."""
+        with self._cond:
+            return [r for r in self._records if r[0] > after][:limit]
+
+    def wait(self, after: int, timeout: float) -> list[tuple[int, bytes]]:
+        """Like :meth:`pending`, waiting up to ``timeout`` s for one to arrive."""
+        with self._cond:
+            if not (self._records and self._records[-1][0] > after) and not self.closed:
+                self._cond.wait(timeout)
+            return [r for r in self._records if r[0] > after]
+
+    def consume(self, seq: int) -> None:
+        """Records up to and including ``seq`` are done with."""
+        with self._cond:
+            if seq <= self._head:
+                return
+            while self._records and self._records[0][0] <= seq:
+                self._records.popleft()
+            self._head = seq
+            os.pwrite(self._head_fd, seq.to_bytes(8, "big"), 0)
+            if not self._records and os.fstat(self._fd).st_size >= COMPACT_BYTES:
+                os.ftruncate(self._fd, 0)
+            self._cond.notify_all()
+
+    @property
+    def last(self) -> int:
+        """The number of the newest record ever appended."""
+        with self._cond:
+            return self._last
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._records)
+
+    def moved(self, path: Path) -> None:
+        """The files were renamed (their directory moved); open descriptors stay valid."""
+        with self._cond:
+            self.path = path
+            self._head_path = path.with_suffix(path.suffix + ".head")
+
+    def close(self) -> None:
+        with self._cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._cond.notify_all()
+            os.close(self._fd)
+            os.close(self._head_fd)
+
+    def destroy(self) -> None:
+        """Close and delete the files (a module or peer that is gone for good)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self._head_path.unlink(missing_ok=True)

@@ -1,0 +1,365 @@
+"""How node agents carry sealed events to each other: an interface, and TCP behind it.
+
+The agent needs two things of a transport: **send** an event to another node, in order,
+at least once, even if that node is down for a while (the sender keeps it in an outbox
+and resends until the receiver acknowledges custody), and **request** an answer from
+another node synchronously (a module's request to a handler elsewhere). A message broker
+can take TCP's place behind :class:`Transport`.
+
+Wire format (TCP), one frame per message::
+
+    type (1) || id (8, big-endian) || length (4) || payload
+
+HELLO (sender node address and a link id), EVENT (id = outbox number), ACK (id = highest
+number taken into custody, cumulative), REQUEST / REPLY (id = request number). Numbers per
+link let the receiver skip a duplicate after a reconnect; that is an optimisation only:
+the secure world's counters are what refuse replays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import BinaryIO
+
+import cbor2
+
+from veritee.app.errors import AppError, TransportError
+from veritee.app.spool import Spool
+from veritee.errors import Error
+
+log = logging.getLogger("veritee.node.transport")
+
+HELLO, EVENT, ACK, REQUEST, REPLY = 1, 2, 3, 4, 5
+_FRAME = struct.Struct(">BQI")
+# An event is at most 4 MiB plus its header (tee/channels.py); a frame bigger than this is
+# a broken or hostile peer and ends the link.
+MAX_FRAME_BYTES = 5 * 1024 * 1024
+# Unacknowledged events in flight per link: bounds the resend after a reconnect.
+WINDOW = 4096
+CONNECT_TIMEOUT = 2.0  # seconds; a peer on loopback or a LAN answers in well under this
+RETRY_MIN, RETRY_MAX = 0.05, 1.0  # back-off between reconnection attempts, seconds
+REQUEST_TIMEOUT = 30.0  # a handler runs within its module's time budget (10 s by default)
+REQUEST_WORKERS = 16  # requests answered at once per agent; each may run a module
+_OK, _FAILED = 0, 1
+
+Address = tuple[str, int]
+EventSink = Callable[[bytes], None]
+RequestSink = Callable[[bytes], bytes]
+
+
+class Transport(ABC):
+    """Carries sealed events between node agents. It never looks inside them."""
+
+    @abstractmethod
+    def start(self, on_event: EventSink, on_request: RequestSink) -> Address:
+        """Begin receiving; ``on_event`` must have taken custody when it returns."""
+
+    @abstractmethod
+    def send(self, to: Address, event: bytes) -> None:
+        """Queue ``event`` for the agent at ``to``: delivered in order, kept while it is down."""
+
+    @abstractmethod
+    def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+        """Send a request and wait for the sealed reply; raise TransportError."""
+
+    @abstractmethod
+    def links(self) -> dict[str, dict[str, int | bool]]:
+        """Per peer address: ``up``, ``queued`` (kept, not yet acknowledged)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def _addr(a: Address) -> str:
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+def _send_frame(sock: socket.socket, kind: int, ident: int, payload: bytes = b"") -> None:
+    sock.sendall(_FRAME.pack(kind, ident, len(payload)) + payload)
+
+
+def _read_frame(reader: BinaryIO) -> tuple[int, int, bytes]:
+    head = reader.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        raise EOFError
+    kind, ident, size = _FRAME.unpack(head)
+    if size > MAX_FRAME_BYTES:
+        raise EOFError
+    payload = reader.read(size) if size else b""
+    if len(payload) < size:
+        raise EOFError
+    return kind, ident, payload
+
+
+class _Link:
+    """Our side of the link to one peer: its outbox, a sender thread, pending requests."""
+
+    def __init__(self, transport: TcpTransport, to: Address) -> None:
+        self.transport = transport
+        self.to = to
+        name = _addr(to).replace(":", "_").replace("[", "").replace("]", "")
+        self.outbox = Spool(transport.directory / "outbox" / f"{name}.spool")
+        link_file = transport.directory / "outbox" / f"{name}.link"
+        if not link_file.exists():
+            link_file.write_bytes(os.urandom(16))
+        self.link_id = link_file.read_bytes()[:16]
+        self.up = False
+        self._sock: socket.socket | None = None
+        self._write = threading.Lock()
+        self._requests: dict[int, Future[bytes]] = {}
+        self._ids = iter(range(1, 1 << 62))
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"link {name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = RETRY_MIN
+        while not self._closed:
+            try:
+                sock = socket.create_connection(self.to, timeout=CONNECT_TIMEOUT)
+            except OSError:
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = RETRY_MIN
+            try:
+                self._serve(sock)
+            except (OSError, EOFError) as exc:
+                log.info("link to %s lost: %s", _addr(self.to), exc)
+            finally:
+                self._down(sock)
+
+    def _serve(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        hello = cbor2.dumps({"from": list(self.transport.address), "link": self.link_id})
+        _send_frame(sock, HELLO, 0, hello)
+        self._sock = sock
+        self.up = True
+        log.info("link to %s up (%d event(s) to resend)", _addr(self.to), len(self.outbox))
+        reader = threading.Thread(target=self._read, args=(sock,), daemon=True)
+        reader.start()
+        sent = 0  # resend everything not yet acknowledged, oldest first
+        while not self._closed and self.up:
+            in_flight = [r for r in self.outbox.pending(sent)]
+            if not in_flight:
+                self.outbox.wait(sent, 0.5)
+                continue
+            for seq, event in in_flight[:WINDOW]:
+                with self._write:
+                    _send_frame(sock, EVENT, seq, event)
+                sent = seq
+            while self.up and len(self.outbox) >= WINDOW:
+                self.outbox.wait(self.outbox.last, 0.1)
+
+    def _read(self, sock: socket.socket) -> None:
+        reader = sock.makefile("rb")
+        try:
+            while True:
+                kind, ident, payload = _read_frame(reader)
+                if kind == ACK:
+                    self.outbox.consume(ident)
+                elif kind == REPLY:
+                    future = self._requests.pop(ident, None)
+                    if future is not None:
+                        if payload[:1] == bytes([_OK]):
+                            future.set_result(payload[1:])
+                        else:
+                            reason = payload[1:].decode("utf-8", "replace")[:200]
+                            future.set_exception(TransportError(reason))
+        except (OSError, EOFError, ValueError):
+            pass
+        finally:
+            self.up = False
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _down(self, sock: socket.socket) -> None:
+        self.up = False
+        self._sock = None
+        with contextlib.suppress(OSError):
+            sock.close()
+        for ident in list(self._requests):
+            future = self._requests.pop(ident, None)
+            if future is not None and not future.done():
+                future.set_exception(TransportError(f"node {_addr(self.to)} went away"))
+
+    def request(self, event: bytes, timeout: float) -> bytes:
+        sock = self._sock
+        if sock is None or not self.up:
+            raise TransportError(f"node {_addr(self.to)} is down")
+        ident = next(self._ids)
+        future: Future[bytes] = Future()
+        self._requests[ident] = future
+        try:
+            with self._write:
+                _send_frame(sock, REQUEST, ident, event)
+            return future.result(timeout)
+        except FutureTimeout:
+            raise TransportError(f"node {_addr(self.to)} did not answer in {timeout:g} s") from None
+        except OSError as exc:
+            raise TransportError(f"node {_addr(self.to)}: {exc}") from None
+        finally:
+            self._requests.pop(ident, None)
+
+    def close(self) -> None:
+        self._closed = True
+        self.up = False
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(2)
+        self.outbox.close()
+
+
+class TcpTransport(Transport):
+    """Events over TCP between node agents; outboxes under ``directory``."""
+
+    def __init__(self, directory: Path, host: str, port: int) -> None:
+        self.directory = directory
+        (directory / "outbox").mkdir(parents=True, exist_ok=True)
+        (directory / "links").mkdir(parents=True, exist_ok=True)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._server = socket.socket(family, socket.SOCK_STREAM)
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._server.bind((host, port))
+        except OSError as exc:
+            self._server.close()
+            raise TransportError(
+                f"cannot listen for events on {host}:{port}: {exc.strerror}"
+            ) from None
+        self._server.listen(128)
+        self.address: Address = (host, self._server.getsockname()[1])
+        self._links: dict[Address, _Link] = {}
+        self._lock = threading.Lock()
+        self._seen: dict[bytes, int] = {}  # link id -> highest event number taken
+        self._pool = ThreadPoolExecutor(REQUEST_WORKERS, thread_name_prefix="request")
+        self._closed = False
+        self._on_event: EventSink | None = None
+        self._on_request: RequestSink | None = None
+
+    def start(self, on_event: EventSink, on_request: RequestSink) -> Address:
+        self._on_event, self._on_request = on_event, on_request
+        threading.Thread(target=self._accept, name="events", daemon=True).start()
+        return self.address
+
+    def _link(self, to: Address) -> _Link:
+        with self._lock:
+            link = self._links.get(to)
+            if link is None:
+                link = self._links[to] = _Link(self, to)
+            return link
+
+    def resume(self) -> None:
+        """Start links for every peer that still has events kept for it (after a restart)."""
+        for spool in sorted((self.directory / "outbox").glob("*.spool")):
+            host, _, port = spool.stem.rpartition("_")
+            if host and port.isdigit() and spool.stat().st_size:
+                self._link((host, int(port)))
+
+    def send(self, to: Address, event: bytes) -> None:
+        self._link(to).outbox.append(event)
+
+    def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+        link = self._link(to)
+        deadline = time.monotonic() + min(timeout, CONNECT_TIMEOUT)
+        while not link.up and time.monotonic() < deadline:
+            time.sleep(0.01)  # a link just created is connecting
+        return link.request(event, timeout)
+
+    def links(self) -> dict[str, dict[str, int | bool]]:
+        with self._lock:
+            return {
+                _addr(a): {"up": link.up, "queued": len(link.outbox)}
+                for a, link in self._links.items()
+            }
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                sock, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._receive, args=(sock,), daemon=True).start()
+
+    def _receive(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+        write = threading.Lock()
+        try:
+            kind, _, payload = _read_frame(reader)
+            hello = cbor2.loads(payload) if kind == HELLO else None
+            if not isinstance(hello, dict) or not isinstance(hello.get("link"), bytes):
+                return
+            link_id: bytes = hello["link"][:16]
+            seen_file = self.directory / "links" / link_id.hex()
+            if link_id not in self._seen:
+                raw = seen_file.read_bytes() if seen_file.exists() else b""
+                self._seen[link_id] = int.from_bytes(raw[:8], "big") if len(raw) >= 8 else 0
+            fd = os.open(seen_file, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    kind, ident, payload = _read_frame(reader)
+                    if kind == EVENT:
+                        if ident > self._seen[link_id]:
+                            assert self._on_event is not None
+                            try:
+                                self._on_event(payload)
+                            except AppError as exc:
+                                # No acknowledgement: the sender keeps the event and retries.
+                                log.warning("refused custody of an event: %s", exc)
+                                return
+                            self._seen[link_id] = ident
+                            os.pwrite(fd, ident.to_bytes(8, "big"), 0)
+                        with write:
+                            _send_frame(sock, ACK, ident)
+                    elif kind == REQUEST:
+                        self._pool.submit(self._answer, sock, write, ident, payload)
+            finally:
+                os.close(fd)
+        except (OSError, EOFError, ValueError, cbor2.CBORDecodeError):
+            pass  # a broken link: the sender reconnects and resends what we did not take
+        finally:
+            # shutdown, not just close: the reader's file object keeps the socket open.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _answer(self, sock: socket.socket, write: threading.Lock, ident: int, event: bytes) -> None:
+        assert self._on_request is not None
+        try:
+            payload = bytes([_OK]) + self._on_request(event)
+        except Error as exc:
+            payload = bytes([_FAILED]) + str(exc).encode()[:200]
+        except Exception:
+            # A bug of ours: the requester still gets an answer rather than a time-out.
+            log.exception("answering a request failed")
+            payload = bytes([_FAILED]) + b"the node agent failed to carry the request"
+        with contextlib.suppress(OSError), write:
+            _send_frame(sock, REPLY, ident, payload)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._server.close()
+        with self._lock:
+            links = list(self._links.values())
+        for link in links:
+            link.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,554 @@
+"""Distributed apps: ``veritee node start``, ``deploy``, ``status``, ``call``, ``output``,
+``request``, ``update``, ``add``, ``disable``.
+
+Exit codes beyond the common ones: 2 a malformed descriptor or argument, 7 a module was not
+acceptable (update), 9 the verifier did not answer, 10 a deployment problem (state file,
+refused modules or connections: ``deploy`` exits 10 when any was refused), 11 a node agent
+did not answer or refused, 12 the secure world dropped an event.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+
+from veritee.errors import UsageError
+from veritee.home import DEFAULT_VTEE, Home
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_STATE_HELP = "Deployment state file (default: $VERITEE_DEPLOYMENT or ./veritee-deployment.json)."
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(node)
+    for command in (deploy, status, call, output, request, update, add, disable):
+        cli.add_command(command)
+
+
+def _state_option(f: Any) -> Any:
+    return click.option(
+        "--state",
+        "state_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="VERITEE_DEPLOYMENT",
+        default=None,
+        help=_STATE_HELP,
+    )(f)
+
+
+def _state(path: Path | None) -> Path:
+    from veritee.app.state import default_path
+
+    return path or default_path()
+
+
+def _payload(arg: str | None, hex_arg: bool, file: Path | None) -> bytes:
+    if file is not None:
+        if arg is not None:
+            raise UsageError("give ARG or --file, not both")
+        try:
+            return file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+    if arg is None:
+        return b""
+    if hex_arg:
+        try:
+            return bytes.fromhex(arg)
+        except ValueError:
+            raise UsageError("ARG is not hex (--hex)") from None
+    return arg.encode()
+
+
+def _payload_options(f: Any) -> Any:
+    f = click.option("--hex", "hex_arg", is_flag=True, help="ARG is hex-encoded bytes.")(f)
+    return click.option(
+        "--file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Send this file's bytes as the payload.",
+    )(f)
+
+
+# -- node ---------------------------------------------------------------------------------------
+
+
+@click.group(context_settings=CONTEXT)
+def node() -> None:
+    """Run this machine's node agent (the untrusted event manager)."""
+
+
+@node.command("start", context_settings=CONTEXT)
+@click.option(
+    "--home",
+    "node_home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="This node's device home (overrides the global --home).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=7100, show_default=True)
+@click.option(
+    "--events-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port for events from other nodes (default: the one used last time, else any free).",
+)
+@click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to use.")
+@click.option("--init", "provision", is_flag=True, help="Provision a device if HOME has none.")
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write {url, events} as JSON here once listening.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.pass_obj
+def node_start(
+    home: Home,
+    node_home: Path | None,
+    host: str,
+    port: int,
+    events_port: int | None,
+    vtee: str,
+    provision: bool,
+    ready_file: Path | None,
+    log_level: str,
+) -> None:
+    """Serve the node agent in the foreground until interrupted.
+
+    Boots the device's secure world if it is not running (and stops it again on
+    exit), reloads the modules this node hosted with their sealed state, and
+    delivers the events it kept. Logs go to stderr.
+
+    \b
+    Examples:
+      veritee node start --home /tmp/hub --port 7101 --init
+      veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102
+    """
+    import logging
+
+    from veritee.app import server
+
+    if node_home is not None:
+        home = Home.resolve(node_home)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    started = server.boot(home, provision=provision)
+    server.serve(
+        home,
+        host=host,
+        port=port,
+        events_port=events_port,
+        vtee=vtee,
+        ready_file=ready_file,
+        stop_tee=started,
+        log_level=log_level,
+    )
+
+
+# -- deploy ---------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Renders deployer steps: one line per module (build, load, attest), then connections."""
+
+    ICONS: ClassVar[dict[str, str]] = {"done": "[green]✔[/]", "failed": "[red]✘[/]"}
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False, quiet=quiet)
+        self.lock = threading.Lock()
+
+    def __call__(self, step: Any) -> None:
+        if step.state == "start":
+            return
+        detail = f" [dim]{step.detail}[/]" if step.detail else ""
+        with self.lock:
+            self.console.print(
+                f"  {self.ICONS[step.state]} {step.step:8} {step.what}{detail}", soft_wrap=True
+            )
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("descriptor", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_state_option
+@click.option(
+    "--verifier",
+    envvar="VERITEE_VERIFIER",
+    help="Verification service URL (default: the descriptor's; else appraise locally).",
+)
+@click.option(
+    "--accept",
+    type=click.Choice(["affirming", "warning"]),
+    default=None,
+    help="Worst attestation status still connected (default: the descriptor's, or warning).",
+)
+@click.option(
+    "--trust-home",
+    "trust_homes",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Appraise locally with this device home's manufacturer CA and boot reference values.",
+)
+@click.option("--force", is_flag=True, help="Deploy again over an existing deployment.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment state as JSON.")
+def deploy(
+    descriptor: Path,
+    state_path: Path | None,
+    verifier: str | None,
+    accept: str | None,
+    trust_homes: tuple[Path, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Deploy an app: ship, load and attest every module, then connect them.
+
+    DESCRIPTOR is YAML or JSON, Veritee's format or the Authentic Execution
+    deployer's. A module whose attestation is not acceptable is not connected,
+    and neither are its connections: the summary says which and why (exit 10).
+
+    \b
+    Examples:
+      veritee deploy examples/smart-home/app.yaml --verifier http://127.0.0.1:8443
+      veritee deploy app.json --trust-home /tmp/hub --trust-home /tmp/srv
+    """
+    from veritee.app import descriptor as desc_mod
+    from veritee.app.deployer import Deployer
+
+    desc = desc_mod.load(descriptor)
+    view = _Progress(quiet=as_json)
+    view.console.print(
+        f"deploying [bold]{desc.app}[/]: {len(desc.modules)} modules on {len(desc.nodes)} "
+        f"nodes, {len(desc.connections)} connections"
+    )
+    deployer = Deployer(
+        _state(state_path),
+        progress=view,
+        verifier=verifier,
+        accept=accept,
+        trust_homes=trust_homes,
+    )
+    dep = deployer.deploy(desc, force=force)
+    if as_json:
+        click.echo(json.dumps(dep.to_json(), indent=2))
+    else:
+        _summary(view.console, dep)
+    refused = [m for m in dep.modules.values() if m.status != "connected"]
+    refused_conns = [c for c in dep.connections.values() if c.status != "connected"]
+    if refused or refused_conns:
+        sys.exit(10)
+
+
+def _summary(console: Any, dep: Any) -> None:
+    t = dep.timings
+    phases = "  ".join(
+        f"{k} {t[k]:.2f} s" for k in ("build", "nodes", "load", "attest", "connect") if k in t
+    )
+    console.print(f"  [dim]{phases}[/]")
+    for m in dep.modules.values():
+        if m.status != "connected":
+            console.print(f"  [red]✘ module {m.name} not connected:[/] {m.reason}")
+    for c in dep.connections.values():
+        if c.status != "connected" and not c.implicit:
+            console.print(f"  [red]✘ connection {c.name} not made:[/] {c.reason}")
+    ok = sum(m.status == "connected" for m in dep.modules.values())
+    conns = [c for c in dep.connections.values() if not c.implicit]
+    made = sum(c.status == "connected" for c in conns)
+    colour = "green" if ok == len(dep.modules) and made == len(conns) else "yellow"
+    console.print(
+        f"[{colour}]{ok}/{len(dep.modules)} modules attested and connected, "
+        f"{made}/{len(conns)} connections[/]"
+    )
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+@click.command(context_settings=CONTEXT)
+@_state_option
+@click.option("--attest", "reattest", is_flag=True, help="Attest every module again first.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def status(state_path: Path | None, reattest: bool, as_json: bool) -> None:
+    """Show a deployment: nodes, modules, measurements, attestation, connections, drops.
+
+    Asks each node agent for its live view (delivered and dropped events, what it
+    keeps for nodes that are down); a node that does not answer is shown as down.
+
+    \b
+    Examples:
+      veritee status
+      veritee status --attest --json
+    """
+    from veritee.app import changes
+    from veritee.app import state as state_mod
+    from veritee.app.deployer import Deployer
+    from veritee.app.status import collect
+
+    path = _state(state_path)
+    if reattest:
+        with state_mod.locked(path):
+            changes.reattest(Deployer(path, progress=_Progress(quiet=as_json)))
+    dep = state_mod.load(path)
+    report = collect(dep)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    _render(report)
+
+
+def _render(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console.print(f"[bold]{report['app']}[/]  attested via {report['verifier']}")
+    nodes = Table(title="nodes", title_justify="left", show_edge=False)
+    for col in ("node", "agent", "up", "kept for peers", "agent drops"):
+        nodes.add_column(col)
+    for n in report["nodes"]:
+        drops = ", ".join(f"{k} {v}" for k, v in n["agent_drops"].items()) or "0"
+        up = "[green]up[/]" if n["up"] else "[red]down[/]"
+        nodes.add_row(n["name"], n["url"], up, str(n["queued"]), drops)
+    console.print(nodes)
+    modules = Table(title="modules", title_justify="left", show_edge=False)
+    for col in ("module", "node", "status", "measurement", "attestation", "events", "dropped"):
+        modules.add_column(col, overflow="fold")
+    colours = {"connected": "green", "refused": "red", "lost": "red", "disabled": "dim"}
+    for m in report["modules"]:
+        status = f"[{colours.get(m['status'], 'yellow')}]{m['status']}[/]"
+        if m["running"] is False and m["status"] == "connected":
+            status += " [red](not running)[/]"
+        dropped = ", ".join(f"{k} {v}" for k, v in (m["dropped"] or {}).items()) or "0"
+        delivered = "-" if m["delivered"] is None else str(m["delivered"])
+        modules.add_row(
+            m["name"],
+            m["node"],
+            status,
+            (m["measurement"][:12] + "…") if m["measurement"] else "-",
+            m["attestation"].get("status", "-"),
+            delivered,
+            dropped,
+        )
+    console.print(modules)
+    conns = Table(title="connections", title_justify="left", show_edge=False)
+    for col in ("connection", "status", "dropped"):
+        conns.add_column(col, overflow="fold")
+    for c in report["connections"]:
+        if c["implicit"] and c["status"] == "connected":
+            continue
+        path = f"{c['from']} → {c['to']}"
+        name = path if c["name"] == f"{c['from']}->{c['to']}" else f"{c['name']} ({path})"
+        status = f"[{colours.get(c['status'], 'yellow')}]{c['status']}[/]"
+        dropped = ", ".join(f"{k} {v}" for k, v in c["dropped"].items()) or "0"
+        conns.add_row(name, status, dropped)
+    console.print(conns)
+    for n in report["nodes"]:
+        if n["error"]:
+            console.print(f"[red]{n['name']}[/]: {n['error']}")
+    for m in report["modules"]:
+        if m["reason"]:
+            console.print(f"[red]{m['name']}[/]: {m['reason']}")
+    for c in report["connections"]:
+        if c["reason"] and not c["implicit"]:
+            console.print(f"[red]{c['name']}[/]: {c['reason']}")
+
+
+# -- user commands --------------------------------------------------------------------------------
+
+
+def _user(state_path: Path | None) -> tuple[Path, Any, Any]:
+    from veritee.app import state as state_mod
+    from veritee.app.user import UserTool
+
+    path = _state(state_path)
+    dep = state_mod.load(path)
+    return path, dep, UserTool(dep, state_mod.load_keys(path))
+
+
+def _echo_answer(answer: bytes) -> None:
+    sys.stdout.buffer.write(answer + (b"" if answer.endswith(b"\n") else b"\n"))
+    sys.stdout.flush()
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("module")
+@click.argument("entry")
+@click.argument("arg", required=False)
+@_payload_options
+@_state_option
+def call(
+    module: str,
+    entry: str,
+    arg: str | None,
+    hex_arg: bool,
+    file: Path | None,
+    state_path: Path | None,
+) -> None:
+    """Call an entry point of a module, authenticated as the deployment's user.
+
+    \b
+    Example:  veritee call button_driver press
+    """
+    from veritee.app import state as state_mod
+
+    path, dep, tool = _user(state_path)
+    with state_mod.locked(path):
+        dep = state_mod.load(path)
+        tool.deployment = dep
+        conn = dep.connection(f"{module}.{entry}")
+        try:
+            answer = tool.send(conn, _payload(arg, hex_arg, file))
+        finally:
+            state_mod.save(path, dep)
+    _print_log(answer)
+
+
+def _print_log(answer: dict[str, Any]) -> None:
+    log = answer.get("log")
+    if isinstance(log, str) and log:
+        click.echo(log.rstrip("\n"), err=True)
+    if answer.get("routed") not in ("local", None):
+        click.echo(f"event {answer.get('routed')}", err=True)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("connection")
+@click.argument("arg", required=False)
+@_payload_options
+@_state_option
+def output(
+    connection: str, arg: str | None, hex_arg: bool, file: Path | None, state_path: Path | None
+) -> None:
+    """Send an event on a direct connection (the user's tool is its sending end).
+
+    What the module printed while handling it goes to stderr. Exit 12 if its
+    secure world dropped the event.
+
+    \b
+    Example:  veritee output trigger-btn press
+    """
+    from veritee.app import state as state_mod
+
+    path, dep, tool = _user(state_path)
+    with state_mod.locked(path):
+        dep = state_mod.load(path)
+        tool.deployment = dep
+        conn = dep.connection(connection)
+        try:
+            answer = tool.send(conn, _payload(arg, hex_arg, file))
+        finally:
+            state_mod.save(path, dep)
+    _print_log(answer)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("connection")
+@click.argument("arg", required=False)
+@_payload_options
+@_state_option
+def request(
+    connection: str, arg: str | None, hex_arg: bool, file: Path | None, state_path: Path | None
+) -> None:
+    """Send a request on a direct connection to a handler; print its (checked) answer.
+
+    \b
+    Example:  veritee request get-presses
+    """
+    from veritee.app import state as state_mod
+
+    path, dep, tool = _user(state_path)
+    with state_mod.locked(path):
+        dep = state_mod.load(path)
+        tool.deployment = dep
+        conn = dep.connection(connection)
+        try:
+            answer = tool.request(conn, _payload(arg, hex_arg, file))
+        finally:
+            state_mod.save(path, dep)
+    _echo_answer(answer)
+
+
+# -- changes --------------------------------------------------------------------------------------
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("module")
+@click.argument("binary", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_state_option
+def update(module: str, binary: Path, state_path: Path | None) -> None:
+    """Replace a module with a new binary: load it beside the old, attest, reconnect, swap.
+
+    If the new binary is not acceptable it is discarded and the old one keeps
+    running (exit 7). The module's sealed state is not carried across: sealing
+    keys are bound to the measurement.
+
+    \b
+    Example:  veritee update controller controller-v2.wasm
+    """
+    from veritee.app import changes
+    from veritee.app import state as state_mod
+    from veritee.app.deployer import Deployer
+
+    path = _state(state_path)
+    view = _Progress(quiet=False)
+    with state_mod.locked(path):
+        dep, result = changes.update(Deployer(path, progress=view), module, binary)
+    view.console.print(
+        f"[green]{module} updated[/] ({result.status}, {result.measurement.hex()[:16]}…) in "
+        f"{dep.timings.get('update', 0):.2f} s"
+    )
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("fragment", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_state_option
+def add(fragment: Path, state_path: Path | None) -> None:
+    """Add modules and connections to a running deployment.
+
+    FRAGMENT is a descriptor whose modules are new; its connections may name
+    modules already deployed, and its nodes may be new or existing.
+
+    \b
+    Example:  veritee add thermostat.yaml
+    """
+    from veritee.app import changes
+    from veritee.app import state as state_mod
+    from veritee.app.deployer import Deployer
+
+    path = _state(state_path)
+    view = _Progress(quiet=False)
+    with state_mod.locked(path):
+        dep = changes.add(Deployer(path, progress=view), fragment)
+    _summary(view.console, dep)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("module")
+@_state_option
+def disable(module: str, state_path: Path | None) -> None:
+    """Unload a module; its connections end and events on them are dropped.
+
+    \b
+    Example:  veritee disable webserver
+    """
+    from veritee.app import changes
+    from veritee.app import state as state_mod
+    from veritee.app.deployer import Deployer
+
+    path = _state(state_path)
+    with state_mod.locked(path):
+        dep = changes.disable(Deployer(path), module)
+    retired = [c.name for c in dep.connections.values() if c.status == "retired" and not c.implicit]
+    click.echo(f"disabled {module}; connections ended: {', '.join(retired) or 'none'}")

@@ -1,0 +1,192 @@
+"""A deployment that lives on: a node killed and restarted, modules added, updated, disabled.
+
+Appraisal is local here (the deployer is given each device's CA and boot reference values,
+no verification service), so that path is exercised end to end too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_app_deploy import APP, REPO, SmartHome, build_smart_home, until
+from veritee.app import state as state_mod
+from veritee.app.cluster import LocalCluster, descriptor_for
+
+
+@pytest.fixture(scope="module")
+def home(
+    tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]
+) -> Iterator[SmartHome]:
+    workdir = tmp_path_factory.mktemp("smart-home-changes")
+    binaries = build_smart_home(wasm)
+    cluster = LocalCluster(workdir / "cluster", verifier=False)
+    cluster.start()
+    try:
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
+        )
+        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
+        trust = [a for n in cluster.nodes.values() for a in ("--trust-home", str(n.home))]
+        proc = sh.cli("deploy", descriptor, *trust)
+        assert proc.returncode == 0, proc.stderr
+        sh.ok("output", "init-server", "start")
+        yield sh
+    finally:
+        cluster.stop()
+
+
+def test_local_appraisal_connects_everything(home: SmartHome) -> None:
+    dep = state_mod.load(home.state)
+    assert dep.verifier is None
+    for m in dep.modules.values():
+        assert m.status == "connected"
+        assert (m.attestation["via"], m.attestation["status"]) == ("local", "warning")
+
+
+def test_a_restarted_node_reloads_its_modules_and_gets_what_was_kept_for_it(
+    home: SmartHome,
+) -> None:
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() >= 1)
+    before = home.count()
+
+    home.cluster.kill_node("home-server", tee=True)
+    for _ in range(3):
+        home.ok("output", "trigger-btn", "press")  # the hub keeps these for the server
+    hub = home.status()["nodes"][0]
+    assert hub["name"] == "home-hub" and hub["queued"] == 3
+
+    home.cluster.start_node("home-server")
+    until(lambda: home.count() == before + 3)
+    time.sleep(0.5)
+    assert home.count() == before + 3  # delivered once, never twice
+
+    proc = home.cli("status", "--attest", "--json")
+    assert proc.returncode == 0, proc.stderr
+    dep = state_mod.load(home.state)
+    assert all(m.status == "connected" for m in dep.modules.values()), [
+        (m.name, m.reason) for m in dep.modules.values()
+    ]
+    server = [m for m in home.status()["modules"] if m["node"] == "home-server"]
+    assert all(m["loads"] == 1 and m["running"] for m in server)
+
+    # The whole app works after the restart (the web server needs starting again).
+    home.ok("output", "init-server", "start")
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.http().text.strip() == str(before + 4))
+
+
+def test_modules_and_connections_are_added_later(home: SmartHome) -> None:
+    fragment = home.workdir / "led2.yaml"
+    fragment.write_text(
+        f"""\
+app: {APP}
+modules:
+  - {{name: led2, node: home-hub, binary: {home.binaries["led_driver"]}}}
+connections:
+  - {{from_module: controller, from_output: toggle_led, to_module: led2, to_input: toggle_led}}
+  - {{name: led2-state, direct: true, to_module: led2, to_handler: get_state}}
+"""
+    )
+    proc = home.cli("add", fragment)
+    assert proc.returncode == 0, proc.stderr
+    first, second = home.led(), home.ok("request", "led2-state").strip()
+    home.ok("output", "trigger-btn", "press")
+    flipped = {"on": "off", "off": "on"}
+    until(lambda: home.led() == flipped[first])
+    until(lambda: home.ok("request", "led2-state").strip() == flipped[second])
+
+    duplicate = home.cli("add", fragment)
+    assert duplicate.returncode == 2
+    assert "led2.yaml:3: modules[0].name: module 'led2' is already deployed" in duplicate.stderr
+
+
+def test_a_module_is_updated_in_place(home: SmartHome, wasm: Callable[..., Path]) -> None:
+    v2 = wasm("examples/smart-home/webserver.c", "WEB_V2")
+    assert home.http().headers["x-web-version"] == "1"
+    proc = home.cli("update", "webserver", v2)
+    assert proc.returncode == 0, proc.stderr
+    assert "webserver updated" in proc.stderr
+    home.ok("output", "init-server", "start")
+    response = home.http()
+    assert response.status_code == 200
+    assert response.headers["x-web-version"] == "2"
+    assert int(response.text) == home.count()
+
+
+def test_periodic_events_call_a_public_endpoint(home: SmartHome, wasm: Callable[..., Path]) -> None:
+    ticker = wasm("tests/assets/c/app_counter.c")
+    fragment = home.workdir / "ticker.yaml"
+    fragment.write_text(
+        f"""\
+modules:
+  - {{name: ticker, node: home-server, binary: {ticker}}}
+periodic-events:
+  - {{module: ticker, entry: http, period: 50}}
+"""
+    )
+    proc = home.cli("add", fragment)
+    assert proc.returncode == 0, proc.stderr
+
+    def ticks() -> int:
+        module = next(m for m in home.status()["modules"] if m["name"] == "ticker")
+        return int(module["delivered"] or 0)
+
+    until(lambda: ticks() >= 5)
+
+    wrong = home.workdir / "wrong.yaml"
+    wrong.write_text(
+        f"modules:\n  - {{name: t2, node: home-server, binary: {ticker}}}\n"
+        "periodic-events:\n  - {module: t2, entry: count, period: 50}\n"
+    )
+    proc = home.cli("add", wrong)
+    assert proc.returncode == 2
+    assert "periodic events call a public endpoint" in proc.stderr
+    assert "t2.count is a handler" in proc.stderr
+
+
+def test_entry_points_are_called_by_the_user(home: SmartHome, wasm: Callable[..., Path]) -> None:
+    sender, counter = wasm("tests/assets/c/app_sender.c"), wasm("tests/assets/c/app_counter.c")
+    fragment = home.workdir / "entries.yaml"
+    fragment.write_text(
+        f"""\
+modules:
+  - {{name: sender, node: home-hub, binary: {sender}}}
+  - {{name: counter, node: home-server, binary: {counter}}}
+connections:
+  - {{from_module: sender, from_output: pressed, to_module: counter, to_input: pressed}}
+  - {{from_module: sender, from_request: ask, to_module: counter, to_handler: count}}
+  - {{name: count, direct: true, to_module: counter, to_handler: count}}
+"""
+    )
+    proc = home.cli("add", fragment)
+    assert proc.returncode == 0, proc.stderr
+    for _ in range(3):
+        home.ok("call", "sender", "press", "hello")
+    until(lambda: home.ok("request", "count").strip() == "3")
+    proc = home.cli("call", "sender", "query")
+    assert proc.returncode == 0, proc.stderr
+    report = home.status()
+    assert any(c["name"] == "sender.press" for c in report["connections"])
+
+
+def test_a_disabled_module_is_gone_and_its_connections_end(home: SmartHome) -> None:
+    proc = home.cli("disable", "webserver")
+    assert proc.returncode == 0, proc.stderr
+    assert "webserver.get_presses->db.get_presses" in proc.stdout
+    assert home.http().status_code == 404
+    report = home.status()
+    web = next(m for m in report["modules"] if m["name"] == "webserver")
+    assert web["status"] == "disabled"
+    conns = {c["name"]: c["status"] for c in report["connections"]}
+    assert conns["init-server"] == "retired"
+    proc = home.cli("output", "init-server", "x")
+    assert proc.returncode == 10 and "is retired" in proc.stderr
+    # The rest of the app goes on.
+    before = home.count()
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() == before + 1)

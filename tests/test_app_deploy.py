@@ -1,0 +1,341 @@
+"""The smart-home app deployed for real: two node agents, each with its own device and secure
+world, and a verification service, all as processes on loopback; driven through the CLI.
+
+The attacks an untrusted host can mount are played here too: replaying, altering and
+misrouting sealed events, swapping a key in a connect statement, forging a statement, and
+running a modified controller. Each must fail, and the drops must be counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import httpx
+import pytest
+
+from veritee.app import state as state_mod
+from veritee.app.attest import app_config_digest
+from veritee.app.client import NodeClient
+from veritee.app.cluster import LocalCluster, descriptor_for
+from veritee.app.errors import NodeError
+from veritee.app.user import UserTool
+from veritee.evidence import cose
+from veritee.evidence.deployment import Connect, Peer, sign_connect
+from veritee.tee.channels import HEADER_BYTES
+from veritee.wasm.runtime import measure
+
+REPO = Path(__file__).resolve().parent.parent
+MODULES = ("button_driver", "led_driver", "controller", "db", "webserver")
+APP = "smart-home"
+DELIVERY_TIMEOUT = 20.0  # seconds for an event to cross nodes; it takes milliseconds
+
+
+@dataclass
+class SmartHome:
+    cluster: LocalCluster
+    state: Path
+    binaries: dict[str, Path]
+    workdir: Path
+
+    def cli(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VERITEE_DEPLOYMENT": str(self.state)}
+        return subprocess.run(
+            [sys.executable, "-m", "veritee", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+
+    def ok(self, *args: str | Path) -> str:
+        proc = self.cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def node(self, name: str) -> NodeClient:
+        return NodeClient(self.cluster.nodes[name].url, name=name)
+
+    def http(self, path: str = "/presses") -> httpx.Response:
+        url = self.cluster.nodes["home-server"].url
+        return httpx.get(f"{url}/v1/public/{APP}/webserver/http{path}", timeout=30)
+
+    def count(self) -> int:
+        return int(self.ok("request", "get-presses").strip())
+
+    def led(self) -> str:
+        return self.ok("request", "led-state").strip()
+
+    def tool(self) -> tuple[state_mod.Deployment, UserTool]:
+        dep = state_mod.load(self.state)
+        return dep, UserTool(dep, state_mod.load_keys(self.state))
+
+    def status(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.ok("status", "--json"))
+        return value
+
+
+def until(check: Callable[[], bool], timeout: float = DELIVERY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("not reached in time")
+
+
+def build_smart_home(wasm: Callable[..., Path]) -> dict[str, Path]:
+    return {m: wasm(f"examples/smart-home/{m}.c") for m in MODULES}
+
+
+@pytest.fixture(scope="module")
+def home(
+    tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]
+) -> Iterator[SmartHome]:
+    workdir = tmp_path_factory.mktemp("smart-home")
+    binaries = build_smart_home(wasm)
+    cluster = LocalCluster(workdir / "cluster")
+    cluster.start()
+    try:
+        cluster.endorse((m, p.read_bytes()) for m, p in binaries.items())
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
+        )
+        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
+        proc = sh.cli("deploy", descriptor, "--verifier", str(cluster.verifier_url))
+        assert proc.returncode == 0, proc.stderr
+        assert "5/5 modules attested and connected, 8/8 connections" in proc.stderr
+        sh.ok("output", "init-server", "start")
+        yield sh
+    finally:
+        cluster.stop()
+
+
+def test_every_module_is_attested_by_the_verifier_and_connected(home: SmartHome) -> None:
+    dep = state_mod.load(home.state)
+    for name in MODULES:
+        m = dep.module(name)
+        assert m.status == "connected", m.reason
+        assert m.measurement == measure(home.binaries[name].read_bytes()).hex()
+        assert m.attestation["via"] == home.cluster.verifier_url
+        assert m.attestation["status"] == "warning"  # emulated TEE: accepted with a warning
+        assert m.attestation["lifecycle"] == "emulated"
+    assert all(c.status == "connected" for c in dep.connections.values())
+    assert set(dep.timings) >= {"load", "attest", "connect"}
+    # Accepted means the evidence's configuration digest was the one the deployer computed:
+    # the module was loaded with this app's deployment key and the limits asked for.
+    keys = state_mod.load_keys(home.state)
+    assert (
+        dep.module("db").config == app_config_digest(APP, keys.deployment_public, None, None).hex()
+    )
+
+
+def test_presses_are_counted_over_http_and_the_led_follows(home: SmartHome) -> None:
+    before = int(home.http().text)
+    led_before = home.led()
+    presses = 5
+    for _ in range(presses):
+        home.ok("output", "trigger-btn", "press")
+    until(lambda: int(home.http().text) == before + presses)
+    response = home.http()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert home.count() == before + presses
+    flipped = {"on": "off", "off": "on"}
+    until(lambda: home.led() == (flipped[led_before] if presses % 2 else led_before))
+    assert home.http("/other").status_code == 404  # the module decides what to answer
+
+
+def _spool_records(path: Path) -> list[bytes]:
+    """Every record in a node agent's spool file, consumed or not: what its host can read."""
+    data, out, i = path.read_bytes(), [], 0
+    while i + 12 <= len(data):
+        _, size = struct.unpack_from(">QI", data, i)
+        out.append(data[i + 12 : i + 12 + size])
+        i += 12 + size
+    return out
+
+
+def test_replayed_altered_and_misrouted_events_are_dropped_and_counted(home: SmartHome) -> None:
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() > 0)
+    before = home.count()
+    until(lambda: int(home.http().text) == before)
+
+    # The hub's host kept a sealed button_pressed event in its outbox: it replays it.
+    outbox = next((home.cluster.nodes["home-hub"].home / "node" / "outbox").glob("*.spool"))
+    captured = _spool_records(outbox)[-1]
+    with home.node("home-server") as server:
+        assert server.submit(captured, wait=True)["dropped"] == "replay"
+
+        # The same event altered: a fresh counter gets it past the replay check, and one
+        # bit flipped in its ciphertext; its tag must then fail.
+        altered = bytearray(captured)
+        altered[HEADER_BYTES - 8 : HEADER_BYTES] = (2**62).to_bytes(8, "big")
+        altered[HEADER_BYTES + 2] ^= 0x01
+        assert server.submit(bytes(altered), wait=True)["dropped"] == "altered"
+
+        # Misrouted: an event of the button's connection pushed into db directly.
+        assert server.inject(APP, "db", captured)["dropped"] == "misrouted"
+
+    # The user's own direct event, replayed.
+    dep, tool = home.tool()
+    event = tool.seal(dep.connection("trigger-btn"), b"press")
+    state_mod.save(home.state, dep)
+    with home.node("home-hub") as hub:
+        assert hub.submit(event, wait=True).get("dropped") is None
+        assert hub.submit(event, wait=True)["dropped"] == "replay"
+
+    until(lambda: home.count() == before + 1)
+    time.sleep(0.3)
+    assert home.count() == before + 1  # nothing was counted twice
+
+    report = home.status()
+    by_name = {c["name"]: c for c in report["connections"]}
+    button = by_name["button_driver.button_pressed->controller.button_pressed"]
+    assert button["dropped"].get("replay", 0) >= 1
+    assert button["dropped"].get("altered", 0) >= 1
+    assert by_name["trigger-btn"]["dropped"].get("replay", 0) >= 1
+    db = next(m for m in report["modules"] if m["name"] == "db")
+    assert db["dropped"].get("misrouted", 0) >= 1
+    table = home.ok("status")
+    assert "replay" in table and "altered" in table and "misrouted" in table
+
+
+def test_a_malformed_event_is_one_clear_error(home: SmartHome) -> None:
+    with home.node("home-hub") as hub:
+        with pytest.raises(NodeError, match="not an event: event is truncated"):
+            hub.submit(b"\x01garbage")
+        with pytest.raises(NodeError, match="no connection with that id"):
+            hub.submit(b"\x01" + os.urandom(60))
+        response = httpx.post(
+            f"{home.cluster.nodes['home-hub'].url}/v1/events", content=b"\xff\xfe", timeout=10
+        )
+        assert response.status_code == 400
+        assert cbor2.loads(response.content)["error"] == "request body is not CBOR"
+
+
+def _signed_statement(home: SmartHome, **change: Any) -> tuple[bytes, Any]:
+    dep = state_mod.load(home.state)
+    keys = state_mod.load_keys(home.state)
+    db, controller = dep.module("db"), dep.module("controller")
+    statement = Connect(
+        APP,
+        os.urandom(16),
+        "input",
+        "increment_presses",
+        bytes.fromhex(db.key),
+        Peer(bytes.fromhex(controller.measurement), bytes.fromhex(controller.key), "x", "y"),
+        False,
+    )
+    return sign_connect(statement, change.get("key", keys.deployment)), statement
+
+
+def test_a_host_that_swaps_a_peer_key_makes_the_connection_fail_closed(home: SmartHome) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+    from veritee.app.routes import End, Route
+
+    signed, statement = _signed_statement(home)
+    # The host rewrites the peer key in the statement's payload to one it controls.
+    payload = cbor2.loads(cose.decode(signed).payload)
+    payload["peer"]["key"] = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    outer = cbor2.loads(signed)
+    parts = list(outer.value if isinstance(outer, cbor2.CBORTag) else outer)
+    parts[2] = cbor2.dumps(payload)
+    swapped = cbor2.dumps(cbor2.CBORTag(18, parts) if isinstance(outer, cbor2.CBORTag) else parts)
+    route = Route(
+        APP, statement.conn_id, "evil", End("home-server", "controller"), End("home-server", "db")
+    )
+    with home.node("home-server") as server:
+        with pytest.raises(NodeError, match="not signed with this application's deployment key"):
+            server.connect(APP, "db", swapped, route)
+        forged, _ = _signed_statement(home, key=ec.generate_private_key(ec.SECP256R1()))
+        with pytest.raises(NodeError, match="not signed with this application's deployment key"):
+            server.connect(APP, "db", forged, route)
+        tee = server.status()["apps"][APP]["modules"]["db"]["tee"]
+    assert statement.conn_id not in {c["conn"] for c in tee["connections"]}
+
+
+def test_a_modified_controller_fails_attestation_and_is_not_connected(
+    home: SmartHome, wasm: Callable[..., Path]
+) -> None:
+    evil = wasm("examples/smart-home/controller.c", "EVIL")
+    assert measure(evil.read_bytes()) != measure(home.binaries["controller"].read_bytes())
+
+    # A second deployment of the app on the same nodes, with the modified controller.
+    binaries = {**home.binaries, "controller": evil}
+    descriptor = descriptor_for(
+        REPO / "examples/smart-home/app.yaml", home.cluster, binaries, home.workdir / "evil.yaml"
+    )
+    text = descriptor.read_text().replace("app: smart-home", "app: evil-home")
+    descriptor.write_text(text)
+    state = home.workdir / "evil.json"
+    proc = home.cli(
+        "deploy", descriptor, "--state", state, "--verifier", str(home.cluster.verifier_url)
+    )
+    assert proc.returncode == 10, proc.stderr
+    assert "module controller not connected" in proc.stderr
+    assert "not among the reference values" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    dep = state_mod.load(state)
+    assert dep.module("controller").status == "refused"
+    assert dep.module("controller").attestation["status"] == "contraindicated"
+    for name in ("button_driver", "led_driver", "db", "webserver"):
+        assert dep.module(name).status == "connected"
+    touching = [c for c in dep.connections.values() if "controller" in (c.from_module, c.to_module)]
+    assert touching and all(c.status == "refused" for c in touching)
+
+    # Swapping it into the running deployment is refused too; the genuine one runs on.
+    before = home.count()
+    proc = home.cli("update", "controller", evil)
+    assert proc.returncode == 7, proc.stderr
+    assert "the old one runs on" in proc.stderr
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() == before + 1)
+    time.sleep(0.3)
+    assert home.count() == before + 1  # the EVIL build would have counted two
+
+
+def test_user_commands_fail_with_one_line(home: SmartHome) -> None:
+    for args, expected, code in [
+        (("output", "nope", "x"), "no connection 'nope' in this deployment", 10),
+        (("request", "trigger-btn"), "use 'veritee output'", 10),
+        (("output", "get-presses", "x"), "use 'veritee request'", 10),
+        (("call", "db", "nothing"), "no connection 'db.nothing'", 10),
+        (("output", "trigger-btn", "zz", "--hex"), "ARG is not hex", 2),
+        (("status", "--state", "/nonexistent/x.json"), "no deployment state at", 10),
+    ]:
+        proc = home.cli(*args)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert expected in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_status_shows_nodes_modules_and_connections(home: SmartHome) -> None:
+    table = home.ok("status")
+    for word in ("home-hub", "home-server", *MODULES, "trigger-btn", "connected", "warning"):
+        assert word in table
+    report = home.status()
+    assert all(n["up"] for n in report["nodes"])
+    assert {m["name"] for m in report["modules"]} == set(MODULES)
+    assert all(m["running"] for m in report["modules"])
+
+
+def test_names_in_node_agent_paths_cannot_escape_its_directory(home: SmartHome) -> None:
+    url = home.cluster.nodes["home-hub"].url
+    response = httpx.put(
+        f"{url}/v1/apps/%2e%2e/modules/x", content=cbor2.dumps({"wasm": b"", "deployment_key": b""})
+    )
+    assert response.status_code == 400
+    assert "is not a name" in cbor2.loads(response.content)["error"]

@@ -1,0 +1,358 @@
+"""The app package's parts with plain values: spools, routes, transport, checks, state, user end."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veritee.app import state as state_mod
+from veritee.app.api import http_response
+from veritee.app.attest import Expected, check_expected
+from veritee.app.errors import (
+    AppError,
+    AttestationRefused,
+    KeyMismatch,
+    StateError,
+    TransportError,
+)
+from veritee.app.routes import End, Route, destination
+from veritee.app.spool import Spool, SpoolFull
+from veritee.app.transport import TcpTransport
+from veritee.app.user import USER_MEASUREMENT, user_statement
+from veritee.evidence import cose
+from veritee.evidence.claims import ModuleClaims
+from veritee.evidence.deployment import Connect, Peer
+from veritee.tee.channels import BACKWARD, FORWARD, EventRejected, establish
+
+# -- spool --------------------------------------------------------------------------------------
+
+
+def test_spool_keeps_what_is_not_consumed_across_a_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    numbers = [spool.append(f"event {i}".encode()) for i in range(5)]
+    assert numbers == [1, 2, 3, 4, 5]
+    spool.consume(2)
+    assert [r for _, r in spool.pending()] == [b"event 2", b"event 3", b"event 4"]
+    spool.close()
+
+    again = Spool(tmp_path / "s.spool")
+    assert [seq for seq, _ in again.pending()] == [3, 4, 5]
+    assert again.append(b"more") == 6  # numbers never go back
+    again.consume(6)
+    assert len(again) == 0
+    again.close()
+    assert Spool(tmp_path / "s.spool").pending() == []
+
+
+def test_spool_drops_a_record_cut_short_by_a_crash(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    spool.append(b"whole")
+    spool.append(b"cut short")
+    spool.close()
+    path = tmp_path / "s.spool"
+    path.write_bytes(path.read_bytes()[:-3])
+    again = Spool(path)
+    assert [r for _, r in again.pending()] == [b"whole"]
+    assert again.append(b"next") == 2
+
+
+def test_spool_refuses_more_than_its_bound(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool", max_pending=2)
+    spool.append(b"a")
+    spool.append(b"b")
+    with pytest.raises(SpoolFull):
+        spool.append(b"c")
+    spool.consume(1)
+    spool.append(b"c")
+
+
+def test_spool_wait_wakes_on_append(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    threading.Timer(0.05, spool.append, args=(b"late",)).start()
+    t0 = time.monotonic()
+    assert [r for _, r in spool.wait(0, 5.0)] == [b"late"]
+    assert time.monotonic() - t0 < 2.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=200))
+def test_spool_survives_any_file_content(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "s.spool"
+        path.write_bytes(data)
+        spool = Spool(path)
+        spool.append(b"x")
+        spool.close()
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+def test_routes_send_forward_to_the_responder_and_replies_back() -> None:
+    route = Route("app", bytes(16), "c", End("a", "sender"), End("b", "counter"))
+    assert destination(route, FORWARD) == End("b", "counter")
+    assert destination(route, BACKWARD) == End("a", "sender")
+    assert Route.from_cbor("app", route.to_cbor()) == route
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        {"conn": b"short", "name": "c", "initiator": ["a", "m"], "responder": ["b", "n"]},
+        {"conn": bytes(16), "name": "", "initiator": ["a", "m"], "responder": ["b", "n"]},
+        {"conn": bytes(16), "name": "c", "initiator": ["a"], "responder": ["b", "n"]},
+        {"conn": bytes(16), "name": "c", "initiator": ["a", "m"], "responder": ["b", None]},
+        {"conn": bytes(16), "name": "c", "initiator": ["a", 3], "responder": ["b", "n"]},
+    ],
+)
+def test_malformed_routes_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        Route.from_cbor("app", bad)
+
+
+# -- transport ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_transport_keeps_events_for_a_node_that_is_down_and_delivers_them_once(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
+    a.start(lambda e: None, lambda e: e)
+    for i in range(5):
+        a.send(("127.0.0.1", port), f"event {i}".encode())
+    time.sleep(0.2)
+    assert a.links()[f"127.0.0.1:{port}"] == {"up": False, "queued": 5}
+
+    got: list[bytes] = []
+    b = TcpTransport(tmp_path / "b", "127.0.0.1", port)
+    b.start(got.append, lambda e: b"reply to " + e)
+    _wait(lambda: len(got) == 5)
+    _wait(lambda: a.links()[f"127.0.0.1:{port}"]["queued"] == 0)
+    assert got == [f"event {i}".encode() for i in range(5)]
+
+    # A sender that restarts with nothing unacknowledged sends nothing twice.
+    a.close()
+    a2 = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
+    a2.start(lambda e: None, lambda e: e)
+    a2.resume()
+    a2.send(("127.0.0.1", port), b"after restart")
+    _wait(lambda: len(got) == 6)
+    time.sleep(0.2)
+    assert got[-1] == b"after restart" and len(got) == 6
+    assert a2.request(("127.0.0.1", port), b"ping") == b"reply to ping"
+    a2.close()
+    b.close()
+
+
+def test_transport_resends_what_the_receiver_did_not_take(tmp_path: Path) -> None:
+    got: list[bytes] = []
+    refuse = {"on": True}
+
+    def take(event: bytes) -> None:
+        if refuse["on"]:
+            raise AppError("inbox full")
+        got.append(event)
+
+    b = TcpTransport(tmp_path / "b", "127.0.0.1", 0)
+    b.start(take, lambda e: e)
+    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
+    a.start(lambda e: None, lambda e: e)
+    a.send(b.address, b"kept")
+    time.sleep(0.3)
+    assert got == [] and a.links()[f"127.0.0.1:{b.address[1]}"]["queued"] == 1
+    refuse["on"] = False
+    _wait(lambda: got == [b"kept"])
+    a.close()
+    b.close()
+
+
+def test_transport_requests_fail_clearly(tmp_path: Path) -> None:
+    def refuse(_: bytes) -> bytes:
+        raise AppError("no such handler")
+
+    b = TcpTransport(tmp_path / "b", "127.0.0.1", 0)
+    b.start(lambda e: None, refuse)
+    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
+    a.start(lambda e: None, lambda e: e)
+    with pytest.raises(TransportError, match="no such handler"):
+        a.request(b.address, b"q")
+    with pytest.raises(TransportError, match="is down"):
+        a.request(("127.0.0.1", _free_port()), b"q", timeout=0.5)
+    a.close()
+    b.close()
+
+
+def test_transport_drops_a_peer_that_sends_garbage(tmp_path: Path) -> None:
+    got: list[bytes] = []
+    b = TcpTransport(tmp_path / "b", "127.0.0.1", 0)
+    b.start(got.append, lambda e: e)
+    with socket.create_connection(b.address) as s:
+        s.sendall(os.urandom(64) + b"\xff" * 64)
+        s.settimeout(5)
+        assert s.recv(10) == b""  # the agent hangs up on it
+    assert got == []
+    b.close()
+
+
+# -- the deployer's own checks --------------------------------------------------------------
+
+
+def _claims(measurement: bytes, config: bytes, key: bytes) -> ModuleClaims:
+    return ModuleClaims(
+        nonce=bytes(32),
+        measurement=measurement,
+        config=config,
+        name="m",
+        provisioning_key=cose.x25519_key_to_cose(x25519.X25519PublicKey.from_public_bytes(key)),
+        iat=0,
+    )
+
+
+def test_check_expected_refuses_another_binary_config_or_key() -> None:
+    key = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    other = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    good = Expected("m", b"\x01" * 32, b"\x02" * 32, key)
+    assert check_expected(_claims(b"\x01" * 32, b"\x02" * 32, key), good) == key
+    with pytest.raises(AttestationRefused, match="not the binary that was shipped"):
+        check_expected(_claims(b"\x09" * 32, b"\x02" * 32, key), good)
+    with pytest.raises(AttestationRefused, match="another configuration"):
+        check_expected(_claims(b"\x01" * 32, b"\x09" * 32, key), good)
+    with pytest.raises(KeyMismatch, match="a swapped key"):
+        check_expected(_claims(b"\x01" * 32, b"\x02" * 32, other), good)
+
+
+# -- the user's end of a direct connection -------------------------------------------------------
+
+
+def _deployment(module_key: bytes) -> state_mod.Deployment:
+    dep = state_mod.Deployment(app="demo", descriptor="app.yaml")
+    dep.nodes["n"] = state_mod.NodeState("n", "127.0.0.1", 7000)
+    dep.modules["db"] = state_mod.ModuleState(
+        "db", "n", "db.wasm", measurement="ab" * 32, key=module_key.hex(), status="connected"
+    )
+    dep.connections["ask"] = state_mod.ConnectionState(
+        "ask", "cd" * 16, "db", "handler", "get", status="connected"
+    )
+    return dep
+
+
+def test_the_user_end_and_the_module_end_agree_on_keys() -> None:
+    module = x25519.X25519PrivateKey.generate()
+    keys = state_mod.new_keys()
+    dep = _deployment(module.public_key().public_bytes_raw())
+    conn = dep.connection("ask")
+    user = establish(keys.user, USER_MEASUREMENT, user_statement(dep, keys, conn))
+    mine = establish(
+        module,
+        bytes.fromhex("ab" * 32),
+        Connect(
+            "demo",
+            conn.conn,
+            "handler",
+            "get",
+            module.public_key().public_bytes_raw(),
+            Peer(USER_MEASUREMENT, keys.user_public, "user", "user"),
+            False,
+        ),
+    )
+    assert mine.open(user.seal(b"how many?")) == b"how many?"
+    assert user.open(mine.seal(b"7")) == b"7"
+    event = user.seal(b"again")
+    mine.open(event)
+    with pytest.raises(EventRejected, match="replayed"):
+        mine.open(event)
+
+
+# -- state file ---------------------------------------------------------------------------------
+
+
+def test_state_round_trips_and_keys_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "dep.json"
+    dep = _deployment(bytes(32))
+    state_mod.save(path, dep)
+    assert state_mod.load(path).connection("ask").to_endpoint == "get"
+    keys = state_mod.new_keys()
+    state_mod.save_keys(path, keys)
+    mode = stat.S_IMODE(state_mod.keys_path(path).stat().st_mode)
+    assert mode == 0o600
+    assert state_mod.load_keys(path).deployment_public == keys.deployment_public
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no deployment state at"),
+        ("{", "is not JSON"),
+        ("[]", "not a Veritee deployment state file"),
+        ('{"version": 1, "app": "a"}', "damaged"),
+    ],
+)
+def test_a_bad_state_file_is_one_clear_error(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    path = tmp_path / "dep.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(StateError, match=expected):
+        state_mod.load(path)
+
+
+def test_unknown_names_in_a_deployment_are_listed() -> None:
+    dep = _deployment(bytes(32))
+    with pytest.raises(StateError, match=r"no connection 'nope'.*connections: ask"):
+        dep.connection("nope")
+    with pytest.raises(StateError, match=r"no module 'x'.*modules: db"):
+        dep.module("x")
+
+
+# -- HTTP answers from modules ------------------------------------------------------------------
+
+
+def test_a_module_written_http_answer_is_passed_on() -> None:
+    response = http_response(
+        b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-Seen: yes\r\n"
+        b"Content-Length: 999\r\n\r\nhello"
+    )
+    assert response.status_code == 201
+    assert response.body == b"hello"
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["x-seen"] == "yes"
+    assert response.headers["content-length"] == "5"  # never the module's word for it
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 abc\r\n\r\n", b"HTTP/1.1 999 No\r\n\r\n", b"HTTP/1."])
+def test_malformed_http_from_a_module_is_a_bad_gateway(reply: bytes) -> None:
+    assert http_response(reply).status_code == 502
+
+
+def test_a_plain_answer_is_octets() -> None:
+    response = http_response(b"\x00\x01")
+    assert (response.status_code, response.body) == (200, b"\x00\x01")
