@@ -26,6 +26,7 @@ bench: setup
 	$(VENV)/python bench/vtee.py
 	$(VENV)/python bench/attestation.py
 	$(VENV)/python bench/ratls.py
+	$(VENV)/python bench/events.py
 
 clean:
 	rm -rf out bench/out .pytest_cache .mypy_cache .ruff_cache
