@@ -21,15 +21,14 @@ from typing import Any
 
 from veritee.app.errors import AttestationRefused, KeyMismatch
 from veritee.errors import Error
-from veritee.evidence import cose
-from veritee.evidence.claims import Evidence, ModuleClaims, config_digest
+from veritee.evidence import cose, deployment
+from veritee.evidence.claims import Evidence, ModuleClaims
 
 ACCEPTABLE = {"affirming": ("affirming",), "warning": ("affirming", "warning")}
 # The secure world's defaults for an app module (tee/app_ta.py), and where its private
 # storage appears to it: both are part of the configuration digest its evidence carries.
 DEFAULT_MEMORY_MB = 64
 DEFAULT_TIMEOUT_S = 10.0
-PRIVATE_DIR = "/data"
 
 Attester = Callable[[bytes], bytes]  # nonce -> evidence (the node agent asks the TEE)
 
@@ -69,19 +68,11 @@ def app_config_digest(
 ) -> bytes:
     """The configuration digest the secure world computes for an app module's load.
 
-    Mirrors tee/app_ta.py (limits as Limits.to_cbor, the private directory, the app and its
-    deployment key); a divergence fails closed, as a mismatch at deploy time.
+    The same function the secure world uses, with the same defaults (tee/app_ta.py).
     """
     memory = (memory_mb or DEFAULT_MEMORY_MB) * 1024 * 1024
     seconds = DEFAULT_TIMEOUT_S if timeout is None else float(timeout)
-    return config_digest(
-        {
-            "limits": {"memory": memory, "time_ms": int(seconds * 1000)},
-            "dirs": [[PRIVATE_DIR, True]],
-            "app": app,
-            "deployment_key": deployment_key,
-        }
-    )
+    return deployment.app_config_digest(app, deployment_key, memory, int(seconds * 1000))
 
 
 def module_claims(evidence: bytes) -> ModuleClaims:

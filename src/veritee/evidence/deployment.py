@@ -128,3 +128,22 @@ def _text(value: Any, what: str, limit: int) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= limit:
         raise MalformedToken(f"{what} must be a string of 1 to {limit} characters")
     return value
+
+
+APP_PRIVATE_DIR = "/data"  # where an app module finds its private storage (as run modules do)
+
+
+def app_config_digest(app: str, deployment_key: bytes, memory_bytes: int, time_ms: int) -> bytes:
+    """The configuration digest of an app module: its limits, its private directory, the app
+    it belongs to and that app's deployment key (SEC1 bytes). The secure world puts it in the
+    evidence; a deployer recomputes it to check that a module was loaded as it asked."""
+    from veritee.evidence.claims import config_digest
+
+    return config_digest(
+        {
+            "limits": {"memory": memory_bytes, "time_ms": time_ms},
+            "dirs": [[APP_PRIVATE_DIR, True]],
+            "app": app,
+            "deployment_key": deployment_key,
+        }
+    )

@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, EvidenceError, ModuleError, SealingError, UsageError
 from veritee.evidence import cose
-from veritee.evidence.claims import VteeClaims, config_digest, encode_claims
-from veritee.evidence.deployment import verify_connect
+from veritee.evidence.claims import VteeClaims, encode_claims
+from veritee.evidence.deployment import APP_PRIVATE_DIR, app_config_digest, verify_connect
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee import channels
 from veritee.tee.channels import Channel, EventRejected
-from veritee.tee.runtime_ta import PRIVATE_DIR_GUEST, VteeIdentity, parse_limits
+from veritee.tee.runtime_ta import VteeIdentity, parse_limits
 from veritee.tee.sealing import Sealer, module_key
 from veritee.tee.services import Attester
 from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
@@ -139,18 +139,11 @@ def load(
     compiled = compiler.compile(wasm)
     private = storage / compiled.measurement.hex()
     private.mkdir(parents=True, exist_ok=True)
-    preopens = (Preopen(str(private), PRIVATE_DIR_GUEST, True),)
+    preopens = (Preopen(str(private), APP_PRIVATE_DIR, True),)
     raw_key = deployment_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
-    digest = config_digest(
-        {
-            "limits": limits.to_cbor(),
-            "dirs": [[PRIVATE_DIR_GUEST, True]],
-            "app": app,
-            "deployment_key": raw_key,
-        }
-    )
+    digest = app_config_digest(app, raw_key, limits.memory_bytes, limits.to_cbor()["time_ms"])
     seal_key = module_key(vtee.seal_root, compiled.measurement)
     sealer = Sealer(seal_key, compiled.measurement)
     provisioning, restored = _restore(sealer, config.get("state"), app)
