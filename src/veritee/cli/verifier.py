@@ -132,8 +132,8 @@ def serve(
 
     import uvicorn
 
+    from veritee.logs import log_config
     from veritee.verifier import credentials
-    from veritee.verifier.logs import log_config
     from veritee.verifier.service import CONFIG_ENV, Config
     from veritee.verifier.store import Store
 

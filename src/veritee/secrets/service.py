@@ -24,9 +24,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from veritee import logs
 from veritee.errors import Error
 from veritee.evidence.provisioning import Envelope, seal
-from veritee.secrets import _logs, keys, protocol
+from veritee.secrets import keys, protocol
 from veritee.secrets.config import Config
 from veritee.secrets.errors import BadRequest, BodyTooLarge, ConfigError, UnknownSecret
 from veritee.secrets.release import Recipient, appraise, check_suite, judge
@@ -243,7 +244,7 @@ def serve(
 
     import uvicorn
 
-    logging.config.dictConfig(_logs.log_config(log_level))
+    logging.config.dictConfig(logs.log_config(log_level))
     service = SecretService.open(config, state)
     sock = _listen(host, port)
     bound = sock.getsockname()

@@ -1,7 +1,7 @@
-"""Structured logs: one JSON object per line on stderr (the service's and uvicorn's).
+"""Structured logs of Veritee's HTTP services (verifier, secret service): JSON lines on stderr.
 
-Code logs with ``logging`` and extra fields (``log.info("released", extra={...})``); this
-formatter writes the record, extras included, as a line a log pipeline can index.
+Library code logs with ``logging`` and extra fields (``logger.info("...", extra={...})``);
+this formatter turns a record, extras included, into a JSON line a log pipeline can index.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _STANDARD = frozenset(
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "msg", **extra}`` on one line."""
+    """``{"ts": ..., "level": ..., "logger": ..., "msg": ..., **extra}`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -32,6 +32,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
@@ -42,8 +43,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def log_config(level: str = "info") -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` for the service and uvicorn: JSON lines on stderr."""
+def log_config(level: str = "info", *, access_log: bool = False) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn and Veritee: JSON lines on stderr."""
     lvl = level.upper()
     return {
         "version": 1,
@@ -59,7 +60,11 @@ def log_config(level: str = "info") -> dict[str, Any]:
         "loggers": {
             "veritee": {"handlers": ["stderr"], "level": lvl, "propagate": False},
             "uvicorn": {"handlers": ["stderr"], "level": lvl, "propagate": False},
-            # Each release is logged once by the service, with its outcome: no access log.
-            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "uvicorn.error": {"level": lvl},
+            "uvicorn.access": {
+                "handlers": ["stderr"] if access_log else [],
+                "level": lvl if access_log else "WARNING",
+                "propagate": False,
+            },
         },
     }
