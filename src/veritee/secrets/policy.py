@@ -18,14 +18,12 @@ query only sets the input. About half a millisecond per query here.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import regopy
-
+from veritee.rego import CompiledRego, RegoCompileError, RegoQueryFailed
 from veritee.secrets.errors import PolicyCompileError, PolicyFailed
 
 PACKAGE = "veritee.secrets"
@@ -69,18 +67,10 @@ class ReleasePolicy:
 
     def __init__(self, source: str, rego: str, allow: Mapping[str, Any]) -> None:
         self.source = source  # where the text came from, for messages ("default.rego", a path)
-        self._interpreter = regopy.Interpreter()
         try:
-            self._interpreter.add_module(source, rego)
-            self._interpreter.add_data({"allow": dict(allow)})
-            self._bundle = self._interpreter.build(QUERY)
-        except regopy.RegoError as exc:
-            raise PolicyCompileError(
-                f"policy {source} does not compile: {_first_line(exc)}"
-            ) from None
-        if not self._bundle.ok():
-            raise PolicyCompileError(f"policy {source} does not compile")
-        self._lock = threading.Lock()
+            self._rego = CompiledRego(source, rego, QUERY, {"allow": dict(allow)})
+        except RegoCompileError as exc:
+            raise PolicyCompileError(str(exc)) from None
         try:
             self.evaluate(_SAMPLE_INPUT)
         except PolicyFailed as exc:
@@ -88,16 +78,10 @@ class ReleasePolicy:
 
     def evaluate(self, value: Mapping[str, Any]) -> Decision:
         """Query the policy with ``value`` as input; raise :class:`PolicyFailed` if it cannot."""
-        with self._lock:
-            try:
-                self._interpreter.set_input(dict(value))
-                output = self._interpreter.query_bundle(self._bundle)
-            except regopy.RegoError as exc:
-                raise PolicyFailed(f"policy {self.source} failed: {_first_line(exc)}") from None
-            ok, text = output.ok(), str(output)
-        if not ok:
-            raise PolicyFailed(f"policy {self.source} could not be evaluated")
-        return self._decision(text)
+        try:
+            return self._decision(self._rego.query(value))
+        except RegoQueryFailed as exc:
+            raise PolicyFailed(str(exc)) from None
 
     def _decision(self, text: str) -> Decision:
         if text.strip() == "undefined":
@@ -114,11 +98,3 @@ class ReleasePolicy:
         return Decision(
             document["allow"], tuple(r[:MAX_REASON_CHARS] for r in sorted(reasons)[:MAX_REASONS])
         )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if "errormsg" in line:
-            return line.strip().strip("()").replace("errormsg ", "")[:200]
-    return text.splitlines()[0][:200] if text else type(exc).__name__

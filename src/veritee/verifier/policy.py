@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import regopy
-
+from veritee.rego import CompiledRego, RegoCompileError, RegoQueryFailed
 from veritee.verifier.ear import CLAIM_MAX, CLAIM_MIN, STATUSES
 from veritee.verifier.errors import PolicyCompileError, PolicyFailed
 
@@ -127,18 +125,10 @@ class Policy:
         self.name = name
         self.rego = rego
         self.digest = hashlib.sha256(rego.encode()).hexdigest()
-        self._interpreter = regopy.Interpreter()
         try:
-            self._interpreter.add_module(f"{name}.rego", rego)
-            self._bundle = self._interpreter.build(QUERY)
-        except regopy.RegoError as exc:
-            raise PolicyCompileError(
-                f"policy {name!r} does not compile: {_first_line(exc)}"
-            ) from None
-        if not self._bundle.ok():
-            raise PolicyCompileError(f"policy {name!r} does not compile")
-        # regopy's interpreter holds the input between set_input and query: not re-entrant.
-        self._lock = threading.Lock()
+            self._rego = CompiledRego(repr(name), rego, QUERY, filename=f"{name}.rego")
+        except RegoCompileError as exc:
+            raise PolicyCompileError(str(exc)) from None
 
     @property
     def id(self) -> str:
@@ -147,17 +137,10 @@ class Policy:
 
     def judge(self, value: Mapping[str, Any]) -> Mapping[str, Judgement]:
         """Query the policy; a judgement per submodule it judged. Raise :class:`PolicyFailed`."""
-        with self._lock:
-            try:
-                self._interpreter.set_input(value)
-                output = self._interpreter.query_bundle(self._bundle)
-            except regopy.RegoError as exc:
-                raise PolicyFailed(f"policy {self.name!r} failed: {_first_line(exc)}") from None
-            ok, text = output.ok(), str(output)
-        if not ok:
-            raise PolicyFailed(
-                f"policy {self.name!r} could not be evaluated (conflicting rule values?)"
-            )
+        try:
+            text = self._rego.query(value)
+        except RegoQueryFailed as exc:
+            raise PolicyFailed(str(exc)) from None
         return _judgements(self.name, text)
 
 
@@ -217,14 +200,6 @@ def _judgements(name: str, text: str) -> Mapping[str, Judgement]:
         submod: Judgement(claims.get(submod, {}), statuses.get(submod))
         for submod in {*claims, *statuses}
     }
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if "errormsg" in line:
-            return line.strip().strip("()").replace("errormsg ", "")[:200]
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def main() -> None:
