@@ -35,7 +35,7 @@ from veritee.tee import channels
 from veritee.tee.channels import Channel, EventRejected
 from veritee.tee.runtime_ta import VteeIdentity, parse_limits
 from veritee.tee.sealing import Sealer, module_key
-from veritee.tee.services import Attester
+from veritee.tee.services import Attester, attester_of
 from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
 from veritee.wasm import endpoints
 from veritee.wasm.runtime import Compiler, Limits, Preopen, to_binary
@@ -66,15 +66,7 @@ class AppModule:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attester(self, platform_token: bytes) -> Attester:
-        return Attester(
-            self.attestation_key,
-            platform_token,
-            self.vtee_token,
-            self.measurement,
-            self.config_digest,
-            self.name,
-            self.provisioning,
-        )
+        return attester_of(self, platform_token)
 
     def endpoint(self, kind: str, name: str) -> bool:
         return endpoints.Endpoint(kind, name) in self.table

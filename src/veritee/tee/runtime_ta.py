@@ -28,7 +28,7 @@ from veritee.evidence.claims import (
 )
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee.sealing import module_key
-from veritee.tee.services import Attester
+from veritee.tee.services import Attester, attester_of
 from veritee.tee.worker import WorkerPool, raise_for
 from veritee.wasm.runtime import (
     ArtifactChanged,
@@ -82,15 +82,7 @@ class LoadedModule:
         return self.compiled.measurement
 
     def attester(self, platform_token: bytes) -> Attester:
-        return Attester(
-            self.attestation_key,
-            platform_token,
-            self.vtee_token,
-            self.measurement,
-            self.config_digest,
-            self.name,
-            self.provisioning,
-        )
+        return attester_of(self, platform_token)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -62,6 +62,31 @@ class Attester:
         )
         token = cose.sign1(encode_claims(claims), self.key)
         return Evidence(self.platform_token, self.vtee_token, token).encode()
+
+
+class Attestable(Protocol):
+    """A loaded module instance, of either kind (run module or app module)."""
+
+    attestation_key: ec.EllipticCurvePrivateKey
+    vtee_token: bytes
+    config_digest: bytes
+    name: str
+    provisioning: provisioning.ProvisioningKeys
+
+    @property
+    def measurement(self) -> bytes: ...
+
+
+def attester_of(module: Attestable, platform_token: bytes) -> Attester:
+    return Attester(
+        module.attestation_key,
+        platform_token,
+        module.vtee_token,
+        module.measurement,
+        module.config_digest,
+        module.name,
+        module.provisioning,
+    )
 
 
 class ModuleServices:
