@@ -146,3 +146,58 @@ def test_without_a_relay_the_module_is_told_so(
     proc = device.cli("run", "--dir", f"{data_dir}::/in", module, "/in/msg.enc")
     assert proc.returncode == 1
     assert b"run the module with --attest-to URL" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("minimum", "released"), [("affirming", False), ("warning", True)], ids=["affirming", "warning"]
+)
+def test_a_secret_can_require_a_minimum_result_from_a_trusted_verifier(
+    device: Device,
+    tmp_path: Path,
+    service_key: str,
+    data_dir: Path,
+    minimum: str,
+    released: bool,
+) -> None:
+    """The service has the verifier appraise the evidence; an emulated device's result is a
+    warning under the verifier's default policy, so 'affirming' refuses and 'warning' releases."""
+    from .test_verifier_service import start_verifier
+
+    module = _module(tmp_path, service_key)
+    verifier = start_verifier(device.home, tmp_path / "verifier")
+    try:
+        verifier.provision(device.home, "trust-device")
+        verifier.provision(device.home, "module", module, "--name", "secret", "--version", "1")
+        config = _config(tmp_path, device, [measure(module.read_bytes()).hex()])
+        value = json.loads(config.read_text())
+        value["trust"]["verifier"] = verifier.url
+        value["secrets"][0]["allow"]["min_ear_status"] = minimum
+        config.write_text(json.dumps(value))
+        svc = start_service(device.home, config, tmp_path / "state")
+        try:
+            proc = device.cli(
+                "run", "--attest-to", svc.url, "--dir", f"{data_dir}::/in", module, "/in/msg.enc"
+            )
+        finally:
+            svc.stop()
+    finally:
+        verifier.stop()
+    if released:
+        assert proc.returncode == 0, proc.stderr
+        assert MESSAGE in proc.stdout
+    else:
+        assert proc.returncode == 1
+        assert b"the verifier's result is 'warning'" in proc.stderr
+        assert MESSAGE not in proc.stdout
+
+
+def test_min_ear_status_without_a_verifier_is_a_config_error(
+    device: Device, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, device, ["00" * 32])
+    value = json.loads(config.read_text())
+    value["secrets"][0]["allow"]["min_ear_status"] = "affirming"
+    config.write_text(json.dumps(value))
+    proc = device.cli("secrets", "check", "--config", config)
+    assert proc.returncode == 2
+    assert b"needs trust.verifier" in proc.stderr

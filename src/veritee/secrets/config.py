@@ -38,10 +38,11 @@ MAX_CONFIG_BYTES = 1024 * 1024
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
 _TOP = frozenset({"trust", "nonce_ttl", "secrets"})
-_TRUST = frozenset({"ca", "reference_values"})
+_TRUST = frozenset({"ca", "reference_values", "verifier"})
+EAR_STATUSES = ("affirming", "warning")  # what min_ear_status may ask for
 _SECRET = frozenset({"name", "value_hex", "value_file", "allow", "policy"})
 # The default policy reads these `allow` keys; a custom policy may read others.
-_DEFAULT_ALLOW = frozenset({"measurements", "names", "lifecycles", "vtees"})
+_DEFAULT_ALLOW = frozenset({"measurements", "names", "lifecycles", "vtees", "min_ear_status"})
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Config:
     trust: Trust = field(repr=False)
     nonce_ttl: float
     secrets: Mapping[str, Secret]
+    verifier: str | None = None  # a verification service whose results (EAR) the policy sees
 
 
 def load(path: Path) -> Config:
@@ -97,7 +99,18 @@ def parse(value: Any, path: Path) -> Config:
         if secret.name in secrets:
             raise f.error(f"secrets[{i}].name", f"'{secret.name}' is defined twice")
         secrets[secret.name] = secret
-    return Config(path, trust, float(ttl), secrets)
+    verifier = top.get("trust", {}).get("verifier")
+    if verifier is not None and (
+        not isinstance(verifier, str) or not verifier.startswith(("http://", "https://"))
+    ):
+        raise f.error("trust.verifier", "must be the verifier's http(s) URL")
+    for name, secret in secrets.items():
+        if "min_ear_status" in secret.allow and verifier is None:
+            raise f.error(
+                f"secrets ({name}).allow.min_ear_status",
+                "needs trust.verifier: only a verifier's result has a status",
+            )
+    return Config(path, trust, float(ttl), secrets, verifier)
 
 
 class _Fields:
@@ -245,6 +258,9 @@ def _allow(f: _Fields, value: Any, where: str, *, custom: bool) -> dict[str, Any
             raise f.error(f"{where}.measurements[{i}]", "must be a SHA-256 digest in hex")
     if "measurements" in out:
         out["measurements"] = [m.lower() for m in out["measurements"]]
+    status = out.get("min_ear_status")
+    if status is not None and status not in EAR_STATUSES:
+        raise f.error(f"{where}.min_ear_status", f"must be one of {list(EAR_STATUSES)}")
     for i, lc in enumerate(out.get("lifecycles", [])):
         if lc not in LIFECYCLES:
             raise f.error(f"{where}.lifecycles[{i}]", f"{lc!r} is not one of {list(LIFECYCLES)}")

@@ -5,7 +5,8 @@
 #   input: {"secret": NAME,
 #           "module": {"measurement": HEX, "endorsed_names": [NAME, ...]},
 #           "platform": {"lifecycle": "emulated" | "debug" | "secured",
-#                        "vtee_id": HEX, "vtee_name": NAME, "ueid": HEX, "secure_boot": BOOL}}
+#                        "vtee_id": HEX, "vtee_name": NAME, "ueid": HEX, "secure_boot": BOOL},
+#           "ear": {"status": "affirming" | "warning" | ...}}   (only with trust.verifier)
 #   data.allow: the secret's `allow` block from the service configuration
 #
 # and releases the secret only if `allow` is true. `reasons` explains a refusal to the client.
@@ -21,6 +22,7 @@ allow if {
 	module_allowed
 	lifecycle_allowed
 	vtee_allowed
+	ear_allowed
 }
 
 # The module: its measurement is listed, or the service's reference values endorse that
@@ -44,6 +46,28 @@ lifecycle_allowed if input.platform.lifecycle in lifecycles
 vtee_allowed if not data.allow.vtees
 
 vtee_allowed if input.platform.vtee_name in data.allow.vtees
+
+# The verifier's result: any, unless the secret asks for a minimum status.
+default ear_status := "absent"
+
+ear_status := input.ear.status
+
+ear_allowed if not data.allow.min_ear_status
+
+ear_allowed if ear_status == "affirming"
+
+ear_allowed if {
+	data.allow.min_ear_status == "warning"
+	ear_status == "warning"
+}
+
+reasons contains msg if {
+	not ear_allowed
+	msg := sprintf(
+		"the verifier's result is '%v'; the secret needs at least '%v'",
+		[ear_status, data.allow.min_ear_status],
+	)
+}
 
 reasons contains msg if {
 	not module_allowed

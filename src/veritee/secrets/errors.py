@@ -86,3 +86,7 @@ class NonceExpired(NonceGone):
 
 class TooManyChallenges(RequestRefused):
     """Too many unused, unexpired nonces are outstanding; try again shortly."""
+
+
+class VerifierUnavailable(RequestRefused):
+    """The verification service the secrets rely on did not appraise the evidence."""

@@ -39,6 +39,7 @@ from veritee.secrets.errors import (
     TooManyChallenges,
     UnknownSecret,
     UnknownSuite,
+    VerifierUnavailable,
 )
 from veritee.secrets.store import NONCE_BYTES
 
@@ -64,6 +65,7 @@ _ERRORS: tuple[tuple[type[Error], int, str], ...] = (
     (NonceUsed, 410, "nonce_used"),
     (NonceExpired, 410, "nonce_expired"),
     (TooManyChallenges, 503, "too_many_challenges"),
+    (VerifierUnavailable, 502, "verifier_unavailable"),
     (UnknownSuite, 400, "unknown_suite"),
     (NoKeyForSuite, 400, "no_key_for_suite"),
     (MalformedToken, 400, "malformed_evidence"),

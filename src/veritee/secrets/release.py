@@ -116,11 +116,24 @@ def appraise(
 
 
 def judge(
-    verified: Verified, *, secret: str, suite: str, policy: ReleasePolicy, trust: Trust
+    verified: Verified,
+    *,
+    secret: str,
+    suite: str,
+    policy: ReleasePolicy,
+    trust: Trust,
+    ear_status: str | None = None,
 ) -> Recipient:
-    """Checks 3 and 4: the secret's policy, then the recipient key for ``suite``."""
+    """Checks 3 and 4: the secret's policy, then the recipient key for ``suite``.
+
+    ``ear_status``: the overall status of the trusted verifier's result for this evidence,
+    when the service consults one (policies see it as ``input.ear.status``).
+    """
     check_suite(suite)
-    decision = policy.evaluate(policy_input(secret, verified, trust))
+    value = policy_input(secret, verified, trust)
+    if ear_status is not None:
+        value["ear"] = {"status": ear_status}
+    decision = policy.evaluate(value)
     if not decision.allow:
         why = "; ".join(decision.reasons) or "the module or platform is not allowed"
         raise ReleaseDenied(

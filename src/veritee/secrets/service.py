@@ -10,6 +10,7 @@ sends takes the service down or reaches a traceback.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 import time
@@ -29,7 +30,13 @@ from veritee.errors import Error
 from veritee.evidence.provisioning import Envelope, seal
 from veritee.secrets import keys, protocol
 from veritee.secrets.config import Config
-from veritee.secrets.errors import BadRequest, BodyTooLarge, ConfigError, UnknownSecret
+from veritee.secrets.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ConfigError,
+    UnknownSecret,
+    VerifierUnavailable,
+)
 from veritee.secrets.release import Recipient, appraise, check_suite, judge
 from veritee.secrets.store import DB_FILE, Challenge, NonceStore
 
@@ -54,6 +61,7 @@ class SecretService:
         self.config = config
         self.key = key
         self.store = store
+        self._verifier_key: ec.EllipticCurvePublicKey | None = None  # fetched once
         self.public_key = keys.public_key_hex(key.public_key())
 
     @classmethod
@@ -94,6 +102,7 @@ class SecretService:
             suite=request.suite,
             policy=secret.policy,
             trust=self.config.trust,
+            ear_status=self._ear_status(request.evidence, nonce),
         )
         envelope = seal(
             secret.value,
@@ -104,6 +113,30 @@ class SecretService:
             signer=self.key,
         )
         return Released(envelope, recipient)
+
+    def _ear_status(self, evidence: bytes, nonce: bytes) -> str | None:
+        """The trusted verifier's verdict on this evidence (its worst submodule status)."""
+        if self.config.verifier is None:
+            return None
+        from veritee.evidence.claims import MEDIA_TYPE
+        from veritee.verifier import ear
+        from veritee.verifier.client import VerifierClient
+
+        try:
+            with VerifierClient(self.config.verifier) as client:
+                if self._verifier_key is None:
+                    self._verifier_key = client.public_key()
+                url, _ = client.new_session(nonce=nonce)
+                token = client.submit(url, evidence, MEDIA_TYPE).get("result")
+            if not isinstance(token, str):
+                raise VerifierUnavailable("the verifier returned no result")
+            result = ear.verify(token, self._verifier_key)
+        except (Error, OSError) as exc:
+            raise VerifierUnavailable(f"the trusted verifier could not appraise: {exc}") from None
+        if result.nonce is not None and _unb64(result.nonce) != nonce:
+            raise VerifierUnavailable("the verifier's result is for another nonce")
+        statuses = [a.status for a in result.submods.values()]
+        return max(statuses, key=ear.STATUSES.index)
 
     def close(self) -> None:
         self.store.close()
@@ -196,6 +229,13 @@ def _refusal(request: Request, event: str, err: Error, fields: dict[str, Any]) -
         },
     )
     return JSONResponse(body, status_code=status)
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return b""
 
 
 def _internal() -> JSONResponse:
