@@ -253,3 +253,60 @@ def test_a_plain_wasi_command_is_not_an_app_module(
                     serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
                 ),
             )
+
+
+def _with_custom_section(module: bytes) -> bytes:
+    """The same code, another measurement (a 'new build')."""
+    body = b"\x07rebuild" + b"v2"
+    return module + b"\x00" + bytes([len(body)]) + body
+
+
+def test_an_update_takes_over_sealed_state_only_with_the_owners_succession(
+    env: Env, wasm: Callable[..., Path], tmp_path: Path
+) -> None:
+    from veritee.evidence.deployment import Succession, sign_succession
+
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    first = env.sender.deliver(press.seal(b"1")).events[0]
+    state = env.counter.deliver(first).state
+    old = env.counter.info["measurement"]
+    storage = env.dev.home / "vtees" / "default" / "storage"
+    (storage / old.hex() / "note").write_bytes(b"kept across the update")
+    env.counter.close()
+    v2 = tmp_path / "counter-v2.wasm"
+    v2.write_bytes(_with_custom_section(wasm("tests/assets/c/app_counter.c").read_bytes()))
+    from veritee.wasm.runtime import measure
+
+    new = measure(v2.read_bytes())
+    with env.dev.context() as ctx:
+        with pytest.raises(teec.TeecError, match="does not open"):
+            _load(ctx, v2, "counter", env.raw_key, state)  # no succession: sealed to v1
+        rogue = ec.generate_private_key(ec.SECP256R1())
+        for key, stmt, match in (
+            (rogue, Succession(APP, "counter", old, new), "deployment key"),
+            (env.key, Succession(APP, "counter", old, bytes(32)), "another app, module or build"),
+        ):
+            session = AppSession(ctx)
+            with pytest.raises(teec.TeecError, match=match):
+                session.load(
+                    v2.read_bytes(),
+                    name="counter",
+                    app=APP,
+                    deployment_key=env.raw_key,
+                    state=state,
+                    succession=sign_succession(stmt, key),
+                )
+        session = AppSession(ctx)
+        session.load(
+            v2.read_bytes(),
+            name="counter",
+            app=APP,
+            deployment_key=env.raw_key,
+            state=state,
+            succession=sign_succession(Succession(APP, "counter", old, new), env.key),
+        )
+        assert session.info["measurement"] == new
+        assert session.deliver(first).dropped == "replay"  # counters came across
+        second = env.sender.deliver(press.seal(b"2")).events[0]
+        assert session.deliver(second).dropped is None  # and the connection key
+    assert (storage / new.hex() / "note").read_bytes() == b"kept across the update"

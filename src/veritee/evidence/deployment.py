@@ -147,3 +147,53 @@ def app_config_digest(app: str, deployment_key: bytes, memory_bytes: int, time_m
             "deployment_key": deployment_key,
         }
     )
+
+
+PROFILE_SUCCESSION = "tag:veritee.dev,2026:succession"
+
+
+@dataclass(frozen=True)
+class Succession:
+    """The app owner's word that ``successor`` (a new build) may take over ``predecessor``'s
+    sealed state: what 'veritee update' carries across, when the owner allows it."""
+
+    app: str
+    name: str
+    predecessor: bytes  # measurement of the module being replaced
+    successor: bytes  # measurement of the module that takes over
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {
+            "profile": PROFILE_SUCCESSION,
+            "app": self.app,
+            "name": self.name,
+            "predecessor": self.predecessor,
+            "successor": self.successor,
+        }
+
+
+def sign_succession(statement: Succession, deployment_key: ec.EllipticCurvePrivateKey) -> bytes:
+    return cose.sign1(bytes(cbor2.dumps(statement.to_cbor())), deployment_key)
+
+
+def verify_succession(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Succession:
+    """Check a succession statement's signature; raise EvidenceError."""
+    msg = cose.decode(data, what="succession statement")
+    try:
+        cose.verify(msg, deployment_key, what="succession statement")
+    except BadSignature:
+        raise BadSignature(
+            "succession statement is not signed with this application's deployment key"
+        ) from None
+    c = cose.loads(msg.payload, what="succession statement")
+    if not isinstance(c, dict) or c.get("profile") != PROFILE_SUCCESSION:
+        raise MalformedToken("not a Veritee succession statement")
+    try:
+        return Succession(
+            app=_text(c["app"], "app", MAX_NAME),
+            name=_text(c["name"], "name", MAX_NAME),
+            predecessor=_bytes(c["predecessor"], 32, "predecessor measurement"),
+            successor=_bytes(c["successor"], 32, "successor measurement"),
+        )
+    except (KeyError, TypeError):
+        raise MalformedToken("succession statement lacks a field") from None

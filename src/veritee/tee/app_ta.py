@@ -16,6 +16,7 @@ restarts resumes its connections, and replays stay refused.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from veritee.errors import Error, EvidenceError, ModuleError, SealingError, UsageError
 from veritee.evidence import cose
 from veritee.evidence.claims import VteeClaims, encode_claims
-from veritee.evidence.deployment import APP_PRIVATE_DIR, app_config_digest, verify_connect
+from veritee.evidence.deployment import (
+    APP_PRIVATE_DIR,
+    app_config_digest,
+    verify_connect,
+    verify_succession,
+)
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee import channels
 from veritee.tee.channels import Channel, EventRejected
@@ -137,7 +143,12 @@ def load(
     )
     digest = app_config_digest(app, raw_key, limits.memory_bytes, limits.to_cbor()["time_ms"])
     seal_key = module_key(vtee.seal_root, compiled.measurement)
-    sealer = Sealer(seal_key, compiled.measurement)
+    predecessors = _succession(config.get("succession"), deployment_key, app, name, compiled)
+    unseal_keys = [(module_key(vtee.seal_root, m), m) for m in predecessors]
+    sealer = Sealer(seal_key, compiled.measurement, unseal_keys)
+    for old in predecessors:  # the new build starts from its predecessor's private files
+        if not any(private.iterdir()) and (storage / old.hex()).is_dir():
+            shutil.copytree(storage / old.hex(), private, dirs_exist_ok=True)
     provisioning, restored = _restore(sealer, config.get("state"), app)
     mak = ec.generate_private_key(ec.SECP256R1())
     vtee_token = cose.sign1(
@@ -172,6 +183,7 @@ def load(
         "artifact_digest": compiled.artifact_digest,
         "measurement": compiled.measurement,
         "seal_key": seal_key,
+        "unseal_keys": [[k, m] for k, m in unseal_keys],
         "name": name,
         "args": [],
         "env": [],
@@ -193,6 +205,23 @@ def load(
     }
     loaded.reactor = pool.reactor(job, limits.time_seconds, _no_events)
     return loaded
+
+
+def _succession(
+    statement: Any, deployment_key: ec.EllipticCurvePublicKey, app: str, name: str, compiled: Any
+) -> list[bytes]:
+    """Measurements whose sealed state this build may open, on the app owner's signed word."""
+    if statement is None:
+        return []
+    if not isinstance(statement, bytes):
+        raise UsageError("succession must be a signed statement (bytes)")
+    try:
+        s = verify_succession(statement, deployment_key)
+    except EvidenceError as exc:
+        raise SealingError(f"succession refused: {exc}") from None
+    if s.app != app or s.name != name or s.successor != compiled.measurement:
+        raise SealingError("succession refused: the statement is for another app, module or build")
+    return [s.predecessor]
 
 
 def _no_events(rpc: dict[str, Any]) -> dict[str, Any]:

@@ -29,12 +29,22 @@ def module_key(seal_root: bytes, measurement: bytes) -> bytes:
 
 
 class Sealer:
-    """Seals for one module instance with its key (see :func:`module_key`)."""
+    """Seals for one module instance with its key (see :func:`module_key`).
 
-    def __init__(self, key: bytes, measurement: bytes) -> None:
+    ``predecessors``: (key, measurement) of earlier builds whose sealed data this one may
+    open, because the app owner signed a succession (see evidence/deployment.py). New data
+    is always sealed for this build.
+    """
+
+    def __init__(
+        self, key: bytes, measurement: bytes, predecessors: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.measurement = measurement
         self._aead = AESGCM(key)
         self._aad = bytes([VERSION]) + measurement
+        self._openers = [(self._aead, self._aad)] + [
+            (AESGCM(k), bytes([VERSION]) + m) for k, m in predecessors or []
+        ]
 
     def seal(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
@@ -43,9 +53,11 @@ class Sealer:
     def unseal(self, blob: bytes) -> bytes:
         if len(blob) < OVERHEAD or blob[0] != VERSION:
             raise SealingError("sealed blob is truncated or of an unknown format version")
-        try:
-            return self._aead.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], self._aad)
-        except InvalidTag:
-            raise SealingError(
-                "sealed blob does not open: it was altered, or sealed by another module or TEE"
-            ) from None
+        for aead, aad in self._openers:
+            try:
+                return aead.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], aad)
+            except InvalidTag:
+                continue
+        raise SealingError(
+            "sealed blob does not open: it was altered, or sealed by another module or TEE"
+        )

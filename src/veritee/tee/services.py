@@ -97,6 +97,7 @@ class ModuleServices:
         *,
         measurement: bytes,
         seal_key: bytes,
+        unseal_keys: list[tuple[bytes, bytes]] | None = None,
         attestation_key: ec.EllipticCurvePrivateKey,
         platform_token: bytes,
         vtee_token: bytes,
@@ -107,7 +108,7 @@ class ModuleServices:
         note: Callable[[str], None],
     ) -> None:
         self.measurement = measurement
-        self._sealer = Sealer(seal_key, measurement)
+        self._sealer = Sealer(seal_key, measurement, unseal_keys)
         self._attester = Attester(
             attestation_key, platform_token, vtee_token, measurement, config, name, keys
         )

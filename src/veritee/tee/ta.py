@@ -183,8 +183,13 @@ class AppSession:
         memory_mb: int | None = None,
         timeout: float | None = None,
         state: bytes | None = None,
+        succession: bytes | None = None,
     ) -> dict[str, Any]:
-        """Returns measurement, config_digest, endpoints ([kind, name]), key (X25519)."""
+        """Returns measurement, config_digest, endpoints ([kind, name]), key (X25519).
+
+        ``succession``: a statement the app owner signed that lets this build open the
+        sealed state (and private files) of the build it replaces.
+        """
         config: dict[str, Any] = {"name": name, "app": app, "deployment_key": deployment_key}
         if memory_mb is not None:
             config["memory_mb"] = memory_mb
@@ -192,6 +197,8 @@ class AppSession:
             config["timeout"] = timeout
         if state is not None:
             config["state"] = state
+        if succession is not None:
+            config["succession"] = succession
         out = teec.memref_out(MAX_INFO_BYTES)
         self.session.invoke(
             CMD_APP_LOAD,

@@ -224,6 +224,7 @@ def _serve(fd: int) -> None:
         services = ModuleServices(
             measurement=job["measurement"],
             seal_key=job["seal_key"],
+            unseal_keys=[(k, m) for k, m in job.get("unseal_keys", [])],
             attestation_key=key,  # type: ignore[arg-type]
             platform_token=job["platform_token"],
             vtee_token=job["vtee_token"],
