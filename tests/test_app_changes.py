@@ -118,6 +118,31 @@ def test_a_module_is_updated_in_place(home: SmartHome, wasm: Callable[..., Path]
     assert int(response.text) == home.count()
 
 
+def test_an_update_keeps_sealed_state_only_when_the_owner_signs_for_it(
+    home: SmartHome, wasm: Callable[..., Path]
+) -> None:
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() >= 1)
+    before = home.count()
+    original = wasm("examples/smart-home/db.c").read_bytes()
+
+    def build(tag: bytes) -> Path:  # the same code, another build (a custom section)
+        body = bytes([len(tag)]) + tag
+        path = home.workdir / f"db-{tag.decode()}.wasm"
+        path.write_bytes(original + b"\x00" + bytes([len(body)]) + body)
+        return path
+
+    proc = home.cli("update", "db", build(b"v2"), "--keep-state")
+    assert proc.returncode == 0, proc.stderr
+    assert home.count() == before  # the count, sealed by the old build, came across
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() == before + 1)
+
+    proc = home.cli("update", "db", build(b"v3"))  # no succession signed
+    assert proc.returncode == 0, proc.stderr
+    assert home.count() == 0  # the new build cannot open the old state: it starts empty
+
+
 def test_periodic_events_call_a_public_endpoint(home: SmartHome, wasm: Callable[..., Path]) -> None:
     ticker = wasm("tests/assets/c/app_counter.c")
     fragment = home.workdir / "ticker.yaml"

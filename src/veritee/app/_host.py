@@ -119,6 +119,10 @@ class ModuleHost:
     def state_path(self) -> Path:
         return self.directory / "state.log"
 
+    @property
+    def succession_path(self) -> Path:
+        return self.directory / "succession.cose"
+
     def stored_state(self) -> bytes | None:
         return self._state.latest()
 
@@ -127,15 +131,27 @@ class ModuleHost:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def load(self, wasm: bytes | None = None) -> dict[str, Any]:
+    def load(
+        self,
+        wasm: bytes | None = None,
+        *,
+        inherit: bytes | None = None,
+        succession: bytes | None = None,
+    ) -> dict[str, Any]:
         """Load into the secure world (with the stored sealed state, if any); start delivering.
 
         ``wasm`` None reloads the stored binary (after a restart of the agent or the TEE).
+        ``inherit`` and ``succession``: a predecessor's sealed state and the owner's signed
+        word that this build may open it (an update that keeps state).
         """
         if wasm is not None:
             self.wasm_path.write_bytes(wasm)
             (self.directory / "load.cbor").write_bytes(self.params.to_cbor())
             self._state.clear()
+            self.succession_path.unlink(missing_ok=True)
+            if inherit is not None and succession is not None:
+                self.succession_path.write_bytes(succession)
+                self.store_state(inherit)
         binary = self.wasm_path.read_bytes()
         with self._locked():
             self._open(binary)
@@ -159,6 +175,9 @@ class ModuleHost:
                 memory_mb=self.params.memory_mb,
                 timeout=self.params.timeout,
                 state=self.stored_state(),
+                succession=(
+                    self.succession_path.read_bytes() if self.succession_path.exists() else None
+                ),
             )
         except BaseException:
             context.close()

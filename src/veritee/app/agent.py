@@ -149,11 +149,23 @@ class NodeAgent:
             a.peers = dict(peers)
             self._save(app)
 
-    def load(self, params: LoadParams, wasm: bytes, *, staged: bool = False) -> dict[str, Any]:
-        """Load a module (``staged``: beside the running one, to replace it on ``activate``)."""
+    def load(
+        self,
+        params: LoadParams,
+        wasm: bytes,
+        *,
+        staged: bool = False,
+        succession: bytes | None = None,
+    ) -> dict[str, Any]:
+        """Load a module (``staged``: beside the running one, to replace it on ``activate``).
+
+        With ``succession`` (staged only), the new build starts from the running one's
+        sealed state, if the secure world accepts the owner's signed statement.
+        """
         app = self._app(params.app)
         key = (params.app, params.name + (STAGED if staged else ""))
         with self._lock:
+            running = self._hosts.get((params.app, params.name)) if staged else None
             old = self._hosts.pop(key, None)
         if old is not None:
             old.destroy()
@@ -161,8 +173,9 @@ class NodeAgent:
         if directory.exists():
             shutil.rmtree(directory)
         host = self._new_host(directory, params)
+        inherit = running.stored_state() if running is not None and succession else None
         try:
-            info = host.load(wasm)
+            info = host.load(wasm, inherit=inherit, succession=succession)
         except BaseException:
             host.destroy()
             raise

@@ -145,7 +145,10 @@ def create(agent: NodeAgent) -> FastAPI:
             _get(body, "timeout", float, optional=True),
         )
         wasm = _get(body, "wasm", bytes)
-        return _cbor(await run_in_threadpool(agent.load, params, wasm, staged=staged))
+        succession = _get(body, "succession", bytes, optional=True)
+        return _cbor(
+            await run_in_threadpool(agent.load, params, wasm, staged=staged, succession=succession)
+        )
 
     @api.post("/v1/apps/{app}/modules/{name}/attest")
     async def attest(app: str, name: str, request: Request, staged: bool = False) -> Response:

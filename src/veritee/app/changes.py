@@ -7,6 +7,7 @@ signed statements), and writes the state back whatever happened.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from veritee.app.descriptor import Descriptor
 from veritee.app.errors import AttestationRefused, DescriptorError, StateError
 from veritee.app.state import ConnectionState, Deployment, Keys, ModuleState, NodeState
 from veritee.errors import Error
+from veritee.evidence.deployment import Succession, sign_succession
 from veritee.wasm.endpoints import Endpoint, recorded
 
 __all__ = ["add", "disable", "reattest", "update"]
@@ -76,12 +78,14 @@ def _retire_elsewhere(
         d._client(dep, node).retire(dep.app, retired)
 
 
-def update(d: Deployer, module: str, binary_path: Path) -> tuple[Deployment, Appraised]:
+def update(
+    d: Deployer, module: str, binary_path: Path, *, keep_state: bool = False
+) -> tuple[Deployment, Appraised]:
     """Replace a module by a new binary: load beside the old, attest, reconnect, swap.
 
     If the new one does not appraise well, it is discarded and the old one runs on.
-    The module's sealed state is not carried across: sealing keys are bound to the
-    measurement, and the secure world offers no migration yet (docs/apps.md).
+    Sealing keys are bound to the measurement; with ``keep_state`` the deployer signs a
+    succession (old build -> new build) and the new build opens the old one's state.
     """
     dep, keys = _open(d)
     try:
@@ -111,8 +115,16 @@ def update(d: Deployer, module: str, binary_path: Path) -> tuple[Deployment, App
             timeout=m.timeout,
             endpoints=[[e.kind, e.name] for e in table],
         )
+        succession = None
+        if keep_state:
+            succession = sign_succession(
+                Succession(
+                    dep.app, module, bytes.fromhex(m.measurement), hashlib.sha256(binary).digest()
+                ),
+                keys.deployment,
+            )
         t0 = time.perf_counter()
-        info = d._load(dep, keys, new, binary, staged=True)
+        info = d._load(dep, keys, new, binary, staged=True, succession=succession)
         if new.status == "refused":
             raise AttestationRefused(f"module {module!r}: {new.reason}")
         client = d._client(dep, m.node)

@@ -84,12 +84,14 @@ class NodeClient:
         memory_mb: int | None = None,
         timeout: float | None = None,
         staged: bool = False,
+        succession: bytes | None = None,
     ) -> dict[str, Any]:
         body = {
             "wasm": wasm,
             "deployment_key": deployment_key,
             "memory_mb": memory_mb,
             "timeout": timeout,
+            "succession": succession,
         }
         return self._call(
             "PUT",

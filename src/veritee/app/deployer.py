@@ -249,7 +249,14 @@ class Deployer:
         dep.timings["attest"] = wall * sum(attest_time) / total
 
     def _load(
-        self, dep: Deployment, keys: Keys, m: ModuleState, binary: bytes, *, staged: bool = False
+        self,
+        dep: Deployment,
+        keys: Keys,
+        m: ModuleState,
+        binary: bytes,
+        *,
+        staged: bool = False,
+        succession: bytes | None = None,
     ) -> dict[str, Any]:
         self.progress(Step(m.name, "load", "start", m.node))
         try:
@@ -261,6 +268,7 @@ class Deployer:
                 memory_mb=m.memory_mb,
                 timeout=m.timeout,
                 staged=staged,
+                succession=succession,
             )
         except Error as exc:
             m.status, m.reason = "refused", f"not loaded: {exc}"

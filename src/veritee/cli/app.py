@@ -486,16 +486,23 @@ def request(
 @click.command(context_settings=CONTEXT)
 @click.argument("module")
 @click.argument("binary", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--keep-state",
+    is_flag=True,
+    help="Let the new build open the old one's sealed state (you sign for it).",
+)
 @_state_option
-def update(module: str, binary: Path, state_path: Path | None) -> None:
+def update(module: str, binary: Path, keep_state: bool, state_path: Path | None) -> None:
     """Replace a module with a new binary: load it beside the old, attest, reconnect, swap.
 
     If the new binary is not acceptable it is discarded and the old one keeps
-    running (exit 7). The module's sealed state is not carried across: sealing
-    keys are bound to the measurement.
+    running (exit 7). Sealing keys are bound to the measurement, so the new build
+    starts empty unless --keep-state: then the deployer signs, with the app's key,
+    that this build succeeds the old one, and its secure world lets it open the
+    old build's sealed state and private files.
 
     \b
-    Example:  veritee update controller controller-v2.wasm
+    Example:  veritee update db db-v2.wasm --keep-state
     """
     from veritee.app import changes
     from veritee.app import state as state_mod
@@ -504,7 +511,9 @@ def update(module: str, binary: Path, state_path: Path | None) -> None:
     path = _state(state_path)
     view = _Progress(quiet=False)
     with state_mod.locked(path):
-        dep, result = changes.update(Deployer(path, progress=view), module, binary)
+        dep, result = changes.update(
+            Deployer(path, progress=view), module, binary, keep_state=keep_state
+        )
     view.console.print(
         f"[green]{module} updated[/] ({result.status}, {result.measurement.hex()[:16]}…) in "
         f"{dep.timings.get('update', 0):.2f} s"
