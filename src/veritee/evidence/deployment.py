@@ -108,14 +108,17 @@ def sign_connect(statement: Connect, deployment_key: ec.EllipticCurvePrivateKey)
 
 def verify_connect(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Connect:
     """Check a statement's signature against the app's deployment key; raise EvidenceError."""
-    msg = cose.decode(data, what="connect statement")
+    return Connect.from_cbor(_signed_payload(data, deployment_key, "connect statement"))
+
+
+def _signed_payload(data: bytes, deployment_key: ec.EllipticCurvePublicKey, what: str) -> Any:
+    """The payload of a statement signed with the app's deployment key; raise EvidenceError."""
+    msg = cose.decode(data, what=what)
     try:
-        cose.verify(msg, deployment_key, what="connect statement")
+        cose.verify(msg, deployment_key, what=what)
     except BadSignature:
-        raise BadSignature(
-            "connect statement is not signed with this application's deployment key"
-        ) from None
-    return Connect.from_cbor(cose.loads(msg.payload, what="connect statement"))
+        raise BadSignature(f"{what} is not signed with this application's deployment key") from None
+    return cose.loads(msg.payload, what=what)
 
 
 def _bytes(value: Any, size: int, what: str) -> bytes:
@@ -178,14 +181,7 @@ def sign_succession(statement: Succession, deployment_key: ec.EllipticCurvePriva
 
 def verify_succession(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Succession:
     """Check a succession statement's signature; raise EvidenceError."""
-    msg = cose.decode(data, what="succession statement")
-    try:
-        cose.verify(msg, deployment_key, what="succession statement")
-    except BadSignature:
-        raise BadSignature(
-            "succession statement is not signed with this application's deployment key"
-        ) from None
-    c = cose.loads(msg.payload, what="succession statement")
+    c = _signed_payload(data, deployment_key, "succession statement")
     if not isinstance(c, dict) or c.get("profile") != PROFILE_SUCCESSION:
         raise MalformedToken("not a Veritee succession statement")
     try:
