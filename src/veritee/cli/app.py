@@ -439,17 +439,7 @@ def output(
     \b
     Example:  veritee output trigger-btn press
     """
-    from veritee.app import state as state_mod
-
-    path, dep, tool = _user(state_path)
-    with state_mod.locked(path):
-        dep = state_mod.load(path)
-        tool.deployment = dep
-        conn = dep.connection(connection)
-        try:
-            answer = tool.send(conn, _payload(arg, hex_arg, file))
-        finally:
-            state_mod.save(path, dep)
+    answer = _on_connection(state_path, connection, _payload(arg, hex_arg, file), request=False)
     _print_log(answer)
 
 
@@ -466,18 +456,26 @@ def request(
     \b
     Example:  veritee request get-presses
     """
+    answer = _on_connection(state_path, connection, _payload(arg, hex_arg, file), request=True)
+    _echo_answer(answer)
+
+
+def _on_connection(
+    state_path: Path | None, connection: str, payload: bytes, *, request: bool
+) -> Any:
+    """Send an event (or a request) on a direct connection as the user's tool, keeping its
+    counters in the deployment state."""
     from veritee.app import state as state_mod
 
-    path, dep, tool = _user(state_path)
+    path, _, tool = _user(state_path)
     with state_mod.locked(path):
         dep = state_mod.load(path)
         tool.deployment = dep
         conn = dep.connection(connection)
         try:
-            answer = tool.request(conn, _payload(arg, hex_arg, file))
+            return tool.request(conn, payload) if request else tool.send(conn, payload)
         finally:
             state_mod.save(path, dep)
-    _echo_answer(answer)
 
 
 # -- changes --------------------------------------------------------------------------------------

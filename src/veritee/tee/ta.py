@@ -156,6 +156,11 @@ class Outcome:
     log: str
 
 
+def _outcome(raw: bytes) -> Outcome:
+    r = cbor2.loads(raw)
+    return Outcome(r["events"], r["reply"], r["state"], r["dropped"], r["log"])
+
+
 class AppSession:
     """A session with the application TA: one long-lived module instance of an app.
 
@@ -224,8 +229,7 @@ class AppSession:
     def deliver(self, event: bytes, relay: teec.Relay | None = None) -> Outcome:
         out = teec.memref_out(MAX_RESULT_BYTES)
         self.session.invoke(CMD_APP_DELIVER, teec.Operation([teec.memref_in(event), out]), relay)
-        r = cbor2.loads(out.buffer)
-        return Outcome(r["events"], r["reply"], r["state"], r["dropped"], r["log"])
+        return _outcome(out.buffer)
 
     def public(self, endpoint: str, request: bytes, relay: teec.Relay | None = None) -> Outcome:
         """Call a public (unauthenticated) endpoint; its answer is ``Outcome.reply``, plain."""
@@ -235,8 +239,7 @@ class AppSession:
             teec.Operation([teec.memref_in(endpoint.encode()), teec.memref_in(request), out]),
             relay,
         )
-        r = cbor2.loads(out.buffer)
-        return Outcome(r["events"], r["reply"], r["state"], r["dropped"], r["log"])
+        return _outcome(out.buffer)
 
     def status(self) -> dict[str, Any]:
         out = teec.memref_out(MAX_INFO_BYTES)
