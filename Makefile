@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PY_SOURCES := src tests bench
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow fuzz lint bench clean
 
 setup:
 	@scripts/setup.sh
@@ -20,6 +20,14 @@ test: lint
 
 test-slow: setup
 	$(VENV)/pytest -q -m slow
+
+# Property tests with fresh random draws, several rounds (make test draws the same ones each run).
+FUZZ_ROUNDS ?= 5
+fuzz: setup
+	@for i in $$(seq $(FUZZ_ROUNDS)); do \
+		echo "fuzz round $$i/$(FUZZ_ROUNDS)"; \
+		VERITEE_FUZZ=1 $(VENV)/pytest -q -k "fuzz or any_" || exit 1; \
+	done
 
 bench: setup
 	$(VENV)/python bench/compute.py

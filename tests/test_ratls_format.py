@@ -194,6 +194,15 @@ def test_garbage_and_truncated_certificates() -> None:
             certificate.read(bad)
 
 
+def test_a_certificate_with_an_impossible_version_is_malformed() -> None:
+    # cryptography raises InvalidVersion (no ValueError) for this: it must still read as malformed.
+    der = certificate.build(KEY, b"evidence", name="m", now=NOW)
+    v3 = b"\xa0\x03\x02\x01\x02"
+    assert v3 in der
+    with pytest.raises(MalformedCertificate, match="does not parse"):
+        certificate.read(der.replace(v3, b"\xa0\x03\x02\x01\x01", 1))
+
+
 @settings(max_examples=200, deadline=None)
 @given(value=st.binary(max_size=300))
 def test_any_dice_extension_value_reads_or_fails_cleanly(value: bytes) -> None:

@@ -342,6 +342,7 @@ def show(path: str, as_json: bool) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    from veritee.evidence.certs import CERT_ERRORS
     from veritee.evidence.readable import describe
     from veritee.ratls import certificate, wire
 
@@ -352,7 +353,7 @@ def show(path: str, as_json: bool) -> None:
     if b"-----BEGIN CERTIFICATE-----" in data:
         try:
             der = x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
-        except ValueError:
+        except CERT_ERRORS:
             raise UsageError(f"{path}: the PEM certificate does not parse") from None
     else:
         der = data

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.evidence import cose
+from veritee.evidence.certs import CERT_ERRORS
 from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
 from veritee.evidence.errors import (
     BadSignature,
@@ -54,7 +55,7 @@ class TrustAnchors:
     def from_pem(cls, pem: bytes) -> TrustAnchors:
         try:
             return cls(tuple(x509.load_pem_x509_certificates(pem)))
-        except ValueError:
+        except CERT_ERRORS:
             raise UntrustedDevice("trust anchor file holds no PEM certificate") from None
 
 
@@ -188,7 +189,7 @@ def _device_certificate(
     try:
         cert, ca = _walk_chain(msg, anchors, now)
         key = cert.public_key()
-    except ValueError:
+    except CERT_ERRORS:
         # cryptography parses certificate fields lazily: a mangled one fails on first use.
         raise MalformedToken(
             "platform token's x5chain holds a certificate that does not parse"
@@ -208,7 +209,7 @@ def _walk_chain(
         raise MalformedToken("platform token carries no device certificate (x5chain)")
     try:
         certs = [x509.load_der_x509_certificate(c) for c in chain]
-    except (ValueError, TypeError):
+    except CERT_ERRORS:
         raise MalformedToken("platform token's x5chain is not DER certificates") from None
     when = now or dt.datetime.now(dt.UTC)
     for cert in certs:
@@ -235,7 +236,9 @@ def _walk_chain(
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
+    except InvalidSignature:
+        return False
+    except CERT_ERRORS:
         return False
     return True
 

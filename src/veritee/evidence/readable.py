@@ -7,6 +7,7 @@ from typing import Any
 from cryptography import x509
 
 from veritee.evidence import cose
+from veritee.evidence.certs import CERT_ERRORS
 from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
 
 
@@ -25,7 +26,7 @@ def describe(data: bytes) -> dict[str, Any]:
             certs.append(
                 {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string()}
             )
-        except (ValueError, TypeError):
+        except CERT_ERRORS:
             certs.append({"error": "not a DER certificate"})
     return {
         "platform": {

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from veritee.evidence.certs import CERT_ERRORS
 from veritee.ratls import wire
 from veritee.ratls.errors import CertificateExpired, MalformedCertificate, MalformedExtension
 
@@ -126,12 +127,12 @@ def read(der: bytes) -> PeerCertificate:
         )
         subject = cert.subject.rfc4514_string()
         not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    except (ValueError, TypeError) as exc:
+    except CERT_ERRORS as exc:
         # cryptography parses lazily: a mangled field fails on first use.
         raise MalformedCertificate(f"peer certificate does not parse ({exc})") from None
     try:
         extensions = {ext.oid: ext for ext in cert.extensions}
-    except (ValueError, TypeError) as exc:
+    except CERT_ERRORS as exc:
         raise MalformedExtension(f"certificate extensions do not parse ({exc})") from None
     found: dict[str, bytes] = {}
     ours = extensions.get(wire.OID_VERITEE_EVIDENCE)

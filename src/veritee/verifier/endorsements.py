@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from veritee.evidence.certs import CERT_ERRORS
 from veritee.verifier.errors import ProvisioningError
 from veritee.verifier.media import SCHEMES, Scheme
 
@@ -178,7 +179,7 @@ def ca_anchors_from_pem(pem: str) -> list[CaAnchor]:
         raise ProvisioningError("a CA trust anchor must be PEM text holding a certificate")
     try:
         certs = x509.load_pem_x509_certificates(pem.encode())
-    except ValueError:
+    except CERT_ERRORS:
         raise ProvisioningError("the CA PEM does not parse as X.509 certificates") from None
     if len(certs) > MAX_CAS_PER_ENTRY:
         raise ProvisioningError(f"a PEM bundle may hold at most {MAX_CAS_PER_ENTRY} CAs")
