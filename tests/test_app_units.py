@@ -153,7 +153,7 @@ def test_transport_keeps_events_for_a_node_that_is_down_and_delivers_them_once(
 
     got: list[bytes] = []
     b = TcpTransport(tmp_path / "b", "127.0.0.1", port)
-    b.start(got.append, lambda e: b"reply to " + e)
+    b.start(got.extend, lambda e: b"reply to " + e)
     _wait(lambda: len(got) == 5)
     _wait(lambda: a.links()[f"127.0.0.1:{port}"]["queued"] == 0)
     assert got == [f"event {i}".encode() for i in range(5)]
@@ -176,10 +176,10 @@ def test_transport_resends_what_the_receiver_did_not_take(tmp_path: Path) -> Non
     got: list[bytes] = []
     refuse = {"on": True}
 
-    def take(event: bytes) -> None:
+    def take(events: list[bytes]) -> None:
         if refuse["on"]:
             raise AppError("inbox full")
-        got.append(event)
+        got.extend(events)
 
     b = TcpTransport(tmp_path / "b", "127.0.0.1", 0)
     b.start(take, lambda e: e)

@@ -30,7 +30,7 @@ from veritee.app.spool import Spool
 from veritee.errors import Error
 from veritee.home import Home
 from veritee.tee import client as teec
-from veritee.tee.ta import AppSession, Outcome
+from veritee.tee.ta import AppSession, BatchOutcome, Outcome
 
 log = logging.getLogger("veritee.node")
 
@@ -41,8 +41,13 @@ LOG_TAIL = 50  # lines of a module's output kept for `status`
 # (10 s) so that only a stuck or deadlocked module trips it.
 LOCK_TIMEOUT = 30.0
 _DEAD = (teec.TEEC_ERROR_TARGET_DEAD, teec.TEEC_ERROR_COMMUNICATION)
+# What the inbox hands the secure world in one call: one TEE call, one hop into the module
+# and one sealed state per batch instead of per event. A batch takes what is queued, never
+# waits for more (a lone event goes at once).
+BATCH_EVENTS = 256
+BATCH_BYTES = 1024 * 1024  # a larger event goes in a batch of its own
 
-Absorb = Callable[["ModuleHost", Outcome], None]
+Absorb = Callable[["ModuleHost", list[bytes]], None]
 Relay = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -281,15 +286,32 @@ class ModuleHost:
             self._after(outcome)
             return outcome
 
+    def deliver_batch(self, events: list[bytes]) -> BatchOutcome:
+        """Deliver queued events in one call into the secure world."""
+        with self._locked():
+            batch: BatchOutcome = self._call(lambda s: s.deliver_batch(events, self._relay))
+            self._absorb(self, batch.events)  # route what it emitted before anything else
+            self.store_state(batch.state)
+            for reason in batch.dropped:
+                self._count(reason)
+            self._log(batch.log)
+            return batch
+
     def _after(self, outcome: Outcome) -> None:
-        self._absorb(self, outcome)  # route what it emitted before anything else
+        self._absorb(self, outcome.events)  # route what it emitted before anything else
         self.store_state(outcome.state)
-        if outcome.dropped:
-            self.dropped[outcome.dropped] += 1
-            log.warning("module %s dropped an event: %s", self, outcome.dropped)
+        self._count(outcome.dropped)
+        self._log(outcome.log)
+
+    def _count(self, dropped: str | None) -> None:
+        if dropped:
+            self.dropped[dropped] += 1
+            log.warning("module %s dropped an event: %s", self, dropped)
         else:
             self.delivered += 1
-        for line in outcome.log.splitlines():
+
+    def _log(self, text: str) -> None:
+        for line in text.splitlines():
             self.tail.append(line)
             log.info("[%s] %s", self.params.name, line)
 
@@ -305,30 +327,43 @@ class ModuleHost:
             self._waiters[seq] = future
             return future
 
+    def enqueue_all(self, events: list[bytes]) -> None:
+        """Keep ``events`` for delivery in order, with one write."""
+        self.inbox.extend(events)
+
     def _run(self) -> None:
         done = 0
         while not self._closed:
-            batch = self.inbox.wait(done, 0.5)
-            for seq, event in batch:
-                if self._closed:
-                    return
-                outcome = self._deliver_queued(event)
-                with self._waiters_lock:
-                    future = self._waiters.pop(seq, None)
+            queued = self.inbox.wait(done, 0.5, BATCH_EVENTS)
+            if not queued or self._closed:
+                continue
+            batch: list[tuple[int, bytes]] = []
+            size = 0
+            for seq, event in queued:
+                if batch and size + len(event) > BATCH_BYTES:
+                    break
+                batch.append((seq, event))
+                size += len(event)
+            outcomes = self._deliver_queued([event for _, event in batch])
+            with self._waiters_lock:
+                futures = [self._waiters.pop(seq, None) for seq, _ in batch]
+            for future, outcome in zip(futures, outcomes, strict=True):
                 if future is not None and not future.done():
                     future.set_result(outcome)
-                self.inbox.consume(seq)
-                done = seq
+            # Only now, with the state after the batch stored, are its events done with.
+            done = batch[-1][0]
+            self.inbox.consume(done)
 
-    def _deliver_queued(self, event: bytes) -> Outcome | None:
+    def _deliver_queued(self, events: list[bytes]) -> list[Outcome | None]:
         try:
-            return self.deliver_now(event)
+            batch = self.deliver_batch(events)
         except Error as exc:
-            # The event is not retried: a module that fails on it would fail again.
-            self.dropped["failed"] += 1
+            # The events are not retried: a module that fails on them would fail again.
+            self.dropped["failed"] += len(events)
             self.failed = None if self._session is not None else str(exc)
-            log.warning("module %s could not take an event: %s", self, exc)
-            return None
+            log.warning("module %s could not take %d event(s): %s", self, len(events), exc)
+            return [None] * len(events)
+        return [batch.outcome(i) for i in range(len(events))]
 
     def __str__(self) -> str:
         return f"{self.params.app}/{self.params.name}"

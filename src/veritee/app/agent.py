@@ -270,6 +270,35 @@ class NodeAgent:
 
     def route(self, event: bytes, *, origin: str = "module") -> tuple[str, ModuleHost | None]:
         """Send an event on its way. Returns where to ("local", "remote", "user", "dropped")."""
+        where, target = self._where(event)
+        if where == "local":
+            assert isinstance(target, ModuleHost)
+            target.enqueue(event)
+            return "local", target
+        if where == "remote":
+            assert isinstance(target, tuple)
+            self.transport.send(target, event)
+        return where, None
+
+    def route_all(self, events: list[bytes]) -> None:
+        """Send events on their way, in order, with one write per inbox or outbox."""
+        local: dict[ModuleHost, list[bytes]] = {}
+        remote: dict[Address, list[bytes]] = {}
+        for event in events:
+            where, target = self._where(event)
+            if where == "local":
+                assert isinstance(target, ModuleHost)
+                local.setdefault(target, []).append(event)
+            elif where == "remote":
+                assert isinstance(target, tuple)
+                remote.setdefault(target, []).append(event)
+        for host, batch in local.items():
+            host.enqueue_all(batch)
+        for address, batch in remote.items():
+            self.transport.send_all(address, batch)
+
+    def _where(self, event: bytes) -> tuple[str, ModuleHost | Address | None]:
+        """Where an event goes; events for a user's tool go to its mailbox at once."""
         try:
             conn, direction = _header(event)
         except EventRejected:
@@ -292,14 +321,12 @@ class NodeAgent:
             if host is None:
                 self.counters["no-module"] += 1
                 return "dropped", None
-            host.enqueue(event)
             return "local", host
         address = app.peers.get(end.node) if app is not None else None
         if address is None:
             self.counters["no-peer"] += 1
             return "dropped", None
-        self.transport.send(address, event)
-        return "remote", None
+        return "remote", address
 
     def submit(self, event: bytes, *, wait: bool, timeout: float = 30.0) -> dict[str, Any]:
         """A user's sealed event (a direct connection, or an entry call)."""
@@ -368,10 +395,8 @@ class NodeAgent:
         could do. Exposed so that tests and the demo can play that host."""
         return self._host(app, name, False).deliver_now(event)
 
-    def _from_network(self, event: bytes) -> None:
-        where, _ = self.route(event, origin="network")
-        if where == "dropped":
-            log.warning("dropped an event from the network: no route for it here")
+    def _from_network(self, events: list[bytes]) -> None:
+        self.route_all(events)
 
     def _request_from_network(self, event: bytes) -> bytes:
         return self.request(event)
@@ -385,9 +410,8 @@ class NodeAgent:
         except (Error, TransportError, EventRejected) as exc:
             return {"error": str(exc)}
 
-    def _absorb(self, host: ModuleHost, outcome: Outcome) -> None:
-        for event in outcome.events:
-            self.route(event)
+    def _absorb(self, host: ModuleHost, events: list[bytes]) -> None:
+        self.route_all(events)
 
     # -- periodic events ---------------------------------------------------------------------
 

@@ -76,31 +76,53 @@ class Spool:
 
     def append(self, record: bytes) -> int:
         """Store ``record``; returns its number. Raises SpoolFull past ``max_pending``."""
-        if len(record) > MAX_RECORD_BYTES:
-            raise AppError(f"record of {len(record)} bytes is over {MAX_RECORD_BYTES}")
+        return self.extend([record])
+
+    def extend(self, records: list[bytes]) -> int:
+        """Store ``records`` with one write; returns the number of the last.
+
+        All or none: raises SpoolFull if they do not all fit under ``max_pending``.
+        """
+        for record in records:
+            if len(record) > MAX_RECORD_BYTES:
+                raise AppError(f"record of {len(record)} bytes is over {MAX_RECORD_BYTES}")
         with self._cond:
-            if len(self._records) >= self.max_pending:
+            if len(self._records) + len(records) > self.max_pending:
                 raise SpoolFull(
                     f"{self.path.name} holds {self.max_pending} undelivered events already"
                 )
-            self._last += 1
-            seq = self._last
-            os.write(self._fd, _RECORD.pack(seq, len(record)) + record)
-            self._records.append((seq, record))
+            numbered = []
+            for record in records:
+                self._last += 1
+                numbered.append((self._last, record))
+            os.write(self._fd, b"".join(_RECORD.pack(q, len(r)) + r for q, r in numbered))
+            self._records.extend(numbered)
             self._cond.notify_all()
-            return seq
+            return self._last
 
     def pending(self, after: int = 0, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Unconsumed records numbered above ``after``, oldest first."""
         with self._cond:
-            return [r for r in self._records if r[0] > after][:limit]
+            out = []
+            for r in self._records:
+                if r[0] > after:
+                    out.append(r)
+                    if len(out) >= limit:
+                        break
+            return out
 
-    def wait(self, after: int, timeout: float) -> list[tuple[int, bytes]]:
+    def wait(self, after: int, timeout: float, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Like :meth:`pending`, waiting up to ``timeout`` s for one to arrive."""
         with self._cond:
             if not (self._records and self._records[-1][0] > after) and not self.closed:
                 self._cond.wait(timeout)
-            return [r for r in self._records if r[0] > after]
+            out = []
+            for r in self._records:
+                if r[0] > after:
+                    out.append(r)
+                    if len(out) >= limit:
+                        break
+            return out
 
     def consume(self, seq: int) -> None:
         """Records up to and including ``seq`` are done with."""

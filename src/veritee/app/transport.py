@@ -13,7 +13,9 @@ Wire format (TCP), one frame per message::
 HELLO (sender node address and a link id), EVENT (id = outbox number), ACK (id = highest
 number taken into custody, cumulative), REQUEST / REPLY (id = request number). Numbers per
 link let the receiver skip a duplicate after a reconnect; that is an optimisation only:
-the secure world's counters are what refuse replays.
+the secure world's counters are what refuse replays. Events go in batches: the sender
+writes what its outbox holds (up to ``SEND_BYTES``) at once, the receiver takes custody of
+every event it has read with one write to the inbox and answers with one ACK.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ _FRAME = struct.Struct(">BQI")
 MAX_FRAME_BYTES = 5 * 1024 * 1024
 # Unacknowledged events in flight per link: bounds the resend after a reconnect.
 WINDOW = 4096
+SEND_BYTES = 1024 * 1024  # events written to a peer in one go (a larger one goes alone)
+RECV_BYTES = 256 * 1024  # read from a peer at once
 CONNECT_TIMEOUT = 2.0  # seconds; a peer on loopback or a LAN answers in well under this
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # back-off between reconnection attempts, seconds
 REQUEST_TIMEOUT = 30.0  # a handler runs within its module's time budget (10 s by default)
@@ -54,7 +58,7 @@ REQUEST_WORKERS = 16  # requests answered at once per agent; each may run a modu
 _OK, _FAILED = 0, 1
 
 Address = tuple[str, int]
-EventSink = Callable[[bytes], None]
+EventSink = Callable[[list[bytes]], None]
 RequestSink = Callable[[bytes], bytes]
 
 
@@ -62,12 +66,17 @@ class Transport(ABC):
     """Carries sealed events between node agents. It never looks inside them."""
 
     @abstractmethod
-    def start(self, on_event: EventSink, on_request: RequestSink) -> Address:
-        """Begin receiving; ``on_event`` must have taken custody when it returns."""
+    def start(self, on_events: EventSink, on_request: RequestSink) -> Address:
+        """Begin receiving; ``on_events`` must have taken custody of them when it returns."""
 
     @abstractmethod
     def send(self, to: Address, event: bytes) -> None:
         """Queue ``event`` for the agent at ``to``: delivered in order, kept while it is down."""
+
+    def send_all(self, to: Address, events: list[bytes]) -> None:
+        """Queue ``events``, in order (a transport may store them at once)."""
+        for event in events:
+            self.send(to, event)
 
     @abstractmethod
     def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
@@ -87,6 +96,38 @@ def _addr(a: Address) -> str:
 
 def _send_frame(sock: socket.socket, kind: int, ident: int, payload: bytes = b"") -> None:
     sock.sendall(_FRAME.pack(kind, ident, len(payload)) + payload)
+
+
+class _Frames:
+    """Reads frames from a socket, as many at a time as have arrived."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def read(self) -> list[tuple[int, int, bytes]]:
+        """Every whole frame received so far; waits for at least one. EOFError at the end."""
+        while True:
+            frames = self._parse()
+            if frames:
+                return frames
+            chunk = self._sock.recv(RECV_BYTES)
+            if not chunk:
+                raise EOFError
+            self._buf += chunk
+
+    def _parse(self) -> list[tuple[int, int, bytes]]:
+        out, i, buf = [], 0, self._buf
+        while len(buf) - i >= _FRAME.size:
+            kind, ident, size = _FRAME.unpack_from(buf, i)
+            if size > MAX_FRAME_BYTES:
+                raise EOFError
+            if len(buf) - i - _FRAME.size < size:
+                break
+            out.append((kind, ident, bytes(buf[i + _FRAME.size : i + _FRAME.size + size])))
+            i += _FRAME.size + size
+        del buf[:i]
+        return out
 
 
 def _read_frame(reader: BinaryIO) -> tuple[int, int, bytes]:
@@ -156,10 +197,19 @@ class _Link:
             if not in_flight:
                 self.outbox.wait(sent, 0.5)
                 continue
+            chunk: list[bytes] = []
+            size = 0
             for seq, event in in_flight[:WINDOW]:
-                with self._write:
-                    _send_frame(sock, EVENT, seq, event)
+                chunk.append(_FRAME.pack(EVENT, seq, len(event)) + event)
+                size += len(chunk[-1])
                 sent = seq
+                if size >= SEND_BYTES:
+                    with self._write:
+                        sock.sendall(b"".join(chunk))
+                    chunk, size = [], 0
+            if chunk:
+                with self._write:
+                    sock.sendall(b"".join(chunk))
             while self.up and len(self.outbox) >= WINDOW:
                 self.outbox.wait(self.outbox.last, 0.1)
 
@@ -273,6 +323,9 @@ class TcpTransport(Transport):
     def send(self, to: Address, event: bytes) -> None:
         self._link(to).outbox.append(event)
 
+    def send_all(self, to: Address, events: list[bytes]) -> None:
+        self._link(to).outbox.extend(events)
+
     def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
         link = self._link(to)
         deadline = time.monotonic() + min(timeout, CONNECT_TIMEOUT)
@@ -299,10 +352,11 @@ class TcpTransport(Transport):
 
     def _receive(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
+        frames = _Frames(sock)
         write = threading.Lock()
         try:
-            kind, _, payload = _read_frame(reader)
+            first = frames.read()
+            kind, _, payload = first[0]
             hello = cbor2.loads(payload) if kind == HELLO else None
             if not isinstance(hello, dict) or not isinstance(hello.get("link"), bytes):
                 return
@@ -313,23 +367,11 @@ class TcpTransport(Transport):
                 self._seen[link_id] = int.from_bytes(raw[:8], "big") if len(raw) >= 8 else 0
             fd = os.open(seen_file, os.O_RDWR | os.O_CREAT, 0o600)
             try:
+                batch = first[1:]
                 while True:
-                    kind, ident, payload = _read_frame(reader)
-                    if kind == EVENT:
-                        if ident > self._seen[link_id]:
-                            assert self._on_event is not None
-                            try:
-                                self._on_event(payload)
-                            except AppError as exc:
-                                # No acknowledgement: the sender keeps the event and retries.
-                                log.warning("refused custody of an event: %s", exc)
-                                return
-                            self._seen[link_id] = ident
-                            os.pwrite(fd, ident.to_bytes(8, "big"), 0)
-                        with write:
-                            _send_frame(sock, ACK, ident)
-                    elif kind == REQUEST:
-                        self._pool.submit(self._answer, sock, write, ident, payload)
+                    if not self._take(sock, write, link_id, fd, batch):
+                        return
+                    batch = frames.read()
             finally:
                 os.close(fd)
         except (OSError, EOFError, ValueError, cbor2.CBORDecodeError):
@@ -340,6 +382,42 @@ class TcpTransport(Transport):
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def _take(
+        self,
+        sock: socket.socket,
+        write: threading.Lock,
+        link_id: bytes,
+        fd: int,
+        frames: list[tuple[int, int, bytes]],
+    ) -> bool:
+        """Take custody of the events among ``frames`` at once, then acknowledge them."""
+        events: list[bytes] = []
+        seen = newest = self._seen[link_id]
+        last = 0
+        for kind, ident, payload in frames:
+            if kind == EVENT:
+                if ident > newest:
+                    events.append(payload)
+                    newest = ident
+                last = max(last, ident)
+            elif kind == REQUEST:
+                self._pool.submit(self._answer, sock, write, ident, payload)
+        if events:
+            assert self._on_event is not None
+            try:
+                self._on_event(events)
+            except AppError as exc:
+                # No acknowledgement: the sender keeps the events and retries.
+                log.warning("refused custody of %d event(s): %s", len(events), exc)
+                return False
+            if newest > seen:
+                self._seen[link_id] = newest
+                os.pwrite(fd, newest.to_bytes(8, "big"), 0)
+        if last:
+            with write:
+                _send_frame(sock, ACK, last)
+        return True
 
     def _answer(self, sock: socket.socket, write: threading.Lock, ident: int, event: bytes) -> None:
         assert self._on_request is not None

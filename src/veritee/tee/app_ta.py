@@ -17,6 +17,7 @@ restarts resumes its connections, and replays stay refused.
 from __future__ import annotations
 
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,14 @@ from veritee.wasm.runtime import Compiler, Limits, Preopen, to_binary
 STATE_VERSION = 1
 MAX_CONNECTIONS = 1024  # per module instance
 ANSWERS = {"input": None, "entry": None, "handler": "reply"}  # kinds that receive events
+BATCHED = ("input", "entry")  # kinds delivered in batches; a handler's reply is per request
+# A batch the node agent hands in at once: bounds what one call makes the vTEE hold (the
+# agent sends at most 256 events or 1 MiB; one event may be 4 MiB on its own).
+MAX_BATCH_EVENTS = 256
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+BATCH_EXPORT = "veritee_batch"  # sdk/veritee_app.h: runs a batch of events in one call
+EVENTS_OUTPUT = "veritee:events"  # sdk/veritee_app.h: the events a module buffered, at once
+_LEN = struct.Struct("<I")
 
 
 @dataclass
@@ -66,6 +75,7 @@ class AppModule:
     provisioning: ProvisioningKeys
     vtee_token: bytes
     reactor: ReactorProcess | None = None
+    batches: bool = False  # the module runs a batch of events in one call (BATCH_EXPORT)
     channels: dict[bytes, Channel] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
@@ -177,6 +187,7 @@ def load(
         provisioning=provisioning,
         vtee_token=vtee_token,
         channels={c.conn_id: c for c in restored},
+        batches=BATCH_EXPORT in endpoints.exports(wasm),
     )
     job = {
         "artifact_path": str(compiled.artifact_path),
@@ -296,6 +307,12 @@ class _Call:
         return {"error": f"operation {op!r} is not available here"}
 
     def _output(self, name: str, data: bytes) -> dict[str, Any]:
+        if name == EVENTS_OUTPUT:
+            for one, payload in _records(data):
+                answer = self._output(one, payload)
+                if "error" in answer:
+                    return answer
+            return {"ok": True}
         if not self.loaded.endpoint("output", name):
             return {"error": f"module declares no output {name!r}"}
         for ch in self.loaded.channels.values():
@@ -323,6 +340,28 @@ class _Call:
             return {"error": f"answer refused: {exc}"}
 
 
+def _records(data: bytes) -> list[tuple[str, bytes]]:
+    """Unpack records ``len || name || len || payload`` (32-bit little-endian lengths)."""
+    out, i = [], 0
+    while i < len(data):
+        try:
+            (n,) = _LEN.unpack_from(data, i)
+            name = data[i + 4 : i + 4 + n]
+            (m,) = _LEN.unpack_from(data, i + 4 + n)
+        except struct.error:
+            raise UsageError("buffered events do not parse") from None
+        start = i + 8 + n
+        if len(name) != n or start + m > len(data):
+            raise UsageError("buffered events do not parse")
+        out.append((name.decode("utf-8", "replace"), data[start : start + m]))
+        i = start + m
+    return out
+
+
+def _pack(calls: list[tuple[str, bytes]]) -> bytes:
+    return b"".join(_LEN.pack(len(e)) + e.encode() + _LEN.pack(len(p)) + p for e, p in calls)
+
+
 def _data(rpc: dict[str, Any]) -> bytes:
     data = rpc.get("data", b"")
     if not isinstance(data, bytes):
@@ -330,19 +369,27 @@ def _data(rpc: dict[str, Any]) -> bytes:
     return data
 
 
+def _check(loaded: AppModule, event: bytes, kinds: Any) -> tuple[Channel, bytes]:
+    """The channel an event is for and its payload; raise EventRejected (and count it)."""
+    try:
+        conn_id = channels.conn_id_of(event)
+        channel = loaded.channels.get(conn_id)
+        if channel is None:
+            raise EventRejected("misrouted", "event is for a connection this module lacks")
+        if channel.kind not in kinds:
+            raise EventRejected("misrouted", f"events do not arrive on a {channel.kind} here")
+        return channel, channel.open(event)
+    except EventRejected as exc:
+        loaded.dropped[exc.reason] = loaded.dropped.get(exc.reason, 0) + 1
+        raise
+
+
 def deliver(loaded: AppModule, event: bytes, relay: Relay | None) -> dict[str, Any]:
     """Check one sealed event, hand it to the module, seal what it emits."""
     with loaded.lock:
         try:
-            conn_id = channels.conn_id_of(event)
-            channel = loaded.channels.get(conn_id)
-            if channel is None:
-                raise EventRejected("misrouted", "event is for a connection this module lacks")
-            if channel.kind not in ANSWERS:
-                raise EventRejected("misrouted", f"events do not arrive on a {channel.kind}")
-            payload = channel.open(event)
+            channel, payload = _check(loaded, event, ANSWERS)
         except EventRejected as exc:
-            loaded.dropped[exc.reason] = loaded.dropped.get(exc.reason, 0) + 1
             return _outcome(loaded, [], None, exc.reason, str(exc))
         call = _Call(loaded, relay)
         log = _call(loaded, f"veritee_{channel.kind}_{channel.endpoint}", payload, call)
@@ -351,6 +398,44 @@ def deliver(loaded: AppModule, event: bytes, relay: Relay | None) -> dict[str, A
             reply = channel.seal(call.response if call.response is not None else b"")
         loaded.delivered += 1
         return _outcome(loaded, call.events, reply, None, log)
+
+
+def deliver_batch(loaded: AppModule, events: list[bytes], relay: Relay | None) -> dict[str, Any]:
+    """Check each event of a batch on its own, run the accepted ones, seal the state once.
+
+    Every event gets the checks :func:`deliver` makes (a bad one is dropped and counted,
+    the others go on); the accepted ones run in the module's worker in one call when the
+    module offers it (``BATCH_EXPORT``), else one call each. Requests are not batched:
+    each waits for its own reply.
+    """
+    if len(events) > MAX_BATCH_EVENTS or sum(len(e) for e in events) > MAX_BATCH_BYTES:
+        raise UsageError(
+            f"a batch holds at most {MAX_BATCH_EVENTS} events and {MAX_BATCH_BYTES} bytes"
+        )
+    with loaded.lock:
+        dropped: list[str | None] = []
+        calls: list[tuple[str, bytes]] = []
+        for event in events:
+            try:
+                channel, payload = _check(loaded, event, BATCHED)
+            except EventRejected as exc:
+                dropped.append(exc.reason)
+                continue
+            dropped.append(None)
+            calls.append((f"veritee_{channel.kind}_{channel.endpoint}", payload))
+        call = _Call(loaded, relay)
+        logs = []
+        if calls and loaded.batches:
+            logs.append(_call(loaded, BATCH_EXPORT, _pack(calls), call, len(calls)))
+        else:
+            logs += [_call(loaded, export, payload, call) for export, payload in calls]
+        loaded.delivered += len(calls)
+        return {
+            "dropped": dropped,
+            "events": call.events,
+            "state": loaded.state(),
+            "log": "".join(logs),
+        }
 
 
 def public(loaded: AppModule, endpoint: str, request: bytes, relay: Relay | None) -> dict[str, Any]:
@@ -363,10 +448,11 @@ def public(loaded: AppModule, endpoint: str, request: bytes, relay: Relay | None
         return _outcome(loaded, call.events, call.response or b"", None, log)
 
 
-def _call(loaded: AppModule, export: str, payload: bytes, call: _Call) -> str:
+def _call(loaded: AppModule, export: str, payload: bytes, call: _Call, events: int = 1) -> str:
+    """Run one export; a batch of ``events`` gets the time budget of that many events."""
     if loaded.reactor is None or not loaded.reactor.alive:
         raise ModuleError(f"module {loaded.name!r} is not running (it failed earlier); reload it")
-    return loaded.reactor.call(export, payload, loaded.limits.time_seconds, call)
+    return loaded.reactor.call(export, payload, loaded.limits.time_seconds * events, call)
 
 
 def _outcome(

@@ -136,6 +136,7 @@ CMD_APP_CONNECT = 0x22  # p0 in: statement signed with the deployment key; p1 ou
 CMD_APP_DELIVER = 0x23  # p0 in: sealed event; p1 out: CBOR outcome
 CMD_APP_STATUS = 0x24  # p0 out: CBOR status
 CMD_APP_PUBLIC = 0x25  # p0 in: endpoint name; p1 in: request bytes; p2 out: CBOR outcome
+CMD_APP_DELIVER_BATCH = 0x26  # p0 in: CBOR list of sealed events; p1 out: CBOR batch outcome
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,25 @@ class Outcome:
     state: bytes
     dropped: str | None
     log: str
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What delivering a batch of events produced.
+
+    ``dropped``: per event, in order, why it was refused, or None if the module took it;
+    ``events``: what the module emitted, in order (route each by its connection id);
+    ``state``: the sealed state after the whole batch; ``log``: the module's output.
+    """
+
+    dropped: list[str | None]
+    events: list[bytes]
+    state: bytes
+    log: str
+
+    def outcome(self, i: int) -> Outcome:
+        """The part of the batch that concerns its event ``i`` (for a caller waiting on it)."""
+        return Outcome([], None, self.state, self.dropped[i], self.log)
 
 
 def _outcome(raw: bytes) -> Outcome:
@@ -230,6 +250,17 @@ class AppSession:
         out = teec.memref_out(MAX_RESULT_BYTES)
         self.session.invoke(CMD_APP_DELIVER, teec.Operation([teec.memref_in(event), out]), relay)
         return _outcome(out.buffer)
+
+    def deliver_batch(self, events: list[bytes], relay: teec.Relay | None = None) -> BatchOutcome:
+        """Deliver events in one call; each is checked on its own, the state sealed once."""
+        out = teec.memref_out(MAX_RESULT_BYTES)
+        self.session.invoke(
+            CMD_APP_DELIVER_BATCH,
+            teec.Operation([teec.memref_in(cbor2.dumps(events)), out]),
+            relay,
+        )
+        r = cbor2.loads(out.buffer)
+        return BatchOutcome(r["dropped"], r["events"], r["state"], r["log"])
 
     def public(self, endpoint: str, request: bytes, relay: teec.Relay | None = None) -> Outcome:
         """Call a public (unauthenticated) endpoint; its answer is ``Outcome.reply``, plain."""

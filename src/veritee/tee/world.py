@@ -35,6 +35,7 @@ from veritee.tee.ta import (
     CMD_APP_ATTEST,
     CMD_APP_CONNECT,
     CMD_APP_DELIVER,
+    CMD_APP_DELIVER_BATCH,
     CMD_APP_LOAD,
     CMD_APP_PUBLIC,
     CMD_APP_STATUS,
@@ -370,6 +371,19 @@ def _app(
     if cmd == CMD_APP_DELIVER:
         outcome = app_ta.deliver(loaded, _memref(params, 0)["buf"], relay)
         return _reply(params, {1: _out(params, 1, bytes(cbor2.dumps(outcome)))})
+    if cmd == CMD_APP_DELIVER_BATCH:
+        try:
+            events = cbor2.loads(_memref(params, 0)["buf"])
+        except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError):
+            events = None
+        if not isinstance(events, list) or not all(isinstance(e, bytes) for e in events):
+            raise _Reply(
+                teec.TEEC_ERROR_BAD_PARAMETERS,
+                teec.TEEC_ORIGIN_TRUSTED_APP,
+                "a batch must be a CBOR list of sealed events (byte strings)",
+            )
+        batch = app_ta.deliver_batch(loaded, events, relay)
+        return _reply(params, {1: _out(params, 1, bytes(cbor2.dumps(batch)))})
     if cmd == CMD_APP_PUBLIC:
         endpoint = _memref(params, 0)["buf"].decode("utf-8", "replace")
         outcome = app_ta.public(loaded, endpoint, _memref(params, 1)["buf"], relay)
