@@ -194,6 +194,25 @@ def test_transport_resends_what_the_receiver_did_not_take(tmp_path: Path) -> Non
     b.close()
 
 
+def test_transport_sends_more_than_a_window_kept_for_a_peer(tmp_path: Path) -> None:
+    """A peer back after a long absence gets everything kept, not one window's worth."""
+    from veritee.app.transport import WINDOW
+
+    port = _free_port()
+    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
+    a.start(lambda e: None, lambda e: e)
+    events = [i.to_bytes(4, "big") for i in range(WINDOW * 2 + 10)]
+    a.send_all(("127.0.0.1", port), events)
+    got: list[bytes] = []
+    b = TcpTransport(tmp_path / "b", "127.0.0.1", port)
+    b.start(got.extend, lambda e: e)
+    _wait(lambda: len(got) == len(events))
+    assert got == events
+    _wait(lambda: a.links()[f"127.0.0.1:{port}"]["queued"] == 0)
+    a.close()
+    b.close()
+
+
 def test_transport_requests_fail_clearly(tmp_path: Path) -> None:
     def refuse(_: bytes) -> bytes:
         raise AppError("no such handler")

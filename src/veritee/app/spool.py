@@ -137,6 +137,18 @@ class Spool:
                 os.ftruncate(self._fd, 0)
             self._cond.notify_all()
 
+    def wait_consumed(self, upto: int, timeout: float) -> None:
+        """Wait up to ``timeout`` s for records up to ``upto`` to be consumed."""
+        with self._cond:
+            if self._head < upto and not self.closed:
+                self._cond.wait(timeout)
+
+    @property
+    def head(self) -> int:
+        """The number of the newest record consumed."""
+        with self._cond:
+            return self._head
+
     @property
     def last(self) -> int:
         """The number of the newest record ever appended."""

@@ -210,8 +210,10 @@ class _Link:
             if chunk:
                 with self._write:
                     sock.sendall(b"".join(chunk))
-            while self.up and len(self.outbox) >= WINDOW:
-                self.outbox.wait(self.outbox.last, 0.1)
+            # At most WINDOW sent and not acknowledged: wait for acknowledgements, not for
+            # the outbox to drain (it may hold more than WINDOW not sent yet).
+            while self.up and not self._closed and sent - self.outbox.head >= WINDOW:
+                self.outbox.wait_consumed(sent - WINDOW + 1, 0.1)
 
     def _read(self, sock: socket.socket) -> None:
         reader = sock.makefile("rb")
