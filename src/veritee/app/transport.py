@@ -157,7 +157,8 @@ class _Link:
         self.link_id = link_file.read_bytes()[:16]
         self.up = False
         self._sock: socket.socket | None = None
-        self._write = threading.Lock()
+        self._write = threading.Lock()  # one writer on the socket; guards _sock and _sent
+        self._sent = 0  # the newest event written on the current connection
         self._requests: dict[int, Future[bytes]] = {}
         self._ids = iter(range(1, 1 << 62))
         self._closed = False
@@ -186,34 +187,61 @@ class _Link:
         sock.settimeout(None)
         hello = cbor2.dumps({"from": list(self.transport.address), "link": self.link_id})
         _send_frame(sock, HELLO, 0, hello)
-        self._sock = sock
-        self.up = True
+        with self._write:
+            self._sock = sock
+            self._sent = 0  # resend everything not yet acknowledged, oldest first
+            self.up = True
         log.info("link to %s up (%d event(s) to resend)", _addr(self.to), len(self.outbox))
         reader = threading.Thread(target=self._read, args=(sock,), daemon=True)
         reader.start()
-        sent = 0  # resend everything not yet acknowledged, oldest first
         while not self._closed and self.up:
-            in_flight = [r for r in self.outbox.pending(sent)]
+            with self._write:
+                in_flight = self.outbox.pending(self._sent, WINDOW)
+                if in_flight:
+                    self._write_events(sock, in_flight)
             if not in_flight:
-                self.outbox.wait(sent, 0.5)
+                self.outbox.wait(self._sent, 0.5)
                 continue
-            chunk: list[bytes] = []
-            size = 0
-            for seq, event in in_flight[:WINDOW]:
-                chunk.append(_FRAME.pack(EVENT, seq, len(event)) + event)
-                size += len(chunk[-1])
-                sent = seq
-                if size >= SEND_BYTES:
-                    with self._write:
-                        sock.sendall(b"".join(chunk))
-                    chunk, size = [], 0
-            if chunk:
-                with self._write:
-                    sock.sendall(b"".join(chunk))
             # At most WINDOW sent and not acknowledged: wait for acknowledgements, not for
             # the outbox to drain (it may hold more than WINDOW not sent yet).
-            while self.up and not self._closed and sent - self.outbox.head >= WINDOW:
-                self.outbox.wait_consumed(sent - WINDOW + 1, 0.1)
+            while self.up and not self._closed and self._sent - self.outbox.head >= WINDOW:
+                self.outbox.wait_consumed(self._sent - WINDOW + 1, 0.1)
+
+    def _write_events(self, sock: socket.socket, records: list[tuple[int, bytes]]) -> None:
+        """Write events to the peer, SEND_BYTES at a time; the caller holds ``_write``."""
+        chunk: list[bytes] = []
+        size = 0
+        for seq, event in records:
+            chunk.append(_FRAME.pack(EVENT, seq, len(event)) + event)
+            size += len(chunk[-1])
+            if size >= SEND_BYTES:
+                sock.sendall(b"".join(chunk))
+                chunk, size = [], 0
+        if chunk:
+            sock.sendall(b"".join(chunk))
+        self._sent = records[-1][0]
+
+    def push(self, records: list[tuple[int, bytes]]) -> None:
+        """Write just-kept events at once when the link is up and idle and they are next.
+
+        Saves the sender thread's wake-up on the latency path; otherwise (link busy or down,
+        window full) the sender thread sends them as always.
+        """
+        if not self.up or not self._write.acquire(blocking=False):
+            return
+        try:
+            sock = self._sock
+            if (
+                sock is not None
+                and self.up
+                and self._sent == records[0][0] - 1
+                and records[-1][0] - self.outbox.head <= WINDOW
+            ):
+                self._write_events(sock, records)
+        except OSError:
+            pass  # the reader sees the link go down; the sender thread resends
+        finally:
+            self._write.release()
 
     def _read(self, sock: socket.socket) -> None:
         reader = sock.makefile("rb")
@@ -323,10 +351,12 @@ class TcpTransport(Transport):
                 self._link((host, int(port)))
 
     def send(self, to: Address, event: bytes) -> None:
-        self._link(to).outbox.append(event)
+        self.send_all(to, [event])
 
     def send_all(self, to: Address, events: list[bytes]) -> None:
-        self._link(to).outbox.extend(events)
+        link = self._link(to)
+        last = link.outbox.extend(events)
+        link.push(list(zip(range(last - len(events) + 1, last + 1), events, strict=True)))
 
     def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
         link = self._link(to)
