@@ -108,8 +108,13 @@ connections:
 def test_a_module_is_updated_in_place(home: SmartHome, wasm: Callable[..., Path]) -> None:
     v2 = wasm("examples/smart-home/webserver.c", "WEB_V2")
     assert home.http().headers["x-web-version"] == "1"
+    name = "webserver.get_presses->db.get_presses"
+    old = state_mod.load(home.state).connections[name].conn
     proc = home.cli("update", "webserver", v2)
     assert proc.returncode == 0, proc.stderr
+    # db's secure world ended the old build's connection and holds the new one.
+    held = _tee_connections(home, "db")
+    assert old not in held and state_mod.load(home.state).connections[name].conn in held
     assert "webserver updated" in proc.stderr
     home.ok("output", "init-server", "start")
     response = home.http()
@@ -199,9 +204,25 @@ connections:
     assert any(c["name"] == "sender.press" for c in report["connections"])
 
 
+def _tee_connections(home: SmartHome, module: str) -> set[bytes]:
+    """The connections a module's secure world holds, as its node agent reports them."""
+    from veritee.app.client import NodeClient
+
+    dep = state_mod.load(home.state)
+    node = home.cluster.nodes[dep.module(module).node]
+    with NodeClient(node.url) as client:
+        tee = client.status()["apps"][APP]["modules"][module]["tee"]
+    return {c["conn"] for c in tee["connections"]}
+
+
 def test_a_disabled_module_is_gone_and_its_connections_end(home: SmartHome) -> None:
+    dep = state_mod.load(home.state)
+    asking = dep.connections["webserver.get_presses->db.get_presses"].conn
+    assert asking in _tee_connections(home, "db")
     proc = home.cli("disable", "webserver")
     assert proc.returncode == 0, proc.stderr
+    # The owner's signed disconnect ended it in db's secure world, not only in the agents.
+    assert asking not in _tee_connections(home, "db")
     assert "webserver.get_presses->db.get_presses" in proc.stdout
     assert home.http().status_code == 404
     report = home.status()

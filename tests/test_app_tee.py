@@ -310,3 +310,124 @@ def test_an_update_takes_over_sealed_state_only_with_the_owners_succession(
         second = env.sender.deliver(press.seal(b"2")).events[0]
         assert session.deliver(second).dropped is None  # and the connection key
     assert (storage / new.hex() / "note").read_bytes() == b"kept across the update"
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+def test_a_batch_checks_each_event_on_its_own_and_seals_the_state_once(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    # Three presses in one batch: one call into the module, three events out, in order.
+    out = env.sender.deliver_batch([press.seal(f"press {i}".encode()) for i in range(3)])
+    assert out.dropped == [None, None, None] and len(out.events) == 3
+    one, two, three = out.events
+    altered = bytearray(three)
+    altered[-1] ^= 1
+    batch = [one, one, bytes(altered), press.seal(b"misrouted"), three, two]
+    got = env.counter.deliver_batch(batch)
+    # A bad event is dropped and counted; the others still go through.
+    assert got.dropped == [None, "replay", "altered", "misrouted", None, "replay"]
+    public = env.counter.public("http", b"")
+    assert public.reply is not None and public.reply.startswith(b"count=2")
+    assert env.counter.status()["dropped"] == {"replay": 2, "altered": 1, "misrouted": 1}
+    # The state sealed after the batch carries every counter: after a reload, none of the
+    # batch's events is accepted again.
+    env.counter.close()
+    with env.dev.context() as ctx:
+        again = _load(ctx, wasm("tests/assets/c/app_counter.c"), "counter", env.raw_key, got.state)
+        assert again.deliver_batch([one, two, three]).dropped == ["replay"] * 3
+
+
+def test_requests_are_not_taken_in_batches(env: Env) -> None:
+    ask = _user_channel(env, b"Q" * 16, env.counter, "handler", "count")
+    request = ask.seal(b"?")
+    assert env.counter.deliver_batch([request]).dropped == ["misrouted"]
+    assert env.counter.deliver(request).reply is not None  # its counter was not used up
+
+
+def test_a_batch_over_the_limits_is_refused_whole(env: Env) -> None:
+    from veritee.tee.app_ta import MAX_BATCH_EVENTS
+
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    with pytest.raises(teec.TeecError, match="at most"):
+        env.sender.deliver_batch([press.seal(b"x") for _ in range(MAX_BATCH_EVENTS + 1)])
+    with pytest.raises(teec.TeecError, match="CBOR list"):
+        env.sender.session.invoke(
+            0x26, teec.Operation([teec.memref_in(b"\xa0"), teec.memref_out(1024)])
+        )
+
+
+# -- disconnect statements ----------------------------------------------------------------------
+
+
+def _pressed_statements(env: Env) -> list[bytes]:
+    """The connect statements the fixture signed for connection A (sender -> counter)."""
+    out = []
+    for me, kind, peer, initiator in (
+        (env.sender, "output", env.counter, True),
+        (env.counter, "input", env.sender, False),
+    ):
+        stmt = Connect(
+            app=APP,
+            conn_id=b"A" * 16,
+            kind=kind,
+            endpoint="pressed",
+            module_key=me.info["key"],
+            peer=Peer(peer.info["measurement"], peer.info["key"], "local", "pressed"),
+            initiator=initiator,
+        )
+        out.append(sign_connect(stmt, env.key))
+    return out
+
+
+def test_a_replayed_connect_statement_does_not_start_the_counters_over(env: Env) -> None:
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    event = env.sender.deliver(press.seal(b"1")).events[0]
+    assert env.counter.deliver(event).dropped is None
+    _, to_counter = _pressed_statements(env)
+    env.counter.connect(to_counter)  # a node agent replays the statement
+    assert env.counter.deliver(event).dropped == "replay"
+
+
+def test_a_signed_disconnect_ends_a_connection_in_the_secure_world(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    from veritee.evidence.deployment import Disconnect, sign_disconnect
+
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    kept = env.sender.deliver(press.seal(b"sealed before the end")).events[0]
+    statement = Disconnect(APP, (b"A" * 16,))
+    # Not signed with the app's key, or altered on the way: refused, the channel stays.
+    rogue = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(teec.TeecError, match="deployment key"):
+        env.counter.disconnect(sign_disconnect(statement, rogue))
+    other = bytearray(sign_disconnect(statement, env.key))
+    i = bytes(other).index(b"A" * 16)
+    other[i : i + 16] = b"B" * 16
+    with pytest.raises(teec.TeecError, match="deployment key"):
+        env.counter.disconnect(bytes(other))
+    with pytest.raises(teec.TeecError, match="for app"):
+        env.counter.disconnect(sign_disconnect(Disconnect("other-app", (b"A" * 16,)), env.key))
+    assert any(c["conn"] == b"A" * 16 for c in env.counter.status()["connections"])
+
+    signed = sign_disconnect(statement, env.key)
+    env.sender.disconnect(signed)
+    state = env.counter.disconnect(signed)
+    # The sender no longer seals events on it; the counter refuses those sealed before.
+    assert env.sender.deliver(press.seal(b"after the end")).events == []
+    assert env.counter.deliver(kept).dropped == "misrouted"
+    assert not any(c["conn"] == b"A" * 16 for c in env.counter.status()["connections"])
+    # A replayed connect statement does not revive it, not even after a reload.
+    to_sender, to_counter = _pressed_statements(env)
+    with pytest.raises(teec.TeecError, match="cannot revive"):
+        env.counter.connect(to_counter)
+    with pytest.raises(teec.TeecError, match="cannot revive"):
+        env.sender.connect(to_sender)
+    env.counter.close()
+    with env.dev.context() as ctx:
+        again = _load(ctx, wasm("tests/assets/c/app_counter.c"), "counter", env.raw_key, state)
+        with pytest.raises(teec.TeecError, match="cannot revive"):
+            again.connect(to_counter)
+        assert again.deliver(kept).dropped == "misrouted"

@@ -266,6 +266,11 @@ class ModuleHost:
             if isinstance(state, bytes):
                 self.store_state(state)
 
+    def disconnect(self, statement: bytes) -> None:
+        with self._locked():
+            state: bytes = self._call(lambda s: s.disconnect(statement))
+            self.store_state(state)
+
     def status(self) -> dict[str, Any]:
         with self._locked():
             if self._session is None:

@@ -220,12 +220,26 @@ class NodeAgent:
             raise UnknownModule(f"no module {app}/{name} on this node")
         host.destroy()
 
-    def retire(self, app: str, conns: Iterable[bytes]) -> None:
-        """Connections that ended (a module disabled or replaced): their events are dropped."""
+    def retire(self, app: str, conns: Iterable[bytes], statement: bytes | None = None) -> list[str]:
+        """Connections that ended (a module disabled or replaced): their events are dropped.
+
+        With ``statement`` (the owner's signed disconnect), every module of ``app`` here ends
+        them in its secure world. Returns, per module that could not, why.
+        """
         with self._lock:
             self._app(app)
             self._retire(conns)
             self._save(app)
+            hosts = [h for (a, _), h in self._hosts.items() if a == app]
+        problems = []
+        if statement is not None:
+            for host in hosts:
+                try:
+                    host.disconnect(statement)
+                except Error as exc:
+                    log.warning("%s did not take the disconnect statement: %s", host, exc)
+                    problems.append(f"{host}: {exc}")
+        return problems
 
     def _retire(self, conns: Iterable[bytes]) -> None:
         for conn in conns:

@@ -188,8 +188,12 @@ def create(agent: NodeAgent) -> FastAPI:
     @api.post("/v1/apps/{app}/retire")
     async def retire(app: str, request: Request) -> Response:
         body = await _body(request)
-        agent.retire(app, [c for c in _get(body, "retire", list) if isinstance(c, bytes)])
-        return _cbor({})
+        conns = [c for c in _get(body, "retire", list) if isinstance(c, bytes)]
+        statement = body.get("statement")
+        if statement is not None and not isinstance(statement, bytes):
+            raise UsageError("statement must be a signed disconnect statement (bytes)")
+        problems = await run_in_threadpool(agent.retire, app, conns, statement)
+        return _cbor({"problems": problems})
 
     @api.put("/v1/apps/{app}/periodic")
     async def periodic(app: str, request: Request) -> Response:

@@ -27,7 +27,13 @@ from veritee.app.descriptor import Descriptor
 from veritee.app.errors import AttestationRefused, DescriptorError, StateError
 from veritee.app.state import ConnectionState, Deployment, Keys, ModuleState, NodeState
 from veritee.errors import Error
-from veritee.evidence.deployment import Succession, sign_succession
+from veritee.evidence.deployment import (
+    MAX_DISCONNECT,
+    Disconnect,
+    Succession,
+    sign_disconnect,
+    sign_succession,
+)
 from veritee.wasm.endpoints import Endpoint, recorded
 
 __all__ = ["add", "disable", "reattest", "update"]
@@ -67,15 +73,30 @@ def _reconnect(
     return retired
 
 
-def _retire_elsewhere(
-    d: Deployer, dep: Deployment, module: str, retired: list[bytes], conns: list[ConnectionState]
+def _disconnect(
+    d: Deployer,
+    dep: Deployment,
+    keys: Keys,
+    retired: list[bytes],
+    conns: list[ConnectionState],
 ) -> None:
-    here = dep.modules[module].node
+    """Tell every node at an end of ``conns`` that ``retired`` ended: their agents stop
+    routing them, and their modules' secure worlds end them on the owner's signed word."""
     nodes = {dep.modules[c.from_module].node for c in conns if c.from_module} | {
-        dep.modules[c.to_module].node for c in conns
+        dep.modules[c.to_module].node for c in conns if c.to_module in dep.modules
     }
-    for node in nodes - {here}:
-        d._client(dep, node).retire(dep.app, retired)
+    statements: list[bytes | None] = [
+        sign_disconnect(
+            Disconnect(dep.app, tuple(retired[i : i + MAX_DISCONNECT])), keys.deployment
+        )
+        for i in range(0, len(retired), MAX_DISCONNECT)
+    ] or [None]
+    for node in sorted(nodes):
+        client = d._client(dep, node)
+        for i, statement in enumerate(statements):
+            chunk = retired[i * MAX_DISCONNECT : (i + 1) * MAX_DISCONNECT]
+            for problem in client.retire(dep.app, chunk, statement):
+                d.progress(Step(node, "disconnect", "failed", problem))
 
 
 def update(
@@ -144,7 +165,7 @@ def update(
         dep.modules[module] = new
         retired = _reconnect(d, dep, keys, module, table, staged=True)
         client.activate(dep.app, module, retired)
-        _retire_elsewhere(d, dep, module, retired, touching)
+        _disconnect(d, dep, keys, retired, touching)
         new.status = "connected"
         dep.timings["update"] = time.perf_counter() - t0
         return dep, result
@@ -155,14 +176,14 @@ def update(
 
 def disable(d: Deployer, module: str) -> Deployment:
     """Unload a module; its connections retire (their events are dropped and counted)."""
-    dep, _ = _open(d)
+    dep, keys = _open(d)
     try:
         m = dep.module(module)
         touching = [c for c in dep.connections.values() if module in (c.to_module, c.from_module)]
         retired = [c.conn for c in touching]
         if m.status not in ("refused", "disabled"):
             d._client(dep, m.node).disable(dep.app, module, retired)
-        _retire_elsewhere(d, dep, module, retired, touching)
+        _disconnect(d, dep, keys, retired, touching)
         for c in touching:
             c.status, c.reason = "retired", f"module {module!r} was disabled"
         m.status, m.reason = "disabled", "disabled by the deployer"
@@ -252,8 +273,7 @@ def reattest(d: Deployer) -> Deployment:
                 table = [Endpoint(k, e) for k, e in m.endpoints]
                 conns = [c for c in _touching(dep, m.name) if not c.implicit]
                 retired = _reconnect(d, dep, keys, m.name, table, staged=False)
-                _retire_elsewhere(d, dep, m.name, retired, conns)
-                d._client(dep, m.node).retire(dep.app, retired)
+                _disconnect(d, dep, keys, retired, conns)
         finally:
             if isinstance(appraiser, VerifierAppraiser):
                 appraiser.close()

@@ -128,8 +128,14 @@ class NodeClient:
     def disable(self, app: str, name: str, retire: list[bytes]) -> None:
         self._call("POST", f"/v1/apps/{app}/modules/{name}/disable", {"retire": retire})
 
-    def retire(self, app: str, conns: list[bytes]) -> None:
-        self._call("POST", f"/v1/apps/{app}/retire", {"retire": conns})
+    def retire(self, app: str, conns: list[bytes], statement: bytes | None = None) -> list[str]:
+        """Connections that ended; with ``statement`` (a signed disconnect), the node's
+        modules end them in their secure worlds too. Returns what the node could not do."""
+        body: dict[str, Any] = {"retire": conns}
+        if statement is not None:
+            body["statement"] = statement
+        answer = self._call("POST", f"/v1/apps/{app}/retire", body)
+        return [str(p) for p in answer.get("problems", [])]
 
     def periodic(self, app: str, events: list[tuple[str, str, int]]) -> None:
         self._call("PUT", f"/v1/apps/{app}/periodic", {"events": [list(e) for e in events]})

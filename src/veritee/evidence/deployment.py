@@ -193,3 +193,50 @@ def verify_succession(data: bytes, deployment_key: ec.EllipticCurvePublicKey) ->
         )
     except (KeyError, TypeError):
         raise MalformedToken("succession statement lacks a field") from None
+
+
+PROFILE_DISCONNECT = "tag:veritee.dev,2026:disconnect"
+MAX_DISCONNECT = 1024  # connection ids in one statement (= a module's most connections)
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """The app owner's word that connections ``conn_ids`` are over (a module at one of
+    their ends was updated or disabled): each secure world that has one ends it, stops
+    sealing events on it and refuses events on it, for good."""
+
+    app: str
+    conn_ids: tuple[bytes, ...]
+    iat: int = 0
+
+    def to_cbor(self) -> dict[str, Any]:
+        return {
+            "profile": PROFILE_DISCONNECT,
+            "app": self.app,
+            "conns": list(self.conn_ids),
+            "iat": self.iat or int(time.time()),
+        }
+
+
+def sign_disconnect(statement: Disconnect, deployment_key: ec.EllipticCurvePrivateKey) -> bytes:
+    return cose.sign1(bytes(cbor2.dumps(statement.to_cbor())), deployment_key)
+
+
+def verify_disconnect(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Disconnect:
+    """Check a disconnect statement's signature; raise EvidenceError."""
+    c = _signed_payload(data, deployment_key, "disconnect statement")
+    if not isinstance(c, dict) or c.get("profile") != PROFILE_DISCONNECT:
+        raise MalformedToken("not a Veritee disconnect statement")
+    try:
+        conns = c["conns"]
+        if not isinstance(conns, list) or not 0 < len(conns) <= MAX_DISCONNECT:
+            raise MalformedToken(f"disconnect statement names 1 to {MAX_DISCONNECT} connections")
+        if not isinstance(c["iat"], int):
+            raise MalformedToken("disconnect statement: iat has the wrong type")
+        return Disconnect(
+            app=_text(c["app"], "app", MAX_NAME),
+            conn_ids=tuple(_bytes(x, CONN_ID_BYTES, "connection id") for x in conns),
+            iat=c["iat"],
+        )
+    except (KeyError, TypeError):
+        raise MalformedToken("disconnect statement lacks a field") from None

@@ -35,6 +35,7 @@ from veritee.evidence.deployment import (
     APP_PRIVATE_DIR,
     app_config_digest,
     verify_connect,
+    verify_disconnect,
     verify_succession,
 )
 from veritee.evidence.provisioning import ProvisioningKeys
@@ -47,8 +48,12 @@ from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
 from veritee.wasm import endpoints
 from veritee.wasm.runtime import Compiler, Limits, Preopen, to_binary
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_CONNECTIONS = 1024  # per module instance
+# Connections ended by a disconnect statement, remembered so that a replayed connect
+# statement cannot bring one back. Past this many, the oldest are forgotten and every
+# connect statement issued up to their end is refused instead (``ended_before``).
+MAX_ENDED = 4 * MAX_CONNECTIONS
 ANSWERS = {"input": None, "entry": None, "handler": "reply"}  # kinds that receive events
 BATCHED = ("input", "entry")  # kinds delivered in batches; a handler's reply is per request
 # A batch the node agent hands in at once: bounds what one call makes the vTEE hold (the
@@ -77,6 +82,8 @@ class AppModule:
     reactor: ReactorProcess | None = None
     batches: bool = False  # the module runs a batch of events in one call (BATCH_EXPORT)
     channels: dict[bytes, Channel] = field(default_factory=dict)
+    ended: dict[bytes, int] = field(default_factory=dict)  # connection id -> when it ended
+    ended_before: int = 0  # connect statements issued at or before this time are refused
     dropped: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,6 +111,8 @@ class AppModule:
             "app": self.app,
             "provisioning": self.provisioning.export(),
             "channels": [c.to_cbor() for c in self.channels.values()],
+            "ended": [[conn, at] for conn, at in self.ended.items()],
+            "ended_before": self.ended_before,
         }
         return self.sealer.seal(bytes(cbor2.dumps(body)))
 
@@ -159,7 +168,7 @@ def load(
     for old in predecessors:  # the new build starts from its predecessor's private files
         if not any(private.iterdir()) and (storage / old.hex()).is_dir():
             shutil.copytree(storage / old.hex(), private, dirs_exist_ok=True)
-    provisioning, restored = _restore(sealer, config.get("state"), app)
+    provisioning, restored, ended, ended_before = _restore(sealer, config.get("state"), app)
     mak = ec.generate_private_key(ec.SECP256R1())
     vtee_token = cose.sign1(
         encode_claims(
@@ -187,6 +196,8 @@ def load(
         provisioning=provisioning,
         vtee_token=vtee_token,
         channels={c.conn_id: c for c in restored},
+        ended=ended,
+        ended_before=ended_before,
         batches=BATCH_EXPORT in endpoints.exports(wasm),
     )
     job = {
@@ -239,9 +250,11 @@ def _no_events(rpc: dict[str, Any]) -> dict[str, Any]:
     return {"error": "no events may be emitted while the module initialises"}
 
 
-def _restore(sealer: Sealer, state: Any, app: str) -> tuple[ProvisioningKeys, list[Channel]]:
+def _restore(
+    sealer: Sealer, state: Any, app: str
+) -> tuple[ProvisioningKeys, list[Channel], dict[bytes, int], int]:
     if state is None:
-        return ProvisioningKeys(), []
+        return ProvisioningKeys(), [], {}, 0
     if not isinstance(state, bytes):
         raise UsageError("state must be bytes sealed by this module")
     try:
@@ -251,6 +264,8 @@ def _restore(sealer: Sealer, state: Any, app: str) -> tuple[ProvisioningKeys, li
         return (
             ProvisioningKeys.restore(body["provisioning"]),
             [Channel.from_cbor(c) for c in body["channels"]],
+            {bytes(conn): int(at) for conn, at in body["ended"]},
+            int(body["ended_before"]),
         )
     except SealingError:
         raise
@@ -270,15 +285,55 @@ def connect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
         raise UsageError(f"module {loaded.name!r} has no {stmt.kind} endpoint {stmt.endpoint!r}")
     if stmt.initiator != (stmt.kind in ("output", "request")):
         raise UsageError("statement's initiator flag does not fit the endpoint kind")
-    if stmt.conn_id not in loaded.channels and len(loaded.channels) >= MAX_CONNECTIONS:
-        raise UsageError(f"module already has {MAX_CONNECTIONS} connections")
     try:
         channel = channels.establish(loaded.provisioning.x25519, loaded.measurement, stmt)
     except EventRejected as exc:
         raise SealingError(f"connection refused: {exc}") from None
     with loaded.lock:
+        existing = loaded.channels.get(stmt.conn_id)
+        if existing is not None:
+            # The same statement again (a retry) changes nothing; above all it must not
+            # start the counters over, which would let replayed events in.
+            if (existing.kind, existing.endpoint, existing.peer) != (
+                channel.kind,
+                channel.endpoint,
+                channel.peer,
+            ):
+                raise SealingError("connection refused: that connection id is already bound")
+            return {"state": loaded.state()}
+        if stmt.conn_id in loaded.ended or stmt.iat <= loaded.ended_before:
+            raise SealingError(
+                f"connection refused: connection {stmt.conn_id.hex()} was ended by the app "
+                "owner's disconnect statement; an earlier connect statement cannot revive it"
+            )
+        if len(loaded.channels) >= MAX_CONNECTIONS:
+            raise UsageError(f"module already has {MAX_CONNECTIONS} connections")
         loaded.channels[stmt.conn_id] = channel
-    return {"state": loaded.state()}
+        return {"state": loaded.state()}
+
+
+def disconnect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
+    """End connections on the app owner's signed word: no more events sealed or accepted.
+
+    Returns the sealed state (without them) and how many of them this instance had.
+    """
+    try:
+        stmt = verify_disconnect(statement, loaded.deployment_key)
+    except EvidenceError as exc:
+        raise SealingError(f"disconnect refused: {exc}") from None
+    if stmt.app != loaded.app:
+        raise SealingError(f"disconnect refused: statement is for app {stmt.app!r}")
+    with loaded.lock:
+        ended = 0
+        for conn in stmt.conn_ids:
+            if loaded.channels.pop(conn, None) is not None:
+                ended += 1
+            loaded.ended.pop(conn, None)
+            loaded.ended[conn] = stmt.iat
+        while len(loaded.ended) > MAX_ENDED:
+            oldest = next(iter(loaded.ended))
+            loaded.ended_before = max(loaded.ended_before, loaded.ended.pop(oldest))
+        return {"state": loaded.state(), "ended": ended}
 
 
 class _Call:
@@ -474,6 +529,7 @@ def status(loaded: AppModule) -> dict[str, Any]:
             "running": loaded.reactor is not None and loaded.reactor.alive,
             "delivered": loaded.delivered,
             "dropped": dict(loaded.dropped),
+            "ended": len(loaded.ended),
             "connections": [
                 {
                     "conn": c.conn_id,

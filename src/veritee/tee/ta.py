@@ -137,6 +137,7 @@ CMD_APP_DELIVER = 0x23  # p0 in: sealed event; p1 out: CBOR outcome
 CMD_APP_STATUS = 0x24  # p0 out: CBOR status
 CMD_APP_PUBLIC = 0x25  # p0 in: endpoint name; p1 in: request bytes; p2 out: CBOR outcome
 CMD_APP_DELIVER_BATCH = 0x26  # p0 in: CBOR list of sealed events; p1 out: CBOR batch outcome
+CMD_APP_DISCONNECT = 0x27  # p0 in: statement signed with the deployment key; p1 out: state
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,12 @@ class AppSession:
         """Bind an endpoint; returns the instance's sealed state, now with the connection."""
         state = teec.memref_out(MAX_INFO_BYTES)
         self.session.invoke(CMD_APP_CONNECT, teec.Operation([teec.memref_in(statement), state]))
+        return state.buffer
+
+    def disconnect(self, statement: bytes) -> bytes:
+        """End the connections a signed disconnect statement names; returns the sealed state."""
+        state = teec.memref_out(MAX_INFO_BYTES)
+        self.session.invoke(CMD_APP_DISCONNECT, teec.Operation([teec.memref_in(statement), state]))
         return state.buffer
 
     def deliver(self, event: bytes, relay: teec.Relay | None = None) -> Outcome:

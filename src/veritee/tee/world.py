@@ -36,6 +36,7 @@ from veritee.tee.ta import (
     CMD_APP_CONNECT,
     CMD_APP_DELIVER,
     CMD_APP_DELIVER_BATCH,
+    CMD_APP_DISCONNECT,
     CMD_APP_LOAD,
     CMD_APP_PUBLIC,
     CMD_APP_STATUS,
@@ -368,6 +369,9 @@ def _app(
         result = app_ta.connect(loaded, _memref(params, 0)["buf"])
         outs = {1: _out(params, 1, result["state"])} if params[1] is not None else {}
         return _reply(params, outs)
+    if cmd == CMD_APP_DISCONNECT:
+        result = app_ta.disconnect(loaded, _memref(params, 0)["buf"])
+        return _reply(params, {1: _out(params, 1, result["state"])})
     if cmd == CMD_APP_DELIVER:
         outcome = app_ta.deliver(loaded, _memref(params, 0)["buf"], relay)
         return _reply(params, {1: _out(params, 1, bytes(cbor2.dumps(outcome)))})
