@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from veritee.evidence import cose
+from veritee.evidence.appraisal import LinkCache, TrustAnchors, verify
 from veritee.evidence.claims import (
     MEDIA_TYPE,
     BootEntry,
@@ -35,7 +36,7 @@ from veritee.evidence.claims import (
     encode_claims,
     ueid_of,
 )
-from veritee.evidence.errors import MalformedToken
+from veritee.evidence.errors import MalformedToken, UntrustedDevice
 from veritee.verifier import ear, endorsements, media
 from veritee.verifier.appraise import FAILURE, REASONS, Context, Outcome, appraise
 from veritee.verifier.endorsements import Endorsements, ReferenceValue, Revocation
@@ -813,3 +814,80 @@ def test_a_policy_can_require_a_vtee_for_a_module(kit: Kit) -> None:
     assert refused.result.submods["module"].status == "contraindicated"
     accepted = _appraise(kit, policy=pinned('"default"'))
     assert accepted.result.submods["module"].status == "affirming"
+
+
+# -- what the verifier remembers between appraisals --------------------------------------------
+
+
+def _same_vtee(first: bytes, other: bytes) -> bytes:
+    """``other``'s module token under ``first``'s platform and vtee tokens: the same vTEE,
+    as every module of a running vTEE presents it."""
+    a, b = Evidence.decode(first), Evidence.decode(other)
+    return Evidence(a.platform, a.vtee, b.module).encode()
+
+
+def test_remembered_links_still_check_the_module_token_nonce_and_validity(kit: Kit) -> None:
+    e = kit.endorsements()
+    first = kit.evidence()
+    assert _appraise(kit, first, e=e).status == "affirming"
+    assert len(e.links) == 1
+    again = _same_vtee(first, kit.evidence())
+    assert _appraise(kit, again, e=e).status == "affirming"
+    assert len(e.links) == 1  # the device -> vTEE links were not verified twice
+    # What changes per appraisal is still checked on a remembered link:
+    _assert_failed(
+        _appraise(kit, _same_vtee(first, kit.evidence(bytes(32))), e=e), "NonceMismatch", 99
+    )
+    forged = _same_vtee(first, kit.evidence(module_signer=_key()))
+    _assert_failed(_appraise(kit, forged, e=e), "BadSignature", 99)
+    later = _context(e, now=NOW + dt.timedelta(days=400))
+    _assert_failed(appraise(again, MEDIA_TYPE, NONCE, later), "UntrustedDevice", 97)
+
+
+def test_a_remembered_link_is_refused_once_its_device_is_revoked(kit: Kit) -> None:
+    first = kit.evidence()
+    links = LinkCache()
+    anchors = TrustAnchors(kit.endorsements().cas)
+    verify(first, anchors, nonce=NONCE, now=NOW, links=links)
+    assert len(links) == 1
+    revoked = TrustAnchors(anchors.cas, revoked_devices=frozenset({kit.ueid}))
+    with pytest.raises(UntrustedDevice, match="revoked"):
+        verify(_same_vtee(first, kit.evidence()), revoked, nonce=NONCE, now=NOW, links=links)
+
+
+def test_a_link_that_failed_is_not_remembered(kit: Kit) -> None:
+    e = kit.endorsements()
+    bad = kit.evidence(platform_signer=_key())
+    _assert_failed(_appraise(kit, bad, e=e), "BadSignature", 99)
+    _assert_failed(_appraise(kit, bad, e=e), "BadSignature", 99)
+    assert len(e.links) == 0
+
+
+def test_remembered_links_stay_with_their_snapshot(kit: Kit) -> None:
+    first = kit.evidence()
+    trusted = kit.endorsements()
+    assert _appraise(kit, first, e=trusted).status == "affirming"
+    # A snapshot that no longer trusts the CA has its own, empty memory: the device fails.
+    _assert_failed(_appraise(kit, first, e=kit.endorsements(cas=[])), "UntrustedDevice", 97)
+
+
+IMPURE_POLICY = """\
+package veritee
+
+import rego.v1
+
+hardware.platform := 96 if time.now_ns() < 0
+"""
+
+
+def test_a_pure_policy_remembers_decisions_and_an_impure_one_asks_each_time(kit: Kit) -> None:
+    pure, impure = Policy("p", DEFAULT_POLICY), Policy("i", IMPURE_POLICY)
+    assert pure.pure and not impure.pure
+    e = kit.endorsements()
+    emulated = _appraise(kit, kit.evidence(lifecycle="emulated"), policy=pure, e=e)
+    secured = _appraise(kit, kit.evidence(), policy=pure, e=e)
+    # Remembered per input: a different device state is decided afresh.
+    assert (emulated.status, secured.status) == ("warning", "affirming")
+    value = {"scheme": "veritee", "submods": {"platform": {"claims": {"lifecycle": "emulated"}}}}
+    assert pure.judge(value) is pure.judge(value)
+    assert impure.judge(value) is not impure.judge(value)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,33 +103,80 @@ class Verified:
     ca: x509.Certificate
 
 
+class LinkCache:
+    """Device → vTEE links already verified, keyed by the exact bytes of both tokens.
+
+    A vTEE's platform and vtee tokens are signed once and sent with every module's evidence,
+    so a verifier sees the same bytes again and again. Their chain walk and two signature
+    checks give the same answer for the same bytes under the same trusted CAs: the cache
+    holds that answer, and one cache belongs to one set of CAs (the verifier keeps one per
+    endorsement snapshot, so a provisioning change starts afresh). What can change is still
+    checked on every use: the certificates' validity against ``now``, and the device's
+    revocation. A link that failed is not remembered. The module token, which carries the
+    nonce, is always verified.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[bytes, bytes], _Links] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, platform: bytes, vtee: bytes) -> _Links | None:
+        with self._lock:
+            found = self._entries.get((platform, vtee))
+            if found is not None:
+                self._entries.move_to_end((platform, vtee))
+            return found
+
+    def put(self, platform: bytes, vtee: bytes, links: _Links) -> None:
+        with self._lock:
+            self._entries[(platform, vtee)] = links
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class _Links:
+    """What verifying the platform and vtee tokens established (see :class:`LinkCache`)."""
+
+    platform: PlatformClaims
+    vtee: VteeClaims
+    module_key: ec.EllipticCurvePublicKey
+    device_certificate: x509.Certificate
+    ca: x509.Certificate
+    validity: _Validity
+
+
 def verify(
     data: bytes,
     anchors: TrustAnchors,
     *,
     nonce: bytes | None,
     now: dt.datetime | None = None,
+    links: LinkCache | None = None,
 ) -> Verified:
-    """Steps 1–5. ``nonce=None`` skips the freshness check (for offline inspection only)."""
+    """Steps 1–5. ``nonce=None`` skips the freshness check (for offline inspection only).
+
+    ``links``, if given, remembers verified device → vTEE links for these ``anchors`` (and
+    must be used with no others).
+    """
     evidence = Evidence.decode(data)
-    platform_msg = cose.decode(evidence.platform)
-    device_cert, dak, ca = _device_certificate(platform_msg, anchors, now)
-    cose.verify(platform_msg, dak, what="platform token")
-    platform = PlatformClaims.from_cbor(platform_msg.claims())
-    expected_ueid = b"\x01" + cose.key_digest(cose.ec_key_to_cose(dak))
-    if platform.ueid != expected_ueid:
-        raise BindingMismatch("platform token's UEID is not that of the certified device key")
+    found = None if links is None else links.get(evidence.platform, evidence.vtee)
+    if found is None:
+        found = _verify_links(evidence, anchors, now)
+        if links is not None:
+            links.put(evidence.platform, evidence.vtee, found)
+    else:
+        _check_validity(found.validity, now)
+    platform, vtee = found.platform, found.vtee
     if platform.ueid in anchors.revoked_devices:
         raise UntrustedDevice(f"device {platform.ueid.hex()} is revoked")
 
-    vtee_msg = cose.decode(evidence.vtee)
-    cose.verify(vtee_msg, cose.cose_to_ec_key(platform.vtee_key), what="vtee token")
-    vtee = VteeClaims.from_cbor(vtee_msg.claims())
-    if vtee.vtee_id != platform.vtee_id:
-        raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
-
     module_msg = cose.decode(evidence.module)
-    cose.verify(module_msg, cose.cose_to_ec_key(vtee.module_key), what="module token")
+    cose.verify(module_msg, found.module_key, what="module token")
     module = ModuleClaims.from_cbor(module_msg.claims())
     if module.measurement != vtee.measurement or module.config != vtee.config:
         raise BindingMismatch("module token's measurement or config differs from its vtee token")
@@ -135,7 +184,26 @@ def verify(
         raise NonceMismatch(
             "module token's challenge is not the verifier's nonce (stale or replayed)"
         )
-    return Verified(platform, vtee, module, device_cert, ca)
+    return Verified(platform, vtee, module, found.device_certificate, found.ca)
+
+
+def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | None) -> _Links:
+    """The device certificate chain, the platform token and the vtee token, checked."""
+    platform_msg = cose.decode(evidence.platform)
+    device_cert, dak, ca, validity = _device_certificate(platform_msg, anchors, now)
+    cose.verify(platform_msg, dak, what="platform token")
+    platform = PlatformClaims.from_cbor(platform_msg.claims())
+    expected_ueid = b"\x01" + cose.key_digest(cose.ec_key_to_cose(dak))
+    if platform.ueid != expected_ueid:
+        raise BindingMismatch("platform token's UEID is not that of the certified device key")
+
+    vtee_msg = cose.decode(evidence.vtee)
+    cose.verify(vtee_msg, cose.cose_to_ec_key(platform.vtee_key), what="vtee token")
+    vtee = VteeClaims.from_cbor(vtee_msg.claims())
+    if vtee.vtee_id != platform.vtee_id:
+        raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
+    module_key = cose.cose_to_ec_key(vtee.module_key)
+    return _Links(platform, vtee, module_key, device_cert, ca, validity)
 
 
 def appraise(
@@ -182,12 +250,17 @@ def check_boot(verified: Verified, refs: ReferenceValues) -> None:
         raise MeasurementNotEndorsed(f"boot log lacks endorsed component(s): {sorted(missing)}")
 
 
+# Each certificate of the chain with its validity period (read once: the getters parse).
+_Validity = tuple[tuple[x509.Certificate, dt.datetime, dt.datetime], ...]
+
+
 def _device_certificate(
     msg: cose.Sign1, anchors: TrustAnchors, now: dt.datetime | None
-) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey, x509.Certificate]:
-    """The device certificate, its (EC) key, and the trust anchor it chains to."""
+) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey, x509.Certificate, _Validity]:
+    """The device certificate, its (EC) key, the trust anchor it chains to, and the validity
+    periods of the chain's certificates."""
     try:
-        cert, ca = _walk_chain(msg, anchors, now)
+        cert, ca, validity = _walk_chain(msg, anchors, now)
         key = cert.public_key()
     except CERT_ERRORS:
         # cryptography parses certificate fields lazily: a mangled one fails on first use.
@@ -196,12 +269,12 @@ def _device_certificate(
         ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise UntrustedDevice("device certificate does not certify an EC attestation key")
-    return cert, key, ca
+    return cert, key, ca, validity
 
 
 def _walk_chain(
     msg: cose.Sign1, anchors: TrustAnchors, now: dt.datetime | None
-) -> tuple[x509.Certificate, x509.Certificate]:
+) -> tuple[x509.Certificate, x509.Certificate, _Validity]:
     chain = msg.unprotected.get(cose.HDR_X5CHAIN)
     if isinstance(chain, bytes):
         chain = [chain]
@@ -211,10 +284,8 @@ def _walk_chain(
         certs = [x509.load_der_x509_certificate(c) for c in chain]
     except CERT_ERRORS:
         raise MalformedToken("platform token's x5chain is not DER certificates") from None
-    when = now or dt.datetime.now(dt.UTC)
-    for cert in certs:
-        if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-            raise UntrustedDevice(f"certificate '{cert.subject.rfc4514_string()}' is not valid now")
+    validity = tuple((cert, cert.not_valid_before_utc, cert.not_valid_after_utc) for cert in certs)
+    _check_validity(validity, now)
     # Walk up from the device certificate to a trust anchor.
     for i, cert in enumerate(certs):
         issuer = certs[i + 1] if i + 1 < len(certs) else None
@@ -224,13 +295,20 @@ def _walk_chain(
                     digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
                     if digest in anchors.revoked_cas:
                         raise UntrustedDevice(f"CA '{ca.subject.rfc4514_string()}' is revoked")
-                    return certs[0], ca
+                    return certs[0], ca, validity
             raise UntrustedDevice(
                 f"device certificate issuer '{cert.issuer.rfc4514_string()}' is not a trusted CA"
             )
         if not _issued_by(cert, issuer):
             raise UntrustedDevice("x5chain is broken: a certificate is not signed by the next")
     raise UntrustedDevice("no path to a trusted CA")  # pragma: no cover - loop always returns
+
+
+def _check_validity(validity: _Validity, now: dt.datetime | None) -> None:
+    when = now or dt.datetime.now(dt.UTC)
+    for cert, not_before, not_after in validity:
+        if not not_before <= when <= not_after:
+            raise UntrustedDevice(f"certificate '{cert.subject.rfc4514_string()}' is not valid now")
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

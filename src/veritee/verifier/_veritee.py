@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from veritee.evidence import appraisal
@@ -15,9 +17,10 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     """Submodules ``platform`` and ``module``; raises the first failed check's error."""
     e = context.endorsements
     # Revocations are checked here rather than by appraisal.verify, so each has its own error.
-    v = appraisal.verify(evidence, appraisal.TrustAnchors(e.cas), nonce=nonce, now=context.now)
-    ca_digest = hashlib.sha256(v.ca.public_bytes(serialization.Encoding.DER)).digest()
-    if ca_digest in e.revoked_cas:
+    v = appraisal.verify(
+        evidence, appraisal.TrustAnchors(e.cas), nonce=nonce, now=context.now, links=e.links
+    )
+    if e.revoked_cas and _digest(v.ca) in e.revoked_cas:
         raise CaRevoked(f"CA '{v.ca.subject.rfc4514_string()}' is revoked")
     if v.platform.ueid in e.revoked_devices:
         raise DeviceRevoked(f"device {v.platform.ueid.hex()} is revoked")
@@ -93,3 +96,9 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             f"module measurement {m.measurement.hex()} is not among the reference values"
         )
     return [platform, module]
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(ca: x509.Certificate) -> bytes:
+    """How revocations name a CA: SHA-256 of its DER (anchors are few; each is hashed once)."""
+    return hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()

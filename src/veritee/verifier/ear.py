@@ -129,8 +129,8 @@ class TrustVector:
 
     def items(self) -> Iterator[tuple[str, int]]:
         """(JSON claim name, code) for all eight claims, in AR4SI order."""
-        for f in fields(self):
-            yield f.name.replace("_", "-"), getattr(self, f.name)
+        for name, attribute in _VECTOR_NAMES:
+            yield name, getattr(self, attribute)
 
     def to_json(self) -> dict[str, int]:
         """The claims that were made (non-zero), as EAR's JSON serialisation omits the rest."""
@@ -145,6 +145,10 @@ class TrustVector:
         if unknown:
             raise MalformedToken(f"'{_VECTOR}' has unknown claims: {', '.join(unknown[:5])}")
         return cls(**{known[name]: code for name, code in value.items()})
+
+
+# (JSON claim name, attribute) of TrustVector's claims, in AR4SI order.
+_VECTOR_NAMES = tuple((f.name.replace("_", "-"), f.name) for f in fields(TrustVector))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from veritee.evidence.appraisal import LinkCache
 from veritee.evidence.certs import CERT_ERRORS
 from veritee.verifier.errors import ProvisioningError
 from veritee.verifier.media import SCHEMES, Scheme
@@ -121,6 +122,8 @@ class Endorsements:
         init=False, repr=False, compare=False
     )
     _boot: Mapping[tuple[str, str], frozenset[bytes]] = field(init=False, repr=False, compare=False)
+    # Device → vTEE links verified under these CAs (one cache per snapshot: see LinkCache).
+    links: LinkCache = field(default_factory=LinkCache, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_measurement: dict[tuple[str, str], dict[bytes, list[ReferenceValue]]] = {}

@@ -28,6 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import threading
+import types
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,10 +122,27 @@ class Judgement:
     status: str | None = None
 
 
-class Policy:
-    """A compiled Rego policy. Thread-safe: one query runs at a time per policy."""
+# Builtins whose answer depends on more than the input (the clock, chance, the network, the
+# runtime). A policy that calls none of them is a pure function of its input.
+_IMPURE = re.compile(
+    r"\b(time\.now_ns|rand\.intn|uuid\.rfc4122|http\.send|net\.lookup_ip_addr|opa\.runtime"
+    r"|io\.jwt\.decode_verify|crypto\.x509\.parse_and_verify\w*)\b"
+)
+# Decisions remembered per policy. A device re-attesting the same module instance presents the
+# same claims (only the nonce differs, and it is not in the input), so the decision repeats.
+DECISIONS_REMEMBERED = 4096
 
-    def __init__(self, name: str, rego: str) -> None:
+
+class Policy:
+    """A compiled Rego policy. Thread-safe: one query runs at a time per policy.
+
+    A pure policy (one that calls no clock, random or network builtin) decides the same for
+    the same input, so its decisions are remembered (keyed by the exact input, as canonical
+    JSON): the query, and building regopy's input, which costs more, run once per distinct
+    input. An impure policy is queried every time.
+    """
+
+    def __init__(self, name: str, rego: str, *, remember: int = DECISIONS_REMEMBERED) -> None:
         self.name = name
         self.rego = rego
         self.digest = hashlib.sha256(rego.encode()).hexdigest()
@@ -129,6 +150,10 @@ class Policy:
             self._rego = CompiledRego(repr(name), rego, QUERY, filename=f"{name}.rego")
         except RegoCompileError as exc:
             raise PolicyCompileError(str(exc)) from None
+        self.pure = _IMPURE.search(rego) is None
+        self._remember = remember if self.pure else 0
+        self._decisions: OrderedDict[str, Mapping[str, Judgement]] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def id(self) -> str:
@@ -137,11 +162,36 @@ class Policy:
 
     def judge(self, value: Mapping[str, Any]) -> Mapping[str, Judgement]:
         """Query the policy; a judgement per submodule it judged. Raise :class:`PolicyFailed`."""
+        if not self._remember:
+            return self._query(value)
+        try:
+            key = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+        except (TypeError, ValueError):
+            return self._query(value)  # not JSON: regopy will say what is wrong with it
+        with self._lock:
+            found = self._decisions.get(key)
+            if found is not None:
+                self._decisions.move_to_end(key)
+                return found
+        decided = self._query(value)
+        with self._lock:
+            self._decisions[key] = decided
+            while len(self._decisions) > self._remember:
+                self._decisions.popitem(last=False)
+        return decided
+
+    def _query(self, value: Mapping[str, Any]) -> Mapping[str, Judgement]:
         try:
             text = self._rego.query(value)
         except RegoQueryFailed as exc:
             raise PolicyFailed(str(exc)) from None
-        return _judgements(self.name, text)
+        return types.MappingProxyType(dict(_judgements(self.name, text)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def compile_policy(name: str, rego: str) -> Policy:
