@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,7 +36,6 @@ from sqlalchemy import (
     event,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -153,23 +153,48 @@ _POLICIES = cast(Table, PolicyRow.__table__)
 _SETTINGS = cast(Table, SettingRow.__table__)
 ACTIVE_POLICY = "active-policy"
 
-# The three statements of every attestation, prebuilt: building and compiling a Core
-# statement per call costs about 200 µs here, a prebuilt text() about 30 µs (measured with
-# SQLite; the same SQL runs on PostgreSQL).
-_INSERT_SESSION = text(
-    "INSERT INTO sessions (id, nonce, created, expiry, status) "
-    "VALUES (:id, :nonce, :created, :expiry, :status)"
+# The three statements of every attestation go straight to the database driver, on a
+# connection each thread keeps: SQLAlchemy's pool checkout, transaction and result wrappers
+# cost three times the statements themselves (measured with SQLite: 527 µs against 134 µs of
+# CPU for one attestation's insert, select and update). Parameters are named; each driver
+# gets its own style (":id" for sqlite3, "%(id)s" for psycopg).
+_SESSION_COLUMNS = (
+    "generation",
+    "id",
+    "nonce",
+    "created",
+    "expiry",
+    "status",
+    "media_type",
+    "evidence",
+    "result",
+    "outcome",
+    "failure",
 )
-_SELECT_SESSION = text(
+_INSERT_SESSION = (
+    "INSERT INTO sessions (id, nonce, created, expiry, status) "
+    "VALUES ({id}, {nonce}, {created}, {expiry}, {status})"
+)
+_SELECT_SESSION = (
     "SELECT (SELECT value FROM generation WHERE id = 1) AS generation, id, nonce, created, "
     "expiry, status, media_type, evidence, result, outcome, failure "
-    "FROM sessions WHERE id = :id"
+    "FROM sessions WHERE id = {id}"
 )
-_FINISH_SESSION = text(
-    "UPDATE sessions SET status = :status, media_type = :media_type, evidence = :evidence, "
-    "result = :result, outcome = :outcome, failure = :failure "
-    "WHERE id = :id AND status = :waiting"
+_SELECT_GENERATION = "SELECT value FROM generation WHERE id = 1"
+_FINISH_SESSION = (
+    "UPDATE sessions SET status = {status}, media_type = {media_type}, "
+    "evidence = {evidence}, result = {result}, outcome = {outcome}, failure = {failure} "
+    "WHERE id = {id} AND status = {waiting}"
 )
+
+
+class _Placeholders(dict[str, str]):
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def __missing__(self, name: str) -> str:
+        return self.style.format(name)
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,14 @@ class Store:
             self.engine: Engine = _engine(url)
         except Exception as exc:
             raise StoreError(f"cannot open database {_redact(url)}: {exc}") from None
+        self._dbapi: Any = self.engine.dialect.loaded_dbapi
+        names = _Placeholders(":{}" if self.engine.dialect.driver == "pysqlite" else "%({})s")
+        self._sql = {
+            "insert": _INSERT_SESSION.format_map(names),
+            "select": _SELECT_SESSION.format_map(names),
+            "finish": _FINISH_SESSION.format_map(names),
+        }
+        self._local = threading.local()
 
     # -- schema --------------------------------------------------------------------------
 
@@ -232,19 +265,11 @@ class Store:
     # -- sessions ------------------------------------------------------------------------
 
     def create_session(self, sid: str, nonce: bytes, created: float, expiry: float) -> None:
+        row = {"id": sid, "nonce": nonce, "created": created, "expiry": expiry}
         try:
-            with self._write() as c:
-                c.execute(
-                    _INSERT_SESSION,
-                    {
-                        "id": sid,
-                        "nonce": nonce,
-                        "created": created,
-                        "expiry": expiry,
-                        "status": WAITING,
-                    },
-                )
-        except IntegrityError:
+            with self._driver() as cursor:
+                cursor.execute(self._sql["insert"], {**row, "status": WAITING})
+        except self._dbapi.IntegrityError:
             raise NonceAlreadyUsed(
                 "this nonce was used by an earlier session; pick a fresh one (or let the "
                 "verifier mint it with nonceSize)"
@@ -255,11 +280,13 @@ class Store:
 
     def session_and_generation(self, sid: str) -> tuple[SessionRecord | None, int]:
         """A session and the provisioning generation, in one round trip (the submit path)."""
-        with self._read() as c:
-            row = c.execute(_SELECT_SESSION, {"id": sid}).first()
+        with self._driver() as cursor:
+            cursor.execute(self._sql["select"], {"id": sid})
+            row = cursor.fetchone()
             if row is None:
-                return None, int(c.execute(select(GenerationRow.value)).scalar_one())
-        m = row._mapping
+                cursor.execute(_SELECT_GENERATION)
+                return None, int(cursor.fetchone()[0])
+        m = dict(zip(_SESSION_COLUMNS, row, strict=True))
         return self._record(m), int(m["generation"])
 
     @staticmethod
@@ -289,9 +316,9 @@ class Store:
         failure: dict[str, str] | None,
     ) -> bool:
         """Record the one submission a session takes; False if another got there first."""
-        with self._write() as c:
-            done = c.execute(
-                _FINISH_SESSION,
+        with self._driver() as cursor:
+            cursor.execute(
+                self._sql["finish"],
                 {
                     "id": sid,
                     "waiting": WAITING,
@@ -303,7 +330,7 @@ class Store:
                     "failure": None if failure is None else json.dumps(failure),
                 },
             )
-            return done.rowcount == 1
+            return bool(cursor.rowcount == 1)
 
     def delete_session(self, sid: str) -> bool:
         with self._write() as c:
@@ -517,6 +544,43 @@ class Store:
                 yield c
         except OperationalError as exc:
             raise StoreError(f"database error: {_first_line(exc)}") from None
+
+    @contextmanager
+    def _driver(self) -> Iterator[Any]:
+        """A cursor on this thread's own driver connection; committed when the block ends.
+
+        A statement that fails rolls back; a connection the driver reports broken is dropped
+        (the next call opens another). The driver's IntegrityError reaches the caller; its
+        other errors become StoreError.
+        """
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = self._local.conn = self.engine.raw_connection()
+            except OperationalError as exc:
+                raise StoreError(f"database error: {_first_line(exc)}") from None
+        try:
+            cursor = conn.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            conn.commit()
+        except self._dbapi.Error as exc:
+            self._roll_back(conn)
+            if isinstance(exc, self._dbapi.IntegrityError):
+                raise
+            raise StoreError(f"database error: {_first_line(exc)}") from None
+        except BaseException:
+            self._roll_back(conn)
+            raise
+
+    def _roll_back(self, conn: Any) -> None:
+        try:
+            conn.rollback()
+        except self._dbapi.Error:
+            self._local.conn = None
+            conn.invalidate()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
