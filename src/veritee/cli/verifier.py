@@ -178,6 +178,7 @@ def serve(
         log_config=log_config(log_level, access_log=access_log),
         access_log=access_log,
         server_header=False,
+        proxy_headers=False,  # served directly: no proxy's X-Forwarded-* is to be believed
         timeout_graceful_shutdown=5,
     )
     if workers > 1:

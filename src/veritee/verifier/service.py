@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from veritee.errors import Error, EvidenceError
 from veritee.evidence.errors import MalformedToken
@@ -156,8 +157,8 @@ class Verifier:
             log.info("purged old sessions", extra={"purged": purged})
 
 
-def create_app(config: Config) -> FastAPI:
-    """The ASGI application for one worker."""
+def create_app(config: Config) -> HotPaths:
+    """The ASGI application for one worker: FastAPI, with the attestation calls in front."""
     verifier = Verifier(config)
     app = FastAPI(
         title="Veritee verifier",
@@ -172,10 +173,10 @@ def create_app(config: Config) -> FastAPI:
     from veritee.verifier._provisioning_api import install
 
     install(app, verifier)
-    return app
+    return HotPaths(app, verifier)
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> HotPaths:
     """uvicorn's factory (``veritee.verifier.service:app_from_environment``)."""
     return create_app(Config.from_env())
 
@@ -183,98 +184,108 @@ def app_from_environment() -> FastAPI:
 # -- verification -------------------------------------------------------------------------------
 
 
-def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
-    @app.post(NEW_SESSION_PATH)
-    async def new_session(request: Request) -> Response:
-        _accepts(request, SESSION_MEDIA_TYPE)
-        nonce = _nonce(request, v.config.allow_client_nonce)
-        now = time.time()
-        sid = str(uuid.uuid4())
-        v.store.create_session(sid, nonce, now, now + v.config.session_ttl)
-        metrics.SESSIONS.inc()
-        v.maybe_purge(now)
-        record = SessionRecord(sid, nonce, now, now + v.config.session_ttl, WAITING)
-        return _session_response(record, 201, {"Location": f"session/{sid}"})
+async def new_session(v: Verifier, request: Request) -> Response:
+    """POST newSession: a session with a fresh (or the client's) nonce."""
+    _accepts(request, SESSION_MEDIA_TYPE)
+    nonce = _nonce(request, v.config.allow_client_nonce)
+    now = time.time()
+    sid = str(uuid.uuid4())
+    v.store.create_session(sid, nonce, now, now + v.config.session_ttl)
+    metrics.SESSIONS.inc()
+    v.maybe_purge(now)
+    record = SessionRecord(sid, nonce, now, now + v.config.session_ttl, WAITING)
+    return _session_response(record, 201, {"Location": f"session/{sid}"})
 
-    @app.post(SESSION_PATH)
-    async def submit(session_id: str, request: Request) -> Response:
-        started = time.perf_counter()
-        _accepts(request, SESSION_MEDIA_TYPE)
-        media_type = request.headers.get("content-type", "")
-        try:
-            scheme = scheme_of(media_type)
-        except UnsupportedMediaType:
-            metrics.PROBLEMS.labels("UnsupportedMediaType").inc()
-            raise
-        evidence = await read_body(request, MAX_EVIDENCE_BYTES)
-        session, generation = _waiting_session(v, session_id)
-        endorsements, policy = v.endorsements(generation)
-        context = appraisal.Context(
-            endorsements=endorsements,
-            policy=policy,
-            verifier_id=v.verifier_id,
-            now=dt.datetime.now(dt.UTC),
-            result_validity=v.config.result_validity,
-        )
-        try:
-            outcome = appraisal.appraise(evidence, media_type, session.nonce, context)
-        except MalformedToken as err:
-            failure = {"check": type(err).__name__, "reason": str(err)}
-            v.store.finish_session(
-                session_id,
-                status=FAILED,
-                media_type=media_type,
-                evidence=evidence,
-                result=None,
-                outcome="malformed",
-                failure=failure,
-            )
-            metrics.APPRAISALS.labels(scheme, "malformed").inc()
-            log.info(
-                "evidence refused",
-                extra={"session": session_id, "scheme": scheme, "outcome": "malformed", **failure},
-            )
-            raise
-        token = ear.sign(outcome.result, v.key, kid=v.kid)
-        verdict: dict[str, str] | None = None
-        if outcome.failure is not None:
-            verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
-        if not v.store.finish_session(
+
+async def submit(v: Verifier, session_id: str, request: Request) -> Response:
+    """POST to a session: appraise the evidence against its nonce; the session with its EAR."""
+    started = time.perf_counter()
+    _accepts(request, SESSION_MEDIA_TYPE)
+    media_type = request.headers.get("content-type", "")
+    try:
+        scheme = scheme_of(media_type)
+    except UnsupportedMediaType:
+        metrics.PROBLEMS.labels("UnsupportedMediaType").inc()
+        raise
+    evidence = await read_body(request, MAX_EVIDENCE_BYTES)
+    session, generation = _waiting_session(v, session_id)
+    endorsements, policy = v.endorsements(generation)
+    context = appraisal.Context(
+        endorsements=endorsements,
+        policy=policy,
+        verifier_id=v.verifier_id,
+        now=dt.datetime.now(dt.UTC),
+        result_validity=v.config.result_validity,
+    )
+    try:
+        outcome = appraisal.appraise(evidence, media_type, session.nonce, context)
+    except MalformedToken as err:
+        failure = {"check": type(err).__name__, "reason": str(err)}
+        v.store.finish_session(
             session_id,
-            status=COMPLETE,
+            status=FAILED,
             media_type=media_type,
             evidence=evidence,
-            result=token,
-            outcome=outcome.status,
-            failure=verdict,
-        ):
-            raise SessionAlreadyUsed("evidence was submitted to this session concurrently")
-        elapsed = time.perf_counter() - started
-        metrics.APPRAISALS.labels(scheme, outcome.status).inc()
-        metrics.LATENCY.observe(elapsed)
+            result=None,
+            outcome="malformed",
+            failure=failure,
+        )
+        metrics.APPRAISALS.labels(scheme, "malformed").inc()
         log.info(
-            "evidence appraised",
-            extra={
-                "session": session_id,
-                "scheme": scheme,
-                "outcome": outcome.status,
-                "policy": policy.id,
-                "ms": round(elapsed * 1000, 3),
-                **(verdict or {}),
-                **({"reasons": outcome.reasons} if outcome.reasons else {}),
-            },
+            "evidence refused",
+            extra={"session": session_id, "scheme": scheme, "outcome": "malformed", **failure},
         )
-        done = SessionRecord(
-            session.id,
-            session.nonce,
-            session.created,
-            session.expiry,
-            COMPLETE,
-            media_type,
-            evidence,
-            token,
-        )
-        return _session_response(done, 200)
+        raise
+    token = ear.sign(outcome.result, v.key, kid=v.kid)
+    verdict: dict[str, str] | None = None
+    if outcome.failure is not None:
+        verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
+    if not v.store.finish_session(
+        session_id,
+        status=COMPLETE,
+        media_type=media_type,
+        evidence=evidence,
+        result=token,
+        outcome=outcome.status,
+        failure=verdict,
+    ):
+        raise SessionAlreadyUsed("evidence was submitted to this session concurrently")
+    elapsed = time.perf_counter() - started
+    metrics.APPRAISALS.labels(scheme, outcome.status).inc()
+    metrics.LATENCY.observe(elapsed)
+    log.info(
+        "evidence appraised",
+        extra={
+            "session": session_id,
+            "scheme": scheme,
+            "outcome": outcome.status,
+            "policy": policy.id,
+            "ms": round(elapsed * 1000, 3),
+            **(verdict or {}),
+            **({"reasons": outcome.reasons} if outcome.reasons else {}),
+        },
+    )
+    done = SessionRecord(
+        session.id,
+        session.nonce,
+        session.created,
+        session.expiry,
+        COMPLETE,
+        media_type,
+        evidence,
+        token,
+    )
+    return _session_response(done, 200)
+
+
+def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
+    @app.post(NEW_SESSION_PATH)
+    async def new_session_route(request: Request) -> Response:
+        return await new_session(v, request)
+
+    @app.post(SESSION_PATH)
+    async def submit_route(session_id: str, request: Request) -> Response:
+        return await submit(v, session_id, request)
 
     @app.get(SESSION_PATH)
     async def get_session(session_id: str, request: Request) -> Response:
@@ -475,9 +486,10 @@ def problem(
     return _json(body, status, PROBLEM_MEDIA_TYPE, headers)
 
 
-def _install_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(VerifierError)
-    async def verifier_error(request: Request, err: VerifierError) -> Response:
+def problem_for(err: Exception, path: str = "") -> Response:
+    """The problem response for an error raised while serving a request (one mapping for the
+    FastAPI routes and the hot paths alike)."""
+    if isinstance(err, VerifierError):
         metrics.PROBLEMS.labels(type(err).__name__).inc()
         headers = {}
         if err.http_status == 401:
@@ -485,32 +497,81 @@ def _install_problem_handlers(app: FastAPI) -> None:
         if err.http_status == 415:
             headers["Accept"] = ", ".join(ACCEPT_LIST)
         return problem(err.http_status, type(err).__name__, str(err), headers)
-
-    @app.exception_handler(EvidenceError)
-    async def evidence_error(request: Request, err: EvidenceError) -> Response:
+    if isinstance(err, EvidenceError):
         metrics.PROBLEMS.labels(type(err).__name__).inc()
         return problem(400, type(err).__name__, str(err))
-
-    @app.exception_handler(StoreError)
-    async def store_error(request: Request, err: StoreError) -> Response:
+    if isinstance(err, StoreError):
         log.error("store unavailable", extra={"detail": str(err)})
         return problem(503, "StoreError", "the verifier's database is unavailable; retry")
-
-    @app.exception_handler(Error)
-    async def other_error(request: Request, err: Error) -> Response:
+    if isinstance(err, Error):
         metrics.PROBLEMS.labels(type(err).__name__).inc()
         return problem(400, type(err).__name__, str(err))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+    if isinstance(err, StarletteHTTPException):
         check = {404: "NotFound", 405: "MethodNotAllowed"}.get(err.status_code, "HTTPError")
         return problem(err.status_code, check, str(err.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, err: RequestValidationError) -> Response:
+    if isinstance(err, RequestValidationError):
         return problem(400, "BadRequest", "the request does not have the expected shape")
+    log.error("unexpected error", exc_info=err, extra={"path": path})
+    return problem(500, "InternalError", "the verifier failed unexpectedly; see its log")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, err: Exception) -> Response:
-        log.exception("unexpected error", extra={"path": request.url.path})
-        return problem(500, "InternalError", "the verifier failed unexpectedly; see its log")
+
+def _install_problem_handlers(app: FastAPI) -> None:
+    async def handle(request: Request, err: Exception) -> Response:
+        return problem_for(err, request.url.path)
+
+    for kind in (
+        VerifierError,
+        EvidenceError,
+        StoreError,
+        Error,
+        StarletteHTTPException,
+        RequestValidationError,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handle)
+
+
+# -- the hot paths -------------------------------------------------------------------------------
+
+SESSION_PREFIX = SESSION_PATH.removesuffix("{session_id}")
+
+
+class HotPaths:
+    """The two requests every attestation makes, served without the web framework's layers.
+
+    newSession and the evidence submission are dispatched from the ASGI scope straight to
+    the same handlers the FastAPI routes call, and errors become the same problem responses
+    (:func:`problem_for`); every other request, and the lifespan, goes to FastAPI. Its
+    routing, dependency and middleware layers cost more CPU per request than an appraisal
+    whose links and decision are cached (bench/attestation.py shows the difference).
+    """
+
+    def __init__(self, app: FastAPI, verifier: Verifier) -> None:
+        self.app = app
+        self.verifier = verifier
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            if path == NEW_SESSION_PATH:
+                await self._serve(scope, receive, send, None)
+                return
+            if path.startswith(SESSION_PREFIX):
+                session_id = path[len(SESSION_PREFIX) :]
+                if session_id and "/" not in session_id:
+                    await self._serve(scope, receive, send, session_id)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str | None
+    ) -> None:
+        request = Request(scope, receive)
+        try:
+            if session_id is None:
+                response = await new_session(self.verifier, request)
+            else:
+                response = await submit(self.verifier, session_id, request)
+        except Exception as err:  # every error becomes a problem; nothing takes the worker down
+            response = problem_for(err, scope["path"])
+        await response(scope, receive, send)
