@@ -236,3 +236,20 @@ def test_a_disabled_module_is_gone_and_its_connections_end(home: SmartHome) -> N
     before = home.count()
     home.ok("output", "trigger-btn", "press")
     until(lambda: home.count() == before + 1)
+
+
+def test_a_host_that_hands_back_an_older_state_gets_the_module_refused(home: SmartHome) -> None:
+    """Last here: it leaves led_driver refused, as a rolled-back state must."""
+    dep = state_mod.load(home.state)
+    node = home.cluster.nodes[dep.module("led_driver").node]
+    log = node.home / "node" / "apps" / APP / "modules" / "led_driver" / "state.log"
+    older = log.read_bytes()
+    before = home.led()
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.led() != before)  # led_driver took an event: its state moved on
+    home.cluster.kill_node(node.name, tee=True)
+    log.write_bytes(older)  # the host hands back the state from before that event
+    home.cluster.start_node(node.name)
+    led = next(m for m in home.status()["modules"] if m["name"] == "led_driver")
+    assert not led["running"]
+    assert "rolled back" in str(led["failed"])

@@ -329,8 +329,6 @@ def test_a_batch_checks_each_event_on_its_own_and_seals_the_state_once(
     got = env.counter.deliver_batch(batch)
     # A bad event is dropped and counted; the others still go through.
     assert got.dropped == [None, "replay", "altered", "misrouted", None, "replay"]
-    public = env.counter.public("http", b"")
-    assert public.reply is not None and public.reply.startswith(b"count=2")
     assert env.counter.status()["dropped"] == {"replay": 2, "altered": 1, "misrouted": 1}
     # The state sealed after the batch carries every counter: after a reload, none of the
     # batch's events is accepted again.
@@ -414,10 +412,12 @@ def test_a_signed_disconnect_ends_a_connection_in_the_secure_world(
 
     signed = sign_disconnect(statement, env.key)
     env.sender.disconnect(signed)
-    state = env.counter.disconnect(signed)
+    env.counter.disconnect(signed)
     # The sender no longer seals events on it; the counter refuses those sealed before.
     assert env.sender.deliver(press.seal(b"after the end")).events == []
-    assert env.counter.deliver(kept).dropped == "misrouted"
+    refused = env.counter.deliver(kept)
+    assert refused.dropped == "misrouted"
+    state = refused.state
     assert not any(c["conn"] == b"A" * 16 for c in env.counter.status()["connections"])
     # A replayed connect statement does not revive it, not even after a reload.
     to_sender, to_counter = _pressed_statements(env)
@@ -431,3 +431,49 @@ def test_a_signed_disconnect_ends_a_connection_in_the_secure_world(
         with pytest.raises(teec.TeecError, match="cannot revive"):
             again.connect(to_counter)
         assert again.deliver(kept).dropped == "misrouted"
+
+
+# -- rollback of sealed state -------------------------------------------------------------------
+
+
+def test_a_rolled_back_state_is_refused_and_nothing_is_accepted_twice(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    first = env.sender.deliver(press.seal(b"1")).events[0]
+    older = env.counter.deliver(first).state
+    second = env.sender.deliver(press.seal(b"2")).events[0]
+    newest = env.counter.deliver(second).state
+    env.counter.close()
+    counter = wasm("tests/assets/c/app_counter.c")
+    with env.dev.context() as ctx:
+        # The host hands back the state from before `second`: its counters would take
+        # `second` again. Refused, saying why.
+        with pytest.raises(teec.TeecError, match="rolled back: it carries counter"):
+            _load(ctx, counter, "counter", env.raw_key, older)
+        again = _load(ctx, counter, "counter", env.raw_key, newest)
+        assert again.deliver_batch([first, second]).dropped == ["replay", "replay"]
+        # One state runs in one instance: a second from the same state would take the
+        # same events again.
+        with env.dev.context() as ctx2, pytest.raises(teec.TeecError, match="already in use"):
+            _load(ctx2, counter, "counter", env.raw_key, again.deliver_batch([]).state)
+
+
+def test_rollback_counters_survive_a_restart_of_the_secure_world(
+    fresh_device: Device, wasm: Callable[..., Path]
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    raw = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    counter = wasm("tests/assets/c/app_counter.c")
+    with fresh_device.context() as ctx:
+        session = _load(ctx, counter, "counter", raw)
+        older = session.deliver_batch([]).state
+        newest = session.deliver_batch([]).state
+    fresh_device.stop()
+    fresh_device.start()
+    with fresh_device.context() as ctx:
+        with pytest.raises(teec.TeecError, match="rolled back"):
+            _load(ctx, counter, "counter", raw, older)
+        _load(ctx, counter, "counter", raw, newest)

@@ -42,7 +42,7 @@ from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee import channels
 from veritee.tee.channels import Channel, EventRejected
 from veritee.tee.runtime_ta import VteeIdentity, parse_limits
-from veritee.tee.sealing import Sealer, module_key
+from veritee.tee.sealing import Counters, Sealer, module_key
 from veritee.tee.services import Attester, attester_of
 from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
 from veritee.wasm import endpoints
@@ -75,6 +75,8 @@ class AppModule:
     limits: Limits
     table: list[endpoints.Endpoint]
     sealer: Sealer
+    counters: Counters
+    lineage: bytes  # this state's rollback counter (see Counters)
     seal_key: bytes
     attestation_key: ec.EllipticCurvePrivateKey
     provisioning: ProvisioningKeys
@@ -105,10 +107,16 @@ class AppModule:
         }
 
     def state(self) -> bytes:
-        """This instance's keys and channels, sealed for this module in this vTEE only."""
+        """This instance's keys and channels, sealed for this module in this vTEE only.
+
+        Each sealing advances the state's rollback counter first: the host can keep only the
+        newest state, and an older one no longer loads.
+        """
         body = {
             "v": STATE_VERSION,
             "app": self.app,
+            "lineage": self.lineage,
+            "counter": self.counters.advance(self.lineage),
             "provisioning": self.provisioning.export(),
             "channels": [c.to_cbor() for c in self.channels.values()],
             "ended": [[conn, at] for conn, at in self.ended.items()],
@@ -120,6 +128,7 @@ class AppModule:
 def load(
     compiler: Compiler,
     pool: WorkerPool,
+    counters: Counters,
     vtee: VteeIdentity,
     storage: Path,
     scratch: Path,
@@ -168,7 +177,8 @@ def load(
     for old in predecessors:  # the new build starts from its predecessor's private files
         if not any(private.iterdir()) and (storage / old.hex()).is_dir():
             shutil.copytree(storage / old.hex(), private, dirs_exist_ok=True)
-    provisioning, restored, ended, ended_before = _restore(sealer, config.get("state"), app)
+    restored = _restore(sealer, counters, config.get("state"), app)
+    lineage = restored.lineage or counters.create()
     mak = ec.generate_private_key(ec.SECP256R1())
     vtee_token = cose.sign1(
         encode_claims(
@@ -193,11 +203,13 @@ def load(
         sealer=sealer,
         seal_key=seal_key,
         attestation_key=mak,
-        provisioning=provisioning,
+        provisioning=restored.provisioning,
         vtee_token=vtee_token,
-        channels={c.conn_id: c for c in restored},
-        ended=ended,
-        ended_before=ended_before,
+        counters=counters,
+        lineage=lineage,
+        channels={c.conn_id: c for c in restored.channels},
+        ended=restored.ended,
+        ended_before=restored.ended_before,
         batches=BATCH_EXPORT in endpoints.exports(wasm),
     )
     job = {
@@ -222,10 +234,15 @@ def load(
         "platform_token": vtee.platform_token,
         "vtee_token": vtee_token,
         "config_digest": digest,
-        "provisioning": provisioning.export(),
+        "provisioning": restored.provisioning.export(),
         "relay": True,
     }
-    loaded.reactor = pool.reactor(job, limits.time_seconds, _no_events)
+    counters.claim(lineage, compiled.measurement, succession=bool(predecessors))
+    try:
+        loaded.reactor = pool.reactor(job, limits.time_seconds, _no_events)
+    except BaseException:
+        counters.release(lineage, compiled.measurement)
+        raise
     return loaded
 
 
@@ -250,22 +267,32 @@ def _no_events(rpc: dict[str, Any]) -> dict[str, Any]:
     return {"error": "no events may be emitted while the module initialises"}
 
 
-def _restore(
-    sealer: Sealer, state: Any, app: str
-) -> tuple[ProvisioningKeys, list[Channel], dict[bytes, int], int]:
+@dataclass(frozen=True)
+class _Restored:
+    provisioning: ProvisioningKeys
+    channels: list[Channel]
+    ended: dict[bytes, int]
+    ended_before: int
+    lineage: bytes | None  # None: a fresh instance, no state
+
+
+def _restore(sealer: Sealer, counters: Counters, state: Any, app: str) -> _Restored:
     if state is None:
-        return ProvisioningKeys(), [], {}, 0
+        return _Restored(ProvisioningKeys(), [], {}, 0, None)
     if not isinstance(state, bytes):
         raise UsageError("state must be bytes sealed by this module")
     try:
         body = cbor2.loads(sealer.unseal(state))
         if body.get("v") != STATE_VERSION or body.get("app") != app:
             raise SealingError("sealed state is of another version or application")
-        return (
+        lineage = bytes(body["lineage"])
+        counters.check(lineage, int(body["counter"]))  # raises StateRolledBack
+        return _Restored(
             ProvisioningKeys.restore(body["provisioning"]),
             [Channel.from_cbor(c) for c in body["channels"]],
             {bytes(conn): int(at) for conn, at in body["ended"]},
             int(body["ended_before"]),
+            lineage,
         )
     except SealingError:
         raise

@@ -3,7 +3,8 @@
 It performs the measured (and, when configured, secure) boot, then creates each virtual TEE:
 derives the vTEE's keys from the HUK, endorses the vTEE's attestation key in a platform token
 signed with the DAK (naming the vTEE id, its configuration digest and the boot log), and starts
-the vTEE as its own process, handing it those keys over a pipe. The single secure world of a
+the vTEE as its own process, handing it those keys over a pipe, and a descriptor on its
+rollback counters in the device's storage (tee/sealing.py: Counters). The single secure world of a
 plain device is the vTEE named ``default``: one code path, not two.
 
 The host talks to the monitor over ``monitor.sock`` (status, stop); it never receives a key.
@@ -101,7 +102,7 @@ class Monitor:
         record = vtees.load(self.home, self.huk, name)
         keys_ = vtees.derive_keys(self.home, self.huk, record)
         digest = record.config_digest
-        handoff = {
+        handoff: dict[str, Any] = {
             "name": name,
             "id": record.vtee_id,
             "config": record.config,
@@ -126,12 +127,18 @@ class Monitor:
                 "ueid": self.info.ueid,
             },
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "veritee.tee.world"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,  # the vTEE logs to the monitor's log
-        )
+        counters = vtees.open_counters(self.home, record.vtee_id)
+        handoff["counters_fd"] = counters
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "veritee.tee.world"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,  # the vTEE logs to the monitor's log
+                pass_fds=(counters,),
+            )
+        finally:
+            os.close(counters)
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(cbor2.dumps(handoff))
         proc.stdin.close()

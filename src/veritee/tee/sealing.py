@@ -6,11 +6,18 @@ another vTEE or on another device all derive a different key. AES-256-GCM with a
 96-bit nonce; the format version and measurement are authenticated as associated data.
 
 Blob: ``version (1) || nonce (12) || ciphertext || tag (16)``.
+
+Sealing alone does not stop a host from handing back an *older* blob. What must not roll
+back (an app module's state: its channels' counters) embeds a value of a monotonic counter
+kept in the device's replay-protected storage (:class:`Counters`); a blob behind it is
+refused (:class:`StateRolledBack`).
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -61,3 +68,106 @@ class Sealer:
         raise SealingError(
             "sealed blob does not open: it was altered, or sealed by another module or TEE"
         )
+
+
+class StateRolledBack(SealingError):
+    """A sealed state older than the newest one sealed: the host handed back a stale copy."""
+
+
+class Counters:
+    """Monotonic counters of one vTEE, one per sealed-state lineage, kept in the device's
+    replay-protected storage (the emulation's stand-in for RPMB: a file in the device
+    monitor's storage, ``device/counters/VTEE-ID.ctr``, which the monitor opens and hands
+    to the vTEE as a descriptor; the host's copies of sealed states never live there).
+
+    Slot: ``lineage id (16) || value (8, big-endian)``. A value is written before the
+    sealed blob that carries it leaves the secure world (one ``pwrite`` of 8 bytes, which
+    the file system applies whole), so the newest blob is never behind its counter.
+    """
+
+    _SLOT = struct.Struct(">16sQ")
+    ID_BYTES = 16
+    # Lineages a vTEE can hold (each fresh app module instance starts one): 1.5 MiB of
+    # storage; a host loading modules without end must not grow it without end.
+    MAX_SLOTS = 65536
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._slots: dict[bytes, tuple[int, int]] = {}  # id -> (slot index, value)
+        data = b""
+        while chunk := os.pread(fd, 1 << 20, len(data)):
+            data += chunk
+        for i in range(len(data) // self._SLOT.size):
+            lineage, value = self._SLOT.unpack_from(data, i * self._SLOT.size)
+            self._slots[lineage] = (i, value)
+        self._next = len(data) // self._SLOT.size
+        self._live: dict[bytes, list[bytes]] = {}  # lineage -> measurements loaded now
+
+    def claim(self, lineage: bytes, measurement: bytes, *, succession: bool) -> None:
+        """Mark a lineage as loaded; a state may run in one instance only (two instances
+        from one state would accept the same events twice). A successor build, on the
+        owner's word, may join its predecessor while an update swaps them."""
+        with self._lock:
+            live = self._live.setdefault(lineage, [])
+            if live and not (succession and len(live) == 1 and live[0] != measurement):
+                raise SealingError(
+                    "this sealed state is already in use by a module instance loaded in "
+                    "this TEE; a state runs in one instance at a time"
+                )
+            live.append(measurement)
+
+    def release(self, lineage: bytes, measurement: bytes) -> None:
+        with self._lock:
+            live = self._live.get(lineage, [])
+            if measurement in live:
+                live.remove(measurement)
+            if not live:
+                self._live.pop(lineage, None)
+
+    def create(self) -> bytes:
+        """A new lineage, its counter at 0; returns its id."""
+        lineage = os.urandom(self.ID_BYTES)
+        with self._lock:
+            if self._next >= self.MAX_SLOTS:
+                raise SealingError(
+                    f"this TEE holds its maximum of {self.MAX_SLOTS} rollback counters"
+                )
+            index, self._next = self._next, self._next + 1
+            os.pwrite(self._fd, self._SLOT.pack(lineage, 0), index * self._SLOT.size)
+            self._slots[lineage] = (index, 0)
+        return lineage
+
+    def current(self, lineage: bytes) -> int:
+        """The newest value sealed for ``lineage``; SealingError if it has no counter here."""
+        with self._lock:
+            slot = self._slots.get(lineage)
+        if slot is None:
+            raise SealingError(
+                "sealed state has no rollback counter in this TEE (the device's counters "
+                "were reset, or the state is from elsewhere)"
+            )
+        return slot[1]
+
+    def check(self, lineage: bytes, value: int) -> None:
+        """Raise StateRolledBack unless ``value`` is the newest sealed for ``lineage``."""
+        now = self.current(lineage)
+        if value > now:
+            raise SealingError(
+                f"sealed state carries counter {value}, ahead of this TEE's {now}: the "
+                "device's counters were reset"
+            )
+        if value < now:
+            raise StateRolledBack(
+                f"sealed state is rolled back: it carries counter {value}, the newest sealed "
+                f"is {now}; the host handed back a stale copy, refusing it"
+            )
+
+    def advance(self, lineage: bytes) -> int:
+        """Count one more sealing of ``lineage``; returns the value to seal with it."""
+        with self._lock:
+            index, value = self._slots[lineage]
+            value += 1
+            os.pwrite(self._fd, value.to_bytes(8, "big"), index * self._SLOT.size + 16)
+            self._slots[lineage] = (index, value)
+            return value

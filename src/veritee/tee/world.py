@@ -30,6 +30,7 @@ from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
 from veritee.tee import app_ta, protocol, runtime_ta, tls_ta
 from veritee.tee import client as teec
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
+from veritee.tee.sealing import Counters
 from veritee.tee.ta import (
     APP_TA,
     CMD_APP_ATTEST,
@@ -87,6 +88,7 @@ class SecureWorld:
         for d in (self.storage, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
         self.compiler = Compiler(self.root / "cache", handoff["aot_key"])
+        self.counters = Counters(int(handoff["counters_fd"]))
         self.pool = WorkerPool(int(self.identity.config.get("workers", 2)))
         self.boot = handoff["boot"]
         self.started = time.time()
@@ -101,8 +103,10 @@ class SecureWorld:
         with self.lock:
             self.modules.pop(sid, None)
             app = self.apps.pop(sid, None)
-        if app is not None and app.reactor is not None:
-            app.reactor.close()
+        if app is not None:
+            app.counters.release(app.lineage, app.measurement)
+            if app.reactor is not None:
+                app.reactor.close()
         tls_ta.close_session(sid)
 
     def admit(self, sid: int, new: LoadedModule | app_ta.AppModule) -> None:
@@ -343,6 +347,7 @@ def _app(
         new = app_ta.load(
             world.compiler,
             world.pool,
+            world.counters,
             world.identity,
             world.storage,
             world.scratch,
@@ -352,6 +357,7 @@ def _app(
         try:
             world.admit(sid, new)
         except _Reply:
+            new.counters.release(new.lineage, new.measurement)
             if new.reactor is not None:
                 new.reactor.close()
             raise
