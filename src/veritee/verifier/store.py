@@ -17,10 +17,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -60,6 +60,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Sessions (with their evidence and result) are kept this long after they expire, so a
 # relying party can still read a result and an operator can still see why it failed.
 SESSION_RETENTION_SECONDS = 7 * 24 * 3600
+
+_T = TypeVar("_T")
 
 WAITING, PROCESSING, COMPLETE, FAILED = "waiting", "processing", "complete", "failed"
 
@@ -240,6 +242,7 @@ class Store:
             "select": _SELECT_SESSION.format_map(names),
             "finish": _FINISH_SESSION.format_map(names),
         }
+        self._sqlite = self.engine.dialect.driver == "pysqlite"
         self._local = threading.local()
 
     # -- schema --------------------------------------------------------------------------
@@ -265,10 +268,9 @@ class Store:
     # -- sessions ------------------------------------------------------------------------
 
     def create_session(self, sid: str, nonce: bytes, created: float, expiry: float) -> None:
-        row = {"id": sid, "nonce": nonce, "created": created, "expiry": expiry}
+        row = {"id": sid, "nonce": nonce, "created": created, "expiry": expiry, "status": WAITING}
         try:
-            with self._driver() as cursor:
-                cursor.execute(self._sql["insert"], {**row, "status": WAITING})
+            self._transact(lambda cursor: cursor.execute(self._sql["insert"], row))
         except self._dbapi.IntegrityError:
             raise NonceAlreadyUsed(
                 "this nonce was used by an earlier session; pick a fresh one (or let the "
@@ -280,12 +282,18 @@ class Store:
 
     def session_and_generation(self, sid: str) -> tuple[SessionRecord | None, int]:
         """A session and the provisioning generation, in one round trip (the submit path)."""
-        with self._driver() as cursor:
+
+        def read(cursor: Any) -> tuple[Any, int]:
             cursor.execute(self._sql["select"], {"id": sid})
             row = cursor.fetchone()
             if row is None:
                 cursor.execute(_SELECT_GENERATION)
                 return None, int(cursor.fetchone()[0])
+            return row, 0
+
+        row, generation = self._transact(read)
+        if row is None:
+            return None, generation
         m = dict(zip(_SESSION_COLUMNS, row, strict=True))
         return self._record(m), int(m["generation"])
 
@@ -316,21 +324,22 @@ class Store:
         failure: dict[str, str] | None,
     ) -> bool:
         """Record the one submission a session takes; False if another got there first."""
-        with self._driver() as cursor:
-            cursor.execute(
-                self._sql["finish"],
-                {
-                    "id": sid,
-                    "waiting": WAITING,
-                    "status": status,
-                    "media_type": media_type,
-                    "evidence": evidence,
-                    "result": result,
-                    "outcome": outcome,
-                    "failure": None if failure is None else json.dumps(failure),
-                },
-            )
+        values = {
+            "id": sid,
+            "waiting": WAITING,
+            "status": status,
+            "media_type": media_type,
+            "evidence": evidence,
+            "result": result,
+            "outcome": outcome,
+            "failure": None if failure is None else json.dumps(failure),
+        }
+
+        def finish(cursor: Any) -> bool:
+            cursor.execute(self._sql["finish"], values)
             return bool(cursor.rowcount == 1)
+
+        return self._transact(finish)
 
     def delete_session(self, sid: str) -> bool:
         with self._write() as c:
@@ -545,35 +554,54 @@ class Store:
         except OperationalError as exc:
             raise StoreError(f"database error: {_first_line(exc)}") from None
 
-    @contextmanager
-    def _driver(self) -> Iterator[Any]:
-        """A cursor on this thread's own driver connection; committed when the block ends.
+    def _transact(self, work: Callable[[Any], _T]) -> _T:
+        """``work(cursor)`` in one transaction on this thread's own driver connection.
 
         A statement that fails rolls back; a connection the driver reports broken is dropped
         (the next call opens another). The driver's IntegrityError reaches the caller; its
-        other errors become StoreError.
+        other errors become StoreError. With SQLite, a write that finds the file locked by
+        another worker is retried after 50 µs, doubling up to 2 ms, until
+        SQLITE_BUSY_TIMEOUT_MS: SQLite's own busy handler first sleeps a whole millisecond,
+        and workers sharing one file under load meet the lock on one attestation in seven.
         """
+        conn = self._connection()
+        pause, deadline = 50e-6, 0.0
+        while True:
+            try:
+                cursor = conn.cursor()
+                try:
+                    result = work(cursor)
+                finally:
+                    cursor.close()
+                conn.commit()
+                return result
+            except self._dbapi.Error as exc:
+                self._roll_back(conn)
+                if self._sqlite and _locked(exc):
+                    now = time.monotonic()
+                    deadline = deadline or now + SQLITE_BUSY_TIMEOUT_MS / 1000
+                    if now < deadline:
+                        time.sleep(pause)
+                        pause = min(pause * 2, 0.002)
+                        continue
+                if isinstance(exc, self._dbapi.IntegrityError):
+                    raise
+                raise StoreError(f"database error: {_first_line(exc)}") from None
+            except BaseException:
+                self._roll_back(conn)
+                raise
+
+    def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = self._local.conn = self.engine.raw_connection()
-            except OperationalError as exc:
+                conn = self.engine.raw_connection()
+                if self._sqlite:
+                    conn.cursor().execute("PRAGMA busy_timeout=0")  # _transact retries
+            except (OperationalError, self._dbapi.Error) as exc:
                 raise StoreError(f"database error: {_first_line(exc)}") from None
-        try:
-            cursor = conn.cursor()
-            try:
-                yield cursor
-            finally:
-                cursor.close()
-            conn.commit()
-        except self._dbapi.Error as exc:
-            self._roll_back(conn)
-            if isinstance(exc, self._dbapi.IntegrityError):
-                raise
-            raise StoreError(f"database error: {_first_line(exc)}") from None
-        except BaseException:
-            self._roll_back(conn)
-            raise
+            self._local.conn = conn
+        return conn
 
     def _roll_back(self, conn: Any) -> None:
         try:
@@ -696,6 +724,11 @@ def _engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def _locked(exc: Exception) -> bool:
+    """SQLite's "database is locked" (SQLITE_BUSY): another connection holds the write lock."""
+    return getattr(exc, "sqlite_errorcode", None) == 5 or "database is locked" in str(exc)
 
 
 def _redact(url: str) -> str:
