@@ -82,6 +82,7 @@ class AppModule:
     provisioning: ProvisioningKeys
     vtee_token: bytes
     reactor: ReactorProcess | None = None
+    sealed: bytes = b""  # the state as last sealed
     batches: bool = False  # the module runs a batch of events in one call (BATCH_EXPORT)
     channels: dict[bytes, Channel] = field(default_factory=dict)
     ended: dict[bytes, int] = field(default_factory=dict)  # connection id -> when it ended
@@ -122,7 +123,8 @@ class AppModule:
             "ended": [[conn, at] for conn, at in self.ended.items()],
             "ended_before": self.ended_before,
         }
-        return self.sealer.seal(bytes(cbor2.dumps(body)))
+        self.sealed = self.sealer.seal(bytes(cbor2.dumps(body)))
+        return self.sealed
 
 
 def load(
@@ -371,6 +373,7 @@ class _Call:
         self.relay = relay
         self.events: list[bytes] = []
         self.response: bytes | None = None
+        self.used_channels = False  # a counter moved: the state must be sealed again
 
     def __call__(self, rpc: dict[str, Any]) -> dict[str, Any]:
         op = rpc.get("op")
@@ -399,6 +402,7 @@ class _Call:
             return {"error": f"module declares no output {name!r}"}
         for ch in self.loaded.channels.values():
             if ch.kind == "output" and ch.endpoint == name:
+                self.used_channels = True
                 self.events.append(ch.seal(data))
         return {"ok": True}
 
@@ -411,6 +415,7 @@ class _Call:
         if self.relay is None:
             return {"error": "no node agent to carry the request"}
         ch = matches[0]
+        self.used_channels = True
         answer = self.relay({"op": "request", "event": ch.seal(data)})
         reply = answer.get("event")
         if not isinstance(reply, bytes):
@@ -527,7 +532,16 @@ def public(loaded: AppModule, endpoint: str, request: bytes, relay: Relay | None
     with loaded.lock:
         call = _Call(loaded, relay)
         log = _call(loaded, f"veritee_public_{endpoint}", request, call)
-        return _outcome(loaded, call.events, call.response or b"", None, log)
+        # A call that moved no counter (a periodic tick, a page served from memory) leaves
+        # the state as it was: no new sealing, no rollback counter spent.
+        state = loaded.state() if call.used_channels or not loaded.sealed else loaded.sealed
+        return {
+            "events": call.events,
+            "reply": call.response or b"",
+            "state": state,
+            "dropped": None,
+            "log": log,
+        }
 
 
 def _call(loaded: AppModule, export: str, payload: bytes, call: _Call, events: int = 1) -> str:
