@@ -435,8 +435,15 @@ def _appraisal_from_json(name: str, value: Any) -> Appraisal:
     )
 
 
+# Scalars end the recursion below without an ABC check (isinstance against Mapping is the
+# slow part of freezing a result's claims).
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _freeze(value: Any) -> Any:
     """Deep read-only copy of JSON data: objects become mapping proxies, arrays tuples."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
     if isinstance(value, list | tuple):
@@ -446,6 +453,8 @@ def _freeze(value: Any) -> Any:
 
 def _thaw(value: Any) -> Any:
     """Plain JSON data again from :func:`_freeze`'s output, for signing."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         return {k: _thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):

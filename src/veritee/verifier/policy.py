@@ -137,8 +137,8 @@ class Policy:
     """A compiled Rego policy. Thread-safe: one query runs at a time per policy.
 
     A pure policy (one that calls no clock, random or network builtin) decides the same for
-    the same input, so its decisions are remembered (keyed by the exact input, as canonical
-    JSON): the query, and building regopy's input, which costs more, run once per distinct
+    the same input, so its decisions are remembered (keyed by the exact input, as JSON):
+    the query, and building regopy's input, which costs more, run once per distinct
     input. An impure policy is queried every time.
     """
 
@@ -165,7 +165,9 @@ class Policy:
         if not self._remember:
             return self._query(value)
         try:
-            key = json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+            # The exact input: two inputs with the same text are the same input. (Not sorted:
+            # the same claims in another order only miss the memory, they never share it.)
+            key = json.dumps(value, separators=(",", ":"), default=_plain)
         except (TypeError, ValueError):
             return self._query(value)  # not JSON: regopy will say what is wrong with it
         with self._lock:
