@@ -477,3 +477,25 @@ def test_rollback_counters_survive_a_restart_of_the_secure_world(
         with pytest.raises(teec.TeecError, match="rolled back"):
             _load(ctx, counter, "counter", raw, older)
         _load(ctx, counter, "counter", raw, newest)
+
+
+def test_events_leave_with_the_state_that_covers_them(env: Env, wasm: Callable[..., Path]) -> None:
+    """Mid-batch, sealed events go to the node agent together with a state sealed after
+    them: a host that keeps that state can never reload one whose send counters are behind
+    events it already holds."""
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    handed: list[dict[str, Any]] = []
+
+    def node_agent(rpc: dict[str, Any]) -> dict[str, Any]:
+        assert rpc["op"] == "events"
+        handed.append(rpc)
+        return {"ok": True}
+
+    out = env.sender.deliver_batch([press.seal(b"1"), press.seal(b"2")], node_agent)
+    assert out.events == [] and len(handed) == 1 and len(handed[0]["events"]) == 2
+    assert out.state == handed[0]["state"]  # nothing moved since: the same state
+    env.sender.close()
+    with env.dev.context() as ctx:
+        again = _load(ctx, wasm("tests/assets/c/app_sender.c"), "sender", env.raw_key, out.state)
+        resealed = again.deliver(press.seal(b"3")).events[0]
+        assert channels.parse_header(resealed)[3] == 3  # counters went on after the two

@@ -294,13 +294,26 @@ class ModuleHost:
     def deliver_batch(self, events: list[bytes]) -> BatchOutcome:
         """Deliver queued events in one call into the secure world."""
         with self._locked():
-            batch: BatchOutcome = self._call(lambda s: s.deliver_batch(events, self._relay))
+            batch: BatchOutcome = self._call(lambda s: s.deliver_batch(events, self._early))
             self._absorb(self, batch.events)  # route what it emitted before anything else
             self.store_state(batch.state)
             for reason in batch.dropped:
                 self._count(reason)
             self._log(batch.log)
             return batch
+
+    def _early(self, rpc: dict[str, Any]) -> dict[str, Any]:
+        """Mid-batch, the secure world hands out events sealed so far, with the state that
+        covers them: route them at once (they travel while the module finishes), keep the
+        state; anything else goes to the agent's relay."""
+        if rpc.get("op") != "events":
+            return self._relay(rpc)
+        events, state = rpc.get("events"), rpc.get("state")
+        if not isinstance(events, list) or not isinstance(state, bytes):
+            return {"error": "malformed events"}
+        self._absorb(self, [e for e in events if isinstance(e, bytes)])
+        self.store_state(state)
+        return {"ok": True}
 
     def _after(self, outcome: Outcome) -> None:
         self._absorb(self, outcome.events)  # route what it emitted before anything else

@@ -368,12 +368,14 @@ def disconnect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
 class _Call:
     """What one delivery collects while the module runs."""
 
-    def __init__(self, loaded: AppModule, relay: Relay | None) -> None:
+    def __init__(self, loaded: AppModule, relay: Relay | None, *, early: bool = False) -> None:
         self.loaded = loaded
         self.relay = relay
         self.events: list[bytes] = []
         self.response: bytes | None = None
         self.used_channels = False  # a counter moved: the state must be sealed again
+        self.early = early  # hand buffered events out while the module finishes
+        self.released: bytes | None = None  # the state sealed when events were handed out
 
     def __call__(self, rpc: dict[str, Any]) -> dict[str, Any]:
         op = rpc.get("op")
@@ -397,6 +399,8 @@ class _Call:
                 answer = self._output(one, payload)
                 if "error" in answer:
                     return answer
+            if self.early and self.events:
+                self._release()
             return {"ok": True}
         if not self.loaded.endpoint("output", name):
             return {"error": f"module declares no output {name!r}"}
@@ -405,6 +409,22 @@ class _Call:
                 self.used_channels = True
                 self.events.append(ch.seal(data))
         return {"ok": True}
+
+    def _release(self) -> None:
+        """Hand the events sealed so far to the node agent now, with the state that covers
+        them, so they travel while the module finishes. The state is sealed (its rollback
+        counter advanced) before any event leaves: a host can never reload a state whose
+        send counters are behind events it holds, which would seal two events under one
+        nonce. An agent that does not take them (a bare client) gets them in the outcome.
+        """
+        if self.relay is None:
+            return
+        state = self.loaded.state()
+        answer = self.relay({"op": "events", "events": self.events, "state": state})
+        if "error" not in answer:
+            self.events = []
+            self.used_channels = False
+            self.released = state
 
     def _request(self, name: str, data: bytes) -> dict[str, Any]:
         matches = [
@@ -493,7 +513,8 @@ def deliver_batch(loaded: AppModule, events: list[bytes], relay: Relay | None) -
     Every event gets the checks :func:`deliver` makes (a bad one is dropped and counted,
     the others go on); the accepted ones run in the module's worker in one call when the
     module offers it (``BATCH_EXPORT``), else one call each. Requests are not batched:
-    each waits for its own reply.
+    each waits for its own reply. The events the module hands over at once (the SDK's
+    buffer) go to the node agent as soon as they are sealed (see ``_Call._release``).
     """
     if len(events) > MAX_BATCH_EVENTS or sum(len(e) for e in events) > MAX_BATCH_BYTES:
         raise UsageError(
@@ -510,17 +531,18 @@ def deliver_batch(loaded: AppModule, events: list[bytes], relay: Relay | None) -
                 continue
             dropped.append(None)
             calls.append((f"veritee_{channel.kind}_{channel.endpoint}", payload))
-        call = _Call(loaded, relay)
+        call = _Call(loaded, relay, early=True)
         logs = []
         if calls and loaded.batches:
             logs.append(_call(loaded, BATCH_EXPORT, _pack(calls), call, len(calls)))
         else:
             logs += [_call(loaded, export, payload, call) for export, payload in calls]
         loaded.delivered += len(calls)
+        unchanged = call.released is not None and not call.used_channels
         return {
             "dropped": dropped,
             "events": call.events,
-            "state": loaded.state(),
+            "state": call.released if unchanged else loaded.state(),
             "log": "".join(logs),
         }
 
