@@ -78,10 +78,11 @@ class Spool:
         """Store ``record``; returns its number. Raises SpoolFull past ``max_pending``."""
         return self.extend([record])
 
-    def extend(self, records: list[bytes]) -> int:
+    def extend(self, records: list[bytes], *, wake: bool = True) -> int:
         """Store ``records`` with one write; returns the number of the last.
 
         All or none: raises SpoolFull if they do not all fit under ``max_pending``.
+        ``wake=False``: the caller will hand them on itself, or call :meth:`wake`.
         """
         for record in records:
             if len(record) > MAX_RECORD_BYTES:
@@ -97,8 +98,14 @@ class Spool:
                 numbered.append((self._last, record))
             os.write(self._fd, b"".join(_RECORD.pack(q, len(r)) + r for q, r in numbered))
             self._records.extend(numbered)
-            self._cond.notify_all()
+            if wake:
+                self._cond.notify_all()
             return self._last
+
+    def wake(self) -> None:
+        """Wake whoever waits for records."""
+        with self._cond:
+            self._cond.notify_all()
 
     def pending(self, after: int = 0, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Unconsumed records numbered above ``after``, oldest first."""

@@ -221,14 +221,14 @@ class _Link:
             sock.sendall(b"".join(chunk))
         self._sent = records[-1][0]
 
-    def push(self, records: list[tuple[int, bytes]]) -> None:
+    def push(self, records: list[tuple[int, bytes]]) -> bool:
         """Write just-kept events at once when the link is up and idle and they are next.
 
         Saves the sender thread's wake-up on the latency path; otherwise (link busy or down,
-        window full) the sender thread sends them as always.
+        window full) returns False and the sender thread must send them as always.
         """
         if not self.up or not self._write.acquire(blocking=False):
-            return
+            return False
         try:
             sock = self._sock
             if (
@@ -238,10 +238,12 @@ class _Link:
                 and records[-1][0] - self.outbox.head <= WINDOW
             ):
                 self._write_events(sock, records)
+                return True
         except OSError:
             pass  # the reader sees the link go down; the sender thread resends
         finally:
             self._write.release()
+        return False
 
     def _read(self, sock: socket.socket) -> None:
         reader = sock.makefile("rb")
@@ -355,8 +357,9 @@ class TcpTransport(Transport):
 
     def send_all(self, to: Address, events: list[bytes]) -> None:
         link = self._link(to)
-        last = link.outbox.extend(events)
-        link.push(list(zip(range(last - len(events) + 1, last + 1), events, strict=True)))
+        last = link.outbox.extend(events, wake=False)
+        if not link.push(list(zip(range(last - len(events) + 1, last + 1), events, strict=True))):
+            link.outbox.wake()
 
     def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
         link = self._link(to)
