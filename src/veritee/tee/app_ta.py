@@ -16,6 +16,7 @@ restarts resumes its connections, and replays stay refused.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import struct
 import threading
@@ -91,6 +92,11 @@ class AppModule:
     delivered: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @functools.cached_property
+    def exported(self) -> dict[str, bytes]:
+        """The provisioning keys as the sealed state holds them (they never change)."""
+        return self.provisioning.export()
+
     def attester(self, platform_token: bytes) -> Attester:
         return attester_of(self, platform_token)
 
@@ -118,7 +124,7 @@ class AppModule:
             "app": self.app,
             "lineage": self.lineage,
             "counter": self.counters.advance(self.lineage),
-            "provisioning": self.provisioning.export(),
+            "provisioning": self.exported,
             "channels": [c.to_cbor() for c in self.channels.values()],
             "ended": [[conn, at] for conn, at in self.ended.items()],
             "ended_before": self.ended_before,

@@ -60,6 +60,8 @@ class Channel:
     sent: int = 0  # last counter used to send
     received: int = 0  # highest counter accepted
     dropped: dict[str, int] = field(default_factory=dict)
+    _send_aead: ChaCha20Poly1305 | None = field(default=None, repr=False, compare=False)
+    _recv_aead: ChaCha20Poly1305 | None = field(default=None, repr=False, compare=False)
 
     @property
     def send_direction(self) -> int:
@@ -73,7 +75,9 @@ class Channel:
         self.sent += 1
         header = _HEADER.pack(VERSION, self.conn_id, self.send_direction, self.sent)
         nonce = bytes(4) + self.sent.to_bytes(8, "big")
-        return header + ChaCha20Poly1305(self.send_key).encrypt(nonce, payload, header)
+        if self._send_aead is None:
+            self._send_aead = ChaCha20Poly1305(self.send_key)
+        return header + self._send_aead.encrypt(nonce, payload, header)
 
     def open(self, event: bytes) -> bytes:
         """Check and decrypt an event addressed to this channel; raise EventRejected."""
@@ -88,8 +92,10 @@ class Channel:
             )
         header = event[:HEADER_BYTES]
         nonce = bytes(4) + counter.to_bytes(8, "big")
+        if self._recv_aead is None:
+            self._recv_aead = ChaCha20Poly1305(self.recv_key)
         try:
-            payload = ChaCha20Poly1305(self.recv_key).decrypt(nonce, event[HEADER_BYTES:], header)
+            payload = self._recv_aead.decrypt(nonce, event[HEADER_BYTES:], header)
         except InvalidTag:
             return self._drop("altered", "event does not authenticate: altered or forged")
         self.received = counter
