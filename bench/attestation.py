@@ -379,14 +379,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 # -- the store's part, on its own SQLite file ---------------------------
                 store = Store(f"sqlite:///{root / 'bench.db'}")
                 store.create()
+                generation = store.generation()
 
                 def store_work() -> None:
-                    sid = os.urandom(16).hex()
-                    store.create_session(sid, os.urandom(32), time.time(), time.time() + 60)
-                    store.session(sid)
-                    store.generation()
-                    store.finish_session(
-                        sid,
+                    key = os.urandom(16).hex()
+                    store.record_session(
+                        key,
+                        nonce=os.urandom(32),
+                        created=time.time(),
+                        expiry=time.time() + 60,
+                        generation=generation,
                         status="complete",
                         media_type=EVIDENCE_TYPE,
                         evidence=evidence,

@@ -21,9 +21,11 @@ import pytest
 from veritee.evidence.claims import MEDIA_TYPE
 from veritee.verifier import ear
 from veritee.verifier.client import nonce_of
+from veritee.verifier.store import Store
 
 from .conftest import Device
 from .test_verifier_service import Attester, _metric, start_verifier
+from .test_verifier_store import SESSION_CHECKS
 
 pytestmark = pytest.mark.postgres
 
@@ -182,3 +184,9 @@ def test_workers_on_postgres_serve_and_share_state(
             assert len(client.sessions(100)) == 7  # the shared one and six revoked
     finally:
         c.stop()
+
+
+def test_sessions_keep_their_promises_on_postgres(postgres_url: str) -> None:
+    Store(postgres_url).create()
+    for check in SESSION_CHECKS:
+        check(postgres_url)

@@ -544,6 +544,32 @@ def test_unknown_session_and_routes(server: Server, attesters: dict[str, Atteste
     assert_still_serves(server, attesters)
 
 
+def test_sessions_cost_no_storage_and_their_ids_cannot_be_forged(
+    server: Server, attesters: dict[str, Attester]
+) -> None:
+    with server.client(token=True) as client:
+        before = len(client.sessions(limit=1000))
+        urls = [client.new_session()[0] for _ in range(200)]  # an unauthenticated flood
+        assert len(client.sessions(limit=1000)) == before  # ... stored nothing
+        url = urls[0]
+        assert client.session(url)["status"] == "waiting"  # yet each session is there
+        # An id with its expiry pushed out, or another nonce, is no session at all.
+        sid = url.rsplit("/", 1)[1]
+        raw = bytearray(base64.urlsafe_b64decode(sid + "=" * (-len(sid) % 4)))
+        raw[9:17] = (2**62).to_bytes(8, "big")
+        forged = url.rsplit("/", 1)[0] + "/" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        err = _refused(lambda: client.session(forged))
+        assert (err.status, err.check) == (404, "SessionNotFound")
+        # Deleted, a session takes no evidence, from any worker, ever.
+        client.delete(url)
+        evidence = attesters["hello"].evidence(nonce_of(client.session(urls[1])))
+        err = _refused(lambda: client.submit(url, evidence, MEDIA_TYPE))
+        assert (err.status, err.check) == (404, "SessionNotFound")
+        assert _refused(lambda: client.delete(url)).status == 404
+        assert client.submit(urls[1], evidence, MEDIA_TYPE)["status"] == "complete"
+    assert_still_serves(server, attesters)
+
+
 @pytest.mark.parametrize("header", [None, "Bearer wrong-token-0123456789", "Basic abc", "Bearer"])
 def test_provisioning_needs_the_token(
     server: Server, attesters: dict[str, Attester], header: str | None

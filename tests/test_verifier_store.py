@@ -1,18 +1,28 @@
-"""The verifier's store on a real SQLite file: what sessions promise, under lock contention
-and a connection lost underneath it."""
+"""The verifier's store and session ids, on a real SQLite file: what sessions promise, under
+lock contention, provisioning racing an appraisal, and a connection lost underneath."""
 
 from __future__ import annotations
 
+import base64
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from veritee.verifier.errors import NonceAlreadyUsed
-from veritee.verifier.store import COMPLETE, WAITING, Store, StoreError
+from veritee.verifier.sessions import Tickets
+from veritee.verifier.store import (
+    COMPLETE,
+    DELETED,
+    RECORDED,
+    STALE,
+    TAKEN,
+    Store,
+    StoreError,
+)
 
 
 @pytest.fixture
@@ -22,13 +32,26 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def _store(db: Path) -> Store:
-    return Store(f"sqlite:///{db}")
+@pytest.fixture
+def url(db: Path) -> str:
+    return f"sqlite:///{db}"
 
 
-def _finish(store: Store, sid: str) -> bool:
-    return store.finish_session(
-        sid,
+def _store(db: Path | str) -> Store:
+    return Store(db if isinstance(db, str) else f"sqlite:///{db}")
+
+
+def _key() -> str:
+    return os.urandom(16).hex()
+
+
+def _record(store: Store, key: str, nonce: bytes, generation: int | None = None) -> str:
+    return store.record_session(
+        key,
+        nonce=nonce,
+        created=time.time(),
+        expiry=time.time() + 60,
+        generation=store.generation() if generation is None else generation,
         status=COMPLETE,
         media_type="application/x",
         evidence=b"evidence",
@@ -38,20 +61,89 @@ def _finish(store: Store, sid: str) -> bool:
     )
 
 
-def test_a_session_takes_one_submission_and_outlives_a_restart(db: Path) -> None:
-    store = _store(db)
+# -- session ids ---------------------------------------------------------------------------------
+
+TICKETS = Tickets(bytes(32))
+
+
+def test_a_session_id_carries_its_nonce_and_expiry() -> None:
     nonce = os.urandom(32)
-    store.create_session("s1", nonce, time.time(), time.time() + 60)
-    with pytest.raises(NonceAlreadyUsed):
-        store.create_session("s2", nonce, time.time(), time.time() + 60)
-    record, generation = _store(db).session_and_generation(
-        "s1"
-    )  # another worker, or after a restart
-    assert record is not None and record.status == WAITING and record.nonce == nonce
-    assert generation >= 1
-    assert _finish(store, "s1")
-    assert not _finish(_store(db), "s1")  # the one submission is taken
-    assert store.session_and_generation("nobody") == (None, generation)
+    ticket = TICKETS.issue(nonce, 1_700_000_000.5, 1_700_000_150.5)
+    opened = TICKETS.open(ticket.id)
+    assert opened == ticket
+    assert (opened.nonce, opened.created, opened.expiry) == (
+        nonce,
+        1_700_000_000.5,
+        1_700_000_150.5,
+    )
+    assert len(ticket.key) == 32  # fits the sessions table's 36-character key
+
+
+def test_a_session_id_cannot_be_forged_or_altered() -> None:
+    ticket = TICKETS.issue(os.urandom(32), time.time(), time.time() + 150)
+    raw = bytearray(base64.urlsafe_b64decode(ticket.id + "=" * (-len(ticket.id) % 4)))
+    later = bytearray(raw)
+    later[9:17] = (2**62).to_bytes(8, "big")  # push the expiry far out
+    other_nonce = bytearray(raw)
+    other_nonce[20] ^= 1
+    for forged in (later, other_nonce, raw[:-1], raw + b"\0"):
+        assert TICKETS.open(base64.urlsafe_b64encode(bytes(forged)).rstrip(b"=").decode()) is None
+    # Another verifier's key, a UUID, garbage, an attacker-sized id: no session.
+    assert Tickets(b"\1" * 32).open(ticket.id) is None
+    for text in ("d4c5f1d2-5d3a-4b5c-9a1e-8f2f1b3c4d5e", "", "***", "A" * 10_000, ticket.id + "="):
+        assert TICKETS.open(text) is None
+
+
+# -- stored sessions -------------------------------------------------------------------------
+
+
+def test_a_session_and_its_nonce_take_one_submission_across_workers(url: str) -> None:
+    one, other = _store(url), _store(url)  # two workers, or before and after a restart
+    a, b, nonce = _key(), _key(), os.urandom(32)
+    assert _record(one, a, nonce) == RECORDED
+    assert _record(other, a, os.urandom(32)) == TAKEN  # the session, again
+    assert _record(other, b, nonce) == TAKEN  # the nonce, in another session
+    stored = other.session(a)
+    assert stored is not None and stored.status == COMPLETE and stored.nonce == nonce
+    assert other.session(b) is None
+
+
+def test_a_result_appraised_before_a_provisioning_change_is_not_recorded(url: str) -> None:
+    store, a = _store(url), _key()
+    before = store.generation()
+    store.put_policy(f"p{a}", "package veritee\n", "digest", activate=True)  # a new generation
+    assert store.generation() != before
+    assert _record(store, a, os.urandom(32), generation=before) == STALE
+    assert store.session(a) is None  # nothing written: appraise again
+    assert _record(store, a, os.urandom(32)) == RECORDED
+
+
+def test_a_deleted_session_stays_deleted(url: str) -> None:
+    store = _store(url)
+    a, b, c, d = _key(), _key(), _key(), _key()
+    nonce, now = os.urandom(32), time.time()
+    assert store.delete_session(a, nonce, now, now + 60)  # deleted while waiting
+    assert not store.delete_session(a, nonce, now, now + 60)
+    assert _record(store, a, os.urandom(32)) == TAKEN
+    gone = store.session(a)
+    assert gone is not None and gone.status == DELETED
+    # A submitted one: its evidence and result go with it.
+    assert _record(store, b, os.urandom(32)) == RECORDED
+    assert store.delete_session(b, b"", now, now + 60)
+    gone = store.session(b)
+    assert gone is not None and (gone.status, gone.evidence, gone.result) == (DELETED, None, None)
+    # A waiting session whose client-chosen nonce another session used is still deleted.
+    used = os.urandom(32)
+    assert _record(store, c, used) == RECORDED
+    assert store.delete_session(d, used, now, now + 60)
+    assert _record(store, d, os.urandom(32)) == TAKEN
+
+
+SESSION_CHECKS = (
+    test_a_session_and_its_nonce_take_one_submission_across_workers,
+    test_a_result_appraised_before_a_provisioning_change_is_not_recorded,
+    test_a_deleted_session_stays_deleted,
+)
 
 
 def test_a_write_waits_for_another_workers_lock(db: Path) -> None:
@@ -66,16 +158,17 @@ def test_a_write_waits_for_another_workers_lock(db: Path) -> None:
 
     threading.Thread(target=release).start()
     start = time.monotonic()
-    _store(db).create_session("s", os.urandom(32), time.time(), time.time() + 60)
+    assert _record(_store(db), "a" * 32, os.urandom(32)) == RECORDED
     assert released.is_set() and time.monotonic() - start >= 0.3
     holder.close()
 
 
 def test_a_connection_lost_underneath_is_replaced(db: Path) -> None:
     store = _store(db)
-    store.create_session("a", os.urandom(32), time.time(), time.time() + 60)
-    store._local.conn.dbapi_connection.close()  # inject the fault: the driver connection dies
+    assert _record(store, "a" * 32, os.urandom(32)) == RECORDED
+    conn: Any = store._local.conn
+    conn.dbapi_connection.close()  # inject the fault: the driver connection dies
     with pytest.raises(StoreError, match="database error"):
-        store.create_session("b", os.urandom(32), time.time(), time.time() + 60)
-    store.create_session("c", os.urandom(32), time.time(), time.time() + 60)
-    assert store.session("c") is not None and store.session("b") is None
+        _record(store, "b" * 32, os.urandom(32))
+    assert _record(store, "c" * 32, os.urandom(32)) == RECORDED
+    assert store.session("c" * 32) is not None and store.session("b" * 32) is None

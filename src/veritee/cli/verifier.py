@@ -141,6 +141,7 @@ def serve(
     store.create()
     store.engine.dispose()
     credentials.signing_key(state)
+    credentials.session_key(state)
     credentials.admin_token(state, token_file)
     config = Config(
         state_dir=str(state),

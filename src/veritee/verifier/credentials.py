@@ -1,6 +1,7 @@
-"""The verifier's two secrets on disk: its EAR signing key and the operator's bearer token.
+"""The verifier's secrets on disk: its EAR signing key, its session key, and the operator's
+bearer token.
 
-Both are created on first start in the state directory, mode 0600, and are then read by
+All three are created on first start in the state directory, mode 0600, and are then read by
 every worker, so all workers sign with the same key and accept the same token. Creation is
 race-free across processes: the file is written under a temporary name and linked into
 place; a process that loses the race reads the winner's file.
@@ -22,6 +23,8 @@ from veritee.errors import UsageError
 
 KEY_FILE = "verifier-key.pem"
 TOKEN_FILE = "admin-token"
+SESSION_KEY_FILE = "session-key"
+SESSION_KEY_BYTES = 32
 # 32 random bytes: a bearer token nobody guesses, hex so it pastes into a shell.
 TOKEN_BYTES = 32
 # A token shorter than this is guessable; refuse it rather than run with it.
@@ -47,6 +50,15 @@ def signing_key(state: Path) -> ec.EllipticCurvePrivateKey:
         raise UsageError(f"{path} is not a PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise UsageError(f"{path} must hold a P-256 key (results are signed ES256)")
+    return key
+
+
+def session_key(state: Path) -> bytes:
+    """The key that authenticates session ids (see :mod:`veritee.verifier.sessions`)."""
+    path = state / SESSION_KEY_FILE
+    key = _create_once(path, lambda: secrets.token_bytes(SESSION_KEY_BYTES))
+    if len(key) != SESSION_KEY_BYTES:
+        raise UsageError(f"{path} must hold {SESSION_KEY_BYTES} bytes (delete it to make anew)")
     return key
 
 

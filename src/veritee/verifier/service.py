@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import json
 import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from veritee.verifier.errors import (
     BadNonceRequest,
     BadRequestBody,
     BodyTooLarge,
+    NonceAlreadyUsed,
     NotAcceptable,
     SessionAlreadyUsed,
     SessionExpired,
@@ -49,7 +50,19 @@ from veritee.verifier.errors import (
 from veritee.verifier.jwk import to_jwk
 from veritee.verifier.media import ACCEPT_LIST, scheme_of
 from veritee.verifier.policy import Policy
-from veritee.verifier.store import COMPLETE, FAILED, WAITING, SessionRecord, Store, StoreError
+from veritee.verifier.sessions import Ticket, Tickets
+from veritee.verifier.store import (
+    COMPLETE,
+    DELETED,
+    FAILED,
+    RECORDED,
+    STALE,
+    TAKEN,
+    WAITING,
+    SessionRecord,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger("veritee.verifier")
 
@@ -72,6 +85,8 @@ DEFAULT_NONCE_BYTES = 32
 # Veraison's default session lifetime: long enough to produce evidence, short enough that a
 # stolen nonce is soon useless.
 DEFAULT_SESSION_TTL = 150.0
+# A submission appraised while provisioning changed is appraised again, at most this often.
+STALE_RETRIES = 3
 # Expired sessions are purged at most this often, by whichever worker notices first.
 PURGE_INTERVAL_SECONDS = 60.0
 
@@ -108,6 +123,7 @@ class Verifier:
         self.key = credentials.signing_key(state)
         self.jwk = to_jwk(self.key.public_key())
         self.kid = self.jwk["kid"]
+        self.tickets = Tickets(credentials.session_key(state))
         self.token = credentials.token_digest(
             credentials.admin_token(state, _path(config.token_file))
         )
@@ -139,6 +155,24 @@ class Verifier:
                     extra={"generation": snap.generation, "policy": self._policy.id},
                 )
             return self._endorsements, self._policy
+
+    def current(self) -> tuple[int, Endorsements, Policy]:
+        """The generation, endorsements and policy this worker holds (loaded on first use).
+
+        What a submission is appraised with: the store then records the result only if the
+        generation is still current, so a provisioning change is never missed (see
+        :func:`submit`), and the usual case costs no database read.
+        """
+        with self._lock:
+            if self._policy is not None:
+                return self._generation, self._endorsements, self._policy
+        return self.reload()
+
+    def reload(self) -> tuple[int, Endorsements, Policy]:
+        """Read the generation now, and load what it provisioned if this worker has not."""
+        endorsements, policy = self.endorsements()
+        with self._lock:
+            return self._generation, endorsements, policy
 
     def policy(self, name: str, rego: str) -> Policy:
         """A compiled policy, compiled once per text in this worker."""
@@ -185,20 +219,25 @@ def app_from_environment() -> HotPaths:
 
 
 async def new_session(v: Verifier, request: Request) -> Response:
-    """POST newSession: a session with a fresh (or the client's) nonce."""
+    """POST newSession: a session with a fresh (or the client's) nonce. Nothing is stored:
+    the session id carries the nonce and expiry, authenticated (see ``sessions``)."""
     _accepts(request, SESSION_MEDIA_TYPE)
     nonce = _nonce(request, v.config.allow_client_nonce)
     now = time.time()
-    sid = str(uuid.uuid4())
-    v.store.create_session(sid, nonce, now, now + v.config.session_ttl)
+    ticket = v.tickets.issue(nonce, now, now + v.config.session_ttl)
     metrics.SESSIONS.inc()
     v.maybe_purge(now)
-    record = SessionRecord(sid, nonce, now, now + v.config.session_ttl, WAITING)
-    return _session_response(record, 201, {"Location": f"session/{sid}"})
+    record = SessionRecord(ticket.id, nonce, ticket.created, ticket.expiry, WAITING)
+    return _session_response(record, 201, {"Location": f"session/{ticket.id}"})
 
 
 async def submit(v: Verifier, session_id: str, request: Request) -> Response:
-    """POST to a session: appraise the evidence against its nonce; the session with its EAR."""
+    """POST to a session: appraise the evidence against its nonce; the session with its EAR.
+
+    The result is recorded only if provisioning did not move on while it was appraised
+    (else it is appraised again with the new endorsements), and only once per session and
+    per nonce: the database's unique keys decide every race.
+    """
     started = time.perf_counter()
     _accepts(request, SESSION_MEDIA_TYPE)
     media_type = request.headers.get("content-type", "")
@@ -208,55 +247,71 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
         metrics.PROBLEMS.labels("UnsupportedMediaType").inc()
         raise
     evidence = await read_body(request, MAX_EVIDENCE_BYTES)
-    session, generation = _waiting_session(v, session_id)
-    endorsements, policy = v.endorsements(generation)
-    context = appraisal.Context(
-        endorsements=endorsements,
-        policy=policy,
-        verifier_id=v.verifier_id,
-        now=dt.datetime.now(dt.UTC),
-        result_validity=v.config.result_validity,
-    )
-    try:
-        outcome = appraisal.appraise(evidence, media_type, session.nonce, context)
-    except MalformedToken as err:
-        failure = {"check": type(err).__name__, "reason": str(err)}
-        v.store.finish_session(
-            session_id,
-            status=FAILED,
+    ticket = _ticket(v, session_id)
+    if time.time() > ticket.expiry:
+        raise SessionExpired(
+            f"session {session_id[:80]} expired at {_rfc3339(ticket.expiry)}; start a new session"
+        )
+    generation, endorsements, policy = v.current()
+    for _ in range(STALE_RETRIES):
+        context = appraisal.Context(
+            endorsements=endorsements,
+            policy=policy,
+            verifier_id=v.verifier_id,
+            now=dt.datetime.now(dt.UTC),
+            result_validity=v.config.result_validity,
+        )
+        try:
+            outcome = appraisal.appraise(evidence, media_type, ticket.nonce, context)
+        except MalformedToken as err:
+            failure = {"check": type(err).__name__, "reason": str(err)}
+            recorded = _record(
+                v,
+                ticket,
+                generation,
+                status=FAILED,
+                media_type=media_type,
+                evidence=evidence,
+                result=None,
+                outcome="malformed",
+                failure=failure,
+            )
+            if recorded == STALE:
+                generation, endorsements, policy = v.reload()
+                continue
+            metrics.APPRAISALS.labels(scheme, "malformed").inc()
+            log.info(
+                "evidence refused",
+                extra={"session": ticket.key, "scheme": scheme, "outcome": "malformed", **failure},
+            )
+            raise
+        token = ear.sign(outcome.result, v.key, kid=v.kid)
+        verdict: dict[str, str] | None = None
+        if outcome.failure is not None:
+            verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
+        recorded = _record(
+            v,
+            ticket,
+            generation,
+            status=COMPLETE,
             media_type=media_type,
             evidence=evidence,
-            result=None,
-            outcome="malformed",
-            failure=failure,
+            result=token,
+            outcome=outcome.status,
+            failure=verdict,
         )
-        metrics.APPRAISALS.labels(scheme, "malformed").inc()
-        log.info(
-            "evidence refused",
-            extra={"session": session_id, "scheme": scheme, "outcome": "malformed", **failure},
-        )
-        raise
-    token = ear.sign(outcome.result, v.key, kid=v.kid)
-    verdict: dict[str, str] | None = None
-    if outcome.failure is not None:
-        verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
-    if not v.store.finish_session(
-        session_id,
-        status=COMPLETE,
-        media_type=media_type,
-        evidence=evidence,
-        result=token,
-        outcome=outcome.status,
-        failure=verdict,
-    ):
-        raise SessionAlreadyUsed("evidence was submitted to this session concurrently")
+        if recorded == RECORDED:
+            break
+        generation, endorsements, policy = v.reload()
+    else:
+        raise StoreError("provisioning kept changing while the evidence was appraised; retry")
     elapsed = time.perf_counter() - started
     metrics.APPRAISALS.labels(scheme, outcome.status).inc()
     metrics.LATENCY.observe(elapsed)
     log.info(
         "evidence appraised",
         extra={
-            "session": session_id,
+            "session": ticket.key,
             "scheme": scheme,
             "outcome": outcome.status,
             "policy": policy.id,
@@ -266,16 +321,49 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
         },
     )
     done = SessionRecord(
-        session.id,
-        session.nonce,
-        session.created,
-        session.expiry,
+        ticket.id,
+        ticket.nonce,
+        ticket.created,
+        ticket.expiry,
         COMPLETE,
         media_type,
         evidence,
         token,
     )
     return _session_response(done, 200)
+
+
+def _ticket(v: Verifier, session_id: str) -> Ticket:
+    ticket = v.tickets.open(session_id)
+    if ticket is None:
+        raise SessionNotFound(f"no session {session_id[:80]!r}")
+    return ticket
+
+
+def _record(v: Verifier, ticket: Ticket, generation: int, **fields: Any) -> str:
+    """Record the session's submission: RECORDED or STALE; raise if it cannot take one."""
+    recorded = v.store.record_session(
+        ticket.key,
+        nonce=ticket.nonce,
+        created=ticket.created,
+        expiry=ticket.expiry,
+        generation=generation,
+        **fields,
+    )
+    if recorded != TAKEN:
+        return recorded
+    stored = v.store.session(ticket.key)
+    if stored is None:
+        raise NonceAlreadyUsed(
+            "this nonce was used by an earlier session; pick a fresh one (or let the verifier "
+            "mint it with nonceSize)"
+        )
+    if stored.status == DELETED:
+        raise SessionNotFound(f"session {ticket.id[:80]} was deleted")
+    raise SessionAlreadyUsed(
+        f"session {ticket.id[:80]} already took its one submission (it is {stored.status}): "
+        "a nonce is good for one submission; start a new session"
+    )
 
 
 def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
@@ -290,15 +378,20 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
     @app.get(SESSION_PATH)
     async def get_session(session_id: str, request: Request) -> Response:
         _accepts(request, SESSION_MEDIA_TYPE)
-        session = v.store.session(session_id)
-        if session is None:
-            raise SessionNotFound(f"no session {session_id[:80]!r}")
-        return _session_response(session, 200)
+        ticket = _ticket(v, session_id)
+        stored = v.store.session(ticket.key)
+        if stored is None:  # still waiting for its evidence (or expired waiting)
+            waiting = SessionRecord(ticket.id, ticket.nonce, ticket.created, ticket.expiry, WAITING)
+            return _session_response(waiting, 200)
+        if stored.status == DELETED:
+            raise SessionNotFound(f"session {session_id[:80]} was deleted")
+        return _session_response(dataclasses.replace(stored, id=ticket.id), 200)
 
     @app.delete(SESSION_PATH)
     async def delete_session(session_id: str) -> Response:
-        if not v.store.delete_session(session_id):
-            raise SessionNotFound(f"no session {session_id[:80]!r}")
+        ticket = _ticket(v, session_id)
+        if not v.store.delete_session(ticket.key, ticket.nonce, ticket.created, ticket.expiry):
+            raise SessionNotFound(f"session {session_id[:80]} was deleted")
         return Response(status_code=204)
 
     @app.get(WELL_KNOWN_PATH)
@@ -327,22 +420,6 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
-
-
-def _waiting_session(v: Verifier, session_id: str) -> tuple[SessionRecord, int]:
-    session, generation = v.store.session_and_generation(session_id)
-    if session is None:
-        raise SessionNotFound(f"no session {session_id[:80]!r}")
-    if session.status != WAITING:
-        raise SessionAlreadyUsed(
-            f"session {session_id} already took its one submission (it is {session.status}): "
-            "a nonce is good for one submission; start a new session"
-        )
-    if time.time() > session.expiry:
-        raise SessionExpired(
-            f"session {session_id} expired at {_rfc3339(session.expiry)}; start a new session"
-        )
-    return session, generation
 
 
 def _nonce(request: Request, allow_client_nonce: bool) -> bytes:
