@@ -64,8 +64,7 @@ static void veritee__register_output(const char *name) {
     if (veritee__n_outputs < VERITEE_MAX_ENDPOINTS) veritee__outputs[veritee__n_outputs++] = name;
 }
 
-/* Emit an event on output `name`: the secure world seals it for every connection of that
- * output. Returns 0, or a negative VERITEE_ERR_*. */
+/* The secure world's import behind veritee_emit (one event, or a buffer of them). */
 VERITEE_IMPORT("output")
 int32_t veritee_output_raw(const char *name, uint32_t name_len, const uint8_t *data,
                            uint32_t len);
@@ -99,6 +98,11 @@ static int32_t veritee__flush(void) {
                               veritee__buf, n);
 }
 
+/* Emit an event on output `name`: the secure world seals it for every connection of that
+ * output. While an endpoint runs, events are buffered and handed over when it returns (or
+ * before a request, or when the buffer fills), in the order emitted. Returns 0, or
+ * VERITEE_ERR_RELAY for an output the module does not declare, or a negative
+ * VERITEE_ERR_* from handing over earlier events. */
 static inline int32_t veritee_emit(const char *name, const void *data, uint32_t len) {
     uint32_t name_len = (uint32_t)strlen(name);
     int declared = 0;
