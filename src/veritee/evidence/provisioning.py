@@ -14,6 +14,7 @@ cannot be replayed under another challenge or name. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -99,13 +100,20 @@ def signed_bytes(nonce: bytes, env: Envelope) -> bytes:
     return hashlib.sha256(cbor2.dumps([LABEL, nonce, env.name, env.suite, env.ciphertext])).digest()
 
 
+@functools.lru_cache(maxsize=1024)
+def _mlkem_key(raw: bytes) -> mlkem.MLKEM768PublicKey:
+    # Checking an ML-KEM key is the costly part of reading a module token; a module presents
+    # the same key with each attestation, and the same bytes always give the same key.
+    return mlkem.MLKEM768PublicKey.from_public_bytes(raw)
+
+
 def pq_public_key(claim: Any) -> MLKEM768X25519PublicKey:
     """Parse the post-quantum provisioning key claim; raise MalformedToken."""
     if not isinstance(claim, dict):
         raise MalformedToken("post-quantum provisioning key claim is not a map")
     try:
         return MLKEM768X25519PublicKey(
-            mlkem.MLKEM768PublicKey.from_public_bytes(claim[_PQ_MLKEM]),
+            _mlkem_key(claim[_PQ_MLKEM]),
             x25519.X25519PublicKey.from_public_bytes(claim[_PQ_X25519]),
         )
     except (KeyError, TypeError, ValueError):
