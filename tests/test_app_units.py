@@ -75,6 +75,18 @@ def test_spool_refuses_more_than_its_bound(tmp_path: Path) -> None:
     spool.append(b"c")
 
 
+def test_spool_keeps_a_batch_whole_or_not_at_all(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool", max_pending=3)
+    assert spool.extend([b"a", b"b"]) == 2
+    with pytest.raises(SpoolFull):
+        spool.extend([b"c", b"d"])  # two do not fit: neither is kept
+    assert spool.extend([b"c"]) == 3
+    spool.close()
+    again = Spool(tmp_path / "s.spool")
+    assert again.pending() == [(1, b"a"), (2, b"b"), (3, b"c")]
+    assert again.pending(1, limit=1) == [(2, b"b")]
+
+
 def test_spool_wait_wakes_on_append(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.spool")
     threading.Timer(0.05, spool.append, args=(b"late",)).start()
@@ -94,6 +106,20 @@ def test_spool_survives_any_file_content(data: bytes) -> None:
         spool = Spool(path)
         spool.append(b"x")
         spool.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_buffered_events_from_a_module_parse_or_fail_clearly(data: bytes) -> None:
+    """What a module hands over as one buffer (sdk/veritee_app.h) is hostile input."""
+    from veritee.errors import UsageError
+    from veritee.tee.app_ta import _pack, _records
+
+    try:
+        records = _records(data)
+    except UsageError:
+        return
+    assert _pack(records) == data or any("\ufffd" in n for n, _ in records)
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -209,6 +235,22 @@ def test_transport_sends_more_than_a_window_kept_for_a_peer(tmp_path: Path) -> N
     _wait(lambda: len(got) == len(events))
     assert got == events
     _wait(lambda: a.links()[f"127.0.0.1:{port}"]["queued"] == 0)
+    a.close()
+    b.close()
+
+
+def test_transport_takes_events_in_batches(tmp_path: Path) -> None:
+    """Events kept for a peer go in batches: fewer custody calls (and ACKs) than events."""
+    port = _free_port()
+    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
+    a.start(lambda e: None, lambda e: e)
+    events = [f"event {i}".encode() for i in range(500)]
+    a.send_all(("127.0.0.1", port), events)
+    calls: list[list[bytes]] = []
+    b = TcpTransport(tmp_path / "b", "127.0.0.1", port)
+    b.start(calls.append, lambda e: e)
+    _wait(lambda: sum(len(c) for c in calls) == len(events))
+    assert [e for c in calls for e in c] == events and len(calls) < len(events)
     a.close()
     b.close()
 
