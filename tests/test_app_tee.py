@@ -499,3 +499,36 @@ def test_events_leave_with_the_state_that_covers_them(env: Env, wasm: Callable[.
         again = _load(ctx, wasm("tests/assets/c/app_sender.c"), "sender", env.raw_key, out.state)
         resealed = again.deliver(press.seal(b"3")).events[0]
         assert channels.parse_header(resealed)[3] == 3  # counters went on after the two
+
+
+def test_no_state_is_sealed_for_a_node_agent_that_went_away(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    """A state sealed after its agent died would move the counter past what the agent kept,
+    and the module could never be reloaded: the secure world seals nothing for it."""
+    import socket
+    import time
+
+    _connect(env.key, b"R" * 16, env.sender, "request", "ask", env.counter, "handler", "count")
+    query = _user_channel(env, b"U" * 16, env.sender, "entry", "query")
+    kept = env.sender.deliver_batch([]).state
+    event = query.seal(b"")
+
+    def dying_agent(rpc: dict[str, Any]) -> dict[str, Any]:
+        env.ctx._sock.shutdown(socket.SHUT_RDWR)  # the node agent is killed mid-call
+        return {"error": "gone"}
+
+    with pytest.raises(teec.TeecError):
+        env.sender.deliver_batch([event], dying_agent)
+    sender = wasm("tests/assets/c/app_sender.c")
+    with env.dev.context() as ctx:
+        deadline = time.monotonic() + 10
+        while True:  # the secure world lets the dead agent's session go
+            try:
+                again = _load(ctx, sender, "sender", env.raw_key, kept)
+                break
+            except teec.TeecError as exc:
+                if "already in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert again.deliver_batch([event]).dropped == [None]  # never taken: taken now

@@ -21,6 +21,7 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ class AppModule:
     vtee_token: bytes
     reactor: ReactorProcess | None = None
     sealed: bytes = b""  # the state as last sealed
+    # Whether the node agent that holds this session is still connected: a state sealed for
+    # an agent that is gone advances the rollback counter past anything it kept.
+    client_alive: Callable[[], bool] = field(default=lambda: True)
     batches: bool = False  # the module runs a batch of events in one call (BATCH_EXPORT)
     channels: dict[bytes, Channel] = field(default_factory=dict)
     ended: dict[bytes, int] = field(default_factory=dict)  # connection id -> when it ended
@@ -117,8 +121,12 @@ class AppModule:
         """This instance's keys and channels, sealed for this module in this vTEE only.
 
         Each sealing advances the state's rollback counter first: the host can keep only the
-        newest state, and an older one no longer loads.
+        newest state, and an older one no longer loads. Nothing is sealed for a node agent
+        that went away mid-call: it could not keep that state, and would come back with one
+        behind the counter.
         """
+        if not self.client_alive():
+            raise SealingError("the node agent went away mid-call: the state is not sealed")
         body = {
             "v": STATE_VERSION,
             "app": self.app,

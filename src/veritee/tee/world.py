@@ -354,6 +354,7 @@ def _app(
             _memref(params, 0)["buf"],
             _memref(params, 1)["buf"],
         )
+        new.client_alive = lambda: _connected(sock)
         try:
             world.admit(sid, new)
         except _Reply:
@@ -411,6 +412,16 @@ def _relay(sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
     except (OSError, protocol.ProtocolError) as exc:
         return {"error": f"client gone: {exc}"}
     return answer if isinstance(answer, dict) else {"error": "malformed relay answer"}
+
+
+def _connected(sock: socket.socket) -> bool:
+    """False once the client has hung up (EOF waiting on its socket)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) -> None:
