@@ -225,7 +225,8 @@ class _Link:
         """Write just-kept events at once when the link is up and idle and they are next.
 
         Saves the sender thread's wake-up on the latency path; otherwise (link busy or down,
-        window full) returns False and the sender thread must send them as always.
+        events in flight, window full) returns False and the sender thread sends them as
+        always, batching what piles up meanwhile.
         """
         if not self.up or not self._write.acquire(blocking=False):
             return False
@@ -235,6 +236,7 @@ class _Link:
                 sock is not None
                 and self.up
                 and self._sent == records[0][0] - 1
+                and self.outbox.head == self._sent  # idle: all sent is acknowledged
                 and records[-1][0] - self.outbox.head <= WINDOW
             ):
                 self._write_events(sock, records)
