@@ -139,10 +139,32 @@ def test_a_deleted_session_stays_deleted(url: str) -> None:
     assert _record(store, d, os.urandom(32)) == TAKEN
 
 
+def test_sessions_past_their_retention_are_purged(url: str) -> None:
+    store, old, recent = _store(url), _key(), _key()
+    now = time.time()
+    for key, expiry in ((old, now - 3600), (recent, now - 60)):
+        store.record_session(
+            key,
+            nonce=os.urandom(32),
+            created=expiry - 150,
+            expiry=expiry,
+            generation=store.generation(),
+            status=COMPLETE,
+            media_type="application/x",
+            evidence=b"evidence",
+            result="ear",
+            outcome="affirming",
+            failure=None,
+        )
+    assert store.purge_sessions(now, retention=1800) >= 1
+    assert store.session(old) is None and store.session(recent) is not None
+
+
 SESSION_CHECKS = (
     test_a_session_and_its_nonce_take_one_submission_across_workers,
     test_a_result_appraised_before_a_provisioning_change_is_not_recorded,
     test_a_deleted_session_stays_deleted,
+    test_sessions_past_their_retention_are_purged,
 )
 
 

@@ -199,12 +199,22 @@ class Verifier:
         return found
 
     def maybe_purge(self, now: float) -> None:
+        """Now and then, delete sessions past their retention: on the store thread, while
+        the request that noticed goes on."""
         if now < self._next_purge:
             return
         self._next_purge = now + PURGE_INTERVAL_SECONDS
-        purged = self.store.purge_sessions(now)
-        if purged:
-            log.info("purged old sessions", extra={"purged": purged})
+
+        def purge() -> None:
+            try:
+                purged = self.store.purge_sessions(now)
+            except StoreError as err:
+                log.error("purging old sessions failed", extra={"detail": str(err)})
+                return
+            if purged:
+                log.info("purged old sessions", extra={"purged": purged})
+
+        self._store_thread.submit(purge)
 
 
 def create_app(config: Config) -> HotPaths:
