@@ -45,12 +45,20 @@ def _key() -> str:
     return os.urandom(16).hex()
 
 
-def _record(store: Store, key: str, nonce: bytes, generation: int | None = None) -> str:
+def _record(
+    store: Store,
+    key: str,
+    nonce: bytes,
+    generation: int | None = None,
+    *,
+    expiry: float | None = None,
+) -> str:
+    expiry = time.time() + 60 if expiry is None else expiry
     return store.record_session(
         key,
         nonce=nonce,
-        created=time.time(),
-        expiry=time.time() + 60,
+        created=expiry - 150,
+        expiry=expiry,
         generation=store.generation() if generation is None else generation,
         status=COMPLETE,
         media_type="application/x",
@@ -143,19 +151,7 @@ def test_sessions_past_their_retention_are_purged(url: str) -> None:
     store, old, recent = _store(url), _key(), _key()
     now = time.time()
     for key, expiry in ((old, now - 3600), (recent, now - 60)):
-        store.record_session(
-            key,
-            nonce=os.urandom(32),
-            created=expiry - 150,
-            expiry=expiry,
-            generation=store.generation(),
-            status=COMPLETE,
-            media_type="application/x",
-            evidence=b"evidence",
-            result="ear",
-            outcome="affirming",
-            failure=None,
-        )
+        assert _record(store, key, os.urandom(32), expiry=expiry) == RECORDED
     assert store.purge_sessions(now, retention=1800) >= 1
     assert store.session(old) is None and store.session(recent) is not None
 

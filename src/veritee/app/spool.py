@@ -110,26 +110,23 @@ class Spool:
     def pending(self, after: int = 0, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Unconsumed records numbered above ``after``, oldest first."""
         with self._cond:
-            out = []
-            for r in self._records:
-                if r[0] > after:
-                    out.append(r)
-                    if len(out) >= limit:
-                        break
-            return out
+            return self._above(after, limit)
 
     def wait(self, after: int, timeout: float, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Like :meth:`pending`, waiting up to ``timeout`` s for one to arrive."""
         with self._cond:
             if not (self._records and self._records[-1][0] > after) and not self.closed:
                 self._cond.wait(timeout)
-            out = []
-            for r in self._records:
-                if r[0] > after:
-                    out.append(r)
-                    if len(out) >= limit:
-                        break
-            return out
+            return self._above(after, limit)
+
+    def _above(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        out = []
+        for r in self._records:
+            if r[0] > after:
+                out.append(r)
+                if len(out) >= limit:
+                    break
+        return out
 
     def consume(self, seq: int) -> None:
         """Records up to and including ``seq`` are done with."""
