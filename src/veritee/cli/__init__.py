@@ -7,15 +7,19 @@ Exit codes: 0 success (``run``: the module's own exit code), 1 general error, 2 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from veritee.errors import Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
+
+if TYPE_CHECKING:
+    from veritee.tee.supplicant import HttpRelay
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -30,8 +34,37 @@ def _fail(err: Error) -> NoReturn:
     sys.exit(err.exit_code)
 
 
+# Commands defined in the other cli modules, by name: a module is imported when one of its
+# commands is named (or help lists them all), so that `veritee run` starts without importing
+# the verifier, the deployer or RA-TLS. tests/test_cli.py checks this table against them.
+LAZY_COMMANDS = {
+    **dict.fromkeys(
+        ("node", "deploy", "status", "call", "output", "request", "update", "add", "disable"),
+        "app",
+    ),
+    "device": "device",
+    "tee": "device",
+    "evidence": "evidence",
+    "ratls": "ratls",
+    "secrets": "secrets",
+    "verifier": "verifier",
+    "ear": "verifier",
+    "vtee": "vtee",
+}
+
+
 class _Group(click.Group):
-    """Turns every Veritee error into one line and its exit code, never a traceback."""
+    """Turns every Veritee error into one line and its exit code, never a traceback; loads
+    the commands of :data:`LAZY_COMMANDS` when they are named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            module = importlib.import_module(f"veritee.cli.{LAZY_COMMANDS[cmd_name]}")
+            module.register(self)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -178,11 +211,14 @@ def run(
     Example:  veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
     """
     from veritee.tee import client as teec
-    from veritee.tee.supplicant import HttpRelay
     from veritee.tee.ta import WasmSession
 
     argv = list(args[1:] if args[:1] == ("--",) else args)
-    relay = HttpRelay(attest_to) if attest_to else None
+    relay: HttpRelay | None = None
+    if attest_to:
+        from veritee.tee.supplicant import HttpRelay
+
+        relay = HttpRelay(attest_to)
     with teec.Context(home=_home(ctx), vtee=vtee) as context:
         session = WasmSession(context)
         session.load(
@@ -286,25 +322,6 @@ def _hex_arg(flag: str, value: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         raise UsageError(f"{flag} must be hex") from None
-
-
-# -- device, tee, evidence: in their own modules to keep this one short ------------------------
-
-from veritee.cli import app as _app  # noqa: E402
-from veritee.cli import device as _device  # noqa: E402
-from veritee.cli import evidence as _evidence  # noqa: E402
-from veritee.cli import ratls as _ratls  # noqa: E402
-from veritee.cli import secrets as _secrets  # noqa: E402
-from veritee.cli import verifier as _verifier  # noqa: E402
-from veritee.cli import vtee as _vtee  # noqa: E402
-
-_app.register(cli)
-_device.register(cli)
-_evidence.register(cli)
-_ratls.register(cli)
-_secrets.register(cli)
-_verifier.register(cli)
-_vtee.register(cli)
 
 
 def main() -> None:
