@@ -45,3 +45,9 @@ def test_vtee_bench() -> None:
 def test_ratls_bench() -> None:
     report = _bench("ratls.py", "--runs", "3")
     assert report["runs"] == 3 and report["results"]
+
+
+def test_events_bench() -> None:
+    report = _bench("events.py", "--hops", "50", "--burst", "300")
+    assert report["throughput_across_nodes"]["events_per_s"] > 0
+    assert report["latency_across_nodes"]["p50_ms"] > 0
