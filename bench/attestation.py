@@ -441,13 +441,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for p in procs:
                 p.join(30)
             total = sum(done for done, _ in finished)
-            busy = (machine1[0] - machine0[0]) - (machine1[1] - machine0[1])
+            jiffies = max(machine1[0] - machine0[0], 1)
+            idle = machine1[1] - machine0[1]
+            stolen = machine1[2] - machine0[2]
             results["throughput"] = {
                 "appraisals": total,
                 "seconds": wall,
                 "rate": total / wall,
                 "server_cpu_ms_per_appraisal": (cpu1 - cpu0) * 1000 / max(total, 1),
-                "machine_busy": busy / max(machine1[0] - machine0[0], 1),
+                "machine_busy": (jiffies - idle - stolen) / jiffies,
+                "machine_stolen": stolen / jiffies,
             }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -471,10 +474,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _machine() -> tuple[int, int]:
-    """(all jiffies, idle + iowait jiffies) since boot, over every core."""
+def _machine() -> tuple[int, int, int]:
+    """(all jiffies, idle + iowait jiffies, stolen jiffies) since boot, over every core.
+
+    Steal is time the hypervisor gave this virtual machine's CPUs to someone else: it is
+    counted apart, since neither the server nor the clients had it.
+    """
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(values), values[3] + values[4]
+    stolen = values[7] if len(values) > 7 else 0
+    return sum(values[:8]), values[3] + values[4], stolen
 
 
 def _timed(fn: Callable[[], Any], n: int) -> Stats:
@@ -526,7 +534,8 @@ def report(r: dict[str, Any]) -> str:
         f"(x{t['rate'] / ceiling:.2f})",
         f"server CPU per appraisal {t['server_cpu_ms_per_appraisal']:.2f} ms "
         f"(x{t['server_cpu_ms_per_appraisal'] / appraise:.1f} the in-process decision); "
-        f"machine busy {t['machine_busy']:.0%} during the run (clients and server share it)",
+        f"machine busy {t['machine_busy']:.0%} during the run (clients and server share it), "
+        f"{t['machine_stolen']:.0%} stolen by the hypervisor",
         f"targets: round trip p50 {full:.2f} ms vs < {TARGET_P50_MS} ms "
         f"({'met' if full < TARGET_P50_MS else 'NOT met'}); "
         f"{t['rate']:.0f}/s vs >= {TARGET_RATE:.0f}/s "
