@@ -240,13 +240,13 @@ class Store:
         except Exception as exc:
             raise StoreError(f"cannot open database {_redact(url)}: {exc}") from None
         self._dbapi: Any = self.engine.dialect.loaded_dbapi
-        names = _Placeholders(":{}" if self.engine.dialect.driver == "pysqlite" else "%({})s")
+        self._sqlite = self.engine.dialect.driver == "pysqlite"
+        names = _Placeholders(":{}" if self._sqlite else "%({})s")
         self._sql = {
             "insert": _INSERT_SESSION.format_map(names),
             "select": _SELECT_SESSION.format_map(names),
             "delete": _DELETE_SESSION.format_map(names),
         }
-        self._sqlite = self.engine.dialect.driver == "pysqlite"
         # The generation is read inside the transaction that records a session, and held
         # there: SQLite takes the write lock first (BEGIN IMMEDIATE), PostgreSQL locks the
         # row, so provisioning cannot move it between the read and the commit.
