@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -844,15 +845,21 @@ def test_remembered_links_still_check_the_module_token_nonce_and_validity(kit: K
     _assert_failed(appraise(again, MEDIA_TYPE, NONCE, later), "UntrustedDevice", 97)
 
 
-def test_a_remembered_link_is_refused_once_its_device_is_revoked(kit: Kit) -> None:
+def test_a_remembered_link_is_refused_once_its_device_or_ca_is_revoked(kit: Kit) -> None:
     first = kit.evidence()
     links = LinkCache()
     anchors = TrustAnchors(kit.endorsements().cas)
     verify(first, anchors, nonce=NONCE, now=NOW, links=links)
     assert len(links) == 1
-    revoked = TrustAnchors(anchors.cas, revoked_devices=frozenset({kit.ueid}))
-    with pytest.raises(UntrustedDevice, match="revoked"):
-        verify(_same_vtee(first, kit.evidence()), revoked, nonce=NONCE, now=NOW, links=links)
+    again = _same_vtee(first, kit.evidence())
+    device_revoked = TrustAnchors(anchors.cas, revoked_devices=frozenset({kit.ueid}))
+    with pytest.raises(UntrustedDevice, match=r"device .* is revoked"):
+        verify(again, device_revoked, nonce=NONCE, now=NOW, links=links)
+    ca_digest = hashlib.sha256(kit.ca.public_bytes(serialization.Encoding.DER)).digest()
+    ca_revoked = TrustAnchors(anchors.cas, revoked_cas=frozenset({ca_digest}))
+    with pytest.raises(UntrustedDevice, match=r"CA .* is revoked"):
+        verify(again, ca_revoked, nonce=NONCE, now=NOW, links=links)
+    verify(again, anchors, nonce=NONCE, now=NOW, links=links)  # and nothing else changed
 
 
 def test_a_link_that_failed_is_not_remembered(kit: Kit) -> None:

@@ -111,9 +111,9 @@ class LinkCache:
     checks give the same answer for the same bytes under the same trusted CAs: the cache
     holds that answer, and one cache belongs to one set of CAs (the verifier keeps one per
     endorsement snapshot, so a provisioning change starts afresh). What can change is still
-    checked on every use: the certificates' validity against ``now``, and the device's
-    revocation. A link that failed is not remembered. The module token, which carries the
-    nonce, is always verified.
+    checked on every use: the certificates' validity against ``now``, and the revocation of
+    the CA and of the device. A link that failed is not remembered. The module token, which
+    carries the nonce, is always verified.
     """
 
     def __init__(self, size: int = 4096) -> None:
@@ -147,6 +147,7 @@ class _Links:
     module_key: ec.EllipticCurvePublicKey
     device_certificate: x509.Certificate
     ca: x509.Certificate
+    ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
     validity: _Validity
 
 
@@ -160,8 +161,8 @@ def verify(
 ) -> Verified:
     """Steps 1–5. ``nonce=None`` skips the freshness check (for offline inspection only).
 
-    ``links``, if given, remembers verified device → vTEE links for these ``anchors`` (and
-    must be used with no others).
+    ``links``, if given, remembers verified device → vTEE links; use one cache with one set
+    of trusted CAs (revocations may change between uses: they are checked every time).
     """
     evidence = Evidence.decode(data)
     found = None if links is None else links.get(evidence.platform, evidence.vtee)
@@ -172,6 +173,8 @@ def verify(
     else:
         _check_validity(found.validity, now)
     platform, vtee = found.platform, found.vtee
+    if found.ca_digest in anchors.revoked_cas:
+        raise UntrustedDevice(f"CA '{found.ca.subject.rfc4514_string()}' is revoked")
     if platform.ueid in anchors.revoked_devices:
         raise UntrustedDevice(f"device {platform.ueid.hex()} is revoked")
 
@@ -203,7 +206,8 @@ def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | 
     if vtee.vtee_id != platform.vtee_id:
         raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
     module_key = cose.cose_to_ec_key(vtee.module_key)
-    return _Links(platform, vtee, module_key, device_cert, ca, validity)
+    ca_digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
+    return _Links(platform, vtee, module_key, device_cert, ca, ca_digest, validity)
 
 
 def appraise(
@@ -292,9 +296,6 @@ def _walk_chain(
         if issuer is None:
             for ca in anchors.cas:
                 if _issued_by(cert, ca):
-                    digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
-                    if digest in anchors.revoked_cas:
-                        raise UntrustedDevice(f"CA '{ca.subject.rfc4514_string()}' is revoked")
                     return certs[0], ca, validity
             raise UntrustedDevice(
                 f"device certificate issuer '{cert.issuer.rfc4514_string()}' is not a trusted CA"
