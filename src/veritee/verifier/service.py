@@ -59,7 +59,6 @@ from veritee.verifier.store import (
     DELETED,
     FAILED,
     RECORDED,
-    STALE,
     TAKEN,
     WAITING,
     SessionRecord,
@@ -143,25 +142,6 @@ class Verifier:
         # One thread: the store keeps a connection per thread, and SQLite has one writer.
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
-    def endorsements(self, generation: int | None = None) -> tuple[Endorsements, Policy]:
-        """The snapshot at ``generation`` (read now if not given), reloaded when another
-        worker (or this one) provisioned since the last one."""
-        if generation is None:
-            generation = self.store.generation()
-        with self._lock:
-            if generation != self._generation or self._policy is None:
-                snap = self.store.snapshot()
-                self._endorsements = Endorsements.build(
-                    snap.cas, snap.keys, snap.revocations, snap.references
-                )
-                self._policy = self.policy(snap.policy_name, snap.policy_rego)
-                self._generation = snap.generation
-                log.info(
-                    "endorsements loaded",
-                    extra={"generation": snap.generation, "policy": self._policy.id},
-                )
-            return self._endorsements, self._policy
-
     async def in_store_thread(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``fn(*args, **kwargs)`` on this worker's store thread.
 
@@ -185,10 +165,22 @@ class Verifier:
         return self.reload()
 
     def reload(self) -> tuple[int, Endorsements, Policy]:
-        """Read the generation now, and load what it provisioned if this worker has not."""
-        endorsements, policy = self.endorsements()
+        """Read the generation now, and load what it provisioned if this worker has not
+        (another worker, or this one, provisioned since the last load)."""
+        generation = self.store.generation()
         with self._lock:
-            return self._generation, endorsements, policy
+            if generation != self._generation or self._policy is None:
+                snap = self.store.snapshot()
+                self._endorsements = Endorsements.build(
+                    snap.cas, snap.keys, snap.revocations, snap.references
+                )
+                self._policy = self.policy(snap.policy_name, snap.policy_rego)
+                self._generation = snap.generation
+                log.info(
+                    "endorsements loaded",
+                    extra={"generation": snap.generation, "policy": self._policy.id},
+                )
+            return self._generation, self._endorsements, self._policy
 
     def policy(self, name: str, rego: str) -> Policy:
         """A compiled policy, compiled once per text in this worker."""
@@ -287,52 +279,46 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
             now=dt.datetime.now(dt.UTC),
             result_validity=v.config.result_validity,
         )
+        refused: MalformedToken | None = None
+        verdict: dict[str, str] | None = None
         try:
             outcome = appraisal.appraise(evidence, media_type, ticket.nonce, context)
         except MalformedToken as err:
-            failure = {"check": type(err).__name__, "reason": str(err)}
-            recorded = await v.in_store_thread(
-                _record,
-                v,
-                ticket,
-                generation,
-                status=FAILED,
-                media_type=media_type,
-                evidence=evidence,
-                result=None,
-                outcome="malformed",
-                failure=failure,
-            )
-            if recorded == STALE:
-                generation, endorsements, policy = v.reload()
-                continue
-            metrics.APPRAISALS.labels(scheme, "malformed").inc()
-            log.info(
-                "evidence refused",
-                extra={"session": ticket.key, "scheme": scheme, "outcome": "malformed", **failure},
-            )
-            raise
-        token = ear.sign(outcome.result, v.key, kid=v.kid)
-        verdict: dict[str, str] | None = None
-        if outcome.failure is not None:
-            verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
+            refused = err
+            verdict = {"check": type(err).__name__, "reason": str(err)}
+            record = {"status": FAILED, "result": None, "outcome": "malformed"}
+        else:
+            token = ear.sign(outcome.result, v.key, kid=v.kid)
+            if outcome.failure is not None:
+                verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
+            record = {"status": COMPLETE, "result": token, "outcome": outcome.status}
         recorded = await v.in_store_thread(
             _record,
             v,
             ticket,
             generation,
-            status=COMPLETE,
             media_type=media_type,
             evidence=evidence,
-            result=token,
-            outcome=outcome.status,
             failure=verdict,
+            **record,
         )
         if recorded == RECORDED:
             break
         generation, endorsements, policy = v.reload()
     else:
         raise StoreError("provisioning kept changing while the evidence was appraised; retry")
+    if refused is not None:
+        metrics.APPRAISALS.labels(scheme, "malformed").inc()
+        log.info(
+            "evidence refused",
+            extra={
+                "session": ticket.key,
+                "scheme": scheme,
+                "outcome": "malformed",
+                **(verdict or {}),
+            },
+        )
+        raise refused
     elapsed = time.perf_counter() - started
     metrics.APPRAISALS.labels(scheme, outcome.status).inc()
     metrics.LATENCY.observe(elapsed)
