@@ -101,6 +101,7 @@ class Verified:
     module: ModuleClaims
     device_certificate: x509.Certificate
     ca: x509.Certificate
+    ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
 
 
 class LinkCache:
@@ -187,7 +188,7 @@ def verify(
         raise NonceMismatch(
             "module token's challenge is not the verifier's nonce (stale or replayed)"
         )
-    return Verified(platform, vtee, module, found.device_certificate, found.ca)
+    return Verified(platform, vtee, module, found.device_certificate, found.ca, found.ca_digest)
 
 
 def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | None) -> _Links:

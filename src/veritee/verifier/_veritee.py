@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from veritee.evidence import appraisal
 from veritee.verifier._scheme import AFFIRM, CONTRAINDICATED, WARN, Context, Submod, b64url
 from veritee.verifier.errors import CaRevoked, DeviceRevoked
@@ -20,7 +14,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     v = appraisal.verify(
         evidence, appraisal.TrustAnchors(e.cas), nonce=nonce, now=context.now, links=e.links
     )
-    if e.revoked_cas and _digest(v.ca) in e.revoked_cas:
+    if v.ca_digest in e.revoked_cas:
         raise CaRevoked(f"CA '{v.ca.subject.rfc4514_string()}' is revoked")
     if v.platform.ueid in e.revoked_devices:
         raise DeviceRevoked(f"device {v.platform.ueid.hex()} is revoked")
@@ -96,9 +90,3 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             f"module measurement {m.measurement.hex()} is not among the reference values"
         )
     return [platform, module]
-
-
-@functools.lru_cache(maxsize=256)
-def _digest(ca: x509.Certificate) -> bytes:
-    """How revocations name a CA: SHA-256 of its DER (anchors are few; each is hashed once)."""
-    return hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
