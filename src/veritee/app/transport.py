@@ -32,7 +32,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import BinaryIO
 
 import cbor2
 
@@ -128,19 +127,6 @@ class _Frames:
             i += _FRAME.size + size
         del buf[:i]
         return out
-
-
-def _read_frame(reader: BinaryIO) -> tuple[int, int, bytes]:
-    head = reader.read(_FRAME.size)
-    if len(head) < _FRAME.size:
-        raise EOFError
-    kind, ident, size = _FRAME.unpack(head)
-    if size > MAX_FRAME_BYTES:
-        raise EOFError
-    payload = reader.read(size) if size else b""
-    if len(payload) < size:
-        raise EOFError
-    return kind, ident, payload
 
 
 class _Link:
@@ -248,20 +234,20 @@ class _Link:
         return False
 
     def _read(self, sock: socket.socket) -> None:
-        reader = sock.makefile("rb")
+        frames = _Frames(sock)
         try:
             while True:
-                kind, ident, payload = _read_frame(reader)
-                if kind == ACK:
-                    self.outbox.consume(ident)
-                elif kind == REPLY:
-                    future = self._requests.pop(ident, None)
-                    if future is not None:
-                        if payload[:1] == bytes([_OK]):
-                            future.set_result(payload[1:])
-                        else:
-                            reason = payload[1:].decode("utf-8", "replace")[:200]
-                            future.set_exception(TransportError(reason))
+                for kind, ident, payload in frames.read():
+                    if kind == ACK:
+                        self.outbox.consume(ident)
+                    elif kind == REPLY:
+                        future = self._requests.pop(ident, None)
+                        if future is not None:
+                            if payload[:1] == bytes([_OK]):
+                                future.set_result(payload[1:])
+                            else:
+                                reason = payload[1:].decode("utf-8", "replace")[:200]
+                                future.set_exception(TransportError(reason))
         except (OSError, EOFError, ValueError):
             pass
         finally:
