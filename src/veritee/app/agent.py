@@ -294,10 +294,12 @@ class NodeAgent:
             self.transport.send(target, event)
         return where, None
 
-    def route_all(self, events: list[bytes]) -> None:
-        """Send events on their way, in order, with one write per inbox or outbox."""
+    def route_all(self, events: list[bytes]) -> int:
+        """Send events on their way, in order, with one write per inbox or outbox.
+        Returns how many had no route here (each counted by why)."""
         local: dict[ModuleHost, list[bytes]] = {}
         remote: dict[Address, list[bytes]] = {}
+        dropped = 0
         for event in events:
             where, target = self._where(event)
             if where == "local":
@@ -306,10 +308,13 @@ class NodeAgent:
             elif where == "remote":
                 assert isinstance(target, tuple)
                 remote.setdefault(target, []).append(event)
+            elif where == "dropped":
+                dropped += 1
         for host, batch in local.items():
             host.enqueue_all(batch)
         for address, batch in remote.items():
             self.transport.send_all(address, batch)
+        return dropped
 
     def _where(self, event: bytes) -> tuple[str, ModuleHost | Address | None]:
         """Where an event goes; events for a user's tool go to its mailbox at once."""
@@ -410,7 +415,9 @@ class NodeAgent:
         return self._host(app, name, False).deliver_now(event)
 
     def _from_network(self, events: list[bytes]) -> None:
-        self.route_all(events)
+        dropped = self.route_all(events)
+        if dropped:
+            log.warning("dropped %d event(s) from the network: no route for them here", dropped)
 
     def _request_from_network(self, event: bytes) -> bytes:
         return self.request(event)
