@@ -181,6 +181,38 @@ def test_a_write_waits_for_another_workers_lock(db: Path) -> None:
     holder.close()
 
 
+def test_writes_leave_checkpoints_to_the_checkpointing_thread(db: Path) -> None:
+    # A serving worker's writes never checkpoint (the copy fsyncs, and they run on its event
+    # loop); its checkpoint thread copies the whole log back.
+    evidence = os.urandom(2400)
+
+    def write_200(store: Store) -> None:  # about 1,400 pages of log: past SQLite's 1,000
+        for _ in range(200):
+            store.record_session(
+                _key(),
+                nonce=os.urandom(32),
+                created=time.time(),
+                expiry=time.time() + 60,
+                generation=store.generation(),
+                status=COMPLETE,
+                media_type="application/x",
+                evidence=evidence,
+                result="ear",
+                outcome="affirming",
+                failure=None,
+            )
+
+    serving = Store(f"sqlite:///{db}", checkpoint_elsewhere=True)
+    write_200(serving)
+    frames, copied = serving.checkpoint()
+    assert frames > 1000 and copied == frames
+    # A store that checkpoints itself (the default) never lets the log grow that far.
+    own = _store(db)
+    write_200(own)
+    frames, copied = own.checkpoint()
+    assert frames < 1000
+
+
 def test_a_connection_lost_underneath_is_replaced(db: Path) -> None:
     store = _store(db)
     assert _record(store, "a" * 32, os.urandom(32)) == RECORDED
