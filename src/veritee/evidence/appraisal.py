@@ -102,6 +102,7 @@ class Verified:
     device_certificate: x509.Certificate
     ca: x509.Certificate
     ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
+    ca_name: str  # the CA's subject (RFC 4514), as results and messages print it
 
 
 class LinkCache:
@@ -149,6 +150,7 @@ class _Links:
     device_certificate: x509.Certificate
     ca: x509.Certificate
     ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
+    ca_name: str
     validity: _Validity
 
 
@@ -175,7 +177,7 @@ def verify(
         _check_validity(found.validity, now)
     platform, vtee = found.platform, found.vtee
     if found.ca_digest in anchors.revoked_cas:
-        raise UntrustedDevice(f"CA '{found.ca.subject.rfc4514_string()}' is revoked")
+        raise UntrustedDevice(f"CA '{found.ca_name}' is revoked")
     if platform.ueid in anchors.revoked_devices:
         raise UntrustedDevice(f"device {platform.ueid.hex()} is revoked")
 
@@ -188,7 +190,15 @@ def verify(
         raise NonceMismatch(
             "module token's challenge is not the verifier's nonce (stale or replayed)"
         )
-    return Verified(platform, vtee, module, found.device_certificate, found.ca, found.ca_digest)
+    return Verified(
+        platform,
+        vtee,
+        module,
+        found.device_certificate,
+        found.ca,
+        found.ca_digest,
+        found.ca_name,
+    )
 
 
 def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | None) -> _Links:
@@ -208,7 +218,8 @@ def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | 
         raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
     module_key = cose.cose_to_ec_key(vtee.module_key)
     ca_digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
-    return _Links(platform, vtee, module_key, device_cert, ca, ca_digest, validity)
+    ca_name = ca.subject.rfc4514_string()
+    return _Links(platform, vtee, module_key, device_cert, ca, ca_digest, ca_name, validity)
 
 
 def appraise(

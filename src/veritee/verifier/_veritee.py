@@ -15,7 +15,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
         evidence, appraisal.TrustAnchors(e.cas), nonce=nonce, now=context.now, links=e.links
     )
     if v.ca_digest in e.revoked_cas:
-        raise CaRevoked(f"CA '{v.ca.subject.rfc4514_string()}' is revoked")
+        raise CaRevoked(f"CA '{v.ca_name}' is revoked")
     if v.platform.ueid in e.revoked_devices:
         raise DeviceRevoked(f"device {v.platform.ueid.hex()} is revoked")
 
@@ -54,7 +54,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "vtee-id": p.vtee_id.hex(),
             "vtee-name": p.vtee_name,
             "vtee-config": p.vtee_config.hex(),
-            "ca": v.ca.subject.rfc4514_string(),
+            "ca": v.ca_name,
             "boot": boot,
         },
         {

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ class Tickets:
         return self._ticket(sid, body, tag)
 
     def _tag(self, body: bytes) -> bytes:
-        return hmac.new(self._key, _CONTEXT + body, hashlib.sha256).digest()[:TAG_BYTES]
+        return hmac.digest(self._key, _CONTEXT + body, "sha256")[:TAG_BYTES]
 
     @staticmethod
     def _ticket(sid: str, body: bytes, tag: bytes) -> Ticket:
