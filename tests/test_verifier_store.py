@@ -156,6 +156,28 @@ def test_sessions_past_their_retention_are_purged(url: str) -> None:
     assert store.session(old) is None and store.session(recent) is not None
 
 
+def test_a_purge_deletes_in_short_transactions(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each transaction deletes at most PURGE_BATCH rows, and the purge goes on until none
+    # is left: 30 expired sessions take five batches of 7 (the last one short).
+    monkeypatch.setattr("veritee.verifier.store.PURGE_BATCH", 7)
+    store, now = _store(url), time.time()
+    for _ in range(30):
+        assert _record(store, _key(), os.urandom(32), expiry=now - 3600) == RECORDED
+    recent = _key()
+    assert _record(store, recent, os.urandom(32), expiry=now - 60) == RECORDED
+    deletes: list[int] = []
+    original = store._write
+
+    def counting() -> Any:
+        deletes.append(1)
+        return original()
+
+    monkeypatch.setattr(store, "_write", counting)
+    assert store.purge_sessions(now, retention=1800) == 30
+    assert len(deletes) == 5
+    assert store.session(recent) is not None
+
+
 SESSION_CHECKS = (
     test_a_session_and_its_nonce_take_one_submission_across_workers,
     test_a_result_appraised_before_a_provisioning_change_is_not_recorded,
