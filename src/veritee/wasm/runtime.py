@@ -11,6 +11,8 @@ PolyBench kernels (Cranelift spills loop-carried floating point values around th
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import hmac
 import logging
@@ -34,6 +36,7 @@ MAX_MODULE_BYTES = 256 * 1024 * 1024  # a module larger than this is refused bef
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream; more is dropped so a chatty module cannot OOM us
 MEMORY_CACHE_ENTRIES = 64  # compiled modules kept in memory (LRU); the disk cache holds the rest
 MEMORY_NEAR_LIMIT = 0.9  # a module that failed while using this share of its cap ran out of memory
+EVENT_ROOM_BYTES = 64 * 1024  # module memory kept for events; a larger one gets more
 
 # Import modules a guest may name. Anything else is refused before instantiation.
 OFFERED_IMPORTS = ("wasi_snapshot_preview1", hostfns.MODULE)
@@ -419,30 +422,50 @@ class Reactor:
             raise ModuleError(f"module cannot be instantiated: {_first_line(exc)}") from None
         self._exports = self._instance.exports(self._store)
         for required in ("veritee_alloc", "memory"):
-            if required not in set(self._exports):
+            if required not in self._exports:
                 raise ModuleError(f"app module does not export '{required}' (use veritee_app.h)")
-        if "_initialize" in set(self._exports):
+        self._memory: Any = self._exports["memory"]
+        self._callers: dict[str, Any] = {}
+        # Where events are written for the module: allocated once with veritee_alloc, kept
+        # across calls and grown when an event needs more (see _room).
+        self._room_ptr, self._room_cap = 0, 0
+        if "_initialize" in self._exports:
             self._invoke("_initialize", [])
 
     def call(self, export: str, payload: bytes) -> str:
         """Call endpoint ``export`` with ``payload``; returns what the module printed."""
-        if export not in set(self._exports):
+        if export not in self._exports:
             raise ModuleError(f"module has no endpoint export {export!r}")
-        ptr = self._invoke("veritee_alloc", [len(payload)])
-        if not isinstance(ptr, int) or ptr <= 0:
-            raise ModuleLimitExceeded("module could not allocate room for the event")
-        memory: Any = self._exports["memory"]
-        memory.write(self._store, payload, ptr)
+        ptr = self._room(len(payload))
+        self._memory.write(self._store, payload, ptr)
         self._invoke(export, [ptr, len(payload)])
-        if "veritee_free" in set(self._exports):
-            self._invoke("veritee_free", [ptr])
         return self._out.take().decode("utf-8", "replace")
 
+    def _room(self, size: int) -> int:
+        """A place in module memory for ``size`` bytes of event.
+
+        One allocation serves every call (a call reads its payload only while it runs, as
+        the SDK's handlers do): two calls into the module per event fewer than allocating
+        and freeing each time.
+        """
+        if size > self._room_cap:
+            if self._room_ptr and "veritee_free" in self._exports:
+                self._invoke("veritee_free", [self._room_ptr])
+            self._room_ptr, self._room_cap = 0, 0
+            cap = max(size, EVENT_ROOM_BYTES)
+            ptr = self._invoke("veritee_alloc", [cap])
+            if not isinstance(ptr, int) or ptr <= 0:
+                raise ModuleLimitExceeded("module could not allocate room for the event")
+            self._room_ptr, self._room_cap = ptr, cap
+        return self._room_ptr
+
     def _invoke(self, export: str, args: list[int]) -> Any:
-        func: Any = self._exports[export]
+        func = self._callers.get(export)
+        if func is None:
+            func = self._callers[export] = _caller(self._store, self._exports[export])
         failure: ModuleError | None = None
         try:
-            result = func(self._store, *args)
+            result = func(*args)
         except wasmtime.ExitTrap as exc:
             failure = ModuleError(f"module exited with code {exc.code} inside {export}")
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
@@ -455,3 +478,62 @@ class Reactor:
 
     def close(self) -> None:
         del self._exports, self._instance, self._store
+
+
+def _caller(store: Any, func: Any) -> Any:
+    """``func`` as a Python callable taking i32 arguments.
+
+    wasmtime-py's ``Func.__call__`` asks the function for its type, builds value objects and
+    compares types again on every call: for a small endpoint, that is most of the call.
+    An exported function whose parameters and result are all i32 (every endpoint, and the
+    allocator) has its type checked once here and is then called through wasmtime's C API
+    directly, with the same trap and error handling as ``Func.__call__``. Anything else,
+    or a wasmtime-py whose internals differ, is called the ordinary way.
+    """
+    direct = _i32_caller(store, func) if _RAW is not None else None
+    return direct if direct is not None else functools.partial(func, store)
+
+
+def _i32_caller(store: Any, func: Any) -> Any:
+    ffi, enter_wasm = _RAW  # type: ignore[misc]
+    try:
+        ty = func.type(store)
+        i32 = wasmtime.ValType.i32()
+        params, results = list(ty.params), list(ty.results)
+        raw, context = func._func, store._context
+    except (AttributeError, wasmtime.WasmtimeError):
+        return None
+    if any(t != i32 for t in params + results) or len(results) > 1:
+        return None
+    n, m, kind = len(params), len(results), ffi.WASMTIME_I32.value
+    params_type, results_type = ffi.wasmtime_val_t * n, ffi.wasmtime_val_t * max(m, 1)
+
+    def call(*args: int) -> int | None:
+        if len(args) != n:
+            raise wasmtime.WasmtimeError(f"expected {n} arguments, given {len(args)}")
+        vals = params_type()
+        for i, arg in enumerate(args):
+            vals[i].kind = kind
+            vals[i].of.i32 = arg
+        out = results_type()
+        with enter_wasm(store) as trap:
+            error = ffi.wasmtime_func_call(context(), ctypes.byref(raw), vals, n, out, m, trap)
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
+        return int(out[0].of.i32) if m else None
+
+    return call
+
+
+def _raw_api() -> tuple[Any, Any] | None:
+    try:
+        from wasmtime import _ffi
+        from wasmtime._func import enter_wasm
+
+        _ffi.wasmtime_val_t, _ffi.WASMTIME_I32, _ffi.wasmtime_func_call  # noqa: B018
+    except (ImportError, AttributeError):
+        return None
+    return _ffi, enter_wasm
+
+
+_RAW = _raw_api()
