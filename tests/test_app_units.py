@@ -417,3 +417,22 @@ def test_malformed_http_from_a_module_is_a_bad_gateway(reply: bytes) -> None:
 def test_a_plain_answer_is_octets() -> None:
     response = http_response(b"\x00\x01")
     assert (response.status_code, response.body) == (200, b"\x00\x01")
+
+
+def test_a_state_log_keeps_the_newest_state_and_writes_a_repeat_once(tmp_path: Path) -> None:
+    from veritee.app._host import StateLog
+
+    log = StateLog(tmp_path / "state.log")
+    log.append(b"first")
+    log.append(b"second")
+    size = (tmp_path / "state.log").stat().st_size
+    log.append(b"second")  # sealed mid-call, handed back again at the end of the batch
+    assert (tmp_path / "state.log").stat().st_size == size
+    assert log.latest() == b"second"
+    log.append(b"first")  # an older value sealed again is a new state: kept as newest
+    assert log.latest() == b"first"
+    log.clear()
+    log.append(b"first")
+    assert log.latest() == b"first"
+    log.close()
+    assert StateLog(tmp_path / "state.log").latest() == b"first"

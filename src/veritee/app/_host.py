@@ -401,6 +401,7 @@ class StateLog:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._size = os.fstat(self._fd).st_size
+        self._last: bytes | None = None  # what this object appended last
 
     def latest(self) -> bytes | None:
         try:
@@ -418,6 +419,11 @@ class StateLog:
         return last
 
     def append(self, state: bytes) -> None:
+        """Keep ``state`` as the newest. The same sealed bytes again (a batch whose events
+        all left with the state sealed for them mid-call) are already the newest."""
+        if state == self._last:
+            return
+        self._last = state
         record = self._HEAD.pack(len(state), zlib.crc32(state)) + state
         if self._size + len(record) > STATE_LOG_BYTES:
             tmp = self.path.with_suffix(".tmp")
@@ -433,6 +439,7 @@ class StateLog:
     def clear(self) -> None:
         os.ftruncate(self._fd, 0)
         self._size = 0
+        self._last = None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
