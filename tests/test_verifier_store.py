@@ -235,6 +235,45 @@ def test_writes_leave_checkpoints_to_the_checkpointing_thread(db: Path) -> None:
     assert frames < 1000
 
 
+def test_the_log_starts_over_under_a_steady_stream_of_writes(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker writes without pause while the checkpoint thread works: passive
+    # checkpoints alone never find the log wholly copied, and it grows by every write
+    # (40 MB here). Past WAL_RESTART_FRAMES the checkpoint starts it over (under 1 MB).
+    monkeypatch.setattr("veritee.verifier.store.WAL_RESTART_FRAMES", 100)
+    store = Store(f"sqlite:///{db}", checkpoint_elsewhere=True)
+    generation = store.generation()
+    evidence = os.urandom(2400)
+    done = threading.Event()
+
+    def write() -> None:
+        for _ in range(1500):
+            time.sleep(0.0002)  # a worker writes once a request; room for the other thread
+            store.record_session(
+                _key(),
+                nonce=os.urandom(32),
+                created=time.time(),
+                expiry=time.time() + 60,
+                generation=generation,
+                status=COMPLETE,
+                media_type="application/x",
+                evidence=evidence,
+                result="ear",
+                outcome="affirming",
+                failure=None,
+            )
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while not done.is_set():
+        store.checkpoint()
+        time.sleep(0.005)
+    writer.join()
+    assert db.with_name(db.name + "-wal").stat().st_size < 8 * 1024 * 1024
+
+
 def test_a_connection_lost_underneath_is_replaced(db: Path) -> None:
     store = _store(db)
     assert _record(store, "a" * 32, os.urandom(32)) == RECORDED

@@ -60,6 +60,10 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Sessions (with their evidence and result) are kept this long after they expire, so a
 # relying party can still read a result and an operator can still see why it failed.
 SESSION_RETENTION_SECONDS = 7 * 24 * 3600
+# The write-ahead log is started over once it holds this many pages (16 MiB at 4 KiB), the
+# checkpoint waiting up to WAL_RESTART_WAIT_MS for writes in progress (Store.checkpoint).
+WAL_RESTART_FRAMES = 4096
+WAL_RESTART_WAIT_MS = 2000
 # Expired sessions are deleted this many to a transaction (see Store.purge_sessions).
 PURGE_BATCH = 500
 
@@ -390,15 +394,30 @@ class Store:
             return False  # deleted concurrently
 
     def checkpoint(self) -> tuple[int, int]:
-        """Copy SQLite's write-ahead log back into the database file, as far as no reader
-        needs it (PASSIVE: writers go on meanwhile). (frames in the log, frames now copied);
-        (0, 0) for PostgreSQL, which has nothing of the kind to do."""
+        """Copy SQLite's write-ahead log back into the database file; (frames in the log,
+        frames now copied). (0, 0) for PostgreSQL, which has nothing of the kind to do.
+
+        PASSIVE first: writers go on meanwhile. But under a steady stream of writes a
+        passive checkpoint never finds the log wholly copied with no write in between,
+        and the log only starts over from its beginning then: it grew by 35 KB an
+        attestation, without end, and every write had to extend the file. So once it
+        holds more than WAL_RESTART_FRAMES, a RESTART checkpoint holds new writes back
+        (they wait, as for any write lock) while it copies the rest, and the next write
+        starts the log over, in place.
+        """
         if not self._sqlite:
             return 0, 0
 
         def run(cursor: Any) -> tuple[int, int]:
             cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
             _busy, frames, copied = cursor.fetchone()
+            if frames > WAL_RESTART_FRAMES:
+                cursor.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
+                try:
+                    cursor.execute("PRAGMA wal_checkpoint(RESTART)")
+                    _busy, frames, copied = cursor.fetchone()
+                finally:
+                    cursor.execute("PRAGMA busy_timeout=0")
             return int(frames), int(copied)
 
         return self._transact(run)
