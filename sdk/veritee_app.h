@@ -194,7 +194,8 @@ VERITEE_EXPORT("veritee_batch") void veritee_batch(const uint8_t *data, uint32_t
     veritee__flush();
 }
 
-/* The secure world places each event's payload in module memory with this allocator. */
+/* The secure world takes room for events' payloads in module memory with this allocator,
+ * once, and writes each event there: a handler's data is valid only while it runs. */
 VERITEE_EXPORT("veritee_alloc") void *veritee_alloc(uint32_t size) { return malloc(size ? size : 1); }
 VERITEE_EXPORT("veritee_free") void veritee_free(void *p) { free(p); }
 
