@@ -52,6 +52,7 @@ def _record(
     generation: int | None = None,
     *,
     expiry: float | None = None,
+    evidence: bytes = b"evidence",
 ) -> str:
     expiry = time.time() + 60 if expiry is None else expiry
     return store.record_session(
@@ -62,7 +63,7 @@ def _record(
         generation=store.generation() if generation is None else generation,
         status=COMPLETE,
         media_type="application/x",
-        evidence=b"evidence",
+        evidence=evidence,
         result="ear",
         outcome="affirming",
         failure=None,
@@ -210,19 +211,7 @@ def test_writes_leave_checkpoints_to_the_checkpointing_thread(db: Path) -> None:
 
     def write_200(store: Store) -> None:  # about 1,400 pages of log: past SQLite's 1,000
         for _ in range(200):
-            store.record_session(
-                _key(),
-                nonce=os.urandom(32),
-                created=time.time(),
-                expiry=time.time() + 60,
-                generation=store.generation(),
-                status=COMPLETE,
-                media_type="application/x",
-                evidence=evidence,
-                result="ear",
-                outcome="affirming",
-                failure=None,
-            )
+            _record(store, _key(), os.urandom(32), evidence=evidence)
 
     serving = Store(f"sqlite:///{db}", checkpoint_elsewhere=True)
     write_200(serving)
@@ -250,19 +239,7 @@ def test_the_log_starts_over_under_a_steady_stream_of_writes(
     def write() -> None:
         for _ in range(1500):
             time.sleep(0.0002)  # a worker writes once a request; room for the other thread
-            store.record_session(
-                _key(),
-                nonce=os.urandom(32),
-                created=time.time(),
-                expiry=time.time() + 60,
-                generation=generation,
-                status=COMPLETE,
-                media_type="application/x",
-                evidence=evidence,
-                result="ear",
-                outcome="affirming",
-                failure=None,
-            )
+            _record(store, _key(), os.urandom(32), generation, evidence=evidence)
         done.set()
 
     writer = threading.Thread(target=write)
