@@ -260,3 +260,28 @@ def test_a_connection_lost_underneath_is_replaced(db: Path) -> None:
         _record(store, "b" * 32, os.urandom(32))
     assert _record(store, "c" * 32, os.urandom(32)) == RECORDED
     assert store.session("c" * 32) is not None and store.session("b" * 32) is None
+
+
+def test_a_workers_checkpoint_thread_ends_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from veritee.verifier import service
+
+    monkeypatch.setattr(service, "CHECKPOINT_SECONDS", 0.01)
+    url = f"sqlite:///{tmp_path / 'verifier.db'}"
+    Store(url).create()
+
+    def checkpointing() -> int:
+        return sum(t.name == "checkpoint" and t.is_alive() for t in threading.enumerate())
+
+    before = checkpointing()
+    verifier = service.Verifier(service.Config(state_dir=str(tmp_path), database_url=url))
+    assert checkpointing() == before + 1
+    del verifier
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while checkpointing() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpointing() == before

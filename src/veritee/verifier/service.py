@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -93,8 +94,8 @@ STALE_RETRIES = 3
 # Expired sessions are purged at most this often, by whichever worker notices first.
 PURGE_INTERVAL_SECONDS = 60.0
 # SQLite's write-ahead log is copied back into the database this often, by a thread of each
-# worker (the first to come does the work). At 1,000 sessions a second that is a few
-# megabytes of log, as much as SQLite's own automatic checkpoints let it grow.
+# worker (the first to come does the work). At 1,000 sessions a second about 9 MB of log
+# come in between; past 16 MiB it starts over (Store.checkpoint).
 CHECKPOINT_SECONDS = 0.25
 
 
@@ -146,7 +147,9 @@ class Verifier:
         # One thread: the store keeps a connection per thread, and SQLite has one writer.
         self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         if self.store.embedded:
-            threading.Thread(target=self._checkpoints, name="checkpoint", daemon=True).start()
+            threading.Thread(
+                target=_checkpoints, args=(weakref.ref(self),), name="checkpoint", daemon=True
+            ).start()
 
     async def in_store(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``fn(*args, **kwargs)``, a store call made while serving a request.
@@ -154,7 +157,7 @@ class Verifier:
         With SQLite it runs right here on the event loop: an insert into a local file costs
         tens of microseconds, less than handing it to a thread and back (two wake-ups across
         cores, the GIL passed twice), and the one slow thing SQLite does, a checkpoint that
-        fsyncs, is done by this worker's checkpoint thread instead (:meth:`_checkpoints`).
+        fsyncs, is done by this worker's checkpoint thread instead (:func:`_checkpoints`).
         A database server's round trip would stall every request of the worker: those calls
         go to the store thread.
         """
@@ -162,16 +165,6 @@ class Verifier:
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._store_thread, lambda: fn(*args, **kwargs))
-
-    def _checkpoints(self) -> None:
-        """Copy SQLite's write-ahead log back into the database every CHECKPOINT_SECONDS,
-        off the event loop (the copy fsyncs: milliseconds to tens of them on a busy disk)."""
-        while True:
-            time.sleep(CHECKPOINT_SECONDS)
-            try:
-                self.store.checkpoint()
-            except StoreError as err:
-                log.warning("checkpoint failed", extra={"detail": str(err)})
 
     def current(self) -> tuple[int, Endorsements, Policy]:
         """The generation, endorsements and policy this worker holds (loaded on first use).
@@ -228,6 +221,22 @@ class Verifier:
                 log.info("purged old sessions", extra={"purged": purged})
 
         self._store_thread.submit(purge)
+
+
+def _checkpoints(verifier: weakref.ref[Verifier]) -> None:
+    """Copy SQLite's write-ahead log back into the database every CHECKPOINT_SECONDS, off
+    the event loop (the copy fsyncs: milliseconds to tens of them on a busy disk), for as
+    long as the worker's Verifier exists."""
+    while True:
+        time.sleep(CHECKPOINT_SECONDS)
+        v = verifier()
+        if v is None:
+            return
+        try:
+            v.store.checkpoint()
+        except StoreError as err:
+            log.warning("checkpoint failed", extra={"detail": str(err)})
+        del v
 
 
 def create_app(config: Config) -> HotPaths:

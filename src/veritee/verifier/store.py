@@ -63,7 +63,7 @@ SESSION_RETENTION_SECONDS = 7 * 24 * 3600
 # The write-ahead log is started over once it holds this many pages (16 MiB at 4 KiB), the
 # checkpoint waiting up to WAL_RESTART_WAIT_MS for writes in progress (Store.checkpoint).
 WAL_RESTART_FRAMES = 4096
-WAL_RESTART_WAIT_MS = 2000
+WAL_RESTART_WAIT_MS = 200
 # Expired sessions are deleted this many to a transaction (see Store.purge_sessions).
 PURGE_BATCH = 500
 
@@ -403,7 +403,9 @@ class Store:
         attestation, without end, and every write had to extend the file. So once it
         holds more than WAL_RESTART_FRAMES, a RESTART checkpoint holds new writes back
         (they wait, as for any write lock) while it copies the rest, and the next write
-        starts the log over, in place.
+        starts the log over, in place. It waits at most WAL_RESTART_WAIT_MS for writes and
+        reads in progress, else tries again next time: a long reader stalls no writer for
+        longer.
         """
         if not self._sqlite:
             return 0, 0
