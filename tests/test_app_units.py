@@ -7,6 +7,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -166,28 +167,40 @@ def _wait(predicate: object, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+def _transport(
+    directory: Path,
+    port: int = 0,
+    on_events: Callable[[list[bytes]], None] = lambda e: None,
+    on_request: Callable[[bytes], bytes] = lambda e: e,
+) -> TcpTransport:
+    """A node agent's transport on loopback, started: by default it takes events and
+    answers a request with the request itself."""
+    transport = TcpTransport(directory, "127.0.0.1", port)
+    transport.start(on_events, on_request)
+    return transport
+
+
 def test_transport_keeps_events_for_a_node_that_is_down_and_delivers_them_once(
     tmp_path: Path,
 ) -> None:
     port = _free_port()
-    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
-    a.start(lambda e: None, lambda e: e)
+    a = _transport(tmp_path / "a")
     for i in range(5):
         a.send(("127.0.0.1", port), f"event {i}".encode())
     time.sleep(0.2)
     assert a.links()[f"127.0.0.1:{port}"] == {"up": False, "queued": 5}
 
     got: list[bytes] = []
-    b = TcpTransport(tmp_path / "b", "127.0.0.1", port)
-    b.start(got.extend, lambda e: b"reply to " + e)
+    b = _transport(
+        tmp_path / "b", port=port, on_events=got.extend, on_request=lambda e: b"reply to " + e
+    )
     _wait(lambda: len(got) == 5)
     _wait(lambda: a.links()[f"127.0.0.1:{port}"]["queued"] == 0)
     assert got == [f"event {i}".encode() for i in range(5)]
 
     # A sender that restarts with nothing unacknowledged sends nothing twice.
     a.close()
-    a2 = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
-    a2.start(lambda e: None, lambda e: e)
+    a2 = _transport(tmp_path / "a")
     a2.resume()
     a2.send(("127.0.0.1", port), b"after restart")
     _wait(lambda: len(got) == 6)
@@ -207,10 +220,8 @@ def test_transport_resends_what_the_receiver_did_not_take(tmp_path: Path) -> Non
             raise AppError("inbox full")
         got.extend(events)
 
-    b = TcpTransport(tmp_path / "b", "127.0.0.1", 0)
-    b.start(take, lambda e: e)
-    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
-    a.start(lambda e: None, lambda e: e)
+    b = _transport(tmp_path / "b", on_events=take)
+    a = _transport(tmp_path / "a")
     a.send(b.address, b"kept")
     time.sleep(0.3)
     assert got == [] and a.links()[f"127.0.0.1:{b.address[1]}"]["queued"] == 1
@@ -225,13 +236,11 @@ def test_transport_sends_more_than_a_window_kept_for_a_peer(tmp_path: Path) -> N
     from veritee.app.transport import WINDOW
 
     port = _free_port()
-    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
-    a.start(lambda e: None, lambda e: e)
+    a = _transport(tmp_path / "a")
     events = [i.to_bytes(4, "big") for i in range(WINDOW * 2 + 10)]
     a.send_all(("127.0.0.1", port), events)
     got: list[bytes] = []
-    b = TcpTransport(tmp_path / "b", "127.0.0.1", port)
-    b.start(got.extend, lambda e: e)
+    b = _transport(tmp_path / "b", port=port, on_events=got.extend)
     _wait(lambda: len(got) == len(events))
     assert got == events
     _wait(lambda: a.links()[f"127.0.0.1:{port}"]["queued"] == 0)
@@ -242,13 +251,11 @@ def test_transport_sends_more_than_a_window_kept_for_a_peer(tmp_path: Path) -> N
 def test_transport_takes_events_in_batches(tmp_path: Path) -> None:
     """Events kept for a peer go in batches: fewer custody calls (and ACKs) than events."""
     port = _free_port()
-    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
-    a.start(lambda e: None, lambda e: e)
+    a = _transport(tmp_path / "a")
     events = [f"event {i}".encode() for i in range(500)]
     a.send_all(("127.0.0.1", port), events)
     calls: list[list[bytes]] = []
-    b = TcpTransport(tmp_path / "b", "127.0.0.1", port)
-    b.start(calls.append, lambda e: e)
+    b = _transport(tmp_path / "b", port=port, on_events=calls.append)
     _wait(lambda: sum(len(c) for c in calls) == len(events))
     assert [e for c in calls for e in c] == events and len(calls) < len(events)
     a.close()
@@ -259,10 +266,8 @@ def test_transport_requests_fail_clearly(tmp_path: Path) -> None:
     def refuse(_: bytes) -> bytes:
         raise AppError("no such handler")
 
-    b = TcpTransport(tmp_path / "b", "127.0.0.1", 0)
-    b.start(lambda e: None, refuse)
-    a = TcpTransport(tmp_path / "a", "127.0.0.1", 0)
-    a.start(lambda e: None, lambda e: e)
+    b = _transport(tmp_path / "b", on_request=refuse)
+    a = _transport(tmp_path / "a")
     with pytest.raises(TransportError, match="no such handler"):
         a.request(b.address, b"q")
     with pytest.raises(TransportError, match="is down"):
@@ -273,8 +278,7 @@ def test_transport_requests_fail_clearly(tmp_path: Path) -> None:
 
 def test_transport_drops_a_peer_that_sends_garbage(tmp_path: Path) -> None:
     got: list[bytes] = []
-    b = TcpTransport(tmp_path / "b", "127.0.0.1", 0)
-    b.start(got.append, lambda e: e)
+    b = _transport(tmp_path / "b", on_events=got.append)
     with socket.create_connection(b.address) as s:
         s.sendall(os.urandom(64) + b"\xff" * 64)
         s.settimeout(5)
