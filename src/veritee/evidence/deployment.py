@@ -103,22 +103,35 @@ class Connect:
 
 
 def sign_connect(statement: Connect, deployment_key: ec.EllipticCurvePrivateKey) -> bytes:
-    return cose.sign1(bytes(cbor2.dumps(statement.to_cbor())), deployment_key)
+    return _sign(statement.to_cbor(), deployment_key)
 
 
 def verify_connect(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Connect:
     """Check a statement's signature against the app's deployment key; raise EvidenceError."""
-    return Connect.from_cbor(_signed_payload(data, deployment_key, "connect statement"))
+    return Connect.from_cbor(
+        _signed_payload(data, deployment_key, "connect statement", PROFILE_CONNECT)
+    )
 
 
-def _signed_payload(data: bytes, deployment_key: ec.EllipticCurvePublicKey, what: str) -> Any:
-    """The payload of a statement signed with the app's deployment key; raise EvidenceError."""
+def _sign(claims: dict[str, Any], deployment_key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A statement of the app owner: its claims in CBOR, COSE_Sign1 with the deployment key."""
+    return cose.sign1(bytes(cbor2.dumps(claims)), deployment_key)
+
+
+def _signed_payload(
+    data: bytes, deployment_key: ec.EllipticCurvePublicKey, what: str, profile: str
+) -> dict[Any, Any]:
+    """The claims of a ``profile`` statement signed with the app's deployment key; raise
+    EvidenceError (BadSignature, or MalformedToken for anything but such a statement)."""
     msg = cose.decode(data, what=what)
     try:
         cose.verify(msg, deployment_key, what=what)
     except BadSignature:
         raise BadSignature(f"{what} is not signed with this application's deployment key") from None
-    return cose.loads(msg.payload, what=what)
+    claims = cose.loads(msg.payload, what=what)
+    if not isinstance(claims, dict) or claims.get("profile") != profile:
+        raise MalformedToken(f"not a Veritee {what}")
+    return claims
 
 
 def _bytes(value: Any, size: int, what: str) -> bytes:
@@ -176,14 +189,12 @@ class Succession:
 
 
 def sign_succession(statement: Succession, deployment_key: ec.EllipticCurvePrivateKey) -> bytes:
-    return cose.sign1(bytes(cbor2.dumps(statement.to_cbor())), deployment_key)
+    return _sign(statement.to_cbor(), deployment_key)
 
 
 def verify_succession(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Succession:
     """Check a succession statement's signature; raise EvidenceError."""
-    c = _signed_payload(data, deployment_key, "succession statement")
-    if not isinstance(c, dict) or c.get("profile") != PROFILE_SUCCESSION:
-        raise MalformedToken("not a Veritee succession statement")
+    c = _signed_payload(data, deployment_key, "succession statement", PROFILE_SUCCESSION)
     try:
         return Succession(
             app=_text(c["app"], "app", MAX_NAME),
@@ -219,14 +230,12 @@ class Disconnect:
 
 
 def sign_disconnect(statement: Disconnect, deployment_key: ec.EllipticCurvePrivateKey) -> bytes:
-    return cose.sign1(bytes(cbor2.dumps(statement.to_cbor())), deployment_key)
+    return _sign(statement.to_cbor(), deployment_key)
 
 
 def verify_disconnect(data: bytes, deployment_key: ec.EllipticCurvePublicKey) -> Disconnect:
     """Check a disconnect statement's signature; raise EvidenceError."""
-    c = _signed_payload(data, deployment_key, "disconnect statement")
-    if not isinstance(c, dict) or c.get("profile") != PROFILE_DISCONNECT:
-        raise MalformedToken("not a Veritee disconnect statement")
+    c = _signed_payload(data, deployment_key, "disconnect statement", PROFILE_DISCONNECT)
     try:
         conns = c["conns"]
         if not isinstance(conns, list) or not 0 < len(conns) <= MAX_DISCONNECT:

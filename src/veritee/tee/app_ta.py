@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import cbor2
 from cryptography.hazmat.primitives import serialization
@@ -65,6 +65,14 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 BATCH_EXPORT = "veritee_batch"  # sdk/veritee_app.h: runs a batch of events in one call
 EVENTS_OUTPUT = "veritee:events"  # sdk/veritee_app.h: the events a module buffered, at once
 _LEN = struct.Struct("<I")
+
+
+class _Statement(Protocol):
+    @property
+    def app(self) -> str: ...
+
+
+_S = TypeVar("_S", bound=_Statement)
 
 
 @dataclass
@@ -316,14 +324,26 @@ def _restore(sealer: Sealer, counters: Counters, state: Any, app: str) -> _Resto
         raise SealingError("sealed state does not decode") from None
 
 
+def _owners_word(
+    loaded: AppModule,
+    verify: Callable[[bytes, ec.EllipticCurvePublicKey], _S],
+    statement: bytes,
+    refused: str,
+) -> _S:
+    """A statement signed with the app's deployment key, for this module's app; else
+    SealingError starting with ``refused``."""
+    try:
+        stmt = verify(statement, loaded.deployment_key)
+    except EvidenceError as exc:
+        raise SealingError(f"{refused}: {exc}") from None
+    if stmt.app != loaded.app:
+        raise SealingError(f"{refused}: statement is for app {stmt.app!r}")
+    return stmt
+
+
 def connect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
     """Bind an endpoint to an attested peer, on the deployer's signed word."""
-    try:
-        stmt = verify_connect(statement, loaded.deployment_key)
-    except EvidenceError as exc:
-        raise SealingError(f"connection refused: {exc}") from None
-    if stmt.app != loaded.app:
-        raise SealingError(f"connection refused: statement is for app {stmt.app!r}")
+    stmt = _owners_word(loaded, verify_connect, statement, "connection refused")
     if not loaded.endpoint(stmt.kind, stmt.endpoint):
         raise UsageError(f"module {loaded.name!r} has no {stmt.kind} endpoint {stmt.endpoint!r}")
     if stmt.initiator != (stmt.kind in ("output", "request")):
@@ -360,12 +380,7 @@ def disconnect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
 
     Returns the sealed state (without them) and how many of them this instance had.
     """
-    try:
-        stmt = verify_disconnect(statement, loaded.deployment_key)
-    except EvidenceError as exc:
-        raise SealingError(f"disconnect refused: {exc}") from None
-    if stmt.app != loaded.app:
-        raise SealingError(f"disconnect refused: statement is for app {stmt.app!r}")
+    stmt = _owners_word(loaded, verify_disconnect, statement, "disconnect refused")
     with loaded.lock:
         ended = 0
         for conn in stmt.conn_ids:
