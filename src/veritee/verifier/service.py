@@ -423,7 +423,7 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
     async def get_session(session_id: str, request: Request) -> Response:
         _accepts(request, SESSION_MEDIA_TYPE)
         ticket = _ticket(v, session_id)
-        stored = v.store.session(ticket.key)
+        stored = await v.in_store(v.store.session, ticket.key)
         if stored is None:  # still waiting for its evidence (or expired waiting)
             waiting = SessionRecord(ticket.id, ticket.nonce, ticket.created, ticket.expiry, WAITING)
             return _session_response(waiting, 200)
@@ -434,7 +434,10 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
     @app.delete(SESSION_PATH)
     async def delete_session(session_id: str) -> Response:
         ticket = _ticket(v, session_id)
-        if not v.store.delete_session(ticket.key, ticket.nonce, ticket.created, ticket.expiry):
+        deleted = await v.in_store(
+            v.store.delete_session, ticket.key, ticket.nonce, ticket.created, ticket.expiry
+        )
+        if not deleted:
             raise SessionNotFound(f"session {session_id[:80]} was deleted")
         return Response(status_code=204)
 
@@ -456,7 +459,7 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
     @app.get("/health")
     async def health() -> Response:
         try:
-            v.store.ping()
+            await v.in_store(v.store.ping)
         except StoreError as err:
             return _json({"status": "unavailable", "detail": str(err)}, 503)
         return _json({"status": "ok", "pid": os.getpid(), "version": v.verifier_id.build}, 200)
