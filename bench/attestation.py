@@ -9,7 +9,9 @@ Sets up a throwaway emulated device (its secure world running) and a verifier
   verifier rt   newSession (client nonce) -> submit ready evidence -> EAR: the verifier's part;
   full rt       newSession (server nonce) -> evidence from the secure world -> submit -> EAR;
   throughput    appraisals per second with several client processes, each on its own
-                keep-alive connection, submitting pre-made evidence for client-chosen nonces.
+                keep-alive connection, submitting pre-made evidence for client-chosen nonces;
+                the connections are spread evenly over the workers, as a load balancer in
+                front of them would (--no-balance keeps them where they land).
 
 Ratios are printed against the baselines measured in the same run (health, appraise), and
 against the targets of issue 5 (p50 < 10 ms, >= 1000 appraisals/s on 2 cores) and the
@@ -33,6 +35,7 @@ import datetime as dt
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -245,8 +248,16 @@ def attest_once(conn: Conn, evidence_for: Callable[[bytes], bytes], nonce: bytes
     return str(result["result"])
 
 
-def _client_process(url: str, work: list[tuple[bytes, bytes]], out: Any, start: Any) -> None:
-    conn = Conn(url)
+def _client_process(
+    url: str,
+    work: list[tuple[bytes, bytes]],
+    out: Any,
+    start: Any,
+    workers: list[int],
+    taken: Any,
+    quota: int,
+) -> None:
+    conn = _balanced(url, workers, taken, quota)
     evidence = dict(work)
     start.wait()
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -255,6 +266,61 @@ def _client_process(url: str, work: list[tuple[bytes, bytes]], out: Any, start: 
         attest_once(conn, evidence.__getitem__, nonce)
         done += 1
     out.put((done, time.perf_counter() - t0, time.process_time() - cpu0))
+
+
+def _balanced(url: str, workers: list[int], taken: Any, quota: int) -> Conn:
+    """A connection to a worker that has fewer than ``quota`` of the clients' connections.
+
+    Workers share one listening socket, and whichever wakes first accepts every connection
+    waiting (asyncio takes a whole backlog at once): 8 connections opened together can land
+    6/2 or 8/0, leaving one worker saturated and the other idle. A load balancer in front of
+    the workers would spread them; this does the same by reconnecting until the worker that
+    accepted has room. With ``quota`` 0 (``--no-balance``) the first connection is kept.
+    Each client's worker is counted in ``taken`` either way, so the report shows the split.
+    """
+    for _ in range(200):
+        conn = Conn(url)
+        _get(conn, "/health")  # accepted and served: the worker holds the socket now
+        owner = _owner(conn.sock, workers)
+        with taken.get_lock():
+            if quota == 0 or owner is None or taken[owner] < quota:
+                if owner is not None:
+                    taken[owner] += 1
+                return conn
+        conn.sock.close()
+    raise RuntimeError("could not spread the clients' connections over the workers")
+
+
+def _owner(sock: socket.socket, workers: list[int]) -> int | None:
+    """Index in ``workers`` of the process holding the server end of ``sock`` (Linux /proc)."""
+    here, there = sock.getsockname()[1], sock.getpeername()[1]
+    wanted = f":{there:04X}", f":{here:04X}"
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[1].endswith(wanted[0]) and fields[2].endswith(wanted[1]):
+                inode = fields[9]
+                break
+    if inode is None:
+        return None
+    link = f"socket:[{inode}]"
+    for index, pid in enumerate(workers):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
+                    return index
+            except OSError:
+                continue
+    return None
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -425,8 +491,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     works.append(batch)
             mpctx = mp.get_context("spawn")
             out, start = mpctx.Queue(), mpctx.Event()
+            workers = _workers(server_pid) if args.workers > 1 else [server_pid]
+            taken = mpctx.Array("i", len(workers))
+            quota = 0 if args.no_balance else -(-args.clients // len(workers))
             procs = [
-                mpctx.Process(target=_client_process, args=(url, w, out, start)) for w in works
+                mpctx.Process(
+                    target=_client_process,
+                    args=(url, w, out, start, workers, taken, quota),
+                )
+                for w in works
             ]
             for p in procs:
                 p.start()
@@ -435,7 +508,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             cpu0, machine0 = sum(_cpu_seconds(p) for p in servers), _machine()
             t0 = time.perf_counter()
             start.set()
-            finished = [out.get(timeout=600) for _ in procs]
+            finished = _results(out, procs)
             wall = time.perf_counter() - t0
             cpu1, machine1 = sum(_cpu_seconds(p) for p in servers), _machine()
             for p in procs:
@@ -453,6 +526,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "client_cpu_ms_per_appraisal": client_cpu * 1000 / max(total, 1),
                 "machine_busy": (jiffies - idle - stolen) / jiffies,
                 "machine_stolen": stolen / jiffies,
+                "connections_per_worker": list(taken),
+                "balanced": not args.no_balance,
             }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -465,6 +540,35 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(c) for c in text.split()]
+
+
+def _workers(pid: int) -> list[int]:
+    """The verifier's worker processes: its children started by multiprocessing's spawn
+    (not the resource tracker, which is a child too)."""
+    found = []
+    for child in _children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def _results(out: Any, procs: list[Any]) -> list[tuple[int, float, float]]:
+    """Each client's (done, seconds, cpu seconds); an error if a client dies instead."""
+    finished: list[tuple[int, float, float]] = []
+    deadline = time.monotonic() + 600
+    while len(finished) < len(procs):
+        try:
+            finished.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a client process failed (exit code {dead[0]})") from None
+            if time.monotonic() > deadline:
+                raise RuntimeError("the clients did not finish within 600 s") from None
+    return finished
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -539,6 +643,9 @@ def report(r: dict[str, Any]) -> str:
         f"clients' {t['client_cpu_ms_per_appraisal']:.2f} ms; "
         f"machine busy {t['machine_busy']:.0%} during the run (clients and server share it), "
         f"{t['machine_stolen']:.0%} stolen by the hypervisor",
+        f"clients' connections per worker: "
+        f"{'/'.join(map(str, t['connections_per_worker']))} "
+        f"({'spread as a load balancer would' if t['balanced'] else 'as the workers took them'})",
         f"targets: round trip p50 {full:.2f} ms vs < {TARGET_P50_MS} ms "
         f"({'met' if full < TARGET_P50_MS else 'NOT met'}); "
         f"{t['rate']:.0f}/s vs >= {TARGET_RATE:.0f}/s "
@@ -557,6 +664,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="target throughput run time")
     parser.add_argument(
         "--rate-guess", type=float, default=400.0, help="expected rate, sizes the work"
+    )
+    parser.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="keep each client's first connection, wherever it lands (default: spread evenly)",
     )
     parser.add_argument("--quick", action="store_true", help="n=100, 2 s of load")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
