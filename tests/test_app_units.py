@@ -27,7 +27,7 @@ from veritee.app.errors import (
 )
 from veritee.app.routes import End, Route, destination
 from veritee.app.spool import Spool, SpoolFull
-from veritee.app.transport import TcpTransport
+from veritee.app.transport import EventSink, TcpTransport
 from veritee.app.user import USER_MEASUREMENT, user_statement
 from veritee.evidence import cose
 from veritee.evidence.claims import ModuleClaims
@@ -170,7 +170,7 @@ def _wait(predicate: object, timeout: float = 10.0) -> None:
 def _transport(
     directory: Path,
     port: int = 0,
-    on_events: Callable[[list[bytes]], None] = lambda e: None,
+    on_events: EventSink = lambda e: None,
     on_request: Callable[[bytes], bytes] = lambda e: e,
 ) -> TcpTransport:
     """A node agent's transport on loopback, started: by default it takes events and
@@ -262,6 +262,30 @@ def test_transport_takes_events_in_batches(tmp_path: Path) -> None:
     b.close()
 
 
+def test_transport_acknowledges_events_before_the_receiver_delivers_them(tmp_path: Path) -> None:
+    """What the receiver does once it holds the events (a node agent delivers them there)
+    runs after the ACK: the sender's outbox is free while the delivery runs."""
+    a = _transport(tmp_path / "a")
+    seen_acknowledged: list[bool] = []
+
+    def take(events: list[bytes]) -> Callable[[], None]:
+        def deliver() -> None:
+            link = f"127.0.0.1:{b.address[1]}"
+            deadline = time.monotonic() + 5
+            while a.links()[link]["queued"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_acknowledged.append(a.links()[link]["queued"] == 0)
+
+        return deliver
+
+    b = _transport(tmp_path / "b", on_events=take)
+    a.send(b.address, b"event")
+    _wait(lambda: seen_acknowledged)
+    assert seen_acknowledged == [True]
+    a.close()
+    b.close()
+
+
 def test_transport_requests_fail_clearly(tmp_path: Path) -> None:
     def refuse(_: bytes) -> bytes:
         raise AppError("no such handler")
@@ -278,7 +302,7 @@ def test_transport_requests_fail_clearly(tmp_path: Path) -> None:
 
 def test_transport_drops_a_peer_that_sends_garbage(tmp_path: Path) -> None:
     got: list[bytes] = []
-    b = _transport(tmp_path / "b", on_events=got.append)
+    b = _transport(tmp_path / "b", on_events=got.extend)
     with socket.create_connection(b.address) as s:
         s.sendall(os.urandom(64) + b"\xff" * 64)
         s.settimeout(5)

@@ -113,6 +113,10 @@ class ModuleHost:
         self._session: AppSession | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
+        # Held by whoever hands the inbox to the secure world (the inbox thread, or a
+        # network thread delivering at once): one delivery at a time, in order.
+        self._baton = threading.Lock()
+        self._may_wait = True  # the module makes requests: see deliver_arrived
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -188,6 +192,7 @@ class ModuleHost:
             context.close()
             raise
         self._context, self._session = context, session
+        self._may_wait = any(kind == "request" for kind, _ in self.info.get("endpoints", ()))
         self.loads += 1
         self.failed = None
 
@@ -207,8 +212,9 @@ class ModuleHost:
             self._state.path = directory / "state.log"
 
     def close(self) -> None:
-        self._closed = True
-        self.inbox.close()
+        with self._baton:  # let a delivery under way store its state and consume first
+            self._closed = True
+            self.inbox.close()
         self._state.close()
         with self._locked():
             self._shut_session()
@@ -349,28 +355,67 @@ class ModuleHost:
         """Keep ``events`` for delivery in order, with one write."""
         self.inbox.extend(events)
 
+    def keep(self, events: list[bytes]) -> int:
+        """Keep ``events`` without waking the inbox thread: the caller then calls
+        :meth:`deliver_arrived` with the number returned."""
+        return self.inbox.extend(events, wake=False) - len(events)
+
+    def deliver_arrived(self, before: int) -> None:
+        """Deliver what :meth:`keep` kept after record ``before``, on this thread if the
+        inbox is idle (nothing queued before them, no delivery under way); else the inbox
+        thread does. The caller must hold no module's lock (a node agent's network thread
+        does not). Delivering here saves the inbox thread's wake-up on the latency path.
+
+        A module that makes requests always goes through its inbox thread: its delivery may
+        wait on another node, which may be waiting on this very link to read its request.
+        """
+        if not self._deliver_here(before) or len(self.inbox):
+            self.inbox.wake()
+
+    def _deliver_here(self, before: int) -> bool:
+        if self._may_wait or not self._baton.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or self.inbox.head != before:
+                return False
+            self._deliver_pending()
+            return True
+        except Exception:
+            # A bug of ours must not take the network thread down: the events are kept,
+            # and the inbox thread delivers them.
+            log.exception("module %s: delivering on arrival failed", self)
+            return False
+        finally:
+            self._baton.release()
+
     def _run(self) -> None:
-        done = 0
         while not self._closed:
-            queued = self.inbox.wait(done, 0.5, BATCH_EVENTS)
-            if not queued or self._closed:
+            if not self.inbox.wait(self.inbox.head, 0.5, 1):
                 continue
-            batch: list[tuple[int, bytes]] = []
-            size = 0
-            for seq, event in queued:
-                if batch and size + len(event) > BATCH_BYTES:
-                    break
-                batch.append((seq, event))
-                size += len(event)
-            outcomes = self._deliver_queued([event for _, event in batch])
-            with self._waiters_lock:
-                futures = [self._waiters.pop(seq, None) for seq, _ in batch]
-            for future, outcome in zip(futures, outcomes, strict=True):
-                if future is not None and not future.done():
-                    future.set_result(outcome)
-            # Only now, with the state after the batch stored, are its events done with.
-            done = batch[-1][0]
-            self.inbox.consume(done)
+            with self._baton:
+                if not self._closed:
+                    self._deliver_pending()
+
+    def _deliver_pending(self) -> None:
+        """Deliver one batch of what the inbox holds; the caller holds the baton."""
+        queued = self.inbox.pending(self.inbox.head, BATCH_EVENTS)
+        if not queued:
+            return  # another thread delivered them
+        batch: list[tuple[int, bytes]] = []
+        size = 0
+        for seq, event in queued:
+            if batch and size + len(event) > BATCH_BYTES:
+                break
+            batch.append((seq, event))
+            size += len(event)
+        outcomes = self._deliver_queued([event for _, event in batch])
+        with self._waiters_lock:
+            futures = [self._waiters.pop(seq, None) for seq, _ in batch]
+        for future, outcome in zip(futures, outcomes, strict=True):
+            if future is not None and not future.done():
+                future.set_result(outcome)
+        # Only now, with the state after the batch stored, are its events done with.
+        self.inbox.consume(batch[-1][0])
 
     def _deliver_queued(self, events: list[bytes]) -> list[Outcome | None]:
         try:

@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ from veritee.tee.channels import EventRejected
 from veritee.tee.ta import Outcome
 
 log = logging.getLogger("veritee.node")
+
+# Events kept for a module, and the number of the record before them (see route_all).
+Arrival = tuple[ModuleHost, int]
 
 # Events a user's tool has not fetched yet, per connection (a module's answer to the user).
 MAILBOX = 1024
@@ -294,9 +297,11 @@ class NodeAgent:
             self.transport.send(target, event)
         return where, None
 
-    def route_all(self, events: list[bytes]) -> int:
+    def route_all(self, events: list[bytes], *, arrived: list[Arrival] | None = None) -> int:
         """Send events on their way, in order, with one write per inbox or outbox.
-        Returns how many had no route here (each counted by why)."""
+        Returns how many had no route here (each counted by why). With ``arrived``, local
+        inboxes are not woken: what was kept for each is added to it, for the caller to
+        deliver (:meth:`ModuleHost.deliver_arrived`)."""
         local: dict[ModuleHost, list[bytes]] = {}
         remote: dict[Address, list[bytes]] = {}
         dropped = 0
@@ -311,7 +316,10 @@ class NodeAgent:
             elif where == "dropped":
                 dropped += 1
         for host, batch in local.items():
-            host.enqueue_all(batch)
+            if arrived is None:
+                host.enqueue_all(batch)
+            else:
+                arrived.append((host, host.keep(batch)))
         for address, batch in remote.items():
             self.transport.send_all(address, batch)
         return dropped
@@ -414,10 +422,19 @@ class NodeAgent:
         could do. Exposed so that tests and the demo can play that host."""
         return self._host(app, name, False).deliver_now(event)
 
-    def _from_network(self, events: list[bytes]) -> None:
-        dropped = self.route_all(events)
+    def _from_network(self, events: list[bytes]) -> Callable[[], None]:
+        """Take custody of events from another node; then, once the transport has
+        acknowledged them, deliver them on its thread to modules that are idle."""
+        arrived: list[Arrival] = []
+        dropped = self.route_all(events, arrived=arrived)
         if dropped:
             log.warning("dropped %d event(s) from the network: no route for them here", dropped)
+
+        def deliver() -> None:
+            for host, before in arrived:
+                host.deliver_arrived(before)
+
+        return deliver
 
     def _request_from_network(self, event: bytes) -> bytes:
         return self.request(event)

@@ -57,7 +57,8 @@ REQUEST_WORKERS = 16  # requests answered at once per agent; each may run a modu
 _OK, _FAILED = 0, 1
 
 Address = tuple[str, int]
-EventSink = Callable[[list[bytes]], None]
+# Takes custody of events; may return what to do once they are acknowledged (deliver them).
+EventSink = Callable[[list[bytes]], Callable[[], None] | None]
 RequestSink = Callable[[bytes], bytes]
 
 
@@ -66,7 +67,11 @@ class Transport(ABC):
 
     @abstractmethod
     def start(self, on_events: EventSink, on_request: RequestSink) -> Address:
-        """Begin receiving; ``on_events`` must have taken custody of them when it returns."""
+        """Begin receiving; ``on_events`` must have taken custody of them when it returns.
+
+        What it returns, if anything, is called once the events are acknowledged to their
+        sender, on the thread that received them (a node agent delivers there).
+        """
 
     @abstractmethod
     def send(self, to: Address, event: bytes) -> None:
@@ -418,6 +423,7 @@ class TcpTransport(Transport):
         events: list[bytes] = []
         seen = newest = self._seen[link_id]
         last = 0
+        then = None
         for kind, ident, payload in frames:
             if kind == EVENT:
                 if ident > newest:
@@ -429,7 +435,7 @@ class TcpTransport(Transport):
         if events:
             assert self._on_event is not None
             try:
-                self._on_event(events)
+                then = self._on_event(events)
             except AppError as exc:
                 # No acknowledgement: the sender keeps the events and retries.
                 log.warning("refused custody of %d event(s): %s", len(events), exc)
@@ -440,6 +446,8 @@ class TcpTransport(Transport):
         if last:
             with write:
                 _send_frame(sock, ACK, last)
+        if then is not None:
+            then()  # acknowledged first: the sender's next event need not wait for it
         return True
 
     def _answer(self, sock: socket.socket, write: threading.Lock, ident: int, event: bytes) -> None:
