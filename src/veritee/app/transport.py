@@ -443,11 +443,13 @@ class TcpTransport(Transport):
             if newest > seen:
                 self._seen[link_id] = newest
                 os.pwrite(fd, newest.to_bytes(8, "big"), 0)
-        if last:
-            with write:
-                _send_frame(sock, ACK, last)
-        if then is not None:
-            then()  # acknowledged first: the sender's next event need not wait for it
+        try:
+            if last:
+                with write:
+                    _send_frame(sock, ACK, last)
+        finally:
+            if then is not None:
+                then()  # acknowledged first: the sender's next event need not wait for it
         return True
 
     def _answer(self, sock: socket.socket, write: threading.Lock, ident: int, event: bytes) -> None:
