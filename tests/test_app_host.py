@@ -14,15 +14,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from veritee.app._host import LoadParams, ModuleHost
-from veritee.evidence.deployment import Connect, Peer, sign_connect
 from veritee.home import Home
 from veritee.tee import channels
 from veritee.tee.ta import BatchOutcome
 
+from ._user import user_channel
 from .conftest import Device
 
 APP = "host-test"
-USER = bytes(32)  # a user's tool has no measurement
 
 
 class RecordingHost(ModuleHost):
@@ -60,33 +59,16 @@ def make_host(
         )
         hosts.append(host)
         host.load(wasm(source).read_bytes())
-        user = x25519.X25519PrivateKey.generate()
-        user_pub = user.public_key().public_bytes_raw()
-        conn = bytes([len(hosts)]) * 16
-        host.connect(
-            sign_connect(
-                Connect(
-                    app=APP,
-                    conn_id=conn,
-                    kind=kind,
-                    endpoint=endpoint,
-                    module_key=host.info["key"],
-                    peer=Peer(USER, user_pub, "user", "tool"),
-                    initiator=False,
-                ),
-                key,
-            )
+        user = user_channel(
+            APP,
+            key,
+            x25519.X25519PrivateKey.generate(),
+            bytes([len(hosts)]) * 16,
+            host,
+            kind,
+            endpoint,
         )
-        mine = Connect(
-            app=APP,
-            conn_id=conn,
-            kind="output",
-            endpoint="tool",
-            module_key=user_pub,
-            peer=Peer(host.info["measurement"], host.info["key"], "local", endpoint),
-            initiator=True,
-        )
-        return host, channels.establish(user, USER, mine)
+        return host, user
 
     yield make
     for host in hosts:

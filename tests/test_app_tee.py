@@ -22,10 +22,10 @@ from veritee.tee import channels
 from veritee.tee import client as teec
 from veritee.tee.ta import AppSession
 
+from ._user import user_channel
 from .conftest import Device
 
 APP = "test-app"
-USER = bytes(32)  # a user's tool has no measurement
 
 
 @dataclass
@@ -81,27 +81,7 @@ def _user_channel(
     env: Env, conn: bytes, target: AppSession, kind: str, ep: str
 ) -> channels.Channel:
     """A direct connection from the user's tool to a module endpoint."""
-    user_pub = env.user.public_key().public_bytes_raw()
-    stmt = Connect(
-        app=APP,
-        conn_id=conn,
-        kind=kind,
-        endpoint=ep,
-        module_key=target.info["key"],
-        peer=Peer(USER, user_pub, "user", "tool"),
-        initiator=False,
-    )
-    target.connect(sign_connect(stmt, env.key))
-    mine = Connect(
-        app=APP,
-        conn_id=conn,
-        kind="output",
-        endpoint="tool",
-        module_key=user_pub,
-        peer=Peer(target.info["measurement"], target.info["key"], "local", ep),
-        initiator=True,
-    )
-    return channels.establish(env.user, USER, mine)
+    return user_channel(APP, env.key, env.user, conn, target, kind, ep)
 
 
 @pytest.fixture
