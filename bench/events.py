@@ -268,15 +268,17 @@ PLACEMENT_NAMES = {OWN_CORE: "each node on its own core", SHARED: "nodes sharing
 
 
 def can_pin(nodes: int) -> bool:
-    return hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= nodes
+    """Whether this process may use a core per node (Linux; a cpuset may allow fewer cores
+    than the machine has)."""
+    return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= nodes
 
 
 def place(cluster: LocalCluster, placement: str) -> None:
     """Pin each node's process tree to one core (OWN_CORE), or let it use all (SHARED)."""
-    everything = set(range(os.cpu_count() or 1))
+    allowed = sorted(os.sched_getaffinity(0))
     for index, node in enumerate(cluster.nodes.values()):
         assert node.process is not None
-        cores = {index % len(everything)} if placement == OWN_CORE else everything
+        cores = {allowed[index % len(allowed)]} if placement == OWN_CORE else set(allowed)
         _pin_tree(node.process.pid, cores)
 
 
