@@ -250,9 +250,6 @@ class Store:
             raise StoreError(f"cannot open database {_redact(url)}: {exc}") from None
         self._dbapi: Any = self.engine.dialect.loaded_dbapi
         self._sqlite = self.engine.dialect.driver == "pysqlite"
-        # A file this process writes itself: a statement takes tens of microseconds and waits
-        # on no network, so it may run on an event loop (a server's round trip may not).
-        self.embedded = self._sqlite
         self._checkpoint_elsewhere = checkpoint_elsewhere and self._sqlite
         names = _Placeholders(":{}" if self._sqlite else "%({})s")
         self._sql = {
@@ -392,6 +389,13 @@ class Store:
             return self._transact(bury)
         except self._dbapi.IntegrityError:
             return False  # deleted concurrently
+
+    @property
+    def embedded(self) -> bool:
+        """A file this process writes itself (SQLite): a statement takes tens of microseconds
+        and waits on no network, so it may run on an event loop (a server's round trip may
+        not)."""
+        return self._sqlite
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy SQLite's write-ahead log back into the database file; (frames in the log,
