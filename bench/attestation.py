@@ -257,14 +257,19 @@ def _client_process(
     taken: Any,
     quota: int,
 ) -> None:
-    conn = _balanced(url, workers, taken, quota)
-    evidence = dict(work)
-    start.wait()
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    done = 0
-    for nonce, _ in work:
-        attest_once(conn, evidence.__getitem__, nonce)
-        done += 1
+    try:
+        conn = _balanced(url, workers, taken, quota)
+        evidence = dict(work)
+        start.wait()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        done = 0
+        for nonce, _ in work:
+            attest_once(conn, evidence.__getitem__, nonce)
+            done += 1
+    except (RuntimeError, OSError) as exc:
+        # One line, not a traceback; the parent sees the exit code and stops the run.
+        print(f"bench client: {exc}", file=sys.stderr)
+        sys.exit(1)
     out.put((done, time.perf_counter() - t0, time.process_time() - cpu0))
 
 
@@ -673,6 +678,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n=100, 2 s of load")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
+    for flag, value in (
+        ("--workers", args.workers),
+        ("--clients", args.clients),
+        ("-n", args.n),
+        ("--seconds", args.seconds),
+        ("--rate-guess", args.rate_guess),
+    ):
+        if value <= 0:
+            parser.error(f"{flag} must be positive")
     if args.quick:
         args.n, args.seconds = 100, 2.0
     if shutil.which("clang") is None:

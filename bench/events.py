@@ -328,6 +328,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.hops < 2 or args.burst < 1:
+        parser.error("--hops must be at least 2 and --burst at least 1")
 
     results: dict[str, Any] = {"cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="veritee-bench-events-") as tmp:
