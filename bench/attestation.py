@@ -8,15 +8,18 @@ Sets up a throwaway emulated device (its secure world running) and a verifier
   health        a bare GET /health round trip: the HTTP stack's floor;
   verifier rt   newSession (client nonce) -> submit ready evidence -> EAR: the verifier's part;
   full rt       newSession (server nonce) -> evidence from the secure world -> submit -> EAR;
-  throughput    appraisals per second with several client processes, each on its own
-                keep-alive connection, submitting pre-made evidence for client-chosen nonces;
-                the connections are spread evenly over the workers, as a load balancer in
-                front of them would (--no-balance keeps them where they land).
+  throughput    appraisals per second over several keep-alive connections, each submitting
+                pre-made evidence for client-chosen nonces; the connections are spread evenly
+                over the workers, as a load balancer in front of them would (--no-balance
+                keeps them where they land). They are driven by bench/loadgen.c, one process
+                built here with cc, as wrk drives plain requests (--load-generator python:
+                one Python process per connection, which costs several times more CPU).
 
 Ratios are printed against the baselines measured in the same run (health, appraise), and
 against the targets of issue 5 (p50 < 10 ms, >= 1000 appraisals/s on 2 cores) and the
 Authentic Execution paper's attestation times (0.33 s TrustZone, 1.79 s SGX). The clients run
-on the same cores as the server: what they spend is taken from the server.
+on the same cores as the server: what they spend is taken from the server, and the report
+gives both sides' CPU per appraisal.
 
 Examples:
 
@@ -53,6 +56,7 @@ from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 HELLO = REPO / "examples" / "hello" / "hello.c"
+LOADGEN = REPO / "bench" / "loadgen.c"
 SESSION_TYPE = "application/vnd.veraison.challenge-response-session+json"
 EVIDENCE_TYPE = "application/vnd.veritee.evidence+cbor"
 START_TIMEOUT = 60.0  # seconds for the device and the verifier to come up
@@ -339,7 +343,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from veritee.wasm.build import build
     from veritee.wasm.runtime import measure as measure_module
 
-    results: dict[str, Any] = {"workers": args.workers, "clients": args.clients}
+    results: dict[str, Any] = {
+        "workers": args.workers,
+        "clients": args.clients,
+        "load_generator": args.load_generator,
+    }
     root = Path(tempfile.mkdtemp(prefix="veritee-bench-"))
     try:
         hello = root / "hello.wasm"
@@ -485,7 +493,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     _timed(lambda: attest_once(conn, session.attest, None), args.n)
                 )
 
-                # -- throughput: several client processes -------------------------------
+                # -- throughput: several connections at once -----------------------------
                 per_client = max(1, int(args.rate_guess * args.seconds / args.clients))
                 works = []
                 for _ in range(args.clients):
@@ -494,49 +502,134 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         n = os.urandom(32)
                         batch.append((n, session.attest(n)))
                     works.append(batch)
-            mpctx = mp.get_context("spawn")
-            out, start = mpctx.Queue(), mpctx.Event()
             workers = _workers(server_pid) if args.workers > 1 else [server_pid]
-            taken = mpctx.Array("i", len(workers))
+            taken = mp.get_context("spawn").Array("i", len(workers))
             quota = 0 if args.no_balance else -(-args.clients // len(workers))
-            procs = [
-                mpctx.Process(
-                    target=_client_process,
-                    args=(url, w, out, start, workers, taken, quota),
-                )
-                for w in works
-            ]
-            for p in procs:
-                p.start()
-            time.sleep(1.0)  # let every client connect and import before the clock starts
-            servers = [server_pid, *_children(server_pid)]
-            cpu0, machine0 = sum(_cpu_seconds(p) for p in servers), _machine()
-            t0 = time.perf_counter()
-            start.set()
-            finished = _results(out, procs)
-            wall = time.perf_counter() - t0
-            cpu1, machine1 = sum(_cpu_seconds(p) for p in servers), _machine()
-            for p in procs:
-                p.join(30)
-            total = sum(done for done, _, _ in finished)
-            client_cpu = sum(cpu for _, _, cpu in finished)
-            jiffies = max(machine1[0] - machine0[0], 1)
-            idle = machine1[1] - machine0[1]
-            stolen = machine1[2] - machine0[2]
+            meter = _Meter([server_pid, *_children(server_pid)])
+            run = _run_loadgen if args.load_generator == "c" else _run_clients
+            total, client_cpu = run(root, url, works, workers, taken, quota, meter)
+            wall, server_cpu = meter.seconds, meter.server_cpu
+            jiffies, idle, stolen = meter.jiffies
             results["throughput"] = {
                 "appraisals": total,
                 "seconds": wall,
                 "rate": total / wall,
-                "server_cpu_ms_per_appraisal": (cpu1 - cpu0) * 1000 / max(total, 1),
+                "server_cpu_ms_per_appraisal": server_cpu * 1000 / max(total, 1),
                 "client_cpu_ms_per_appraisal": client_cpu * 1000 / max(total, 1),
                 "machine_busy": (jiffies - idle - stolen) / jiffies,
                 "machine_stolen": stolen / jiffies,
                 "connections_per_worker": list(taken),
                 "balanced": not args.no_balance,
+                "load_generator": args.load_generator,
             }
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+class _Meter:
+    """Wall time, the server's CPU and the machine's jiffies between start() and stop()."""
+
+    def __init__(self, servers: list[int]) -> None:
+        self.servers = servers
+
+    def start(self) -> None:
+        self._cpu, self._machine = self._server_cpu(), _machine()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        self.server_cpu = self._server_cpu() - self._cpu
+        after = _machine()
+        self.jiffies = (
+            max(after[0] - self._machine[0], 1),
+            after[1] - self._machine[1],
+            after[2] - self._machine[2],
+        )
+
+    def _server_cpu(self) -> float:
+        return sum(_cpu_seconds(p) for p in self.servers)
+
+
+def _run_clients(
+    root: Path,
+    url: str,
+    works: list[list[tuple[bytes, bytes]]],
+    workers: list[int],
+    taken: Any,
+    quota: int,
+    meter: _Meter,
+) -> tuple[int, float]:
+    """One Python client process per connection; (attestations done, clients' CPU seconds)."""
+    mpctx = mp.get_context("spawn")
+    out, start = mpctx.Queue(), mpctx.Event()
+    procs = [
+        mpctx.Process(target=_client_process, args=(url, w, out, start, workers, taken, quota))
+        for w in works
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every client connect and import before the clock starts
+    meter.start()
+    start.set()
+    finished = _results(out, procs)
+    meter.stop()
+    for p in procs:
+        p.join(30)
+    return sum(done for done, _, _ in finished), sum(cpu for _, _, cpu in finished)
+
+
+def _run_loadgen(
+    root: Path,
+    url: str,
+    works: list[list[tuple[bytes, bytes]]],
+    workers: list[int],
+    taken: Any,
+    quota: int,
+    meter: _Meter,
+) -> tuple[int, float]:
+    """Every connection driven by one process of bench/loadgen.c (built here with cc)."""
+    binary = root / "loadgen"
+    built = subprocess.run(
+        ["cc", "-O2", "-Wall", "-o", str(binary), str(LOADGEN)], capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"cannot build {LOADGEN.name}: {built.stderr.strip()[:500]}")
+    conns, specs = [], []
+    for i, work in enumerate(works):
+        conn = _balanced(url, workers, taken, quota)
+        conn.sock.setblocking(True)  # loadgen sends whole requests on a blocking socket
+        conns.append(conn)
+        path = root / f"work-{i}.bin"
+        with path.open("wb") as f:
+            for nonce, evidence in work:
+                text = _b64(nonce).encode()
+                f.write(len(text).to_bytes(4, "big") + text)
+                f.write(len(evidence).to_bytes(4, "big") + evidence)
+        specs.append(f"{conn.sock.fileno()}:{path}")
+    host = urlsplit(url).netloc
+    proc = subprocess.Popen(
+        [str(binary), host, *specs],
+        pass_fds=[c.sock.fileno() for c in conns],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    for c in conns:
+        c.sock.close()  # loadgen holds them now
+    assert proc.stdin is not None
+    time.sleep(0.5)  # let it read its work before the clock starts
+    meter.start()
+    try:
+        out, err = proc.communicate(b"g", timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RuntimeError("the load generator did not finish within 600 s") from None
+    meter.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(err.decode(errors="replace").strip() or "the load generator failed")
+    fields = dict(part.split("=") for part in out.decode().split())
+    return int(fields["done"]), float(fields["cpu"])
 
 
 def _children(pid: int) -> list[int]:
@@ -607,10 +700,17 @@ def _timed(fn: Callable[[], Any], n: int) -> Stats:
     return Stats.of(times)
 
 
+_GENERATORS = {
+    "c": "one C load generator process (bench/loadgen.c)",
+    "python": "one Python process each",
+}
+
+
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"Veritee attestation benchmark: {os.cpu_count()} cores, verifier {r['workers']} "
-        f"worker(s), {r['clients']} client process(es), load average "
+        f"worker(s), {r['clients']} client connection(s) from {_GENERATORS[r['load_generator']]}, "
+        f"load average "
         f"{os.getloadavg()[0]:.2f}",
         "",
         f"{'measurement':44} {'p50 ms':>8} {'p99 ms':>8} {'x health':>9} {'x appraise':>11}",
@@ -664,7 +764,16 @@ def report(r: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="verifier worker processes")
-    parser.add_argument("--clients", type=int, default=8, help="client processes for throughput")
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent client connections for throughput"
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=("c", "python"),
+        default="c" if shutil.which("cc") else "python",
+        help="drive the connections from bench/loadgen.c (one process, built with cc; the "
+        "default when cc is found) or from one Python process per connection",
+    )
     parser.add_argument("-n", type=int, default=500, help="samples per latency measurement")
     parser.add_argument("--seconds", type=float, default=5.0, help="target throughput run time")
     parser.add_argument(

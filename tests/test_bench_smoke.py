@@ -7,8 +7,10 @@ them without any other test noticing.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,14 +32,44 @@ def _bench(script: str, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def test_attestation_bench() -> None:
-    report = _bench("attestation.py", "--quick", "--clients", "2")
+@pytest.mark.parametrize("generator", ["c", "python"])
+def test_attestation_bench(generator: str) -> None:
+    report = _bench("attestation.py", "--quick", "--clients", "2", "--load-generator", generator)
+    assert report["throughput"]["load_generator"] == generator
     assert report["throughput"]["appraisals"] > 0 and report["throughput"]["rate"] > 0
+    assert report["throughput"]["client_cpu_ms_per_appraisal"] > 0
     # The clients' connections are spread over the workers as a load balancer would.
     split = report["throughput"]["connections_per_worker"]
     assert sum(split) == 2 and max(split) - min(split) <= 1
     # The warm decision reuses what repeats; it must not be slower than the cold one.
     assert report["appraise"]["p50_ms"] <= report["appraise_cold"]["p50_ms"]
+
+
+def test_load_generator_stops_on_an_unexpected_answer(tmp_path: Path) -> None:
+    # bench/loadgen.c counts only complete sessions with a result: a server that answers
+    # anything else ends the run with what it answered, not with a count.
+    binary = tmp_path / "loadgen"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(REPO / "bench" / "loadgen.c")], check=True)
+    work = tmp_path / "work.bin"
+    work.write_bytes(b"\0\0\0\x04AAAA\0\0\0\x02ev")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = subprocess.Popen(
+            [str(binary), "verifier", f"{theirs.fileno()}:{work}"],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b"g")
+        proc.stdin.flush()
+        request = ours.recv(4096)
+        assert request.startswith(b"POST /challenge-response/v1/newSession?nonce=AAAA HTTP/1.1")
+        ours.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\nno")
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and out == b""
+    assert b"newSession did not answer 201: HTTP/1.1 404 Not Found" in err
 
 
 def test_vtee_bench() -> None:
