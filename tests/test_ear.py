@@ -239,6 +239,23 @@ def test_sign_and_verify_round_trip() -> None:
     assert ear.verify(token, key.public_key(), now=result.iat) == result
 
 
+@pytest.mark.parametrize("kid", ["verifier-1", None])
+def test_signed_result_is_a_standard_jws_that_another_library_reads(kid: str | None) -> None:
+    # sign() writes the JWS itself: PyJWT, used directly, must read it as any ES256 JWT.
+    key = ec.generate_private_key(ec.SECP256R1())
+    result = _result()
+    token = ear.sign(result, key, kid=kid)
+    signature = token.split(".")[2]
+    assert "=" not in token
+    assert len(base64.urlsafe_b64decode(signature + "==")) == 64  # r || s, not DER
+    claims = jwt.decode(
+        token, key.public_key(), algorithms=["ES256"], options={"verify_exp": False}
+    )
+    assert claims == result.to_json()
+    expected = {"alg": "ES256", "typ": "JWT"} | ({"kid": kid} if kid else {})
+    assert jwt.get_unverified_header(token) == expected
+
+
 def test_sign_refuses_a_non_p256_key() -> None:
     with pytest.raises(UsageError):
         ear.sign(_result(), ec.generate_private_key(ec.SECP384R1()))

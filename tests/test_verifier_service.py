@@ -8,6 +8,7 @@ the specific failed check, and each ends by showing the service still serves an 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ import cbor2
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veritee.evidence import cose
 from veritee.evidence.claims import MEDIA_TYPE, Evidence
@@ -849,3 +852,54 @@ def test_no_cbor_from_the_service_is_echoed_raw(server: Server) -> None:
     response = httpx.post(url, content=payload, headers={"Content-Type": MEDIA_TYPE})
     assert response.status_code == 400
     assert "<script>" not in response.text
+
+
+# -- the session body, written partly by hand ---------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))
+def test_expiry_is_printed_as_datetime_prints_it(ms: int) -> None:
+    # Sessions keep their times in milliseconds; the printed expiry must be exactly that.
+    from veritee.verifier.service import _rfc3339
+
+    t = ms / 1000
+    expected = dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
+    assert _rfc3339(t) == expected.replace("+00:00", "Z")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    evidence=st.binary(min_size=1, max_size=4096),
+    result=st.none() | st.text(max_size=200),
+    reason=st.text(max_size=200),
+    status=st.sampled_from(["complete", "failed"]),
+)
+def test_session_body_is_json_whatever_it_carries(
+    evidence: bytes, result: str | None, reason: str, status: str
+) -> None:
+    # The evidence's base64 is appended to the encoder's output: the body must still be one
+    # JSON object with every field, whatever the other (attacker-influenced) strings hold.
+    from veritee.verifier.service import SessionRecord, _session_response
+
+    failure = {"check": "MalformedToken", "reason": reason + '"},"x":"\\'}
+    record = SessionRecord(
+        "id",
+        b"n" * 32,
+        1.0,
+        2.5,
+        status,
+        media.ACCEPT_LIST[0],
+        evidence,
+        result,
+        failure=failure,
+    )
+    body = json.loads(_session_response(record, 200).body)
+    assert body["evidence"] == {
+        "type": media.ACCEPT_LIST[0],
+        "value": base64.b64encode(evidence).decode(),
+    }
+    assert body["expiry"] == "1970-01-01T00:00:02.500Z"
+    assert body.get("result") == result
+    assert body.get("failure") == (failure if status == "failed" else None)
+    assert body["accept"] == list(media.ACCEPT_LIST)

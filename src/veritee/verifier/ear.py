@@ -26,6 +26,8 @@ the caller passes the verifier's public key, and only ES256 is accepted.
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import time
 import types
@@ -34,7 +36,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import jwt
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm
 from jwt.types import Options
 
@@ -119,8 +123,9 @@ class TrustVector:
     sourced_data: int = 0
 
     def __post_init__(self) -> None:
-        for name, code in self.items():
-            if not isinstance(code, int) or isinstance(code, bool):
+        for name, attribute in _VECTOR_NAMES:
+            code = getattr(self, attribute)
+            if type(code) is not int and (not isinstance(code, int) or isinstance(code, bool)):
                 raise MalformedToken(f"trustworthiness claim '{name}' is not an integer")
             if not CLAIM_MIN <= code <= CLAIM_MAX:
                 raise MalformedToken(
@@ -132,9 +137,18 @@ class TrustVector:
         for name, attribute in _VECTOR_NAMES:
             yield name, getattr(self, attribute)
 
+    def codes(self) -> tuple[int, ...]:
+        """The eight codes, in AR4SI order."""
+        return tuple(getattr(self, attribute) for _, attribute in _VECTOR_NAMES)
+
     def to_json(self) -> dict[str, int]:
         """The claims that were made (non-zero), as EAR's JSON serialisation omits the rest."""
-        return {name: code for name, code in self.items() if code != 0}
+        out = {}
+        for name, attribute in _VECTOR_NAMES:
+            code = getattr(self, attribute)
+            if code != 0:
+                out[name] = code
+        return out
 
     @classmethod
     def from_json(cls, value: Any) -> TrustVector:
@@ -181,8 +195,8 @@ class Appraisal:
                 f"'{_STATUS}' is {self.status!r} but its trustworthiness vector makes it "
                 f"{warranted!r}: a status may not be better than its claims"
             )
-        clash = _SUBMOD_KNOWN & set(self.extensions)
-        if clash:
+        if not _SUBMOD_KNOWN.isdisjoint(self.extensions):
+            clash = _SUBMOD_KNOWN.intersection(self.extensions)
             raise MalformedToken(f"appraisal extensions redefine {', '.join(sorted(clash))}")
         object.__setattr__(self, "extensions", _freeze(self.extensions))
 
@@ -216,8 +230,8 @@ class Ear:
             raise MalformedToken(
                 f"'{_SUBMODS}' has {len(self.submods)} entries, over {MAX_SUBMODS}"
             )
-        clash = _TOP_KNOWN & set(self.extensions)
-        if clash:
+        if not _TOP_KNOWN.isdisjoint(self.extensions):
+            clash = _TOP_KNOWN.intersection(self.extensions)
             raise MalformedToken(f"result extensions redefine {', '.join(sorted(clash))}")
         object.__setattr__(self, "submods", types.MappingProxyType(dict(self.submods)))
         object.__setattr__(self, "extensions", _freeze(self.extensions))
@@ -250,22 +264,32 @@ class ClaimReport(NamedTuple):
     meaning: str
 
 
+def _rank(code: int) -> int:
+    """The index in STATUSES of a code's tier (see the module docstring)."""
+    if -1 <= code <= 1:
+        return 0
+    if 2 <= code <= 31 or -32 <= code <= -2:
+        return 1
+    if 32 <= code <= 95 or -96 <= code <= -33:
+        return 2
+    return 3
+
+
+# Every code's rank, looked up by code - CLAIM_MIN: a status is computed for every submodule
+# of every result, twice.
+_RANKS = tuple(_rank(code) for code in range(CLAIM_MIN, CLAIM_MAX + 1))
+
+
 def tier_of(code: int) -> str:
     """The AR4SI tier name of a trustworthiness claim code (see the module docstring)."""
     if not CLAIM_MIN <= code <= CLAIM_MAX:
         raise MalformedToken(f"trustworthiness claim {code} is outside {CLAIM_MIN}..{CLAIM_MAX}")
-    if -1 <= code <= 1:
-        return "none"
-    if 2 <= code <= 31 or -32 <= code <= -2:
-        return "affirming"
-    if 32 <= code <= 95 or -96 <= code <= -33:
-        return "warning"
-    return "contraindicated"
+    return STATUSES[_RANKS[code - CLAIM_MIN]]
 
 
 def status_from_vector(vector: TrustVector) -> str:
     """The status a vector warrants: its worst tier (none, affirming, warning, contraindicated)."""
-    return max((tier_of(code) for _, code in vector.items()), key=STATUSES.index)
+    return STATUSES[max(_RANKS[code - CLAIM_MIN] for code in vector.codes())]
 
 
 def sign(result: Ear, private_key: ec.EllipticCurvePrivateKey, kid: str | None = None) -> str:
@@ -274,8 +298,30 @@ def sign(result: Ear, private_key: ec.EllipticCurvePrivateKey, kid: str | None =
         private_key.curve, ec.SECP256R1
     ):
         raise UsageError("an EAR is signed with ES256: the key must be a P-256 private key")
-    headers = {"kid": kid} if kid is not None else None
-    return jwt.encode(result.to_json(), private_key, algorithm=ALGORITHM, headers=headers)
+    # JWS compact serialisation (RFC 7515 section 7.1), written out: it is three base64url
+    # parts, and PyJWT's layers around it cost as much as the signature on the verifier's hot
+    # path. verify() reads it back with PyJWT, and the tests check each against the other.
+    header = _jws_header(kid)
+    payload = _b64url(json.dumps(result.to_json(), separators=(",", ":")).encode())
+    signing_input = f"{header}.{payload}"
+    r, s = decode_dss_signature(private_key.sign(signing_input.encode(), _ES256))
+    signature = _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    return f"{signing_input}.{signature}"
+
+
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
+@functools.lru_cache(maxsize=64)
+def _jws_header(kid: str | None) -> str:
+    header = {"alg": ALGORITHM, "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    return _b64url(json.dumps(header, separators=(",", ":")).encode())
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def verify(
@@ -437,7 +483,7 @@ def _appraisal_from_json(name: str, value: Any) -> Appraisal:
 
 # Scalars end the recursion below without an ABC check (isinstance against Mapping is the
 # slow part of freezing a result's claims).
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _freeze(value: Any) -> Any:
@@ -445,9 +491,11 @@ def _freeze(value: Any) -> Any:
     if type(value) in _SCALARS:
         return value
     if isinstance(value, Mapping):
-        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+        return types.MappingProxyType(
+            {k: v if type(v) in _SCALARS else _freeze(v) for k, v in value.items()}
+        )
     if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
+        return tuple(v if type(v) in _SCALARS else _freeze(v) for v in value)
     return value
 
 
@@ -456,9 +504,9 @@ def _thaw(value: Any) -> Any:
     if type(value) in _SCALARS:
         return value
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: v if type(v) in _SCALARS else _thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return [v if type(v) in _SCALARS else _thaw(v) for v in value]
     return value
 
 
