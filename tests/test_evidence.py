@@ -266,3 +266,22 @@ def test_device_certificate_is_issued_by_the_manufacturer_ca(device: Device) -> 
     cert.verify_directly_issued_by(ca)
     for secret in ("huk.bin", "dak.key"):
         assert (device.home / "device" / secret).stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        None,
+        b"\x01" * 32,
+        {1: 1, -1: 4, -2: b"\x01" * 31},  # OKP X25519, a value one byte short
+        {1: 1, -1: 6, -2: b"\x01" * 32},  # OKP Ed25519: not a key to encrypt to
+        {1: 2, -1: 1, -2: b"\x01" * 32},  # EC2
+    ],
+)
+def test_module_token_with_a_malformed_provisioning_key_is_refused(case: Case, key: Any) -> None:
+    from veritee.evidence.claims import PROVISIONING_KEY, ModuleClaims
+
+    claims = cose.decode(_parts(case.evidence)["module"]).claims()
+    assert ModuleClaims.from_cbor(claims).provisioning_key == claims[PROVISIONING_KEY]
+    with pytest.raises(MalformedToken, match="X25519 COSE_Key"):
+        ModuleClaims.from_cbor({**claims, PROVISIONING_KEY: key})

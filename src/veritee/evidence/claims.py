@@ -215,7 +215,7 @@ class ModuleClaims:
         if len(user_data) > MAX_USER_DATA:
             raise MalformedToken("user data is over its size limit")
         pkey = c.get(PROVISIONING_KEY)
-        cose.cose_to_x25519_key(pkey)
+        cose.x25519_public_bytes(pkey)
         pq = c.get(PROVISIONING_KEY_PQ)
         if pq is not None:
             from veritee.evidence.provisioning import pq_public_key

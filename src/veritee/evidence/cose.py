@@ -209,12 +209,21 @@ def cose_to_ec_key(value: Any) -> ec.EllipticCurvePublicKey:
 
 def cose_to_x25519_key(value: Any) -> x25519.X25519PublicKey:
     """Parse an OKP/X25519 COSE_Key; raise :class:`MalformedToken`."""
+    return x25519.X25519PublicKey.from_public_bytes(x25519_public_bytes(value))
+
+
+def x25519_public_bytes(value: Any) -> bytes:
+    """The public value of an OKP/X25519 COSE_Key; raise :class:`MalformedToken`.
+
+    This is the whole of checking such a key: every 32-byte string is an X25519 public
+    key (RFC 7748 section 5), so building the key object would refuse nothing more.
+    """
     if not isinstance(value, dict) or value.get(_KTY) != _KTY_OKP or value.get(_CRV) != _CRV_X25519:
         raise MalformedToken("key is not an X25519 COSE_Key")
     x = value.get(_X)
     if not isinstance(x, bytes) or len(x) != 32:
         raise MalformedToken("X25519 COSE_Key has a bad public value")
-    return x25519.X25519PublicKey.from_public_bytes(x)
+    return x
 
 
 def key_digest(cose_key: dict[int, Any]) -> bytes:
