@@ -15,7 +15,9 @@
  *   (lengths big-endian)
  *
  * Usage: loadgen HOST FD:WORKFILE [FD:WORKFILE ...]
- * It reads one byte on stdin before it starts (so set-up is not timed), then prints one line:
+ * It reads one byte on stdin before it starts (so set-up is not timed). Every TICK seconds
+ * it prints how many attestations are done so far, and at the end the totals:
+ *   tick done=N
  *   done=N seconds=S cpu=C
  * A response other than the expected one ends the run with a message on stderr and exit 1.
  */
@@ -34,6 +36,7 @@
 #define EVIDENCE_TYPE "application/vnd.veritee.evidence+cbor"
 #define MAX_CONNS 256
 #define RECV_CHUNK 65536
+#define TICK 0.5 /* seconds between progress lines */
 
 struct item {
 	char *nonce;
@@ -266,7 +269,15 @@ int main(int argc, char **argv)
 		}
 	}
 	struct epoll_event events[MAX_CONNS];
+	double next_tick = t0 + TICK;
+	size_t total = 0;
 	while (live > 0) {
+		double t = now(CLOCK_MONOTONIC);
+		if (t >= next_tick) {
+			printf("tick done=%zu\n", total);
+			fflush(stdout);
+			next_tick = t + TICK;
+		}
 		int k = epoll_wait(ep, events, MAX_CONNS, 60000);
 		if (k < 0 && errno == EINTR)
 			continue;
@@ -287,7 +298,10 @@ int main(int argc, char **argv)
 				die("recv", strerror(errno));
 			}
 			c->in_len += (size_t)got;
-			if (responses(c)) {
+			size_t before = c->done;
+			int finished = responses(c);
+			total += c->done - before;
+			if (finished) {
 				epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
 				live--;
 			}

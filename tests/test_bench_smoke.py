@@ -38,6 +38,10 @@ def test_attestation_bench(generator: str) -> None:
     assert report["throughput"]["load_generator"] == generator
     assert report["throughput"]["appraisals"] > 0 and report["throughput"]["rate"] > 0
     assert report["throughput"]["client_cpu_ms_per_appraisal"] > 0
+    if generator == "c":  # it reports progress: the run's rate window by window
+        windows = report["throughput"]["windows"]
+        assert len(windows) >= int(report["throughput"]["seconds"] / 0.5) - 1
+        assert all(w["seconds"] > 0 and 0 <= w["stolen"] <= 1 for w in windows)
     # The clients' connections are spread over the workers as a load balancer would.
     split = report["throughput"]["connections_per_worker"]
     assert sum(split) == 2 and max(split) - min(split) <= 1
