@@ -92,5 +92,6 @@ def test_events_bench() -> None:
     for placement in report["placements"]:
         assert report[f"throughput_across_nodes{placement}"]["events_per_s"] > 0
         assert report[f"latency_across_nodes{placement}"]["p50_ms"] > 0
+        assert 0 <= report[f"latency_across_nodes{placement}"]["stolen"] <= 1
         assert report[f"latency_within_node{placement}"]["p50_ms"] > 0
     assert "_shared_cores" in report["placements"]
