@@ -268,7 +268,7 @@ def execute(
     started = time.monotonic()
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
-    hostfns.define(linker, services)
+    callbacks = hostfns.define(linker, services)  # alive until the store is gone
     instance = None
     exit_code = 0
     failure: ModuleError | None = None
@@ -300,7 +300,7 @@ def execute(
     finally:
         # Drop the store now: wasmtime's WASI threads call back into its output capture,
         # and a store kept alive (say, by a traceback) outlives the interpreter otherwise.
-        del instance, store, linker, wasi
+        del instance, store, linker, wasi, callbacks
         if stdin_path:
             os.unlink(stdin_path)
     if failure is not None:
@@ -415,7 +415,7 @@ class Reactor:
         self._store.set_limits(memory_size=limits.memory_bytes)
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
-        hostfns.define(linker, services)
+        self._callbacks = hostfns.define(linker, services)  # alive as long as the store
         try:
             self._instance = linker.instantiate(self._store, module)
         except wasmtime.WasmtimeError as exc:
