@@ -19,6 +19,7 @@ import socketserver
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,7 @@ def _app(
             _memref(params, 0)["buf"],
             _memref(params, 1)["buf"],
         )
-        new.client_alive = lambda: _connected(sock)
+        new.client_alive = _liveness(sock)
         try:
             world.admit(sid, new)
         except _Reply:
@@ -414,14 +415,28 @@ def _relay(sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {"error": "malformed relay answer"}
 
 
-def _connected(sock: socket.socket) -> bool:
-    """False once the client has hung up (EOF waiting on its socket)."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
+def _liveness(sock: socket.socket) -> Callable[[], bool]:
+    """A test that is false once the client has hung up (EOF waiting on its socket).
+
+    It runs before every sealing of a module's state, so it is cheap in the usual case: a
+    poll that finds nothing to read (a third of a microsecond, against two for a peek
+    that fails with EAGAIN). Only when something is readable does a peek tell a relay
+    answer from the end of the connection.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)  # hang-ups and errors are always reported
+
+    def connected() -> bool:
+        try:
+            if not poller.poll(0):
+                return True
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except (OSError, ValueError):  # ValueError: the socket is closed on our side
+            return False
+
+    return connected
 
 
 def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) -> None:
