@@ -507,7 +507,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             quota = 0 if args.no_balance else -(-args.clients // len(workers))
             meter = _Meter([server_pid, *_children(server_pid)])
             run = _run_loadgen if args.load_generator == "c" else _run_clients
-            total, client_cpu = run(root, url, works, workers, taken, quota, meter)
+            total, client_cpu = run(_Load(root, url, works, workers, taken, quota), meter)
             wall, server_cpu = meter.seconds, meter.server_cpu
             jiffies, idle, stolen = meter.jiffies
             results["throughput"] = {
@@ -568,21 +568,28 @@ class _Meter:
         return sum(_cpu_seconds(p) for p in self.servers)
 
 
-def _run_clients(
-    root: Path,
-    url: str,
-    works: list[list[tuple[bytes, bytes]]],
-    workers: list[int],
-    taken: Any,
-    quota: int,
-    meter: _Meter,
-) -> tuple[int, float]:
+@dataclass
+class _Load:
+    """What a throughput run drives: each connection's work, and how to spread them."""
+
+    root: Path  # a scratch directory
+    url: str
+    works: list[list[tuple[bytes, bytes]]]  # per connection: (nonce, evidence) pairs
+    workers: list[int]  # the verifier's worker processes
+    taken: Any  # connections per worker so far (a shared array)
+    quota: int  # connections per worker at most (0: where they land)
+
+
+def _run_clients(load: _Load, meter: _Meter) -> tuple[int, float]:
     """One Python client process per connection; (attestations done, clients' CPU seconds)."""
     mpctx = mp.get_context("spawn")
     out, start = mpctx.Queue(), mpctx.Event()
     procs = [
-        mpctx.Process(target=_client_process, args=(url, w, out, start, workers, taken, quota))
-        for w in works
+        mpctx.Process(
+            target=_client_process,
+            args=(load.url, w, out, start, load.workers, load.taken, load.quota),
+        )
+        for w in load.works
     ]
     for p in procs:
         p.start()
@@ -596,35 +603,27 @@ def _run_clients(
     return sum(done for done, _, _ in finished), sum(cpu for _, _, cpu in finished)
 
 
-def _run_loadgen(
-    root: Path,
-    url: str,
-    works: list[list[tuple[bytes, bytes]]],
-    workers: list[int],
-    taken: Any,
-    quota: int,
-    meter: _Meter,
-) -> tuple[int, float]:
+def _run_loadgen(load: _Load, meter: _Meter) -> tuple[int, float]:
     """Every connection driven by one process of bench/loadgen.c (built here with cc)."""
-    binary = root / "loadgen"
+    binary = load.root / "loadgen"
     built = subprocess.run(
         ["cc", "-O2", "-Wall", "-o", str(binary), str(LOADGEN)], capture_output=True, text=True
     )
     if built.returncode != 0:
         raise RuntimeError(f"cannot build {LOADGEN.name}: {built.stderr.strip()[:500]}")
     conns, specs = [], []
-    for i, work in enumerate(works):
-        conn = _balanced(url, workers, taken, quota)
+    for i, work in enumerate(load.works):
+        conn = _balanced(load.url, load.workers, load.taken, load.quota)
         conn.sock.setblocking(True)  # loadgen sends whole requests on a blocking socket
         conns.append(conn)
-        path = root / f"work-{i}.bin"
+        path = load.root / f"work-{i}.bin"
         with path.open("wb") as f:
             for nonce, evidence in work:
                 text = _b64(nonce).encode()
                 f.write(len(text).to_bytes(4, "big") + text)
                 f.write(len(evidence).to_bytes(4, "big") + evidence)
         specs.append(f"{conn.sock.fileno()}:{path}")
-    host = urlsplit(url).netloc
+    host = urlsplit(load.url).netloc
     proc = subprocess.Popen(
         [str(binary), host, *specs],
         pass_fds=[c.sock.fileno() for c in conns],
