@@ -309,6 +309,8 @@ class _RawApi:
         self.trap = wasmtime.Trap
         self.no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()  # a NULL pointer
         self.func_module.LAST_EXCEPTION  # noqa: B018
+        wasmtime.Trap._consume, wasmtime.Linker.ptr, wasmtime.FuncType.ptr  # noqa: B018
+        wasmtime.WasmtimeError._from_ptr  # noqa: B018
 
     def view(self, caller: Any) -> _RawView:
         item = self.extern_t()
