@@ -831,7 +831,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=500, help="samples per latency measurement")
     parser.add_argument("--seconds", type=float, default=5.0, help="target throughput run time")
     parser.add_argument(
-        "--rate-guess", type=float, default=400.0, help="expected rate, sizes the work"
+        "--rate-guess", type=float, default=1000.0, help="expected rate, sizes the work"
     )
     parser.add_argument(
         "--no-balance",
