@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import _machine as machine  # bench/_machine.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 HELLO = REPO / "examples" / "hello" / "hello.c"
 LOADGEN = REPO / "bench" / "loadgen.c"
@@ -535,34 +537,28 @@ class _Meter:
         self.servers = servers
 
     def start(self) -> None:
-        self._cpu, self._machine = self._server_cpu(), _machine()
+        self._cpu, self._machine = self._server_cpu(), machine.jiffies()
         self._t0 = time.perf_counter()
-        self._last: tuple[float, int, tuple[int, int, int]] = (self._t0, 0, self._machine)
+        self._last: tuple[float, int, machine.Jiffies] = (self._t0, 0, self._machine)
         self.windows: list[dict[str, float]] = []
 
     def tick(self, done: int) -> None:
         """A progress report (attestations done so far): one window of the run ends."""
-        t, machine = time.perf_counter(), _machine()
-        t0, done0, machine0 = self._last
-        jiffies = max(machine[0] - machine0[0], 1)
+        t, now = time.perf_counter(), machine.jiffies()
+        t0, done0, then = self._last
         self.windows.append(
             {
                 "seconds": t - t0,
                 "rate": (done - done0) / max(t - t0, 1e-9),
-                "stolen": (machine[2] - machine0[2]) / jiffies,
+                "stolen": machine.stolen_share(then, now),
             }
         )
-        self._last = (t, done, machine)
+        self._last = (t, done, now)
 
     def stop(self) -> None:
         self.seconds = time.perf_counter() - self._t0
         self.server_cpu = self._server_cpu() - self._cpu
-        after = _machine()
-        self.jiffies = (
-            max(after[0] - self._machine[0], 1),
-            after[1] - self._machine[1],
-            after[2] - self._machine[2],
-        )
+        self.jiffies = machine.between(self._machine, machine.jiffies())
 
     def _server_cpu(self) -> float:
         return sum(_cpu_seconds(p) for p in self.servers)
@@ -701,17 +697,6 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine() -> tuple[int, int, int]:
-    """(all jiffies, idle + iowait jiffies, stolen jiffies) since boot, over every core.
-
-    Steal is time the hypervisor gave this virtual machine's CPUs to someone else: it is
-    counted apart, since neither the server nor the clients had it.
-    """
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    stolen = values[7] if len(values) > 7 else 0
-    return sum(values[:8]), values[3] + values[4], stolen
 
 
 def _timed(fn: Callable[[], Any], n: int) -> Stats:

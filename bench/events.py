@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _machine as machine  # bench/_machine.py, beside this script
+
 from veritee.app import changes
 from veritee.app import descriptor as desc_mod
 from veritee.app import state as state_mod
@@ -247,7 +249,7 @@ def ping_pong(driver: Driver, hops: int) -> dict[str, float]:
     driver.stats("stats-b")
     received_a, _ = driver.stats("stats-a")
     received_b, _ = driver.stats("stats-b")
-    before = _jiffies()
+    before = machine.jiffies()
     driver.send("start", hops)
     samples: list[float] = []
     deadline = time.monotonic() + WAIT
@@ -258,18 +260,7 @@ def ping_pong(driver: Driver, hops: int) -> dict[str, float]:
         samples += sa + sb
         if (ra - received_a) + (rb - received_b) >= hops - 1:
             break
-    after = _jiffies()
-    return {**summary(samples), "stolen": (after[1] - before[1]) / max(after[0] - before[0], 1)}
-
-
-def _jiffies() -> tuple[int, int]:
-    """(all jiffies, stolen jiffies) since boot over every core (Linux /proc/stat).
-
-    Steal is time the hypervisor gave this virtual machine's CPUs to someone else; on this
-    machine it moves the latency figures from minute to minute, so each is printed with it.
-    """
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(values[:8]), values[7] if len(values) > 7 else 0
+    return {**summary(samples), "stolen": machine.stolen_share(before, machine.jiffies())}
 
 
 # Where the nodes' processes run. OWN_CORE: each node (its agent, and the secure world and

@@ -1,0 +1,30 @@
+"""What this machine's CPUs did, from /proc/stat (Linux): shared by the benchmarks.
+
+Steal is time the hypervisor gave this virtual machine's CPUs to someone else. On the
+machines these benchmarks run on it moves every figure from minute to minute, so the
+benchmarks print it beside what they measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+Jiffies = tuple[int, int, int]
+
+
+def jiffies() -> Jiffies:
+    """(all, idle + iowait, stolen) jiffies since boot, over every core."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    stolen = values[7] if len(values) > 7 else 0
+    return sum(values[:8]), values[3] + values[4], stolen
+
+
+def between(before: Jiffies, after: Jiffies) -> Jiffies:
+    """The jiffies from ``before`` to ``after``; all of them at least 1, to divide by."""
+    return max(after[0] - before[0], 1), after[1] - before[1], after[2] - before[2]
+
+
+def stolen_share(before: Jiffies, after: Jiffies) -> float:
+    """The share of the CPU time from ``before`` to ``after`` that the hypervisor took."""
+    total, _, stolen = between(before, after)
+    return stolen / total
