@@ -204,17 +204,33 @@ def _call(
     return len(out)
 
 
-class _View(Protocol):
-    """The calling module's linear memory, for the length of one host call."""
+class _View:
+    """The calling module's linear memory, for the length of one host call: every read and
+    write is checked against its size (-1 for a module without a memory: nothing fits)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
 
     def fits(self, ptr: int, length: int) -> bool:
-        """Whether ``length`` bytes at ``ptr`` lie inside the memory (false if it has none)."""
+        """Whether ``length`` bytes at ``ptr`` lie inside the memory."""
+        # i32 arguments arrive signed; a negative pointer is an attempt to reach outside.
+        return ptr >= 0 and length >= 0 and ptr + length <= self._size
 
     def read(self, ptr: int, length: int) -> bytes | None:
         """The bytes, or None if they do not lie inside the memory."""
+        return self._get(ptr, length) if self.fits(ptr, length) else None
 
     def write(self, ptr: int, data: bytes) -> None:
         """Write ``data`` at ``ptr``; the caller has checked that it fits."""
+        if not self.fits(ptr, len(data)):  # a bug of ours must not write outside
+            raise ValueError("host write outside the module's memory")
+        self._put(ptr, data)
+
+    def _get(self, ptr: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def _put(self, ptr: int, data: bytes) -> None:
+        raise NotImplementedError
 
 
 def _define(linker: Any, name: str, params: int, fn: Any) -> Any:
@@ -236,32 +252,25 @@ def _define(linker: Any, name: str, params: int, fn: Any) -> Any:
     return None
 
 
-class _CallerView:
+class _CallerView(_View):
     """:class:`_View` through wasmtime-py's ``Caller`` and ``Memory`` (the fallback)."""
 
     def __init__(self, caller: Any) -> None:
         memory = caller.get("memory")
         self._caller = caller
         self._memory = memory if isinstance(memory, wasmtime.Memory) else None
+        super().__init__(-1 if self._memory is None else self._memory.data_len(caller))
 
-    def fits(self, ptr: int, length: int) -> bool:
-        # i32 arguments arrive signed; a negative pointer is an attempt to reach outside.
-        if self._memory is None:
-            return False
-        return ptr >= 0 and length >= 0 and ptr + length <= self._memory.data_len(self._caller)
-
-    def read(self, ptr: int, length: int) -> bytes | None:
-        if not self.fits(ptr, length):
-            return None
+    def _get(self, ptr: int, length: int) -> bytes:
         assert self._memory is not None
         return bytes(self._memory.read(self._caller, ptr, ptr + length))
 
-    def write(self, ptr: int, data: bytes) -> None:
+    def _put(self, ptr: int, data: bytes) -> None:
         assert self._memory is not None
         self._memory.write(self._caller, data, ptr)
 
 
-class _RawView:
+class _RawView(_View):
     """:class:`_View` on the memory's base address and size, read once per host call.
 
     They stay valid for the call: nothing in a host function runs the module (which alone
@@ -269,24 +278,17 @@ class _RawView:
     """
 
     def __init__(self, base: int, size: int) -> None:
-        self._base, self._size = base, size
+        super().__init__(size)
+        self._base = base
 
-    def fits(self, ptr: int, length: int) -> bool:
-        # i32 arguments arrive signed; a negative pointer is an attempt to reach outside.
-        return ptr >= 0 and length >= 0 and ptr + length <= self._size
-
-    def read(self, ptr: int, length: int) -> bytes | None:
-        if not self.fits(ptr, length):
-            return None
+    def _get(self, ptr: int, length: int) -> bytes:
         return ctypes.string_at(self._base + ptr, length)
 
-    def write(self, ptr: int, data: bytes) -> None:
-        if not self.fits(ptr, len(data)):  # a bug of ours must not write outside
-            raise ValueError("host write outside the module's memory")
+    def _put(self, ptr: int, data: bytes) -> None:
         ctypes.memmove(self._base + ptr, data, len(data))
 
 
-_NO_MEMORY = _RawView(0, -1)  # a module without a memory: nothing fits
+_NO_MEMORY = _RawView(0, -1)  # a module without a memory
 
 
 class _RawApi:
