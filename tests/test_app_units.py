@@ -96,6 +96,49 @@ def test_spool_wait_wakes_on_append(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 2.0
 
 
+def test_spool_wait_consumed_wakes_on_consume(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    spool.extend([b"a", b"b"])
+    threading.Timer(0.05, spool.consume, args=(2,)).start()
+    t0 = time.monotonic()
+    spool.wait_consumed(2, 5.0)
+    assert spool.head == 2
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_spool_consuming_does_not_wake_a_wait_for_new_records(tmp_path: Path) -> None:
+    """The inbox and link threads wait for new records; a consume per event must not wake
+    them for nothing (each wake-up is a thread switch on the event path)."""
+    spool = Spool(tmp_path / "s.spool")
+    spool.append(b"a")
+    got: list[list[tuple[int, bytes]]] = []
+    waiter = threading.Thread(target=lambda: got.append(spool.wait(1, 5.0)))
+    waiter.start()
+    time.sleep(0.05)
+    spool.consume(1)
+    waiter.join(0.2)
+    assert waiter.is_alive(), "consume woke a thread waiting for new records"
+    spool.append(b"b")
+    waiter.join(2.0)
+    assert got == [[(2, b"b")]]
+
+
+def test_spool_close_wakes_every_waiter(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.spool")
+    spool.append(b"a")
+    waiters = [
+        threading.Thread(target=spool.wait, args=(1, 5.0)),
+        threading.Thread(target=spool.wait_consumed, args=(1, 5.0)),
+    ]
+    for w in waiters:
+        w.start()
+    time.sleep(0.05)
+    spool.close()
+    for w in waiters:
+        w.join(2.0)
+        assert not w.is_alive()
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.binary(max_size=200))
 def test_spool_survives_any_file_content(data: bytes) -> None:

@@ -41,7 +41,11 @@ class Spool:
         self.max_pending = max_pending
         path.parent.mkdir(parents=True, exist_ok=True)
         self._head_path = path.with_suffix(path.suffix + ".head")
-        self._cond = threading.Condition()
+        # Two conditions on one lock: whoever waits for new records is not woken each time
+        # one is consumed (a wake-up per event, for a thread that has nothing to do).
+        self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)
+        self._consumed = threading.Condition(self._lock)
         self._records: deque[tuple[int, bytes]] = deque()
         self._head = self._read_head()
         self._last = self._head
@@ -87,7 +91,7 @@ class Spool:
         for record in records:
             if len(record) > MAX_RECORD_BYTES:
                 raise AppError(f"record of {len(record)} bytes is over {MAX_RECORD_BYTES}")
-        with self._cond:
+        with self._lock:
             if len(self._records) + len(records) > self.max_pending:
                 raise SpoolFull(
                     f"{self.path.name} holds {self.max_pending} undelivered events already"
@@ -99,24 +103,24 @@ class Spool:
             os.write(self._fd, b"".join(_RECORD.pack(q, len(r)) + r for q, r in numbered))
             self._records.extend(numbered)
             if wake:
-                self._cond.notify_all()
+                self._added.notify_all()
             return self._last
 
     def wake(self) -> None:
         """Wake whoever waits for records."""
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            self._added.notify_all()
 
     def pending(self, after: int = 0, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Unconsumed records numbered above ``after``, oldest first."""
-        with self._cond:
+        with self._lock:
             return self._above(after, limit)
 
     def wait(self, after: int, timeout: float, limit: int = 1 << 30) -> list[tuple[int, bytes]]:
         """Like :meth:`pending`, waiting up to ``timeout`` s for one to arrive."""
-        with self._cond:
+        with self._lock:
             if not (self._records and self._records[-1][0] > after) and not self.closed:
-                self._cond.wait(timeout)
+                self._added.wait(timeout)
             return self._above(after, limit)
 
     def _above(self, after: int, limit: int) -> list[tuple[int, bytes]]:
@@ -130,7 +134,7 @@ class Spool:
 
     def consume(self, seq: int) -> None:
         """Records up to and including ``seq`` are done with."""
-        with self._cond:
+        with self._lock:
             if seq <= self._head:
                 return
             while self._records and self._records[0][0] <= seq:
@@ -139,42 +143,43 @@ class Spool:
             os.pwrite(self._head_fd, seq.to_bytes(8, "big"), 0)
             if not self._records and os.fstat(self._fd).st_size >= COMPACT_BYTES:
                 os.ftruncate(self._fd, 0)
-            self._cond.notify_all()
+            self._consumed.notify_all()
 
     def wait_consumed(self, upto: int, timeout: float) -> None:
         """Wait up to ``timeout`` s for records up to ``upto`` to be consumed."""
-        with self._cond:
+        with self._lock:
             if self._head < upto and not self.closed:
-                self._cond.wait(timeout)
+                self._consumed.wait(timeout)
 
     @property
     def head(self) -> int:
         """The number of the newest record consumed."""
-        with self._cond:
+        with self._lock:
             return self._head
 
     @property
     def last(self) -> int:
         """The number of the newest record ever appended."""
-        with self._cond:
+        with self._lock:
             return self._last
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._records)
 
     def moved(self, path: Path) -> None:
         """The files were renamed (their directory moved); open descriptors stay valid."""
-        with self._cond:
+        with self._lock:
             self.path = path
             self._head_path = path.with_suffix(path.suffix + ".head")
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             if self.closed:
                 return
             self.closed = True
-            self._cond.notify_all()
+            self._added.notify_all()
+            self._consumed.notify_all()
             os.close(self._fd)
             os.close(self._head_fd)
 
