@@ -95,3 +95,36 @@ def test_events_bench() -> None:
         assert 0 <= report[f"latency_across_nodes{placement}"]["stolen"] <= 1
         assert report[f"latency_within_node{placement}"]["p50_ms"] > 0
     assert "_shared_cores" in report["placements"]
+
+
+def test_events_ab_bench_runs_a_revision_beside_this_tree() -> None:
+    report = _bench(
+        "events_ab.py", "HEAD", "--rounds", "2", "--hops", "50", "--placement", "shared"
+    )
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert report["base"] == head and report["this"].startswith(head[:12])
+    shared = report["nodes sharing all cores"]
+    assert len(shared["base_p50_ms"]) == len(shared["this_p50_ms"]) == 2
+    assert all(v > 0 for v in shared["base_p50_ms"] + shared["this_p50_ms"])
+    assert shared["ratio"] == pytest.approx(shared["this_median_ms"] / shared["base_median_ms"])
+    assert 0 <= shared["this_lower_in"] <= 2
+    # The base's checkout is gone again.
+    worktrees = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "veritee-bench-ab-" not in worktrees
+
+
+def test_events_ab_bench_refuses_an_unknown_revision() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "events_ab.py"), "no-such-revision"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "'no-such-revision' is not a revision of" in result.stderr
+    assert "Traceback" not in result.stderr

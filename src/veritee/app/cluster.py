@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,8 +79,13 @@ class LocalCluster:
         verifier: bool = True,
         hosts: Sequence[str] | None = None,
         prefixes: Sequence[Sequence[str]] | None = None,
+        source: Path | None = None,
     ) -> None:
+        """``source``: run the nodes and the verifier from that checkout's ``src`` (an A/B
+        benchmark compares two versions); their devices are provisioned by it too, since
+        secure boot measures the code it runs."""
         self.workdir = workdir
+        self.source = source
         self.nodes = {
             n: LocalNode(
                 n,
@@ -102,8 +108,15 @@ class LocalCluster:
 
         for node in self.nodes.values():
             home = Home(node.home)
-            if not device.is_provisioned(home):
+            if device.is_provisioned(home):
+                continue
+            if self.source is None:
                 device.provision(home)
+                continue
+            init = [sys.executable, "-m", "veritee", "--home", str(node.home), "device", "init"]
+            done = subprocess.run(init, env=self._env(), capture_output=True, text=True)
+            if done.returncode != 0:
+                raise AppError(f"provisioning {node.name} from {self.source}: {done.stderr}")
         if self.want_verifier:
             self._start_verifier()
         for node in self.nodes.values():
@@ -112,6 +125,11 @@ class LocalCluster:
             self._ready(node)
         if self.verifier_url:
             self._trust_devices()
+
+    def _env(self) -> dict[str, str] | None:
+        if self.source is None:
+            return None  # this process's own environment
+        return {**os.environ, "PYTHONPATH": str(self.source)}
 
     def start_node(self, name: str, *, wait: bool = True) -> LocalNode:
         """(Re)start a node's agent; it boots its secure world if that is not running."""
@@ -139,7 +157,12 @@ class LocalCluster:
         ]
         with open(node.log, "ab") as log:
             node.process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=self._env(),
             )
         if wait:
             self._ready(node)
@@ -202,6 +225,7 @@ class LocalCluster:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                env=self._env(),
             )
         info = _wait_ready(ready, self._verifier, log_path, "verifier")
         self.verifier_url = str(info["url"])

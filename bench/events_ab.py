@@ -1,0 +1,159 @@
+"""Cross-node event latency of this tree against another revision, measured side by side.
+
+On the virtual machines these benchmarks run on, the same code measured a few minutes apart
+differs by a fifth or more: the hypervisor's share and what its other guests do to the
+caches drift. A change worth tens of µs cannot be told from that drift by running one
+version, then the other. So both run at once here: a cluster each (two nodes with their own
+devices and secure worlds, a verifier, the relay modules of bench/events.py), the rounds of
+ping-pong alternating between them while the other cluster idles, so that a drift falls on
+both. Each cluster is placed as bench/events.py places its nodes.
+
+Prints, for each placement, each version's p50 per round, the medians, their ratio, and in
+how many rounds this tree was the lower.
+
+BASE's nodes and verifier run from a git worktree of BASE, and its devices are provisioned
+by it (secure boot measures the code that runs). This tree's deployer and user tool drive
+both clusters, so BASE must speak the node agent's API as this tree does.
+
+Run:  .venv/bin/python bench/events_ab.py BASE [--rounds 8] [--hops 1000]
+                                         [--placement own|shared|both] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import events  # bench/events.py, beside this script
+
+from veritee.app import descriptor as desc_mod
+from veritee.app.cluster import LocalCluster
+from veritee.app.deployer import Deployer
+from veritee.wasm.build import build
+
+REPO = events.REPO
+PLACEMENTS = {"own": [events.OWN_CORE], "shared": [events.SHARED]}
+PLACEMENTS["both"] = PLACEMENTS["own"] + PLACEMENTS["shared"]
+_clusters: list[LocalCluster] = []  # every cluster started, to stop whatever happens
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+
+
+def _worktree(revision: str, where: Path) -> str:
+    """Check ``revision`` out at ``where``; returns its commit. SystemExit if it cannot."""
+    found = _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    if found.returncode != 0:
+        raise SystemExit(f"events_ab: {revision!r} is not a revision of {REPO}")
+    commit = found.stdout.strip()
+    added = _git("worktree", "add", "--detach", "--quiet", str(where), commit)
+    if added.returncode != 0:
+        raise SystemExit(f"events_ab: cannot check {revision} out: {added.stderr.strip()}")
+    return commit
+
+
+def _cluster(work: Path, label: str, relay: Path, source: Path | None) -> events.Driver:
+    cluster = LocalCluster(work / label, source=source)
+    _clusters.append(cluster)
+    cluster.start()
+    cluster.endorse([("relay", relay.read_bytes())])
+    hub, server = list(cluster.nodes)
+    desc = events.relay_descriptor(
+        f"ab-{label}", hub, server, cluster, relay, work / f"{label}-app.json"
+    )
+    state = work / f"{label}-state.json"
+    Deployer(state, verifier=cluster.verifier_url).deploy(desc_mod.load(desc))
+    return events.Driver(state)
+
+
+def measure(drivers: list[events.Driver], rounds: int, hops: int) -> dict[str, Any]:
+    """Alternate rounds between the two clusters (ABAB, then BABA, ...)."""
+    p50: list[list[float]] = [[], []]
+    stolen: list[float] = []
+    for driver in drivers:
+        events.ping_pong(driver, min(hops, 300))  # warm: modules, links, caches
+    for r in range(rounds):
+        for k in (0, 1) if r % 2 == 0 else (1, 0):
+            out = events.ping_pong(drivers[k], hops)
+            p50[k].append(out["p50_ms"])
+            stolen.append(out["stolen"])
+        events._say(f"round {r + 1} of {rounds}: {p50[0][-1]:.3f} / {p50[1][-1]:.3f} ms")
+    base, this = (statistics.median(v) for v in p50)
+    return {
+        "base_p50_ms": p50[0],
+        "this_p50_ms": p50[1],
+        "base_median_ms": base,
+        "this_median_ms": this,
+        "ratio": this / base,
+        "this_lower_in": sum(b > t for b, t in zip(p50[0], p50[1], strict=True)),
+        "rounds": rounds,
+        "max_stolen": max(stolen),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="the git revision to compare with (e.g. HEAD~1, main)")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--hops", type=int, default=1000)
+    parser.add_argument("--placement", choices=sorted(PLACEMENTS), default="both")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.hops < 2:
+        parser.error("--rounds must be at least 1 and --hops at least 2")
+    placements = PLACEMENTS[args.placement]
+    if events.OWN_CORE in placements and not events.can_pin(2):
+        parser.error("a core per node needs two cores this process may use; use --placement shared")
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="veritee-bench-ab-") as tmp:
+        work = Path(tmp)
+        checkout = work / "base"
+        results["base"] = _worktree(args.base, checkout)
+        results["this"] = _git("rev-parse", "HEAD").stdout.strip()[:12] + (
+            " + changes" if _git("status", "--porcelain", "--untracked-files=no").stdout else ""
+        )
+        try:
+            relay = work / "relay.wasm"
+            build(REPO / "bench" / "apps" / "relay.c", relay)
+            drivers = [
+                _cluster(work, "base", relay, checkout / "src"),
+                _cluster(work, "this", relay, None),
+            ]
+            events._say("both clusters deployed")
+            for placement in placements:
+                for cluster in _clusters:
+                    events.place(cluster, placement)
+                name = events.PLACEMENT_NAMES[placement]
+                results[name] = measure(drivers, args.rounds, args.hops)
+        finally:
+            for cluster in _clusters:
+                cluster.stop()
+            _git("worktree", "remove", "--force", str(checkout))
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"cross-node p50, base {results['base'][:12]} against this tree {results['this']}")
+    for placement in placements:
+        name = events.PLACEMENT_NAMES[placement]
+        r = results[name]
+        print(f"  {name}")
+        for who in ("base", "this"):
+            rounds = " ".join(f"{v:.3f}" for v in r[f"{who}_p50_ms"])
+            print(f"    {who:5} median {r[f'{who}_median_ms']:.3f} ms   rounds: {rounds}")
+        print(
+            f"    this / base {r['ratio']:.2f}; this tree lower in {r['this_lower_in']} of "
+            f"{r['rounds']} rounds; the host stole up to {r['max_stolen']:.0%}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
