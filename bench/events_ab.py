@@ -40,11 +40,13 @@ from veritee.wasm.build import build
 REPO = events.REPO
 PLACEMENTS = {"own": [events.OWN_CORE], "shared": [events.SHARED]}
 PLACEMENTS["both"] = PLACEMENTS["own"] + PLACEMENTS["shared"]
-_clusters: list[LocalCluster] = []  # every cluster started, to stop whatever happens
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SystemExit("events_ab: needs git, to check the base revision out") from None
 
 
 def _worktree(revision: str, where: Path) -> str:
@@ -59,9 +61,13 @@ def _worktree(revision: str, where: Path) -> str:
     return commit
 
 
-def _cluster(work: Path, label: str, relay: Path, source: Path | None) -> events.Driver:
+def _cluster(
+    work: Path, label: str, relay: Path, source: Path | None, started: list[LocalCluster]
+) -> events.Driver:
+    """A cluster running ``source`` (None: this tree) with the relay app deployed; it is
+    added to ``started`` before it starts, so that the caller stops it whatever happens."""
     cluster = LocalCluster(work / label, source=source)
-    _clusters.append(cluster)
+    started.append(cluster)
     cluster.start()
     cluster.endorse([("relay", relay.read_bytes())])
     hub, server = list(cluster.nodes)
@@ -120,21 +126,22 @@ def main() -> None:
         results["this"] = _git("rev-parse", "HEAD").stdout.strip()[:12] + (
             " + changes" if _git("status", "--porcelain", "--untracked-files=no").stdout else ""
         )
+        clusters: list[LocalCluster] = []
         try:
             relay = work / "relay.wasm"
             build(REPO / "bench" / "apps" / "relay.c", relay)
             drivers = [
-                _cluster(work, "base", relay, checkout / "src"),
-                _cluster(work, "this", relay, None),
+                _cluster(work, "base", relay, checkout / "src", clusters),
+                _cluster(work, "this", relay, None, clusters),
             ]
             events._say("both clusters deployed")
             for placement in placements:
-                for cluster in _clusters:
+                for cluster in clusters:
                     events.place(cluster, placement)
                 name = events.PLACEMENT_NAMES[placement]
                 results[name] = measure(drivers, args.rounds, args.hops)
         finally:
-            for cluster in _clusters:
+            for cluster in clusters:
                 cluster.stop()
             _git("worktree", "remove", "--force", str(checkout))
 
