@@ -84,7 +84,7 @@ def measure(drivers: list[events.Driver], rounds: int, hops: int) -> dict[str, A
     p50: list[list[float]] = [[], []]
     stolen: list[float] = []
     for driver in drivers:
-        events.ping_pong(driver, min(hops, 300))  # warm: modules, links, caches
+        events.ping_pong(driver, min(hops, events.WARM_HOPS))  # warm; sets how long to wait
     for r in range(rounds):
         for k in (0, 1) if r % 2 == 0 else (1, 0):
             out = events.ping_pong(drivers[k], hops)
