@@ -260,7 +260,7 @@ def ping_pong(driver: Driver, hops: int) -> dict[str, float]:
     The bench leaves the run alone while it lasts. Every stats call runs a relay's
     handler, which holds its module while the next event waits, and the tool's own work
     takes a core from the nodes: asked every 0.2 s from the start, those calls moved the
-    p50 by 5-10% and set the p99. So the bench first sleeps for as long as the run should
+    p50 by 4-13% and set the p99. So the bench first sleeps for as long as the run should
     take (``hops`` times the mean hop of the app's previous run), then asks every 0.1 s.
     A driver's first run, with nothing to go by, asks from the start: make it a warm-up.
     """
