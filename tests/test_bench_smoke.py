@@ -90,7 +90,8 @@ def test_events_bench() -> None:
     report = _bench("events.py", "--hops", "50", "--burst", "300")
     # Measured with a core per node (no suffix) when the machine has one, and shared.
     for placement in report["placements"]:
-        assert report[f"throughput_across_nodes{placement}"]["events_per_s"] > 0
+        tput = report[f"throughput_across_nodes{placement}"]
+        assert tput["received"] == tput["events"] and tput["events_per_s"] > 0
         assert report[f"latency_across_nodes{placement}"]["p50_ms"] > 0
         assert 0 <= report[f"latency_across_nodes{placement}"]["stolen"] <= 1
         assert report[f"latency_within_node{placement}"]["p50_ms"] > 0

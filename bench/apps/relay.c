@@ -3,7 +3,9 @@
  * Two instances are connected in a ring (a.out -> b.in, b.out -> a.in). Each event carries
  * the sender's clock (CLOCK_REALTIME, shared by all processes of one machine, so also by
  * two nodes on loopback) and how many hops are left: the receiver records the one-way
- * latency, then sends it on. A burst sends N events at once, to measure throughput.
+ * latency, then sends it on. A burst sends N events at once, to measure throughput: the
+ * receiver notes when the first event it counts was sent and when the last one arrived, so
+ * the rate comes from the modules' clocks, not from when the bench thought to ask.
  */
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +19,10 @@ VERITEE_OUTPUT(out);
 static uint32_t samples[MAX_SAMPLES]; /* one-way latency, microseconds */
 static uint32_t n_samples;
 static uint32_t received;
+/* Since the last stats call: the send time of the first event received, the arrival time
+ * of the last (CLOCK_REALTIME ns; 0 while none came). */
+static uint64_t window_first_sent_ns;
+static uint64_t window_last_ns;
 
 struct hop {
     uint64_t sent_ns;
@@ -40,7 +46,10 @@ VERITEE_INPUT(in) {
     if (len < sizeof(struct hop)) return;
     struct hop h;
     memcpy(&h, data, sizeof h);
-    uint64_t took = now_ns() - h.sent_ns;
+    uint64_t arrived = now_ns();
+    uint64_t took = arrived - h.sent_ns;
+    if (window_first_sent_ns == 0) window_first_sent_ns = h.sent_ns;
+    window_last_ns = arrived;
     if (n_samples < MAX_SAMPLES) samples[n_samples++] = (uint32_t)(took / 1000);
     if (h.left > 0) send(h.left - 1);
 }
@@ -59,13 +68,21 @@ VERITEE_INPUT(burst) {
     for (uint32_t i = 0; i < count; i++) send(0);
 }
 
-/* The latencies recorded so far (uint32 microseconds each), and the count of events. */
+/* Little-endian: uint32 events received in all, uint32 0, uint64 the window's first send
+ * and last arrival (ns), then the latencies recorded since the last call (uint32 us each).
+ * Starts a new window. */
+#define HEADER_WORDS 6
 VERITEE_HANDLER(stats) {
     (void)data;
     (void)len;
-    static uint32_t out[MAX_SAMPLES + 1];
+    static uint32_t out[HEADER_WORDS + MAX_SAMPLES];
     out[0] = received;
-    memcpy(out + 1, samples, n_samples * sizeof samples[0]);
-    veritee_respond((const uint8_t *)out, (n_samples + 1) * (uint32_t)sizeof out[0]);
+    out[1] = 0;
+    memcpy(out + 2, &window_first_sent_ns, 8);
+    memcpy(out + 4, &window_last_ns, 8);
+    memcpy(out + HEADER_WORDS, samples, n_samples * sizeof samples[0]);
+    veritee_respond((const uint8_t *)out, (HEADER_WORDS + n_samples) * (uint32_t)sizeof out[0]);
     n_samples = 0;
+    window_first_sent_ns = 0;
+    window_last_ns = 0;
 }
