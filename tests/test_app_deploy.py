@@ -307,6 +307,68 @@ def test_a_modified_controller_fails_attestation_and_is_not_connected(
     assert home.count() == before + 1  # the EVIL build would have counted two
 
 
+def test_a_verifier_that_does_not_know_the_devices_says_so(home: SmartHome) -> None:
+    # A verifier of its own, told of the modules but of neither device: every module is
+    # refused, for the reason the verifier gave, not as if the evidence had been swapped.
+    stranger = LocalCluster(home.workdir / "stranger-verifier", names=())
+    stranger.start()
+    try:
+        stranger.endorse((m, p.read_bytes()) for m, p in home.binaries.items())
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml",
+            home.cluster,
+            home.binaries,
+            home.workdir / "stranger.yaml",
+        )
+        descriptor.write_text(
+            descriptor.read_text().replace("app: smart-home", "app: stranger-home")
+        )
+        state = home.workdir / "stranger.json"
+        proc = home.cli(
+            "deploy", descriptor, "--state", state, "--verifier", str(stranger.verifier_url)
+        )
+    finally:
+        stranger.stop()
+    assert proc.returncode == 10, proc.stderr
+    assert "0/5 modules attested and connected" in proc.stderr
+    for name in MODULES:
+        reasons = state_mod.load(state).module(name).attestation["reasons"]
+        assert len(reasons) == 1 and "is not a trusted CA" in reasons[0], reasons
+    assert "other evidence" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_result_about_other_evidence_than_the_agent_gave_is_refused(home: SmartHome) -> None:
+    # Between the deployer and the verifier, db's evidence is swapped for the webserver's,
+    # genuine and over the same nonce: the verifier affirms it, and the deployer, which
+    # parsed db's, must not take that verdict for db.
+    from veritee.app.attest import Expected, VerifierAppraiser
+    from veritee.evidence.claims import MEDIA_TYPE
+
+    db = state_mod.load(home.state).module("db")
+    node = home.node("home-server")
+    appraiser = VerifierAppraiser(str(home.cluster.verifier_url))
+    genuine_attest = appraiser.client.attest
+
+    def swapped(build: Callable[[bytes, list[str]], Any], **kw: Any) -> str:
+        def other(nonce: bytes, accept: list[str]) -> tuple[bytes, str]:
+            build(nonce, accept)  # the deployer keeps the agent's evidence of db
+            return node.attest(APP, "webserver", nonce), MEDIA_TYPE
+
+        token: str = genuine_attest(other, **kw)
+        return token
+
+    appraiser.client.attest = swapped
+    expected = Expected(
+        "db", bytes.fromhex(db.measurement), bytes.fromhex(db.config), bytes.fromhex(db.key)
+    )
+    try:
+        result = appraiser.appraise(lambda nonce: node.attest(APP, "db", nonce), expected)
+    finally:
+        appraiser.close()
+    assert not result.acceptable and result.status == "contraindicated"
+    assert "other evidence than the node agent gave us" in result.reason
+
+
 def test_user_commands_fail_with_one_line(home: SmartHome) -> None:
     for args, expected, code in [
         (("output", "nope", "x"), "no connection 'nope' in this deployment", 10),

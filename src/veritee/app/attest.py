@@ -176,8 +176,6 @@ class VerifierAppraiser:
             token = self.client.attest(build)
             result = ear.verify(token, self._key)
             claims = module_claims(seen[-1])
-            _same_as_appraised(result, claims, expected.module)
-            key = check_expected(claims, expected)
         except VerifierUnreachable:
             raise  # not a verdict on the module: the deploy cannot go on
         except Error as exc:
@@ -185,11 +183,32 @@ class VerifierAppraiser:
         statuses = {name: a.status for name, a in result.submods.items()}
         worst = max(statuses.values(), key=lambda s: ear.STATUSES.index(s))
         reasons = []
+        failure = result.extensions.get("ear.veritee.failure")
+        if isinstance(failure, Mapping):  # a check failed: every submodule says no for it
+            reasons.append(f"{failure.get('check')}: {failure.get('reason')}")
         for name, a in result.submods.items():
             for reason in a.extensions.get("ear.veritee.reasons", ()):
                 reasons.append(f"{name}: {reason}")
-            if a.status == "contraindicated" and not a.extensions.get("ear.veritee.reasons"):
+            if a.status == "contraindicated" and not reasons:
                 reasons.append(f"{name}: contraindicated")
+        acceptable = worst in ACCEPTABLE[self.accept]
+        key = b""
+        if acceptable:
+            # What the deploy acts on must be what the verifier appraised.
+            try:
+                _same_as_appraised(result, claims, expected.module)
+                key = check_expected(claims, expected)
+            except Error as exc:
+                return _refused(expected, self.via, exc)
+        else:
+            # Refused on the verifier's word, whose reasons say why. A verifier that could
+            # not appraise the module (an unknown device, say) annotates no evidence, so
+            # whether this is the evidence it saw is moot; the deployer's own checks may
+            # still add a reason.
+            try:
+                check_expected(claims, expected)
+            except Error as exc:
+                reasons.append(str(exc))
         platform = result.submods.get("platform")
         annotated = (
             platform.extensions.get("ear.veraison.annotated-evidence", {}) if platform else {}
@@ -197,7 +216,7 @@ class VerifierAppraiser:
         return Appraised(
             expected.module,
             worst,
-            worst in ACCEPTABLE[self.accept],
+            acceptable,
             self.via,
             claims.measurement,
             key,
