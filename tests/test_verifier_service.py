@@ -589,6 +589,9 @@ def test_provisioning_needs_the_token(
         assert response.status_code == 401, (method, path)
         assert response.json()["check"] == "Unauthorized"
         assert response.headers["www-authenticate"].startswith("Bearer")
+    with server.client(token=False) as client:
+        err = _refused(client.state)
+        assert err.status == 401 and "--token-file STATE/admin-token" in str(err)  # what to do
     with server.client(token=True) as client:
         assert client.state()["active-policy"] == "default"
         assert client.state()["revocations"] == []

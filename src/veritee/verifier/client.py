@@ -140,7 +140,17 @@ class VerifierClient:
         if body is not None:
             content = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        return self._request(method, f"{PROVISIONING}{path}", content=content, headers=headers)
+        try:
+            return self._request(method, f"{PROVISIONING}{path}", content=content, headers=headers)
+        except VerifierRefused as exc:
+            if exc.status != 401 or self._token:
+                raise
+            raise VerifierRefused(
+                f"{exc}; give the token 'veritee verifier serve' wrote into its state directory"
+                " (--token-file STATE/admin-token, or $VERITEE_VERIFIER_TOKEN)",
+                status=exc.status,
+                check=exc.check,
+            ) from None
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
