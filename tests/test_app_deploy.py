@@ -369,6 +369,25 @@ def test_a_result_about_other_evidence_than_the_agent_gave_is_refused(home: Smar
     assert "other evidence than the node agent gave us" in result.reason
 
 
+def test_a_swapped_key_is_contraindicated_even_when_the_verdict_is_refused_anyway(
+    home: SmartHome,
+) -> None:
+    # Accepting only "affirming", an emulated device's "warning" is refused on the verifier's
+    # word; a key the agent reported falsely must still show as what it is.
+    from veritee.app.attest import Expected, VerifierAppraiser
+
+    db = state_mod.load(home.state).module("db")
+    node = home.node("home-server")
+    expected = Expected("db", bytes.fromhex(db.measurement), bytes.fromhex(db.config), bytes(32))
+    appraiser = VerifierAppraiser(str(home.cluster.verifier_url), accept="affirming")
+    try:
+        result = appraiser.appraise(lambda nonce: node.attest(APP, "db", nonce), expected)
+    finally:
+        appraiser.close()
+    assert (result.acceptable, result.status) == (False, "contraindicated")
+    assert any(r.startswith("KeyMismatch:") for r in result.reasons), result.reasons
+
+
 def test_user_commands_fail_with_one_line(home: SmartHome) -> None:
     for args, expected, code in [
         (("output", "nope", "x"), "no connection 'nope' in this deployment", 10),

@@ -204,11 +204,12 @@ class VerifierAppraiser:
             # Refused on the verifier's word, whose reasons say why. A verifier that could
             # not appraise the module (an unknown device, say) annotates no evidence, so
             # whether this is the evidence it saw is moot; the deployer's own checks may
-            # still add a reason.
+            # still add a reason, which makes it contraindicated whatever the verifier said.
             try:
                 check_expected(claims, expected)
             except Error as exc:
-                reasons.append(str(exc))
+                reasons.append(f"{type(exc).__name__}: {exc}")
+                worst = "contraindicated"
         platform = result.submods.get("platform")
         annotated = (
             platform.extensions.get("ear.veraison.annotated-evidence", {}) if platform else {}
