@@ -214,10 +214,11 @@ class NodeAgent:
 
     def disable(self, app: str, name: str, retire: Iterable[bytes]) -> None:
         """Unload a module for good: its files go, events on its connections are dropped."""
+        a = self._app(app)
         with self._lock:
             host = self._hosts.pop((app, name), None)
             self._retire(retire)
-            self._apps[app].periodic = [p for p in self._apps[app].periodic if p[0] != name]
+            a.periodic = [p for p in a.periodic if p[0] != name]
             self._save(app)
         if host is None:
             raise UnknownModule(f"no module {app}/{name} on this node")
