@@ -393,7 +393,9 @@ def test_user_commands_fail_with_one_line(home: SmartHome) -> None:
         (("output", "nope", "x"), "no connection 'nope' in this deployment", 10),
         (("request", "trigger-btn"), "use 'veritee output'", 10),
         (("output", "get-presses", "x"), "use 'veritee request'", 10),
-        (("call", "db", "nothing"), "no connection 'db.nothing'", 10),
+        (("call", "db", "nothing"), "module 'db' has no entry point 'nothing' (its entry", 10),
+        (("call", "nobody", "press"), "no module 'nobody' in this deployment (modules: ", 10),
+        (("call", "db", "get_presses"), "has no entry point 'get_presses'", 10),
         (("output", "trigger-btn", "zz", "--hex"), "ARG is not hex", 2),
         (("status", "--state", "/nonexistent/x.json"), "no deployment state at", 10),
     ]:

@@ -115,6 +115,19 @@ class Deployment:
             raise StateError(f"no connection {name!r} in this deployment (connections: {shown})")
         return c
 
+    def entry(self, module: str, entry: str) -> ConnectionState:
+        """The connection ``veritee call MODULE ENTRY`` goes on."""
+        self.module(module)
+        c = self.connections.get(f"{module}.{entry}")
+        if c is None or not c.implicit:
+            entries = [c.to_endpoint for c in self.connections.values()
+                       if c.implicit and c.to_module == module]  # fmt: skip
+            raise StateError(
+                f"module {module!r} has no entry point {entry!r} "
+                f"(its entry points: {', '.join(entries) or 'none'})"
+            )
+        return c
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -407,7 +407,7 @@ def call(
     with state_mod.locked(path):
         dep = state_mod.load(path)
         tool.deployment = dep
-        conn = dep.connection(f"{module}.{entry}")
+        conn = dep.entry(module, entry)
         try:
             answer = tool.send(conn, _payload(arg, hex_arg, file))
         finally:
