@@ -354,6 +354,61 @@ def test_transport_drops_a_peer_that_sends_garbage(tmp_path: Path) -> None:
     b.close()
 
 
+def _raw_link(address: tuple[str, int], link_id: bytes) -> socket.socket:
+    """A peer speaking the wire format by hand: HELLO with ``link_id``, then one event,
+    acknowledged. Returns the socket, still open; raises EOFError if the agent hangs up."""
+    import cbor2
+
+    from veritee.app import transport as tr
+
+    sock = socket.create_connection(address, timeout=5)
+    hello = cbor2.dumps({"from": ["127.0.0.1", 1], "link": link_id})
+    sock.sendall(tr._FRAME.pack(tr.HELLO, 0, len(hello)) + hello)
+    sock.sendall(tr._FRAME.pack(tr.EVENT, 1, 1) + b"x")
+    head = sock.recv(tr._FRAME.size)
+    if not head:
+        sock.close()
+        raise EOFError
+    assert tr._FRAME.unpack(head)[:2] == (tr.ACK, 1)
+    return sock
+
+
+def test_links_invented_by_a_peer_do_not_fill_the_disk(tmp_path: Path) -> None:
+    got: list[bytes] = []
+    b = TcpTransport(tmp_path / "b", "127.0.0.1", 0, max_links=4)
+    b.start(got.extend, lambda e: e)
+    try:
+        for i in range(10):  # ten invented links, one after the other
+            _raw_link(b.address, bytes([i]) * 16).close()
+        assert len(list((tmp_path / "b" / "links").iterdir())) <= 4
+        assert len(got) == 10  # each was taken: only the oldest idle links were forgotten
+
+        # Four held open: a fifth new link is refused, not one in use forgotten.
+        held = [_raw_link(b.address, bytes([0x80 + i]) * 16) for i in range(4)]
+        with pytest.raises(EOFError):
+            _raw_link(b.address, b"\xff" * 16)
+        for sock in held:
+            sock.sendall(_frame_event(2))
+            assert sock.recv(13)  # each still acknowledged
+            sock.close()
+        deadline = time.monotonic() + 10  # once the agent sees them gone, there is room
+        while True:
+            try:
+                _raw_link(b.address, b"\xfe" * 16).close()
+                break
+            except EOFError:
+                assert time.monotonic() < deadline, "a link that ended still holds its place"
+                time.sleep(0.05)
+    finally:
+        b.close()
+
+
+def _frame_event(ident: int) -> bytes:
+    from veritee.app import transport as tr
+
+    return tr._FRAME.pack(tr.EVENT, ident, 1) + b"y"
+
+
 # -- the deployer's own checks --------------------------------------------------------------
 
 

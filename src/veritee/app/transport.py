@@ -13,7 +13,8 @@ Wire format (TCP), one frame per message::
 HELLO (sender node address and a link id), EVENT (id = outbox number), ACK (id = highest
 number taken into custody, cumulative), REQUEST / REPLY (id = request number). Numbers per
 link let the receiver skip a duplicate after a reconnect; that is an optimisation only:
-the secure world's counters are what refuse replays. Events go in batches: the sender
+the secure world's counters are what refuse replays. So the receiver may forget a link, and
+does when a peer invents more than ``MAX_LINKS`` of them. Events go in batches: the sender
 writes what its outbox holds (up to ``SEND_BYTES``) at once, the receiver takes custody of
 every event it has read with one write to the inbox and answers with one ACK.
 """
@@ -54,6 +55,10 @@ CONNECT_TIMEOUT = 2.0  # seconds; a peer on loopback or a LAN answers in well un
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # back-off between reconnection attempts, seconds
 REQUEST_TIMEOUT = 30.0  # a handler runs within its module's time budget (10 s by default)
 REQUEST_WORKERS = 16  # requests answered at once per agent; each may run a module
+# Links whose newest event number the receiver keeps (a file each). Anyone who can reach the
+# port can invent link ids: past this many, the least recently used idle link is forgotten
+# (its sender's next resend is taken again, and the secure world refuses the duplicates).
+MAX_LINKS = 1024
 _OK, _FAILED = 0, 1
 
 Address = tuple[str, int]
@@ -302,8 +307,11 @@ class _Link:
 class TcpTransport(Transport):
     """Events over TCP between node agents; outboxes under ``directory``."""
 
-    def __init__(self, directory: Path, host: str, port: int) -> None:
+    def __init__(
+        self, directory: Path, host: str, port: int, *, max_links: int = MAX_LINKS
+    ) -> None:
         self.directory = directory
+        self.max_links = max_links
         (directory / "outbox").mkdir(parents=True, exist_ok=True)
         (directory / "links").mkdir(parents=True, exist_ok=True)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -321,6 +329,8 @@ class TcpTransport(Transport):
         self._links: dict[Address, _Link] = {}
         self._lock = threading.Lock()
         self._seen: dict[bytes, int] = {}  # link id -> highest event number taken
+        self._receiving: dict[bytes, int] = {}  # link id -> connections reading it now
+        self._links_in = threading.Lock()  # guards _seen's keys, _receiving and links/
         self._pool = ThreadPoolExecutor(REQUEST_WORKERS, thread_name_prefix="request")
         self._closed = False
         self._on_event: EventSink | None = None
@@ -389,11 +399,10 @@ class TcpTransport(Transport):
             if not isinstance(hello, dict) or not isinstance(hello.get("link"), bytes):
                 return
             link_id: bytes = hello["link"][:16]
-            seen_file = self.directory / "links" / link_id.hex()
-            if link_id not in self._seen:
-                raw = seen_file.read_bytes() if seen_file.exists() else b""
-                self._seen[link_id] = int.from_bytes(raw[:8], "big") if len(raw) >= 8 else 0
-            fd = os.open(seen_file, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._open_link(link_id)
+            if fd is None:
+                log.warning("refused a link: %d links are receiving already", self.max_links)
+                return
             try:
                 batch = first[1:]
                 while True:
@@ -402,6 +411,10 @@ class TcpTransport(Transport):
                     batch = frames.read()
             finally:
                 os.close(fd)
+                with self._links_in:
+                    self._receiving[link_id] -= 1
+                    if not self._receiving[link_id]:
+                        del self._receiving[link_id]
         except (OSError, EOFError, ValueError, cbor2.CBORDecodeError):
             pass  # a broken link: the sender reconnects and resends what we did not take
         finally:
@@ -410,6 +423,35 @@ class TcpTransport(Transport):
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
+
+    def _open_link(self, link_id: bytes) -> int | None:
+        """The file that keeps a link's newest event number, opened, with the number loaded;
+        None when the link is new and every one of ``max_links`` is receiving."""
+        seen_file = self.directory / "links" / link_id.hex()
+        with self._links_in:
+            if link_id not in self._seen:
+                if not seen_file.exists() and not self._forget_idle_link():
+                    return None
+                raw = seen_file.read_bytes() if seen_file.exists() else b""
+                self._seen[link_id] = int.from_bytes(raw[:8], "big") if len(raw) >= 8 else 0
+            fd = os.open(seen_file, os.O_RDWR | os.O_CREAT, 0o600)
+            self._receiving[link_id] = self._receiving.get(link_id, 0) + 1
+            return fd
+
+    def _forget_idle_link(self) -> bool:
+        """Make room for one more link file (under ``_links_in``); False if all are receiving."""
+        files = []
+        for path in (self.directory / "links").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                files.append((path.stat().st_mtime_ns, bytes.fromhex(path.name), path))
+        if len(files) < self.max_links:
+            return True
+        for _, link_id, path in sorted(files):
+            if link_id not in self._receiving:
+                path.unlink(missing_ok=True)
+                self._seen.pop(link_id, None)
+                return True
+        return False
 
     def _take(
         self,
