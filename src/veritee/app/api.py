@@ -17,6 +17,7 @@ from typing import Any
 import cbor2
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 
 from veritee.app._host import LoadParams
 from veritee.app._tree import NAME
@@ -113,6 +114,15 @@ def create(agent: NodeAgent) -> FastAPI:
     @api.exception_handler(ValueError)
     async def _value(_: Request, exc: ValueError) -> Response:
         return _problem(exc)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        # A query parameter of the wrong type (e.g. ?staged=maybe): one line, as CBOR.
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        )
+        return _cbor({"error": where or "invalid request", "kind": "UsageError", "code": None}, 400)
 
     @api.get("/v1/info")
     async def info() -> Response:
