@@ -122,7 +122,7 @@ def create(agent: NodeAgent) -> FastAPI:
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
             for e in exc.errors()
         )
-        return _cbor({"error": where or "invalid request", "kind": "UsageError", "code": None}, 400)
+        return _problem(UsageError(where or "invalid request"))
 
     @api.get("/v1/info")
     async def info() -> Response:

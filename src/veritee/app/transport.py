@@ -430,9 +430,12 @@ class TcpTransport(Transport):
         seen_file = self.directory / "links" / link_id.hex()
         with self._links_in:
             if link_id not in self._seen:
-                if not seen_file.exists() and not self._forget_idle_link():
-                    return None
-                raw = seen_file.read_bytes() if seen_file.exists() else b""
+                try:
+                    raw = seen_file.read_bytes()
+                except FileNotFoundError:
+                    if not self._forget_idle_link():
+                        return None
+                    raw = b""
                 self._seen[link_id] = int.from_bytes(raw[:8], "big") if len(raw) >= 8 else 0
             fd = os.open(seen_file, os.O_RDWR | os.O_CREAT, 0o600)
             self._receiving[link_id] = self._receiving.get(link_id, 0) + 1
