@@ -9,7 +9,6 @@ that nothing breaks the agent).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.test_app_deploy import SmartHome
+from tests.test_app_deploy import deploy_locally
 from veritee.app.cluster import LocalCluster
 
 NODE = "solo"
@@ -71,26 +70,10 @@ def node(tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]) ->
     cluster = LocalCluster(workdir / "cluster", names=(NODE,), verifier=False)
     cluster.start()
     try:
-        solo = cluster.nodes[NODE]
-        descriptor = workdir / "app.json"
         counter = wasm("tests/assets/c/app_counter.c")
-        descriptor.write_text(
-            json.dumps(
-                {
-                    "app": APP,
-                    "nodes": [{"name": NODE, "host": solo.host, "port": solo.port}],
-                    "modules": [{"name": "counter", "node": NODE, "binary": str(counter)}],
-                    "connections": [
-                        {"name": "count", "direct": True, "to_module": "counter",
-                         "to_handler": "count"},
-                    ],
-                }
-            )
-        )  # fmt: skip
-        home = SmartHome(cluster, workdir / "state.json", {}, workdir)
-        proc = home.cli("deploy", descriptor, "--trust-home", solo.home)
-        assert proc.returncode == 0, proc.stderr
-        yield solo.url
+        direct = {"name": "count", "direct": True, "to_module": "counter", "to_handler": "count"}
+        deploy_locally(cluster, workdir, APP, {"counter": (NODE, counter)}, [direct])
+        yield cluster.nodes[NODE].url
     finally:
         cluster.stop()
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from veritee.app import state as state_mod
-from veritee.app.attest import app_config_digest
+from veritee.app.attest import Expected, app_config_digest
 from veritee.app.client import NodeClient
 from veritee.app.cluster import LocalCluster, descriptor_for
 from veritee.app.errors import NodeError
@@ -92,6 +92,39 @@ def until(check: Callable[[], bool], timeout: float = DELIVERY_TIMEOUT) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("not reached in time")
+
+
+def deploy_locally(
+    cluster: LocalCluster,
+    workdir: Path,
+    app: str,
+    modules: dict[str, tuple[str, Path]],
+    connections: list[dict[str, Any]],
+) -> SmartHome:
+    """Deploy ``app`` (modules: name -> (node, binary)) on the cluster's nodes, appraised
+    locally against their devices; fails the test if the deploy does not succeed whole."""
+    descriptor = workdir / f"{app}.json"
+    nodes = cluster.nodes.values()
+    descriptor.write_text(
+        json.dumps(
+            {
+                "app": app,
+                "nodes": [{"name": n.name, "host": n.host, "port": n.port} for n in nodes],
+                "modules": [
+                    {"name": m, "node": node, "binary": str(binary)}
+                    for m, (node, binary) in modules.items()
+                ],
+                "connections": connections,
+            }
+        )
+    )
+    home = SmartHome(
+        cluster, workdir / f"{app}-state.json", {m: b for m, (_, b) in modules.items()}, workdir
+    )
+    trust = [a for n in nodes for a in ("--trust-home", str(n.home))]
+    proc = home.cli("deploy", descriptor, *trust)
+    assert proc.returncode == 0, proc.stderr
+    return home
 
 
 def build_smart_home(wasm: Callable[..., Path]) -> dict[str, Path]:
@@ -267,6 +300,15 @@ def test_a_host_that_swaps_a_peer_key_makes_the_connection_fail_closed(home: Sma
     assert statement.conn_id not in {c["conn"] for c in tee["connections"]}
 
 
+def _another_app(home: SmartHome, app: str, binaries: dict[str, Path]) -> Path:
+    """The smart home's descriptor as app ``app`` on the same nodes, with these binaries."""
+    descriptor = descriptor_for(
+        REPO / "examples/smart-home/app.yaml", home.cluster, binaries, home.workdir / f"{app}.yaml"
+    )
+    descriptor.write_text(descriptor.read_text().replace(f"app: {APP}", f"app: {app}"))
+    return descriptor
+
+
 def test_a_modified_controller_fails_attestation_and_is_not_connected(
     home: SmartHome, wasm: Callable[..., Path]
 ) -> None:
@@ -274,12 +316,7 @@ def test_a_modified_controller_fails_attestation_and_is_not_connected(
     assert measure(evil.read_bytes()) != measure(home.binaries["controller"].read_bytes())
 
     # A second deployment of the app on the same nodes, with the modified controller.
-    binaries = {**home.binaries, "controller": evil}
-    descriptor = descriptor_for(
-        REPO / "examples/smart-home/app.yaml", home.cluster, binaries, home.workdir / "evil.yaml"
-    )
-    text = descriptor.read_text().replace("app: smart-home", "app: evil-home")
-    descriptor.write_text(text)
+    descriptor = _another_app(home, "evil-home", {**home.binaries, "controller": evil})
     state = home.workdir / "evil.json"
     proc = home.cli(
         "deploy", descriptor, "--state", state, "--verifier", str(home.cluster.verifier_url)
@@ -314,15 +351,7 @@ def test_a_verifier_that_does_not_know_the_devices_says_so(home: SmartHome) -> N
     stranger.start()
     try:
         stranger.endorse((m, p.read_bytes()) for m, p in home.binaries.items())
-        descriptor = descriptor_for(
-            REPO / "examples/smart-home/app.yaml",
-            home.cluster,
-            home.binaries,
-            home.workdir / "stranger.yaml",
-        )
-        descriptor.write_text(
-            descriptor.read_text().replace("app: smart-home", "app: stranger-home")
-        )
+        descriptor = _another_app(home, "stranger-home", home.binaries)
         state = home.workdir / "stranger.json"
         proc = home.cli(
             "deploy", descriptor, "--state", state, "--verifier", str(stranger.verifier_url)
@@ -337,14 +366,20 @@ def test_a_verifier_that_does_not_know_the_devices_says_so(home: SmartHome) -> N
     assert "other evidence" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def _db(home: SmartHome, reported_key: bytes | None = None) -> Expected:
+    """What the deployer expects of the running db, as it recorded at deploy time."""
+    db = state_mod.load(home.state).module("db")
+    key = bytes.fromhex(db.key) if reported_key is None else reported_key
+    return Expected("db", bytes.fromhex(db.measurement), bytes.fromhex(db.config), key)
+
+
 def test_a_result_about_other_evidence_than_the_agent_gave_is_refused(home: SmartHome) -> None:
     # Between the deployer and the verifier, db's evidence is swapped for the webserver's,
     # genuine and over the same nonce: the verifier affirms it, and the deployer, which
     # parsed db's, must not take that verdict for db.
-    from veritee.app.attest import Expected, VerifierAppraiser
+    from veritee.app.attest import VerifierAppraiser
     from veritee.evidence.claims import MEDIA_TYPE
 
-    db = state_mod.load(home.state).module("db")
     node = home.node("home-server")
     appraiser = VerifierAppraiser(str(home.cluster.verifier_url))
     genuine_attest = appraiser.client.attest
@@ -358,11 +393,8 @@ def test_a_result_about_other_evidence_than_the_agent_gave_is_refused(home: Smar
         return token
 
     appraiser.client.attest = swapped
-    expected = Expected(
-        "db", bytes.fromhex(db.measurement), bytes.fromhex(db.config), bytes.fromhex(db.key)
-    )
     try:
-        result = appraiser.appraise(lambda nonce: node.attest(APP, "db", nonce), expected)
+        result = appraiser.appraise(lambda nonce: node.attest(APP, "db", nonce), _db(home))
     finally:
         appraiser.close()
     assert not result.acceptable and result.status == "contraindicated"
@@ -374,14 +406,14 @@ def test_a_swapped_key_is_contraindicated_even_when_the_verdict_is_refused_anywa
 ) -> None:
     # Accepting only "affirming", an emulated device's "warning" is refused on the verifier's
     # word; a key the agent reported falsely must still show as what it is.
-    from veritee.app.attest import Expected, VerifierAppraiser
+    from veritee.app.attest import VerifierAppraiser
 
-    db = state_mod.load(home.state).module("db")
     node = home.node("home-server")
-    expected = Expected("db", bytes.fromhex(db.measurement), bytes.fromhex(db.config), bytes(32))
     appraiser = VerifierAppraiser(str(home.cluster.verifier_url), accept="affirming")
     try:
-        result = appraiser.appraise(lambda nonce: node.attest(APP, "db", nonce), expected)
+        result = appraiser.appraise(
+            lambda nonce: node.attest(APP, "db", nonce), _db(home, reported_key=bytes(32))
+        )
     finally:
         appraiser.close()
     assert (result.acceptable, result.status) == (False, "contraindicated")

@@ -7,7 +7,6 @@ Two node agents with their own devices, appraisal local (no verification service
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.test_app_deploy import SmartHome, until
+from tests.test_app_deploy import SmartHome, deploy_locally, until
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster
-from veritee.app.user import UserTool
 from veritee.tee.channels import MAX_PAYLOAD
 
 MIB = 1024 * 1024
@@ -38,37 +36,21 @@ def bulk(
     cluster = LocalCluster(workdir / "cluster", verifier=False)
     cluster.start()
     try:
-        nodes = list(cluster.nodes.values())
-        descriptor = workdir / "bulk.json"
-        descriptor.write_text(
-            json.dumps(
-                {
-                    "app": "bulk",
-                    "nodes": [{"name": n.name, "host": n.host, "port": n.port} for n in nodes],
-                    "modules": [
-                        {"name": "maker", "node": nodes[0].name, "binary": str(binary)},
-                        {"name": "checker", "node": nodes[1].name, "binary": str(binary)},
-                    ],
-                    "connections": [
-                        {
-                            "from_module": "maker",
-                            "from_output": "out",
-                            "to_module": "checker",
-                            "to_input": "in",
-                        },
-                        _direct("make", "maker", "to_input"),
-                        _direct("push", "checker", "to_input", "in"),
-                        _direct("seen", "checker", "to_handler"),
-                        _direct("fetch", "checker", "to_handler"),
-                    ],
-                }
-            )
-        )
-        home = SmartHome(cluster, workdir / "deployment.json", {"bulk": binary}, workdir)
-        trust = [a for n in nodes for a in ("--trust-home", str(n.home))]
-        proc = home.cli("deploy", descriptor, *trust)
-        assert proc.returncode == 0, proc.stderr
-        yield home
+        hub, server = cluster.nodes
+        yield deploy_locally(
+            cluster,
+            workdir,
+            "bulk",
+            {"maker": (hub, binary), "checker": (server, binary)},
+            [
+                {"from_module": "maker", "from_output": "out", "to_module": "checker",
+                 "to_input": "in"},
+                _direct("make", "maker", "to_input"),
+                _direct("push", "checker", "to_input", "in"),
+                _direct("seen", "checker", "to_handler"),
+                _direct("fetch", "checker", "to_handler"),
+            ],
+        )  # fmt: skip
     finally:
         cluster.stop()
 
@@ -83,8 +65,7 @@ def seen(home: SmartHome) -> tuple[int, int, bool]:
 
 
 def _request(home: SmartHome, conn: str, payload: bytes) -> bytes:
-    dep = state_mod.load(home.state)
-    tool = UserTool(dep, state_mod.load_keys(home.state))
+    dep, tool = home.tool()
     answer = tool.request(dep.connection(conn), payload)
     state_mod.save(home.state, dep)
     return answer
