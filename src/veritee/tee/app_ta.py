@@ -43,6 +43,7 @@ from veritee.evidence.deployment import (
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee import channels
 from veritee.tee.channels import Channel, EventRejected
+from veritee.tee.encoding import ARRAY, MAP, head, uint
 from veritee.tee.runtime_ta import VteeIdentity, parse_limits
 from veritee.tee.sealing import Counters, Sealer, module_key
 from veritee.tee.services import Attester, attester_of
@@ -98,11 +99,14 @@ class AppModule:
     client_alive: Callable[[], bool] = field(default=lambda: True)
     batches: bool = False  # the module runs a batch of events in one call (BATCH_EXPORT)
     channels: dict[bytes, Channel] = field(default_factory=dict)
-    ended: dict[bytes, int] = field(default_factory=dict)  # connection id -> when it ended
-    ended_before: int = 0  # connect statements issued at or before this time are refused
+    # Connection id -> when the owner ended it (change it through end(): state() keeps it
+    # encoded), and the time at or before which every connect statement is refused.
+    ended: dict[bytes, int] = field(default_factory=dict)
+    ended_before: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _ended_encoded: bytes | None = field(default=None, repr=False)  # see state()
 
     @functools.cached_property
     def exported(self) -> dict[str, bytes]:
@@ -125,6 +129,23 @@ class AppModule:
             "key": self.provisioning.x25519.public_key().public_bytes_raw(),
         }
 
+    def end(self, conn_ids: tuple[bytes, ...], at: int) -> int:
+        """The owner ended connections ``conn_ids`` at ``at``: drop their channels and
+        remember them, so that a connect statement cannot bring one back. Past MAX_ENDED,
+        the oldest are forgotten and connect statements issued up to their end refused.
+        Returns how many of them this instance had."""
+        had = 0
+        for conn in conn_ids:
+            if self.channels.pop(conn, None) is not None:
+                had += 1
+            self.ended.pop(conn, None)
+            self.ended[conn] = at
+        while len(self.ended) > MAX_ENDED:
+            oldest = next(iter(self.ended))
+            self.ended_before = max(self.ended_before, self.ended.pop(oldest))
+        self._ended_encoded = None
+        return had
+
     def state(self) -> bytes:
         """This instance's keys and channels, sealed for this module in this vTEE only.
 
@@ -132,21 +153,46 @@ class AppModule:
         newest state, and an older one no longer loads. Nothing is sealed for a node agent
         that went away mid-call: it could not keep that state, and would come back with one
         behind the counter.
+
+        The plaintext is the CBOR map ``{"v", "app", "lineage", "counter", "provisioning",
+        "channels", "ended", "ended_before"}`` (see _restore), put together from parts
+        encoded when they last changed: a batch only changes counters (tee/encoding.py).
         """
         if not self.client_alive():
             raise SealingError("the node agent went away mid-call: the state is not sealed")
-        body = {
-            "v": STATE_VERSION,
-            "app": self.app,
-            "lineage": self.lineage,
-            "counter": self.counters.advance(self.lineage),
-            "provisioning": self.exported,
-            "channels": [c.to_cbor() for c in self.channels.values()],
-            "ended": [[conn, at] for conn, at in self.ended.items()],
-            "ended_before": self.ended_before,
-        }
-        self.sealed = self.sealer.seal(bytes(cbor2.dumps(body)))
+        counter = self.counters.advance(self.lineage)
+        if self._ended_encoded is None:
+            ended = [[conn, at] for conn, at in self.ended.items()]
+            self._ended_encoded = (
+                _ENDED_KEY + cbor2.dumps(ended) + _ENDED_BEFORE_KEY + uint(self.ended_before)
+            )
+        body = b"".join(
+            [
+                self._state_start,
+                uint(counter),
+                self._state_middle,
+                head(ARRAY, len(self.channels)),
+                *(c.encoded() for c in self.channels.values()),
+                self._ended_encoded,
+            ]
+        )
+        self.sealed = self.sealer.seal(body)
         return self.sealed
+
+    @functools.cached_property
+    def _state_start(self) -> bytes:
+        """The state's map, up to its counter's value."""
+        fixed = {"v": STATE_VERSION, "app": self.app, "lineage": self.lineage}
+        pairs = cbor2.dumps(fixed)[len(head(MAP, len(fixed))) :]
+        return head(MAP, 8) + pairs + cbor2.dumps("counter")
+
+    @functools.cached_property
+    def _state_middle(self) -> bytes:
+        """From the counter's value to the channels' array."""
+        return cbor2.dumps("provisioning") + cbor2.dumps(self.exported) + cbor2.dumps("channels")
+
+
+_ENDED_KEY, _ENDED_BEFORE_KEY = cbor2.dumps("ended"), cbor2.dumps("ended_before")
 
 
 def load(
@@ -382,15 +428,7 @@ def disconnect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
     """
     stmt = _owners_word(loaded, verify_disconnect, statement, "disconnect refused")
     with loaded.lock:
-        ended = 0
-        for conn in stmt.conn_ids:
-            if loaded.channels.pop(conn, None) is not None:
-                ended += 1
-            loaded.ended.pop(conn, None)
-            loaded.ended[conn] = stmt.iat
-        while len(loaded.ended) > MAX_ENDED:
-            oldest = next(iter(loaded.ended))
-            loaded.ended_before = max(loaded.ended_before, loaded.ended.pop(oldest))
+        ended = loaded.end(stmt.conn_ids, stmt.iat)
         return {"state": loaded.state(), "ended": ended}
 
 

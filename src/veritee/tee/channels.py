@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from veritee.errors import Error
 from veritee.evidence.deployment import Connect, Peer
+from veritee.tee.encoding import ARRAY, MAP, head, uint
 
 VERSION = 1
 FORWARD, BACKWARD = 0, 1  # initiator -> responder, responder -> initiator (replies)
@@ -62,6 +64,8 @@ class Channel:
     dropped: dict[str, int] = field(default_factory=dict)
     _send_aead: ChaCha20Poly1305 | None = field(default=None, repr=False, compare=False)
     _recv_aead: ChaCha20Poly1305 | None = field(default=None, repr=False, compare=False)
+    # to_cbor() encoded up to its counters, which are all that change (see encoded()).
+    _fixed: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def send_direction(self) -> int:
@@ -117,6 +121,17 @@ class Channel:
             "dropped": self.dropped,
         }
 
+    def encoded(self) -> bytes:
+        """``cbor2.dumps(self.to_cbor())``, for the sealed state after every batch: what
+        never changes is encoded once (veritee/tee/encoding.py)."""
+        if self._fixed is None:
+            whole = self.to_cbor()
+            fixed = {k: whole[k] for k in _FIXED_FIELDS}
+            pairs = cbor2.dumps(fixed)[len(head(MAP, len(fixed))) :]
+            self._fixed = head(MAP, len(whole)) + pairs + _COUNTERS_KEY + head(ARRAY, 2)
+        dropped = cbor2.dumps(self.dropped) if self.dropped else _EMPTY_MAP
+        return self._fixed + uint(self.sent) + uint(self.received) + _DROPPED_KEY + dropped
+
     @classmethod
     def from_cbor(cls, c: dict[str, Any]) -> Channel:
         m, k, node, ep = c["peer"]
@@ -132,6 +147,12 @@ class Channel:
             received=c["counters"][1],
             dropped=dict(c["dropped"]),
         )
+
+
+# How Channel.encoded() splices: the fields of to_cbor() before "counters", in its order.
+_FIXED_FIELDS = ("conn", "kind", "endpoint", "initiator", "peer", "keys")
+_COUNTERS_KEY, _DROPPED_KEY = cbor2.dumps("counters"), cbor2.dumps("dropped")
+_EMPTY_MAP = head(MAP, 0)
 
 
 def parse_header(event: bytes) -> tuple[int, bytes, int, int]:
