@@ -1,8 +1,9 @@
-"""A module's sealed state, as the secure world encodes it after every batch.
+"""A module's sealed state: small after every batch, its base sealed when connections change.
 
-The state is put together from parts encoded when they last changed (tee/encoding.py);
-these tests hold it to the bytes cbor2 gives for the whole value, so that what is sealed
-reads back as the state it is, whatever the counters and the history of ended connections.
+The state after a batch holds the rollback counter and the channels' counters, and names by
+its SHA-256 a base (keys, channels, ended connections) that the vTEE keeps in its storage.
+These tests follow a module through its history, restore it at each step, attack the base
+in storage, and check that old bases go and that format 2 states still load.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import cbor2
 import pytest
@@ -21,35 +21,14 @@ from hypothesis import strategies as st
 from veritee.errors import SealingError
 from veritee.evidence.deployment import Connect, Peer, sign_connect
 from veritee.evidence.provisioning import ProvisioningKeys
-from veritee.tee import app_ta, encoding
+from veritee.tee import app_ta
 from veritee.tee.app_ta import MAX_ENDED, AppModule
 from veritee.tee.channels import Channel
 from veritee.tee.sealing import Counters, Sealer
 from veritee.wasm import endpoints
 from veritee.wasm.runtime import Limits
 
-COUNTERS = st.integers(min_value=0, max_value=2**64 - 1)
-DROPPED = st.dictionaries(
-    st.sampled_from(["replay", "altered", "misrouted", "malformed"]), COUNTERS
-)
-
-
-@pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
-def test_heads_are_the_shortest_cbor_encoding(n: int) -> None:
-    assert encoding.uint(n) == cbor2.dumps(n)
-    as_map = encoding.head(encoding.MAP, n)
-    assert as_map == bytes([encoding.uint(n)[0] | 0xA0]) + encoding.uint(n)[1:]
-
-
-@pytest.mark.parametrize("k", [0, 23, 24, 300])
-def test_an_array_head_is_what_cbor2_writes_for_the_array(k: int) -> None:
-    assert encoding.head(encoding.ARRAY, k) + b"\x00" * k == cbor2.dumps([0] * k)
-
-
-def test_a_head_out_of_range_is_refused() -> None:
-    for n in (-1, 2**64):
-        with pytest.raises(ValueError, match="out of range"):
-            encoding.uint(n)
+APP = "home"
 
 
 def _channel(initiator: bool = True) -> Channel:
@@ -64,94 +43,227 @@ def _channel(initiator: bool = True) -> Channel:
     )
 
 
-@settings(max_examples=200)
-@given(sent=COUNTERS, received=COUNTERS, dropped=DROPPED, initiator=st.booleans())
-def test_a_channel_encodes_as_cbor2_would(
-    sent: int, received: int, dropped: dict[str, int], initiator: bool
-) -> None:
-    ch = _channel(initiator)
-    ch.encoded()  # the fixed part is kept from here on
-    ch.sent, ch.received, ch.dropped = sent, received, dropped
-    assert ch.encoded() == cbor2.dumps(ch.to_cbor())
-    assert Channel.from_cbor(cbor2.loads(ch.encoded())) == ch
-
-
-def test_a_channel_still_encodes_as_cbor2_would_after_sealing_and_opening() -> None:
-    a, b = _channel(), _channel()
-    b.conn_id, b.kind, b.initiator = a.conn_id, "input", False
-    b.send_key, b.recv_key = a.recv_key, a.send_key
-    a.encoded(), b.encoded()
-    events = [a.seal(b"x") for _ in range(300)]
-    for e in events:
-        b.open(e)
-    with pytest.raises(Exception, match="replayed"):
-        b.open(events[0])
-    assert b.dropped == {"replay": 1}
-    for ch in (a, b):
-        assert ch.encoded() == cbor2.dumps(ch.to_cbor())
-    assert (a.sent, b.received) == (300, 300)
+def _pair() -> tuple[Channel, Channel]:
+    """Both ends of one connection."""
+    a = _channel()
+    b = _channel(initiator=False)
+    b.conn_id, b.send_key, b.recv_key = a.conn_id, a.recv_key, a.send_key
+    return a, b
 
 
 @pytest.fixture
-def module(tmp_path: Path) -> Iterator[AppModule]:
+def counters(tmp_path: Path) -> Iterator[Counters]:
     fd = os.open(tmp_path / "counters", os.O_RDWR | os.O_CREAT, 0o600)
-    counters = Counters(fd)
-    seal_key, measurement = os.urandom(32), os.urandom(32)
-    yield AppModule(
-        name="counter",
-        app="home",
-        deployment_key=ec.generate_private_key(ec.SECP256R1()).public_key(),
-        measurement=measurement,
-        config_digest=os.urandom(32),
-        limits=Limits(),
-        table=[endpoints.Endpoint("input", "pressed")],
-        sealer=Sealer(seal_key, measurement),
-        counters=counters,
-        lineage=counters.create(),
-        seal_key=seal_key,
-        attestation_key=ec.generate_private_key(ec.SECP256R1()),
-        provisioning=ProvisioningKeys(),
-        vtee_token=b"",
-    )
+    yield Counters(fd)
     os.close(fd)
 
 
-def _as_cbor2_would(m: AppModule, counter: int) -> bytes:
-    """The state's plaintext, encoded whole: the format _restore reads."""
-    body: dict[str, Any] = {
-        "v": app_ta.STATE_VERSION,
-        "app": m.app,
-        "lineage": m.lineage,
-        "counter": counter,
-        "provisioning": m.provisioning.export(),
-        "channels": [c.to_cbor() for c in m.channels.values()],
-        "ended": [[conn, at] for conn, at in m.ended.items()],
-        "ended_before": m.ended_before,
+def _module(counters: Counters, bases: Path, **kw: object) -> AppModule:
+    seal_key, measurement = os.urandom(32), os.urandom(32)
+    fields: dict[str, object] = {
+        "name": "counter",
+        "app": APP,
+        "deployment_key": ec.generate_private_key(ec.SECP256R1()).public_key(),
+        "measurement": measurement,
+        "config_digest": os.urandom(32),
+        "limits": Limits(),
+        "table": [endpoints.Endpoint("input", "pressed")],
+        "sealer": Sealer(seal_key, measurement),
+        "counters": counters,
+        "lineage": counters.create(),
+        "seal_key": seal_key,
+        "attestation_key": ec.generate_private_key(ec.SECP256R1()),
+        "provisioning": ProvisioningKeys(),
+        "vtee_token": b"",
+        "bases": bases,
     }
-    return bytes(cbor2.dumps(body))
+    fields.update(kw)
+    return AppModule(**fields)  # type: ignore[arg-type]
 
 
-def _check(m: AppModule) -> None:
-    sealed = m.state()
-    assert m.sealer.unseal(sealed) == _as_cbor2_would(m, m.counters.current(m.lineage))
-    restored = app_ta._restore(m.sealer, m.counters, sealed, m.app)
+@pytest.fixture
+def module(counters: Counters, tmp_path: Path) -> AppModule:
+    return _module(counters, tmp_path / "bases")
+
+
+def _restore(m: AppModule, state: bytes) -> app_ta._Restored:
+    assert m.bases is not None
+    return app_ta._restore(m.sealer, m.counters, state, m.app, m.bases)
+
+
+def _check(m: AppModule) -> bytes:
+    """Seal the state and restore it: the same keys, channels, counters and ended."""
+    state = m.state()
+    restored = _restore(m, state)
     assert restored.channels == list(m.channels.values())
     assert (restored.ended, restored.ended_before) == (m.ended, m.ended_before)
+    assert restored.provisioning.export() == m.provisioning.export()
+    assert restored.lineage == m.lineage
+    return state
 
 
-def test_the_state_is_what_cbor2_would_seal_through_a_module_history(module: AppModule) -> None:
+def _bases(m: AppModule) -> list[Path]:
+    assert m.bases is not None
+    return sorted(m.bases.glob(f"{m.lineage.hex()}-*"))
+
+
+def test_a_module_restores_as_it_was_at_every_step_of_its_history(module: AppModule) -> None:
     _check(module)  # fresh: no channels, nothing ended
-    channels = [_channel(i % 2 == 0) for i in range(6)]
-    for ch in channels:
-        module.channels[ch.conn_id] = ch
+    pairs = [_pair() for _ in range(6)]
+    for out, _ in pairs:
+        module.add(out)
     _check(module)
-    channels[0].seal(b"event")
-    channels[1].dropped["altered"] = 3
+    ours, theirs = pairs[0][0], pairs[0][1]
+    events = [ours.seal(b"event") for _ in range(3)]
+    for e in events:
+        theirs.open(e)
     _check(module)
-    assert module.end((channels[2].conn_id, os.urandom(16)), 1_800_000_000) == 1
+    with pytest.raises(Exception, match="replayed"):
+        theirs.open(events[0])
+    pairs[1][0].dropped["altered"] = 3
     _check(module)
-    channels[0].seal(b"after the end")  # counters move, the ended part is kept encoded
+    assert module.end((pairs[2][0].conn_id, os.urandom(16)), 1_800_000_000) == 1
     _check(module)
+    ours.seal(b"after the end")
+    _check(module)
+    assert len(_bases(module)) == 1  # older bases go once a state names the newest
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    counts=st.lists(
+        st.tuples(
+            st.integers(0, 2**64 - 1),
+            st.integers(0, 2**64 - 1),
+            st.dictionaries(st.sampled_from(["replay", "altered", "misrouted"]), st.integers(1)),
+        ),
+        max_size=8,
+    )
+)
+def test_any_counters_restore_exactly(counts: list[tuple[int, int, dict[str, int]]]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fd = os.open(Path(tmp) / "counters", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            m = _module(Counters(fd), Path(tmp) / "bases")
+            for sent, received, dropped in counts:
+                ch = _channel()
+                ch.sent, ch.received, ch.dropped = sent, received, dropped
+                m.add(ch)
+            _check(m)
+        finally:
+            os.close(fd)
+
+
+def test_the_state_after_a_batch_does_not_grow_with_history(module: AppModule) -> None:
+    module.add(_channel())
+    small = len(module.state())
+    for _ in range(MAX_ENDED // 1024):
+        module.end(tuple(os.urandom(16) for _ in range(1024)), 1_800_000_000)
+    for _ in range(99):
+        module.add(_channel())
+    module.state()
+    # 99 more channels cost 16 bytes each in the state; the 4096 ended connections and
+    # every channel's keys and peer are in the base.
+    assert len(module.state()) <= small + 99 * 16 + 16
+    assert len(_bases(module)[0].read_bytes()) > 4096 * 16
+
+
+def _stored_base(m: AppModule) -> bytes:
+    (path,) = _bases(m)
+    return path.read_bytes()
+
+
+def test_a_base_swapped_for_an_older_one_is_refused(module: AppModule) -> None:
+    out, _ = _pair()
+    module.add(out)
+    module.state()
+    older = _stored_base(module)  # from before the owner ended that connection
+    module.end((out.conn_id,), 1_800_000_000)
+    state = module.state()
+    (path,) = _bases(module)
+    path.write_bytes(older)  # the host would have the connection back
+    with pytest.raises(SealingError, match="altered or swapped"):
+        _restore(module, state)
+    # Renaming the older base to the name the state asks for is the same swap.
+    altered = bytearray(older)
+    altered[-1] ^= 1
+    path.write_bytes(bytes(altered))
+    with pytest.raises(SealingError, match="altered or swapped"):
+        _restore(module, state)
+
+
+def test_a_missing_base_is_refused_saying_so(module: AppModule) -> None:
+    module.add(_channel())
+    state = module.state()
+    for path in _bases(module):
+        path.unlink()
+    with pytest.raises(SealingError, match="not in this TEE's storage"):
+        _restore(module, state)
+
+
+def test_a_base_of_another_instance_is_refused(counters: Counters, tmp_path: Path) -> None:
+    """Two instances of one module (one sealing key): a state cannot borrow the other's
+    base, even copied in under the name it asks for."""
+    first = _module(counters, tmp_path / "bases")
+    second = _module(
+        counters,
+        tmp_path / "bases",
+        sealer=first.sealer,
+        measurement=first.measurement,
+        seal_key=first.seal_key,
+    )
+    first.add(_channel())
+    second.add(_channel())
+    first.state()
+    state = second.state()
+    (mine,) = _bases(second)
+    (theirs,) = _bases(first)
+    mine.write_bytes(theirs.read_bytes())
+    with pytest.raises(SealingError, match="altered or swapped"):
+        _restore(second, state)
+
+
+def test_while_two_instances_share_a_lineage_each_forgets_only_its_own_bases(
+    counters: Counters, tmp_path: Path
+) -> None:
+    old = _module(counters, tmp_path / "bases")
+    counters.claim(old.lineage, old.measurement, succession=False)
+    old.add(_channel())
+    old.state()
+    # An update that keeps state: the new build runs beside the old one while they swap.
+    new = _module(counters, tmp_path / "bases", lineage=old.lineage)
+    counters.claim(old.lineage, new.measurement, succession=True)
+    new.add(_channel())
+    new.state()
+    new.add(_channel())
+    new.state()
+    assert len(_bases(old)) == 2  # the old one's, and the new one's newest
+    _check(old)  # the old one seals on, naming its own base, until the swap
+    # Swapped: the old one is gone, and the next base the new one writes is the only one.
+    counters.release(old.lineage, old.measurement)
+    new.add(_channel())
+    new.state()
+    assert len(_bases(new)) == 1
+
+
+def test_a_state_of_format_2_still_loads(module: AppModule) -> None:
+    ch = _channel()
+    ch.sent, ch.received, ch.dropped = 7, 9, {"replay": 2}
+    body = {
+        "v": 2,
+        "app": APP,
+        "lineage": module.lineage,
+        "counter": module.counters.advance(module.lineage),
+        "provisioning": module.provisioning.export(),
+        "channels": [{**ch.to_cbor(), "counters": [7, 9], "dropped": {"replay": 2}}],
+        "ended": [[b"E" * 16, 1_800_000_000]],
+        "ended_before": 5,
+    }
+    restored = _restore(module, module.sealer.seal(cbor2.dumps(body)))
+    assert restored.channels == [ch]
+    assert (restored.ended, restored.ended_before) == ({b"E" * 16: 1_800_000_000}, 5)
 
 
 def test_past_max_ended_the_oldest_are_forgotten_and_earlier_statements_refused(
@@ -173,7 +285,7 @@ def test_past_max_ended_the_oldest_are_forgotten_and_earlier_statements_refused(
 
     def statement(conn: bytes, iat: int) -> bytes:
         stmt = Connect(
-            app="home",
+            app=APP,
             conn_id=conn,
             kind="input",
             endpoint="pressed",

@@ -413,6 +413,37 @@ def test_a_signed_disconnect_ends_a_connection_in_the_secure_world(
         assert again.deliver(kept).dropped == "misrouted"
 
 
+def test_a_base_rolled_back_in_storage_cannot_revive_an_ended_connection(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    """The keys and channels a state names live in the vTEE's storage, which the host can
+    write: it puts back the counter's base from before the owner ended connection A."""
+    from veritee.evidence.deployment import Disconnect, sign_disconnect
+
+    def bases() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in env.dev.home.glob("**/storage/bases/*.sealed")}
+
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    kept = env.sender.deliver(press.seal(b"sealed before the end")).events[0]
+    before = bases()
+    state = env.counter.disconnect(sign_disconnect(Disconnect(APP, (b"A" * 16,)), env.key))
+    after = bases()
+    (older,) = set(before) - set(after)  # the counter's base from before; deleted now
+    (newer,) = set(after) - set(before)
+    env.counter.close()
+    newer.write_bytes(before[older])
+    counter = wasm("tests/assets/c/app_counter.c")
+    with env.dev.context() as ctx:
+        with pytest.raises(teec.TeecError, match="altered or swapped"):
+            _load(ctx, counter, "counter", env.raw_key, state)
+        newer.unlink()
+        with pytest.raises(teec.TeecError, match="not in this TEE's storage"):
+            _load(ctx, counter, "counter", env.raw_key, state)
+        newer.write_bytes(after[newer])  # the genuine base: it loads, and A stays ended
+        again = _load(ctx, counter, "counter", env.raw_key, state)
+        assert again.deliver(kept).dropped == "misrouted"
+
+
 # -- rollback of sealed state -------------------------------------------------------------------
 
 

@@ -20,7 +20,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -29,7 +28,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from veritee.errors import Error
 from veritee.evidence.deployment import Connect, Peer
-from veritee.tee.encoding import ARRAY, MAP, head, uint
 
 VERSION = 1
 FORWARD, BACKWARD = 0, 1  # initiator -> responder, responder -> initiator (replies)
@@ -64,8 +62,6 @@ class Channel:
     dropped: dict[str, int] = field(default_factory=dict)
     _send_aead: ChaCha20Poly1305 | None = field(default=None, repr=False, compare=False)
     _recv_aead: ChaCha20Poly1305 | None = field(default=None, repr=False, compare=False)
-    # to_cbor() encoded up to its counters, which are all that change (see encoded()).
-    _fixed: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def send_direction(self) -> int:
@@ -110,6 +106,8 @@ class Channel:
         raise EventRejected(reason, message)
 
     def to_cbor(self) -> dict[str, Any]:
+        """What never changes: the connection, its ends and its keys (its counters move
+        with every event and are kept apart, see tee/app_ta.py: AppModule.state)."""
         return {
             "conn": self.conn_id,
             "kind": self.kind,
@@ -117,24 +115,14 @@ class Channel:
             "initiator": self.initiator,
             "peer": [self.peer.measurement, self.peer.key, self.peer.node, self.peer.endpoint],
             "keys": [self.send_key, self.recv_key],
-            "counters": [self.sent, self.received],
-            "dropped": self.dropped,
         }
-
-    def encoded(self) -> bytes:
-        """``cbor2.dumps(self.to_cbor())``, for the sealed state after every batch: what
-        never changes is encoded once (veritee/tee/encoding.py)."""
-        if self._fixed is None:
-            whole = self.to_cbor()
-            fixed = {k: whole[k] for k in _FIXED_FIELDS}
-            pairs = cbor2.dumps(fixed)[len(head(MAP, len(fixed))) :]
-            self._fixed = head(MAP, len(whole)) + pairs + _COUNTERS_KEY + head(ARRAY, 2)
-        dropped = cbor2.dumps(self.dropped) if self.dropped else _EMPTY_MAP
-        return self._fixed + uint(self.sent) + uint(self.received) + _DROPPED_KEY + dropped
 
     @classmethod
     def from_cbor(cls, c: dict[str, Any]) -> Channel:
+        """A channel from :meth:`to_cbor`, with its counters if the map has them (sealed
+        states of format 2 kept each channel whole)."""
         m, k, node, ep = c["peer"]
+        sent, received = c.get("counters", (0, 0))
         return cls(
             conn_id=c["conn"],
             kind=c["kind"],
@@ -143,16 +131,10 @@ class Channel:
             peer=Peer(m, k, node, ep),
             send_key=c["keys"][0],
             recv_key=c["keys"][1],
-            sent=c["counters"][0],
-            received=c["counters"][1],
-            dropped=dict(c["dropped"]),
+            sent=sent,
+            received=received,
+            dropped=dict(c.get("dropped", {})),
         )
-
-
-# How Channel.encoded() splices: the fields of to_cbor() before "counters", in its order.
-_FIXED_FIELDS = ("conn", "kind", "endpoint", "initiator", "peer", "keys")
-_COUNTERS_KEY, _DROPPED_KEY = cbor2.dumps("counters"), cbor2.dumps("dropped")
-_EMPTY_MAP = head(MAP, 0)
 
 
 def parse_header(event: bytes) -> tuple[int, bytes, int, int]:

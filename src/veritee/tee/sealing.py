@@ -117,6 +117,11 @@ class Counters:
                 )
             live.append(measurement)
 
+    def alone(self, lineage: bytes) -> bool:
+        """Whether at most one instance holds ``lineage`` now (two while an update swaps)."""
+        with self._lock:
+            return len(self._live.get(lineage, ())) <= 1
+
     def release(self, lineage: bytes, measurement: bytes) -> None:
         with self._lock:
             live = self._live.get(lineage, [])
