@@ -96,6 +96,10 @@ def test_events_bench() -> None:
         assert 0 <= report[f"latency_across_nodes{placement}"]["stolen"] <= 1
         assert report[f"latency_within_node{placement}"]["p50_ms"] > 0
     assert "_shared_cores" in report["placements"]
+    history = report["history"]
+    assert history["ended"] == 4096 and all(
+        p > 0 for p in history["p50_before_ms"] + history["p50_after_ms"]
+    )
 
 
 def test_events_ab_bench_runs_a_revision_beside_this_tree() -> None:
