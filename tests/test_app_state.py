@@ -304,3 +304,20 @@ def test_past_max_ended_the_oldest_are_forgotten_and_earlier_statements_refused(
     app_ta.connect(module, statement(fresh, 1_800_000_100))
     assert fresh in module.channels
     _check(module)
+
+
+def test_the_channels_of_an_endpoint_follow_connects_and_ends(module: AppModule) -> None:
+    """Emitting looks the output's channels up by endpoint rather than scanning them all."""
+    a, b, c = _channel(), _channel(), _channel(initiator=False)
+    b.endpoint = "other"
+    for ch in (a, b, c):
+        module.add(ch)
+    assert module.bound("output", "pressed") == [a]
+    assert module.bound("input", "pressed") == [c]
+    d = _channel()
+    module.add(d)
+    assert module.bound("output", "pressed") == [a, d]
+    module.end((a.conn_id,), 1_800_000_000)
+    assert module.bound("output", "pressed") == [d]
+    assert module.bound("output", "other") == [b]
+    assert module.bound("request", "pressed") == []

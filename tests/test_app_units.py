@@ -554,3 +554,22 @@ def test_a_state_log_keeps_the_newest_state_and_writes_a_repeat_once(tmp_path: P
     assert log.latest() == b"first"
     log.close()
     assert StateLog(tmp_path / "state.log").latest() == b"first"
+
+
+def test_retired_connections_are_remembered_within_a_bound(tmp_path: Path) -> None:
+    """Anyone who reaches a node agent's API may retire connection ids; the agent keeps the
+    newest MAX_RETIRED, only to count events on them as retired rather than unrouted."""
+    from veritee.app.agent import MAX_RETIRED, NodeAgent
+    from veritee.home import Home
+
+    agent = NodeAgent(Home(tmp_path / "home"), tmp_path / "node", TcpTransport(tmp_path, "", 0))
+    ids = [i.to_bytes(16, "big") for i in range(MAX_RETIRED + 1000)]
+    for i in range(0, len(ids), 4096):
+        agent._retire(ids[i : i + 4096])
+    assert len(agent._retired) == MAX_RETIRED
+
+    def event(conn: bytes) -> bytes:
+        return bytes([1]) + conn + bytes([0]) + (1).to_bytes(8, "big") + bytes(16)
+
+    assert agent.route_all([event(ids[-1]), event(ids[0])]) == 2
+    assert (agent.counters["retired"], agent.counters["unrouted"]) == (1, 1)

@@ -44,6 +44,8 @@ Arrival = tuple[ModuleHost, int]
 
 # Events a user's tool has not fetched yet, per connection (a module's answer to the user).
 MAILBOX = 1024
+# Retired connection ids the agent remembers, to tell events on them from unrouted ones.
+MAX_RETIRED = 65536
 
 
 class UnknownModule(NodeError):
@@ -82,7 +84,9 @@ class NodeAgent:
         self._apps: dict[str, _App] = {}
         self._hosts: dict[tuple[str, str], ModuleHost] = {}
         self._routes: dict[bytes, Route] = {}
-        self._retired: set[bytes] = set()
+        # Connections retired lately, newest last: events on them count as "retired", not
+        # "unrouted". Only that: bounded, as anyone who reaches the API may retire ids.
+        self._retired: dict[bytes, None] = {}
         self._mailboxes: dict[bytes, deque[bytes]] = {}
         self.counters: Counter[str] = Counter()  # agent-level drops: unrouted, retired, ...
         self._lock = threading.RLock()
@@ -248,7 +252,10 @@ class NodeAgent:
     def _retire(self, conns: Iterable[bytes]) -> None:
         for conn in conns:
             self._routes.pop(conn, None)
-            self._retired.add(conn)
+            self._retired.pop(conn, None)
+            self._retired[conn] = None
+        while len(self._retired) > MAX_RETIRED:
+            del self._retired[next(iter(self._retired))]
 
     def attest(self, app: str, name: str, nonce: bytes, user_data: bytes, staged: bool) -> bytes:
         return self._host(app, name, staged).attest(nonce, user_data)
@@ -269,13 +276,13 @@ class NodeAgent:
                     keep_staged(old.responder, route.responder),
                 )
             self._routes[route.conn] = route
-            self._retired.discard(route.conn)
+            self._retired.pop(route.conn, None)
             self._save(app)
 
     def add_route(self, route: Route) -> None:
         with self._lock:
             self._routes[route.conn] = route
-            self._retired.discard(route.conn)
+            self._retired.pop(route.conn, None)
             self._save(route.app)
 
     def set_periodic(self, app: str, events: list[tuple[str, str, int]]) -> None:

@@ -119,6 +119,7 @@ class AppModule:
     # write a new one first (after a load, or when channels or ended connections change).
     _base: tuple[bytes, list[Channel]] | None = field(default=None, repr=False)
     _written: list[Path] = field(default_factory=list, repr=False)  # bases this one wrote
+    _bound: dict[tuple[str, str], list[Channel]] | None = field(default=None, repr=False)
 
     @functools.cached_property
     def exported(self) -> dict[str, bytes]:
@@ -143,7 +144,17 @@ class AppModule:
 
     def add(self, channel: Channel) -> None:
         self.channels[channel.conn_id] = channel
-        self._base = None
+        self._base = self._bound = None
+
+    def bound(self, kind: str, endpoint: str) -> list[Channel]:
+        """The channels on one endpoint, found in one lookup: every event emitted on an
+        output is sealed on each of them, and a module may have 1024."""
+        if self._bound is None:
+            index: dict[tuple[str, str], list[Channel]] = {}
+            for c in self.channels.values():
+                index.setdefault((c.kind, c.endpoint), []).append(c)
+            self._bound = index
+        return self._bound.get((kind, endpoint), [])
 
     def end(self, conn_ids: tuple[bytes, ...], at: int) -> int:
         """The owner ended connections ``conn_ids`` at ``at``: drop their channels and
@@ -159,7 +170,7 @@ class AppModule:
         while len(self.ended) > MAX_ENDED:
             oldest = next(iter(self.ended))
             self.ended_before = max(self.ended_before, self.ended.pop(oldest))
-        self._base = None
+        self._base = self._bound = None
         return had
 
     def state(self) -> bytes:
@@ -547,10 +558,9 @@ class _Call:
             return {"ok": True}
         if not self.loaded.endpoint("output", name):
             return {"error": f"module declares no output {name!r}"}
-        for ch in self.loaded.channels.values():
-            if ch.kind == "output" and ch.endpoint == name:
-                self.used_channels = True
-                self.events.append(ch.seal(data))
+        for ch in self.loaded.bound("output", name):
+            self.used_channels = True
+            self.events.append(ch.seal(data))
         return {"ok": True}
 
     def _release(self) -> None:
@@ -570,9 +580,7 @@ class _Call:
             self.released = state
 
     def _request(self, name: str, data: bytes) -> dict[str, Any]:
-        matches = [
-            c for c in self.loaded.channels.values() if c.kind == "request" and c.endpoint == name
-        ]
+        matches = self.loaded.bound("request", name)
         if not matches:
             return {"error": f"request {name!r} is not connected"}
         if self.relay is None:
