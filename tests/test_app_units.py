@@ -57,6 +57,24 @@ def test_spool_keeps_what_is_not_consumed_across_a_restart(tmp_path: Path) -> No
     assert Spool(tmp_path / "s.spool").pending() == []
 
 
+def test_a_spool_never_empty_does_not_grow_for_ever(tmp_path: Path) -> None:
+    """Under sustained load an inbox may never be empty when it is consumed; its file is
+    rewritten with what is pending once that is a quarter of it or less."""
+    path = tmp_path / "s.spool"
+    spool = Spool(path, compact_bytes=64 * 1024)
+    record = bytes(1000)
+    for _ in range(200):  # 10 in, 9 out: always something pending
+        last = spool.extend([record] * 10)
+        spool.consume(last - 1)
+    assert len(spool) == 1 and spool.head == 1999
+    assert path.stat().st_size < 64 * 1024 + 10 * 1012  # 2 MB went through it
+    spool.close()
+    again = Spool(path, compact_bytes=64 * 1024)
+    assert [seq for seq, _ in again.pending()] == [2000]
+    assert again.append(b"more") == 2001
+    again.close()
+
+
 def test_spool_drops_a_record_cut_short_by_a_crash(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.spool")
     spool.append(b"whole")

@@ -22,7 +22,10 @@ from veritee.app.errors import AppError
 _RECORD = struct.Struct(">QI")
 # Bounds what a corrupt or hostile file can make us allocate on start-up.
 MAX_RECORD_BYTES = 8 * 1024 * 1024
-# Compact (truncate) the data file once everything is consumed and it is at least this big.
+# Compact the data file once it is at least this big and at most a quarter of it is still
+# pending: truncated when nothing is, else rewritten with what is (so a spool never empty
+# under sustained load does not grow for ever, and a rewrite costs at most a third of the
+# bytes consumed since the last one).
 COMPACT_BYTES = 4 * 1024 * 1024
 # How many events a spool holds before refusing more: a peer down for long must not fill
 # the disk. At the demo's event size this is a few tens of MiB.
@@ -36,9 +39,12 @@ class SpoolFull(AppError):
 class Spool:
     """A persistent FIFO of byte records, each numbered; consumed in order."""
 
-    def __init__(self, path: Path, *, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self, path: Path, *, max_pending: int = MAX_PENDING, compact_bytes: int = COMPACT_BYTES
+    ) -> None:
         self.path = path
         self.max_pending = max_pending
+        self.compact_bytes = compact_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._head_path = path.with_suffix(path.suffix + ".head")
         # Two conditions on one lock: whoever waits for new records is not woken each time
@@ -49,7 +55,8 @@ class Spool:
         self._records: deque[tuple[int, bytes]] = deque()
         self._head = self._read_head()
         self._last = self._head
-        self._load()
+        self._size = self._load()  # of the data file
+        self._pending_bytes = sum(_RECORD.size + len(r) for _, r in self._records)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._head_fd = os.open(self._head_path, os.O_RDWR | os.O_CREAT, 0o600)
         self.closed = False
@@ -61,11 +68,11 @@ class Spool:
             return 0
         return int.from_bytes(raw[:8], "big") if len(raw) >= 8 else 0
 
-    def _load(self) -> None:
+    def _load(self) -> int:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return
+            return 0
         i = 0
         while i + _RECORD.size <= len(data):
             seq, size = _RECORD.unpack_from(data, i)
@@ -77,6 +84,7 @@ class Spool:
             i += _RECORD.size + size
         if i < len(data):
             os.truncate(self.path, i)
+        return i
 
     def append(self, record: bytes) -> int:
         """Store ``record``; returns its number. Raises SpoolFull past ``max_pending``."""
@@ -100,7 +108,10 @@ class Spool:
             for record in records:
                 self._last += 1
                 numbered.append((self._last, record))
-            os.write(self._fd, b"".join(_RECORD.pack(q, len(r)) + r for q, r in numbered))
+            data = b"".join(_RECORD.pack(q, len(r)) + r for q, r in numbered)
+            os.write(self._fd, data)
+            self._size += len(data)
+            self._pending_bytes += len(data)
             self._records.extend(numbered)
             if wake:
                 self._added.notify_all()
@@ -138,12 +149,28 @@ class Spool:
             if seq <= self._head:
                 return
             while self._records and self._records[0][0] <= seq:
-                self._records.popleft()
+                _, record = self._records.popleft()
+                self._pending_bytes -= _RECORD.size + len(record)
             self._head = seq
             os.pwrite(self._head_fd, seq.to_bytes(8, "big"), 0)
-            if not self._records and os.fstat(self._fd).st_size >= COMPACT_BYTES:
-                os.ftruncate(self._fd, 0)
+            if self._size >= self.compact_bytes and 4 * self._pending_bytes <= self._size:
+                self._compact()
             self._consumed.notify_all()
+
+    def _compact(self) -> None:
+        """Keep only what is pending in the data file (see COMPACT_BYTES). A rewrite goes
+        to a new file that replaces the old at once: a crash leaves one or the other."""
+        if not self._records:
+            os.ftruncate(self._fd, 0)
+            self._size = 0
+            return
+        data = b"".join(_RECORD.pack(q, len(r)) + r for q, r in self._records)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND, 0o600)
+        self._size = len(data)
 
     def wait_consumed(self, upto: int, timeout: float) -> None:
         """Wait up to ``timeout`` s for records up to ``upto`` to be consumed."""
