@@ -219,8 +219,13 @@ def test_a_disabled_module_is_gone_and_its_connections_end(home: SmartHome) -> N
     dep = state_mod.load(home.state)
     asking = dep.connections["webserver.get_presses->db.get_presses"].conn
     assert asking in _tee_connections(home, "db")
+    node_home = home.cluster.nodes[dep.module("webserver").node].home
+    bases = lambda: len(list(node_home.glob("**/storage/bases/*.sealed")))  # noqa: E731
+    before = bases()
     proc = home.cli("disable", "webserver")
     assert proc.returncode == 0, proc.stderr
+    # Its secure world let its state go (db, whose connection ended, has a new base).
+    assert bases() == before - 1
     # The owner's signed disconnect ended it in db's secure world, not only in the agents.
     assert asking not in _tee_connections(home, "db")
     assert "webserver.get_presses->db.get_presses" in proc.stdout

@@ -321,3 +321,32 @@ def test_the_channels_of_an_endpoint_follow_connects_and_ends(module: AppModule)
     assert module.bound("output", "pressed") == [d]
     assert module.bound("output", "other") == [b]
     assert module.bound("request", "pressed") == []
+
+
+def test_a_discarded_lineage_frees_its_counter_for_another(tmp_path: Path) -> None:
+    path = tmp_path / "counters"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    counters = Counters(fd)
+    first, second = counters.create(), counters.create()
+    counters.advance(first)
+    newest = counters.advance(first)
+    with pytest.raises(SealingError, match="stale or from elsewhere"):
+        counters.forget(first, newest - 1)  # only the holder of the newest state
+    with pytest.raises(SealingError, match="stale or from elsewhere"):
+        counters.forget(os.urandom(16), 0)
+    counters.claim(first, b"m" * 32, succession=False)
+    with pytest.raises(SealingError, match="in use"):
+        counters.forget(first, newest)
+    counters.release(first, b"m" * 32)
+    counters.forget(first, newest)
+    with pytest.raises(SealingError, match="no rollback counter"):
+        counters.check(first, newest)  # nothing of that lineage loads again
+    os.close(fd)
+    # The slot is free in the file too: the next lineage takes it, the file does not grow.
+    fd = os.open(path, os.O_RDWR, 0o600)
+    again = Counters(fd)
+    size = path.stat().st_size
+    third = again.create()
+    assert path.stat().st_size == size and third not in (first, second)
+    assert again.current(second) == 0 and again.current(third) == 0
+    os.close(fd)

@@ -444,6 +444,33 @@ def test_a_base_rolled_back_in_storage_cannot_revive_an_ended_connection(
         assert again.deliver(kept).dropped == "misrouted"
 
 
+def test_a_discarded_state_frees_what_the_secure_world_kept_for_it(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    """A node agent that disables a module tells its secure world, with the module's newest
+    state: the state's rollback counter is freed and its bases deleted. Nothing else does."""
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    first = env.sender.deliver(press.seal(b"1")).events[0]
+    older = env.counter.deliver(first).state
+    newest = env.counter.deliver(env.sender.deliver(press.seal(b"2")).events[0]).state
+    measurement = env.counter.info["measurement"]
+    bases = lambda: set(env.dev.home.glob("**/storage/bases/*.sealed"))  # noqa: E731
+    before = bases()
+    with env.dev.context() as ctx:
+        session = AppSession(ctx)
+        with pytest.raises(teec.TeecError, match="in use"):
+            session.forget(measurement, newest)  # the counter module still runs it
+        env.counter.close()
+        with pytest.raises(teec.TeecError, match="stale"):
+            session.forget(measurement, older)
+        with pytest.raises(teec.TeecError, match="does not open"):
+            session.forget(env.sender.info["measurement"], newest)
+        session.forget(measurement, newest)
+        assert len(bases()) == len(before) - 1  # the sender's stays
+        with pytest.raises(teec.TeecError, match="no rollback counter"):
+            _load(ctx, wasm("tests/assets/c/app_counter.c"), "counter", env.raw_key, newest)
+
+
 # -- rollback of sealed state -------------------------------------------------------------------
 
 

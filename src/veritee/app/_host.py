@@ -225,12 +225,25 @@ class ModuleHost:
             self._waiters.clear()
 
     def destroy(self) -> None:
-        """Close, and delete every file (the module is disabled or replaced)."""
+        """Close, and delete every file (the module is disabled or replaced). The secure
+        world discards the instance's state too: its rollback counter, and its bases."""
+        state, measurement = self.stored_state(), self.info.get("measurement")
         self.close()
+        if state is not None and isinstance(measurement, bytes):
+            self._forget(measurement, state)
         self.inbox.destroy()
         for path in self.directory.glob("*"):
             path.unlink(missing_ok=True)
         self.directory.rmdir()
+
+    def _forget(self, measurement: bytes, state: bytes) -> None:
+        try:
+            with teec.Context(home=self.home, vtee=self.vtee) as context:
+                AppSession(context).forget(measurement, state)
+        except (Error, OSError) as exc:
+            # A successor build runs on this state (an update that kept it), or the secure
+            # world is away: what it kept stays, and is harmless.
+            log.info("%s: the secure world keeps its state (%s)", self, exc)
 
     # -- calls into the secure world -------------------------------------------------------
 

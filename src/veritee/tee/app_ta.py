@@ -457,6 +457,33 @@ def _based(sealer: Sealer, bases: Path, state: dict[str, Any]) -> dict[str, Any]
     return {**base, "channels": chans}
 
 
+def forget(
+    counters: Counters, vtee: VteeIdentity, storage: Path, measurement: bytes, state: bytes
+) -> None:
+    """The node agent discards a module instance's state for good (its module was disabled,
+    or replaced without keeping it): free its rollback counter and delete its bases, so that
+    a node whose apps come and go does not run out of counters nor fill its storage.
+
+    Only the newest state does it (Counters.forget), and it is sealed: the agent could only
+    discard what it holds anyway, and no state of the lineage can load afterwards.
+    """
+    if not (isinstance(measurement, bytes) and len(measurement) == 32):
+        raise UsageError("measurement must be 32 bytes")
+    if not isinstance(state, bytes):
+        raise UsageError("state must be bytes sealed by the module")
+    sealer = Sealer(module_key(vtee.seal_root, measurement), measurement)
+    try:
+        body = cbor2.loads(sealer.unseal(state))
+        lineage, value = bytes(body["lineage"]), int(body["counter"])
+    except SealingError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, cbor2.CBORDecodeError):
+        raise SealingError("sealed state does not decode") from None
+    counters.forget(lineage, value)
+    for path in (storage / BASES_DIR).glob(f"{lineage.hex()}-*"):
+        path.unlink(missing_ok=True)
+
+
 def _owners_word(
     loaded: AppModule,
     verify: Callable[[bytes, ec.EllipticCurvePublicKey], _S],

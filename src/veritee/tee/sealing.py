@@ -87,9 +87,11 @@ class Counters:
 
     _SLOT = struct.Struct(">16sQ")
     ID_BYTES = 16
-    # Lineages a vTEE can hold (each fresh app module instance starts one): 1.5 MiB of
-    # storage; a host loading modules without end must not grow it without end.
+    # Lineages a vTEE can hold at once (each fresh app module instance starts one, and the
+    # node agent frees it when it discards that state, see forget): 1.5 MiB of storage; a
+    # host loading modules without end must not grow it without end.
     MAX_SLOTS = 65536
+    _FREE = bytes(ID_BYTES)  # the id of a free slot
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -98,9 +100,13 @@ class Counters:
         data = b""
         while chunk := os.pread(fd, 1 << 20, len(data)):
             data += chunk
+        self._free: list[int] = []  # slot indexes to use again
         for i in range(len(data) // self._SLOT.size):
             lineage, value = self._SLOT.unpack_from(data, i * self._SLOT.size)
-            self._slots[lineage] = (i, value)
+            if lineage == self._FREE:
+                self._free.append(i)
+            else:
+                self._slots[lineage] = (i, value)
         self._next = len(data) // self._SLOT.size
         self._live: dict[bytes, list[bytes]] = {}  # lineage -> measurements loaded now
 
@@ -134,14 +140,34 @@ class Counters:
         """A new lineage, its counter at 0; returns its id."""
         lineage = os.urandom(self.ID_BYTES)
         with self._lock:
-            if self._next >= self.MAX_SLOTS:
+            if self._free:
+                index = self._free.pop()
+            elif self._next < self.MAX_SLOTS:
+                index, self._next = self._next, self._next + 1
+            else:
                 raise SealingError(
                     f"this TEE holds its maximum of {self.MAX_SLOTS} rollback counters"
                 )
-            index, self._next = self._next, self._next + 1
             os.pwrite(self._fd, self._SLOT.pack(lineage, 0), index * self._SLOT.size)
             self._slots[lineage] = (index, 0)
         return lineage
+
+    def forget(self, lineage: bytes, value: int) -> None:
+        """Free ``lineage``'s counter, on being shown its newest sealed ``value``: whoever
+        holds that state is discarding it. No state of the lineage loads again (random
+        ids are never reused). Refused while an instance runs it."""
+        with self._lock:
+            if lineage in self._live:
+                raise SealingError("this sealed state is in use by a loaded module instance")
+            index, now = self._slots.get(lineage, (-1, -1))
+            if value != now:
+                raise SealingError(
+                    "only the newest sealed state of a module instance can discard it; this "
+                    "one is stale or from elsewhere"
+                )
+            del self._slots[lineage]
+            os.pwrite(self._fd, self._SLOT.pack(self._FREE, 0), index * self._SLOT.size)
+            self._free.append(index)
 
     def current(self, lineage: bytes) -> int:
         """The newest value sealed for ``lineage``; SealingError if it has no counter here."""

@@ -138,6 +138,7 @@ CMD_APP_STATUS = 0x24  # p0 out: CBOR status
 CMD_APP_PUBLIC = 0x25  # p0 in: endpoint name; p1 in: request bytes; p2 out: CBOR outcome
 CMD_APP_DELIVER_BATCH = 0x26  # p0 in: CBOR list of sealed events; p1 out: CBOR batch outcome
 CMD_APP_DISCONNECT = 0x27  # p0 in: statement signed with the deployment key; p1 out: state
+CMD_APP_FORGET = 0x28  # p0 in: measurement; p1 in: the newest sealed state, being discarded
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,15 @@ class AppSession:
             relay,
         )
         return _outcome(out.buffer)
+
+    def forget(self, measurement: bytes, state: bytes) -> None:
+        """Discard a module instance's sealed state for good (its module, of
+        ``measurement``, is disabled or replaced without keeping it): the secure world
+        frees its rollback counter and deletes what it kept for it. Needs the newest state,
+        in a session with no module loaded; refused while an instance runs that state."""
+        self.session.invoke(
+            CMD_APP_FORGET, teec.Operation([teec.memref_in(measurement), teec.memref_in(state)])
+        )
 
     def status(self) -> dict[str, Any]:
         out = teec.memref_out(MAX_INFO_BYTES)

@@ -39,6 +39,7 @@ from veritee.tee.ta import (
     CMD_APP_DELIVER,
     CMD_APP_DELIVER_BATCH,
     CMD_APP_DISCONNECT,
+    CMD_APP_FORGET,
     CMD_APP_LOAD,
     CMD_APP_PUBLIC,
     CMD_APP_STATUS,
@@ -365,6 +366,21 @@ def _app(
             raise
         log.info("loaded app module %s/%s (%s)", new.app, new.name, new.measurement.hex()[:16])
         return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(new.info())))})
+    if cmd == CMD_APP_FORGET:
+        if loaded is not None:
+            raise _Reply(
+                teec.TEEC_ERROR_BAD_STATE,
+                teec.TEEC_ORIGIN_TRUSTED_APP,
+                "a session with a module loaded cannot discard a state",
+            )
+        app_ta.forget(
+            world.counters,
+            world.identity,
+            world.storage,
+            _memref(params, 0)["buf"],
+            _memref(params, 1)["buf"],
+        )
+        return _reply(params, {})
     if loaded is None:
         raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "no module loaded")
     relay = lambda rpc: _relay(sock, rpc)  # noqa: E731 - one-line adapter
