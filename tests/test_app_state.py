@@ -23,7 +23,7 @@ from veritee.evidence.deployment import Connect, Peer, sign_connect
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee import app_ta
 from veritee.tee.app_ta import MAX_ENDED, AppModule
-from veritee.tee.channels import Channel
+from veritee.tee.channels import Channel, EventRejected
 from veritee.tee.sealing import Counters, Sealer
 from veritee.wasm import endpoints
 from veritee.wasm.runtime import Limits
@@ -110,21 +110,24 @@ def _bases(m: AppModule) -> list[Path]:
 def test_a_module_restores_as_it_was_at_every_step_of_its_history(module: AppModule) -> None:
     _check(module)  # fresh: no channels, nothing ended
     pairs = [_pair() for _ in range(6)]
-    for out, _ in pairs:
-        module.add(out)
+    for i, (out, inp) in enumerate(pairs):
+        module.add(out if i % 2 == 0 else inp)
     _check(module)
-    ours, theirs = pairs[0][0], pairs[0][1]
-    events = [ours.seal(b"event") for _ in range(3)]
+    sender = pairs[0][0]  # the module's end: it sends
+    peer, receiver = pairs[1]  # the module's end receives what the peer seals
+    for _ in range(3):
+        sender.seal(b"out")
+    events = [peer.seal(b"in") for _ in range(3)]
     for e in events:
-        theirs.open(e)
+        receiver.open(e)
     _check(module)
-    with pytest.raises(Exception, match="replayed"):
-        theirs.open(events[0])
-    pairs[1][0].dropped["altered"] = 3
+    with pytest.raises(EventRejected, match="replayed"):
+        receiver.open(events[0])
+    assert receiver.dropped == {"replay": 1}
     _check(module)
     assert module.end((pairs[2][0].conn_id, os.urandom(16)), 1_800_000_000) == 1
     _check(module)
-    ours.seal(b"after the end")
+    sender.seal(b"after the end")
     _check(module)
     assert len(_bases(module)) == 1  # older bases go once a state names the newest
 
@@ -186,7 +189,7 @@ def test_a_base_swapped_for_an_older_one_is_refused(module: AppModule) -> None:
     path.write_bytes(older)  # the host would have the connection back
     with pytest.raises(SealingError, match="altered or swapped"):
         _restore(module, state)
-    # Renaming the older base to the name the state asks for is the same swap.
+    # A base altered in place is refused the same way.
     altered = bytearray(older)
     altered[-1] ^= 1
     path.write_bytes(bytes(altered))
