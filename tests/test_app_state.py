@@ -353,3 +353,24 @@ def test_a_discarded_lineage_frees_its_counter_for_another(tmp_path: Path) -> No
     assert path.stat().st_size == size and third not in (first, second)
     assert again.current(second) == 0 and again.current(third) == 0
     os.close(fd)
+
+
+def test_a_crash_between_a_new_base_and_its_state_leaves_the_last_state_loadable(
+    module: AppModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older bases go only once a state names the newest: if the secure world dies after
+    writing a base but before sealing the state that names it, the state the agent holds
+    still finds its own."""
+    module.add(_channel())
+    held = module.state()
+    module.add(_channel())
+
+    def dies(lineage: bytes) -> int:
+        raise SystemExit("the vTEE is killed")
+
+    monkeypatch.setattr(module.counters, "advance", dies)
+    with pytest.raises(SystemExit):
+        module.state()
+    assert len(_bases(module)) == 2  # the new base, and the one the held state names
+    monkeypatch.undo()
+    assert len(_restore(module, held).channels) == 1
