@@ -297,11 +297,11 @@ def _serve_reactor(
 
 def raise_for(reply: dict[str, Any]) -> None:
     """Turn a worker's error reply back into the exception it reported."""
-    from veritee.wasm.runtime import ArtifactChanged
-
     kind = reply.get("error")
     if kind is None:
         return
+    from veritee.wasm.runtime import ArtifactChanged  # wasmtime: only once a call failed
+
     cls = {
         "ModuleLimitExceeded": ModuleLimitExceeded,
         "ArtifactChanged": ArtifactChanged,
