@@ -133,3 +133,53 @@ def test_events_ab_bench_refuses_an_unknown_revision() -> None:
     assert result.returncode != 0
     assert "'no-such-revision' is not a revision of" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+HALTPOLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def test_haltpoll_bench_measures_and_restores_the_setting_or_says_why_it_cannot() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from haltpoll import usable  # bench/haltpoll.py
+    finally:
+        sys.path.pop(0)
+    why = usable(HALTPOLL)
+    if why is not None:  # not a VM with the haltpoll driver, or not root: a clear refusal
+        result = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "haltpoll.py")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2 and why in result.stderr
+        return
+    before = HALTPOLL.read_text()
+    report = _bench(
+        "haltpoll.py",
+        "--values",
+        "0,200000",
+        "--rounds",
+        "1",
+        "--hops",
+        "50",
+        "--placement",
+        "shared",
+    )
+    assert HALTPOLL.read_text() == before
+    shared = report["nodes sharing all cores"]
+    assert set(shared) == {"0", "200000"}
+    assert all(r["p50_median_ms"] > 0 and len(r["p50_ms"]) == 1 for r in shared.values())
+
+
+def test_haltpoll_bench_refuses_without_the_driver() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "haltpoll.py"), "--param", "/nonexistent/param"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "has no haltpoll cpuidle driver" in result.stderr and "Traceback" not in result.stderr
