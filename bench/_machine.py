@@ -28,3 +28,15 @@ def stolen_share(before: Jiffies, after: Jiffies) -> float:
     """The share of the CPU time from ``before`` to ``after`` that the hypervisor took."""
     total, _, stolen = between(before, after)
     return stolen / total
+
+
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def halt_poll_ns() -> int | None:
+    """How long an idle virtual CPU polls before it halts (Linux's haltpoll cpuidle
+    driver, see bench/haltpoll.py); None where that driver is not loaded."""
+    try:
+        return int(HALT_POLL.read_text())
+    except (OSError, ValueError):
+        return None

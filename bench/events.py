@@ -430,7 +430,7 @@ def main() -> None:
     if args.hops < 2 or args.burst < 1:
         parser.error("--hops must be at least 2 and --burst at least 1")
 
-    results: dict[str, Any] = {"cpus": os.cpu_count()}
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "halt_poll_ns": machine.halt_poll_ns()}
     with tempfile.TemporaryDirectory(prefix="veritee-bench-events-") as tmp:
         work = Path(tmp)
         relay = work / "relay.wasm"
@@ -527,7 +527,15 @@ def report(r: dict[str, Any]) -> None:
     tee = r["secure_world_alone"]
     tr = r["transport_alone"]
     first = r["placements"][0]
-    print(f"Veritee events on {r['cpus']} CPU(s), loopback\n")
+    print(f"Veritee events on {r['cpus']} CPU(s), loopback")
+    poll = r.get("halt_poll_ns")
+    if poll is not None:
+        print(
+            "idle virtual CPUs "
+            + (f"poll up to {poll} ns before they halt" if poll else "halt at once")
+            + " (haltpoll; see bench/haltpoll.py)"
+        )
+    print()
     print(f"{'one-way latency, module → module':40} {'p50 ms':>9} {'p99 ms':>9} {'host stole':>11}")
     for placement in r["placements"]:
         print(f"  {PLACEMENT_NAMES[placement]}")

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _machine as machine  # bench/_machine.py, beside this script
 import events  # bench/events.py, beside this script
 
 from veritee.app import descriptor as desc_mod
@@ -35,7 +36,7 @@ from veritee.app.deployer import Deployer
 from veritee.wasm.build import build
 
 REPO = events.REPO
-PARAM = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+PARAM = machine.HALT_POLL
 PLACEMENTS = {"own": [events.OWN_CORE], "shared": [events.SHARED]}
 PLACEMENTS["both"] = PLACEMENTS["own"] + PLACEMENTS["shared"]
 
