@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -111,6 +113,8 @@ def main() -> None:
     if why is not None:
         parser.exit(2, f"haltpoll: {why}\n")
 
+    # Put the setting back however the run ends: Ctrl-C raises, and so does SIGTERM here.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     original = args.param.read_text().strip()
     results: dict[str, Any] = {"original_ns": int(original), "values_ns": values}
     with tempfile.TemporaryDirectory(prefix="veritee-bench-haltpoll-") as tmp:
