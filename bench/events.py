@@ -53,19 +53,11 @@ import _machine as machine  # bench/_machine.py, beside this script
 from veritee.app import changes
 from veritee.app import descriptor as desc_mod
 from veritee.app import state as state_mod
-from veritee.app.client import NodeClient
 from veritee.app.cluster import LocalCluster, descriptor_for
-from veritee.app.deployer import Deployer
+from veritee.app.deployer import Deployer, Step
 from veritee.app.transport import TcpTransport
 from veritee.app.user import UserTool
-from veritee.evidence.deployment import (
-    MAX_DISCONNECT,
-    Connect,
-    Disconnect,
-    Peer,
-    sign_connect,
-    sign_disconnect,
-)
+from veritee.evidence.deployment import Connect, Peer, sign_connect
 from veritee.home import Home
 from veritee.tee import client as teec
 from veritee.tee.channels import establish
@@ -315,6 +307,19 @@ OWN_CORE, SHARED = "", "_shared_cores"
 PLACEMENT_NAMES = {OWN_CORE: "each node on its own core", SHARED: "nodes sharing all cores"}
 
 
+# --placement of the benchmarks that run one placement or both (events_ab.py, haltpoll.py).
+PLACEMENT_CHOICES = {"own": [OWN_CORE], "shared": [SHARED], "both": [OWN_CORE, SHARED]}
+
+
+def chosen_placements(parser: argparse.ArgumentParser, choice: str) -> list[str]:
+    """The placements ``--placement`` names; a parser error if this process cannot give
+    each node a core of its own."""
+    placements = PLACEMENT_CHOICES[choice]
+    if OWN_CORE in placements and not can_pin(2):
+        parser.error("a core per node needs two cores this process may use; use --placement shared")
+    return placements
+
+
 def can_pin(nodes: int) -> bool:
     """Whether this process may use a core per node (Linux; a cpuset may allow fewer cores
     than the machine has)."""
@@ -395,16 +400,24 @@ def after_history(driver: Driver, hops: int, ended: int) -> dict[str, Any]:
     ending connections cannot be undone, so this is measured last.
     """
     before = [ping_pong(driver, hops) for _ in range(2)]
-    dep, keys = state_mod.load(driver.state), state_mod.load_keys(driver.state)
-    nodes = sorted({m.node for m in dep.modules.values()})
-    for i in range(0, ended, MAX_DISCONNECT):
-        conns = [os.urandom(16) for _ in range(min(MAX_DISCONNECT, ended - i))]
-        statement = sign_disconnect(Disconnect(dep.app, tuple(conns)), keys.deployment)
-        for node in nodes:
-            n = dep.nodes[node]
-            problems = NodeClient(n.url, name=n.name).retire(dep.app, conns, statement)
-            if problems:
-                raise SystemExit(f"node {node} could not end connections: {problems}")
+    failed: list[Step] = []
+
+    def note(step: Step) -> None:
+        if step.state == "failed":
+            failed.append(step)
+
+    # As `veritee update` and `disable` end connections: statements signed with the app's
+    # key, handed to every node at an end of the app's connections.
+    dep = state_mod.load(driver.state)
+    conns = [os.urandom(16) for _ in range(ended)]
+    keys = state_mod.load_keys(driver.state)
+    changes._disconnect(
+        Deployer(driver.state, progress=note), dep, keys, conns, list(dep.connections.values())
+    )
+    if failed:
+        raise SystemExit(
+            "nodes could not end connections: " + "; ".join(f"{s.what}: {s.detail}" for s in failed)
+        )
     ping_pong(driver, WARM_HOPS)
     after = [ping_pong(driver, hops) for _ in range(2)]
     return {

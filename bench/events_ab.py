@@ -38,8 +38,6 @@ from veritee.app.deployer import Deployer
 from veritee.wasm.build import build
 
 REPO = events.REPO
-PLACEMENTS = {"own": [events.OWN_CORE], "shared": [events.SHARED]}
-PLACEMENTS["both"] = PLACEMENTS["own"] + PLACEMENTS["shared"]
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:
@@ -109,14 +107,12 @@ def main() -> None:
     parser.add_argument("base", help="the git revision to compare with (e.g. HEAD~1, main)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--hops", type=int, default=1000)
-    parser.add_argument("--placement", choices=sorted(PLACEMENTS), default="both")
+    parser.add_argument("--placement", choices=sorted(events.PLACEMENT_CHOICES), default="both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.rounds < 1 or args.hops < 2:
         parser.error("--rounds must be at least 1 and --hops at least 2")
-    placements = PLACEMENTS[args.placement]
-    if events.OWN_CORE in placements and not events.can_pin(2):
-        parser.error("a core per node needs two cores this process may use; use --placement shared")
+    placements = events.chosen_placements(parser, args.placement)
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="veritee-bench-ab-") as tmp:

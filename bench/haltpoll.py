@@ -39,8 +39,6 @@ from veritee.wasm.build import build
 
 REPO = events.REPO
 PARAM = machine.HALT_POLL
-PLACEMENTS = {"own": [events.OWN_CORE], "shared": [events.SHARED]}
-PLACEMENTS["both"] = PLACEMENTS["own"] + PLACEMENTS["shared"]
 
 
 def usable(param: Path) -> str | None:
@@ -94,7 +92,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--hops", type=int, default=1000)
-    parser.add_argument("--placement", choices=sorted(PLACEMENTS), default="both")
+    parser.add_argument("--placement", choices=sorted(events.PLACEMENT_CHOICES), default="both")
     parser.add_argument("--param", type=Path, default=PARAM, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -106,9 +104,7 @@ def main() -> None:
         parser.error("--values needs two or more distinct bounds of 0 ns or more")
     if args.rounds < 1 or args.hops < 2:
         parser.error("--rounds must be at least 1 and --hops at least 2")
-    placements = PLACEMENTS[args.placement]
-    if events.OWN_CORE in placements and not events.can_pin(2):
-        parser.error("a core per node needs two cores this process may use; use --placement shared")
+    placements = events.chosen_placements(parser, args.placement)
     why = usable(args.param)
     if why is not None:
         parser.exit(2, f"haltpoll: {why}\n")

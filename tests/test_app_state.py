@@ -9,6 +9,7 @@ in storage, and check that old bases go and that format 2 states still load.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,8 +145,6 @@ def test_a_module_restores_as_it_was_at_every_step_of_its_history(module: AppMod
     )
 )
 def test_any_counters_restore_exactly(counts: list[tuple[int, int, dict[str, int]]]) -> None:
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         fd = os.open(Path(tmp) / "counters", os.O_RDWR | os.O_CREAT, 0o600)
         try:

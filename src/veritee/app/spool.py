@@ -15,6 +15,7 @@ import os
 import struct
 import threading
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 from veritee.app.errors import AppError
@@ -30,6 +31,11 @@ COMPACT_BYTES = 4 * 1024 * 1024
 # How many events a spool holds before refusing more: a peer down for long must not fill
 # the disk. At the demo's event size this is a few tens of MiB.
 MAX_PENDING = 100_000
+
+
+def _encode(records: Iterable[tuple[int, bytes]]) -> bytes:
+    """Records as the data file holds them: ``seq (8) || length (4) || bytes`` each."""
+    return b"".join(_RECORD.pack(q, len(r)) + r for q, r in records)
 
 
 class SpoolFull(AppError):
@@ -108,7 +114,7 @@ class Spool:
             for record in records:
                 self._last += 1
                 numbered.append((self._last, record))
-            data = b"".join(_RECORD.pack(q, len(r)) + r for q, r in numbered)
+            data = _encode(numbered)
             os.write(self._fd, data)
             self._size += len(data)
             self._pending_bytes += len(data)
@@ -164,7 +170,7 @@ class Spool:
             os.ftruncate(self._fd, 0)
             self._size = 0
             return
-        data = b"".join(_RECORD.pack(q, len(r)) + r for q, r in self._records)
+        data = _encode(self._records)
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, self.path)

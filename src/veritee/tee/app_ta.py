@@ -238,7 +238,7 @@ class AppModule:
         While an update runs two instances of one lineage, each forgets its own only."""
         keep = self._written[-1]
         if self.counters.alone(self.lineage):
-            old = [p for p in keep.parent.glob(f"{self.lineage.hex()}-*") if p != keep]
+            old = [p for p in _bases_of(keep.parent, self.lineage) if p != keep]
         else:
             old = self._written[:-1]
         for p in old:
@@ -248,6 +248,11 @@ class AppModule:
 
 def base_path(bases: Path, lineage: bytes, digest: bytes) -> Path:
     return bases / f"{lineage.hex()}-{digest[:16].hex()}.sealed"
+
+
+def _bases_of(bases: Path, lineage: bytes) -> list[Path]:
+    """Every base kept for ``lineage`` (see base_path)."""
+    return list(bases.glob(f"{lineage.hex()}-*"))
 
 
 def load(
@@ -480,7 +485,7 @@ def forget(
     except (KeyError, TypeError, ValueError, AttributeError, cbor2.CBORDecodeError):
         raise SealingError("sealed state does not decode") from None
     counters.forget(lineage, value)
-    for path in (storage / BASES_DIR).glob(f"{lineage.hex()}-*"):
+    for path in _bases_of(storage / BASES_DIR, lineage):
         path.unlink(missing_ok=True)
 
 
