@@ -7,6 +7,7 @@ benchmarks print it beside what they measured.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 Jiffies = tuple[int, int, int]
@@ -40,3 +41,23 @@ def halt_poll_ns() -> int | None:
         return int(HALT_POLL.read_text())
     except (OSError, ValueError):
         return None
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU time (user + system, seconds) that ``pid`` and its live descendants have used
+    (Linux /proc): a node agent's tree holds its secure world and module workers."""
+    total = 0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    seconds = total / os.sysconf("SC_CLK_TCK")
+    for task in tasks:
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        seconds += sum(tree_cpu_s(int(child)) for child in children)
+    return seconds

@@ -8,8 +8,10 @@ devices and secure worlds, a verifier, the relay modules of bench/events.py), th
 ping-pong alternating between them while the other cluster idles, so that a drift falls on
 both. Each cluster is placed as bench/events.py places its nodes.
 
-Prints, for each placement, each version's p50 per round, the medians, their ratio, and in
-how many rounds this tree was the lower.
+Prints, for each placement, each version's p50 per round, the medians, their ratio, in how
+many rounds this tree was the lower, and the CPU time each cluster's nodes (agents, secure
+worlds, module workers) used per hop. ``--poll-us``/``--base-poll-us`` set each side's node
+agents' ``--poll-us`` (``events_ab.py HEAD --base-poll-us 0`` weighs polling itself).
 
 BASE's nodes and verifier run from a git worktree of BASE, and its devices are provisioned
 by it (secure boot measures the code that runs). This tree's deployer and user tool drive
@@ -17,6 +19,7 @@ both clusters, so BASE must speak the node agent's API as this tree does.
 
 Run:  .venv/bin/python bench/events_ab.py BASE [--rounds 8] [--hops 1000]
                                          [--placement own|shared|both] [--json]
+                                         [--poll-us N] [--base-poll-us N]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import _machine as machine  # bench/_machine.py
 import events  # bench/events.py, beside this script
 
 from veritee.app import descriptor as desc_mod
@@ -60,11 +64,16 @@ def _worktree(revision: str, where: Path) -> str:
 
 
 def _cluster(
-    work: Path, label: str, relay: Path, source: Path | None, started: list[LocalCluster]
+    work: Path,
+    label: str,
+    relay: Path,
+    source: Path | None,
+    started: list[LocalCluster],
+    poll_us: int | None,
 ) -> events.Driver:
     """A cluster running ``source`` (None: this tree) with the relay app deployed; it is
     added to ``started`` before it starts, so that the caller stops it whatever happens."""
-    cluster = LocalCluster(work / label, source=source)
+    cluster = LocalCluster(work / label, source=source, poll_us=poll_us)
     started.append(cluster)
     cluster.start()
     cluster.endorse([("relay", relay.read_bytes())])
@@ -77,15 +86,28 @@ def _cluster(
     return events.Driver(state)
 
 
-def measure(drivers: list[events.Driver], rounds: int, hops: int) -> dict[str, Any]:
+def _cpu_s(cluster: LocalCluster) -> float:
+    return sum(
+        machine.tree_cpu_s(node.process.pid)
+        for node in cluster.nodes.values()
+        if node.process is not None
+    )
+
+
+def measure(
+    drivers: list[events.Driver], clusters: list[LocalCluster], rounds: int, hops: int
+) -> dict[str, Any]:
     """Alternate rounds between the two clusters (ABAB, then BABA, ...)."""
     p50: list[list[float]] = [[], []]
+    cpu: list[list[float]] = [[], []]  # ms of CPU per hop, the nodes' process trees
     stolen: list[float] = []
     for driver in drivers:
         events.ping_pong(driver, min(hops, events.WARM_HOPS))  # warm; sets how long to wait
     for r in range(rounds):
         for k in (0, 1) if r % 2 == 0 else (1, 0):
+            before = _cpu_s(clusters[k])
             out = events.ping_pong(drivers[k], hops)
+            cpu[k].append((_cpu_s(clusters[k]) - before) * 1e3 / hops)
             p50[k].append(out["p50_ms"])
             stolen.append(out["stolen"])
         events._say(f"round {r + 1} of {rounds}: {p50[0][-1]:.3f} / {p50[1][-1]:.3f} ms")
@@ -97,6 +119,8 @@ def measure(drivers: list[events.Driver], rounds: int, hops: int) -> dict[str, A
         "this_median_ms": this,
         "ratio": this / base,
         "this_lower_in": sum(b > t for b, t in zip(p50[0], p50[1], strict=True)),
+        "base_cpu_ms_per_hop": statistics.median(cpu[0]),
+        "this_cpu_ms_per_hop": statistics.median(cpu[1]),
         "rounds": rounds,
         "max_stolen": max(stolen),
     }
@@ -109,6 +133,10 @@ def main() -> None:
     parser.add_argument("--hops", type=int, default=1000)
     parser.add_argument("--placement", choices=sorted(events.PLACEMENT_CHOICES), default="both")
     parser.add_argument("--json", action="store_true")
+    for flag, whose in (("--poll-us", "this tree's"), ("--base-poll-us", "BASE's")):
+        parser.add_argument(
+            flag, type=int, default=None, metavar="N", help=f"{whose} node agents' --poll-us"
+        )
     args = parser.parse_args()
     if args.rounds < 1 or args.hops < 2:
         parser.error("--rounds must be at least 1 and --hops at least 2")
@@ -127,15 +155,15 @@ def main() -> None:
             relay = work / "relay.wasm"
             build(REPO / "bench" / "apps" / "relay.c", relay)
             drivers = [
-                _cluster(work, "base", relay, checkout / "src", clusters),
-                _cluster(work, "this", relay, None, clusters),
+                _cluster(work, "base", relay, checkout / "src", clusters, args.base_poll_us),
+                _cluster(work, "this", relay, None, clusters, args.poll_us),
             ]
             events._say("both clusters deployed")
             for placement in placements:
                 for cluster in clusters:
                     events.place(cluster, placement)
                 name = events.PLACEMENT_NAMES[placement]
-                results[name] = measure(drivers, args.rounds, args.hops)
+                results[name] = measure(drivers, clusters, args.rounds, args.hops)
         finally:
             for cluster in clusters:
                 cluster.stop()
@@ -155,6 +183,10 @@ def main() -> None:
         print(
             f"    this / base {r['ratio']:.2f}; this tree lower in {r['this_lower_in']} of "
             f"{r['rounds']} rounds; the host stole up to {r['max_stolen']:.0%}"
+        )
+        print(
+            f"    CPU per hop, all processes of the nodes: base {r['base_cpu_ms_per_hop']:.2f}"
+            f" ms, this {r['this_cpu_ms_per_hop']:.2f} ms (medians)"
         )
 
 

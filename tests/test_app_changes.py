@@ -23,7 +23,8 @@ def home(
 ) -> Iterator[SmartHome]:
     workdir = tmp_path_factory.mktemp("smart-home-changes")
     binaries = build_smart_home(wasm)
-    cluster = LocalCluster(workdir / "cluster", verifier=False)
+    # Its agents never poll their links (the other clusters of the tests do, by default).
+    cluster = LocalCluster(workdir / "cluster", verifier=False, poll_us=0)
     cluster.start()
     try:
         descriptor = descriptor_for(

@@ -40,6 +40,17 @@ def test_every_command_has_help_with_an_example(command: tuple[str, ...]) -> Non
     assert "veritee " + " ".join(command) in proc.stdout
 
 
+def test_node_start_help_gives_the_poll_default_the_agent_uses() -> None:
+    from veritee.app.transport import POLL
+
+    proc = veritee("node", "start", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert f"default {round(POLL * 1e6)})" in " ".join(proc.stdout.split())
+    assert (
+        "Error: Invalid value for '--poll-us'" in veritee("node", "start", "--poll-us", "-1").stderr
+    )
+
+
 def test_a_malformed_descriptor_is_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "app.yaml"
     bad.write_text(

@@ -326,6 +326,64 @@ def test_transport_takes_events_in_batches(tmp_path: Path) -> None:
     b.close()
 
 
+def test_a_polling_reader_reads_frames_whole_however_they_arrive() -> None:
+    """A reader that polls before it blocks gets the same frames as one that does not,
+    sent whole, byte by byte, or split around a pause longer than its poll."""
+    frames = [(tr.EVENT, i, os.urandom(n)) for i, n in enumerate((0, 1, 100, 70_000, 5))]
+    wire = b"".join(tr._FRAME.pack(k, i, len(p)) + p for k, i, p in frames)
+    for poll in (0.0, 0.002):
+        for pieces in ([wire], [wire[i : i + 1] for i in range(64)] + [wire[64:]]):
+            a, b = socket.socketpair()
+            reader = tr._Frames(b, poll)
+
+            def write(chunks: list[bytes] = pieces, sock: socket.socket = a) -> None:
+                for n, chunk in enumerate(chunks):
+                    sock.sendall(chunk)
+                    if n == len(chunks) // 2:
+                        time.sleep(0.02)
+                sock.close()
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            got: list[tuple[int, int, bytes]] = []
+            with pytest.raises(EOFError):
+                while True:
+                    got += reader.read()
+            writer.join()
+            b.close()
+            assert got == frames, (poll, len(pieces))
+
+
+def test_a_polling_reader_stops_polling_once_events_stop_coming() -> None:
+    """It polls only while frames come within its poll: a link that falls quiet costs one
+    poll's CPU, then none, however long it stays quiet."""
+    a, b = socket.socketpair()
+    reader = tr._Frames(b, 0.05)
+    one = tr._FRAME.pack(tr.EVENT, 1, 0)
+    spent: list[float] = []
+
+    def read() -> None:
+        for _ in range(4):
+            start = time.thread_time()
+            reader.read()
+            spent.append(time.thread_time() - start)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    a.sendall(one)  # soon: the reader was polling for it
+    for _ in range(3):  # then each after a quiet spell of 0.4 s
+        time.sleep(0.4)
+        a.sendall(one)
+    thread.join(10)
+    a.close()
+    b.close()
+    assert len(spent) == 4
+    # The second read polled for 0.05 s at most (yielding the CPU as it did), then slept;
+    # the two after it, following a long wait, did not poll at all.
+    assert spent[1] < 0.2
+    assert spent[2] < 0.02 and spent[3] < 0.02, spent
+
+
 def test_transport_acknowledges_events_before_the_receiver_delivers_them(tmp_path: Path) -> None:
     """What the receiver does once it holds the events (a node agent delivers them there)
     runs after the ACK: the sender's outbox is free while the delivery runs."""

@@ -80,12 +80,15 @@ class LocalCluster:
         hosts: Sequence[str] | None = None,
         prefixes: Sequence[Sequence[str]] | None = None,
         source: Path | None = None,
+        poll_us: int | None = None,
     ) -> None:
         """``source``: run the nodes and the verifier from that checkout's ``src`` (an A/B
         benchmark compares two versions); their devices are provisioned by it too, since
-        secure boot measures the code it runs."""
+        secure boot measures the code it runs. ``poll_us``: the agents' ``--poll-us``
+        (default: theirs)."""
         self.workdir = workdir
         self.source = source
+        self.poll_us = poll_us
         self.nodes = {
             n: LocalNode(
                 n,
@@ -154,6 +157,7 @@ class LocalCluster:
             str(ready),
             "--log-level",
             "warning",
+            *(() if self.poll_us is None else ("--poll-us", str(self.poll_us))),
         ]
         with open(node.log, "ab") as log:
             node.process = subprocess.Popen(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from veritee.app.agent import NodeAgent
 from veritee.app.errors import AppError
-from veritee.app.transport import TcpTransport
+from veritee.app.transport import POLL, TcpTransport
 from veritee.errors import Error
 from veritee.home import DEFAULT_VTEE, Home
 
@@ -56,6 +56,7 @@ def serve(
     ready_file: Path | None = None,
     stop_tee: bool = False,
     log_level: str = "info",
+    poll: float | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; with ``stop_tee`` the secure world is stopped too."""
     import uvicorn
@@ -72,7 +73,7 @@ def serve(
             saved = port_file.read_text().strip() if port_file.exists() else ""
             events_port = int(saved) if saved.isdigit() else 0
         try:
-            transport = TcpTransport(state, host, events_port)
+            transport = TcpTransport(state, host, events_port, poll=POLL if poll is None else poll)
         except BaseException:
             sock.close()
             raise

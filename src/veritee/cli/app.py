@@ -105,6 +105,13 @@ def node() -> None:
     help="Write {url, events} as JSON here once listening.",
 )
 @click.option(
+    "--poll-us",
+    type=click.IntRange(0, 1_000_000),
+    default=None,
+    help="After events from a peer, poll its link this many µs before sleeping, while "
+    "they come that often: lower latency for CPU while they do (0: never; default 1000).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -120,6 +127,7 @@ def node_start(
     vtee: str,
     provision: bool,
     ready_file: Path | None,
+    poll_us: int | None,
     log_level: str,
 ) -> None:
     """Serve the node agent in the foreground until interrupted.
@@ -154,6 +162,7 @@ def node_start(
         ready_file=ready_file,
         stop_tee=started,
         log_level=log_level,
+        poll=None if poll_us is None else poll_us / 1e6,
     )
 
 
