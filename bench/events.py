@@ -30,7 +30,10 @@ Targets (issue 7): cross-node p50 under 1 ms, at least 10,000 events/s, the demo
 in under 3 s. The Authentic Execution paper: 432 ms round trip in its smart-home case,
 3 to 6 s to update one module.
 
-Run:  .venv/bin/python bench/events.py [--hops 1000] [--burst 10000] [--json]
+The node agents poll their links as ``veritee node start`` does by default; ``--poll-us``
+sets it (0: never), for the nodes and the transport-alone baseline alike.
+
+Run:  .venv/bin/python bench/events.py [--hops 1000] [--burst 10000] [--poll-us N] [--json]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from veritee.app import descriptor as desc_mod
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster, descriptor_for
 from veritee.app.deployer import Deployer, Step
-from veritee.app.transport import TcpTransport
+from veritee.app.transport import POLL, TcpTransport
 from veritee.app.user import UserTool
 from veritee.evidence.deployment import Connect, Peer, sign_connect
 from veritee.home import Home
@@ -111,11 +114,11 @@ def tcp_round_trip(n: int) -> dict[str, float]:
     return summary(samples)
 
 
-def transport_alone(n: int, workdir: Path) -> dict[str, float]:
+def transport_alone(n: int, workdir: Path, poll: float = POLL) -> dict[str, float]:
     """One-way latency and events/s node agent to node agent, no secure world."""
     got: list[float] = []
     done = threading.Event()
-    b = TcpTransport(workdir / "tb", "127.0.0.1", 0)
+    b = TcpTransport(workdir / "tb", "127.0.0.1", 0, poll=poll)
 
     def take(events: list[bytes]) -> None:
         now = time.perf_counter()
@@ -124,7 +127,7 @@ def transport_alone(n: int, workdir: Path) -> dict[str, float]:
             done.set()
 
     b.start(take, lambda e: e)
-    a = TcpTransport(workdir / "ta", "127.0.0.1", 0)
+    a = TcpTransport(workdir / "ta", "127.0.0.1", 0, poll=poll)
     a.start(lambda e: None, lambda e: e)
     a.send(b.address, struct.pack(">d", time.perf_counter()) + bytes(80))  # connect first
     while not got:
@@ -438,12 +441,19 @@ def main() -> None:
     # Long enough that the burst's first events, sent before the pipeline fills, do not set
     # the figure.
     parser.add_argument("--burst", type=int, default=10000)
+    parser.add_argument(
+        "--poll-us", type=int, default=round(POLL * 1e6), help="the node agents' --poll-us"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.hops < 2 or args.burst < 1:
-        parser.error("--hops must be at least 2 and --burst at least 1")
+    if args.hops < 2 or args.burst < 1 or args.poll_us < 0:
+        parser.error("--hops must be at least 2, --burst at least 1, --poll-us at least 0")
 
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "halt_poll_ns": machine.halt_poll_ns()}
+    results: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "halt_poll_ns": machine.halt_poll_ns(),
+        "poll_us": args.poll_us,
+    }
     with tempfile.TemporaryDirectory(prefix="veritee-bench-events-") as tmp:
         work = Path(tmp)
         relay = work / "relay.wasm"
@@ -456,10 +466,10 @@ def main() -> None:
         build(SMART_HOME / "webserver.c", web2, defines=["WEB_V2"])
 
         results["tcp_round_trip"] = tcp_round_trip(2000)
-        results["transport_alone"] = transport_alone(args.burst, work)
+        results["transport_alone"] = transport_alone(args.burst, work, args.poll_us / 1e6)
         _say("baselines measured")
 
-        cluster = LocalCluster(work / "cluster")
+        cluster = LocalCluster(work / "cluster", poll_us=args.poll_us)
         cluster.start()
         try:
             cluster.endorse(
@@ -548,6 +558,8 @@ def report(r: dict[str, Any]) -> None:
             + (f"poll up to {poll} ns before they halt" if poll else "halt at once")
             + " (haltpoll; see bench/haltpoll.py)"
         )
+    if "poll_us" in r:
+        print(f"node agents poll a busy link for up to {r['poll_us']} µs (--poll-us)")
     print()
     print(f"{'one-way latency, module → module':40} {'p50 ms':>9} {'p99 ms':>9} {'host stole':>11}")
     for placement in r["placements"]:

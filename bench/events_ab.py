@@ -19,7 +19,7 @@ both clusters, so BASE must speak the node agent's API as this tree does.
 
 Run:  .venv/bin/python bench/events_ab.py BASE [--rounds 8] [--hops 1000]
                                          [--placement own|shared|both] [--json]
-                                         [--poll-us N] [--base-poll-us N]
+                                         [--burst N] [--poll-us N] [--base-poll-us N]
 """
 
 from __future__ import annotations
@@ -95,9 +95,14 @@ def _cpu_s(cluster: LocalCluster) -> float:
 
 
 def measure(
-    drivers: list[events.Driver], clusters: list[LocalCluster], rounds: int, hops: int
+    drivers: list[events.Driver],
+    clusters: list[LocalCluster],
+    rounds: int,
+    hops: int,
+    burst: int,
 ) -> dict[str, Any]:
-    """Alternate rounds between the two clusters (ABAB, then BABA, ...)."""
+    """Alternate rounds between the two clusters (ABAB, then BABA, ...); with ``burst``,
+    then as many rounds of a burst each, for events per second."""
     p50: list[list[float]] = [[], []]
     cpu: list[list[float]] = [[], []]  # ms of CPU per hop, the nodes' process trees
     stolen: list[float] = []
@@ -111,8 +116,20 @@ def measure(
             p50[k].append(out["p50_ms"])
             stolen.append(out["stolen"])
         events._say(f"round {r + 1} of {rounds}: {p50[0][-1]:.3f} / {p50[1][-1]:.3f} ms")
+    rates: list[list[float]] = [[], []]
+    for r in range(rounds if burst else 0):
+        for k in (0, 1) if r % 2 == 0 else (1, 0):
+            rates[k].append(events.throughput(drivers[k], burst)["events_per_s"])
+        events._say(f"burst {r + 1} of {rounds}: {rates[0][-1]:.0f} / {rates[1][-1]:.0f} events/s")
     base, this = (statistics.median(v) for v in p50)
+    if burst:
+        throughput = {
+            "base_events_per_s": rates[0],
+            "this_events_per_s": rates[1],
+            "events_per_s_ratio": statistics.median(rates[1]) / statistics.median(rates[0]),
+        }
     return {
+        **(throughput if burst else {}),
         "base_p50_ms": p50[0],
         "this_p50_ms": p50[1],
         "base_median_ms": base,
@@ -132,14 +149,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--hops", type=int, default=1000)
     parser.add_argument("--placement", choices=sorted(events.PLACEMENT_CHOICES), default="both")
+    parser.add_argument(
+        "--burst", type=int, default=0, metavar="N", help="also compare bursts of N events"
+    )
     parser.add_argument("--json", action="store_true")
     for flag, whose in (("--poll-us", "this tree's"), ("--base-poll-us", "BASE's")):
         parser.add_argument(
             flag, type=int, default=None, metavar="N", help=f"{whose} node agents' --poll-us"
         )
     args = parser.parse_args()
-    if args.rounds < 1 or args.hops < 2:
-        parser.error("--rounds must be at least 1 and --hops at least 2")
+    if args.rounds < 1 or args.hops < 2 or args.burst < 0:
+        parser.error("--rounds must be at least 1, --hops at least 2, --burst at least 0")
     placements = events.chosen_placements(parser, args.placement)
 
     results: dict[str, Any] = {}
@@ -163,7 +183,7 @@ def main() -> None:
                 for cluster in clusters:
                     events.place(cluster, placement)
                 name = events.PLACEMENT_NAMES[placement]
-                results[name] = measure(drivers, clusters, args.rounds, args.hops)
+                results[name] = measure(drivers, clusters, args.rounds, args.hops, args.burst)
         finally:
             for cluster in clusters:
                 cluster.stop()
@@ -188,6 +208,11 @@ def main() -> None:
             f"    CPU per hop, all processes of the nodes: base {r['base_cpu_ms_per_hop']:.2f}"
             f" ms, this {r['this_cpu_ms_per_hop']:.2f} ms (medians)"
         )
+        if "events_per_s_ratio" in r:
+            for who in ("base", "this"):
+                rates = " ".join(f"{v:.0f}" for v in r[f"{who}_events_per_s"])
+                print(f"    {who:5} events/s in bursts of {args.burst}: {rates}")
+            print(f"    events/s, this / base {r['events_per_s_ratio']:.2f} (medians)")
 
 
 if __name__ == "__main__":
