@@ -384,6 +384,35 @@ def test_a_polling_reader_stops_polling_once_events_stop_coming() -> None:
     assert spent[2] < 0.02 and spent[3] < 0.02, spent
 
 
+def test_only_one_reader_of_a_node_polls_at_a_time() -> None:
+    """Readers of a node's links share one right to poll: while one polls, another that
+    would poll sleeps on its socket instead, so a node spends one CPU at most on polling."""
+    a, b = socket.socketpair()
+    polling = threading.Lock()
+    reader = tr._Frames(b, 0.3, polling)
+    spent: list[float] = []
+
+    def read() -> None:
+        start = time.thread_time()
+        reader.read()
+        spent.append(time.thread_time() - start)
+
+    for other_is_polling in (True, False):
+        if other_is_polling:
+            polling.acquire()
+        thread = threading.Thread(target=read)
+        thread.start()
+        time.sleep(0.2)
+        a.sendall(tr._FRAME.pack(tr.EVENT, 1, 0))
+        thread.join(10)
+        if other_is_polling:
+            polling.release()
+    a.close()
+    b.close()
+    # Waiting 0.2 s: asleep while the other polled, polling (within 0.3 s) once it did not.
+    assert spent[0] < 0.02 < spent[1], spent
+
+
 def test_transport_acknowledges_events_before_the_receiver_delivers_them(tmp_path: Path) -> None:
     """What the receiver does once it holds the events (a node agent delivers them there)
     runs after the ACK: the sender's outbox is free while the delivery runs."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from veritee.app.transport import POLL
+
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -97,6 +99,7 @@ def test_events_bench() -> None:
         assert report[f"latency_within_node{placement}"]["p50_ms"] > 0
     assert "_shared_cores" in report["placements"]
     assert "halt_poll_ns" in report  # None where the machine has no haltpoll driver
+    assert report["poll_us"] == round(POLL * 1e6)
     history = report["history"]
     assert history["ended"] == 4096 and all(
         p > 0 for p in history["p50_before_ms"] + history["p50_after_ms"]
@@ -105,7 +108,9 @@ def test_events_bench() -> None:
 
 def test_events_ab_bench_runs_a_revision_beside_this_tree() -> None:
     report = _bench(
-        "events_ab.py", "HEAD", "--rounds", "2", "--hops", "50", "--placement", "shared"
+        "events_ab.py",
+        *("HEAD", "--rounds", "2", "--hops", "50", "--placement", "shared"),
+        *("--burst", "300", "--base-poll-us", "0"),
     )
     head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -116,6 +121,10 @@ def test_events_ab_bench_runs_a_revision_beside_this_tree() -> None:
     assert all(v > 0 for v in shared["base_p50_ms"] + shared["this_p50_ms"])
     assert shared["ratio"] == pytest.approx(shared["this_median_ms"] / shared["base_median_ms"])
     assert 0 <= shared["this_lower_in"] <= 2
+    assert shared["base_cpu_ms_per_hop"] > 0 and shared["this_cpu_ms_per_hop"] > 0
+    assert len(shared["base_events_per_s"]) == 2 and all(
+        v > 0 for v in shared["base_events_per_s"] + shared["this_events_per_s"]
+    )
     # The base's checkout is gone again.
     worktrees = subprocess.run(
         ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True, check=True

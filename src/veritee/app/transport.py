@@ -63,9 +63,10 @@ MAX_LINKS = 1024
 # After a batch from a peer, the thread reading its link polls for the next one for up to
 # this long before it sleeps in the kernel, as long as the last one came within that time.
 # Events that follow each other closely then find the reader running: no wake-up on their
-# path, and no idle CPU halted under them (docs/apps.md, "Polling"). It costs CPU while events
-# come that often, and none once they stop coming. 0: never poll.
-POLL = 0.001
+# path, and no idle CPU halted under them (docs/apps.md, "Polling a busy link"). It costs
+# CPU while events come that often, and none once they stop coming; one reader of a node
+# polls at a time. 0: never poll.
+POLL = 0.002
 _OK, _FAILED = 0, 1
 
 Address = tuple[str, int]
@@ -118,13 +119,17 @@ class _Frames:
     """Reads frames from a socket, as many at a time as have arrived.
 
     With ``poll`` (seconds), a read polls the socket for that long before it blocks, when
-    the read before it got its data within that time (see :data:`POLL`).
+    the read before it got its data within that time and no other reader holds
+    ``polling`` (see :data:`POLL`).
     """
 
-    def __init__(self, sock: socket.socket, poll: float = 0.0) -> None:
+    def __init__(
+        self, sock: socket.socket, poll: float = 0.0, polling: threading.Lock | None = None
+    ) -> None:
         self._sock = sock
         self._buf = bytearray()
         self._poll = poll
+        self._polling = polling or threading.Lock()
         self._soon = True  # the last read got its data within `poll`
         self._ready: select.poll | None = None
         if poll > 0:
@@ -146,12 +151,16 @@ class _Frames:
         if self._ready is None:
             return self._sock.recv(RECV_BYTES)
         start = time.perf_counter()
-        if self._soon:
-            # Each poll leaves the GIL and each yield the CPU, to this process's other
-            # threads and the node's other processes: only an idle CPU is kept busy.
-            ready, deadline = self._ready.poll, start + self._poll
-            while not ready(0) and time.perf_counter() < deadline:
-                os.sched_yield()
+        # One poller keeps a CPU from halting as well as several would.
+        if self._soon and self._polling.acquire(blocking=False):
+            try:
+                # Each poll leaves the GIL and each yield the CPU, to this process's other
+                # threads and the node's other processes: only an idle CPU is kept busy.
+                ready, deadline = self._ready.poll, start + self._poll
+                while not ready(0) and time.perf_counter() < deadline:
+                    os.sched_yield()
+            finally:
+                self._polling.release()
         chunk = self._sock.recv(RECV_BYTES)
         self._soon = time.perf_counter() - start < self._poll
         return chunk
@@ -350,6 +359,7 @@ class TcpTransport(Transport):
         self.directory = directory
         self.max_links = max_links
         self.poll = poll
+        self._polling = threading.Lock()  # held by the one reader polling its link
         (directory / "outbox").mkdir(parents=True, exist_ok=True)
         (directory / "links").mkdir(parents=True, exist_ok=True)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -428,7 +438,7 @@ class TcpTransport(Transport):
 
     def _receive(self, sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        frames = _Frames(sock, self.poll)
+        frames = _Frames(sock, self.poll, self._polling)
         write = threading.Lock()
         try:
             first = frames.read()

@@ -109,7 +109,7 @@ def node() -> None:
     type=click.IntRange(0, 1_000_000),
     default=None,
     help="After events from a peer, poll its link this many µs before sleeping, while "
-    "they come that often: lower latency for CPU while they do (0: never; default 1000).",
+    "they come that often: lower latency for CPU while they do (0: never; default 2000).",
 )
 @click.option(
     "--log-level",
