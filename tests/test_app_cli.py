@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,24 @@ def test_node_start_help_gives_the_poll_default_the_agent_uses() -> None:
     assert (
         "Error: Invalid value for '--poll-us'" in veritee("node", "start", "--poll-us", "-1").stderr
     )
+
+
+def test_a_node_says_how_it_polls_its_links(tmp_path: Path) -> None:
+    """An operator reads the setting in the agent's log, next to where it listens."""
+    ready, log = tmp_path / "ready.json", tmp_path / "node.log"
+    command = [sys.executable, "-m", "veritee", "node", "start", "--home", str(tmp_path / "n")]
+    command += ["--port", "0", "--events-port", "0", "--init", "--ready-file", str(ready)]
+    with open(log, "wb") as out:
+        node = subprocess.Popen([*command, "--poll-us", "500"], stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists() and node.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ready.exists(), log.read_text()
+        finally:
+            node.send_signal(signal.SIGINT)
+            node.wait(30)
+    assert "polls busy links up to 500 µs" in log.read_text()
 
 
 def test_a_malformed_descriptor_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -87,7 +87,14 @@ def serve(
                 "url": f"http://{url_host}:{sock.getsockname()[1]}",
                 "events": list(agent.address),
             }
-            log.info("node agent on %s, events on %s:%d", info["url"], *agent.address)
+            log.info(
+                "node agent on %s, events on %s:%d; %s",
+                info["url"],
+                *agent.address,
+                f"polls busy links up to {transport.poll * 1e6:.0f} µs"
+                if transport.poll > 0
+                else "never polls its links",
+            )
             if ready_file is not None:
                 tmp = ready_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(info))
