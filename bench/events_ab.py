@@ -122,14 +122,7 @@ def measure(
             rates[k].append(events.throughput(drivers[k], burst)["events_per_s"])
         events._say(f"burst {r + 1} of {rounds}: {rates[0][-1]:.0f} / {rates[1][-1]:.0f} events/s")
     base, this = (statistics.median(v) for v in p50)
-    if burst:
-        throughput = {
-            "base_events_per_s": rates[0],
-            "this_events_per_s": rates[1],
-            "events_per_s_ratio": statistics.median(rates[1]) / statistics.median(rates[0]),
-        }
-    return {
-        **(throughput if burst else {}),
+    result: dict[str, Any] = {
         "base_p50_ms": p50[0],
         "this_p50_ms": p50[1],
         "base_median_ms": base,
@@ -141,6 +134,10 @@ def measure(
         "rounds": rounds,
         "max_stolen": max(stolen),
     }
+    if burst:
+        result["base_events_per_s"], result["this_events_per_s"] = rates
+        result["events_per_s_ratio"] = statistics.median(rates[1]) / statistics.median(rates[0])
+    return result
 
 
 def main() -> None:
@@ -160,6 +157,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.hops < 2 or args.burst < 0:
         parser.error("--rounds must be at least 1, --hops at least 2, --burst at least 0")
+    if min(args.poll_us or 0, args.base_poll_us or 0) < 0:
+        parser.error("--poll-us and --base-poll-us must be at least 0")
     placements = events.chosen_placements(parser, args.placement)
 
     results: dict[str, Any] = {}
