@@ -56,7 +56,7 @@ def serve(
     ready_file: Path | None = None,
     stop_tee: bool = False,
     log_level: str = "info",
-    poll: float | None = None,
+    poll: float = POLL,
 ) -> None:
     """Serve until SIGINT/SIGTERM; with ``stop_tee`` the secure world is stopped too."""
     import uvicorn
@@ -73,7 +73,7 @@ def serve(
             saved = port_file.read_text().strip() if port_file.exists() else ""
             events_port = int(saved) if saved.isdigit() else 0
         try:
-            transport = TcpTransport(state, host, events_port, poll=POLL if poll is None else poll)
+            transport = TcpTransport(state, host, events_port, poll=poll)
         except BaseException:
             sock.close()
             raise

@@ -144,6 +144,7 @@ def node_start(
     import logging
 
     from veritee.app import server
+    from veritee.app.transport import POLL
 
     if node_home is not None:
         home = Home.resolve(node_home)
@@ -162,7 +163,7 @@ def node_start(
         ready_file=ready_file,
         stop_tee=started,
         log_level=log_level,
-        poll=None if poll_us is None else poll_us / 1e6,
+        poll=POLL if poll_us is None else poll_us / 1e6,
     )
 
 
