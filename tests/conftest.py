@@ -22,8 +22,8 @@ settings.load_profile("fuzz" if os.environ.get("VERITEE_FUZZ") else "fixed")
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "tests" / "assets"
-# Published vectors from other projects live beside the repository (../shared/vectors).
-VECTORS = REPO.parent / "shared" / "vectors"
+# Published vectors from other projects, vendored with their provenance (tests/vectors/README.md).
+VECTORS = REPO / "tests" / "vectors"
 
 
 @pytest.fixture
@@ -40,13 +40,11 @@ def asset() -> Callable[[str], Path]:
 
 @pytest.fixture
 def vector() -> Callable[[str], Path]:
-    """Path of a published test vector under ../shared/vectors/ (e.g. "psa/tfm-iak-pub.pem")."""
+    """Path of a published test vector under tests/vectors/ (e.g. "psa/tfm-iak-pub.pem")."""
 
     def _vector(name: str) -> Path:
         path = VECTORS / name
-        assert path.exists(), (
-            f"missing shared vector {name} (expected ../shared/vectors beside the repo)"
-        )
+        assert path.exists(), f"missing vendored vector {name} (tests/vectors/)"
         return path
 
     return _vector

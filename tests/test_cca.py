@@ -1,4 +1,4 @@
-"""CCA attestation tokens against the published vectors in ../shared/vectors/cca.
+"""CCA attestation tokens against the published vectors in tests/vectors/cca.
 
 Each vector is a platform token (CPAK) and a realm token (RAK), bound by the platform challenge
 being the hash of the realm public key. The tests show every part verifies, decodes to what its

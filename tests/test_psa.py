@@ -1,4 +1,4 @@
-"""PSA attestation tokens against the published vectors in ../shared/vectors/psa.
+"""PSA attestation tokens against the published vectors in tests/vectors/psa.
 
 Positive vectors must verify and decode to exactly what their ``*.expected.json`` records;
 every tampering must fail with the one exception that names the failed check.
