@@ -2,15 +2,19 @@
 VENV := .venv/bin
 PY_SOURCES := src tests bench
 
-.PHONY: setup demo test test-slow fuzz lint bench clean
+.PHONY: setup setup-test demo test test-slow fuzz lint bench clean
 
 setup:
 	@scripts/setup.sh
 
+# What only the test suite needs on top (a PostgreSQL server for the store tests).
+setup-test:
+	@scripts/setup.sh --test
+
 demo: setup
 	$(VENV)/veritee demo
 
-lint: setup
+lint: setup-test
 	$(VENV)/ruff check $(PY_SOURCES)
 	$(VENV)/ruff format --check $(PY_SOURCES)
 	$(VENV)/mypy
@@ -18,12 +22,12 @@ lint: setup
 test: lint
 	$(VENV)/pytest -q
 
-test-slow: setup
+test-slow: setup-test
 	$(VENV)/pytest -q -m slow
 
 # Property tests with fresh random draws, several rounds (make test draws the same ones each run).
 FUZZ_ROUNDS ?= 5
-fuzz: setup
+fuzz: setup-test
 	@for i in $$(seq $(FUZZ_ROUNDS)); do \
 		echo "fuzz round $$i/$(FUZZ_ROUNDS)"; \
 		VERITEE_FUZZ=1 $(VENV)/pytest -q -k "fuzz or any_" || exit 1; \

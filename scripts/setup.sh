@@ -2,8 +2,17 @@
 # Installs what Veritee needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - clang, lld, wasi-libc and the wasm32 compiler runtime (to build C modules to Wasm)
 #   - a virtual environment in .venv with Veritee and its Python dependencies
+#   - with --test, also what only the test suite uses (a PostgreSQL server for the store tests)
+# Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for_tests=0
+case "${1:-}" in
+  "") ;;
+  --test) for_tests=1 ;;
+  *) echo "usage: scripts/setup.sh [--test]" >&2; exit 2 ;;
+esac
 
 need_apt=()
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
@@ -11,7 +20,9 @@ command -v wasm-ld >/dev/null 2>&1 || need_apt+=(lld)
 [ -f /usr/lib/wasm32-wasi/libc.a ] || need_apt+=(wasi-libc)
 ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1 \
   || need_apt+=(libclang-rt-14-dev-wasm32)
-ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)  # verifier tests
+if [ "$for_tests" -eq 1 ]; then
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)  # store tests
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""
