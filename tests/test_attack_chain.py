@@ -257,6 +257,59 @@ def test_a_revoked_device_cannot_mint_a_new_device_certificate(
     _assert_honest_device_served(verifier, session)
 
 
+def test_a_revoked_emulated_device_is_revoked_for_good_by_its_ca(
+    verifier: Server, device: Device, session: WasmSession, hello: bytes
+) -> None:
+    """What the emulation cannot hold: the owner of an emulated device also holds the key of the
+    manufacturer CA ``device init`` made (HOME/manufacturer/ca.key), so they can issue a device
+    certificate for a fresh key. It stays ``emulated`` (the CA's mark), and revoking the CA,
+    not only the UEID, revokes the emulated device for good."""
+    real = session.attest(bytes(32))
+    ueid = _ueid(device)
+    ca_pem = device.home / "manufacturer" / "ca.pem"
+    ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    ca_key = serialization.load_pem_private_key(
+        (device.home / "manufacturer" / "ca.key").read_bytes(), None
+    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    new_dak = ec.generate_private_key(ec.SECP256R1())
+    new_ueid = ueid_of(cose.ec_key_to_cose(new_dak.public_key()))
+    now = dt.datetime.now(dt.UTC)
+    new_cert = _device_cert(new_dak.public_key(), new_ueid, ca_key, ca, now, endorses="secured")
+
+    def reissued(lifecycle: str) -> Callable[[bytes], bytes]:
+        def build(nonce: bytes) -> bytes:
+            ev = Evidence.decode(
+                forge(device.home, real, nonce, measure(hello), lifecycle=lifecycle).evidence
+            )
+            claims = PlatformClaims.from_cbor(cose.decode(ev.platform).claims())
+            platform = dataclasses.replace(claims, ueid=new_ueid)
+            chain = [new_cert.public_bytes(serialization.Encoding.DER)]
+            token = cose.sign1(
+                encode_claims(platform), new_dak, unprotected={cose.HDR_X5CHAIN: chain}
+            )
+            return Evidence(token, ev.vtee, ev.module).encode()
+
+        return build
+
+    verifier.provision(device.home, "revoke", "--device", ueid)
+    out = ""
+    try:
+        # Never more than the CA's mark, whatever the new certificate says:
+        _, failure = _attest(verifier, reissued("secured"))
+        assert failure is not None and failure["check"] == "LifecycleNotEndorsed"
+        result, failure = _attest(verifier, reissued("emulated"))
+        assert failure is None and _status(result) == "warning"  # a new emulated device
+        out = verifier.provision(device.home, "--json", "revoke", "--ca", ca_pem)
+        _, failure = _attest(verifier, reissued("emulated"))
+        assert failure is not None and failure["check"] == "CaRevoked"
+    finally:
+        if out:
+            verifier.provision(device.home, "remove", "revocations", json.loads(out)["id"])
+        verifier.provision(device.home, "remove", "revocations", f"device:{ueid}")
+    _assert_honest_device_served(verifier, session)
+
+
 def test_every_local_appraiser_refuses_a_minted_chain(
     device: Device, session: WasmSession, hello: bytes
 ) -> None:
