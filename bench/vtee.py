@@ -76,7 +76,7 @@ def _two_link_verify(data: bytes, anchors: TrustAnchors, nonce: bytes) -> None:
 
     ev = Evidence.decode(data)
     pmsg = cose.decode(ev.platform)
-    _, dak, _, _ = _device_certificate(pmsg, anchors, None)
+    _, dak, _ = _device_certificate(pmsg, anchors, None)
     cose.verify(pmsg, dak, what="platform token")
     platform = PlatformClaims.from_cbor(pmsg.claims())
     assert platform.ueid == b"\x01" + cose.key_digest(cose.ec_key_to_cose(dak))

@@ -3,6 +3,7 @@ evidence, and every verification step on real evidence from a real secure world.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -391,6 +392,17 @@ def test_judge_ear(real: Real) -> None:
         return judge_ear(result, "jwt", cert, evidence, fr, accept=accept, verifier="v")
 
     assert judge(_ear(real.challenge.nonce)).status == "warning"
+    # The peer's lifecycle is the one the service vouched for (endorsed by the device's chain),
+    # never the unverified token's; a result that names none gives the least.
+    assert judge(_ear(real.challenge.nonce)).lifecycle == "emulated"
+    vouched = _ear(real.challenge.nonce)
+    platform = ear.Appraisal(
+        status="warning",
+        trust_vector=ear.TrustVector(instance_identity=2, hardware=32),
+        extensions={"ear.veraison.annotated-evidence": {"lifecycle": "debug"}},
+    )
+    vouched = dataclasses.replace(vouched, submods={**vouched.submods, "platform": platform})
+    assert judge(vouched).lifecycle == "debug"  # the token says "emulated": the EAR counts
     nonce_failure = {"check": "NonceMismatch", "reason": "not the session's nonce"}
     with pytest.raises(StaleChallenge, match="verification service says"):
         judge(_ear(real.challenge.nonce, failure=nonce_failure))

@@ -591,10 +591,14 @@ class SyntheticDevice:
 
     def __init__(self, lifecycle: str = "emulated", pq: bool = True) -> None:
         now = dt.datetime.now(dt.UTC)
-        self.ca_key, self.ca = _new_ca(now)
+        # A manufacturer whose chain endorses the lifecycle this device claims (issue 18:
+        # the lifecycle an appraisal trusts is the chain's, never the token's alone).
+        self.ca_key, self.ca = _new_ca(now, endorses="secured")
         self.dak = ec.generate_private_key(ec.SECP256R1())
         self.ueid = ueid_of(cose.ec_key_to_cose(self.dak.public_key()))
-        self.cert = _device_cert(self.dak.public_key(), self.ueid, self.ca_key, self.ca, now)
+        self.cert = _device_cert(
+            self.dak.public_key(), self.ueid, self.ca_key, self.ca, now, endorses=lifecycle
+        )
         self.vtee_key = ec.generate_private_key(ec.SECP256R1())
         self.module_key = ec.generate_private_key(ec.SECP256R1())
         self.keys = provisioning.ProvisioningKeys()

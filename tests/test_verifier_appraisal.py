@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from veritee.evidence import cose
+from veritee.evidence import certs, cose
 from veritee.evidence.appraisal import LinkCache, TrustAnchors, verify
 from veritee.evidence.claims import (
     MEDIA_TYPE,
@@ -78,9 +79,10 @@ def _cert(
     *,
     ca: bool = False,
     days: int = 365,
+    endorses: str | None = "secured",
 ) -> x509.Certificate:
     issuer_name, issuer_key = issuer or (subject, key)
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
@@ -88,9 +90,17 @@ def _cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - dt.timedelta(days=1))
         .not_valid_after(NOW + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(
+            # Veritee's device-certificate profile: keyCertSign for the CA, signatures for a device.
+            x509.KeyUsage(not ca, False, False, False, False, ca, ca, False, False),
+            critical=True,
+        )
     )
+    if endorses is not None:
+        # The kit stands in for a hardware manufacturer: by default it endorses secured devices.
+        builder = builder.add_extension(certs.lifecycle_extension(endorses), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -105,10 +115,17 @@ class Kit:
     dak: ec.EllipticCurvePrivateKey = field(default_factory=_key)
     vtee_key: ec.EllipticCurvePrivateKey = field(default_factory=_key)
     module_key: ec.EllipticCurvePrivateKey = field(default_factory=_key)
+    ca_endorses: str | None = "secured"  # the lifecycle mark on the CA (None: no mark)
+    device_endorses: str | None = None  # ... and on the device certificate
 
     def __post_init__(self) -> None:
-        self.ca = _cert("Test manufacturer CA", self.ca_key, ca=True)
-        self.device_cert = _cert("Test device", self.dak, ("Test manufacturer CA", self.ca_key))
+        self.ca = _cert("Test manufacturer CA", self.ca_key, ca=True, endorses=self.ca_endorses)
+        self.device_cert = _cert(
+            "Test device",
+            self.dak,
+            ("Test manufacturer CA", self.ca_key),
+            endorses=self.device_endorses,
+        )
 
     @property
     def ca_pem(self) -> str:
@@ -346,6 +363,61 @@ def test_revoked_ca(kit: Kit) -> None:
     ca_id = endorsements.ca_id(kit.ca_pem)
     outcome = _appraise(kit, e=kit.endorsements(revocations=[Revocation("ca", ca_id)]))
     _assert_failed(outcome, "CaRevoked", 96)
+
+
+@pytest.mark.parametrize(
+    ("ca_endorses", "device_endorses", "claimed"),
+    [
+        (None, None, "secured"),  # a CA without the mark endorses only "emulated"
+        (None, None, "debug"),
+        ("emulated", None, "secured"),
+        ("secured", "emulated", "secured"),  # the lowest over the chain counts
+        ("secured", "debug", "secured"),
+    ],
+)
+def test_a_lifecycle_above_the_chains_endorsement_is_refused(
+    ca_endorses: str | None, device_endorses: str | None, claimed: str
+) -> None:
+    """Issue 18, attack 4: the device's owner signs a platform token claiming more."""
+    k = Kit(ca_endorses=ca_endorses, device_endorses=device_endorses)
+    outcome = _appraise(k, k.evidence(lifecycle=claimed))
+    _assert_failed(outcome, "LifecycleNotEndorsed", 96)
+    assert f"claims lifecycle {claimed!r}" in _failure(outcome)["reason"]
+
+
+def test_a_lifecycle_within_the_endorsement_is_reported_as_endorsed() -> None:
+    k = Kit(device_endorses="debug")
+    outcome = _appraise(k, k.evidence(lifecycle="debug"))
+    platform = _claims(outcome, "platform")
+    assert (platform["lifecycle"], platform["endorsed-lifecycle"]) == ("debug", "debug")
+    assert outcome.status == "warning" and _vector(outcome, "platform")["hardware"] == 32
+    # A secured device may claim less than its endorsement; the claim, lower, is what counts.
+    outcome = _appraise(kit_ := Kit(), kit_.evidence(lifecycle="emulated"))
+    assert _claims(outcome, "platform")["lifecycle"] == "emulated"
+    assert _claims(outcome, "platform")["endorsed-lifecycle"] == "secured"
+    assert outcome.status == "warning"
+
+
+def _minted(kit: Kit, lifecycle: str = "secured") -> tuple[bytes, bytes]:
+    """Issue 18, attack 3: the DAK certifies a fresh key; the chain is [new leaf, device cert]."""
+    fresh = Kit(ca_key=kit.ca_key, dak=_key())
+    leaf = _cert("New device", fresh.dak, ("Test device", kit.dak))
+    evidence = Evidence.decode(fresh.evidence(lifecycle=lifecycle))
+    claims = cbor2.loads(evidence.platform).value[2]
+    chain = [c.public_bytes(serialization.Encoding.DER) for c in (leaf, kit.device_cert)]
+    platform = cose.sign1(claims, fresh.dak, unprotected={cose.HDR_X5CHAIN: chain})
+    forged = Evidence(platform, evidence.vtee, evidence.module).encode()
+    return forged, fresh.ueid
+
+
+def test_a_device_key_cannot_certify_another_device(kit: Kit) -> None:
+    forged, ueid = _minted(kit)
+    e = kit.endorsements(revocations=[Revocation("device", kit.ueid, "stolen")])
+    outcome = _appraise(kit, forged, e=e)
+    _assert_failed(outcome, "UntrustedDevice", 97)
+    assert "cannot certify another key" in _failure(outcome)["reason"]
+    assert ueid != kit.ueid
+    _assert_failed(_appraise(kit, e=e), "DeviceRevoked", 96)  # the device stays revoked
 
 
 def test_module_token_signed_with_a_wrong_key(kit: Kit) -> None:

@@ -126,7 +126,7 @@ def _tour(home: Home, built: dict[str, Path]) -> None:
     verified = appraise(evidence, anchors, refs, nonce=nonce)
     _ok(
         f"appraised: certificate chain, 3 signatures, key bindings, nonce, boot measurements "
-        f"and module measurement all check out (lifecycle {verified.platform.lifecycle!r})"
+        f"and module measurement all check out (lifecycle {verified.lifecycle!r})"
     )
 
     _step(6, "Attacks that must fail")

@@ -125,7 +125,7 @@ class LocalAppraiser:
             key = check_expected(verified.module, expected)
         except Error as exc:
             return _refused(expected, self.via, exc)
-        lifecycle = verified.platform.lifecycle
+        lifecycle = verified.lifecycle  # endorsed by the chain, not the token's word
         if not verified.platform.secure_boot:
             status = "contraindicated"
             reasons: tuple[str, ...] = ("the platform booted without secure boot",)

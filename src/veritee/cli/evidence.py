@@ -109,7 +109,7 @@ def evidence_appraise(
     result = {
         "status": "affirming",
         "device": verified.platform.ueid.hex(),
-        "lifecycle": verified.platform.lifecycle,
+        "lifecycle": verified.lifecycle,
         "vtee": verified.platform.vtee_name,
         "module": verified.module.name,
         "measurement": verified.module.measurement.hex(),

@@ -4,8 +4,11 @@ Checks, in order, each with its own exception (see ``errors``):
 
 1. well-formed evidence and tokens                              MalformedToken
 2. device certificate chains to a trusted, unrevoked CA and is
-   valid now; the device is not revoked                         UntrustedDevice
+   valid now, under the device-certificate profile (CA ->
+   device certificate; ``certs.validate_device_chain``, which
+   is cryptography's path validator); the device is not revoked UntrustedDevice
 3. platform token signed by the certified device key (DAK)      BadSignature
+   and claims no lifecycle above the one its chain endorses     LifecycleNotEndorsed
 4. vtee token signed by the key the platform token endorses;
    module token signed by the key the vtee token binds          BadSignature / BindingMismatch
 5. module token's challenge is the verifier's nonce             NonceMismatch
@@ -26,23 +29,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from veritee.evidence import cose
+from veritee.evidence import certs, cose
 from veritee.evidence.certs import CERT_ERRORS
 from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
 from veritee.evidence.errors import (
     BadSignature,
     BindingMismatch,
+    LifecycleNotEndorsed,
     MalformedToken,
     MeasurementNotEndorsed,
     NonceMismatch,
     UntrustedDevice,
 )
-
-MAX_CHAIN = 4  # certificates in x5chain; a device cert, perhaps intermediates
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,16 @@ class Verified:
     ca: x509.Certificate
     ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
     ca_name: str  # the CA's subject (RFC 4514), as results and messages print it
+    endorsed_lifecycle: str  # the most the chain lets this device claim (certs.endorsed_lifecycle)
+
+    @property
+    def lifecycle(self) -> str:
+        """The lifecycle appraisal vouches for: the token's claim, never above the endorsement.
+
+        Every consumer (results, policies, peers) reads this, not ``platform.lifecycle``;
+        :func:`verify` already refused a token that claims more than its endorsement.
+        """
+        return certs.lowest(self.platform.lifecycle, self.endorsed_lifecycle)
 
 
 class LinkCache:
@@ -151,6 +162,7 @@ class _Links:
     ca: x509.Certificate
     ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
     ca_name: str
+    endorsed_lifecycle: str
     validity: _Validity
 
 
@@ -198,18 +210,25 @@ def verify(
         found.ca,
         found.ca_digest,
         found.ca_name,
+        found.endorsed_lifecycle,
     )
 
 
 def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | None) -> _Links:
     """The device certificate chain, the platform token and the vtee token, checked."""
     platform_msg = cose.decode(evidence.platform)
-    device_cert, dak, ca, validity = _device_certificate(platform_msg, anchors, now)
+    path, dak, validity = _device_certificate(platform_msg, anchors, now)
     cose.verify(platform_msg, dak, what="platform token")
     platform = PlatformClaims.from_cbor(platform_msg.claims())
     expected_ueid = b"\x01" + cose.key_digest(cose.ec_key_to_cose(dak))
     if platform.ueid != expected_ueid:
         raise BindingMismatch("platform token's UEID is not that of the certified device key")
+    # The token is the device's word; the chain is its manufacturer's. The word never wins.
+    if certs.lowest(platform.lifecycle, path.lifecycle) != platform.lifecycle:
+        raise LifecycleNotEndorsed(
+            f"platform token claims lifecycle {platform.lifecycle!r}, but its device "
+            f"certificate chain endorses at most {path.lifecycle!r}"
+        )
 
     vtee_msg = cose.decode(evidence.vtee)
     cose.verify(vtee_msg, cose.cose_to_ec_key(platform.vtee_key), what="vtee token")
@@ -217,9 +236,20 @@ def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | 
     if vtee.vtee_id != platform.vtee_id:
         raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
     module_key = cose.cose_to_ec_key(vtee.module_key)
+    ca = path.ca
     ca_digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
     ca_name = ca.subject.rfc4514_string()
-    return _Links(platform, vtee, module_key, device_cert, ca, ca_digest, ca_name, validity)
+    return _Links(
+        platform,
+        vtee,
+        module_key,
+        path.device_certificate,
+        ca,
+        ca_digest,
+        ca_name,
+        path.lifecycle,
+        validity,
+    )
 
 
 def appraise(
@@ -266,18 +296,35 @@ def check_boot(verified: Verified, refs: ReferenceValues) -> None:
         raise MeasurementNotEndorsed(f"boot log lacks endorsed component(s): {sorted(missing)}")
 
 
-# Each certificate of the chain with its validity period (read once: the getters parse).
+# Each certificate of the path with its validity period (read once: the getters parse).
 _Validity = tuple[tuple[x509.Certificate, dt.datetime, dt.datetime], ...]
 
 
 def _device_certificate(
     msg: cose.Sign1, anchors: TrustAnchors, now: dt.datetime | None
-) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey, x509.Certificate, _Validity]:
-    """The device certificate, its (EC) key, the trust anchor it chains to, and the validity
-    periods of the chain's certificates."""
+) -> tuple[certs.DeviceChain, ec.EllipticCurvePublicKey, _Validity]:
+    """The device certificate's validated path, its (EC) key, and the validity periods of the
+    path's certificates."""
+    raw = msg.unprotected.get(cose.HDR_X5CHAIN)
+    if isinstance(raw, bytes):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise MalformedToken("platform token carries no device certificate (x5chain)")
+    if len(raw) > certs.MAX_X5CHAIN:
+        raise UntrustedDevice(
+            f"x5chain holds {len(raw)} certificates; the device-certificate profile has the "
+            f"device certificate and at most its CA ({certs.MAX_X5CHAIN}): a longer chain "
+            "would let a certified key certify another"
+        )
+    when = now or dt.datetime.now(dt.UTC)
     try:
-        cert, ca, validity = _walk_chain(msg, anchors, now)
-        key = cert.public_key()
+        chain = [x509.load_der_x509_certificate(c) for c in raw]
+        # For a clear message only; the judgement is the path validator's, below.
+        _check_validity(_validity_of(chain), when)
+        _check_shape(chain, anchors)
+        path = certs.validate_device_chain(chain, anchors.cas, when)
+        validity = _validity_of([path.device_certificate, path.ca])
+        key = path.device_certificate.public_key()
     except CERT_ERRORS:
         # cryptography parses certificate fields lazily: a mangled one fails on first use.
         raise MalformedToken(
@@ -285,36 +332,26 @@ def _device_certificate(
         ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise UntrustedDevice("device certificate does not certify an EC attestation key")
-    return cert, key, ca, validity
+    return path, key, validity
 
 
-def _walk_chain(
-    msg: cose.Sign1, anchors: TrustAnchors, now: dt.datetime | None
-) -> tuple[x509.Certificate, x509.Certificate, _Validity]:
-    chain = msg.unprotected.get(cose.HDR_X5CHAIN)
-    if isinstance(chain, bytes):
-        chain = [chain]
-    if not isinstance(chain, list) or not chain or len(chain) > MAX_CHAIN:
-        raise MalformedToken("platform token carries no device certificate (x5chain)")
-    try:
-        certs = [x509.load_der_x509_certificate(c) for c in chain]
-    except CERT_ERRORS:
-        raise MalformedToken("platform token's x5chain is not DER certificates") from None
-    validity = tuple((cert, cert.not_valid_before_utc, cert.not_valid_after_utc) for cert in certs)
-    _check_validity(validity, now)
-    # Walk up from the device certificate to a trust anchor.
-    for i, cert in enumerate(certs):
-        issuer = certs[i + 1] if i + 1 < len(certs) else None
-        if issuer is None:
-            for ca in anchors.cas:
-                if _issued_by(cert, ca):
-                    return certs[0], ca, validity
-            raise UntrustedDevice(
-                f"device certificate issuer '{cert.issuer.rfc4514_string()}' is not a trusted CA"
-            )
-        if not _issued_by(cert, issuer):
-            raise UntrustedDevice("x5chain is broken: a certificate is not signed by the next")
-    raise UntrustedDevice("no path to a trusted CA")  # pragma: no cover - loop always returns
+def _validity_of(chain: list[x509.Certificate]) -> _Validity:
+    return tuple((cert, cert.not_valid_before_utc, cert.not_valid_after_utc) for cert in chain)
+
+
+def _check_shape(chain: list[x509.Certificate], anchors: TrustAnchors) -> None:
+    # Clear messages for the two ways a chain misses the profile's shape (CA -> device
+    # certificate); the path validator would refuse both as well.
+    if any(cert not in anchors.cas for cert in chain[1:]):
+        raise UntrustedDevice(
+            "x5chain holds a certificate that is not a trusted CA after the device "
+            "certificate: under the device-certificate profile (CA -> device certificate) a "
+            "device's key cannot certify another key"
+        )
+    if not any(ca.subject == chain[0].issuer for ca in anchors.cas):
+        raise UntrustedDevice(
+            f"device certificate issuer '{chain[0].issuer.rfc4514_string()}' is not a trusted CA"
+        )
 
 
 def _check_validity(validity: _Validity, now: dt.datetime | None) -> None:
@@ -322,16 +359,6 @@ def _check_validity(validity: _Validity, now: dt.datetime | None) -> None:
     for cert, not_before, not_after in validity:
         if not not_before <= when <= not_after:
             raise UntrustedDevice(f"certificate '{cert.subject.rfc4514_string()}' is not valid now")
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except InvalidSignature:
-        return False
-    except CERT_ERRORS:
-        return False
-    return True
 
 
 def _hex32(value: Any) -> bytes:
@@ -346,6 +373,7 @@ def _hex32(value: Any) -> bytes:
 
 __all__ = [
     "BadSignature",
+    "LifecycleNotEndorsed",
     "ReferenceValues",
     "TrustAnchors",
     "Verified",

@@ -31,3 +31,8 @@ class MeasurementNotEndorsed(EvidenceError):
 
 class PolicyRejected(EvidenceError):
     """Every check passed but the appraisal policy does not accept the claims."""
+
+
+class LifecycleNotEndorsed(EvidenceError):
+    """The platform token claims a lifecycle above the one its certificate chain endorses
+    (an emulated device claiming ``secured``)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from veritee.errors import EvidenceError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
-from veritee.evidence.claims import MEDIA_TYPE
+from veritee.evidence.claims import LIFECYCLES, MEDIA_TYPE
 from veritee.evidence.errors import MeasurementNotEndorsed, NonceMismatch
 from veritee.ratls import certificate, verify, wire
 from veritee.ratls.errors import AttestationRejected, ExporterMismatch, StaleChallenge, named
@@ -201,11 +201,23 @@ def judge_ear(
         freshness,
         platform,
         module,
+        lifecycle=_ear_lifecycle(result),
         status=status,
         appraised_by=verifier,
         endorsed_as=str(endorsed_as.get("name", "")) if isinstance(endorsed_as, Mapping) else "",
         ear=token,
     )
+
+
+def _ear_lifecycle(result: Ear) -> str:
+    """The lifecycle the service vouched for (its endorsed value), or the least if it says none:
+    the unverified token's claim is never reported."""
+    from veritee.verifier.appraise import ANNOTATED
+
+    platform = result.submods.get("platform")
+    claims = platform.extensions.get(ANNOTATED, {}) if platform else {}
+    value = claims.get("lifecycle") if isinstance(claims, Mapping) else None
+    return value if isinstance(value, str) and value in LIFECYCLES else LIFECYCLES[0]
 
 
 def wire_nonce(nonce: bytes) -> str:

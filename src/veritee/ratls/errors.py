@@ -13,6 +13,7 @@ from veritee.errors import Error, EvidenceError
 from veritee.evidence.errors import (
     BadSignature,
     BindingMismatch,
+    LifecycleNotEndorsed,
     MalformedToken,
     MeasurementNotEndorsed,
     NonceMismatch,
@@ -89,6 +90,7 @@ _BY_NAME: dict[str, type[Error]] = {
         MalformedToken,
         BadSignature,
         UntrustedDevice,
+        LifecycleNotEndorsed,
         BindingMismatch,
         NonceMismatch,
         MeasurementNotEndorsed,

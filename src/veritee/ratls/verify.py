@@ -155,10 +155,11 @@ def check_key(cert: PeerCertificate, module: ModuleClaims, vtee: VteeClaims) -> 
         )
 
 
-def local_status(platform: PlatformClaims) -> str:
+def local_status(verified: Verified) -> str:
     """The status a local appraisal gives, as the verification service's default policy would:
-    affirming only on secured hardware with secure boot, otherwise a warning."""
-    if platform.lifecycle == "secured" and platform.secure_boot:
+    affirming only on hardware whose chain endorses ``secured``, with secure boot, otherwise a
+    warning."""
+    if verified.lifecycle == "secured" and verified.platform.secure_boot:
         return STATUS_AFFIRMING
     return STATUS_WARNING
 
@@ -190,7 +191,8 @@ def appraise(
         freshness,
         verified.platform,
         verified.module,
-        status=local_status(verified.platform),
+        lifecycle=verified.lifecycle,
+        status=local_status(verified),
         appraised_by="local",
         endorsed_as=refs.modules.get(verified.module.measurement, ""),
     )
@@ -212,11 +214,13 @@ def peer_of(
     platform: PlatformClaims,
     module: ModuleClaims,
     *,
+    lifecycle: str,
     status: str,
     appraised_by: str,
     endorsed_as: str = "",
     ear: str | None = None,
 ) -> AttestedPeer:
+    """The peer's claims; ``lifecycle`` is the appraiser's endorsed value, never the token's."""
     return AttestedPeer(
         mode=freshness.mode,
         status=status,
@@ -226,7 +230,7 @@ def peer_of(
         config=module.config,
         endorsed_as=endorsed_as,
         device=platform.ueid,
-        lifecycle=platform.lifecycle,
+        lifecycle=lifecycle,
         secure_boot=platform.secure_boot,
         hwmodel=platform.hwmodel,
         vtee=platform.vtee_name,

@@ -21,6 +21,7 @@ from veritee.evidence.cose import MAX_TOKEN_BYTES
 from veritee.evidence.errors import (
     BadSignature,
     BindingMismatch,
+    LifecycleNotEndorsed,
     MalformedToken,
     MeasurementNotEndorsed,
     NonceMismatch,
@@ -70,6 +71,7 @@ _ERRORS: tuple[tuple[type[Error], int, str], ...] = (
     (NoKeyForSuite, 400, "no_key_for_suite"),
     (MalformedToken, 400, "malformed_evidence"),
     (UntrustedDevice, 403, "untrusted_device"),
+    (LifecycleNotEndorsed, 403, "lifecycle_not_endorsed"),
     (BadSignature, 403, "bad_signature"),
     (BindingMismatch, 403, "binding_mismatch"),
     (NonceMismatch, 403, "nonce_mismatch"),

@@ -164,7 +164,7 @@ def policy_input(secret: str, verified: Verified, trust: Trust) -> dict[str, Any
             "endorsed_names": sorted(trust.module_names.get(measurement, ())),
         },
         "platform": {
-            "lifecycle": platform.lifecycle,
+            "lifecycle": verified.lifecycle,  # endorsed by the chain, not the token's word
             "vtee_id": platform.vtee_id.hex(),
             "vtee_name": platform.vtee_name,
             "ueid": platform.ueid.hex(),

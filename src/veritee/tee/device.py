@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veritee.errors import DeviceError, UsageError
-from veritee.evidence import cose
+from veritee.evidence import certs, cose
 from veritee.evidence.claims import ueid_of
+from veritee.evidence.errors import UntrustedDevice
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.tee import boot, keys, vtees
 
@@ -42,6 +43,9 @@ MANIFEST = "boot-manifest.cbor"
 REFERENCE_VALUES = "reference-values.json"
 
 DEFAULT_TEE_CONFIG: dict[str, Any] = {"lifecycle": "emulated", "secure_boot": True}
+# What an emulated device's certificates endorse (evidence.certs, the lifecycle mark): its DAK
+# is a file its owner can read, so nothing it signs may claim more (issue 18, attack 4).
+EMULATED = "emulated"
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,12 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def _new_ca(now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _new_ca(
+    now: dt.datetime, *, endorses: str = EMULATED
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A manufacturer CA under Veritee's device-certificate profile, marked with the highest
+    lifecycle its devices may claim (``device init`` makes an emulated one; tests may stand in
+    for a hardware manufacturer with ``endorses="secured"``)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name("Veritee emulated manufacturer CA")
     cert = (
@@ -78,6 +87,7 @@ def _new_ca(now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certific
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(certs.lifecycle_extension(endorses), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
@@ -89,7 +99,11 @@ def _device_cert(
     ca_key: ec.EllipticCurvePrivateKey,
     ca: x509.Certificate,
     now: dt.datetime,
+    *,
+    endorses: str = EMULATED,
 ) -> x509.Certificate:
+    """The device certificate: CA:false, digitalSignature, marked with what the device may
+    claim (``device init`` always marks ``emulated``, whatever its CA endorses)."""
     return (
         x509.CertificateBuilder()
         .subject_name(_name(f"Veritee device {ueid.hex()[:40]}"))
@@ -109,6 +123,7 @@ def _device_cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
             False,
         )
+        .add_extension(certs.lifecycle_extension(endorses), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 
@@ -145,15 +160,24 @@ def provision(home: Home, *, ca_dir: Path | None = None, force: bool = False) ->
         ca_key, ca = _load_ca(ca_dir)
     else:
         ca_key, ca = _new_ca(now)
+    dak = ec.generate_private_key(ec.SECP256R1())
+    ueid = ueid_of(cose.ec_key_to_cose(dak.public_key()))
+    cert = _device_cert(dak.public_key(), ueid, ca_key, ca, now)
+    try:
+        # The same judgement every verifier makes: refuse a CA that cannot certify devices.
+        certs.validate_device_chain([cert], (ca,), now)
+    except UntrustedDevice as exc:
+        raise UsageError(
+            f"--ca {ca_dir}: {CA_CERT} does not fit Veritee's device-certificate profile "
+            f"(CA:true, pathlen 0, keyCertSign): {exc}"
+        ) from None
+    if ca_dir is None:
         keys.write_private_key(home.manufacturer / CA_KEY, ca_key)
     (home.manufacturer).mkdir(parents=True, exist_ok=True)
     (home.manufacturer / CA_CERT).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     vendor = ec.generate_private_key(ec.SECP256R1())
     keys.write_private_key(home.manufacturer / VENDOR_KEY, vendor)
 
-    dak = ec.generate_private_key(ec.SECP256R1())
-    ueid = ueid_of(cose.ec_key_to_cose(dak.public_key()))
-    cert = _device_cert(dak.public_key(), ueid, ca_key, ca, now)
     huk = secrets.token_bytes(keys.HUK_BYTES)
     keys.write_secret(home.device / HUK, huk)
     keys.write_private_key(home.device / DAK_KEY, dak)

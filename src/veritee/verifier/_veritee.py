@@ -43,12 +43,14 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     missing = e.boot_names("veritee") - {entry.component for entry in p.boot_log}
     if missing:
         reasons.append(f"boot log lacks endorsed component(s): {sorted(missing)}")
-    hardware = AFFIRM if p.lifecycle == "secured" else WARN
+    # The endorsed lifecycle (the chain's word, capping the token's), never the token's alone.
+    hardware = AFFIRM if v.lifecycle == "secured" else WARN
     platform = Submod(
         "platform",
         {
             "ueid": p.ueid.hex(),
-            "lifecycle": p.lifecycle,
+            "lifecycle": v.lifecycle,
+            "endorsed-lifecycle": v.endorsed_lifecycle,
             "secure-boot": p.secure_boot,
             "hwmodel": p.hwmodel,
             "vtee-id": p.vtee_id.hex(),
