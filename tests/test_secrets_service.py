@@ -9,6 +9,7 @@ integration test.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -53,6 +54,7 @@ from veritee.evidence.errors import (
     BadSignature,
     MeasurementNotEndorsed,
     NonceMismatch,
+    ReplayedRelease,
     UntrustedDevice,
 )
 from veritee.secrets import ReleasePolicy, Trust, decide, default_policy, load_config
@@ -254,8 +256,14 @@ def setup(
 
 def assert_signed(body: dict[str, str], nonce: bytes, key: ec.EllipticCurvePublicKey) -> None:
     """The envelope is signed (ES256) by the service key over exactly these bytes."""
-    assert set(body) == {"name", "suite", "ciphertext", "signature"}
-    env = provisioning.Envelope(body["name"], body["suite"], bytes.fromhex(body["ciphertext"]), b"")
+    assert set(body) == {"name", "suite", "ciphertext", "signature", "binding"}
+    env = provisioning.Envelope(
+        body["name"],
+        body["suite"],
+        bytes.fromhex(body["ciphertext"]),
+        b"",
+        bytes.fromhex(body["binding"]),
+    )
     raw = bytes.fromhex(body["signature"])
     assert len(raw) == 64
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
@@ -667,14 +675,35 @@ def test_decision_then_seal_opens_only_for_that_module(suite: str) -> None:
     )
     assert recipient.measurement == MEASUREMENT and recipient.ueid == dev.ueid
     signer = ec.generate_private_key(ec.SECP256R1())
+    binding = os.urandom(32)  # the secure world's nonce for this request
     env = provisioning.seal(
-        SECRET, name="k", nonce=NONCE, suite=suite, recipient=recipient.key, signer=signer
+        SECRET,
+        name="k",
+        nonce=NONCE,
+        suite=suite,
+        recipient=recipient.key,
+        signer=signer,
+        binding=binding,
     )
-    opened = provisioning.open_(env, nonce=NONCE, keys=dev.keys, service_key=signer.public_key())
+    key = signer.public_key()
+    opened = provisioning.open_(env, nonce=NONCE, binding=binding, keys=dev.keys, service_key=key)
     assert opened == SECRET
     with pytest.raises(BadSignature):  # another module instance's keys
         provisioning.open_(
-            env, nonce=NONCE, keys=provisioning.ProvisioningKeys(), service_key=signer.public_key()
+            env,
+            nonce=NONCE,
+            binding=binding,
+            keys=provisioning.ProvisioningKeys(),
+            service_key=key,
+        )
+    # An answer to an earlier request of the same instance: refused before anything else.
+    with pytest.raises(ReplayedRelease):
+        provisioning.open_(env, nonce=NONCE, binding=os.urandom(32), keys=dev.keys, service_key=key)
+    # A relay that rewrites the echoed binding to the new request's breaks the signature.
+    forged = dataclasses.replace(env, binding=os.urandom(32))
+    with pytest.raises(BadSignature):
+        provisioning.open_(
+            forged, nonce=NONCE, binding=forged.binding, keys=dev.keys, service_key=key
         )
 
 
@@ -892,3 +921,13 @@ def test_config_loads_relative_paths(setup: Setup) -> None:
     assert config.secrets["data-key"].value == SECRET
     assert "5ec2e7" not in repr(config)
     assert config.trust.module_names[setup.measurement] == frozenset({"hello"})
+
+
+def test_the_answer_echoes_and_signs_the_secure_worlds_binding(setup: Setup) -> None:
+    """The user data of the judged module token comes back, under the service's signature."""
+    nonce, binding = setup.service.challenge(), os.urandom(32)
+    response = setup.service.release(nonce, setup.session.attest(nonce, binding))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["binding"] == binding.hex()
+    assert_signed(body, nonce, setup.service.public_key())

@@ -31,3 +31,8 @@ class MeasurementNotEndorsed(EvidenceError):
 
 class PolicyRejected(EvidenceError):
     """Every check passed but the appraisal policy does not accept the claims."""
+
+
+class ReplayedRelease(EvidenceError):
+    """A secret's answer is not bound to the secure world's fresh nonce of this request: a
+    relay replays an answer it recorded (after the secret rotated or its policy changed)."""

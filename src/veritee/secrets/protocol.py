@@ -6,7 +6,8 @@ client is written against the same text, so a change here is a protocol change.
     GET  /secrets/v1/key        200 {"alg": "ES256", "public_key": HEX (65-byte P-256 point)}
     POST /secrets/v1/challenge  201 {"nonce": HEX (32 bytes), "expires": UNIX_SECONDS}
     POST /secrets/v1/release    {"nonce", "name", "evidence", "suite"}
-                                200 {"name", "suite", "ciphertext", "signature"}
+                                200 {"name", "suite", "ciphertext", "signature", "binding"}
+                                ("binding": the module token's user data, echoed and signed)
     any refusal                 {"error": CODE, "detail": ONE_LINE}
 """
 
@@ -110,6 +111,7 @@ def envelope_body(env: Envelope) -> dict[str, str]:
         "suite": env.suite,
         "ciphertext": env.ciphertext.hex(),
         "signature": env.signature.hex(),
+        "binding": env.binding.hex(),
     }
 
 

@@ -111,6 +111,9 @@ class SecretService:
             suite=recipient.suite,
             recipient=recipient.key,
             signer=self.key,
+            # The secure world's own nonce for this request, from the verified module token:
+            # signed back, so a relay cannot replay this answer to a later request.
+            binding=verified.module.user_data,
         )
         return Released(envelope, recipient)
 
