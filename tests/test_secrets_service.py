@@ -68,6 +68,7 @@ from veritee.secrets.errors import (
     PolicyFailed,
     ReleaseDenied,
     RequestRefused,
+    TooManyChallengesFromClient,
     UnknownSuite,
 )
 from veritee.secrets.store import NonceStore
@@ -931,3 +932,70 @@ def test_the_answer_echoes_and_signs_the_secure_worlds_binding(setup: Setup) -> 
     body = response.json()
     assert body["binding"] == binding.hex()
     assert_signed(body, nonce, setup.service.public_key())
+
+
+# -- issue 18, 11e: one client's flood of challenges does not lock the others out ----------
+
+PER_CLIENT = 20
+
+
+def test_one_clients_flood_of_challenges_leaves_others_served(
+    setup: Setup, device: Device, tmp_path: Path
+) -> None:
+    """Adversary: any network client of the service. It asks for challenges in a loop and
+    never uses them; it is stopped at its own cap, and another client still gets its secret."""
+    config = write_config(tmp_path, device, setup.measurement, challenges_per_client=PER_CLIENT)
+    service = start_service(device.home, config, tmp_path / "state")
+    flooder = httpx.Client(
+        transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=HTTP_TIMEOUT
+    )
+    try:
+        codes = [
+            flooder.post(service.url + wire.CHALLENGE_PATH).status_code
+            for _ in range(PER_CLIENT + 5)
+        ]
+        assert codes == [201] * PER_CLIENT + [429] * 5
+        detail = refused(
+            flooder.post(service.url + wire.CHALLENGE_PATH), 429, "too_many_client_challenges"
+        )
+        assert f"limit {PER_CLIENT}" in detail
+        # Another client (127.0.0.1) is served in full: challenge, evidence, its secret.
+        nonce = service.challenge()
+        response = service.release(nonce, setup.evidence(nonce))
+        assert response.status_code == 200, response.text
+        assert_signed(response.json(), nonce, service.public_key())
+        assert "too_many_client_challenges" in service.log.read_text()
+    finally:
+        flooder.close()
+        service.stop()
+
+
+def test_a_clients_cap_counts_only_unused_unexpired_challenges(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = NonceStore(tmp_path / "n.sqlite3", clock=lambda: now[0])
+    for _ in range(3):
+        store.issue(10, "10.0.0.1", per_client=3)
+    with pytest.raises(TooManyChallengesFromClient):
+        store.issue(10, "10.0.0.1", per_client=3)
+    store.issue(10, "10.0.0.2", per_client=3)  # another client is not counted against it
+    used = store.issue(10, "10.0.0.3", per_client=1)
+    store.consume(used.nonce)
+    store.issue(10, "10.0.0.3", per_client=1)  # a used challenge frees its place
+    now[0] += 11  # the flood expires: the client is served again
+    store.issue(10, "10.0.0.1", per_client=3)
+    store.close()
+
+
+def test_an_old_store_gains_the_client_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE nonces (nonce BLOB PRIMARY KEY, expires REAL NOT NULL, used_at REAL)")
+    db.execute("INSERT INTO nonces VALUES (?, ?, NULL)", (b"\x01" * 32, time.time() + 60))
+    db.commit()
+    db.close()
+    store = NonceStore(path)
+    store.consume(b"\x01" * 32)  # a nonce issued before the upgrade is still good once
+    store.issue(60, "127.0.0.1", per_client=1)
+    store.close()

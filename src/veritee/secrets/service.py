@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import socket
 import time
@@ -78,8 +79,11 @@ class SecretService:
             log.info("created the service key", extra={"path": str(state / keys.KEY_FILE)})
         return cls(config, key, NonceStore(state / DB_FILE))
 
-    def challenge(self) -> Challenge:
-        return self.store.issue(self.config.nonce_ttl)
+    def challenge(self, client: str = "") -> Challenge:
+        """A challenge for ``client`` (see :func:`client_of`), within its own cap."""
+        return self.store.issue(
+            self.config.nonce_ttl, client, per_client=self.config.challenges_per_client
+        )
 
     def release(self, body: dict[str, Any]) -> Released:
         """Run a release request (its JSON object); raise the refusal's :class:`Error`.
@@ -174,7 +178,7 @@ def create_app(service: SecretService) -> FastAPI:
     @app.post(protocol.CHALLENGE_PATH)
     async def challenge(request: Request) -> JSONResponse:
         try:
-            issued = await run_in_threadpool(service.challenge)
+            issued = await run_in_threadpool(service.challenge, client_of(request))
         except Error as err:
             return _refusal(request, "challenge", err, {})
         except Exception:
@@ -245,6 +249,21 @@ def _internal() -> JSONResponse:
     return JSONResponse(
         protocol.error_body("internal_error", "the service failed; see its log"), status_code=500
     )
+
+
+def client_of(request: Request) -> str:
+    """Whom a challenge is counted against: the source address; for IPv6, its /64, since a
+    single host is commonly given a whole /64 and could otherwise cycle through it."""
+    host = _client(request)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _client(request: Request) -> str:
