@@ -536,6 +536,8 @@ def run_cli(*args: str | Path) -> tuple[int, str]:
         (lambda c: c["secrets"][4].update(name="bad name"), "secrets[4].name: must be"),
         (lambda c: c.update(nonce_ttl=0.5), "nonce_ttl: must be a number"),
         (lambda c: c.update(nonce_ttl=True), "nonce_ttl: must be a number"),
+        (lambda c: c.update(challenges_per_client=0), "challenges_per_client: must be a whole"),
+        (lambda c: c.update(challenges_per_client=1.5), "challenges_per_client: must be a whole"),
         (lambda c: c["secrets"][5].update(policy="broken.rego"), "secrets[5] (custom).policy"),
     ],
 )

@@ -323,6 +323,7 @@ def serve(
                         "url": url,
                         "secrets": sorted(config.secrets),
                         "nonce_ttl": config.nonce_ttl,
+                        "challenges_per_client": config.challenges_per_client,
                         "public_key": service.public_key,
                     },
                 )
