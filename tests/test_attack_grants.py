@@ -13,6 +13,7 @@ normal world's user can; on real hardware the HUK is fused and unreadable.)
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -188,11 +189,17 @@ def test_what_a_module_was_granted_is_attested(device: Device, cat: Path, owned:
         with device.context() as ctx:
             session = WasmSession(ctx)
             info = session.load(cat.read_bytes(), name="cat", dirs=[(str(host), "/w", writable)])
-            verified = verify(session.attest(nonce), anchors, nonce=nonce)
+            evidence = session.attest(nonce)
+            verified = verify(evidence, anchors, nonce=nonce)
             session.close()
         assert verified.vtee.grants == ((str(host), "/w", writable),)
+        assert verified.module.config == verified.vtee.config
         assert info["grants"] == [[str(host), "/w", writable]]
         digests.append(verified.vtee.config)
+    # Readable by whoever inspects the evidence.
+    (owned.parent / "ev.cbor").write_bytes(evidence)
+    shown = json.loads(device.ok("evidence", "show", "--json", owned.parent / "ev.cbor"))
+    assert shown["vtee"]["grants"] == [{"host": str(owned), "guest": "/w", "writable": True}]
     # Same guest name, another host dir or another mode: another configuration.
     assert len(set(digests)) == 3
 
