@@ -210,3 +210,21 @@ def test_bad_guest_paths_are_refused(device: Device, cat: Path, owned: Path) -> 
         assert proc.returncode != 0, guest
         assert b"guest path" in proc.stderr, proc.stderr
     _legit_still_works(device, cat, owned)
+
+
+def test_a_private_dir_planted_as_a_symlink_before_load_is_refused(
+    device: Device, wasm: Callable[..., Path], owned: Path, cat: Path
+) -> None:
+    """Sibling: the normal world plants the storage of a module not loaded yet as a symlink."""
+    fresh = wasm("tests/assets/c/cat.c", 'CAT_BANNER "planted\\n"')  # a measurement of its own
+    private = device.home / "vtees" / "default" / "storage" / measure(fresh.read_bytes()).hex()
+    private.symlink_to(device.home / "device")
+    try:
+        proc = device.cli("run", fresh, "--", "/data/huk.bin")
+        assert proc.returncode != 0
+        assert b"is not a directory of the vTEE's storage" in proc.stderr
+        assert _huk(device) not in proc.stdout
+    finally:
+        private.unlink()
+    assert device.cli("run", fresh, "--", "/data").returncode != 2  # loads again
+    _legit_still_works(device, cat, owned)
