@@ -228,3 +228,21 @@ def test_a_private_dir_planted_as_a_symlink_before_load_is_refused(
         private.unlink()
     assert device.cli("run", fresh, "--", "/data").returncode != 2  # loads again
     _legit_still_works(device, cat, owned)
+
+
+def test_the_grant_judgement_on_plain_paths(tmp_path: Path) -> None:
+    """The decision itself, without a device: inside, equal, containing, and beside."""
+    from veritee.tee.grants import GrantRefused, check_grant, protected_paths
+
+    home = tmp_path / "home"
+    for d in ("device", "manufacturer", "vtees/default/storage", "secrets", "data"):
+        (home / d).mkdir(parents=True)
+    protected = protected_paths(home / "vtees" / "default")
+    for bad in ("device", "vtees/default/storage", "vtees", ".", "..", "/"):
+        with pytest.raises(GrantRefused):
+            check_grant(os.path.join(home, bad) if bad != "/" else "/", protected)
+    assert check_grant(str(home / "data"), protected) == str(home / "data")
+    assert check_grant(str(home / "data" / ".." / "data"), protected) == str(home / "data")
+    # A vTEE directory laid out otherwise: itself and its parent are protected whole.
+    odd = protected_paths(tmp_path / "elsewhere" / "vtee")
+    assert tmp_path / "elsewhere" in odd
