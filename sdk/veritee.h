@@ -149,7 +149,9 @@ int32_t veritee_evidence(const uint8_t *nonce, uint32_t nonce_len, const uint8_t
  * evidence, checks that the returned envelope is signed by service_key (the
  * service's P-256 key, uncompressed, 65 bytes: embed it in the module so it is
  * part of what is measured) and decrypts it (HPKE to this module's key). The
- * normal world only relays bytes and learns nothing.
+ * normal world only relays bytes and learns nothing. Each call is fresh: the
+ * secure world binds the answer to a nonce of its own for this call, so an
+ * answer the relay recorded earlier is refused (VERITEE_ERR_NOT_AUTHENTIC).
  *
  * Returns the secret's length, or VERITEE_ERR_BAD_ARG, VERITEE_ERR_SHORT_BUFFER,
  * VERITEE_ERR_REFUSED, VERITEE_ERR_NOT_AUTHENTIC, VERITEE_ERR_RELAY.

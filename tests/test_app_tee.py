@@ -252,6 +252,9 @@ def test_an_update_takes_over_sealed_state_only_with_the_owners_succession(
     old = env.counter.info["measurement"]
     storage = env.dev.home / "vtees" / "default" / "storage"
     (storage / old.hex() / "note").write_bytes(b"kept across the update")
+    # The normal world plants a symlink into the secure world's state among the old files:
+    # it must come across as a link (which WASI does not follow out), not as the HUK's bytes.
+    (storage / old.hex() / "huk").symlink_to(env.dev.home / "device" / "huk.bin")
     env.counter.close()
     v2 = tmp_path / "counter-v2.wasm"
     v2.write_bytes(_with_custom_section(wasm("tests/assets/c/app_counter.c").read_bytes()))
@@ -290,6 +293,7 @@ def test_an_update_takes_over_sealed_state_only_with_the_owners_succession(
         second = env.sender.deliver(press.seal(b"2")).events[0]
         assert session.deliver(second).dropped is None  # and the connection key
     assert (storage / new.hex() / "note").read_bytes() == b"kept across the update"
+    assert (storage / new.hex() / "huk").is_symlink()
 
 
 # -- batches ------------------------------------------------------------------------------------

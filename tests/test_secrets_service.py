@@ -9,6 +9,7 @@ integration test.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -53,6 +54,7 @@ from veritee.evidence.errors import (
     BadSignature,
     MeasurementNotEndorsed,
     NonceMismatch,
+    ReplayedRelease,
     UntrustedDevice,
 )
 from veritee.secrets import ReleasePolicy, Trust, decide, default_policy, load_config
@@ -66,6 +68,7 @@ from veritee.secrets.errors import (
     PolicyFailed,
     ReleaseDenied,
     RequestRefused,
+    TooManyChallengesFromClient,
     UnknownSuite,
 )
 from veritee.secrets.store import NonceStore
@@ -254,8 +257,14 @@ def setup(
 
 def assert_signed(body: dict[str, str], nonce: bytes, key: ec.EllipticCurvePublicKey) -> None:
     """The envelope is signed (ES256) by the service key over exactly these bytes."""
-    assert set(body) == {"name", "suite", "ciphertext", "signature"}
-    env = provisioning.Envelope(body["name"], body["suite"], bytes.fromhex(body["ciphertext"]), b"")
+    assert set(body) == {"name", "suite", "ciphertext", "signature", "binding"}
+    env = provisioning.Envelope(
+        body["name"],
+        body["suite"],
+        bytes.fromhex(body["ciphertext"]),
+        b"",
+        bytes.fromhex(body["binding"]),
+    )
     raw = bytes.fromhex(body["signature"])
     assert len(raw) == 64
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
@@ -527,6 +536,8 @@ def run_cli(*args: str | Path) -> tuple[int, str]:
         (lambda c: c["secrets"][4].update(name="bad name"), "secrets[4].name: must be"),
         (lambda c: c.update(nonce_ttl=0.5), "nonce_ttl: must be a number"),
         (lambda c: c.update(nonce_ttl=True), "nonce_ttl: must be a number"),
+        (lambda c: c.update(challenges_per_client=0), "challenges_per_client: must be a whole"),
+        (lambda c: c.update(challenges_per_client=1.5), "challenges_per_client: must be a whole"),
         (lambda c: c["secrets"][5].update(policy="broken.rego"), "secrets[5] (custom).policy"),
     ],
 )
@@ -671,14 +682,35 @@ def test_decision_then_seal_opens_only_for_that_module(suite: str) -> None:
     )
     assert recipient.measurement == MEASUREMENT and recipient.ueid == dev.ueid
     signer = ec.generate_private_key(ec.SECP256R1())
+    binding = os.urandom(32)  # the secure world's nonce for this request
     env = provisioning.seal(
-        SECRET, name="k", nonce=NONCE, suite=suite, recipient=recipient.key, signer=signer
+        SECRET,
+        name="k",
+        nonce=NONCE,
+        suite=suite,
+        recipient=recipient.key,
+        signer=signer,
+        binding=binding,
     )
-    opened = provisioning.open_(env, nonce=NONCE, keys=dev.keys, service_key=signer.public_key())
+    key = signer.public_key()
+    opened = provisioning.open_(env, nonce=NONCE, binding=binding, keys=dev.keys, service_key=key)
     assert opened == SECRET
     with pytest.raises(BadSignature):  # another module instance's keys
         provisioning.open_(
-            env, nonce=NONCE, keys=provisioning.ProvisioningKeys(), service_key=signer.public_key()
+            env,
+            nonce=NONCE,
+            binding=binding,
+            keys=provisioning.ProvisioningKeys(),
+            service_key=key,
+        )
+    # An answer to an earlier request of the same instance: refused before anything else.
+    with pytest.raises(ReplayedRelease):
+        provisioning.open_(env, nonce=NONCE, binding=os.urandom(32), keys=dev.keys, service_key=key)
+    # A relay that rewrites the echoed binding to the new request's breaks the signature.
+    forged = dataclasses.replace(env, binding=os.urandom(32))
+    with pytest.raises(BadSignature):
+        provisioning.open_(
+            forged, nonce=NONCE, binding=forged.binding, keys=dev.keys, service_key=key
         )
 
 
@@ -896,3 +928,80 @@ def test_config_loads_relative_paths(setup: Setup) -> None:
     assert config.secrets["data-key"].value == SECRET
     assert "5ec2e7" not in repr(config)
     assert config.trust.module_names[setup.measurement] == frozenset({"hello"})
+
+
+def test_the_answer_echoes_and_signs_the_secure_worlds_binding(setup: Setup) -> None:
+    """The user data of the judged module token comes back, under the service's signature."""
+    nonce, binding = setup.service.challenge(), os.urandom(32)
+    response = setup.service.release(nonce, setup.session.attest(nonce, binding))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["binding"] == binding.hex()
+    assert_signed(body, nonce, setup.service.public_key())
+
+
+# -- issue 18, 11e: one client's flood of challenges does not lock the others out ----------
+
+PER_CLIENT = 20
+
+
+def test_one_clients_flood_of_challenges_leaves_others_served(
+    setup: Setup, device: Device, tmp_path: Path
+) -> None:
+    """Adversary: any network client of the service. It asks for challenges in a loop and
+    never uses them; it is stopped at its own cap, and another client still gets its secret."""
+    config = write_config(tmp_path, device, setup.measurement, challenges_per_client=PER_CLIENT)
+    service = start_service(device.home, config, tmp_path / "state")
+    flooder = httpx.Client(
+        transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=HTTP_TIMEOUT
+    )
+    try:
+        codes = [
+            flooder.post(service.url + wire.CHALLENGE_PATH).status_code
+            for _ in range(PER_CLIENT + 5)
+        ]
+        assert codes == [201] * PER_CLIENT + [429] * 5
+        detail = refused(
+            flooder.post(service.url + wire.CHALLENGE_PATH), 429, "too_many_client_challenges"
+        )
+        assert f"limit {PER_CLIENT}" in detail
+        # Another client (127.0.0.1) is served in full: challenge, evidence, its secret.
+        nonce = service.challenge()
+        response = service.release(nonce, setup.evidence(nonce))
+        assert response.status_code == 200, response.text
+        assert_signed(response.json(), nonce, service.public_key())
+        assert "too_many_client_challenges" in service.log.read_text()
+    finally:
+        flooder.close()
+        service.stop()
+
+
+def test_a_clients_cap_counts_only_unused_unexpired_challenges(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = NonceStore(tmp_path / "n.sqlite3", clock=lambda: now[0])
+    for _ in range(3):
+        store.issue(10, "10.0.0.1", per_client=3)
+    with pytest.raises(TooManyChallengesFromClient):
+        store.issue(10, "10.0.0.1", per_client=3)
+    store.issue(10, "10.0.0.2", per_client=3)  # another client is not counted against it
+    used = store.issue(10, "10.0.0.3", per_client=1)
+    store.consume(used.nonce)
+    store.issue(10, "10.0.0.3", per_client=1)  # a used challenge frees its place
+    now[0] += 11  # the flood expires: the client is served again
+    store.issue(10, "10.0.0.1", per_client=3)
+    store.close()
+
+
+def test_an_old_store_gains_the_client_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE nonces (nonce BLOB PRIMARY KEY, expires REAL NOT NULL, used_at REAL)")
+    db.execute("INSERT INTO nonces VALUES (?, ?, NULL)", (b"\x01" * 32, time.time() + 60))
+    db.commit()
+    db.close()
+    store = NonceStore(path)
+    store.consume(b"\x01" * 32)  # a nonce issued before the upgrade is still good once
+    store.issue(60, "127.0.0.1", per_client=1)
+    store.close()

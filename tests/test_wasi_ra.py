@@ -11,10 +11,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from veritee.tee.ta import WasmSession
 from veritee.wasm.build import build
 from veritee.wasm.runtime import measure
 
@@ -201,3 +203,79 @@ def test_min_ear_status_without_a_verifier_is_a_config_error(
     proc = device.cli("secrets", "check", "--config", config)
     assert proc.returncode == 2
     assert b"needs trust.verifier" in proc.stderr
+
+
+# -- attack 5 of issue 18: a relay replays a secret release ---------------------------------
+
+
+class _RecordingRelay:
+    """The untrusted relay (the normal world): carries traffic, keeps a copy of every answer,
+    and later answers from its recording instead of asking the service."""
+
+    def __init__(self, url: str) -> None:
+        from veritee.tee.supplicant import HttpRelay
+
+        self.live = HttpRelay(url)
+        self.recorded: dict[str, dict[str, Any]] = {}
+        self.replaying = False
+
+    def __call__(self, rpc: dict[str, Any]) -> dict[str, Any]:
+        path = str(rpc.get("path"))
+        if self.replaying:
+            return self.recorded[path]
+        answer = self.live(rpc)
+        self.recorded[path] = answer
+        return answer
+
+
+@pytest.mark.parametrize("change", ["rotated", "policy-refuses"])
+def test_a_relay_replaying_a_recorded_release_gets_nothing(
+    device: Device, tmp_path: Path, service_key: str, data_dir: Path, change: str
+) -> None:
+    """Record one real exchange, change the secret on the real service (rotate it, or stop
+    releasing it), replay the recorded answer to the same loaded instance: refused by the
+    secure world (ReplayedRelease), the module does not get the old secret; the live
+    service then gives the same instance whatever it now decides."""
+    module = _module(tmp_path, service_key)
+    allowed = [measure(module.read_bytes()).hex()]
+    state = tmp_path / "state"
+    svc = start_service(device.home, _config(tmp_path, device, allowed), state)
+    relay = _RecordingRelay(svc.url)
+    with device.context() as ctx:
+        session = WasmSession(ctx)
+        session.load(module.read_bytes(), name="secret", dirs=[(str(data_dir), "/in", False)])
+        try:
+            first = session.run(["/in/msg.enc"], relay=relay)
+            assert first.exit_code == 0, first.stderr
+            assert MESSAGE in first.stdout
+            svc.stop()
+            # The owner changes the secret: same service (same key, same state), new config.
+            new_key = os.urandom(32)
+            config = _config(tmp_path, device, allowed if change == "rotated" else ["00" * 32])
+            value = json.loads(config.read_text())
+            value["secrets"][0]["value_hex"] = new_key.hex()
+            config.write_text(json.dumps(value))
+            svc = start_service(device.home, config, state)
+            relay.live = type(relay.live)(svc.url)
+
+            relay.replaying = True
+            replayed = session.run(["/in/msg.enc"], relay=relay)
+            assert replayed.exit_code == 1
+            assert b"not for this request (a replayed or stale answer)" in replayed.stderr
+            assert MESSAGE not in replayed.stdout
+
+            relay.replaying = False
+            iv = os.urandom(12)
+            (data_dir / "new.enc").write_bytes(iv + AESGCM(new_key).encrypt(iv, MESSAGE, None))
+            live = session.run(["/in/new.enc"], relay=relay)
+        finally:
+            session.close()
+            svc.stop()
+    if change == "rotated":
+        # The new key reaches the same instance: it decrypts what was encrypted under it.
+        assert live.exit_code == 0, live.stderr
+        assert MESSAGE in live.stdout
+    else:
+        assert live.exit_code == 1
+        assert b"secret service refused (403)" in live.stderr
+        assert MESSAGE not in live.stdout

@@ -139,7 +139,8 @@ def _parse_dirs(dirs: tuple[str, ...]) -> list[tuple[str, str, bool]]:
         path = Path(host).resolve()
         if not path.is_dir():
             raise UsageError(f"--dir {d}: {host} is not a directory")
-        out.append((str(path), guest or host, True))
+        # The secure world judges the grant by its real path again: this only fails early.
+        out.append((str(path), guest or str(path), True))
     return out
 
 
@@ -163,7 +164,13 @@ def _read_stdin() -> bytes:
     context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False}
 )
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to run in.")
-@click.option("--dir", "dirs", multiple=True, metavar="HOST[::GUEST]", help="Grant a directory.")
+@click.option(
+    "--dir",
+    "dirs",
+    multiple=True,
+    metavar="HOST[::GUEST]",
+    help="Grant a directory (GUEST: an absolute path, default HOST's). Never the TEE's own.",
+)
 @click.option("--env", "env", multiple=True, metavar="NAME[=VAL]", help="Set an env variable.")
 @click.option(
     "--max-memory",

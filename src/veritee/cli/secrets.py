@@ -174,9 +174,13 @@ def check(config_path: Path, as_json: bool) -> None:
         for s in config.secrets.values()
     ]
     if as_json:
-        click.echo(json.dumps({"nonce_ttl": config.nonce_ttl, "secrets": rows}, indent=2))
+        top = {"nonce_ttl": config.nonce_ttl, "challenges_per_client": config.challenges_per_client}
+        click.echo(json.dumps({**top, "secrets": rows}, indent=2))
         return
-    click.echo(f"{config.path}: OK, nonce lifetime {config.nonce_ttl:g} s")
+    click.echo(
+        f"{config.path}: OK, nonce lifetime {config.nonce_ttl:g} s, "
+        f"{config.challenges_per_client} challenges per client"
+    )
     for row in rows:
         click.echo(f"  {row['name']}: {row['bytes']} bytes, policy {row['policy']}")
         click.echo(f"    allow: {json.dumps(row['allow'])}")

@@ -51,6 +51,8 @@ MODULE_NAME = -76012
 PROVISIONING_KEY = -76013
 USER_DATA = -76014
 PROVISIONING_KEY_PQ = -76015  # {1: ML-KEM-768 public, 2: X25519 public}: the hybrid PQ suite
+MODULE_GRANTS = -76016  # [[host path, guest path, writable], ...]: host dirs the module may reach
+MAX_GRANTS_CLAIM = 64  # bound on a token's grants claim: a forged list must not cost memory
 
 _CNF_COSE_KEY = 1
 # Boot-log entry keys.
@@ -153,6 +155,9 @@ class VteeClaims:
     config: bytes
     module_key: dict[int, Any]  # COSE_Key of the module attestation key
     iat: int
+    # The host directories the module was granted (real paths), as it sees them, and whether
+    # it may write: also folded into ``config``, here so a verifier can read them.
+    grants: tuple[tuple[str, str, bool], ...] = ()
 
     def to_cbor(self) -> dict[int, Any]:
         return {
@@ -163,6 +168,7 @@ class VteeClaims:
             NONCE: cose.key_digest(self.module_key),
             CNF: {_CNF_COSE_KEY: self.module_key},
             IAT: self.iat,
+            MODULE_GRANTS: [list(g) for g in self.grants],
         }
 
     @classmethod
@@ -176,7 +182,26 @@ class VteeClaims:
             config=_digest(c, MODULE_CONFIG, "module config digest"),
             module_key=key,
             iat=_req(c, IAT, int, "iat"),
+            grants=_grants(c.get(MODULE_GRANTS, [])),
         )
+
+
+def _grants(value: Any) -> tuple[tuple[str, str, bool], ...]:
+    """The grants claim: a list of [host, guest, writable]; raise MalformedToken."""
+    if not isinstance(value, list) or len(value) > MAX_GRANTS_CLAIM:
+        raise MalformedToken(f"claim 'grants' ({MODULE_GRANTS}) is not a short list")
+    out = []
+    for g in value:
+        if not (
+            isinstance(g, list)
+            and len(g) == 3
+            and isinstance(g[0], str)
+            and isinstance(g[1], str)
+            and isinstance(g[2], bool)
+        ):
+            raise MalformedToken(f"claim 'grants' ({MODULE_GRANTS}) has a malformed entry")
+        out.append((g[0], g[1], g[2]))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

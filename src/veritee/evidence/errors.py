@@ -36,3 +36,8 @@ class PolicyRejected(EvidenceError):
 class LifecycleNotEndorsed(EvidenceError):
     """The platform token claims a lifecycle above the one its certificate chain endorses
     (an emulated device claiming ``secured``)."""
+
+
+class ReplayedRelease(EvidenceError):
+    """A secret's answer is not bound to the secure world's fresh nonce of this request: a
+    relay replays an answer it recorded (after the secret rotated or its policy changed)."""

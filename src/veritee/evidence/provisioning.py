@@ -8,14 +8,19 @@ the module carries in its own (measured) code. Two suites:
 * ``x25519``: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM
 * ``mlkem768-x25519``: the hybrid post-quantum KEM ML-KEM-768 + X25519, same KDF and AEAD
 
-The HPKE ``info`` binds the suite, the challenge (nonce) and the secret's name, so an envelope
-cannot be replayed under another challenge or name. Pure functions, no I/O.
+The HPKE ``info`` and the signature bind the suite, the challenge (nonce), the secret's name and
+the *binding*: a fresh nonce the secure world drew for this one request and put in its
+evidence (the module token's user data), which the service echoes. The challenge comes from
+the service through the untrusted relay, so it alone cannot tell the secure world an answer
+is fresh; the binding can, since only the secure world chose it, and it is used once. So an
+envelope cannot be replayed under another challenge, name or request. Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +41,9 @@ from cryptography.hazmat.primitives.hpke import (
     Suite,
 )
 
-from veritee.evidence.errors import BadSignature, MalformedToken
+from veritee.evidence.errors import BadSignature, MalformedToken, ReplayedRelease
 
-LABEL = "veritee-secret-v1"
+LABEL = "veritee-secret-v2"  # v2: the secure world's binding nonce is signed and in the info
 SUITE_X25519 = "x25519"
 SUITE_PQ = "mlkem768-x25519"
 SUITES = (SUITE_X25519, SUITE_PQ)
@@ -59,6 +64,7 @@ class Envelope:
     suite: str
     ciphertext: bytes
     signature: bytes  # ES256, raw r || s, over :func:`signed_bytes`
+    binding: bytes = b""  # the secure world's nonce for this request, from its evidence
 
 
 class ProvisioningKeys:
@@ -92,12 +98,14 @@ class ProvisioningKeys:
         return keys
 
 
-def _info(suite: str, nonce: bytes, name: str) -> bytes:
-    return bytes(cbor2.dumps([LABEL, suite, nonce, name]))
+def _info(suite: str, nonce: bytes, name: str, binding: bytes) -> bytes:
+    return bytes(cbor2.dumps([LABEL, suite, nonce, name, binding]))
 
 
 def signed_bytes(nonce: bytes, env: Envelope) -> bytes:
-    return hashlib.sha256(cbor2.dumps([LABEL, nonce, env.name, env.suite, env.ciphertext])).digest()
+    return hashlib.sha256(
+        cbor2.dumps([LABEL, nonce, env.name, env.suite, env.ciphertext, env.binding])
+    ).digest()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -128,27 +136,43 @@ def seal(
     suite: str,
     recipient: x25519.X25519PublicKey | MLKEM768X25519PublicKey,
     signer: ec.EllipticCurvePrivateKey,
+    binding: bytes,
 ) -> Envelope:
-    """Service side: encrypt ``secret`` to the module and sign the envelope."""
+    """Service side: encrypt ``secret`` to the module and sign the envelope.
+
+    ``binding``: the user data of the module token the release was judged on (the secure
+    world's nonce for this request).
+    """
     if suite not in _SUITES:
         raise MalformedToken(f"unknown suite {suite!r}; use one of {SUITES}")
     if len(secret) > MAX_SECRET_BYTES:
         raise MalformedToken(f"secret is over {MAX_SECRET_BYTES} bytes")
-    ciphertext = _SUITES[suite].encrypt(secret, recipient, info=_info(suite, nonce, name))
-    unsigned = Envelope(name, suite, ciphertext, b"")
+    info = _info(suite, nonce, name, binding)
+    ciphertext = _SUITES[suite].encrypt(secret, recipient, info=info)
+    unsigned = Envelope(name, suite, ciphertext, b"", binding)
     der = signer.sign(signed_bytes(nonce, unsigned), ec.ECDSA(hashes.SHA256()))
     r, s = decode_dss_signature(der)
-    return Envelope(name, suite, ciphertext, r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return Envelope(name, suite, ciphertext, raw, binding)
 
 
 def open_(
     env: Envelope,
     *,
     nonce: bytes,
+    binding: bytes,
     keys: ProvisioningKeys,
     service_key: ec.EllipticCurvePublicKey,
 ) -> bytes:
-    """Secure-world side: check the service's signature, then decrypt; raise EvidenceError."""
+    """Secure-world side: check the binding, the service's signature, then decrypt.
+
+    ``binding``: the fresh nonce this secure world drew for this request (never one from
+    the answer). Raise ReplayedRelease for an answer to another request, else EvidenceError.
+    """
+    if not hmac.compare_digest(env.binding, binding):
+        raise ReplayedRelease(
+            "the secret's answer is not for this request (a replayed or stale answer)"
+        )
     if env.suite not in _SUITES or len(env.signature) != 64:
         raise MalformedToken("secret envelope has an unknown suite or a malformed signature")
     r = int.from_bytes(env.signature[:32], "big")
@@ -166,7 +190,7 @@ def open_(
     )
     try:
         return _SUITES[env.suite].decrypt(
-            env.ciphertext, private, info=_info(env.suite, nonce, env.name)
+            env.ciphertext, private, info=_info(env.suite, nonce, env.name, binding)
         )
     except Exception:
         raise BadSignature("secret envelope does not decrypt for this module") from None

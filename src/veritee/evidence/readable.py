@@ -58,6 +58,7 @@ def describe(data: bytes) -> dict[str, Any]:
             "module_measurement": vtee.measurement.hex(),
             "module_config": vtee.config.hex(),
             "module_key_digest": cose.key_digest(vtee.module_key).hex(),
+            "grants": [{"host": h, "guest": g, "writable": w} for h, g, w in vtee.grants],
             "iat": vtee.iat,
         },
         "module": {

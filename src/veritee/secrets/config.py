@@ -37,7 +37,13 @@ MAX_CONFIG_BYTES = 1024 * 1024
 # Secret names go into HPKE's info, logs and error messages: keep them plain.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 
-_TOP = frozenset({"trust", "nonce_ttl", "secrets"})
+# One client (source address) asking for challenges in a loop must not use up the service's
+# global cap (store.MAX_OUTSTANDING_NONCES) and lock every other client out; a node agent
+# relaying for its modules needs a few at a time, each used within seconds.
+DEFAULT_CHALLENGES_PER_CLIENT = 1000
+MAX_CHALLENGES_PER_CLIENT = 100_000
+
+_TOP = frozenset({"trust", "nonce_ttl", "secrets", "challenges_per_client"})
 _TRUST = frozenset({"ca", "reference_values", "verifier"})
 EAR_STATUSES = ("affirming", "warning")  # what min_ear_status may ask for
 _SECRET = frozenset({"name", "value_hex", "value_file", "allow", "policy"})
@@ -60,6 +66,7 @@ class Config:
     nonce_ttl: float
     secrets: Mapping[str, Secret]
     verifier: str | None = None  # a verification service whose results (EAR) the policy sees
+    challenges_per_client: int = DEFAULT_CHALLENGES_PER_CLIENT  # outstanding, per address
 
 
 def load(path: Path) -> Config:
@@ -90,6 +97,15 @@ def parse(value: Any, path: Path) -> Config:
         raise f.error(
             "nonce_ttl", f"must be a number of seconds from {MIN_NONCE_TTL:g} to {MAX_NONCE_TTL:g}"
         )
+    per_client = top.get("challenges_per_client", DEFAULT_CHALLENGES_PER_CLIENT)
+    if (
+        not isinstance(per_client, int)
+        or isinstance(per_client, bool)
+        or not 1 <= per_client <= MAX_CHALLENGES_PER_CLIENT
+    ):
+        raise f.error(
+            "challenges_per_client", f"must be a whole number from 1 to {MAX_CHALLENGES_PER_CLIENT}"
+        )
     entries = top.get("secrets")
     if not isinstance(entries, list) or not entries:
         raise f.error("secrets", "must be a non-empty list of secrets")
@@ -110,7 +126,7 @@ def parse(value: Any, path: Path) -> Config:
                 f"secrets ({name}).allow.min_ear_status",
                 "needs trust.verifier: only a verifier's result has a status",
             )
-    return Config(path, trust, float(ttl), secrets, verifier)
+    return Config(path, trust, float(ttl), secrets, verifier, per_client)
 
 
 class _Fields:

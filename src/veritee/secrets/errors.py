@@ -90,3 +90,7 @@ class TooManyChallenges(RequestRefused):
 
 class VerifierUnavailable(RequestRefused):
     """The verification service the secrets rely on did not appraise the evidence."""
+
+
+class TooManyChallengesFromClient(TooManyChallenges):
+    """This client holds too many unused, unexpired nonces; others are still served."""

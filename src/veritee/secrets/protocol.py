@@ -6,7 +6,8 @@ client is written against the same text, so a change here is a protocol change.
     GET  /secrets/v1/key        200 {"alg": "ES256", "public_key": HEX (65-byte P-256 point)}
     POST /secrets/v1/challenge  201 {"nonce": HEX (32 bytes), "expires": UNIX_SECONDS}
     POST /secrets/v1/release    {"nonce", "name", "evidence", "suite"}
-                                200 {"name", "suite", "ciphertext", "signature"}
+                                200 {"name", "suite", "ciphertext", "signature", "binding"}
+                                ("binding": the module token's user data, echoed and signed)
     any refusal                 {"error": CODE, "detail": ONE_LINE}
 """
 
@@ -38,6 +39,7 @@ from veritee.secrets.errors import (
     NonceUsed,
     PolicyFailed,
     TooManyChallenges,
+    TooManyChallengesFromClient,
     UnknownSecret,
     UnknownSuite,
     VerifierUnavailable,
@@ -65,6 +67,7 @@ _ERRORS: tuple[tuple[type[Error], int, str], ...] = (
     (NonceUnknown, 410, "nonce_unknown"),
     (NonceUsed, 410, "nonce_used"),
     (NonceExpired, 410, "nonce_expired"),
+    (TooManyChallengesFromClient, 429, "too_many_client_challenges"),
     (TooManyChallenges, 503, "too_many_challenges"),
     (VerifierUnavailable, 502, "verifier_unavailable"),
     (UnknownSuite, 400, "unknown_suite"),
@@ -112,6 +115,7 @@ def envelope_body(env: Envelope) -> dict[str, str]:
         "suite": env.suite,
         "ciphertext": env.ciphertext.hex(),
         "signature": env.signature.hex(),
+        "binding": env.binding.hex(),
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import socket
 import time
@@ -78,8 +79,11 @@ class SecretService:
             log.info("created the service key", extra={"path": str(state / keys.KEY_FILE)})
         return cls(config, key, NonceStore(state / DB_FILE))
 
-    def challenge(self) -> Challenge:
-        return self.store.issue(self.config.nonce_ttl)
+    def challenge(self, client: str = "") -> Challenge:
+        """A challenge for ``client`` (see :func:`client_of`), within its own cap."""
+        return self.store.issue(
+            self.config.nonce_ttl, client, per_client=self.config.challenges_per_client
+        )
 
     def release(self, body: dict[str, Any]) -> Released:
         """Run a release request (its JSON object); raise the refusal's :class:`Error`.
@@ -111,6 +115,9 @@ class SecretService:
             suite=recipient.suite,
             recipient=recipient.key,
             signer=self.key,
+            # The secure world's own nonce for this request, from the verified module token:
+            # signed back, so a relay cannot replay this answer to a later request.
+            binding=verified.module.user_data,
         )
         return Released(envelope, recipient)
 
@@ -171,7 +178,7 @@ def create_app(service: SecretService) -> FastAPI:
     @app.post(protocol.CHALLENGE_PATH)
     async def challenge(request: Request) -> JSONResponse:
         try:
-            issued = await run_in_threadpool(service.challenge)
+            issued = await run_in_threadpool(service.challenge, client_of(request))
         except Error as err:
             return _refusal(request, "challenge", err, {})
         except Exception:
@@ -244,6 +251,21 @@ def _internal() -> JSONResponse:
     )
 
 
+def client_of(request: Request) -> str:
+    """Whom a challenge is counted against: the source address; for IPv6, its /64, since a
+    single host is commonly given a whole /64 and could otherwise cycle through it."""
+    host = _client(request)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "-"
 
@@ -301,6 +323,7 @@ def serve(
                         "url": url,
                         "secrets": sorted(config.secrets),
                         "nonce_ttl": config.nonce_ttl,
+                        "challenges_per_client": config.challenges_per_client,
                         "public_key": service.public_key,
                     },
                 )

@@ -23,13 +23,18 @@ from veritee.secrets.errors import (
     NonceUnknown,
     NonceUsed,
     TooManyChallenges,
+    TooManyChallengesFromClient,
 )
 
 NONCE_BYTES = 32
 DB_FILE = "nonces.sqlite3"
 # Each challenge costs a row until it expires: an attacker asking for challenges in a loop
-# must not fill the disk. At the default 60 s lifetime this allows ~1,600 challenges/s.
+# must not fill the disk. At the default 60 s lifetime this allows ~1,600 challenges/s. Each
+# client has a smaller cap of its own (``issue``'s ``per_client``), so this one is reached
+# only by many clients at once, not by one client's flood.
 MAX_OUTSTANDING_NONCES = 100_000
+# How a client is named in the store: its source address as the service saw it.
+MAX_CLIENT_CHARS = 64
 # Spent and expired nonces are kept this long, so a late replay is told "used"/"expired"
 # rather than "unknown"; after that they are deleted (either way the nonce is refused).
 RETAIN_SECONDS = 24 * 3600.0
@@ -41,10 +46,14 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
     nonce BLOB PRIMARY KEY,
     expires REAL NOT NULL,
-    used_at REAL
+    used_at REAL,
+    client TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS nonces_expires ON nonces (expires);
 """
+# A store made before per-client caps has no client column: add it (old rows: no client).
+_MIGRATE = "ALTER TABLE nonces ADD COLUMN client TEXT NOT NULL DEFAULT ''"
+_CLIENT_INDEX = "CREATE INDEX IF NOT EXISTS nonces_client ON nonces (client, expires)"
 
 
 @dataclass(frozen=True)
@@ -69,15 +78,36 @@ class NonceStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(nonces)")}
+            if "client" not in columns:
+                self._db.execute(_MIGRATE)
+            self._db.execute(_CLIENT_INDEX)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot open the nonce store {path}: {exc}") from None
 
-    def issue(self, ttl: float) -> Challenge:
-        """A fresh random nonce, good once and until ``now + ttl``."""
+    def issue(self, ttl: float, client: str = "", per_client: int | None = None) -> Challenge:
+        """A fresh random nonce, good once and until ``now + ttl``.
+
+        ``client`` names who asks (its address); with ``per_client``, it may hold at most
+        that many unused, unexpired nonces (expired ones no longer count). Raise
+        TooManyChallengesFromClient, or TooManyChallenges when the global cap is reached.
+        """
         now = self._clock()
+        client = client[:MAX_CLIENT_CHARS]
         nonce = secrets.token_bytes(NONCE_BYTES)
         with self._lock:
             self._prune(now)
+            if per_client is not None:
+                (mine,) = self._db.execute(
+                    "SELECT COUNT(*) FROM nonces WHERE client = ? AND expires > ? "
+                    "AND used_at IS NULL",
+                    (client, now),
+                ).fetchone()
+                if mine >= per_client:
+                    raise TooManyChallengesFromClient(
+                        f"this client holds {mine} unused challenges (limit {per_client}); "
+                        "use or let them expire before asking for more"
+                    )
             (outstanding,) = self._db.execute(
                 "SELECT COUNT(*) FROM nonces WHERE expires > ? AND used_at IS NULL", (now,)
             ).fetchone()
@@ -87,7 +117,8 @@ class NonceStore:
                     "try again when some have expired"
                 )
             self._db.execute(
-                "INSERT INTO nonces (nonce, expires) VALUES (?, ?)", (nonce, now + ttl)
+                "INSERT INTO nonces (nonce, expires, client) VALUES (?, ?, ?)",
+                (nonce, now + ttl, client),
             )
         return Challenge(nonce, now + ttl)
 

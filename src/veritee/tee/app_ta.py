@@ -43,7 +43,7 @@ from veritee.evidence.deployment import (
     verify_succession,
 )
 from veritee.evidence.provisioning import ProvisioningKeys
-from veritee.tee import channels
+from veritee.tee import channels, grants
 from veritee.tee.channels import Channel, EventRejected
 from veritee.tee.runtime_ta import VteeIdentity, parse_limits
 from veritee.tee.sealing import Counters, Sealer, module_key
@@ -293,8 +293,7 @@ def load(
             "source that includes veritee_app.h)"
         )
     compiled = compiler.compile(wasm)
-    private = storage / compiled.measurement.hex()
-    private.mkdir(parents=True, exist_ok=True)
+    private = grants.private_dir(storage, compiled.measurement)  # never a planted symlink
     preopens = (Preopen(str(private), APP_PRIVATE_DIR, True),)
     raw_key = deployment_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
@@ -306,7 +305,9 @@ def load(
     sealer = Sealer(seal_key, compiled.measurement, unseal_keys)
     for old in predecessors:  # the new build starts from its predecessor's private files
         if not any(private.iterdir()) and (storage / old.hex()).is_dir():
-            shutil.copytree(storage / old.hex(), private, dirs_exist_ok=True)
+            # symlinks=True: a symlink the normal world planted among the old files is
+            # copied as a link (WASI does not follow it out), never as what it points at.
+            shutil.copytree(storage / old.hex(), private, dirs_exist_ok=True, symlinks=True)
     bases = storage / BASES_DIR
     restored = _restore(sealer, counters, config.get("state"), app, bases)
     lineage = restored.lineage or counters.create()

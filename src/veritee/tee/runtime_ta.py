@@ -8,7 +8,6 @@ key ever leaves this process; the normal world sees measurements, tokens and out
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from veritee.evidence.claims import (
     encode_claims,
 )
 from veritee.evidence.provisioning import ProvisioningKeys
+from veritee.tee import grants
 from veritee.tee.sealing import module_key
 from veritee.tee.services import Attester, attester_of
 from veritee.tee.worker import WorkerPool, raise_for
@@ -74,6 +74,7 @@ class LoadedModule:
     attestation_key: ec.EllipticCurvePrivateKey
     provisioning: ProvisioningKeys
     vtee_token: bytes
+    protected: tuple[Path, ...] = ()  # the secure world's own places, refused to grants
     loaded_at: float = field(default_factory=time.time)
     running: bool = False
 
@@ -93,6 +94,7 @@ class LoadedModule:
             "from_cache": self.compiled.from_cache,
             "limits": self.limits.to_cbor(),
             "dirs": [[p.guest, p.writable] for p in self.preopens],
+            "grants": [[p.host, p.guest, p.writable] for p in self.preopens[1:]],
         }
 
 
@@ -110,24 +112,34 @@ def load(
     compiled = compiler.compile(wasm)
     if "_start" not in compiled.exports:
         raise ModuleError("module has no '_start' export: it is not a WASI command")
-    private = storage / compiled.measurement.hex()
-    private.mkdir(parents=True, exist_ok=True)
+    private = grants.private_dir(storage, compiled.measurement)
     preopens = [Preopen(str(private), PRIVATE_DIR_GUEST, True)]
-    for entry in config.get("dirs", []):
+    granted = config.get("dirs", [])
+    if not isinstance(granted, list) or len(granted) > grants.MAX_GRANTS:
+        raise UsageError(f"at most {grants.MAX_GRANTS} granted dirs, as a list")
+    protected = grants.protected_paths(storage.parent)
+    for entry in granted:
         if not (isinstance(entry, list) and len(entry) == 3):
             raise UsageError("each granted dir must be [host, guest, writable]")
         host, guest, writable = entry
-        if not isinstance(host, str) or not os.path.isabs(host) or not os.path.isdir(host):
-            raise UsageError(f"granted dir {host!r} is not an existing absolute directory")
-        if not isinstance(guest, str) or not guest or guest == PRIVATE_DIR_GUEST:
-            raise UsageError(f"guest path {guest!r} is empty or reserved")
-        preopens.append(Preopen(host, guest, bool(writable)))
+        if not isinstance(writable, bool):
+            raise UsageError("a granted dir's mode must be true (writable) or false")
+        # The secure world opens the directory, so it is judged by its real path: a grant
+        # must never reach the device's secrets, the vTEEs or other modules' storage.
+        real = grants.check_grant(host, protected)
+        guest = grants.check_guest(guest, PRIVATE_DIR_GUEST)
+        if any(p.guest == guest for p in preopens):
+            raise UsageError(f"guest path {guest!r} is granted twice")
+        preopens.append(Preopen(real, guest, writable))
 
-    # The configuration digest names what the module may do; the host paths behind granted
-    # dirs are the normal world's business and are left out, the guest names are not.
+    # The configuration digest names what the module may do, and on which data: the real
+    # host paths behind granted dirs, their guest names and modes are attested (a verifier
+    # sees them in the vtee token's grants claim too), so a module granted a directory it
+    # should not see does not pass for one that was not.
     module_config = {
         "limits": limits.to_cbor(),
         "dirs": [[p.guest, p.writable] for p in preopens],
+        "grants": [[p.host, p.guest, p.writable] for p in preopens[1:]],
     }
     digest = config_digest(module_config)
     mak = ec.generate_private_key(ec.SECP256R1())
@@ -137,6 +149,7 @@ def load(
         config=digest,
         module_key=cose.ec_key_to_cose(mak.public_key()),
         iat=int(time.time()),
+        grants=tuple((p.host, p.guest, p.writable) for p in preopens[1:]),
     )
     vtee_token = cose.sign1(encode_claims(vtee_claims), vtee.attestation_key)
     return LoadedModule(
@@ -150,6 +163,7 @@ def load(
         attestation_key=mak,
         provisioning=ProvisioningKeys(),
         vtee_token=vtee_token,
+        protected=protected,
     )
 
 
@@ -190,6 +204,9 @@ def run(
                 "env": env,
                 "stdin": stdin,
                 "preopens": [[p.host, p.guest, p.writable] for p in loaded.preopens],
+                # The worker checks again what it opens: the first is the private dir.
+                "protected": [str(p) for p in loaded.protected],
+                "private_preopens": 1,
                 "memory": loaded.limits.memory_bytes,
                 "time": loaded.limits.time_seconds,
                 "scratch": str(scratch),

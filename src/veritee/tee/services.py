@@ -9,6 +9,7 @@ challenge, the evidence and HPKE ciphertext.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from veritee.wasm import hostfns
 from veritee.wasm.hostfns import HostError
 
 NONCE_MIN, NONCE_MAX = 8, 64
+# The secure world's own nonce per secret request: the service's challenge reaches it through
+# the untrusted relay, so freshness must also come from here (a replayed answer stops here).
+RELEASE_BINDING_BYTES = 32
 SECRETS_API = "/secrets/v1"
 GCM_IV = 12
 
@@ -179,10 +183,13 @@ class ModuleServices:
         if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
             raise HostError(hostfns.ERR_RELAY, "challenge nonce has the wrong size")
         suite = provisioning.SUITE_PQ if post_quantum else provisioning.SUITE_X25519
+        # Drawn here, kept only for this call, checked once against the answer: the relay
+        # chose the challenge, so only this makes a recorded answer useless later.
+        binding = secrets.token_bytes(RELEASE_BINDING_BYTES)
         body = {
             "nonce": nonce.hex(),
             "name": label,
-            "evidence": self.evidence(nonce, b"").hex(),
+            "evidence": self.evidence(nonce, binding).hex(),
             "suite": suite,
         }
         answer = self._request("release", body, expect=200)
@@ -192,13 +199,16 @@ class ModuleServices:
                 suite=str(answer["suite"]),
                 ciphertext=bytes.fromhex(str(answer["ciphertext"])),
                 signature=bytes.fromhex(str(answer["signature"])),
+                binding=bytes.fromhex(str(answer.get("binding", ""))),
             )
         except (KeyError, ValueError):
             raise HostError(hostfns.ERR_NOT_AUTHENTIC, "release answer is malformed") from None
         if envelope.name != label or envelope.suite != suite:
             raise HostError(hostfns.ERR_NOT_AUTHENTIC, "release answer is for another request")
         try:
-            return provisioning.open_(envelope, nonce=nonce, keys=self._keys, service_key=pinned)
+            return provisioning.open_(
+                envelope, nonce=nonce, binding=binding, keys=self._keys, service_key=pinned
+            )
         except EvidenceError as exc:
             self._note(f"veritee: secret {label!r}: {exc}")
             raise HostError(hostfns.ERR_NOT_AUTHENTIC, str(exc)) from None

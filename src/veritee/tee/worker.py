@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from veritee.errors import ModuleError, ModuleLimitExceeded, SecureWorldError
+from veritee.errors import ModuleError, ModuleLimitExceeded, SecureWorldError, UsageError
 from veritee.tee import protocol
 
 log = logging.getLogger("veritee.worker")
@@ -206,11 +206,12 @@ def _serve(fd: int) -> None:
         return  # the pool closed us before giving us work
     try:
         module = runtime.load_artifact(engine, Path(job["artifact_path"]), job["artifact_digest"])
+        preopens = _open_preopens(job)
         request = runtime.RunRequest(
             args=tuple(job["args"]),
             env=tuple((k, v) for k, v in job["env"]),
             stdin=job["stdin"],
-            preopens=tuple(runtime.Preopen(h, g, w) for h, g, w in job["preopens"]),
+            preopens=preopens,
         )
         limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"])
         notes: list[str] = []
@@ -235,7 +236,7 @@ def _serve(fd: int) -> None:
             note=notes.append,
         )
         if job.get("op") == "reactor":
-            _serve_reactor(sock, engine, module, limits, services, job, notes)
+            _serve_reactor(sock, engine, module, limits, services, job, notes, preopens)
             return
         result = runtime.execute(
             engine,
@@ -253,7 +254,7 @@ def _serve(fd: int) -> None:
             "elapsed": result.elapsed,
             "truncated": result.truncated,
         }
-    except ModuleError as exc:
+    except (ModuleError, UsageError) as exc:  # UsageError: a grant moved since load
         reply = {"error": type(exc).__name__, "message": str(exc)}
     protocol.send(sock, reply)
 
@@ -266,6 +267,7 @@ def _serve_reactor(
     services: Any,
     job: dict[str, Any],
     notes: list[str],
+    preopens: tuple[Any, ...],
 ) -> None:
     """Worker side of a long-lived instance: instantiate once, then call endpoints."""
     from veritee.wasm import runtime
@@ -276,7 +278,7 @@ def _serve_reactor(
         limits,
         services,
         name=job["name"],
-        preopens=tuple(runtime.Preopen(h, g, w) for h, g, w in job["preopens"]),
+        preopens=preopens,
     )
     protocol.send(sock, {"ready": True, "log": "".join(notes)})
     while True:
@@ -295,16 +297,40 @@ def _serve_reactor(
             return  # a trapped instance is not trusted to go on
 
 
+def _open_preopens(job: dict[str, Any]) -> tuple[Any, ...]:
+    """The job's directories, each opened and checked here, named by its descriptor.
+
+    The vTEE checked them at load; the normal world owns the disk and may since have put a
+    symlink into the secure world's state where a checked directory was. What the module
+    gets is the directory this process opened and checked (``grants.open_checked``); the
+    descriptors stay open until the process ends. The first ``private_preopens`` are the
+    module's own storage (inside the vTEE, so only checked not to have moved).
+    """
+    from veritee.tee import grants
+    from veritee.wasm import runtime
+
+    protected = tuple(Path(p) for p in job.get("protected", []))
+    private = int(job.get("private_preopens", len(job["preopens"])))
+    out = []
+    for i, (host, guest, writable) in enumerate(job["preopens"]):
+        _, fd_path = grants.open_checked(host, () if i < private else protected)
+        out.append(runtime.Preopen(fd_path, guest, writable))
+    return tuple(out)
+
+
 def raise_for(reply: dict[str, Any]) -> None:
     """Turn a worker's error reply back into the exception it reported."""
     kind = reply.get("error")
     if kind is None:
         return
+    from veritee.tee.grants import GrantMoved, GrantRefused
     from veritee.wasm.runtime import ArtifactChanged  # wasmtime: only once a call failed
 
-    cls = {
+    cls: type[Exception] = {
         "ModuleLimitExceeded": ModuleLimitExceeded,
         "ArtifactChanged": ArtifactChanged,
+        "GrantMoved": GrantMoved,
+        "GrantRefused": GrantRefused,
     }.get(str(kind), ModuleError)
     raise cls(str(reply.get("message", "module failed")))
 
