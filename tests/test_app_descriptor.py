@@ -127,7 +127,7 @@ def test_json_is_read_with_line_numbers() -> None:
         ),
         (("port: 7002", "port: 70000"), "nodes[1].port: must be an integer from 1 to 65535"),
         (("node: b, binary", "node: b, bianry"), "modules[1].bianry: unknown field"),
-        (("source: sender.c", "source: sender.rs"), "modules[0].source: only .c and .wat"),
+        (("source: sender.c", "source: sender.py"), "modules[0].source: only .c, .wat, .rs"),
         (("period: 1000", "period: 1"), "periodic-events[0].period: must be an integer from 10"),
         (("app: demo", "app: 'two words'"), "app: 'two words' is not a name"),
     ],
@@ -202,16 +202,32 @@ def test_authentic_execution_json_is_converted() -> None:
 @pytest.mark.parametrize(
     ("section", "change", "expected"),
     [
-        ("nodes", {"type": "sgx"}, "node type 'sgx' is SGX-specific"),
-        ("nodes", {"type": "sancus", "vendor_id": 1}, "node type 'sancus' is Sancus-specific"),
+        ("nodes", {"type": "sgx"}, "SGX-specific fields: nodes[0].type 'sgx' (line 4)"),
+        (
+            "nodes",
+            {"type": "sancus", "vendor_id": 1},
+            "Sancus-specific fields: nodes[0].type 'sancus' (line 4), nodes[0].vendor_id",
+        ),
         ("nodes", {"aesm_host": "x"}, "nodes[0].aesm_host: Veritee cannot honour"),
-        ("modules", {"type": "sgx", "vendor_key": "k"}, "module type 'sgx' is SGX-specific"),
+        (
+            "modules",
+            {"type": "sgx", "vendor_key": "k"},
+            "SGX-specific fields: modules[0].type 'sgx' (line 12), modules[0].vendor_key",
+        ),
         ("modules", {"ra_settings": "s.json"}, "modules[0].ra_settings"),
         ("modules", {"key": "00"}, "the deployer never holds module keys"),
         ("modules", {"deployed": True}, "state of an earlier Authentic Execution deployment"),
         ("modules", {"symtab": "t"}, "Sancus-specific"),
-        ("connections", {"encryption": "spongent"}, "SPONGENT encryption is Sancus-specific"),
-        ("connections", {"to_input": 1}, "numeric endpoint ids are Sancus-specific"),
+        (
+            "connections",
+            {"encryption": "spongent"},
+            "Sancus-specific fields: connections[0].encryption 'spongent'",
+        ),
+        (
+            "connections",
+            {"to_input": 1},
+            "numeric endpoint id 1: name the endpoint, or give module 'm' an 'inputs' map",
+        ),
         ("connections", {"key": "00"}, "the deployer never holds connection keys"),
     ],
 )
@@ -237,9 +253,14 @@ def test_the_fosdem_descriptor_is_refused_for_its_sgx_nodes() -> None:
         d.parse(json.dumps(data, indent=1), origin="complete.json")
 
 
-def test_attestation_manager_is_refused() -> None:
-    with pytest.raises(UnsupportedField, match="attestation manager"):
-        d.parse(json.dumps({"manager": "manager.yaml", **AE}), origin="ae.json")
+def test_the_attestation_manager_is_accepted_with_one_warning() -> None:
+    """reactive-tools' examples name their attestation manager; Veritee's verifier replaces it."""
+    desc = d.parse(json.dumps({"manager": "manager.yaml", **AE}, indent=1), origin="ae.json")
+    assert desc.warnings == (
+        "ae.json:2: manager: ignored: Veritee's verification service takes the place of "
+        "Authentic Execution's attestation manager (give --verifier, or verifier.url in a "
+        "Veritee descriptor)",
+    )
 
 
 @pytest.mark.parametrize(
