@@ -1,5 +1,5 @@
 /* Veritee's led_driver for the reactive-tools tz-to-tz example: input "toggle_led" (input 1
- * there) flips the LED; the PUBLIC endpoint "state" shows it (for the test to read). */
+ * there) flips the LED; the PUBLIC endpoint "state" answers with it (for a test to read). */
 #include <stdio.h>
 #include "veritee_app.h"
 
@@ -16,5 +16,7 @@ VERITEE_INPUT(toggle_led) {
 VERITEE_PUBLIC(state) {
     (void)data;
     (void)len;
-    printf("led %s after %d toggles\n", led ? "on" : "off", toggles);
+    char body[64];
+    int n = snprintf(body, sizeof body, "led %s after %d toggles\n", led ? "on" : "off", toggles);
+    veritee_respond((const uint8_t *)body, (uint32_t)n);
 }
