@@ -96,7 +96,9 @@ def check(path: Path, *, reach: bool = True) -> Report:
             table = _table(desc, m, p, Path(tmp), problems)
             if table is not None:
                 tables[m.name] = table
-    problems += [Problem.of("endpoint", e) for e in desc_mod.endpoint_problems(desc, tables)]
+    problems += [
+        Problem.of("endpoint", e) for e in desc_mod.endpoint_problems(desc, tables, partial=True)
+    ]
     answered = 0
     if reach and desc.nodes:
         with ThreadPoolExecutor(min(MAX_REACH_WORKERS, len(desc.nodes))) as pool:

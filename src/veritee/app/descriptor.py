@@ -3,12 +3,18 @@
 Two formats are read, YAML or JSON either way:
 
 * Veritee's: ``app``, ``nodes`` (name, host, port, backend), ``modules`` (name, node, source
-  or binary, memory_mb, timeout), ``connections`` (from_module + from_output/from_request ->
-  to_module + to_input/to_handler, or ``direct: true`` from the user; optional name),
+  or binary, memory_mb, timeout, and optionally the endpoints it must export: inputs,
+  outputs, entrypoints, as lists of names or reactive-tools' name -> id maps),
+  ``connections`` (from_module + from_output/from_request -> to_module +
+  to_input/to_handler, or ``direct: true`` from the user; optional name),
   ``periodic-events`` (module, entry, period in ms), and an optional ``verifier``.
-* the Authentic Execution deployer's JSON (reactive-tools), converted by ``_authentic``;
-  what Veritee cannot honour there (SGX or Sancus fields, keys written into the file) is
-  refused with a message saying why.
+* the Authentic Execution deployer's JSON (reactive-tools), converted by ``_authentic``:
+  its examples deploy as given; fields without meaning here are kept as ``warnings``; what
+  Veritee cannot honour (SGX or Sancus descriptors, keys written into the file) is refused
+  with a message saying why.
+
+Every problem is collected (:func:`parse_all`, :func:`load_all`); :func:`parse` and
+:func:`load` raise the one, or DescriptorProblems naming the first and holding them all.
 
 Errors name the file, the line (YAML and JSON alike) and the field: ``app.yaml:14:
 connections[2].to_module: unknown module 'contoller'``. Checks that need the binaries'
@@ -566,14 +572,18 @@ def check_endpoints(desc: Descriptor, tables: Mapping[str, Sequence[Endpoint]]) 
 
 
 def endpoint_problems(
-    desc: Descriptor, tables: Mapping[str, Sequence[Endpoint]]
+    desc: Descriptor, tables: Mapping[str, Sequence[Endpoint]], *, partial: bool = False
 ) -> list[DescriptorError]:
-    """Every endpoint problem at once; modules without a table (not built) are skipped."""
+    """Every endpoint problem at once. ``partial``: modules without a table (their build
+    failed, and that is reported already) are skipped rather than a problem each."""
     r = _Reader(desc.lines, desc.origin)
     problems = _Collect()
 
     def need(module: str, endpoint: Endpoint, path: str) -> None:
         table = tables.get(module)
+        if table is None and not partial:
+            problems.add(r.fail(path, f"module {module!r} has no endpoint table"))
+            return
         if table is None or endpoint in table:
             return
         same_name = [e.kind for e in table if e.name == endpoint.name]
@@ -610,7 +620,7 @@ def endpoint_problems(
         need(c.to_module, c.target, f"{p}.to_{c.target.kind}")
     for i, e in enumerate(desc.periodic):
         p = f"{e.path or f'periodic-events[{i}]'}.entry"
-        table = tables.get(e.module)
+        table = tables.get(e.module, None if partial else ())
         if table is not None and Endpoint("public", e.entry) not in table:
             kinds = [x.kind for x in table if x.name == e.entry]
             problems.add(
