@@ -462,3 +462,38 @@ def test_a_source_is_found_by_name_as_authentic_execution_does(tmp_path: Path) -
     assert sources.find(crate, "crate") == crate  # the build takes the cargo project
     with pytest.raises(SourceNotFound, match="does not exist"):
         sources.find(tmp_path / "absent", "absent")
+
+
+_AE_KEYS = [
+    "type", "name", "node", "ip_address", "reactive_port", "deploy_port", "node_key", "files",
+    "files_dir", "folder", "binary", "id", "uuid", "inputs", "outputs", "entrypoints",
+    "features", "port", "priority", "key", "nonce", "deployed", "attested", "from_module",
+    "from_output", "from_request", "to_module", "to_input", "to_handler", "direct",
+    "encryption", "established", "module", "entry", "frequency", "vendor_key", "aesm_host",
+]  # fmt: skip
+_AE_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-2, 2**130)
+    | st.sampled_from(["native", "trustzone", "sgx", "sancus", "aes", "spongent", "m", "n", "3"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["m", "a"]), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            section: st.lists(st.dictionaries(st.sampled_from(_AE_KEYS), _AE_VALUES), max_size=3)
+            for section in ("nodes", "modules", "connections", "periodic-events")
+        }
+        | {"manager": st.just("manager.yaml")},
+    )
+)
+def test_any_authentic_execution_tree_reads_or_lists_descriptor_errors(tree: object) -> None:
+    """The reactive-tools converter collects problems; it never crashes on what it is given."""
+    desc, problems = d.parse_all(json.dumps(tree), origin="ae.json", base=Path("/x"))
+    assert all(isinstance(p, DescriptorError) and "\n" not in str(p) for p in problems)
+    assert desc is not None or problems

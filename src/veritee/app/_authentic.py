@@ -160,7 +160,9 @@ class _Converter:
 
     def check_type(self, item: dict[str, Any], path: str, what: str) -> None:
         kind = item.get("type")
-        if kind is not None and kind not in _OWN_TYPES and kind not in _FOREIGN:
+        if kind is not None and not (
+            isinstance(kind, str) and (kind in _OWN_TYPES or kind in _FOREIGN)
+        ):
             self.problems.add(
                 self.fail(
                     f"{path}.type",
