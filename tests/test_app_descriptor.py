@@ -383,6 +383,23 @@ def test_an_sgx_descriptor_is_refused_naming_every_sgx_field_at_once(
     assert "\n" not in message
 
 
+def test_a_sancus_descriptor_is_refused_naming_every_sancus_field_but_no_key(
+    asset: Callable[[str], Path],
+) -> None:
+    with pytest.raises(UnsupportedField) as info:
+        d.load(asset("ae/hybrid-input.json"))
+    message = str(info.value)
+    assert "nodes[1].type: Veritee cannot honour Sancus descriptors" in message
+    assert (
+        "Sancus-specific fields: nodes[1].type 'sancus' (line 11), nodes[1].vendor_id (line 14), "
+        "nodes[1].vendor_key (line 15), modules[2].type 'sancus' (line 31), modules[3].type "
+        "'sancus' (line 37), connections[0].encryption 'spongent' (line 49), "
+        "connections[1].encryption 'spongent' (line 56), connections[2].encryption 'spongent' "
+        "(line 62)"
+    ) in message
+    assert "0b7bf3ae" not in message  # the vendor key is named, never shown
+
+
 def _tz(asset: Callable[[str], Path]) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(asset("ae/tz-to-tz/tz-to-tz.json").read_text())
     return data
