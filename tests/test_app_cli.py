@@ -265,3 +265,24 @@ def test_the_reactive_tools_trustzone_example_deploys_as_given(
     while (answer := httpx.get(url, timeout=10).text) != "led on after 1 toggles\n":
         assert time.monotonic() < deadline, answer
         time.sleep(0.1)
+
+
+def test_the_reactive_tools_native_example_deploys_as_given(
+    asset: Callable[[str], Path], tmp_path: Path, tz_node: LocalCluster, wasm: object
+) -> None:
+    """Modules with only type, name and node: their sources are found by name beside it."""
+    node = tz_node.nodes["node_trustzone"]
+    shutil.copytree(asset("ae/native"), tmp_path / "native")
+    desc = tmp_path / "native" / "input.json"
+    text = desc.read_text()
+    assert text.count('"reactive_port": 5000') == 1
+    desc.write_text(text.replace('"reactive_port": 5000', f'"reactive_port": {node.port}'))
+    proc = veritee("deploy", "--check", desc, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no problems (2 modules built, 1 node agents answered)" in proc.stderr
+    state = tmp_path / "deployment.json"
+    proc = veritee("deploy", desc, "--state", state, "--trust-home", node.home, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2/2 modules attested and connected, 2/2 connections" in proc.stderr
+    proc = veritee("output", "user->sm2.input", "hello", "--state", state, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr

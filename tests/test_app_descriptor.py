@@ -488,13 +488,16 @@ _AE_KEYS = [
     "from_output", "from_request", "to_module", "to_input", "to_handler", "direct",
     "encryption", "established", "module", "entry", "frequency", "vendor_key", "aesm_host",
 ]  # fmt: skip
-_AE_VALUES = st.recursive(
+_AE_SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(-2, 2**130)
-    | st.sampled_from(["native", "trustzone", "sgx", "sancus", "aes", "spongent", "m", "n", "3"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["m", "a"]), inner),
-    max_leaves=8,
+    | st.sampled_from(["native", "trustzone", "sgx", "sancus", "aes", "spongent", "m", "n", "3"])
+)
+_AE_VALUES = (
+    _AE_SCALARS
+    | st.lists(_AE_SCALARS, max_size=3)
+    | st.dictionaries(st.sampled_from(["m", "a"]), _AE_SCALARS)
 )
 
 
