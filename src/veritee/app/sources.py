@@ -13,7 +13,6 @@ from pathlib import Path
 
 from veritee.app.errors import SourceNotFound
 
-SOURCE_FILES = (".c", ".wat", ".rs")  # what `veritee.wasm.build.build` is given as one file
 _IN_A_DIRECTORY = (".c", ".wat")  # found in a directory without being named
 # A directory of thousands of files is not a module's source; listing it stays cheap.
 MAX_LISTED = 4096
