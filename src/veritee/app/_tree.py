@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from veritee.app.errors import DescriptorError
+from veritee.app.errors import DescriptorError, DescriptorProblems
 
 # A descriptor is a few KiB; one this big is a mistake or an attack on the parser.
 MAX_DESCRIPTOR_BYTES = 1024 * 1024
@@ -156,3 +156,33 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.fail(path, f"must be an integer from {low} to {high}")
         return value
+
+
+class _Collect:
+    """Checks run independently: ``with problems:`` records a DescriptorError and goes on.
+
+    So one reading of a descriptor reports every problem it has (``veritee deploy --check``)
+    instead of the first only.
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[DescriptorError] = []
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, DescriptorError):
+            self.problems.append(exc)
+            return True
+        return False
+
+    def add(self, problem: DescriptorError) -> None:
+        self.problems.append(problem)
+
+    def raise_any(self) -> None:
+        """Raise the one problem, or DescriptorProblems naming all of them."""
+        if len(self.problems) == 1:
+            raise self.problems[0]
+        if self.problems:
+            raise DescriptorProblems(tuple(self.problems))

@@ -451,12 +451,11 @@ def _binary(spec: desc_mod.Module, build_dir: Path, where: str) -> tuple[Path, b
                 f"cannot read {spec.binary}: {exc.strerror}", where=where
             ) from None
     assert spec.source is not None
-    if not spec.source.is_file():
-        raise DescriptorError(f"source {spec.source} does not exist", where=where)
+    from veritee.app import sources
     from veritee.wasm.build import build
 
     out = build_dir / f"{spec.name}.wasm"
-    build(spec.source, out)
+    build(sources.find(spec.source, spec.name, where=where), out)
     return out, out.read_bytes()
 
 

@@ -25,12 +25,31 @@ class DescriptorError(AppError):
     def __init__(self, message: str, *, where: str = "", field: str = "") -> None:
         self.where = where
         self.field = field
+        self.message = message
         prefix = ": ".join(p for p in (where, field) if p)
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
 class UnsupportedField(DescriptorError):
     """An Authentic Execution field that only makes sense on SGX or Sancus (or leaks keys)."""
+
+
+class DescriptorProblems(DescriptorError):
+    """A descriptor has several problems: the first is the message, all are in ``problems``."""
+
+    def __init__(self, problems: tuple[DescriptorError, ...]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more: see 'veritee deploy --check')"
+        super().__init__(
+            first.message + (more if len(problems) > 1 else ""),
+            where=first.where,
+            field=first.field,
+        )
+        self.problems = problems
+
+
+class SourceNotFound(DescriptorError):
+    """A module's source is not where the descriptor says (or not one file a build can take)."""
 
 
 class StateError(AppError):

@@ -213,7 +213,20 @@ class _Progress:
     help="Appraise locally with this device home's manufacturer CA and boot reference values.",
 )
 @click.option("--force", is_flag=True, help="Deploy again over an existing deployment.")
-@click.option("--json", "as_json", is_flag=True, help="Print the deployment state as JSON.")
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Only list every problem of DESCRIPTOR (fields, sources, builds, endpoints, nodes), "
+    "building in a temporary directory; nothing is loaded. Exit 0 clean, 2 when all are in "
+    "the descriptor's text, else 10.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the deployment state (--check: problems) as JSON.",
+)
 def deploy(
     descriptor: Path,
     state_path: Path | None,
@@ -221,6 +234,7 @@ def deploy(
     accept: str | None,
     trust_homes: tuple[Path, ...],
     force: bool,
+    check_only: bool,
     as_json: bool,
 ) -> None:
     """Deploy an app: ship, load and attest every module, then connect them.
@@ -233,11 +247,16 @@ def deploy(
     Examples:
       veritee deploy examples/smart-home/app.yaml --verifier http://127.0.0.1:8443
       veritee deploy app.json --trust-home /tmp/hub --trust-home /tmp/srv
+      veritee deploy --check tz-to-tz.json
     """
     from veritee.app import descriptor as desc_mod
     from veritee.app.deployer import Deployer
 
+    if check_only:
+        _check(descriptor, as_json)
     desc = desc_mod.load(descriptor)
+    for warning in desc.warnings:
+        click.echo(f"veritee: warning: {warning}", err=True)
     view = _Progress(quiet=as_json)
     view.console.print(
         f"deploying [bold]{desc.app}[/]: {len(desc.modules)} modules on {len(desc.nodes)} "
@@ -259,6 +278,29 @@ def deploy(
     refused_conns = [c for c in dep.connections.values() if c.status != "connected"]
     if refused or refused_conns:
         sys.exit(10)
+
+
+def _check(descriptor: Path, as_json: bool) -> None:
+    """``deploy --check``: problems on stdout, one a line; warnings and the verdict on stderr."""
+    from veritee.app.check import check
+
+    report = check(descriptor)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for warning in report.warnings:
+            click.echo(f"veritee: warning: {warning}", err=True)
+        for problem in report.problems:
+            click.echo(problem.message)
+        n = len(report.problems)
+        click.echo(
+            f"{descriptor}: {n} problem{'s' if n != 1 else ''}"
+            if n
+            else f"{descriptor}: no problems ({report.built} modules built, "
+            f"{report.answered} node agents answered)",
+            err=True,
+        )
+    sys.exit(report.exit_code)
 
 
 def _summary(console: Any, dep: Any) -> None:
