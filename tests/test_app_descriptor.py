@@ -127,7 +127,7 @@ def test_json_is_read_with_line_numbers() -> None:
         ),
         (("port: 7002", "port: 70000"), "nodes[1].port: must be an integer from 1 to 65535"),
         (("node: b, binary", "node: b, bianry"), "modules[1].bianry: unknown field"),
-        (("source: sender.c", "source: sender.rs"), "modules[0].source: only .c and .wat"),
+        (("source: sender.c", "source: sender.go"), "modules[0].source: only .c, .wat, .rs"),
         (("period: 1000", "period: 1"), "periodic-events[0].period: must be an integer from 10"),
         (("app: demo", "app: 'two words'"), "app: 'two words' is not a name"),
     ],

@@ -77,7 +77,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {
-            Error::BadArgument => "argument outside the module's memory",
+            Error::BadArgument => "argument outside the module's memory or out of range",
             Error::ShortBuffer => "output buffer too small",
             Error::Unseal => "sealed data was altered or sealed by another module or TEE",
             Error::NotSupported => "not supported by this secure world",

@@ -45,7 +45,8 @@ MAX_TIMEOUT_S = 3600.0
 CONNECTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:>-]{0,127}$")
 BACKENDS = ("emulated",)
 ACCEPT_LEVELS = ("affirming", "warning")
-SOURCE_SUFFIXES = (".c", ".wat")
+SOURCE_SUFFIXES = (".c", ".wat", ".rs")
+CARGO_MANIFEST = "Cargo.toml"  # a Rust module may also be a cargo project, named by its manifest
 
 # kind at the sending end -> kind at the receiving end
 PAIRS = {"output": "input", "request": "handler"}
@@ -69,7 +70,7 @@ class Node:
 class Module:
     name: str
     node: str
-    source: Path | None = None  # C or WAT; built at deploy time
+    source: Path | None = None  # C, WAT or Rust (a .rs file or a Cargo.toml); built at deploy time
     binary: Path | None = None  # a Wasm binary built with `veritee build`
     memory_mb: int | None = None
     timeout: float | None = None
@@ -237,8 +238,11 @@ def from_tree(
             raise r.fail(p, f"module {name!r} needs exactly one of 'source' and 'binary'")
         if "source" in m:
             source = base / r.text(m["source"], f"{p}.source", 4096)
-            if source.suffix not in SOURCE_SUFFIXES:
-                raise r.fail(f"{p}.source", f"only {' and '.join(SOURCE_SUFFIXES)} sources build")
+            if source.suffix not in SOURCE_SUFFIXES and source.name != CARGO_MANIFEST:
+                raise r.fail(
+                    f"{p}.source",
+                    f"only {', '.join(SOURCE_SUFFIXES)} sources and {CARGO_MANIFEST} build",
+                )
         else:
             binary = base / r.text(m["binary"], f"{p}.binary", 4096)
         memory = m.get("memory_mb")

@@ -82,7 +82,9 @@ def find_rustc() -> Toolchain:
                 return Toolchain(rustc, target)
         tried.append(f"{rustc} (no wasm32-wasi std in {sysroot})")
     where = f": tried {', '.join(tried)}" if tried else ""
-    raise ToolchainMissing(f"no rustc with the wasm32-wasi standard library{where}; {PACKAGES_HINT}")
+    raise ToolchainMissing(
+        f"no rustc with the wasm32-wasi standard library{where}; {PACKAGES_HINT}"
+    )
 
 
 def _find_cargo() -> str:
@@ -207,7 +209,9 @@ def build_cargo(project: Path, output: Path, *, opt: str, defines: list[str]) ->
     release mode for wasm32-wasi, and copy its one Wasm artifact to ``output``."""
     manifest = (project / "Cargo.toml" if project.is_dir() else project).resolve()
     if not manifest.is_file():
-        raise BuildError(f"{project}: no Cargo.toml (a Rust module is a .rs file or a cargo project)")
+        raise BuildError(
+            f"{project}: no Cargo.toml (a Rust module is a .rs file or a cargo project)"
+        )
     toolchain = find_rustc()
     cargo = _find_cargo()
     flags = [*_common_flags(manifest.parent), *_cfg_flags(defines)]
