@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tests.test_app_deploy import MODULES, SmartHome, until
 from tests.test_wasi_ra import KEY, MESSAGE, _config
+from tests.test_wasm_reactor import Services, _reactor
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster, descriptor_for
+from veritee.tee.app_ta import EVENTS_OUTPUT, _pack, _records
 from veritee.wasm.endpoints import Endpoint, recorded
 from veritee.wasm.runtime import measure
 
@@ -156,6 +158,65 @@ def test_a_cargo_project_with_several_binaries_is_refused(tmp_path: Path) -> Non
     proc = _build(project, "-o", tmp_path / "x.wasm")
     assert proc.returncode == 8, proc.stderr
     assert "a module is one Wasm binary" in proc.stderr
+
+
+def test_the_documented_app_module_builds(tmp_path: Path) -> None:
+    docs = (REPO / "docs" / "apps.md").read_text()
+    example = re.search(r"```rust\n(.*?)```", docs, re.S)
+    assert example is not None
+    source = tmp_path / "documented.rs"
+    source.write_text(example.group(1))
+    module = _built(source, tmp_path / "documented.wasm")
+    assert recorded(module.read_bytes()) == [
+        Endpoint("handler", "get_state"),
+        Endpoint("input", "button_pressed"),
+        Endpoint("output", "increment_presses"),
+        Endpoint("output", "toggle_led"),
+        Endpoint("request", "get_presses"),
+    ]
+
+
+def test_an_output_the_module_did_not_declare_does_not_compile(tmp_path: Path) -> None:
+    source = tmp_path / "typo.rs"
+    source.write_text(
+        (RUST / "smart-home" / "controller.rs")
+        .read_text()
+        .replace("outputs::toggle_led,", "outputs::toggle_lde,")
+    )
+    proc = _build(source, "-o", tmp_path / "typo.wasm")
+    assert proc.returncode == 8
+    assert "cannot find value `toggle_lde` in module `outputs`" in proc.stderr
+
+
+# -- the SDK's event plumbing, called as the secure world calls it ----------------------------
+
+
+def _emitted_records(services: Services) -> list[tuple[str, bytes]]:
+    out = []
+    for name, data in services.emitted:
+        assert name.decode() == EVENTS_OUTPUT  # handed over buffered, never one by one
+        out += [(export, payload) for export, payload in _records(data)]
+    return out
+
+
+def test_a_batch_runs_each_event_and_hands_over_what_it_emitted_once(tmp_path: Path) -> None:
+    controller = _built(RUST / "smart-home" / "controller.rs", tmp_path / "controller.wasm")
+    services = Services()
+    reactor = _reactor(controller, services)
+    press = ("veritee_input_button_pressed", b"")
+    batch = _pack([press, ("veritee_input_no_such_endpoint", b"x"), press, press])
+    reactor.call("veritee_batch", batch)
+    assert len(services.emitted) == 1
+    assert _emitted_records(services) == [("toggle_led", b""), ("increment_presses", b"")] * 3
+
+    # A hostile batch: a record that claims more bytes than there are ends the batch, and
+    # the SDK reads nothing outside it (safe slices, no pointer arithmetic of its own).
+    services.emitted.clear()
+    hostile = _pack([press]) + (0xFFFFFFF0).to_bytes(4, "little") + b"veritee_input_button"
+    reactor.call("veritee_batch", hostile)
+    reactor.call("veritee_batch", b"\x01\x00")
+    reactor.call("veritee_input_button_pressed", b"")  # a single event, as deliver() calls it
+    assert _emitted_records(services) == [("toggle_led", b""), ("increment_presses", b"")] * 2
 
 
 # -- running in the secure world --------------------------------------------------------------
