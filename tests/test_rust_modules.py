@@ -17,11 +17,12 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.test_app_deploy import MODULES, SmartHome, until
+from tests.test_app_deploy import APP, MODULES, SmartHome, until
 from tests.test_wasi_ra import KEY, MESSAGE, _config
 from tests.test_wasm_reactor import Services, _reactor
 from veritee.app import state as state_mod
@@ -35,7 +36,7 @@ from .test_secrets_service import start_service
 
 RUST = REPO / "examples" / "rust"
 HOSTCALLS = REPO / "tests" / "assets" / "rust" / "hostcalls.rs"
-RUST_MODULES = ("controller", "db")  # the smart-home modules that have a Rust twin
+RUST_MODULES = ("controller", "db", "webserver")  # the smart-home modules with a Rust twin
 
 
 def _build(
@@ -219,6 +220,23 @@ def test_a_batch_runs_each_event_and_hands_over_what_it_emitted_once(tmp_path: P
     assert _emitted_records(services) == [("toggle_led", b""), ("increment_presses", b"")] * 2
 
 
+def test_a_cargo_project_builds_offline_and_says_so_for_a_crates_io_dependency(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "deps"
+    shutil.copytree(RUST / "counter", project)
+    (project / "Cargo.lock").unlink()
+    manifest = project / "Cargo.toml"
+    sdk = (REPO / "sdk" / "rust").as_posix()
+    text = manifest.read_text().replace("../../../sdk/rust", sdk)
+    manifest.write_text(text + 'serde = "1"\n')
+    proc = _build(project, "-o", tmp_path / "x.wasm")
+    assert proc.returncode == 8
+    assert "Traceback" not in proc.stderr
+    assert "cargo failed on" in proc.stderr and "offline" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 # -- running in the secure world --------------------------------------------------------------
 
 
@@ -353,9 +371,30 @@ def test_rust_modules_replace_their_c_twins_in_the_smart_home(rust_home: SmartHo
     for _ in range(3):
         rust_home.ok("output", "trigger-btn", "press")  # C button -> Rust controller
     until(lambda: rust_home.count() == 3)  # Rust controller -> Rust db, sealed count
-    assert rust_home.http().text.strip() == "3"  # C webserver's request -> Rust db handler
+    page = rust_home.http()  # anyone -> Rust webserver (public) -> request -> Rust db
+    assert (page.status_code, page.text) == (200, "3\n")
+    assert page.headers["x-web-version"] == "1"
     flipped = {"on": "off", "off": "on"}
     until(lambda: rust_home.led() == flipped[led_before])  # Rust controller -> C LED
+
+
+def test_hostile_http_to_the_rust_webserver_is_answered_and_changes_nothing(
+    rust_home: SmartHome,
+) -> None:
+    # Anyone can send the public endpoint anything; the Rust code only reads it through
+    # checked slices, answers, and keeps running.
+    url = rust_home.cluster.nodes["home-server"].url
+    public = f"{url}/v1/public/{APP}/webserver/http"
+    count = str(rust_home.count())
+    for junk in (b"", b"GET /presses", os.urandom(4096), b"\xff" * 700_000):
+        response = httpx.post(public, content=junk, timeout=30)
+        assert response.status_code == 404, response.text
+        response = httpx.request("GET", f"{public}/presses", content=junk, timeout=30)
+        assert (response.status_code, response.text) == (200, f"{count}\n")
+    assert httpx.get(f"{public}/presses%00%ff/../x", timeout=30).status_code == 404
+    assert rust_home.http("/other").status_code == 404
+    assert rust_home.http().status_code == 200
+    assert rust_home.http().text.strip() == str(rust_home.count())
 
 
 def test_the_rust_db_keeps_its_sealed_count_across_a_node_restart(rust_home: SmartHome) -> None:
@@ -366,5 +405,8 @@ def test_the_rust_db_keeps_its_sealed_count_across_a_node_restart(rust_home: Sma
     rust_home.cluster.start_node("home-server")
     until(lambda: rust_home.cli("request", "get-presses").returncode == 0, timeout=60)
     assert rust_home.count() == before  # unsealed from /data by the same binary
+    assert rust_home.http().status_code == 503  # the restarted webserver waits to be started
+    rust_home.ok("output", "init-server", "start")
     rust_home.ok("output", "trigger-btn", "press")
     until(lambda: rust_home.count() == before + 1)
+    assert rust_home.http().text.strip() == str(before + 1)

@@ -118,7 +118,14 @@ def _common_flags(source_dir: Path) -> list[str]:
     ]
 
 
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
+# What cargo says when a project needs crates.io, which a build never reaches.
+_OFFLINE_MARKERS = ("no matching package named", "attempting to make an HTTP request", "offline")
+OFFLINE_HINT = " (modules build --offline: depend only on path crates, such as the SDK in sdk/rust)"
+
+
+def _run(
+    cmd: list[str], what: str, env: dict[str, str] | None = None, *, offline: bool = False
+) -> str:
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT, env=env, check=False
@@ -128,7 +135,8 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
     except OSError as exc:
         raise ToolchainMissing(f"{what}: cannot run {cmd[0]}: {exc.strerror}") from None
     if proc.returncode != 0:
-        raise BuildError(f"{what}: {_diagnostic(proc.stderr)}")
+        hint = OFFLINE_HINT if offline and any(m in proc.stderr for m in _OFFLINE_MARKERS) else ""
+        raise BuildError(f"{what}: {_diagnostic(proc.stderr)}{hint}")
     return proc.stdout
 
 
@@ -239,6 +247,7 @@ def build_cargo(project: Path, output: Path, *, opt: str, defines: list[str]) ->
             ],
             f"cargo failed on {manifest}",
             env,
+            offline=True,
         )
         artifacts = _artifacts(out, manifest)
         if len(artifacts) != 1:
