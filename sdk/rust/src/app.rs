@@ -83,7 +83,8 @@ impl Output {
     /// Inside an endpoint the event is buffered; the error, if any, is that of handing over
     /// earlier events ([`Error::Relay`] if the secure world refused them).
     pub fn emit(&self, data: &[u8]) -> Result<(), Error> {
-        let record = 8 + self.name.len() + data.len();
+        // Saturating: a payload as large as memory must take the direct path, not wrap.
+        let record = data.len().saturating_add(8 + self.name.len());
         if !BUFFERING.with(Cell::get) || record > EMIT_BUFFER {
             let earlier = flush();
             let direct = raw_output(self.name.as_bytes(), data);

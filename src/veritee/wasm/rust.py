@@ -204,7 +204,7 @@ def build_file(source: Path, output: Path, *, opt: str, defines: list[str]) -> N
                 f"veritee={Path(tmp) / 'libveritee.rlib'}",
                 "-L",
                 tmp,
-                str(source),
+                str(source.resolve()),  # absolute: a file named "-x.rs" is not a flag
                 "-o",
                 str(output),
             ],
