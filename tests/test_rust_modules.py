@@ -189,6 +189,19 @@ def test_an_output_the_module_did_not_declare_does_not_compile(tmp_path: Path) -
     assert "cannot find value `toggle_lde` in module `outputs`" in proc.stderr
 
 
+def test_a_descriptor_names_rust_sources_and_cargo_projects() -> None:
+    from veritee.app import descriptor
+
+    desc = descriptor.load(RUST / "smart-home" / "app.yaml")
+    sources = {m.name: m.source for m in desc.modules}
+    assert sources["db"] == RUST / "smart-home" / "db.rs"
+    text = (RUST / "smart-home" / "app.yaml").read_text()
+    edited = text.replace("source: db.rs", "source: ../counter/Cargo.toml")
+    desc = descriptor.parse(edited, base=RUST / "smart-home")
+    db = next(m for m in desc.modules if m.name == "db")
+    assert db.source == RUST / "smart-home" / ".." / "counter" / "Cargo.toml"
+
+
 # -- the SDK's event plumbing, called as the secure world calls it ----------------------------
 
 
