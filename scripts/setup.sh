@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Veritee needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - clang, lld, wasi-libc and the wasm32 compiler runtime (to build C modules to Wasm)
+#   - Debian's rustc with its wasm32-wasi standard library, and cargo (to build Rust modules)
 #   - a virtual environment in .venv with Veritee and its Python dependencies
 #   - with --test, also what only the test suite uses (a PostgreSQL server for the store tests)
 # Usage: scripts/setup.sh [--test]
@@ -20,6 +21,11 @@ command -v wasm-ld >/dev/null 2>&1 || need_apt+=(lld)
 [ -f /usr/lib/wasm32-wasi/libc.a ] || need_apt+=(wasi-libc)
 ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1 \
   || need_apt+=(libclang-rt-14-dev-wasm32)
+# Debian's rustc, not rustup's: `veritee build` looks for /usr/bin/rustc first, and it needs
+# the wasm32-wasi std next to it (rustup's default toolchain has only the host's).
+[ -x /usr/bin/rustc ] || need_apt+=(rustc)
+ls -d /usr/lib/rustlib/wasm32-wasi/lib >/dev/null 2>&1 || need_apt+=(libstd-rust-dev-wasm32)
+[ -x /usr/bin/cargo ] || need_apt+=(cargo)
 if [ "$for_tests" -eq 1 ]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)  # store tests
 fi

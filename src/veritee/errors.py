@@ -62,3 +62,7 @@ class BuildError(Error):
     """Compiling a module from source failed."""
 
     exit_code = 8
+
+
+class ToolchainMissing(BuildError):
+    """No compiler for the source's language, or none with the wasm32-wasi target installed."""

@@ -56,6 +56,7 @@ CONNECTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:>-]{0,127}$")
 BACKENDS = ("emulated",)
 ACCEPT_LEVELS = ("affirming", "warning")
 SOURCE_SUFFIXES = (".c", ".wat", ".rs")  # or a directory holding one, or a cargo project
+CARGO_MANIFEST = "Cargo.toml"  # a Rust module may also be a cargo project, named by its manifest
 # reactive-tools' endpoint ids are 16-bit; an index map is a module's few endpoints.
 MAX_ENDPOINT_ID = 2**16 - 1
 MAX_DECLARED = 256
@@ -83,7 +84,7 @@ class Node:
 class Module:
     name: str
     node: str
-    source: Path | None = None  # C or WAT; built at deploy time
+    source: Path | None = None  # C, WAT or Rust (a .rs file or a Cargo.toml); built at deploy time
     binary: Path | None = None  # a Wasm binary built with `veritee build`
     memory_mb: int | None = None
     timeout: float | None = None
@@ -424,10 +425,16 @@ def _module(
         if "source" in m:
             source = base / r.text(m["source"], f"{p}.source", 4096)
             # A directory (found by name, as Authentic Execution does) is looked into at build.
-            if source.suffix and source.suffix not in SOURCE_SUFFIXES and not source.is_dir():
+            if (
+                source.suffix
+                and source.suffix not in SOURCE_SUFFIXES
+                and source.name != CARGO_MANIFEST
+                and not source.is_dir()
+            ):
                 raise r.fail(
                     f"{p}.source",
-                    f"only {', '.join(SOURCE_SUFFIXES)} sources build, or a directory of one",
+                    f"only {', '.join(SOURCE_SUFFIXES)} sources build, a {CARGO_MANIFEST}, "
+                    "or a directory of one",
                 )
         else:
             binary = base / r.text(m["binary"], f"{p}.binary", 4096)

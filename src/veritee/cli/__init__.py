@@ -103,18 +103,23 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("-O", "opt", default="2", show_default=True, help="Optimisation level.")
 @click.option("-I", "includes", multiple=True, type=click.Path(path_type=Path), help="Include dir.")
-@click.option("-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="Define a macro.")
+@click.option(
+    "-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="Define a macro (Rust: a cfg)."
+)
 def build(
     source: Path, output: Path, opt: str, includes: tuple[Path, ...], defines: tuple[str, ...]
 ) -> None:
-    """Compile a C source (clang, wasm32-wasi) or WAT text into a Wasm module.
+    """Compile a C source (clang), a Rust source or cargo project (rustc, cargo) for
+    wasm32-wasi, or WAT text, into a Wasm module.
 
     \b
     Example:  veritee build examples/hello/hello.c -o hello.wasm
+              veritee build examples/rust/smart-home/db.rs -o db.wasm
+              veritee build examples/rust/counter -o counter.wasm   # a cargo project
     """
     from veritee.wasm import build as wasm_build
 

@@ -1,4 +1,5 @@
-"""Build modules: C with clang for wasm32-wasi (WASI preview 1), or WAT text."""
+"""Build modules: C with clang or Rust with rustc/cargo for wasm32-wasi (WASI preview 1), or
+WAT text."""
 
 from __future__ import annotations
 
@@ -37,16 +38,25 @@ def build(
     includes: list[Path] | None = None,
     defines: list[str] | None = None,
 ) -> int:
-    """Compile ``source`` into ``output``; returns the module size in bytes."""
+    """Compile ``source`` into ``output``; returns the module size in bytes.
+
+    ``source`` is a ``.c`` file, a ``.wat`` file, a ``.rs`` file, or a cargo project (its
+    directory or its ``Cargo.toml``). For Rust, ``defines`` become ``--cfg`` flags.
+    """
     if source.suffix == ".wat":
         from veritee.wasm.runtime import to_binary
 
         output.write_bytes(to_binary(source.read_bytes()))
         return output.stat().st_size
-    if source.suffix != ".c":
-        raise BuildError(f"{source}: only .c and .wat sources are supported")
     if opt not in ("0", "1", "2", "3", "s", "z"):
         raise BuildError(f"-O{opt} is not an optimisation level")
+    if source.suffix == ".rs" or source.name == "Cargo.toml" or source.is_dir():
+        return _build_rust(source, output, opt=opt, includes=includes, defines=defines)
+    if source.suffix != ".c":
+        raise BuildError(
+            f"{source}: only .c, .rs, .wat sources and cargo projects (a directory with a "
+            "Cargo.toml) are supported"
+        )
     cmd = [find_clang(), f"--target={TARGET}", f"-O{opt}", "-Wall"]
     is_app = "veritee_app.h" in source.read_text(errors="replace")
     if is_app:
@@ -69,4 +79,28 @@ def build(
         from veritee.wasm.endpoints import record
 
         output.write_bytes(record(output.read_bytes()))
+    return output.stat().st_size
+
+
+def _build_rust(
+    source: Path,
+    output: Path,
+    *,
+    opt: str,
+    includes: list[Path] | None,
+    defines: list[str] | None,
+) -> int:
+    from veritee.wasm import rust
+    from veritee.wasm.endpoints import exports, record
+
+    if includes:
+        raise BuildError("-I is for C sources; a Rust module takes its crates from Cargo.toml")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix == ".rs":
+        rust.build_file(source, output, opt=opt, defines=list(defines or []))
+    else:
+        rust.build_cargo(source, output, opt=opt, defines=list(defines or []))
+    wasm = output.read_bytes()
+    if "veritee_alloc" in exports(wasm):  # an app module (veritee::app!): record its endpoints
+        output.write_bytes(record(wasm))
     return output.stat().st_size
