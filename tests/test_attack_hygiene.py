@@ -1,0 +1,229 @@
+"""Issue 18, attacks 9 and 11: evidence that says what it is, and a verifier that stores,
+parses and deletes only what it should.
+
+Each test runs its adversary's attack through the real processes (a ``veritee verifier
+serve`` subprocess, a device's running secure world), asserts the specific failed check, and
+ends by showing the owner's honest flow still works.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from veritee.evidence.claims import MEDIA_TYPE, Evidence
+from veritee.tee.ta import WasmSession
+from veritee.verifier import ear
+from veritee.verifier.client import CAPABILITY_HEADER, VerifierClient, nonce_of
+
+from .conftest import Device
+from .test_verifier_service import Attester, Server, start_verifier
+
+NEW_SESSION = "/challenge-response/v1/newSession"
+# Attack 11b: 300 garbage submissions once grew the database by 18 MB (each body kept a week).
+# Now a refused submission keeps a small row (ids, nonce, times, the failed check): a KiB
+# each is a generous bound for it and its index entries.
+GARBAGE_SUBMISSIONS = 300
+MAX_BYTES_PER_REFUSED_SUBMISSION = 1024
+GARBAGE_BODY_BYTES = 60 * 1024  # just under the verifier's 64 KiB evidence limit
+
+
+@pytest.fixture(scope="module")
+def hello(wasm: Callable[..., Path]) -> Path:
+    return wasm("examples/hello/hello.c")
+
+
+@pytest.fixture(scope="module")
+def attester(device: Device, hello: Path) -> Iterator[Attester]:
+    with device.context() as ctx:
+        session = WasmSession(ctx)
+        session.load(hello.read_bytes(), name="hello")
+        yield Attester(session, hello.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def server(
+    device: Device, hello: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    s = start_verifier(device.home, tmp_path_factory.mktemp("verifier"))
+    try:
+        s.provision(device.home, "trust-device")
+        s.provision(device.home, "module", hello, "--name", "hello", "--version", "1.0")
+        yield s
+    finally:
+        s.stop()
+
+
+def _honest_round_trip(server: Server, attester: Attester) -> ear.Ear:
+    with server.client() as client:
+        token = client.attest(attester.builder)
+        result = ear.verify(token, client.public_key())
+    assert result.submods["module"].status == "warning"
+    assert server.proc.poll() is None
+    return result
+
+
+# -- 11b: refused submissions are not kept with their bodies ----------------------------------
+
+
+def _database_bytes(state: Path) -> int:
+    """The database file's size once the write-ahead log is copied back into it."""
+    db = state / "verifier.db"
+    with sqlite3.connect(db, timeout=30) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return os.path.getsize(db)
+
+
+def test_garbage_submissions_do_not_grow_the_database(server: Server, attester: Attester) -> None:
+    """Adversary: anyone who can reach the verifier's API, with no credential at all. Attack:
+    open sessions and submit 60 KiB of garbage to each, 300 times."""
+    before = _database_bytes(server.state)
+    garbage = b"\xa1\x67profile" + os.urandom(GARBAGE_BODY_BYTES)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for _ in range(GARBAGE_SUBMISSIONS):
+            created = http.post(NEW_SESSION)
+            assert created.status_code == 201
+            url = f"/challenge-response/v1/{created.headers['location']}"
+            refused = http.post(url, content=garbage, headers={"Content-Type": MEDIA_TYPE})
+            assert refused.status_code == 400
+            assert refused.json()["check"] == "MalformedToken"
+        # The session still says it took its submission and why it failed, without the body.
+        failed = http.get(url).json()
+        assert failed["status"] == "failed" and failed["failure"]["check"] == "MalformedToken"
+        assert "evidence" not in failed
+    grown = _database_bytes(server.state) - before
+    assert grown < GARBAGE_SUBMISSIONS * MAX_BYTES_PER_REFUSED_SUBMISSION, grown
+    # An honest submission still keeps its (signed, small) evidence for its relying party.
+    with server.client() as client:
+        url, session = client.new_session()
+        evidence = attester.evidence(nonce_of(session))
+        client.submit(url, evidence, MEDIA_TYPE)
+        assert client.session(url)["evidence"]["type"] == MEDIA_TYPE
+    _honest_round_trip(server, attester)
+
+
+def test_forged_evidence_is_not_kept_either(server: Server, attester: Attester) -> None:
+    """Evidence that parses but is not signed by a trusted device (here: a genuine module
+    token padded with a long name claim, re-encoded without its signature being valid) is
+    appraised contraindicated; its bytes are not kept."""
+    with server.client() as client:
+        url, session = client.new_session()
+        good = Evidence.decode(attester.evidence(nonce_of(session)))
+        forged = Evidence(good.platform, good.vtee, good.module[:-8] + b"\x00" * 8).encode()
+        done = client.submit(url, forged, MEDIA_TYPE)
+        assert done["status"] == "complete"
+        result = ear.verify(done["result"], client.public_key())
+        assert result.submods["module"].status == "contraindicated"
+        assert "evidence" not in client.session(url)
+    _honest_round_trip(server, attester)
+
+
+# -- 11c: numeric parameters are validated, never a 500 ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "nonceSize=" + "9" * 5000,
+        "nonceSize=" + "0" * 5000 + "32",
+        "nonceSize=-1",
+        "nonceSize=1e3",
+        "nonceSize=%D9%A3%D9%A2",  # Arabic-Indic digits: str.isdigit() says yes, int() too
+        "nonceSize=%C2%B2",  # superscript two: isdigit() yes, int() raises
+        "nonceSize=",
+        "nonceSize=65",
+    ],
+    ids=[
+        "5000-digits",
+        "zero-padded",
+        "negative",
+        "exponent",
+        "arabic",
+        "superscript",
+        "empty",
+        "65",
+    ],
+)
+def test_bad_nonce_size_is_a_clear_400(server: Server, attester: Attester, query: str) -> None:
+    """Adversary: any client. Attack: a nonceSize of 5,000 digits (it was a 500)."""
+    response = httpx.post(f"{server.url}{NEW_SESSION}?{query}", timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["check"] == "BadNonceRequest"
+    assert "nonceSize must be a decimal number in range 8..64" in response.json()["detail"]
+    _honest_round_trip(server, attester)
+
+
+@pytest.mark.parametrize("limit", ["9" * 5000, "-5", "²", "0", "1001", ""])
+def test_bad_sessions_limit_is_a_clear_400(server: Server, attester: Attester, limit: str) -> None:
+    """Sibling: the operator's ``GET /provisioning/v1/sessions?limit=`` (it was a 500 too)."""
+    response = httpx.get(
+        f"{server.url}/provisioning/v1/sessions",
+        params={"limit": limit},
+        headers={"Authorization": f"Bearer {server.token}"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["check"] == "BadQueryParameter"
+    with server.client(token=True) as client:
+        assert isinstance(client.sessions(limit=5), list)
+    _honest_round_trip(server, attester)
+
+
+def test_a_content_length_of_thousands_of_digits_is_no_500(
+    server: Server, attester: Attester
+) -> None:
+    """Sibling: the body's declared length is a number from the client too."""
+    with server.client() as client:
+        url, _ = client.new_session()
+    with httpx.Client(timeout=30) as http:
+        request = http.build_request(
+            "POST", url, content=b"\xa0", headers={"Content-Type": MEDIA_TYPE}
+        )
+        request.headers["Content-Length"] = "9" * 5000
+        try:
+            response = http.send(request)
+        except httpx.HTTPError:
+            response = None  # the HTTP server itself hung up on it: no worker was hurt
+    assert response is None or response.status_code in (400, 413), response.text
+    _honest_round_trip(server, attester)
+
+
+# -- 11d: only a session's creator deletes it -------------------------------------------------
+
+
+def test_a_stranger_cannot_delete_a_session_it_saw(server: Server, attester: Attester) -> None:
+    """Adversary: anyone who saw a session's id (a relying party it was shown to, a log, a
+    proxy). Attack: DELETE it, so the attester's submission is refused and its result lost."""
+    with server.client() as creator:
+        url, session = creator.new_session()
+        capability = creator.capability(url)
+        assert capability
+        for header in (None, "", "A" * 22, "A" * 5000, capability[:-1] + "B"):
+            headers = {} if header is None else {CAPABILITY_HEADER: header}
+            response = httpx.delete(url, headers=headers, timeout=30)
+            assert response.status_code == 403, (header, response.text)
+            assert response.json()["check"] == "NotSessionCreator"
+        # The session still works for its creator: evidence in, a result out, readable.
+        done = creator.submit(url, attester.evidence(nonce_of(session)), MEDIA_TYPE)
+        assert done["status"] == "complete"
+        assert creator.session(url)["result"] == done["result"]
+        # After the submission too, a stranger deletes nothing.
+        assert httpx.delete(url, timeout=30).status_code == 403
+        assert creator.session(url)["result"] == done["result"]
+        # Another session's capability is not this one's.
+        other_url, _ = creator.new_session()
+        other = creator.capability(other_url)
+        assert other and other != capability
+        with VerifierClient(server.url) as stranger:
+            response = httpx.delete(url, headers={CAPABILITY_HEADER: other}, timeout=30)
+            assert response.status_code == 403
+            stranger.delete(url, capability=capability)  # the creator's capability deletes it
+        response = httpx.get(url, timeout=30)
+        assert response.status_code == 404
+    _honest_round_trip(server, attester)
