@@ -227,3 +227,44 @@ def test_a_stranger_cannot_delete_a_session_it_saw(server: Server, attester: Att
         response = httpx.get(url, timeout=30)
         assert response.status_code == 404
     _honest_round_trip(server, attester)
+
+
+# -- 9: evidence and appraisal say which rollback protection a device has ---------------------
+
+REQUIRE_ROLLBACK = """\
+package veritee
+import rego.v1
+# Events must never be accepted twice: only counters the host cannot roll back will do.
+require_rollback_protection := true
+"""
+
+
+def test_a_policy_requiring_hardware_rollback_protection_refuses_the_emulated_device(
+    server: Server, attester: Attester
+) -> None:
+    """The emulated RPMB is a file of the device's user (attack 9): its evidence says so
+    (``host-file``), the default policy accepts it with that annotation, and a policy with
+    ``require_rollback_protection`` refuses it."""
+    default = _honest_round_trip(server, attester)
+    for name in ("platform", "module"):
+        assert default.submods[name].extensions["ear.veritee.rollback-protection"] == "host-file"
+    annotated = default.submods["platform"].extensions["ear.veraison.annotated-evidence"]
+    assert annotated["rollback-protection"] == "host-file"
+    assert default.submods["platform"].trust_vector.storage_opaque == 0  # no claim made
+    with server.client(token=True) as admin:
+        admin.put_policy("needs-rollback-protection", REQUIRE_ROLLBACK, activate=True)
+        try:
+            with server.client() as client:
+                refused = ear.verify(client.attest(attester.builder), client.public_key())
+        finally:
+            admin.activate_policy("default")
+    for name in ("platform", "module"):
+        submod = refused.submods[name]
+        assert submod.status == "contraindicated"
+        assert submod.trust_vector.storage_opaque == 96
+        assert submod.extensions["ear.veritee.rollback-protection"] == "host-file"
+        assert any(
+            "requires rollback protection in hardware" in r and "'host-file'" in r
+            for r in submod.extensions["ear.veritee.reasons"]
+        ), submod.extensions
+    _honest_round_trip(server, attester)  # the default policy is back, and accepts it

@@ -51,6 +51,10 @@ MODULE_NAME = -76012
 PROVISIONING_KEY = -76013
 USER_DATA = -76014
 PROVISIONING_KEY_PQ = -76015  # {1: ML-KEM-768 public, 2: X25519 public}: the hybrid PQ suite
+# What keeps the monotonic counters that sealed state is checked against (platform token).
+ROLLBACK_PROTECTION = -76008
+# Data the untrusted caller of ATTEST chose (module token); never confused with user data.
+HOST_DATA = -76020
 
 _CNF_COSE_KEY = 1
 # Boot-log entry keys.
@@ -59,6 +63,20 @@ _COMPONENT, _MEASUREMENT, _SIGNER, _VERSION = 1, 2, 3, 4
 LIFECYCLES = ("emulated", "debug", "secured")
 HWMODEL_EMULATED = "veritee-emulated-tee"
 MAX_USER_DATA = 1024  # bound on caller-supplied data folded into a module token
+MAX_HOST_DATA = MAX_USER_DATA  # the same bound for what the normal world asks to be folded in
+
+# Rollback protection, as the platform reports it (claim ROLLBACK_PROTECTION):
+# "none": nothing keeps counters (a token without the claim says this);
+# "host-file": the emulated RPMB, a file of the device's user: whoever acts as that user
+#   can snapshot it with older sealed state and restore both, so an event already accepted
+#   is accepted again (docs/apps.md);
+# "rpmb", "tpm-nv": counters in replay-protected hardware the host cannot roll back.
+ROLLBACK_NONE = "none"
+ROLLBACK_HOST_FILE = "host-file"
+ROLLBACK_RPMB = "rpmb"
+ROLLBACK_TPM_NV = "tpm-nv"
+ROLLBACK_PROTECTIONS = (ROLLBACK_NONE, ROLLBACK_HOST_FILE, ROLLBACK_RPMB, ROLLBACK_TPM_NV)
+HARDWARE_ROLLBACK_PROTECTIONS = frozenset({ROLLBACK_RPMB, ROLLBACK_TPM_NV})
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,7 @@ class PlatformClaims:
     vtee_key: dict[int, Any]  # COSE_Key of the vTEE attestation key
     iat: int
     hwmodel: str = HWMODEL_EMULATED
+    rollback_protection: str = ROLLBACK_NONE  # one of ROLLBACK_PROTECTIONS
 
     def to_cbor(self) -> dict[int, Any]:
         return {
@@ -119,7 +138,17 @@ class PlatformClaims:
             NONCE: cose.key_digest(self.vtee_key),
             CNF: {_CNF_COSE_KEY: self.vtee_key},
             IAT: self.iat,
+            ROLLBACK_PROTECTION: self.rollback_protection,
         }
+
+    def appraised_rollback_protection(self) -> str:
+        """The rollback protection to believe: what the token says, except that an emulated
+        device's counters are a file of its user (host-file) whatever it reports."""
+        if self.lifecycle == "emulated" and self.rollback_protection in (
+            HARDWARE_ROLLBACK_PROTECTIONS
+        ):
+            return ROLLBACK_HOST_FILE
+        return self.rollback_protection
 
     @classmethod
     def from_cbor(cls, c: dict[Any, Any]) -> PlatformClaims:
@@ -128,6 +157,11 @@ class PlatformClaims:
         if lifecycle not in LIFECYCLES:
             raise MalformedToken(f"lifecycle {lifecycle!r} is not one of {LIFECYCLES}")
         log = _req(c, BOOT_LOG, list, "boot log")
+        rollback = c.get(ROLLBACK_PROTECTION, ROLLBACK_NONE)
+        if rollback not in ROLLBACK_PROTECTIONS:
+            raise MalformedToken(
+                f"rollback protection {str(rollback)[:40]!r} is not one of {ROLLBACK_PROTECTIONS}"
+            )
         key = _cnf_key(c)
         _check_binding(c, key, "platform")
         return cls(
@@ -141,6 +175,7 @@ class PlatformClaims:
             vtee_key=key,
             iat=_req(c, IAT, int, "iat"),
             hwmodel=_req(c, HWMODEL, str, "hwmodel"),
+            rollback_protection=rollback,
         )
 
 

@@ -44,6 +44,14 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     if missing:
         reasons.append(f"boot log lacks endorsed component(s): {sorted(missing)}")
     hardware = AFFIRM if p.lifecycle == "secured" else WARN
+    # What the device reports keeps its counters, believed only as far as what it is: an
+    # emulated device's counters are a file of its user, whatever its token says.
+    rollback = p.appraised_rollback_protection()
+    if rollback != p.rollback_protection:
+        reasons.append(
+            f"an emulated device reports '{p.rollback_protection}' rollback protection; "
+            f"it is appraised as '{rollback}'"
+        )
     platform = Submod(
         "platform",
         {
@@ -56,6 +64,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "vtee-config": p.vtee_config.hex(),
             "ca": v.ca_name,
             "boot": boot,
+            "rollback-protection": rollback,
         },
         {
             "instance_identity": AFFIRM,
@@ -64,6 +73,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "configuration": AFFIRM if p.secure_boot else WARN,
         },
         reasons,
+        rollback,
     )
 
     m = v.module
@@ -84,6 +94,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "hardware": hardware,
             "executables": AFFIRM if ref is not None else CONTRAINDICATED,
         },
+        rollback_protection=rollback,
     )
     if ref is None:
         module.reasons.append(
