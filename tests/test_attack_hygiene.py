@@ -16,7 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.test_app_deploy import APP, REPO, SmartHome, build_smart_home, until
+from veritee.app import state as state_mod
+from veritee.app.cluster import LocalCluster, descriptor_for
 from veritee.evidence.claims import MEDIA_TYPE, Evidence
+from veritee.evidence.readable import describe
 from veritee.tee.ta import WasmSession
 from veritee.verifier import ear
 from veritee.verifier.client import CAPABILITY_HEADER, VerifierClient, nonce_of
@@ -268,3 +272,70 @@ def test_a_policy_requiring_hardware_rollback_protection_refuses_the_emulated_de
             for r in submod.extensions["ear.veritee.reasons"]
         ), submod.extensions
     _honest_round_trip(server, attester)  # the default policy is back, and accepts it
+
+
+@pytest.mark.emulation_limit
+def test_rollback_through_the_emulated_rpmb_replays_an_event_and_the_evidence_says_so(
+    tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]
+) -> None:
+    """Adversary: whoever acts as the user that runs a node (its host administrator). Attack:
+    snapshot the node's counters file (the emulated RPMB) with the modules' sealed state and
+    inbox positions, let an event be accepted, restore all of it across a restart: the event
+    is delivered again and accepted again (a press counted twice).
+
+    This is the emulation's limit, asserted as it is: counters in a file of the user are no
+    better than the sealed state beside them. What holds is that the device's evidence says
+    so (``host-file``), so a policy can refuse such a device (the tests above)."""
+    workdir = tmp_path_factory.mktemp("rb")  # short: socket paths have a length limit
+    binaries = build_smart_home(wasm)
+    cluster = LocalCluster(workdir / "cluster", verifier=False, poll_us=0)
+    cluster.start()
+    try:
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
+        )
+        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
+        trust = [a for n in cluster.nodes.values() for a in ("--trust-home", str(n.home))]
+        proc = sh.cli("deploy", descriptor, *trust)
+        assert proc.returncode == 0, proc.stderr
+        sh.ok("output", "init-server", "start")
+        sh.ok("output", "trigger-btn", "press")
+        until(lambda: _count(sh) == 1)
+
+        dep = state_mod.load(sh.state)
+        node = cluster.nodes[dep.module("db").node]
+        modules = node.home / "node" / "apps" / APP / "modules"
+        kept = [
+            *modules.glob("*/state.log"),
+            *modules.glob("*/*.head"),
+            *(node.home / "device" / "counters").glob("*.ctr"),
+        ]
+        assert any(p.suffix == ".ctr" for p in kept) and (modules / "db" / "state.log") in kept
+        snapshot = {p: p.read_bytes() for p in kept}
+
+        sh.ok("output", "trigger-btn", "press")  # accepted once: the count moves to 2
+        until(lambda: _count(sh) == 2)
+        cluster.kill_node(node.name, tee=True)
+        for path, data in snapshot.items():
+            path.write_bytes(data)
+        cluster.start_node(node.name)
+        # The emulated backend cannot tell: the same press is accepted again.
+        until(lambda: _count(sh) == 3)
+        db = next(m for m in sh.status()["modules"] if m["name"] == "db")
+        assert db["running"], db
+
+        # What the device says about itself: its counters are a file the host can roll back.
+        with Device(node.home).context() as ctx:
+            session = WasmSession(ctx)
+            session.load(wasm("examples/hello/hello.c").read_bytes(), name="probe")
+            described = describe(session.attest(os.urandom(32)))
+            session.close()
+        assert described["platform"]["rollback_protection"] == "host-file"
+    finally:
+        cluster.stop()
+
+
+def _count(sh: SmartHome) -> int:
+    """The presses db counted, or -1 while its node does not answer (being restarted)."""
+    proc = sh.cli("request", "get-presses")
+    return int(proc.stdout.strip()) if proc.returncode == 0 else -1

@@ -36,6 +36,7 @@ def describe(data: bytes) -> dict[str, Any]:
             "hwmodel": platform.hwmodel,
             "lifecycle": platform.lifecycle,
             "secure_boot": platform.secure_boot,
+            "rollback_protection": platform.rollback_protection,
             "boot_log": [
                 {
                     "component": e.component,
