@@ -8,6 +8,7 @@ ends by showing the owner's honest flow still works.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -339,3 +340,33 @@ def _count(sh: SmartHome) -> int:
     """The presses db counted, or -1 while its node does not answer (being restarted)."""
     proc = sh.cli("request", "get-presses")
     return int(proc.stdout.strip()) if proc.returncode == 0 else -1
+
+
+# -- 11a: what the host chooses is host data, never the module's user data --------------------
+
+
+def test_data_the_host_chooses_is_host_data_only(
+    server: Server, attester: Attester, device: Device, hello: Path
+) -> None:
+    """Adversary: the host of a device (any normal-world caller of the runtime TA). Attack:
+    have an endorsed module's evidence carry data of its choosing (say, the digest of a key
+    it holds), so a relying party that binds a key through the module's user data takes the
+    host's key for the module's."""
+    chosen = hashlib.sha256(b"the host's own key").digest()
+    with server.client() as client:
+        url, session = client.new_session()
+        evidence = attester.session.attest(nonce_of(session), chosen)
+        done = client.submit(url, evidence, MEDIA_TYPE)
+        result = ear.verify(done["result"], client.public_key())
+    module = result.submods["module"]
+    assert module.status == "warning"  # the evidence is genuine: the module is endorsed
+    annotated = module.extensions["ear.veraison.annotated-evidence"]
+    assert annotated["host-data"] == chosen.hex()
+    assert annotated["user-data"] == ""  # the module supplied none, and the host cannot
+    # The CLI's --host-data (old name --user-data) is the same path.
+    out = server.state / "host-data.cbor"
+    for option in ("--host-data", "--user-data"):
+        device.ok("attest", hello, option, chosen.hex(), "-o", out)
+        described = describe(out.read_bytes())["module"]
+        assert (described["host_data"], described["user_data"]) == (chosen.hex(), "")
+    _honest_round_trip(server, attester)

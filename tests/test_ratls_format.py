@@ -24,13 +24,13 @@ from veritee import ratls
 from veritee.errors import EvidenceError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
 from veritee.evidence.errors import MalformedToken, MeasurementNotEndorsed, NonceMismatch
+from veritee.evidence.readable import describe
 from veritee.ratls import certificate, verify, wire
 from veritee.ratls.appraisers import judge_ear, wire_nonce
 from veritee.ratls.errors import (
     CertificateExpired,
     ExporterMismatch,
     KeyNotBound,
-    KeyOutsideSecureWorld,
     MalformedCertificate,
     MalformedExtension,
     NoEvidence,
@@ -345,9 +345,11 @@ def test_evidence_copied_into_a_certificate_of_another_key(real: Real) -> None:
         verify.appraise(forged, real.challenge, real.anchors, real.refs)
 
 
-def test_a_key_the_host_holds_is_refused_even_with_matching_user_data(
+def test_a_key_the_host_holds_is_refused_its_data_lands_in_host_data(
     real: Real, device: Device
 ) -> None:
+    """The host asks the runtime TA for evidence carrying its own key's digest: it lands in
+    host-data, so the user data the certificate's key is bound through does not match."""
     from veritee.tee.ta import WasmSession
 
     spki = certificate.spki_of(KEY.public_key())
@@ -356,8 +358,10 @@ def test_a_key_the_host_holds_is_refused_even_with_matching_user_data(
         session.load(real.module)
         evidence = session.attest(real.challenge.nonce, hashlib.sha256(spki).digest())
     forged = certificate.build(KEY, evidence, name="host", now=dt.datetime.now(dt.UTC))
-    with pytest.raises(KeyOutsideSecureWorld, match="held outside the secure world"):
+    with pytest.raises(KeyNotBound, match="vouches for another key"):
         verify.appraise(forged, real.challenge, real.anchors, real.refs)
+    assert describe(evidence)["module"]["host_data"] == hashlib.sha256(spki).hexdigest()
+    assert describe(evidence)["module"]["user_data"] == ""
 
 
 def test_module_not_in_the_reference_values(real: Real) -> None:

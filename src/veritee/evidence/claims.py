@@ -224,8 +224,13 @@ class ModuleClaims:
     name: str
     provisioning_key: dict[int, Any]  # COSE_Key (X25519) secrets are encrypted to (HPKE)
     iat: int
-    user_data: bytes = b""  # e.g. a TLS key digest that the token vouches for
+    # Supplied from inside the TEE (the module through WASI-RA, the secure world's TLS TA):
+    # e.g. a TLS key digest that the token vouches for. Never what the normal world chose.
+    user_data: bytes = b""
     provisioning_key_pq: dict[int, bytes] | None = None  # see veritee.evidence.provisioning
+    # Chosen by the untrusted caller of ATTEST (the host): the token says only that it was
+    # asked to carry it; nothing may bind a key or a statement of the module through it.
+    host_data: bytes = b""
 
     def to_cbor(self) -> dict[int, Any]:
         return {
@@ -238,6 +243,7 @@ class ModuleClaims:
             USER_DATA: self.user_data,
             IAT: self.iat,
             **({PROVISIONING_KEY_PQ: self.provisioning_key_pq} if self.provisioning_key_pq else {}),
+            **({HOST_DATA: self.host_data} if self.host_data else {}),
         }
 
     @classmethod
@@ -249,6 +255,9 @@ class ModuleClaims:
         user_data = _req(c, USER_DATA, bytes, "user data")
         if len(user_data) > MAX_USER_DATA:
             raise MalformedToken("user data is over its size limit")
+        host_data = c.get(HOST_DATA, b"")
+        if not isinstance(host_data, bytes) or len(host_data) > MAX_HOST_DATA:
+            raise MalformedToken("claim 'host data' is not a byte string within its size limit")
         pkey = c.get(PROVISIONING_KEY)
         cose.x25519_public_bytes(pkey)
         pq = c.get(PROVISIONING_KEY_PQ)
@@ -265,6 +274,7 @@ class ModuleClaims:
             iat=_req(c, IAT, int, "iat"),
             user_data=user_data,
             provisioning_key_pq=pq,
+            host_data=host_data,
         )
 
 

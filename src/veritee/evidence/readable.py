@@ -69,6 +69,7 @@ def describe(data: bytes) -> dict[str, Any]:
             "config": module.config.hex(),
             "provisioning_key": module.provisioning_key[-2].hex(),
             "user_data": module.user_data.hex(),
+            "host_data": module.host_data.hex(),
             "iat": module.iat,
         },
     }

@@ -87,6 +87,8 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "endorsed-as": None if ref is None else {"name": ref.name, "version": ref.version},
             "provisioning-key": b64url(m.provisioning_key[-2]),
             "user-data": m.user_data.hex(),
+            # Chosen by whoever asked for the evidence, not by the module: never a binding.
+            "host-data": m.host_data.hex(),
             "vtee-name": p.vtee_name,
         },
         {
