@@ -177,7 +177,8 @@ def _require_rollback_protection(s: Submod) -> None:
     """The policy's knob: a platform whose counters the host can roll back is refused."""
     if s.rollback_protection in HARDWARE_ROLLBACK_PROTECTIONS:
         return
-    s.vector["storage_opaque"] = CONTRAINDICATED
+    if ear.tier_of(s.vector.get("storage_opaque", 0)) != "contraindicated":
+        s.vector["storage_opaque"] = CONTRAINDICATED  # never better than the policy made it
     said = (
         "this platform's evidence does not say which it has"
         if s.rollback_protection is None
