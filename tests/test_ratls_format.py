@@ -31,6 +31,7 @@ from veritee.ratls.errors import (
     CertificateExpired,
     ExporterMismatch,
     KeyNotBound,
+    KeyOutsideSecureWorld,
     MalformedCertificate,
     MalformedExtension,
     NoEvidence,
@@ -362,6 +363,26 @@ def test_a_key_the_host_holds_is_refused_its_data_lands_in_host_data(
         verify.appraise(forged, real.challenge, real.anchors, real.refs)
     assert describe(evidence)["module"]["host_data"] == hashlib.sha256(spki).hexdigest()
     assert describe(evidence)["module"]["user_data"] == ""
+
+
+def test_user_data_naming_a_key_outside_the_secure_world_is_refused() -> None:
+    """Check 5' holds on its own: were user data ever to name a key the secure world did not
+    mint (a module passing a host's key digest through WASI-RA, say), the certificate's key
+    must still be the module attestation key the vtee token binds."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    from veritee.evidence import cose
+    from veritee.evidence.claims import ModuleClaims, VteeClaims
+
+    cert = certificate.read(certificate.build(KEY, b"\xa0", name="m", now=dt.datetime.now(dt.UTC)))
+    minted = ec.generate_private_key(ec.SECP256R1()).public_key()
+    vtee = VteeClaims(bytes(16), bytes(32), bytes(32), cose.ec_key_to_cose(minted), 0)
+    provisioning = cose.x25519_key_to_cose(x25519.X25519PrivateKey.generate().public_key())
+    module = ModuleClaims(
+        bytes(32), bytes(32), bytes(32), "m", provisioning, 0, user_data=cert.spki_sha256
+    )
+    with pytest.raises(KeyOutsideSecureWorld, match="held outside the secure world"):
+        verify.check_key(cert, module, vtee)
 
 
 def test_module_not_in_the_reference_values(real: Real) -> None:
