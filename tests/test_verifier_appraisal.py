@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from veritee.evidence import cose
 from veritee.evidence.appraisal import LinkCache, TrustAnchors, verify
 from veritee.evidence.claims import (
+    HWMODEL_EMULATED,
     MEDIA_TYPE,
     BootEntry,
     Evidence,
@@ -129,6 +130,7 @@ class Kit:
         module_signer: ec.EllipticCurvePrivateKey | None = None,
         platform_signer: ec.EllipticCurvePrivateKey | None = None,
         rollback_protection: str = "none",
+        hwmodel: str = HWMODEL_EMULATED,
     ) -> bytes:
         vtee_cose = cose.ec_key_to_cose(self.vtee_key.public_key())
         module_cose = cose.ec_key_to_cose(self.module_key.public_key())
@@ -143,6 +145,7 @@ class Kit:
             vtee_key=vtee_cose,
             iat=int(NOW.timestamp()),
             rollback_protection=rollback_protection,
+            hwmodel=hwmodel,
         )
         vtee = VteeClaims(bytes(16), measurement, CONFIG, module_cose, int(NOW.timestamp()))
         provisioning = cose.x25519_key_to_cose(x25519.X25519PrivateKey.generate().public_key())
@@ -912,7 +915,8 @@ REQUIRE_ROLLBACK = Policy(
 
 @pytest.mark.parametrize("kind", ["rpmb", "tpm-nv"])
 def test_hardware_rollback_protection_satisfies_a_policy_requiring_it(kit: Kit, kind: str) -> None:
-    outcome = _appraise(kit, kit.evidence(rollback_protection=kind), policy=REQUIRE_ROLLBACK)
+    evidence = kit.evidence(rollback_protection=kind, hwmodel="test-board")
+    outcome = _appraise(kit, evidence, policy=REQUIRE_ROLLBACK)
     assert outcome.status == "affirming"
     assert _claims(outcome, "platform")["rollback-protection"] == kind
     ext = outcome.result.submods["module"].extensions
@@ -933,11 +937,16 @@ def test_rollback_protection_the_host_can_undo_is_refused_when_required(
     assert default.result.submods["platform"].extensions["ear.veritee.rollback-protection"] == kind
 
 
-def test_an_emulated_device_claiming_rpmb_is_appraised_as_host_file(kit: Kit) -> None:
+@pytest.mark.parametrize(
+    ("lifecycle", "hwmodel"),
+    [("emulated", "test-board"), ("secured", HWMODEL_EMULATED), ("emulated", HWMODEL_EMULATED)],
+)
+def test_an_emulated_device_claiming_rpmb_is_appraised_as_host_file(
+    kit: Kit, lifecycle: str, hwmodel: str
+) -> None:
     """The emulated device's counters are a file whatever its token says."""
-    outcome = _appraise(
-        kit, kit.evidence(lifecycle="emulated", rollback_protection="rpmb"), policy=REQUIRE_ROLLBACK
-    )
+    evidence = kit.evidence(lifecycle=lifecycle, rollback_protection="rpmb", hwmodel=hwmodel)
+    outcome = _appraise(kit, evidence, policy=REQUIRE_ROLLBACK)
     assert outcome.status == "contraindicated"
     assert _claims(outcome, "platform")["rollback-protection"] == "host-file"
     assert any("reports 'rpmb' rollback protection" in r for r in outcome.reasons)

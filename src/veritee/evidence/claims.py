@@ -143,10 +143,12 @@ class PlatformClaims:
 
     def appraised_rollback_protection(self) -> str:
         """The rollback protection to believe: what the token says, except that an emulated
-        device's counters are a file of its user (host-file) whatever it reports."""
-        if self.lifecycle == "emulated" and self.rollback_protection in (
-            HARDWARE_ROLLBACK_PROTECTIONS
-        ):
+        device's counters are a file of its user (host-file) whatever it reports.
+
+        (Its lifecycle and hardware model are the token's here; where an appraisal takes the
+        lifecycle from the device's endorsement, it should judge with that one.)"""
+        emulated = self.lifecycle == "emulated" or self.hwmodel == HWMODEL_EMULATED
+        if emulated and self.rollback_protection in HARDWARE_ROLLBACK_PROTECTIONS:
             return ROLLBACK_HOST_FILE
         return self.rollback_protection
 
