@@ -20,7 +20,8 @@ import pytest
 from tests.test_app_deploy import APP, REPO, SmartHome, build_smart_home, until
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster, descriptor_for
-from veritee.evidence.claims import MEDIA_TYPE, Evidence
+from veritee.evidence.claims import HOST_DATA, MAX_HOST_DATA, MEDIA_TYPE, Evidence, ModuleClaims
+from veritee.evidence.errors import MalformedToken
 from veritee.evidence.readable import describe
 from veritee.tee.ta import WasmSession
 from veritee.verifier import ear
@@ -370,3 +371,18 @@ def test_data_the_host_chooses_is_host_data_only(
         described = describe(out.read_bytes())["module"]
         assert (described["host_data"], described["user_data"]) == (chosen.hex(), "")
     _honest_round_trip(server, attester)
+
+
+@pytest.mark.parametrize("value", ["text", b"x" * (MAX_HOST_DATA + 1), 7])
+def test_a_malformed_host_data_claim_is_refused(value: object) -> None:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    from veritee.evidence import cose
+
+    provisioning = cose.x25519_key_to_cose(x25519.X25519PrivateKey.generate().public_key())
+    claims = ModuleClaims(bytes(32), bytes(32), bytes(32), "m", provisioning, 0, host_data=b"hi")
+    encoded = claims.to_cbor()
+    assert ModuleClaims.from_cbor(encoded).host_data == b"hi"
+    assert HOST_DATA not in ModuleClaims(**{**claims.__dict__, "host_data": b""}).to_cbor()
+    with pytest.raises(MalformedToken, match="host data"):
+        ModuleClaims.from_cbor({**encoded, HOST_DATA: value})
