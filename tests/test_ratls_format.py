@@ -25,6 +25,7 @@ from veritee import ratls
 from veritee.errors import EvidenceError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
 from veritee.evidence.errors import MalformedToken, MeasurementNotEndorsed, NonceMismatch
+from veritee.evidence.readable import describe
 from veritee.ratls import certificate, verify, wire
 from veritee.ratls.appraisers import judge_ear, wire_nonce
 from veritee.ratls.errors import (
@@ -346,9 +347,11 @@ def test_evidence_copied_into_a_certificate_of_another_key(real: Real) -> None:
         verify.appraise(forged, real.challenge, real.anchors, real.refs)
 
 
-def test_a_key_the_host_holds_is_refused_even_with_matching_user_data(
+def test_a_key_the_host_holds_is_refused_its_data_lands_in_host_data(
     real: Real, device: Device
 ) -> None:
+    """The host asks the runtime TA for evidence carrying its own key's digest: it lands in
+    host-data, so the user data the certificate's key is bound through does not match."""
     from veritee.tee.ta import WasmSession
 
     spki = certificate.spki_of(KEY.public_key())
@@ -357,8 +360,30 @@ def test_a_key_the_host_holds_is_refused_even_with_matching_user_data(
         session.load(real.module)
         evidence = session.attest(real.challenge.nonce, hashlib.sha256(spki).digest())
     forged = certificate.build(KEY, evidence, name="host", now=dt.datetime.now(dt.UTC))
-    with pytest.raises(KeyOutsideSecureWorld, match="held outside the secure world"):
+    with pytest.raises(KeyNotBound, match="vouches for another key"):
         verify.appraise(forged, real.challenge, real.anchors, real.refs)
+    assert describe(evidence)["module"]["host_data"] == hashlib.sha256(spki).hexdigest()
+    assert describe(evidence)["module"]["user_data"] == ""
+
+
+def test_user_data_naming_a_key_outside_the_secure_world_is_refused() -> None:
+    """Check 5' holds on its own: were user data ever to name a key the secure world did not
+    mint (a module passing a host's key digest through WASI-RA, say), the certificate's key
+    must still be the module attestation key the vtee token binds."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    from veritee.evidence import cose
+    from veritee.evidence.claims import ModuleClaims, VteeClaims
+
+    cert = certificate.read(certificate.build(KEY, b"\xa0", name="m", now=dt.datetime.now(dt.UTC)))
+    minted = ec.generate_private_key(ec.SECP256R1()).public_key()
+    vtee = VteeClaims(bytes(16), bytes(32), bytes(32), cose.ec_key_to_cose(minted), 0)
+    provisioning = cose.x25519_key_to_cose(x25519.X25519PrivateKey.generate().public_key())
+    module = ModuleClaims(
+        bytes(32), bytes(32), bytes(32), "m", provisioning, 0, user_data=cert.spki_sha256
+    )
+    with pytest.raises(KeyOutsideSecureWorld, match="held outside the secure world"):
+        verify.check_key(cert, module, vtee)
 
 
 def test_module_not_in_the_reference_values(real: Real) -> None:

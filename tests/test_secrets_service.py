@@ -229,6 +229,15 @@ def write_config(root: Path, device: Device, measurement: bytes, **extra: Any) -
                 "policy": "custom.rego",
                 "allow": {"module": measurement.hex()},
             },
+            {
+                "name": "rollback-protected-only",
+                "value_hex": "0102",
+                "allow": {
+                    "names": ["hello"],
+                    "lifecycles": ["emulated"],
+                    "require_rollback_protection": True,
+                },
+            },
         ],
         **extra,
     }
@@ -334,7 +343,7 @@ def test_the_key_is_the_same_everywhere(setup: Setup) -> None:
 
 def test_health_and_logs(setup: Setup) -> None:
     health = httpx.get(setup.service.url + wire.HEALTH_PATH, timeout=HTTP_TIMEOUT)
-    assert health.json() == {"status": "ok", "secrets": 6}
+    assert health.json() == {"status": "ok", "secrets": 7}
     setup.release_ok()
     lines = [json.loads(line) for line in setup.service.log.read_text().splitlines()]
     released = [r for r in lines if r.get("outcome") == "released"]
@@ -358,6 +367,18 @@ def test_emulated_lifecycle_needs_an_opt_in(setup: Setup) -> None:
     response = setup.service.release(nonce, setup.evidence(nonce), "secured-only")
     detail = refused(response, 403, "policy_refused")
     assert "lifecycle 'emulated' is not allowed" in detail
+    setup.release_ok()
+
+
+def test_a_secret_requiring_rollback_protection_is_refused_to_host_file_counters(
+    setup: Setup,
+) -> None:
+    """Issue 18, attack 9: the emulated device's counters are a file its user can restore
+    with older sealed state; the policy input says so, and a secret can require better."""
+    nonce = setup.service.challenge()
+    response = setup.service.release(nonce, setup.evidence(nonce), "rollback-protected-only")
+    detail = refused(response, 403, "policy_refused")
+    assert "rollback protection is 'host-file'" in detail
     setup.release_ok()
 
 

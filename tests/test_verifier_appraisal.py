@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from veritee.evidence import certs, cose
 from veritee.evidence.appraisal import LinkCache, TrustAnchors, verify
 from veritee.evidence.claims import (
+    HWMODEL_EMULATED,
     MEDIA_TYPE,
     BootEntry,
     Evidence,
@@ -145,6 +146,8 @@ class Kit:
         measurement: bytes = MODULE,
         module_signer: ec.EllipticCurvePrivateKey | None = None,
         platform_signer: ec.EllipticCurvePrivateKey | None = None,
+        rollback_protection: str = "none",
+        hwmodel: str = HWMODEL_EMULATED,
     ) -> bytes:
         vtee_cose = cose.ec_key_to_cose(self.vtee_key.public_key())
         module_cose = cose.ec_key_to_cose(self.module_key.public_key())
@@ -158,6 +161,8 @@ class Kit:
             vtee_config=CONFIG,
             vtee_key=vtee_cose,
             iat=int(NOW.timestamp()),
+            rollback_protection=rollback_protection,
+            hwmodel=hwmodel,
         )
         vtee = VteeClaims(bytes(16), measurement, CONFIG, module_cose, int(NOW.timestamp()))
         provisioning = cose.x25519_key_to_cose(x25519.X25519PrivateKey.generate().public_key())
@@ -970,3 +975,72 @@ def test_a_pure_policy_remembers_decisions_and_an_impure_one_asks_each_time(kit:
     value = {"scheme": "veritee", "submods": {"platform": {"claims": {"lifecycle": "emulated"}}}}
     assert pure.judge(value) is pure.judge(value)
     assert impure.judge(value) is not impure.judge(value)
+
+
+# -- rollback protection (issue 18, attack 9) -------------------------------------------------
+
+REQUIRE_ROLLBACK = Policy(
+    "needs-rollback",
+    "package veritee\nimport rego.v1\nrequire_rollback_protection := true\n",
+)
+
+
+@pytest.mark.parametrize("kind", ["rpmb", "tpm-nv"])
+def test_hardware_rollback_protection_satisfies_a_policy_requiring_it(kit: Kit, kind: str) -> None:
+    evidence = kit.evidence(rollback_protection=kind, hwmodel="test-board")
+    outcome = _appraise(kit, evidence, policy=REQUIRE_ROLLBACK)
+    assert outcome.status == "affirming"
+    assert _claims(outcome, "platform")["rollback-protection"] == kind
+    ext = outcome.result.submods["module"].extensions
+    assert ext["ear.veritee.rollback-protection"] == kind
+
+
+@pytest.mark.parametrize("kind", ["none", "host-file"])
+def test_rollback_protection_the_host_can_undo_is_refused_when_required(
+    kit: Kit, kind: str
+) -> None:
+    required = _appraise(kit, kit.evidence(rollback_protection=kind), policy=REQUIRE_ROLLBACK)
+    assert required.status == "contraindicated"
+    assert _vector(required, "platform")["storage-opaque"] == 96
+    assert any("requires rollback protection in hardware" in r for r in required.reasons)
+    # Not required (the default policy): accepted, the result saying what it is.
+    default = _appraise(kit, kit.evidence(rollback_protection=kind))
+    assert default.status == "affirming"
+    assert default.result.submods["platform"].extensions["ear.veritee.rollback-protection"] == kind
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "hwmodel"),
+    [("emulated", "test-board"), ("secured", HWMODEL_EMULATED), ("emulated", HWMODEL_EMULATED)],
+)
+def test_an_emulated_device_claiming_rpmb_is_appraised_as_host_file(
+    kit: Kit, lifecycle: str, hwmodel: str
+) -> None:
+    """The emulated device's counters are a file whatever its token says."""
+    evidence = kit.evidence(lifecycle=lifecycle, rollback_protection="rpmb", hwmodel=hwmodel)
+    outcome = _appraise(kit, evidence, policy=REQUIRE_ROLLBACK)
+    assert outcome.status == "contraindicated"
+    assert _claims(outcome, "platform")["rollback-protection"] == "host-file"
+    assert any("reports 'rpmb' rollback protection" in r for r in outcome.reasons)
+
+
+def test_an_unknown_rollback_protection_is_malformed(kit: Kit) -> None:
+    with pytest.raises(MalformedToken, match="rollback protection"):
+        _appraise(kit, kit.evidence(rollback_protection="trust-me"))
+
+
+def test_a_non_boolean_rollback_knob_fails_the_policy(kit: Kit) -> None:
+    odd = Policy("odd", 'package veritee\nrequire_rollback_protection := "yes"\n')
+    outcome = _appraise(kit, policy=odd)
+    assert outcome.status == "contraindicated"
+    assert outcome.failure is not None and outcome.failure.check == "PolicyFailed"
+
+
+def test_psa_evidence_does_not_say_so_is_refused_when_required(vector: Vector) -> None:
+    """PSA and CCA tokens carry no rollback-protection claim: a policy that requires it
+    refuses them rather than assume."""
+    token, nonce, e = _psa_case(vector, "tfm-psa-2_0_0-sign1", "tfm-iak-pub.pem")
+    outcome = appraise(token, media.PSA_TOKEN, nonce, _context(e, REQUIRE_ROLLBACK))
+    assert outcome.status == "contraindicated"
+    assert _vector(outcome, "psa")["storage-opaque"] == 96
+    assert any("evidence does not say which it has" in r for r in outcome.reasons)

@@ -252,7 +252,14 @@ def run(
 @cli.command(context_settings=CONTEXT)
 @click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--nonce", help="Verifier's challenge, hex (8 to 64 bytes). Random if omitted.")
-@click.option("--user-data", default="", help="Extra data (hex) the module token vouches for.")
+@click.option(
+    "--host-data",
+    "--user-data",
+    "host_data",
+    default="",
+    help="Extra data (hex) the module token carries as host-data: chosen by you, the caller, "
+    "so nothing binds through it (--user-data is its old name; user data is the module's).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True)
 @click.option("--max-memory", type=click.IntRange(1), default=256, show_default=True)
@@ -262,7 +269,7 @@ def attest(
     ctx: click.Context,
     module: Path,
     nonce: str | None,
-    user_data: str,
+    host_data: str,
     output: Path,
     vtee: str,
     max_memory: int,
@@ -282,7 +289,7 @@ def attest(
         info = session.load(
             module.read_bytes(), name=module.name, memory_mb=max_memory, timeout=timeout
         )
-        evidence = session.attest(challenge, _hex_arg("--user-data", user_data))
+        evidence = session.attest(challenge, _hex_arg("--host-data", host_data))
     output.write_bytes(evidence)
     click.echo(f"measurement {info['measurement'].hex()}", err=True)
     click.echo(f"nonce       {challenge.hex()}", err=True)

@@ -34,7 +34,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.evidence import certs, cose
 from veritee.evidence.certs import CERT_ERRORS
-from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
+from veritee.evidence.claims import (
+    HARDWARE_ROLLBACK_PROTECTIONS,
+    ROLLBACK_HOST_FILE,
+    Evidence,
+    ModuleClaims,
+    PlatformClaims,
+    VteeClaims,
+)
 from veritee.evidence.errors import (
     BadSignature,
     BindingMismatch,
@@ -114,6 +121,18 @@ class Verified:
         :func:`verify` already refused a token that claims more than its endorsement.
         """
         return certs.lowest(self.platform.lifecycle, self.endorsed_lifecycle)
+
+    @property
+    def rollback_protection(self) -> str:
+        """The rollback protection appraisal vouches for. A device its chain endorses as no
+        more than emulated keeps its counters in a file of its user (host-file), whatever
+        its token reports; so does one whose token says it is emulated."""
+        if (
+            self.endorsed_lifecycle == "emulated"
+            and self.platform.rollback_protection in HARDWARE_ROLLBACK_PROTECTIONS
+        ):
+            return ROLLBACK_HOST_FILE
+        return self.platform.appraised_rollback_protection()
 
 
 class LinkCache:

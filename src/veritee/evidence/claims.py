@@ -53,6 +53,10 @@ USER_DATA = -76014
 PROVISIONING_KEY_PQ = -76015  # {1: ML-KEM-768 public, 2: X25519 public}: the hybrid PQ suite
 MODULE_GRANTS = -76016  # [[host path, guest path, writable], ...]: host dirs the module may reach
 MAX_GRANTS_CLAIM = 64  # bound on a token's grants claim: a forged list must not cost memory
+# What keeps the monotonic counters that sealed state is checked against (platform token).
+ROLLBACK_PROTECTION = -76008
+# Data the untrusted caller of ATTEST chose (module token); never confused with user data.
+HOST_DATA = -76020
 
 _CNF_COSE_KEY = 1
 # Boot-log entry keys.
@@ -61,6 +65,20 @@ _COMPONENT, _MEASUREMENT, _SIGNER, _VERSION = 1, 2, 3, 4
 LIFECYCLES = ("emulated", "debug", "secured")
 HWMODEL_EMULATED = "veritee-emulated-tee"
 MAX_USER_DATA = 1024  # bound on caller-supplied data folded into a module token
+MAX_HOST_DATA = MAX_USER_DATA  # the same bound for what the normal world asks to be folded in
+
+# Rollback protection, as the platform reports it (claim ROLLBACK_PROTECTION):
+# "none": nothing keeps counters (a token without the claim says this);
+# "host-file": the emulated RPMB, a file of the device's user: whoever acts as that user
+#   can snapshot it with older sealed state and restore both, so an event already accepted
+#   is accepted again (docs/apps.md);
+# "rpmb", "tpm-nv": counters in replay-protected hardware the host cannot roll back.
+ROLLBACK_NONE = "none"
+ROLLBACK_HOST_FILE = "host-file"
+ROLLBACK_RPMB = "rpmb"
+ROLLBACK_TPM_NV = "tpm-nv"
+ROLLBACK_PROTECTIONS = (ROLLBACK_NONE, ROLLBACK_HOST_FILE, ROLLBACK_RPMB, ROLLBACK_TPM_NV)
+HARDWARE_ROLLBACK_PROTECTIONS = frozenset({ROLLBACK_RPMB, ROLLBACK_TPM_NV})
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,7 @@ class PlatformClaims:
     vtee_key: dict[int, Any]  # COSE_Key of the vTEE attestation key
     iat: int
     hwmodel: str = HWMODEL_EMULATED
+    rollback_protection: str = ROLLBACK_NONE  # one of ROLLBACK_PROTECTIONS
 
     def to_cbor(self) -> dict[int, Any]:
         return {
@@ -121,7 +140,19 @@ class PlatformClaims:
             NONCE: cose.key_digest(self.vtee_key),
             CNF: {_CNF_COSE_KEY: self.vtee_key},
             IAT: self.iat,
+            ROLLBACK_PROTECTION: self.rollback_protection,
         }
+
+    def appraised_rollback_protection(self) -> str:
+        """The rollback protection to believe: what the token says, except that an emulated
+        device's counters are a file of its user (host-file) whatever it reports.
+
+        This judges by the token alone; an appraisal reads ``Verified.rollback_protection``,
+        which also judges by what the device's certificate chain endorses."""
+        emulated = self.lifecycle == "emulated" or self.hwmodel == HWMODEL_EMULATED
+        if emulated and self.rollback_protection in HARDWARE_ROLLBACK_PROTECTIONS:
+            return ROLLBACK_HOST_FILE
+        return self.rollback_protection
 
     @classmethod
     def from_cbor(cls, c: dict[Any, Any]) -> PlatformClaims:
@@ -130,6 +161,11 @@ class PlatformClaims:
         if lifecycle not in LIFECYCLES:
             raise MalformedToken(f"lifecycle {lifecycle!r} is not one of {LIFECYCLES}")
         log = _req(c, BOOT_LOG, list, "boot log")
+        rollback = c.get(ROLLBACK_PROTECTION, ROLLBACK_NONE)
+        if rollback not in ROLLBACK_PROTECTIONS:
+            raise MalformedToken(
+                f"rollback protection {str(rollback)[:40]!r} is not one of {ROLLBACK_PROTECTIONS}"
+            )
         key = _cnf_key(c)
         _check_binding(c, key, "platform")
         return cls(
@@ -143,6 +179,7 @@ class PlatformClaims:
             vtee_key=key,
             iat=_req(c, IAT, int, "iat"),
             hwmodel=_req(c, HWMODEL, str, "hwmodel"),
+            rollback_protection=rollback,
         )
 
 
@@ -214,8 +251,13 @@ class ModuleClaims:
     name: str
     provisioning_key: dict[int, Any]  # COSE_Key (X25519) secrets are encrypted to (HPKE)
     iat: int
-    user_data: bytes = b""  # e.g. a TLS key digest that the token vouches for
+    # Supplied from inside the TEE (the module through WASI-RA, the secure world's TLS TA):
+    # e.g. a TLS key digest that the token vouches for. Never what the normal world chose.
+    user_data: bytes = b""
     provisioning_key_pq: dict[int, bytes] | None = None  # see veritee.evidence.provisioning
+    # Chosen by the untrusted caller of ATTEST (the host): the token says only that it was
+    # asked to carry it; nothing may bind a key or a statement of the module through it.
+    host_data: bytes = b""
 
     def to_cbor(self) -> dict[int, Any]:
         return {
@@ -228,6 +270,7 @@ class ModuleClaims:
             USER_DATA: self.user_data,
             IAT: self.iat,
             **({PROVISIONING_KEY_PQ: self.provisioning_key_pq} if self.provisioning_key_pq else {}),
+            **({HOST_DATA: self.host_data} if self.host_data else {}),
         }
 
     @classmethod
@@ -239,6 +282,9 @@ class ModuleClaims:
         user_data = _req(c, USER_DATA, bytes, "user data")
         if len(user_data) > MAX_USER_DATA:
             raise MalformedToken("user data is over its size limit")
+        host_data = c.get(HOST_DATA, b"")
+        if not isinstance(host_data, bytes) or len(host_data) > MAX_HOST_DATA:
+            raise MalformedToken("claim 'host data' is not a byte string within its size limit")
         pkey = c.get(PROVISIONING_KEY)
         cose.x25519_public_bytes(pkey)
         pq = c.get(PROVISIONING_KEY_PQ)
@@ -255,6 +301,7 @@ class ModuleClaims:
             iat=_req(c, IAT, int, "iat"),
             user_data=user_data,
             provisioning_key_pq=pq,
+            host_data=host_data,
         )
 
 

@@ -36,6 +36,7 @@ def describe(data: bytes) -> dict[str, Any]:
             "hwmodel": platform.hwmodel,
             "lifecycle": platform.lifecycle,
             "secure_boot": platform.secure_boot,
+            "rollback_protection": platform.rollback_protection,
             "boot_log": [
                 {
                     "component": e.component,
@@ -69,6 +70,7 @@ def describe(data: bytes) -> dict[str, Any]:
             "config": module.config.hex(),
             "provisioning_key": module.provisioning_key[-2].hex(),
             "user_data": module.user_data.hex(),
+            "host_data": module.host_data.hex(),
             "iat": module.iat,
         },
     }

@@ -48,7 +48,16 @@ _TRUST = frozenset({"ca", "reference_values", "verifier"})
 EAR_STATUSES = ("affirming", "warning")  # what min_ear_status may ask for
 _SECRET = frozenset({"name", "value_hex", "value_file", "allow", "policy"})
 # The default policy reads these `allow` keys; a custom policy may read others.
-_DEFAULT_ALLOW = frozenset({"measurements", "names", "lifecycles", "vtees", "min_ear_status"})
+_DEFAULT_ALLOW = frozenset(
+    {
+        "measurements",
+        "names",
+        "lifecycles",
+        "vtees",
+        "min_ear_status",
+        "require_rollback_protection",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -277,6 +286,8 @@ def _allow(f: _Fields, value: Any, where: str, *, custom: bool) -> dict[str, Any
     status = out.get("min_ear_status")
     if status is not None and status not in EAR_STATUSES:
         raise f.error(f"{where}.min_ear_status", f"must be one of {list(EAR_STATUSES)}")
+    if not isinstance(out.get("require_rollback_protection", False), bool):
+        raise f.error(f"{where}.require_rollback_protection", "must be true or false")
     for i, lc in enumerate(out.get("lifecycles", [])):
         if lc not in LIFECYCLES:
             raise f.error(f"{where}.lifecycles[{i}]", f"{lc!r} is not one of {list(LIFECYCLES)}")

@@ -5,7 +5,8 @@
 #   input: {"secret": NAME,
 #           "module": {"measurement": HEX, "endorsed_names": [NAME, ...]},
 #           "platform": {"lifecycle": "emulated" | "debug" | "secured",
-#                        "vtee_id": HEX, "vtee_name": NAME, "ueid": HEX, "secure_boot": BOOL},
+#                        "vtee_id": HEX, "vtee_name": NAME, "ueid": HEX, "secure_boot": BOOL,
+#                        "rollback_protection": "none" | "host-file" | "rpmb" | "tpm-nv"},
 #           "ear": {"status": "affirming" | "warning" | ...}}   (only with trust.verifier)
 #   data.allow: the secret's `allow` block from the service configuration
 #
@@ -23,6 +24,7 @@ allow if {
 	lifecycle_allowed
 	vtee_allowed
 	ear_allowed
+	rollback_allowed
 }
 
 # The module: its measurement is listed, or the service's reference values endorse that
@@ -46,6 +48,13 @@ lifecycle_allowed if input.platform.lifecycle in lifecycles
 vtee_allowed if not data.allow.vtees
 
 vtee_allowed if input.platform.vtee_name in data.allow.vtees
+
+# Rollback protection: any, unless the secret requires counters the host cannot roll back
+# (require_rollback_protection: true). The emulated device's are a file of its user
+# ("host-file"): whoever acts as that user can restore older sealed state with them.
+rollback_allowed if not data.allow.require_rollback_protection
+
+rollback_allowed if input.platform.rollback_protection in {"rpmb", "tpm-nv"}
 
 # The verifier's result: any, unless the secret asks for a minimum status.
 default ear_status := "absent"
@@ -74,6 +83,14 @@ reasons contains msg if {
 	msg := sprintf(
 		"module %s is not an allowed measurement, and no allowed name endorses it (endorsed names: %v)",
 		[input.module.measurement, input.module.endorsed_names],
+	)
+}
+
+reasons contains msg if {
+	not rollback_allowed
+	msg := sprintf(
+		"the device's rollback protection is '%v'; the secret requires it in hardware (rpmb, tpm-nv)",
+		[input.platform.rollback_protection],
 	)
 }
 

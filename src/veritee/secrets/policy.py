@@ -43,6 +43,7 @@ _SAMPLE_INPUT: Mapping[str, Any] = {
         "vtee_name": "default",
         "ueid": "01" + "00" * 32,
         "secure_boot": True,
+        "rollback_protection": "rpmb",
     },
 }
 

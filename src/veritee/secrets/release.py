@@ -169,6 +169,8 @@ def policy_input(secret: str, verified: Verified, trust: Trust) -> dict[str, Any
             "vtee_name": platform.vtee_name,
             "ueid": platform.ueid.hex(),
             "secure_boot": platform.secure_boot,
+            # "host-file" for the emulated device: its counters can be rolled back by its user.
+            "rollback_protection": verified.rollback_protection,
         },
     }
 

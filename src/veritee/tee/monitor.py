@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from veritee.errors import BootError, DeviceError, Error, UsageError
 from veritee.evidence import cose
-from veritee.evidence.claims import BootEntry, PlatformClaims, encode_claims
+from veritee.evidence.claims import ROLLBACK_HOST_FILE, BootEntry, PlatformClaims, encode_claims
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.tee import boot, device, keys, protocol, vtees
 
@@ -84,6 +84,7 @@ class Monitor:
             ueid=self.info.ueid,
             lifecycle=self.lifecycle,
             secure_boot=self.secure_boot,
+            rollback_protection=ROLLBACK_HOST_FILE,  # the emulated RPMB: a file of the user's
             boot_log=tuple(self.boot_entries),
             vtee_id=vtee_id,
             vtee_name=name,

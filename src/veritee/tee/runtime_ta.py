@@ -246,9 +246,19 @@ def run(
     return int(reply["exit"]), bytes(cbor2.dumps(body))
 
 
-def attest(vtee: VteeIdentity, loaded: LoadedModule, nonce: bytes, user_data: bytes) -> bytes:
-    """Evidence over ``nonce``: platform token, vtee token, and a fresh module token."""
-    return loaded.attester(vtee.platform_token).evidence(nonce, user_data)
+def attest(
+    vtee: VteeIdentity,
+    loaded: LoadedModule,
+    nonce: bytes,
+    *,
+    user_data: bytes = b"",
+    host_data: bytes = b"",
+) -> bytes:
+    """Evidence over ``nonce``: platform token, vtee token, and a fresh module token.
+
+    ``user_data`` from the secure world only (the TLS TA's key binding); ``host_data`` is
+    what the normal world's ATTEST asked for (see services.Attester.evidence)."""
+    return loaded.attester(vtee.platform_token).evidence(nonce, user_data, host_data=host_data)
 
 
 def parse_limits(

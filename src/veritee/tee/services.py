@@ -21,7 +21,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from veritee.errors import EvidenceError, SealingError, UsageError
 from veritee.evidence import cose, provisioning
-from veritee.evidence.claims import MAX_USER_DATA, Evidence, ModuleClaims, encode_claims
+from veritee.evidence.claims import (
+    MAX_HOST_DATA,
+    MAX_USER_DATA,
+    Evidence,
+    ModuleClaims,
+    encode_claims,
+)
 from veritee.tee.sealing import Sealer
 from veritee.wasm import hostfns
 from veritee.wasm.hostfns import HostError
@@ -48,12 +54,19 @@ class Attester:
     name: str
     keys: provisioning.ProvisioningKeys
 
-    def evidence(self, nonce: bytes, user_data: bytes) -> bytes:
-        """Evidence over ``nonce``; raise UsageError for a nonce or user data of a bad size."""
+    def evidence(self, nonce: bytes, user_data: bytes = b"", *, host_data: bytes = b"") -> bytes:
+        """Evidence over ``nonce``; raise UsageError for a nonce or data of a bad size.
+
+        ``user_data`` only from inside the TEE (the module, the secure world); what the
+        normal world asks to be carried is ``host_data``, a claim of its own, so no host can
+        make an endorsed module's token vouch for data of its choosing.
+        """
         if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
             raise UsageError(f"nonce must be {NONCE_MIN} to {NONCE_MAX} bytes, got {len(nonce)}")
         if len(user_data) > MAX_USER_DATA:
             raise UsageError(f"user data must be at most {MAX_USER_DATA} bytes")
+        if len(host_data) > MAX_HOST_DATA:
+            raise UsageError(f"host data must be at most {MAX_HOST_DATA} bytes")
         claims = ModuleClaims(
             nonce=nonce,
             measurement=self.measurement,
@@ -63,6 +76,7 @@ class Attester:
             iat=int(time.time()),
             user_data=user_data,
             provisioning_key_pq=self.keys.pq_public_claim(),
+            host_data=host_data,
         )
         token = cose.sign1(encode_claims(claims), self.key)
         return Evidence(self.platform_token, self.vtee_token, token).encode()

@@ -26,7 +26,7 @@ SYSTEM_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:system"))
 
 CMD_LOAD = 0x1  # p0 in: module bytes; p1 in: CBOR load config; p2 out: CBOR module info
 CMD_RUN = 0x2  # p0 in: CBOR run request; p1 out: CBOR result; p2 value out: a = exit code
-CMD_ATTEST = 0x3  # p0 in: nonce; p1 in: user data; p2 out: evidence (CBOR)
+CMD_ATTEST = 0x3  # p0 in: nonce; p1 in: host data; p2 out: evidence (CBOR)
 CMD_INFO = 0x4  # p0 out: CBOR module info
 CMD_STATUS = 0x10  # system TA; p0 out: CBOR status
 
@@ -103,12 +103,13 @@ class WasmSession:
             truncated=result["truncated"],
         )
 
-    def attest(self, nonce: bytes, user_data: bytes = b"") -> bytes:
-        """Evidence for this module over the verifier's ``nonce``."""
+    def attest(self, nonce: bytes, host_data: bytes = b"") -> bytes:
+        """Evidence for this module over the verifier's ``nonce``; ``host_data`` lands in
+        the module token's host-data claim (chosen by the caller), never in its user data."""
         out = teec.memref_out(MAX_EVIDENCE_BYTES)
         self.session.invoke(
             CMD_ATTEST,
-            teec.Operation([teec.memref_in(nonce), teec.memref_in(user_data), out]),
+            teec.Operation([teec.memref_in(nonce), teec.memref_in(host_data), out]),
         )
         return out.buffer
 
@@ -131,7 +132,7 @@ def status(context: teec.Context) -> dict[str, Any]:
 
 APP_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:app-module"))
 CMD_APP_LOAD = 0x20  # p0 in: module; p1 in: CBOR config; p2 out: CBOR info
-CMD_APP_ATTEST = 0x21  # p0 in: nonce; p1 in: user data; p2 out: evidence
+CMD_APP_ATTEST = 0x21  # p0 in: nonce; p1 in: host data; p2 out: evidence
 CMD_APP_CONNECT = 0x22  # p0 in: statement signed with the deployment key; p1 out: state
 CMD_APP_DELIVER = 0x23  # p0 in: sealed event; p1 out: CBOR outcome
 CMD_APP_STATUS = 0x24  # p0 out: CBOR status
@@ -234,11 +235,11 @@ class AppSession:
         self.info = cbor2.loads(out.buffer)
         return self.info
 
-    def attest(self, nonce: bytes, user_data: bytes = b"") -> bytes:
+    def attest(self, nonce: bytes, host_data: bytes = b"") -> bytes:
         out = teec.memref_out(MAX_EVIDENCE_BYTES)
         self.session.invoke(
             CMD_APP_ATTEST,
-            teec.Operation([teec.memref_in(nonce), teec.memref_in(user_data), out]),
+            teec.Operation([teec.memref_in(nonce), teec.memref_in(host_data), out]),
         )
         return out.buffer
 

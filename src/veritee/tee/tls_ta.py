@@ -149,7 +149,7 @@ def _identity(world: SecureWorld, loaded: LoadedModule) -> Identity:
     binding = hashlib.sha256(certificate.spki_of(key.public_key())).digest()
 
     def evidence(nonce: bytes) -> bytes:
-        return runtime_ta.attest(world.identity, loaded, nonce, binding)
+        return runtime_ta.attest(world.identity, loaded, nonce, user_data=binding)
 
     def certify(nonce: bytes) -> bytes:
         now = dt.datetime.now(dt.UTC)

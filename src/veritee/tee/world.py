@@ -329,8 +329,9 @@ def _runtime(
         )
     if cmd == CMD_ATTEST:
         nonce = _memref(params, 0)["buf"]
-        user_data = _memref(params, 1)["buf"]
-        evidence = runtime_ta.attest(world.identity, loaded, nonce, user_data)
+        # The normal world's data goes into host-data, never user-data (issue 18, 11a).
+        host_data = _memref(params, 1)["buf"]
+        evidence = runtime_ta.attest(world.identity, loaded, nonce, host_data=host_data)
         return _reply(params, {2: _out(params, 2, evidence)})
     if cmd == CMD_INFO:
         return _reply(params, {0: _out(params, 0, bytes(cbor2.dumps(loaded.info())))})
@@ -386,7 +387,7 @@ def _app(
     relay = lambda rpc: _relay(sock, rpc)  # noqa: E731 - one-line adapter
     if cmd == CMD_APP_ATTEST:
         evidence = loaded.attester(world.identity.platform_token).evidence(
-            _memref(params, 0)["buf"], _memref(params, 1)["buf"]
+            _memref(params, 0)["buf"], host_data=_memref(params, 1)["buf"]
         )
         return _reply(params, {2: _out(params, 2, evidence)})
     if cmd == CMD_APP_CONNECT:

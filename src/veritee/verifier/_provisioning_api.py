@@ -36,6 +36,9 @@ PREFIX = "/provisioning/v1"
 # A deployment with hundreds of reference values, CAs and a few policies is well under this;
 # anything bigger is refused before it is read.
 MAX_PROVISIONING_BYTES = 1024 * 1024
+# The operator's listing of sessions holds at most this many: one request must not read a
+# whole week of sessions into memory.
+MAX_SESSIONS_LISTED = 1000
 # Compiling a policy takes well under a second; a child that takes longer is stuck.
 POLICY_CHECK_TIMEOUT = 30.0
 
@@ -149,9 +152,11 @@ def install(app: FastAPI, v: Verifier) -> None:
     @app.get(f"{PREFIX}/sessions")
     async def sessions(request: Request) -> Response:
         authorise(request)
-        limit = request.query_params.get("limit", "50")
-        n = int(limit) if limit.isdigit() else 50
-        return _json({"sessions": v.store.recent_sessions(min(n, 1000))})
+        from veritee.verifier.service import bounded_number
+
+        limit = request.query_params.get("limit")
+        n = 50 if limit is None else bounded_number("limit", limit, 1, MAX_SESSIONS_LISTED)
+        return _json({"sessions": v.store.recent_sessions(n)})
 
 
 def _checked_policy(v: Verifier, name: str, rego: str) -> Policy:

@@ -43,6 +43,9 @@ class Submod:
     claims: dict[str, Any]
     vector: dict[str, int] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    # The rollback protection of the platform the submodule runs on, as appraised (one of
+    # veritee.evidence.claims.ROLLBACK_PROTECTIONS); None where the evidence does not say.
+    rollback_protection: str | None = None
 
 
 def b64url(data: bytes) -> str:

@@ -45,6 +45,14 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
         reasons.append(f"boot log lacks endorsed component(s): {sorted(missing)}")
     # The endorsed lifecycle (the chain's word, capping the token's), never the token's alone.
     hardware = AFFIRM if v.lifecycle == "secured" else WARN
+    # What the device reports keeps its counters, believed only as far as what it is: an
+    # emulated device's counters are a file of its user, whatever its token says.
+    rollback = v.rollback_protection
+    if rollback != p.rollback_protection:
+        reasons.append(
+            f"an emulated device reports '{p.rollback_protection}' rollback protection; "
+            f"it is appraised as '{rollback}'"
+        )
     platform = Submod(
         "platform",
         {
@@ -58,6 +66,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "vtee-config": p.vtee_config.hex(),
             "ca": v.ca_name,
             "boot": boot,
+            "rollback-protection": rollback,
         },
         {
             "instance_identity": AFFIRM,
@@ -66,6 +75,7 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "configuration": AFFIRM if p.secure_boot else WARN,
         },
         reasons,
+        rollback,
     )
 
     m = v.module
@@ -79,13 +89,21 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "endorsed-as": None if ref is None else {"name": ref.name, "version": ref.version},
             "provisioning-key": b64url(m.provisioning_key[-2]),
             "user-data": m.user_data.hex(),
+            # Chosen by whoever asked for the evidence, not by the module: never a binding.
+            "host-data": m.host_data.hex(),
             "vtee-name": p.vtee_name,
+            # The host directories the module may reach (its config digest covers them too).
+            "grants": [
+                {"host": host, "guest": guest, "writable": writable}
+                for host, guest, writable in v.vtee.grants
+            ],
         },
         {
             "instance_identity": AFFIRM,
             "hardware": hardware,
             "executables": AFFIRM if ref is not None else CONTRAINDICATED,
         },
+        rollback_protection=rollback,
     )
     if ref is None:
         module.reasons.append(

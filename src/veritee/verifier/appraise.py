@@ -25,7 +25,13 @@ hardware           2 lifecycle ``secured``; 32 ``emulated``, ``debug`` and PSA/C
                    states; 96 other PSA/CCA states. A module or realm inherits its platform's
 executables        2 every measurement endorsed; 96 one is not (named in the reasons)
 configuration      Veritee platform only: 2 secure boot on, 32 off
+storage-opaque     no claim; 96 when the policy sets ``require_rollback_protection`` and the
+                   platform's counters are not in hardware (``rpmb``, ``tpm-nv``)
 =================  ===========================================================================
+
+Every Veritee submodule carries its platform's rollback protection as appraised in
+``ear.veritee.rollback-protection`` (``host-file`` for the emulated device: its counters are a
+file that whoever acts as its user can roll back with older sealed state).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veritee.errors import EvidenceError
+from veritee.evidence.claims import HARDWARE_ROLLBACK_PROTECTIONS
 from veritee.evidence.errors import (
     BadSignature,
     BindingMismatch,
@@ -61,6 +68,7 @@ __all__ = [
     "FAILURE",
     "REASONS",
     "RESULT_VALIDITY_SECONDS",
+    "ROLLBACK_PROTECTION",
     "SUBMODS",
     "Context",
     "Failure",
@@ -78,6 +86,7 @@ SUBMODS: Mapping[Scheme, tuple[str, ...]] = {
 ANNOTATED = "ear.veraison.annotated-evidence"
 REASONS = "ear.veritee.reasons"
 FAILURE = "ear.veritee.failure"
+ROLLBACK_PROTECTION = "ear.veritee.rollback-protection"
 
 
 @dataclass(frozen=True)
@@ -155,11 +164,31 @@ def _judge(scheme: Scheme, submods: list[Submod], policy: Policy) -> list[tuple[
         judgement = judgements.get(s.name)
         if judgement is not None:
             s.vector = {**s.vector, **judgement.claims}
+        if judgements.require_rollback_protection:
+            _require_rollback_protection(s)
         status = ear.status_from_vector(ear.TrustVector(**s.vector))
         if judgement is not None and judgement.status is not None:
             status = max(status, judgement.status, key=ear.STATUSES.index)
         judged.append((s, status))
     return judged
+
+
+def _require_rollback_protection(s: Submod) -> None:
+    """The policy's knob: a platform whose counters the host can roll back is refused."""
+    if s.rollback_protection in HARDWARE_ROLLBACK_PROTECTIONS:
+        return
+    if ear.tier_of(s.vector.get("storage_opaque", 0)) != "contraindicated":
+        s.vector["storage_opaque"] = CONTRAINDICATED  # never better than the policy made it
+    said = (
+        "this platform's evidence does not say which it has"
+        if s.rollback_protection is None
+        else f"this platform's is '{s.rollback_protection}'"
+    )
+    needed = " or ".join(sorted(HARDWARE_ROLLBACK_PROTECTIONS))
+    s.reasons.append(
+        f"the policy requires rollback protection in hardware ({needed}); {said}: a host "
+        "that can roll its counters back has accepted events accepted again"
+    )
 
 
 def _outcome(
@@ -174,6 +203,8 @@ def _outcome(
         extensions: dict[str, Any] = {ANNOTATED: s.claims} if s.claims else {}
         if s.reasons:
             extensions[REASONS] = list(s.reasons)
+        if s.rollback_protection is not None:
+            extensions[ROLLBACK_PROTECTION] = s.rollback_protection
         submods[s.name] = ear.Appraisal(
             status=status,
             trust_vector=ear.TrustVector(**s.vector),

@@ -23,6 +23,10 @@ SESSION_MEDIA_TYPE = "application/vnd.veraison.challenge-response-session+json"
 NEW_SESSION = "/challenge-response/v1/newSession"
 WELL_KNOWN = "/.well-known/veraison/verification"
 PROVISIONING = "/provisioning/v1"
+# The header in which newSession hands its creator the session's deletion capability.
+CAPABILITY_HEADER = "Veritee-Session-Capability"
+# Capabilities this client remembers for the sessions it created (the oldest are forgotten).
+MAX_CAPABILITIES = 1024
 # Loopback answers in milliseconds; a verifier that takes this long is not coming back.
 DEFAULT_TIMEOUT = 30.0
 
@@ -38,6 +42,7 @@ class VerifierClient:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._capabilities: dict[str, str] = {}
 
     def __enter__(self) -> VerifierClient:
         return self
@@ -71,7 +76,16 @@ class VerifierClient:
         )
         location = response.headers.get("location", "")
         url = urljoin(f"{self.base_url}{NEW_SESSION}", location)
+        capability = response.headers.get(CAPABILITY_HEADER)
+        if capability is not None:
+            self._capabilities[url] = capability
+            while len(self._capabilities) > MAX_CAPABILITIES:
+                del self._capabilities[next(iter(self._capabilities))]
         return url, dict(response.json())
+
+    def capability(self, session_url: str) -> str | None:
+        """The deletion capability of a session this client created (None otherwise)."""
+        return self._capabilities.get(session_url)
 
     def submit(self, session_url: str, evidence: bytes, media_type: str) -> dict[str, Any]:
         """Submit evidence; returns the completed session (``result`` holds the EAR)."""
@@ -86,8 +100,12 @@ class VerifierClient:
     def session(self, session_url: str) -> dict[str, Any]:
         return dict(self._request("GET", session_url).json())
 
-    def delete(self, session_url: str) -> None:
-        self._request("DELETE", session_url)
+    def delete(self, session_url: str, *, capability: str | None = None) -> None:
+        """Delete a session: one this client created, or with the ``capability`` its creator
+        received (the verifier refuses anyone else, 403 NotSessionCreator)."""
+        given = capability or self._capabilities.get(session_url)
+        headers = {CAPABILITY_HEADER: given} if given else {}
+        self._request("DELETE", session_url, headers=headers)
 
     def attest(self, build: EvidenceBuilder, *, nonce_size: int = 32) -> str:
         """The whole exchange: new session, evidence over its nonce, the EAR back (a JWT)."""

@@ -68,6 +68,17 @@ class BadNonceRequest(VerifierError):
     """``nonce`` / ``nonceSize`` in a new-session request are malformed or out of range."""
 
 
+class BadQueryParameter(VerifierError):
+    """A numeric query parameter is not a plain decimal number in its range."""
+
+
+class NotSessionCreator(VerifierError):
+    """A session is deleted only with the capability its creator received: this request
+    did not bring it (a stranger who saw the session id)."""
+
+    http_status = 403
+
+
 class UnsupportedMediaType(VerifierError):
     """The evidence's media type is not one this verifier appraises."""
 
@@ -131,6 +142,7 @@ class VerifierRefused(Error):
 
 __all__ = [
     "BadNonceRequest",
+    "BadQueryParameter",
     "BadRequestBody",
     "BodyTooLarge",
     "CaRevoked",
@@ -138,6 +150,7 @@ __all__ = [
     "NonceAlreadyUsed",
     "NotAcceptable",
     "NotFound",
+    "NotSessionCreator",
     "PolicyCompileError",
     "PolicyFailed",
     "ProvisioningError",

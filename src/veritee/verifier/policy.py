@@ -17,6 +17,10 @@ The contract a policy is written against (see docs/verifier.md):
   ``hardware.platform := 32 if ...`` or ``hardware[name] := 96 if { some name, _ in
   input.submods; ... }``; a code given replaces the verifier's. ``status`` likewise maps a
   submodule to a tier name, which can make its status worse than its vector, never better.
+* ``require_rollback_protection`` (a knob, false if undefined): when true, every submodule of
+  a platform whose rollback protection is not in hardware (``rpmb``, ``tpm-nv``: the
+  emulated device's ``host-file`` counters are not, nor evidence that does not say, as
+  PSA's and CCA's) gets ``storage_opaque`` 96, contraindicated, with the reason.
   Other rules are the policy's own helpers and are ignored.
 
 Policies judge evidence whose signatures, chain and nonce already checked out: a
@@ -54,6 +58,9 @@ CLAIMS = (
 )
 DEFAULT_NAME = "default"
 STRICT_NAME = "strict"
+# The policy's knob (a boolean rule) that refuses platforms without hardware rollback
+# protection: a host that can roll counters back has events it accepted accepted again.
+REQUIRE_ROLLBACK_PROTECTION = "require_rollback_protection"
 
 DEFAULT_POLICY = """\
 # Veritee's default appraisal policy ("default").
@@ -84,6 +91,12 @@ configuration.platform := 96 if {
 # PSA and CCA platforms in a debug lifecycle state are accepted with a warning (the verifier
 # computes 32 for them); every other non-secured state is contraindicated (the verifier
 # computes 96). Nothing to change here: listed so the decision is written down.
+
+# Rollback protection is NOT required: an emulated device keeps its counters in a file of its
+# user ("host-file"), who can restore it with older sealed state. Results say so in
+# ear.veritee.rollback-protection; a policy that needs counters the host cannot roll back
+# sets this to true (and the verifier then contraindicates storage-opaque).
+require_rollback_protection := false
 """
 
 STRICT_POLICY = """\
@@ -122,6 +135,17 @@ class Judgement:
     status: str | None = None
 
 
+@dataclass(frozen=True)
+class Judgements:
+    """What a policy decided: a :class:`Judgement` per submodule it judged, and its knobs."""
+
+    by_submod: Mapping[str, Judgement] = field(default_factory=dict)
+    require_rollback_protection: bool = False
+
+    def get(self, submod: str) -> Judgement | None:
+        return self.by_submod.get(submod)
+
+
 # Builtins whose answer depends on more than the input (the clock, chance, the network, the
 # runtime). A policy that calls none of them is a pure function of its input.
 _IMPURE = re.compile(
@@ -152,7 +176,7 @@ class Policy:
             raise PolicyCompileError(str(exc)) from None
         self.pure = _IMPURE.search(rego) is None
         self._remember = remember if self.pure else 0
-        self._decisions: OrderedDict[str, Mapping[str, Judgement]] = OrderedDict()
+        self._decisions: OrderedDict[str, Judgements] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -160,7 +184,7 @@ class Policy:
         """What results carry as ``ear.appraisal-policy-id``: name and a digest of the text."""
         return f"policy:{self.name}@{self.digest[:12]}"
 
-    def judge(self, value: Mapping[str, Any]) -> Mapping[str, Judgement]:
+    def judge(self, value: Mapping[str, Any]) -> Judgements:
         """Query the policy; a judgement per submodule it judged. Raise :class:`PolicyFailed`."""
         if not self._remember:
             return self._query(value)
@@ -182,12 +206,12 @@ class Policy:
                 self._decisions.popitem(last=False)
         return decided
 
-    def _query(self, value: Mapping[str, Any]) -> Mapping[str, Judgement]:
+    def _query(self, value: Mapping[str, Any]) -> Judgements:
         try:
             text = self._rego.query(value)
         except RegoQueryFailed as exc:
             raise PolicyFailed(str(exc)) from None
-        return types.MappingProxyType(dict(_judgements(self.name, text)))
+        return _judgements(self.name, text)
 
 
 def _plain(value: Any) -> Any:
@@ -220,15 +244,18 @@ def compile_policy(name: str, rego: str) -> Policy:
     return policy
 
 
-def _judgements(name: str, text: str) -> Mapping[str, Judgement]:
+def _judgements(name: str, text: str) -> Judgements:
     if text.strip() == "undefined":
-        return {}  # no package veritee: nothing to change
+        return Judgements()  # no package veritee: nothing to change
     try:
         document = json.loads(text)["bindings"]["x"]
     except (ValueError, KeyError, TypeError):
         raise PolicyFailed(f"policy {name!r} returned something that is not a document") from None
     if not isinstance(document, dict):
         raise PolicyFailed(f"policy {name!r}: data.{PACKAGE} is not an object")
+    require_rollback = document.get(REQUIRE_ROLLBACK_PROTECTION, False)
+    if not isinstance(require_rollback, bool):
+        raise PolicyFailed(f"policy {name!r} set '{REQUIRE_ROLLBACK_PROTECTION}' to a non-boolean")
     claims: dict[str, dict[str, int]] = {}
     statuses: dict[str, str] = {}
     for claim in (*CLAIMS, "status"):
@@ -248,10 +275,11 @@ def _judgements(name: str, text: str) -> Mapping[str, Judgement]:
             if not CLAIM_MIN <= value <= CLAIM_MAX:
                 raise PolicyFailed(f"policy {name!r} set '{claim}' to {value}, out of range")
             claims.setdefault(submod, {})[claim] = value
-    return {
+    by_submod = {
         submod: Judgement(claims.get(submod, {}), statuses.get(submod))
         for submod in {*claims, *statuses}
     }
+    return Judgements(types.MappingProxyType(by_submod), require_rollback)
 
 
 def main() -> None:

@@ -41,10 +41,12 @@ from veritee.verifier import credentials, ear, metrics
 from veritee.verifier.endorsements import Endorsements
 from veritee.verifier.errors import (
     BadNonceRequest,
+    BadQueryParameter,
     BadRequestBody,
     BodyTooLarge,
     NonceAlreadyUsed,
     NotAcceptable,
+    NotSessionCreator,
     SessionAlreadyUsed,
     SessionExpired,
     SessionNotFound,
@@ -59,6 +61,7 @@ from veritee.verifier.store import (
     COMPLETE,
     DELETED,
     FAILED,
+    MAX_STORED_EVIDENCE_BYTES,
     RECORDED,
     TAKEN,
     WAITING,
@@ -77,6 +80,9 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 NEW_SESSION_PATH = "/challenge-response/v1/newSession"
 SESSION_PATH = "/challenge-response/v1/session/{session_id}"
 WELL_KNOWN_PATH = "/.well-known/veraison/verification"
+# newSession's answer carries the session's deletion capability here, to its creator only;
+# DELETE asks for it back in the same header (see sessions.Tickets.capability).
+CAPABILITY_HEADER = "Veritee-Session-Capability"
 
 # Evidence is a few KiB (Veritee evidence: about 2 KiB; CCA tokens: about 2 KiB); the token
 # parsers refuse more than 64 KiB, so nothing larger is read at all: an attacker-sized body
@@ -86,6 +92,9 @@ MAX_EVIDENCE_BYTES = 64 * 1024
 NONCE_MIN_BYTES = 8
 NONCE_MAX_BYTES = 64
 DEFAULT_NONCE_BYTES = 32
+# A numeric query parameter (nonceSize, limit) of more digits than this is refused before it
+# is converted: int() of a 5,000-digit string raises, and that was a 500.
+MAX_NUMBER_DIGITS = 6
 # Veraison's default session lifetime: long enough to produce evidence, short enough that a
 # stolen nonce is soon useless.
 DEFAULT_SESSION_TTL = 150.0
@@ -276,7 +285,8 @@ async def new_session(v: Verifier, request: Request) -> Response:
     metrics.SESSIONS.inc()
     v.maybe_purge(now)
     record = SessionRecord(ticket.id, nonce, ticket.created, ticket.expiry, WAITING)
-    return _session_response(record, 201, {"Location": f"session/{ticket.id}"})
+    headers = {"Location": f"session/{ticket.id}", CAPABILITY_HEADER: v.tickets.capability(ticket)}
+    return _session_response(record, 201, headers)
 
 
 async def submit(v: Verifier, session_id: str, request: Request) -> Response:
@@ -311,6 +321,10 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
         )
         refused: MalformedToken | None = None
         verdict: dict[str, str] | None = None
+        # Only evidence that a trusted device signed is kept with its session: the body of a
+        # refused or forged submission is anybody's bytes, and was stored for a week (300
+        # garbage submissions grew the database by 18 MB).
+        kept: bytes | None = None
         try:
             outcome = appraisal.appraise(evidence, media_type, ticket.nonce, context)
         except MalformedToken as err:
@@ -321,6 +335,8 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
             token = ear.sign(outcome.result, v.key, kid=v.kid)
             if outcome.failure is not None:
                 verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
+            elif len(evidence) <= MAX_STORED_EVIDENCE_BYTES:
+                kept = evidence
             record = {"status": COMPLETE, "result": token, "outcome": outcome.status}
         recorded = await v.in_store(
             _record,
@@ -328,7 +344,7 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
             ticket,
             generation,
             media_type=media_type,
-            evidence=evidence,
+            evidence=kept,
             failure=verdict,
             **record,
         )
@@ -432,8 +448,15 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
         return _session_response(dataclasses.replace(stored, id=ticket.id), 200)
 
     @app.delete(SESSION_PATH)
-    async def delete_session(session_id: str) -> Response:
+    async def delete_session(session_id: str, request: Request) -> Response:
         ticket = _ticket(v, session_id)
+        # Whoever saw the id could delete the session (and so void its creator's result): only
+        # the capability newSession gave its creator deletes it.
+        if not v.tickets.holds(ticket, request.headers.get(CAPABILITY_HEADER)):
+            raise NotSessionCreator(
+                f"only the creator of session {session_id[:80]} may delete it: send the "
+                f"{CAPABILITY_HEADER} header its newSession answer carried"
+            )
         deleted = await v.in_store(
             v.store.delete_session, ticket.key, ticket.nonce, ticket.created, ticket.expiry
         )
@@ -483,14 +506,30 @@ def _nonce(request: Request, allow_client_nonce: bool) -> bytes:
                 f"nonce must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes; got {len(nonce)}"
             )
         return nonce
-    n = DEFAULT_NONCE_BYTES
-    if size is not None:
-        if not size.isdigit() or not NONCE_MIN_BYTES <= int(size) <= NONCE_MAX_BYTES:
-            raise BadNonceRequest(
-                f"nonceSize must be in range {NONCE_MIN_BYTES}..{NONCE_MAX_BYTES}"
-            )
-        n = int(size)
+    if size is None:
+        return os.urandom(DEFAULT_NONCE_BYTES)
+    n = number(size)
+    if n is None or not NONCE_MIN_BYTES <= n <= NONCE_MAX_BYTES:
+        raise BadNonceRequest(
+            f"nonceSize must be a decimal number in range {NONCE_MIN_BYTES}..{NONCE_MAX_BYTES}"
+        )
     return os.urandom(n)
+
+
+def number(text: str) -> int | None:
+    """``text`` as a non-negative decimal number, or None if it is not one of at most
+    MAX_NUMBER_DIGITS ASCII digits (not "1e3", "-1", "٣", nor thousands of digits)."""
+    if not 0 < len(text) <= MAX_NUMBER_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def bounded_number(name: str, text: str, low: int, high: int) -> int:
+    """The query parameter ``name`` as a number in ``low..high``; raise BadQueryParameter."""
+    n = number(text)
+    if n is None or not low <= n <= high:
+        raise BadQueryParameter(f"{name} must be a decimal number in range {low}..{high}")
+    return n
 
 
 def _b64decode(text: str) -> bytes:
@@ -508,8 +547,14 @@ def _b64decode(text: str) -> bytes:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused past ``limit`` bytes before it is all read."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the body is {declared} bytes, over the {limit}-byte limit")
+    # A length of more digits than the limit's is over it: never int() thousands of digits.
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and (len(declared.lstrip("0")) > len(str(limit)) or int(declared) > limit)
+    ):
+        raise BodyTooLarge(f"the body is {declared[:20]} bytes, over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -585,6 +630,7 @@ def _path(value: str | None) -> Path | None:
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     406: "Not Acceptable",

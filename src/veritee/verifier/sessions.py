@@ -13,7 +13,11 @@ like the signing key). So:
 * the database holds a session from its one submission on (or from its deletion, as a
   tombstone), under the tag as key; the unique key and the unique nonce are what make a
   session, and a nonce, good for one submission. Rows go when the retention after their
-  expiry ends, and an id whose expiry has passed is refused anyway.
+  expiry ends, and an id whose expiry has passed is refused anyway;
+* the id names a session to whoever sees it (a relying party, a log, a proxy), but only its
+  creator may delete it: newSession hands the creator alone a *capability*, the first
+  16 bytes of HMAC-SHA256 under the same key over the tag and another context, and DELETE
+  asks for it. It too is derived, never stored.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ VERSION = 1
 TAG_BYTES = 16
 _HEAD = struct.Struct(">BQQ")  # version, created ms, expiry ms
 _CONTEXT = b"veritee verifier session v1"
+# Another context, so a capability is never a session tag, nor a tag a capability.
+_CAPABILITY_CONTEXT = b"veritee verifier session capability v1"
+# A presented capability longer than this is none (base64url of 16 bytes is 22 characters):
+# a stranger's oversized header costs one comparison of bounded length.
+MAX_CAPABILITY_CHARS = 64
 # The longest id: 17 header + 64 nonce + 16 tag bytes, base64url without padding.
 MAX_ID_CHARS = 4 * (_HEAD.size + 64 + TAG_BYTES) // 3 + 4
 
@@ -74,6 +83,22 @@ class Tickets:
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != sid:
             return None
         return self._ticket(sid, body, tag)
+
+    def capability(self, ticket: Ticket) -> str:
+        """What only the creator of ``ticket``'s session receives, and DELETE asks for."""
+        return base64.urlsafe_b64encode(self._capability(ticket)).rstrip(b"=").decode()
+
+    def holds(self, ticket: Ticket, presented: str | None) -> bool:
+        """Whether ``presented`` is ``ticket``'s capability (compared in constant time)."""
+        if presented is None or not 0 < len(presented) <= MAX_CAPABILITY_CHARS:
+            return False
+        if not presented.isascii():
+            return False
+        return hmac.compare_digest(presented.encode(), self.capability(ticket).encode())
+
+    def _capability(self, ticket: Ticket) -> bytes:
+        tag = bytes.fromhex(ticket.key)
+        return hmac.digest(self._key, _CAPABILITY_CONTEXT + tag, "sha256")[:TAG_BYTES]
 
     def _tag(self, body: bytes) -> bytes:
         return hmac.digest(self._key, _CONTEXT + body, "sha256")[:TAG_BYTES]

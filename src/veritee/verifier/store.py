@@ -66,6 +66,14 @@ WAL_RESTART_FRAMES = 4096
 WAL_RESTART_WAIT_MS = 200
 # Expired sessions are deleted this many to a transaction (see Store.purge_sessions).
 PURGE_BATCH = 500
+# What a session keeps is bounded, so whoever can reach newSession cannot grow the database
+# by more than a small row per submission (300 garbage submissions once grew it by 18 MB):
+# evidence only if a trusted device signed it and it is no bigger than this (Veritee, PSA and
+# CCA evidence are 1 to 3 KiB; the service does not keep refused or forged bodies at all);
+MAX_STORED_EVIDENCE_BYTES = 8 * 1024
+# a failed check's name and reason cut to these lengths (they may quote the submission).
+MAX_STORED_CHECK_CHARS = 64
+MAX_STORED_REASON_CHARS = 300
 
 _T = TypeVar("_T")
 
@@ -296,7 +304,7 @@ class Store:
         generation: int,
         status: str,
         media_type: str,
-        evidence: bytes,
+        evidence: bytes | None,
         result: str | None,
         outcome: str,
         failure: dict[str, str] | None,
@@ -314,10 +322,12 @@ class Store:
             "expiry": expiry,
             "status": status,
             "media_type": media_type,
-            "evidence": evidence,
+            "evidence": None
+            if evidence is None or len(evidence) > MAX_STORED_EVIDENCE_BYTES
+            else evidence,
             "result": result,
             "outcome": outcome,
-            "failure": None if failure is None else json.dumps(failure),
+            "failure": None if failure is None else json.dumps(_bounded_failure(failure)),
         }
 
         def record(cursor: Any) -> str:
@@ -827,6 +837,13 @@ def _tombstone(key: str, nonce: bytes, created: float, expiry: float) -> dict[st
     row: dict[str, Any] = dict.fromkeys(_SESSION_COLUMNS)
     row.update(id=key, nonce=nonce, created=created, expiry=expiry, status=DELETED)
     return row
+
+
+def _bounded_failure(failure: dict[str, str]) -> dict[str, str]:
+    return {
+        "check": str(failure.get("check", ""))[:MAX_STORED_CHECK_CHARS],
+        "reason": str(failure.get("reason", ""))[:MAX_STORED_REASON_CHARS],
+    }
 
 
 def _locked(exc: Exception) -> bool:
