@@ -240,3 +240,217 @@ def test_the_owners_succession_still_carries_the_state_and_secret_across(owned: 
         assert heir.public("steal", b"").reply == SECRET  # the owner allowed this build
         assert heir.info["key"] == owned.vault.info["key"]
         heir.close()
+
+
+# -- 10. the node agent's API takes anyone -------------------------------------------------------
+
+NODE = "n1"
+
+
+@dataclass
+class Deployed:
+    """The vault app deployed for real: a node agent process, its secure world, the CLI."""
+
+    home: Any  # tests.test_app_deploy.SmartHome
+    url: str
+    owner: ec.EllipticCurvePrivateKey
+    thief: Path
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]) -> Iterator[Any]:
+    from veritee.app import state as state_mod
+    from veritee.app.cluster import LocalCluster
+
+    from .test_app_deploy import deploy_locally
+
+    workdir = tmp_path_factory.mktemp("attack-app")
+    cluster = LocalCluster(workdir / "cluster", names=(NODE,), verifier=False)
+    cluster.start()
+    try:
+        home = deploy_locally(
+            cluster,
+            workdir,
+            APP,
+            {
+                "vault": (NODE, wasm("tests/assets/c/app_vault.c")),
+                "sender": (NODE, wasm("tests/assets/c/app_sender.c")),
+            },
+            [
+                {
+                    "from_module": "sender",
+                    "from_output": "pressed",
+                    "to_module": "vault",
+                    "to_input": "pressed",
+                },
+                {"name": "reveal", "direct": True, "to_module": "vault", "to_handler": "reveal"},
+            ],
+        )
+        home.ok("call", "vault", "store", SECRET.decode())
+        assert home.ok("request", "reveal").strip() == SECRET.decode()
+        yield Deployed(
+            home,
+            cluster.nodes[NODE].url,
+            state_mod.load_keys(home.state).deployment,
+            wasm("tests/assets/c/app_vault.c", "THIEF"),
+        )
+    finally:
+        cluster.stop()
+
+
+def _send(
+    url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    signer: ec.EllipticCurvePrivateKey | None = None,
+    app: str = APP,
+    **sign: Any,
+) -> Any:
+    import cbor2
+    import httpx
+
+    content = bytes(cbor2.dumps(body)) if body is not None else b""
+    headers = {"content-type": "application/cbor"}
+    if signer is not None:
+        from veritee.app import auth
+
+        headers[auth.HEADER] = auth.sign(
+            signer,
+            app=app,
+            node=sign.pop("node", NODE),
+            method=method,
+            path=sign.pop("signed_path", path),
+            body=sign.pop("signed_body", content),
+            **sign,
+        )
+    return httpx.request(method, url + path, content=content, headers=headers, timeout=60)
+
+
+def _stranger_takes_the_vault(d: Deployed, signer: ec.EllipticCurvePrivateKey | None) -> Any:
+    """What the stranger of attack 10 did: its own build as the vault's "successor", under
+    its own key, activated, then asked for the secret on a public endpoint. Returns the
+    first response that refused; raises if the secret came out."""
+    from veritee.evidence.deployment import Succession, sign_succession
+
+    rogue = signer or ec.generate_private_key(ec.SECP256R1())
+    thief = d.thief.read_bytes()
+    vault = measure(d.home.binaries["vault"].read_bytes())
+    statement = sign_succession(Succession(APP, "vault", vault, measure(thief)), rogue)
+    body = {"wasm": thief, "deployment_key": _raw(rogue), "succession": statement}
+    path = f"/v1/apps/{APP}/modules/vault"
+    for method, p, b in (
+        ("PUT", f"{path}?staged=true", body),
+        ("POST", f"{path}/activate", {"retire": []}),
+    ):
+        response = _send(d.url, method, p, b, signer)
+        if response.status_code != 200:
+            return response
+    import httpx
+
+    stolen = httpx.get(f"{d.url}/v1/public/{APP}/vault/steal", timeout=30).content
+    raise AssertionError(f"a stranger replaced the vault with its own build and read {stolen!r}")
+
+
+def _owner_still_owns(d: Deployed) -> None:
+    assert d.home.ok("request", "reveal").strip() == SECRET.decode()
+    dep = d.home.status()
+    assert {m["name"]: m["running"] for m in dep["modules"]} == {"vault": True, "sender": True}
+    vault = next(m for m in dep["modules"] if m["name"] == "vault")
+    assert vault["measurement"] == measure(d.home.binaries["vault"].read_bytes()).hex()
+
+
+def test_a_stranger_cannot_replace_a_module_through_the_agents_api(deployed: Deployed) -> None:
+    refused = _stranger_takes_the_vault(deployed, None)
+    assert refused.status_code == 401, refused.text
+    # Signing with a key of its own makes it no owner of the app.
+    refused = _stranger_takes_the_vault(deployed, ec.generate_private_key(ec.SECP256R1()))
+    assert refused.status_code == 403, refused.text
+    _owner_still_owns(deployed)
+
+
+ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("PUT", "/v1/apps/{app}", {"node": NODE, "peers": {}}),
+    ("GET", "/v1/apps/{app}/status", None),
+    ("PUT", "/v1/apps/{app}/modules/vault", {"wasm": b"\0asm", "deployment_key": b"k"}),
+    ("POST", "/v1/apps/{app}/modules/vault/attest", {"nonce": b"n" * 32}),
+    ("POST", "/v1/apps/{app}/modules/vault/connect", {"statement": b"s", "route": {}}),
+    ("POST", "/v1/apps/{app}/modules/vault/activate", {"retire": []}),
+    ("POST", "/v1/apps/{app}/modules/vault/discard", {}),
+    ("POST", "/v1/apps/{app}/modules/vault/disable", {"retire": []}),
+    ("POST", "/v1/apps/{app}/retire", {"retire": [b"\1" * 16]}),
+    ("PUT", "/v1/apps/{app}/periodic", {"events": []}),
+    ("POST", "/v1/apps/{app}/modules/vault/inject", {"event": b"e"}),
+]
+
+
+def test_every_route_about_an_app_refuses_strangers_and_other_apps_owners(
+    deployed: Deployed,
+) -> None:
+    """On every route: unsigned 401; signed by another app's owner (a real one, with its
+    own app on this node), 403; nothing of the owner's changed."""
+    other = ec.generate_private_key(ec.SECP256R1())
+    created = _send(deployed.url, "PUT", "/v1/apps/other-app", {"node": NODE, "peers": {}},
+                    other, app="other-app")  # fmt: skip
+    assert created.status_code == 200, created.text  # a new app is anyone's own
+    for method, path, body in ROUTES:
+        p = path.format(app=APP)
+        assert _send(deployed.url, method, p, body).status_code == 401, p
+        assert _send(deployed.url, method, p, body, other).status_code == 403, p
+        # Nor can it sign as its own app a request about the vault's.
+        mixed = _send(deployed.url, method, p, body, other, app="other-app")
+        assert mixed.status_code == 401, (p, mixed.text)
+    _owner_still_owns(deployed)
+
+
+def test_users_requests_reach_only_their_own_apps_connections(deployed: Deployed) -> None:
+    """The user's routes name no app: the signature does, and the connection must be its."""
+    from veritee.app import state as state_mod
+
+    dep, tool = deployed.home.tool()
+    conn = dep.connection("reveal")
+    event = tool.seal(conn, b"?")
+    state_mod.save(deployed.home.state, dep)  # the counter it took
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert _send(deployed.url, "PUT", "/v1/apps/users-app", {"node": NODE, "peers": {}},
+                 other, app="users-app").status_code == 200  # fmt: skip
+    for method, path, body in (
+        ("POST", "/v1/request", {"event": event}),
+        ("POST", "/v1/events", {"event": event, "wait": True}),
+        ("GET", f"/v1/mailbox/{conn.conn.hex()}", None),
+    ):
+        assert _send(deployed.url, method, path, body).status_code == 401, path
+        refused = _send(deployed.url, method, path, body, other, app="users-app")
+        assert refused.status_code == 403, (path, refused.text)
+    assert _send(deployed.url, "GET", "/v1/status", None).status_code == 200
+    status = _send(deployed.url, "GET", "/v1/status", None)
+    import cbor2
+
+    assert cbor2.loads(status.content)["apps"] == {}  # anyone sees the node, no app
+    _owner_still_owns(deployed)
+
+
+def test_a_recorded_owners_request_cannot_be_replayed_or_reused(deployed: Deployed) -> None:
+    path = f"/v1/apps/{APP}/status"
+    nonce = os.urandom(16)
+    first = _send(deployed.url, "GET", path, None, deployed.owner, nonce=nonce)
+    assert first.status_code == 200, first.text
+    again = _send(deployed.url, "GET", path, None, deployed.owner, nonce=nonce)
+    assert again.status_code == 401 and "nonce is spent" in again.text
+    import time
+
+    from veritee.app.auth import WINDOW_MS
+
+    late = int(time.time() * 1000) - WINDOW_MS - 1000
+    stale = _send(deployed.url, "GET", path, None, deployed.owner, now_ms=late)
+    assert stale.status_code == 401 and "not fresh" in stale.text
+    # The owner's signature over one request does not carry another.
+    p = f"/v1/apps/{APP}/modules/vault/disable"
+    for sign in (
+        {"signed_path": f"/v1/apps/{APP}/modules/sender/disable"},
+        {"signed_body": b"\xa0"},
+        {"node": "another-node"},
+    ):
+        reused = _send(deployed.url, "POST", p, {"retire": []}, deployed.owner, **sign)
+        assert reused.status_code == 401, (sign, reused.text)
+    _owner_still_owns(deployed)

@@ -311,7 +311,7 @@ def status(state_path: Path | None, reattest: bool, as_json: bool) -> None:
         with state_mod.locked(path):
             changes.reattest(Deployer(path, progress=_Progress(quiet=as_json)))
     dep = state_mod.load(path)
-    report = collect(dep)
+    report = collect(dep, state_mod.load_keys(path).deployment)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
