@@ -454,3 +454,95 @@ def test_a_recorded_owners_request_cannot_be_replayed_or_reused(deployed: Deploy
         reused = _send(deployed.url, "POST", p, {"retire": []}, deployed.owner, **sign)
         assert reused.status_code == 401, (sign, reused.text)
     _owner_still_owns(deployed)
+
+
+def test_after_a_restart_the_owner_is_remembered_and_old_requests_stay_refused(
+    deployed: Deployed,
+) -> None:
+    """A request signed before the agent (re)started may have been taken by its previous
+    life, whose nonces are gone: refused. The owner it recorded survives the restart, and
+    so does the owner of an app kept from before owners were recorded (its modules' key)."""
+    import cbor2
+
+    cluster = deployed.home.cluster
+    path = f"/v1/apps/{APP}/status"
+    nonce = os.urandom(16)
+    assert _send(deployed.url, "GET", path, None, deployed.owner, nonce=nonce).status_code == 200
+    cluster.kill_node(NODE)
+    app_file = cluster.nodes[NODE].home / "node" / "apps" / APP / "app.cbor"
+    kept = cbor2.loads(app_file.read_bytes())
+    assert kept["owner"] == _raw(deployed.owner)
+    app_file.write_bytes(cbor2.dumps({k: v for k, v in kept.items() if k != "owner"}))
+    cluster.start_node(NODE)
+    again = _send(deployed.url, "GET", path, None, deployed.owner, nonce=nonce)
+    assert again.status_code == 200  # a fresh signature (a new time): the owner is known
+    import time
+
+    before = int(time.time() * 1000) - 60_000  # signed a minute ago, before the restart
+    replayed = _send(deployed.url, "GET", path, None, deployed.owner, now_ms=before)
+    assert replayed.status_code == 401 and "before this agent started" in replayed.text
+    stranger = _send(deployed.url, "GET", path, None, ec.generate_private_key(ec.SECP256R1()))
+    assert stranger.status_code == 403  # the owner came back from the modules' load key
+    _owner_still_owns(deployed)
+
+
+# -- the gate on its own (I/O-free) --------------------------------------------------------------
+
+
+def _gate(owner: bytes | None, now: list[int]) -> Any:
+    from veritee.app.auth import Gate
+
+    return Gate(lambda app: owner, lambda app: NODE, started_ms=0, clock=lambda: now[0])
+
+
+def test_the_gate_checks_each_part_of_a_signed_request_with_its_own_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from veritee.app import auth, errors
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = [10_000_000]
+    gate = _gate(_raw(key), now)
+
+    def signed(**kw: Any) -> str:
+        args: dict[str, Any] = {"app": APP, "node": NODE, "method": "POST", "path": "/p",
+                                "body": b"b", "now_ms": now[0], **kw}  # fmt: skip
+        signer = args.pop("key", key)
+        return auth.sign(signer, **args)
+
+    def check(header: str | None, body: bytes = b"b", **kw: Any) -> None:
+        claims = gate.check(header, method="POST", path="/p", app=kw.get("app", APP))
+        gate.admit(claims, body)
+
+    check(signed())
+    for header, error in (
+        (None, errors.Unauthenticated),
+        ("not base64 !", errors.Unauthenticated),
+        ("A" * (auth.MAX_HEADER_BYTES + 1), errors.Unauthenticated),
+        (signed(path="/q"), errors.BadRequestSignature),
+        (signed(node="n2"), errors.BadRequestSignature),
+        (signed(app="other"), errors.BadRequestSignature),
+        (signed(key=ec.generate_private_key(ec.SECP256R1())), errors.NotAppOwner),
+        (signed(now_ms=now[0] - auth.WINDOW_MS - 1), errors.StaleRequest),
+        (signed(now_ms=now[0] + auth.WINDOW_MS + 1), errors.StaleRequest),
+    ):
+        with pytest.raises(error):
+            check(header)
+    with pytest.raises(errors.BadRequestSignature, match="another body"):
+        check(signed(), body=b"c")
+    once = signed()
+    check(once)
+    with pytest.raises(errors.ReplayedRequest):
+        check(once)
+    now[0] += auth.WINDOW_MS + 1
+    with pytest.raises(errors.StaleRequest):  # and later, stale: never taken twice
+        check(once)
+    # An owner spending more nonces than the window holds is told to wait, not served by
+    # forgetting one early.
+    monkeypatch.setattr(auth, "MAX_NONCES", 3)
+    for _ in range(3):
+        check(signed(now_ms=now[0]))
+    with pytest.raises(errors.TooManyRequests):
+        check(signed(now_ms=now[0]))
+    now[0] += auth.WINDOW_MS + 1  # their window passed: room again
+    check(signed(now_ms=now[0]))

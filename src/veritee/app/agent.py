@@ -190,17 +190,26 @@ class NodeAgent:
         *,
         staged: bool = False,
         succession: bytes | None = None,
+        owner: bytes | None = None,
     ) -> dict[str, Any]:
         """Load a module (``staged``: beside the running one, to replace it on ``activate``).
 
         With ``succession`` (staged only), the new build starts from the running one's
-        sealed state, if the secure world accepts the owner's signed statement.
+        sealed state, if the secure world accepts the owner's signed statement. ``owner``:
+        the key that signed the request; it owns an app that has no owner yet (kept from
+        before owners were recorded). Modules load under the app owner's key only.
         """
         app = self._app(params.app)
-        if app.owner is not None and params.deployment_key != app.owner:
-            raise NotAppOwner(
-                f"modules of app {params.app!r} load under its owner's deployment key only"
-            )
+        with self._lock:
+            if app.owner is None and owner is not None:
+                app.owner = owner
+                self._save(params.app)
+            if owner is not None and owner != app.owner:
+                raise NotAppOwner(f"app {params.app!r} belongs to another deployment key")
+            if app.owner is not None and params.deployment_key != app.owner:
+                raise NotAppOwner(
+                    f"modules of app {params.app!r} load under its owner's deployment key only"
+                )
         key = (params.app, params.name + (STAGED if staged else ""))
         with self._lock:
             running = self._hosts.get((params.app, params.name)) if staged else None

@@ -143,16 +143,16 @@ def create(agent: NodeAgent) -> FastAPI:
     ) -> tuple[dict[str, Any], Claims]:
         """The body of a request about ``app`` (None: the app its signature names), once
         the gate has found it signed by the app's owner for exactly this request."""
-        raw = await _raw(request)
         query = request.url.query
         claims = gate.check(
             request.headers.get(HEADER),
             method=request.method,
             path=request.url.path + (f"?{query}" if query else ""),
-            body=raw,
             app=app,
             naming_node=naming_node,
         )
+        raw = await _raw(request)  # only the owner's body is read
+        gate.admit(claims, raw)
         return _parse(raw), claims
 
     @api.get("/v1/info")
@@ -185,7 +185,7 @@ def create(agent: NodeAgent) -> FastAPI:
 
     @api.put("/v1/apps/{app}/modules/{name}")
     async def load(app: str, name: str, request: Request, staged: bool = False) -> Response:
-        body, _ = await owned(request, app)
+        body, claims = await owned(request, app)
         params = LoadParams(
             app,
             name,
@@ -196,7 +196,9 @@ def create(agent: NodeAgent) -> FastAPI:
         wasm = _get(body, "wasm", bytes)
         succession = _get(body, "succession", bytes, optional=True)
         return _cbor(
-            await run_in_threadpool(agent.load, params, wasm, staged=staged, succession=succession)
+            await run_in_threadpool(
+                agent.load, params, wasm, staged=staged, succession=succession, owner=claims.key
+            )
         )
 
     @api.post("/v1/apps/{app}/modules/{name}/attest")

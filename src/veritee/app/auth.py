@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import threading
 import time
@@ -171,15 +172,15 @@ class Gate:
         *,
         method: str,
         path: str,
-        body: bytes,
         app: str | None = None,
         naming_node: bool = True,
     ) -> Claims:
-        """The request's claims, once they prove the app's owner sent exactly this request;
-        else Unauthenticated, BadRequestSignature, StaleRequest, ReplayedRequest (401) or
-        NotAppOwner (403). ``app`` None: the app is the one the claims name (a route that
-        finds it elsewhere checks it). ``naming_node`` False: the request sets this node's
-        name (configuring it), so no name is checked."""
+        """The request's claims, once they prove the app's owner signed this request (all
+        but its body, which :meth:`admit` checks: a stranger's body is never read); else
+        Unauthenticated, BadRequestSignature, StaleRequest (401) or NotAppOwner (403).
+        ``app`` None: the app is the one the claims name (a route that finds it elsewhere
+        checks it). ``naming_node`` False: the request sets this node's name (configuring
+        it), so no name is checked."""
         if not header:
             raise Unauthenticated(
                 "this request is about an app: sign it with the app's deployment key "
@@ -191,11 +192,8 @@ class Gate:
             cose.verify(msg, signer, what="signed request")
         except (ValueError, EvidenceError):
             raise BadRequestSignature("the request's signature does not verify") from None
-        asked = (method.upper(), path, hashlib.sha256(body).digest(), app or claims.app)
-        if (claims.method, claims.path, claims.body, claims.app) != asked:
-            raise BadRequestSignature(
-                "the signature is over another request (method, path, body or app)"
-            )
+        if (claims.method, claims.path, claims.app) != (method.upper(), path, app or claims.app):
+            raise BadRequestSignature("the signature is over another request (method, path or app)")
         owner = self._owner_of(claims.app)
         if owner is not None and owner != claims.key:
             raise NotAppOwner(
@@ -213,8 +211,14 @@ class Gate:
                 "the signed request is not fresh: its time is over "
                 f"{WINDOW_MS // 1000} s from this node's clock, or before this agent started"
             )
-        self._remember(claims.app, claims.nonce, claims.iat + WINDOW_MS, now)
         return claims
+
+    def admit(self, claims: Claims, body: bytes) -> None:
+        """The body is the one signed, and the request not taken before: spend its nonce.
+        Else BadRequestSignature, ReplayedRequest (401) or TooManyRequests (429)."""
+        if not hmac.compare_digest(hashlib.sha256(body).digest(), claims.body):
+            raise BadRequestSignature("the signature is over another body")
+        self._remember(claims.app, claims.nonce, claims.iat + WINDOW_MS, self._clock())
 
     def _remember(self, app: str, nonce: bytes, expiry: int, now: int) -> None:
         with self._lock:
