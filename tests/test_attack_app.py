@@ -14,6 +14,7 @@ authentication stops strangers (10). After each attack the owner's module works 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from veritee.evidence.deployment import Connect, Peer, Succession, sign_connect, sign_succession
 from veritee.tee import channels
 from veritee.tee import client as teec
+from veritee.tee.app_ta import app_binding, private_dir
 from veritee.tee.ta import AppSession
 from veritee.wasm.runtime import measure
 
@@ -178,6 +180,15 @@ def test_a_fresh_instance_under_another_key_gets_none_of_the_modules_private_fil
         )
         answer = _reveal(rogue, x25519.X25519PrivateKey.generate(), squatter)
         assert answer.startswith(b"no secret"), answer
+        # Even the owner's sealed file, copied in by a host that can write the storage (the
+        # emulation's storage is a directory), does not open: what a module seals itself
+        # is sealed under a key bound to the deployment key too.
+        storage = owned.dev.home / "vtees" / "default" / "storage"
+        theirs = private_dir(storage, owned.measurement, app_binding(APP, _raw(owned.owner)))
+        mine = private_dir(storage, owned.measurement, app_binding(APP, _raw(rogue)))
+        shutil.copy(theirs / "secret.sealed", mine / "secret.sealed")
+        answer = _reveal(rogue, x25519.X25519PrivateKey.generate(), squatter)
+        assert answer == b"no secret (-3)", answer  # VERITEE_ERR_UNSEAL
         squatter.close()
     owned.vault.close()
     _owner_carries_on(owned)
