@@ -557,3 +557,23 @@ def test_the_gate_checks_each_part_of_a_signed_request_with_its_own_error(
         check(signed(now_ms=now[0]))
     now[0] += auth.WINDOW_MS + 1  # their window passed: room again
     check(signed(now_ms=now[0]))
+
+
+def test_strangers_may_create_apps_of_their_own_but_not_without_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from veritee.app import agent as agent_mod
+    from veritee.app.errors import NodeError, NotAppOwner
+    from veritee.home import Home
+
+    monkeypatch.setattr(agent_mod, "MAX_APPS", 2)
+    node = agent_mod.NodeAgent(Home(tmp_path / "home"), tmp_path / "node", transport=None)  # type: ignore[arg-type]
+    first, second = os.urandom(65), os.urandom(65)
+    node.configure("a", NODE, {}, owner=first)
+    node.configure("b", NODE, {}, owner=second)
+    node.configure("a", NODE, {}, owner=first)  # its owner again: fine
+    with pytest.raises(NotAppOwner):
+        node.configure("a", NODE, {}, owner=second)
+    with pytest.raises(NodeError, match="maximum of 2 apps"):
+        node.configure("c", NODE, {}, owner=second)
+    assert (node.owner_of("a"), node.owner_of("b"), node.owner_of("c")) == (first, second, None)

@@ -46,6 +46,9 @@ Arrival = tuple[ModuleHost, int]
 MAILBOX = 1024
 # Retired connection ids the agent remembers, to tell events on them from unrouted ones.
 MAX_RETIRED = 65536
+# Apps a node holds: anyone who reaches the API may create an app (it is theirs, see
+# app/auth.py), but not without end, each with its files and its nonces.
+MAX_APPS = 1024
 
 
 class UnknownModule(NodeError):
@@ -174,6 +177,8 @@ class NodeAgent:
         ``owner``: the deployment key that signed the request. A new app becomes its own
         (anyone may create an app: it is theirs); an existing one must be owned by it."""
         with self._lock:
+            if app not in self._apps and len(self._apps) >= MAX_APPS:
+                raise NodeError(f"this node holds its maximum of {MAX_APPS} apps")
             a = self._apps.setdefault(app, _App(app, owner=owner))
             if a.owner is None:
                 a.owner = owner
