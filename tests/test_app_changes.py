@@ -207,11 +207,8 @@ connections:
 
 def _tee_connections(home: SmartHome, module: str) -> set[bytes]:
     """The connections a module's secure world holds, as its node agent reports them."""
-    from veritee.app.client import NodeClient
-
     dep = state_mod.load(home.state)
-    node = home.cluster.nodes[dep.module(module).node]
-    with NodeClient(node.url) as client:
+    with home.node(dep.module(module).node) as client:  # as the app's owner
         tee = client.status()["apps"][APP]["modules"][module]["tee"]
     return {c["conn"] for c in tee["connections"]}
 

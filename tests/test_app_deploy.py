@@ -23,6 +23,7 @@ import cbor2
 import httpx
 import pytest
 
+from veritee.app import auth
 from veritee.app import state as state_mod
 from veritee.app.attest import Expected, app_config_digest
 from veritee.app.client import NodeClient
@@ -64,7 +65,11 @@ class SmartHome:
         return proc.stdout
 
     def node(self, name: str) -> NodeClient:
-        return NodeClient(self.cluster.nodes[name].url, name=name)
+        """The node's agent, as the app's owner: its API takes no one else (the tests that
+        play a malicious host through it sign as the owner; a real host needs no API)."""
+        key = state_mod.load_keys(self.state).deployment
+        app = state_mod.load(self.state).app
+        return NodeClient(self.cluster.nodes[name].url, name=name, app=app, key=key)
 
     def http(self, path: str = "/presses") -> httpx.Response:
         url = self.cluster.nodes["home-server"].url
@@ -251,9 +256,18 @@ def test_a_malformed_event_is_one_clear_error(home: SmartHome) -> None:
             hub.submit(b"\x01garbage")
         with pytest.raises(NodeError, match="no connection with that id"):
             hub.submit(b"\x01" + os.urandom(60))
-        response = httpx.post(
-            f"{home.cluster.nodes['home-hub'].url}/v1/events", content=b"\xff\xfe", timeout=10
+        url = f"{home.cluster.nodes['home-hub'].url}/v1/events"
+        response = httpx.post(url, content=b"\xff\xfe", timeout=10)
+        assert response.status_code == 401  # unsigned: refused before it is even parsed
+        signed = auth.sign(
+            state_mod.load_keys(home.state).deployment,
+            app=APP,
+            node="home-hub",
+            method="POST",
+            path="/v1/events",
+            body=b"\xff\xfe",
         )
+        response = httpx.post(url, content=b"\xff\xfe", headers={auth.HEADER: signed}, timeout=10)
         assert response.status_code == 400
         assert cbor2.loads(response.content)["error"] == "request body is not CBOR"
 

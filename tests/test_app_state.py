@@ -3,7 +3,8 @@
 The state after a batch holds the rollback counter and the channels' counters, and names by
 its SHA-256 a base (keys, channels, ended connections) that the vTEE keeps in its storage.
 These tests follow a module through its history, restore it at each step, attack the base
-in storage, and check that old bases go and that format 2 states still load.
+in storage, and check that old bases go and that states of earlier, unbound formats are
+refused.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def module(counters: Counters, tmp_path: Path) -> AppModule:
 
 def _restore(m: AppModule, state: bytes) -> app_ta._Restored:
     assert m.bases is not None
-    return app_ta._restore(m.sealer, m.counters, state, m.app, m.bases)
+    return app_ta._restore(m.sealer, m.counters, state, m.app, m.raw_key, m.bases)
 
 
 def _check(m: AppModule) -> bytes:
@@ -250,9 +251,11 @@ def test_while_two_instances_share_a_lineage_each_forgets_only_its_own_bases(
     assert len(_bases(new)) == 1
 
 
-def test_a_state_of_format_2_still_loads(module: AppModule) -> None:
+def test_a_state_of_an_earlier_format_is_refused(module: AppModule) -> None:
+    """Formats 2 and 3 recorded no deployment key, and their sealing key was bound to the
+    measurement only: a node agent could load one under a key of its own (issue 18,
+    attack 1). Such a state is refused, saying why, even sealed with this module's key."""
     ch = _channel()
-    ch.sent, ch.received, ch.dropped = 7, 9, {"replay": 2}
     body = {
         "v": 2,
         "app": APP,
@@ -263,9 +266,34 @@ def test_a_state_of_format_2_still_loads(module: AppModule) -> None:
         "ended": [[b"E" * 16, 1_800_000_000]],
         "ended_before": 5,
     }
-    restored = _restore(module, module.sealer.seal(cbor2.dumps(body)))
-    assert restored.channels == [ch]
-    assert (restored.ended, restored.ended_before) == ({b"E" * 16: 1_800_000_000}, 5)
+    with pytest.raises(app_ta.DeploymentKeyMismatch, match="another deployment key"):
+        _restore(module, module.sealer.seal(cbor2.dumps(body)))
+    with pytest.raises(SealingError, match="another version"):  # bound, but format 2
+        _restore(module, module.binding + module.sealer.seal(cbor2.dumps(body)))
+
+
+def test_a_state_restores_only_under_the_deployment_key_it_records(module: AppModule) -> None:
+    module.add(_channel())
+    state = module.state()
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    assert module.bases is not None
+    with pytest.raises(app_ta.DeploymentKeyMismatch, match="another deployment key"):
+        app_ta._restore(
+            module.sealer, module.counters, state, module.app, app_ta._sec1(other), module.bases
+        )
+    # A host that relabels the state with the other key's binding: the key recorded inside
+    # refuses it (in the secure world, the sealing key derived from the binding does too).
+    relabelled = app_ta.app_binding(APP, app_ta._sec1(other)) + state[app_ta.BINDING_BYTES :]
+    with pytest.raises(SealingError):
+        app_ta._restore(
+            module.sealer,
+            module.counters,
+            relabelled,
+            module.app,
+            app_ta._sec1(other),
+            module.bases,
+        )
+    _check(module)
 
 
 def test_past_max_ended_the_oldest_are_forgotten_and_earlier_statements_refused(

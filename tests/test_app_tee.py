@@ -20,6 +20,7 @@ from veritee.evidence.appraisal import TrustAnchors, verify
 from veritee.evidence.deployment import Connect, Peer, sign_connect
 from veritee.tee import channels
 from veritee.tee import client as teec
+from veritee.tee.app_ta import app_binding, private_dir
 from veritee.tee.ta import AppSession
 
 from ._user import user_channel
@@ -251,10 +252,11 @@ def test_an_update_takes_over_sealed_state_only_with_the_owners_succession(
     state = env.counter.deliver(first).state
     old = env.counter.info["measurement"]
     storage = env.dev.home / "vtees" / "default" / "storage"
-    (storage / old.hex() / "note").write_bytes(b"kept across the update")
+    binding = app_binding(APP, env.raw_key)
+    (private_dir(storage, old, binding) / "note").write_bytes(b"kept across the update")
     # The normal world plants a symlink into the secure world's state among the old files:
     # it must come across as a link (which WASI does not follow out), not as the HUK's bytes.
-    (storage / old.hex() / "huk").symlink_to(env.dev.home / "device" / "huk.bin")
+    (private_dir(storage, old, binding) / "huk").symlink_to(env.dev.home / "device" / "huk.bin")
     env.counter.close()
     v2 = tmp_path / "counter-v2.wasm"
     v2.write_bytes(_with_custom_section(wasm("tests/assets/c/app_counter.c").read_bytes()))
@@ -292,8 +294,8 @@ def test_an_update_takes_over_sealed_state_only_with_the_owners_succession(
         assert session.deliver(first).dropped == "replay"  # counters came across
         second = env.sender.deliver(press.seal(b"2")).events[0]
         assert session.deliver(second).dropped is None  # and the connection key
-    assert (storage / new.hex() / "note").read_bytes() == b"kept across the update"
-    assert (storage / new.hex() / "huk").is_symlink()
+    assert (private_dir(storage, new, binding) / "note").read_bytes() == b"kept across the update"
+    assert (private_dir(storage, new, binding) / "huk").is_symlink()
 
 
 # -- batches ------------------------------------------------------------------------------------

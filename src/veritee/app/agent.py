@@ -29,7 +29,7 @@ from typing import Any
 import cbor2
 
 from veritee.app._host import LoadParams, ModuleHost
-from veritee.app.errors import AppError, NodeError, TransportError
+from veritee.app.errors import AppError, NodeError, NotAppOwner, TransportError
 from veritee.app.routes import STAGED, End, Route, destination, keep_staged, restage
 from veritee.app.transport import Address, Transport
 from veritee.errors import Error
@@ -46,6 +46,9 @@ Arrival = tuple[ModuleHost, int]
 MAILBOX = 1024
 # Retired connection ids the agent remembers, to tell events on them from unrouted ones.
 MAX_RETIRED = 65536
+# Apps a node holds: anyone who reaches the API may create an app (it is theirs, see
+# app/auth.py), but not without end, each with its files and its nonces.
+MAX_APPS = 1024
 
 
 class UnknownModule(NodeError):
@@ -58,11 +61,15 @@ class _App:
     node: str = ""
     peers: dict[str, Address] = field(default_factory=dict)
     periodic: list[tuple[str, str, int]] = field(default_factory=list)
+    # The deployment public key (SEC1) of whoever created the app on this node: only
+    # requests it signs act on the app (app/auth.py), and only under it do modules load.
+    owner: bytes | None = None
 
     def to_cbor(self, routes: Iterable[Route]) -> bytes:
         return bytes(
             cbor2.dumps(
                 {
+                    "owner": self.owner,
                     "node": self.node,
                     "peers": {k: list(v) for k, v in self.peers.items()},
                     "periodic": [list(p) for p in self.periodic],
@@ -110,6 +117,9 @@ class NodeAgent:
                     shutil.rmtree(module_dir, ignore_errors=True)  # an update that never finished
                     continue
                 params = LoadParams.from_cbor((module_dir / "load.cbor").read_bytes())
+                if app.owner is None:  # kept before owners were recorded: its modules' key
+                    app.owner = params.deployment_key
+                    self._save(app.name)
                 host = self._new_host(module_dir, params)
                 self._hosts[(app.name, params.name)] = host
                 try:
@@ -131,6 +141,7 @@ class NodeAgent:
             raw.get("node", ""),
             {k: (str(v[0]), int(v[1])) for k, v in raw.get("peers", {}).items()},
             [(str(m), str(e), int(p)) for m, e, p in raw.get("periodic", [])],
+            raw.get("owner") if isinstance(raw.get("owner"), bytes) else None,
         )
         self._apps[app.name] = app
         for r in raw.get("routes", []):
@@ -148,10 +159,31 @@ class NodeAgent:
 
     # -- what the deployer asks --------------------------------------------------------------
 
-    def configure(self, app: str, node: str, peers: Mapping[str, Address]) -> None:
-        """This node's name in ``app`` and where the app's other nodes take events."""
+    def owner_of(self, app: str) -> bytes | None:
+        """The deployment key that owns ``app`` here; None if this node holds no such app."""
         with self._lock:
-            a = self._apps.setdefault(app, _App(app))
+            a = self._apps.get(app)
+            return a.owner if a is not None else None
+
+    def node_of(self, app: str) -> str:
+        """This node's name in ``app``; "" before the owner configured it."""
+        with self._lock:
+            a = self._apps.get(app)
+            return a.node if a is not None else ""
+
+    def configure(self, app: str, node: str, peers: Mapping[str, Address], *, owner: bytes) -> None:
+        """This node's name in ``app`` and where the app's other nodes take events.
+
+        ``owner``: the deployment key that signed the request. A new app becomes its own
+        (anyone may create an app: it is theirs); an existing one must be owned by it."""
+        with self._lock:
+            if app not in self._apps and len(self._apps) >= MAX_APPS:
+                raise NodeError(f"this node holds its maximum of {MAX_APPS} apps")
+            a = self._apps.setdefault(app, _App(app, owner=owner))
+            if a.owner is None:
+                a.owner = owner
+            elif a.owner != owner:
+                raise NotAppOwner(f"app {app!r} on this node belongs to another deployment key")
             a.node = node
             a.peers = dict(peers)
             self._save(app)
@@ -163,13 +195,26 @@ class NodeAgent:
         *,
         staged: bool = False,
         succession: bytes | None = None,
+        owner: bytes | None = None,
     ) -> dict[str, Any]:
         """Load a module (``staged``: beside the running one, to replace it on ``activate``).
 
         With ``succession`` (staged only), the new build starts from the running one's
-        sealed state, if the secure world accepts the owner's signed statement.
+        sealed state, if the secure world accepts the owner's signed statement. ``owner``:
+        the key that signed the request; it owns an app that has no owner yet (kept from
+        before owners were recorded). Modules load under the app owner's key only.
         """
         app = self._app(params.app)
+        with self._lock:
+            if app.owner is None and owner is not None:
+                app.owner = owner
+                self._save(params.app)
+            if owner is not None and owner != app.owner:
+                raise NotAppOwner(f"app {params.app!r} belongs to another deployment key")
+            if app.owner is not None and params.deployment_key != app.owner:
+                raise NotAppOwner(
+                    f"modules of app {params.app!r} load under its owner's deployment key only"
+                )
         key = (params.app, params.name + (STAGED if staged else ""))
         with self._lock:
             running = self._hosts.get((params.app, params.name)) if staged else None
@@ -363,14 +408,25 @@ class NodeAgent:
             return "dropped", None
         return "remote", address
 
-    def submit(self, event: bytes, *, wait: bool, timeout: float = 30.0) -> dict[str, Any]:
-        """A user's sealed event (a direct connection, or an entry call)."""
+    def _owned_route(self, conn: bytes, app: str | None) -> Route | None:
+        """The route of ``conn``; with ``app`` (the app a signed request names), only if
+        the connection is of that app: one app's owner never reaches another's modules."""
+        with self._lock:
+            route = self._routes.get(conn)
+        if route is not None and app is not None and route.app != app:
+            raise NotAppOwner(f"that connection is not of app {app!r}")
+        return route
+
+    def submit(
+        self, event: bytes, *, wait: bool, timeout: float = 30.0, of_app: str | None = None
+    ) -> dict[str, Any]:
+        """A user's sealed event (a direct connection, or an entry call); ``of_app``: the
+        app whose owner signed the request (see _owned_route)."""
         try:
             conn, direction = _header(event)
         except EventRejected as exc:
             raise NodeError(f"not an event: {exc}") from None
-        with self._lock:
-            route = self._routes.get(conn)
+        route = self._owned_route(conn, of_app)
         if route is None:
             self.counters["unrouted"] += 1
             raise NodeError("no connection with that id on this node")
@@ -389,11 +445,10 @@ class NodeAgent:
             return {"routed": "local", "failed": True}
         return {"routed": "local", "dropped": outcome.dropped, "log": outcome.log}
 
-    def request(self, event: bytes) -> bytes:
+    def request(self, event: bytes, *, of_app: str | None = None) -> bytes:
         """Carry a request to its handler and bring back the sealed reply."""
         conn, direction = _header(event)
-        with self._lock:
-            route = self._routes.get(conn)
+        route = self._owned_route(conn, of_app)
         if route is None:
             self.counters["unrouted"] += 1
             raise NodeError("no connection with that id")
@@ -415,7 +470,9 @@ class NodeAgent:
             raise NodeError(f"node {end.node!r} of app {route.app!r} has no known address")
         return self.transport.request(address, event)
 
-    def mailbox(self, conn: bytes) -> list[bytes]:
+    def mailbox(self, conn: bytes, *, of_app: str | None = None) -> list[bytes]:
+        if of_app is not None and self._owned_route(conn, of_app) is None:
+            return []  # a connection of no app here: nothing to fetch
         box = self._mailboxes.get(conn)
         out = list(box) if box else []
         if box:
@@ -488,10 +545,11 @@ class NodeAgent:
 
     # -- status ------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, only: str | None = None) -> dict[str, Any]:
+        """The node's view; ``only``: of that app alone (what its owner may see)."""
         with self._lock:
             hosts = dict(self._hosts)
-            apps = dict(self._apps)
+            apps = {n: a for n, a in self._apps.items() if only is None or n == only}
             routes = list(self._routes.values())
         out: dict[str, Any] = {
             "address": list(self.address),

@@ -5,8 +5,13 @@ stage one beside it), attest it over a nonce, hand it signed connect statements,
 discard, disable, periodic events. Users: ``POST /v1/events`` (a sealed event of a direct
 connection or an entry call), ``POST /v1/request`` (a sealed request; the sealed reply
 back), ``ANY /v1/public/APP/MODULE/ENDPOINT/...`` (plain HTTP to a public endpoint, e.g.
-the demo's web server). Nothing here is secret, so nothing here is authenticated: the
-secure world checks what matters.
+the demo's web server).
+
+Every request that changes or reads an app's modules, the users' too, is signed with the
+app's deployment key (app/auth.py): a stranger who reaches the port gets 401, another app's
+owner 403, and neither changes anything. Only ``/v1/info``, the node-level part of
+``/v1/status`` and public endpoints (unauthenticated by design) answer anyone. The agent
+itself is untrusted: what matters against it, the secure world checks.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from veritee.app._host import LoadParams
 from veritee.app._tree import NAME
 from veritee.app.agent import NodeAgent, UnknownModule
-from veritee.app.errors import NodeError, TransportError
+from veritee.app.auth import HEADER, Claims, Gate
+from veritee.app.errors import NodeError, NotAppOwner, TransportError, Unauthenticated
 from veritee.app.routes import Route
 from veritee.errors import Error, UsageError
 from veritee.tee import client as teec
@@ -45,7 +51,9 @@ def _cbor(value: Any, status: int = 200) -> Response:
 def _problem(exc: BaseException) -> Response:
     status = 422
     code = None
-    if isinstance(exc, UnknownModule):
+    if isinstance(exc, Unauthenticated | NotAppOwner):
+        status = exc.status
+    elif isinstance(exc, UnknownModule):
         status = 404
     elif isinstance(exc, UsageError | EventRejected | ValueError):
         status = 400
@@ -59,7 +67,7 @@ def _problem(exc: BaseException) -> Response:
     return _cbor({"error": str(exc), "kind": type(exc).__name__, "code": code}, status)
 
 
-async def _body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+async def _raw(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise UsageError(f"request body over {limit} bytes")
@@ -68,6 +76,10 @@ async def _body(request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]
         raw += chunk
         if len(raw) > limit:
             raise UsageError(f"request body over {limit} bytes")
+    return bytes(raw)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
     try:
         value = cbor2.loads(bytes(raw)) if raw else {}
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
@@ -124,29 +136,56 @@ def create(agent: NodeAgent) -> FastAPI:
         )
         return _problem(UsageError(where or "invalid request"))
 
+    gate = Gate(agent.owner_of, agent.node_of)
+
+    async def owned(
+        request: Request, app: str | None, *, naming_node: bool = True
+    ) -> tuple[dict[str, Any], Claims]:
+        """The body of a request about ``app`` (None: the app its signature names), once
+        the gate has found it signed by the app's owner for exactly this request."""
+        query = request.url.query
+        claims = gate.check(
+            request.headers.get(HEADER),
+            method=request.method,
+            path=request.url.path + (f"?{query}" if query else ""),
+            app=app,
+            naming_node=naming_node,
+        )
+        raw = await _raw(request)  # only the owner's body is read
+        gate.admit(claims, raw)
+        return _parse(raw), claims
+
     @api.get("/v1/info")
     async def info() -> Response:
         return _cbor({"events": list(agent.address), "apps": sorted(agent.status()["apps"])})
 
     @api.get("/v1/status")
     async def status() -> Response:
-        return _cbor(await run_in_threadpool(agent.status))
+        # Anyone: the node's own view, no app's (each app's owner asks for its own).
+        return _cbor(await run_in_threadpool(agent.status, ""))
+
+    @api.get("/v1/apps/{app}/status")
+    async def app_status(app: str, request: Request) -> Response:
+        await owned(request, app)
+        return _cbor(await run_in_threadpool(agent.status, app))
 
     @api.put("/v1/apps/{app}")
     async def configure(app: str, request: Request) -> Response:
-        body = await _body(request)
+        # The request that creates an app here makes its signer the owner; it names this
+        # node, so the name it had (if any) is not checked.
+        body, claims = await owned(request, app, naming_node=False)
         peers = _get(body, "peers", dict)
         parsed = {}
         for name, addr in peers.items():
             if not (isinstance(addr, list) and len(addr) == 2 and isinstance(addr[1], int)):
                 raise UsageError(f"peer {name!r} must be [host, port]")
             parsed[str(name)] = (str(addr[0]), addr[1])
-        agent.configure(app, _get(body, "node", str), parsed)
+        agent.configure(app, _get(body, "node", str), parsed, owner=claims.key)
         return _cbor({})
 
     @api.put("/v1/apps/{app}/modules/{name}")
     async def load(app: str, name: str, request: Request, staged: bool = False) -> Response:
-        body = await _body(request)
+        body, claims = await owned(request, app)
         params = LoadParams(
             app,
             name,
@@ -157,12 +196,14 @@ def create(agent: NodeAgent) -> FastAPI:
         wasm = _get(body, "wasm", bytes)
         succession = _get(body, "succession", bytes, optional=True)
         return _cbor(
-            await run_in_threadpool(agent.load, params, wasm, staged=staged, succession=succession)
+            await run_in_threadpool(
+                agent.load, params, wasm, staged=staged, succession=succession, owner=claims.key
+            )
         )
 
     @api.post("/v1/apps/{app}/modules/{name}/attest")
     async def attest(app: str, name: str, request: Request, staged: bool = False) -> Response:
-        body = await _body(request)
+        body, _ = await owned(request, app)
         nonce = _get(body, "nonce", bytes)
         user_data = _get(body, "user_data", bytes, optional=True) or b""
         evidence = await run_in_threadpool(agent.attest, app, name, nonce, user_data, staged)
@@ -170,7 +211,7 @@ def create(agent: NodeAgent) -> FastAPI:
 
     @api.post("/v1/apps/{app}/modules/{name}/connect")
     async def connect(app: str, name: str, request: Request, staged: bool = False) -> Response:
-        body = await _body(request)
+        body, _ = await owned(request, app)
         route = Route.from_cbor(app, body.get("route"))
         statement = _get(body, "statement", bytes)
         await run_in_threadpool(agent.connect, app, name, statement, route, staged)
@@ -178,26 +219,27 @@ def create(agent: NodeAgent) -> FastAPI:
 
     @api.post("/v1/apps/{app}/modules/{name}/activate")
     async def activate(app: str, name: str, request: Request) -> Response:
-        body = await _body(request)
+        body, _ = await owned(request, app)
         retire = [c for c in _get(body, "retire", list) if isinstance(c, bytes)]
         await run_in_threadpool(agent.activate, app, name, retire)
         return _cbor({})
 
     @api.post("/v1/apps/{app}/modules/{name}/discard")
-    async def discard(app: str, name: str) -> Response:
+    async def discard(app: str, name: str, request: Request) -> Response:
+        await owned(request, app)
         await run_in_threadpool(agent.discard, app, name)
         return _cbor({})
 
     @api.post("/v1/apps/{app}/modules/{name}/disable")
     async def disable(app: str, name: str, request: Request) -> Response:
-        body = await _body(request)
+        body, _ = await owned(request, app)
         retire = [c for c in _get(body, "retire", list) if isinstance(c, bytes)]
         await run_in_threadpool(agent.disable, app, name, retire)
         return _cbor({})
 
     @api.post("/v1/apps/{app}/retire")
     async def retire(app: str, request: Request) -> Response:
-        body = await _body(request)
+        body, _ = await owned(request, app)
         conns = [c for c in _get(body, "retire", list) if isinstance(c, bytes)]
         statement = body.get("statement")
         if statement is not None and not isinstance(statement, bytes):
@@ -207,7 +249,7 @@ def create(agent: NodeAgent) -> FastAPI:
 
     @api.put("/v1/apps/{app}/periodic")
     async def periodic(app: str, request: Request) -> Response:
-        body = await _body(request)
+        body, _ = await owned(request, app)
         events = []
         for e in _get(body, "events", list):
             if not (isinstance(e, list) and len(e) == 3 and isinstance(e[2], int)):
@@ -218,30 +260,35 @@ def create(agent: NodeAgent) -> FastAPI:
 
     @api.post("/v1/apps/{app}/modules/{name}/inject")
     async def inject(app: str, name: str, request: Request) -> Response:
-        body = await _body(request)
+        body, _ = await owned(request, app)
         outcome = await run_in_threadpool(agent.inject, app, name, _get(body, "event", bytes))
         return _cbor({"dropped": outcome.dropped, "events": len(outcome.events)})
 
+    # A user's requests name no app in their path: the app is the one the signature names,
+    # and the connection must be of it (NodeAgent._owned_route).
+
     @api.post("/v1/events")
     async def events(request: Request) -> Response:
-        body = await _body(request)
+        body, claims = await owned(request, None)
         event = _get(body, "event", bytes)
         wait = bool(body.get("wait", False))
-        return _cbor(await run_in_threadpool(agent.submit, event, wait=wait))
+        return _cbor(await run_in_threadpool(agent.submit, event, wait=wait, of_app=claims.app))
 
     @api.post("/v1/request")
     async def request_(request: Request) -> Response:
-        body = await _body(request)
-        reply = await run_in_threadpool(agent.request, _get(body, "event", bytes))
+        body, claims = await owned(request, None)
+        event = _get(body, "event", bytes)
+        reply = await run_in_threadpool(agent.request, event, of_app=claims.app)
         return _cbor({"reply": reply})
 
     @api.get("/v1/mailbox/{conn}")
-    async def mailbox(conn: str) -> Response:
+    async def mailbox(conn: str, request: Request) -> Response:
+        _, claims = await owned(request, None)
         try:
             raw = bytes.fromhex(conn)
         except ValueError:
             raise UsageError("connection id must be hex") from None
-        return _cbor({"events": agent.mailbox(raw)})
+        return _cbor({"events": agent.mailbox(raw, of_app=claims.app)})
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
 

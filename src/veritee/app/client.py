@@ -1,12 +1,19 @@
-"""A client for a node agent's HTTP API (CBOR bodies), used by the deployer and the user tool."""
+"""A client for a node agent's HTTP API (CBOR bodies), used by the deployer and the user tool.
+
+Requests about an app are signed with the app's deployment key (app/auth.py), when the
+client is given it: the deployer's and the user's tool's always are.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import cbor2
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from veritee.app import auth
 from veritee.app.errors import NodeError, NodeUnreachable
 from veritee.app.routes import Route
 
@@ -18,9 +25,20 @@ LOAD_TIMEOUT = 180.0  # compiling a large module ahead of time takes a while the
 class NodeClient:
     """One node agent. Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, url: str, *, name: str = "", timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "",
+        timeout: float = TIMEOUT,
+        app: str | None = None,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> None:
+        """``app`` and ``key`` (its deployment key): sign every request as the app's owner,
+        for the node ``name`` (its name in the app)."""
         self.url = url.rstrip("/")
         self.name = name or self.url
+        self.app, self._key = app, key
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def __enter__(self) -> NodeClient:
@@ -43,7 +61,18 @@ class NodeClient:
     ) -> dict[str, Any]:
         content = None if body is None else bytes(cbor2.dumps(body))
         headers = {"Content-Type": CBOR} if content is not None else {}
-        kwargs: dict[str, Any] = {"params": params, "content": content, "headers": headers}
+        if params:
+            path = f"{path}?{urlencode(params)}"
+        if self._key is not None and self.app is not None:
+            headers[auth.HEADER] = auth.sign(
+                self._key,
+                app=self.app,
+                node=self.name,
+                method=method,
+                path=path,
+                body=content or b"",
+            )
+        kwargs: dict[str, Any] = {"content": content, "headers": headers}
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
@@ -68,6 +97,9 @@ class NodeClient:
         return self._call("GET", "/v1/info", timeout=5.0)
 
     def status(self) -> dict[str, Any]:
+        """The node's view; with the app's key, of that app too (``["apps"][app]``)."""
+        if self._key is not None and self.app is not None:
+            return self._call("GET", f"/v1/apps/{self.app}/status")
         return self._call("GET", "/v1/status")
 
     def configure(self, app: str, node: str, peers: dict[str, tuple[str, int]]) -> None:

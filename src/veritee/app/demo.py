@@ -197,7 +197,10 @@ def _story(
     _step(5, "Attacks by an untrusted host")
     outbox = next((cluster.nodes["home-hub"].home / "node" / "outbox").glob("*.spool"))
     captured = _last_record(outbox)
-    with NodeClient(server.url, name=server.name) as srv:
+    # The demo plays the host through the agent's API, which takes only the app's owner: it
+    # signs as the owner here (a real host reaches its secure world directly).
+    owner = state_mod.load_keys(state).deployment
+    with NodeClient(server.url, name=server.name, app=APP, key=owner) as srv:
         why = srv.submit(captured, wait=True).get("dropped")
         _refused(
             "the hub's host replays a button_pressed event it carried (sealed, kept on its disk)",
@@ -231,7 +234,7 @@ def _story(
     _ok(f"the genuine controller runs on: one more press, count {presses + 1}")
 
     _step(6, "What the node agents counted")
-    report = collect(state_mod.load(state))
+    report = collect(state_mod.load(state), state_mod.load_keys(state).deployment)
     table = Table(show_edge=False, pad_edge=False)
     for col in ("connection / module", "dropped by its secure world"):
         table.add_column(col)

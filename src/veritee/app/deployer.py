@@ -143,7 +143,11 @@ class Deployer:
         client = self._clients.get(node)
         if client is None:
             n = dep.nodes[node]
-            client = self._clients[node] = NodeClient(n.url, name=n.name)
+            # Every request about the app is signed with its deployment key: the node
+            # agent acts on the app for its owner only (app/auth.py).
+            key = state_mod.load_keys(self.state_path).deployment
+            client = NodeClient(n.url, name=n.name, app=dep.app, key=key)
+            self._clients[node] = client
         return client
 
     # -- build ------------------------------------------------------------------------------

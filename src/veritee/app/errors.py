@@ -90,3 +90,33 @@ class TransportError(AppError):
     """Sending to another node agent failed (it is down, or the link broke)."""
 
     exit_code = 11
+
+
+class Unauthenticated(NodeError):
+    """A request about an app came without its owner's signature (HTTP 401)."""
+
+    status = 401
+
+
+class BadRequestSignature(Unauthenticated):
+    """A signed request whose signature does not verify, or covers another request (401)."""
+
+
+class StaleRequest(Unauthenticated):
+    """A signed request whose time is outside the agent's window (a recorded one, late)."""
+
+
+class ReplayedRequest(Unauthenticated):
+    """A signed request whose nonce the agent has seen within its window (a replay)."""
+
+
+class TooManyRequests(Unauthenticated):
+    """An app's owner spent more nonces within the window than the agent remembers (429)."""
+
+    status = 429
+
+
+class NotAppOwner(NodeError):
+    """A request about an app signed by a key other than the one the app is owned by (403)."""
+
+    status = 403

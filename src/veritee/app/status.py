@@ -10,6 +10,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from veritee.app.client import NodeClient
 from veritee.app.state import Deployment
 from veritee.errors import Error
@@ -17,18 +19,23 @@ from veritee.errors import Error
 STATUS_TIMEOUT = 5.0  # a node that takes longer is shown as down
 
 
-def _node_status(url: str, name: str) -> dict[str, Any] | str:
+def _node_status(
+    url: str, name: str, app: str, key: ec.EllipticCurvePrivateKey | None
+) -> dict[str, Any] | str:
     try:
-        with NodeClient(url, name=name, timeout=STATUS_TIMEOUT) as client:
+        with NodeClient(url, name=name, timeout=STATUS_TIMEOUT, app=app, key=key) as client:
             return client.status()
     except Error as exc:
         return str(exc)
 
 
-def collect(dep: Deployment) -> dict[str, Any]:
-    """Everything ``veritee status`` shows, as plain JSON-able values."""
+def collect(dep: Deployment, key: ec.EllipticCurvePrivateKey | None = None) -> dict[str, Any]:
+    """Everything ``veritee status`` shows, as plain JSON-able values. ``key``: the app's
+    deployment key, without which a node shows nothing of the app's modules."""
     with ThreadPoolExecutor(8) as pool:
-        futures = {n: pool.submit(_node_status, s.url, n) for n, s in dep.nodes.items()}
+        futures = {
+            n: pool.submit(_node_status, s.url, n, dep.app, key) for n, s in dep.nodes.items()
+        }
         live = {n: f.result() for n, f in futures.items()}
     nodes = []
     per_conn: dict[str, Counter[str]] = {}

@@ -65,7 +65,9 @@ class UserTool:
     def _node(self, conn: ConnectionState) -> NodeClient:
         module = self.deployment.module(conn.to_module)
         node = self.deployment.nodes[module.node]
-        return NodeClient(node.url, name=node.name)
+        return NodeClient(
+            node.url, name=node.name, app=self.deployment.app, key=self.keys.deployment
+        )
 
     def seal(self, conn: ConnectionState, payload: bytes) -> bytes:
         """A sealed event on ``conn`` (counter taken); the caller sends it."""

@@ -346,6 +346,7 @@ def status(state_path: Path | None, reattest: bool, as_json: bool) -> None:
     from veritee.app import changes
     from veritee.app import state as state_mod
     from veritee.app.deployer import Deployer
+    from veritee.app.errors import StateError
     from veritee.app.status import collect
 
     path = _state(state_path)
@@ -353,7 +354,11 @@ def status(state_path: Path | None, reattest: bool, as_json: bool) -> None:
         with state_mod.locked(path):
             changes.reattest(Deployer(path, progress=_Progress(quiet=as_json)))
     dep = state_mod.load(path)
-    report = collect(dep)
+    try:  # without the app's key, nodes show nothing of its modules
+        key = state_mod.load_keys(path).deployment
+    except StateError:
+        key = None
+    report = collect(dep, key)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

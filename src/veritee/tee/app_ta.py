@@ -45,19 +45,23 @@ from veritee.evidence.deployment import (
 from veritee.evidence.provisioning import ProvisioningKeys
 from veritee.tee import channels, grants
 from veritee.tee.channels import Channel, EventRejected
+from veritee.tee.keys import derive
 from veritee.tee.runtime_ta import VteeIdentity, parse_limits
-from veritee.tee.sealing import Counters, Sealer, module_key
+from veritee.tee.sealing import Counters, Sealer
 from veritee.tee.services import Attester, attester_of
 from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
 from veritee.wasm import endpoints
 from veritee.wasm.runtime import Compiler, Limits, Preopen, to_binary
 
-# A module's sealed state: since format 3, a small state after every batch (the rollback
-# counter and the channels' counters) naming a base sealed when connections change (keys,
-# channels, ended connections), which the vTEE keeps in its storage. Format 2, one map with
-# everything, sealed after every batch, still loads.
-STATE_VERSION = 3
-STATE_VERSIONS = (2, 3)
+# A module's sealed state: a small state after every batch (the rollback counter and the
+# channels' counters) naming a base sealed when connections change (keys, channels, ended
+# connections), which the vTEE keeps in its storage. Since format 4 both are sealed under a
+# key bound to the app and its deployment key, and record that key (see app_binding).
+# Formats 2 and 3 were bound to the measurement only: a node agent could load them under a
+# deployment key of its own, so they are refused (DeploymentKeyMismatch).
+STATE_VERSION = 4
+STATE_VERSIONS = (4,)
+BINDING_BYTES = 32  # the state handed out starts with its app binding (app_binding)
 BASES_DIR = "bases"  # in the vTEE's storage
 _COUNTS = struct.Struct(">QQ")  # a channel's last counter sent, highest counter received
 MAX_CONNECTIONS = 1024  # per module instance
@@ -74,6 +78,40 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 BATCH_EXPORT = "veritee_batch"  # sdk/veritee_app.h: runs a batch of events in one call
 EVENTS_OUTPUT = "veritee:events"  # sdk/veritee_app.h: the events a module buffered, at once
 _LEN = struct.Struct("<I")
+
+
+class DeploymentKeyMismatch(SealingError):
+    """A sealed state loaded under another deployment key (or app) than the one it was
+    created under: a node agent re-keying a module to speak for its owner."""
+
+
+class SuccessionRefused(SealingError):
+    """A succession statement that the deployment key recorded in the predecessor's sealed
+    state did not sign, or that does not fit this load."""
+
+
+def app_binding(app: str, deployment_key: bytes) -> bytes:
+    """What a module instance's sealed data is bound to besides its measurement: its app
+    and that app's deployment public key (SEC1). Another key, another binding: a state,
+    a base, a private file sealed under one never opens under another."""
+    return hashlib.sha256(bytes(cbor2.dumps(["veritee app binding", app, deployment_key]))).digest()
+
+
+def app_seal_key(seal_root: bytes, measurement: bytes, binding: bytes) -> bytes:
+    """The sealing key of one app module instance's data: its state, its bases, and what
+    it seals itself (veritee_seal), bound to the measurement, the app and its key."""
+    return derive(seal_root, "app-seal", measurement, binding)
+
+
+def private_name(measurement: bytes, binding: bytes) -> str:
+    """The name of a module's private directory (``APP_PRIVATE_DIR``) in the vTEE's
+    storage: one per build and per app binding, so a load under another deployment key
+    finds none of the owner's files."""
+    return f"{measurement.hex()}-{binding[:16].hex()}"
+
+
+def private_dir(storage: Path, measurement: bytes, binding: bytes) -> Path:
+    return storage / private_name(measurement, binding)
 
 
 class _Statement(Protocol):
@@ -120,6 +158,15 @@ class AppModule:
     _base: tuple[bytes, list[Channel]] | None = field(default=None, repr=False)
     _written: list[Path] = field(default_factory=list, repr=False)  # bases this one wrote
     _bound: dict[tuple[str, str], list[Channel]] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def raw_key(self) -> bytes:
+        """The deployment key this instance was loaded under (SEC1)."""
+        return _sec1(self.deployment_key)
+
+    @functools.cached_property
+    def binding(self) -> bytes:
+        return app_binding(self.app, self.raw_key)
 
     @functools.cached_property
     def exported(self) -> dict[str, bytes]:
@@ -200,13 +247,14 @@ class AppModule:
         body = {
             "v": STATE_VERSION,
             "app": self.app,
+            "deployment_key": self.raw_key,
             "lineage": self.lineage,
             "counter": self.counters.advance(self.lineage),
             "base": digest,
             "counters": b"".join([_COUNTS.pack(c.sent, c.received) for c in chans]),
             "dropped": dropped,
         }
-        self.sealed = self.sealer.seal(bytes(cbor2.dumps(body)))
+        self.sealed = self.binding + self.sealer.seal(bytes(cbor2.dumps(body)))
         if fresh:
             self._forget_bases()
         return self.sealed
@@ -218,6 +266,7 @@ class AppModule:
         body = {
             "v": STATE_VERSION,
             "app": self.app,
+            "deployment_key": self.raw_key,
             "lineage": self.lineage,
             "provisioning": self.exported,
             "channels": [c.to_cbor() for c in chans],
@@ -293,23 +342,27 @@ def load(
             "source that includes veritee_app.h)"
         )
     compiled = compiler.compile(wasm)
-    private = grants.private_dir(storage, compiled.measurement)  # never a planted symlink
+    raw_key = _sec1(deployment_key)
+    binding = app_binding(app, raw_key)
+    # Made if missing, and never a symlink the normal world planted there.
+    private = grants.private_dir(storage, private_name(compiled.measurement, binding))
     preopens = (Preopen(str(private), APP_PRIVATE_DIR, True),)
-    raw_key = deployment_key.public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
     digest = app_config_digest(app, raw_key, limits.memory_bytes, limits.to_cbor()["time_ms"])
-    seal_key = module_key(vtee.seal_root, compiled.measurement)
-    predecessors = _succession(config.get("succession"), deployment_key, app, name, compiled)
-    unseal_keys = [(module_key(vtee.seal_root, m), m) for m in predecessors]
+    seal_key = app_seal_key(vtee.seal_root, compiled.measurement, binding)
+    state = config.get("state")
+    predecessors = _succession(
+        config.get("succession"), state, vtee.seal_root, raw_key, app, name, compiled.measurement
+    )
+    unseal_keys = [(app_seal_key(vtee.seal_root, m, binding), m) for m in predecessors]
     sealer = Sealer(seal_key, compiled.measurement, unseal_keys)
     for old in predecessors:  # the new build starts from its predecessor's private files
-        if not any(private.iterdir()) and (storage / old.hex()).is_dir():
+        before = private_dir(storage, old, binding)
+        if not any(private.iterdir()) and before.is_dir() and not before.is_symlink():
             # symlinks=True: a symlink the normal world planted among the old files is
             # copied as a link (WASI does not follow it out), never as what it points at.
-            shutil.copytree(storage / old.hex(), private, dirs_exist_ok=True, symlinks=True)
+            shutil.copytree(before, private, dirs_exist_ok=True, symlinks=True)
     bases = storage / BASES_DIR
-    restored = _restore(sealer, counters, config.get("state"), app, bases)
+    restored = _restore(sealer, counters, state, app, raw_key, bases)
     lineage = restored.lineage or counters.create()
     mak = ec.generate_private_key(ec.SECP256R1())
     vtee_token = cose.sign1(
@@ -380,20 +433,86 @@ def load(
 
 
 def _succession(
-    statement: Any, deployment_key: ec.EllipticCurvePublicKey, app: str, name: str, compiled: Any
+    statement: Any,
+    state: Any,
+    seal_root: bytes,
+    raw_key: bytes,
+    app: str,
+    name: str,
+    measurement: bytes,
 ) -> list[bytes]:
-    """Measurements whose sealed state this build may open, on the app owner's signed word."""
+    """Measurements whose sealed state this build may open, on the app owner's signed word.
+
+    The word is checked under the deployment key recorded in the predecessor's sealed
+    state, never under the one this load brings: a node agent that loads its own build
+    with its own key and a statement signed by that key inherits nothing. Without that
+    state there is no recorded key, so no succession either.
+    """
     if statement is None:
         return []
     if not isinstance(statement, bytes):
         raise UsageError("succession must be a signed statement (bytes)")
+    if not isinstance(state, bytes):
+        raise SuccessionRefused(
+            "succession refused: it needs the predecessor's sealed state, which records the "
+            "deployment key that must have signed it"
+        )
+    predecessor = _claimed_predecessor(statement)
+    binding = state[:BINDING_BYTES]
+    sealer = Sealer(app_seal_key(seal_root, predecessor, binding), predecessor)
     try:
-        s = verify_succession(statement, deployment_key)
+        body = cbor2.loads(sealer.unseal(state[BINDING_BYTES:]))
+        recorded, recorded_app = bytes(body["deployment_key"]), body["app"]
+    except SealingError:
+        raise SuccessionRefused(
+            "succession refused: the state given is not the sealed state of the predecessor "
+            "the statement names"
+        ) from None
+    except (KeyError, TypeError, ValueError, AttributeError, cbor2.CBORDecodeError):
+        raise SuccessionRefused(
+            "succession refused: the predecessor's state does not decode"
+        ) from None
+    if not isinstance(recorded_app, str) or app_binding(recorded_app, recorded) != binding:
+        raise SuccessionRefused("succession refused: the predecessor's state is inconsistent")
+    try:
+        owner = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), recorded)
+        s = verify_succession(statement, owner)
+    except (EvidenceError, ValueError) as exc:
+        raise SuccessionRefused(
+            "succession refused: the statement is not signed with the deployment key "
+            f"recorded in the predecessor's sealed state ({exc})"
+        ) from None
+    if (s.app, s.name, s.predecessor, s.successor) != (app, name, predecessor, measurement):
+        raise SuccessionRefused(
+            "succession refused: the statement is for another app, module or build"
+        )
+    if recorded_app != app or recorded != raw_key:
+        raise DeploymentKeyMismatch(
+            "succession refused: the successor is loaded under another deployment key (or "
+            "app) than the one its predecessor's sealed state records"
+        )
+    return [predecessor]
+
+
+def _claimed_predecessor(statement: bytes) -> bytes:
+    """The predecessor a succession statement names, before its signature is checked: only
+    to find the state whose recorded key then checks it."""
+    try:
+        claims = cose.loads(
+            cose.decode(statement, what="succession statement").payload, what="succession statement"
+        )
     except EvidenceError as exc:
-        raise SealingError(f"succession refused: {exc}") from None
-    if s.app != app or s.name != name or s.successor != compiled.measurement:
-        raise SealingError("succession refused: the statement is for another app, module or build")
-    return [s.predecessor]
+        raise SuccessionRefused(f"succession refused: {exc}") from None
+    predecessor = claims.get("predecessor") if isinstance(claims, dict) else None
+    if not (isinstance(predecessor, bytes) and len(predecessor) == 32):
+        raise SuccessionRefused("succession refused: the statement names no predecessor")
+    return predecessor
+
+
+def _sec1(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
 
 
 def _no_events(rpc: dict[str, Any]) -> dict[str, Any]:
@@ -409,21 +528,30 @@ class _Restored:
     lineage: bytes | None  # None: a fresh instance, no state
 
 
-def _restore(sealer: Sealer, counters: Counters, state: Any, app: str, bases: Path) -> _Restored:
+def _restore(
+    sealer: Sealer, counters: Counters, state: Any, app: str, raw_key: bytes, bases: Path
+) -> _Restored:
     if state is None:
         return _Restored(ProvisioningKeys(), [], {}, 0, None)
     if not isinstance(state, bytes):
         raise UsageError("state must be bytes sealed by this module")
+    # The binding in front is only a label (the sealing key is derived from it, so a host
+    # that rewrites it gets a state that does not open): it lets a load under another key
+    # be refused saying so, before anything is opened.
+    if state[:BINDING_BYTES] != app_binding(app, raw_key):
+        raise DeploymentKeyMismatch(
+            "sealed state was created under another deployment key (or app), or before "
+            "states were bound to one: it does not load under this one"
+        )
     try:
-        body = cbor2.loads(sealer.unseal(state))
+        body = cbor2.loads(sealer.unseal(state[BINDING_BYTES:]))
         if body.get("v") not in STATE_VERSIONS or body.get("app") != app:
             raise SealingError("sealed state is of another version or application")
+        if bytes(body["deployment_key"]) != raw_key:
+            raise DeploymentKeyMismatch("sealed state records another deployment key")
         lineage = bytes(body["lineage"])
         counters.check(lineage, int(body["counter"]))  # raises StateRolledBack
-        if body["v"] == 3:
-            whole = _based(sealer, bases, body)
-        else:  # format 2: everything in the state, each channel with its counters
-            whole = {**body, "channels": [Channel.from_cbor(c) for c in body["channels"]]}
+        whole = _based(sealer, bases, body)
         return _Restored(
             ProvisioningKeys.restore(whole["provisioning"]),
             whole["channels"],
@@ -453,6 +581,8 @@ def _based(sealer: Sealer, bases: Path, state: dict[str, Any]) -> dict[str, Any]
     base = cbor2.loads(sealer.unseal(sealed))
     if base.get("lineage") != lineage or base.get("app") != state["app"]:
         raise SealingError("the sealed state's base is of another module instance")
+    if base.get("deployment_key") != state["deployment_key"]:
+        raise DeploymentKeyMismatch("the sealed state's base records another deployment key")
     chans = [Channel.from_cbor(c) for c in base["channels"]]
     counts = bytes(state["counters"])
     if len(counts) != _COUNTS.size * len(chans):
@@ -477,9 +607,12 @@ def forget(
         raise UsageError("measurement must be 32 bytes")
     if not isinstance(state, bytes):
         raise UsageError("state must be bytes sealed by the module")
-    sealer = Sealer(module_key(vtee.seal_root, measurement), measurement)
+    # The state opens only under the binding it was sealed with: showing it proves as much
+    # as the agent has anyway (the newest state, which it could simply delete).
+    binding = state[:BINDING_BYTES]
+    sealer = Sealer(app_seal_key(vtee.seal_root, measurement, binding), measurement)
     try:
-        body = cbor2.loads(sealer.unseal(state))
+        body = cbor2.loads(sealer.unseal(state[BINDING_BYTES:]))
         lineage, value = bytes(body["lineage"]), int(body["counter"])
     except SealingError:
         raise

@@ -125,14 +125,15 @@ def open_checked(host: str, protected: Iterable[Path]) -> tuple[int, str]:
     return fd, fd_path
 
 
-def private_dir(storage: Path, measurement: bytes) -> Path:
-    """A module's private directory in the vTEE's storage (made if missing), real path.
+def private_dir(storage: Path, name: str) -> Path:
+    """A module's private directory ``name`` in the vTEE's storage (made if missing), real
+    path.
 
     The normal world owns the disk: a symlink put there in advance would make the module's
     own storage a window onto whatever it names. Raise GrantMoved if it is not a directory
     of the storage itself.
     """
-    private = storage / measurement.hex()
+    private = storage / name
     private.mkdir(parents=True, exist_ok=True)
     expected = os.path.join(os.path.realpath(storage), private.name)
     if os.path.islink(private) or os.path.realpath(private) != expected:

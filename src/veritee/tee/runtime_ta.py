@@ -112,7 +112,7 @@ def load(
     compiled = compiler.compile(wasm)
     if "_start" not in compiled.exports:
         raise ModuleError("module has no '_start' export: it is not a WASI command")
-    private = grants.private_dir(storage, compiled.measurement)
+    private = grants.private_dir(storage, compiled.measurement.hex())
     preopens = [Preopen(str(private), PRIVATE_DIR_GUEST, True)]
     granted = config.get("dirs", [])
     if not isinstance(granted, list) or len(granted) > grants.MAX_GRANTS:
