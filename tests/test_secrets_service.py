@@ -952,12 +952,16 @@ def test_config_loads_relative_paths(setup: Setup) -> None:
 
 
 def test_the_answer_echoes_and_signs_the_secure_worlds_binding(setup: Setup) -> None:
-    """The user data of the judged module token comes back, under the service's signature."""
-    nonce, binding = setup.service.challenge(), os.urandom(32)
-    response = setup.service.release(nonce, setup.session.attest(nonce, binding))
+    """The user data of the judged module token comes back, under the service's signature,
+    and only that: data the host asks ATTEST to carry is host data, never the binding, so a
+    relay cannot pick the binding a recorded answer would later match. (The secure world's own
+    binding, drawn per request, is tested end to end in test_wasi_ra.py.)"""
+    nonce, chosen = setup.service.challenge(), os.urandom(32)
+    response = setup.service.release(nonce, setup.session.attest(nonce, chosen))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["binding"] == binding.hex()
+    assert body["binding"] == ""  # the module supplied no user data, and the host cannot
+    assert chosen.hex() not in response.text
     assert_signed(body, nonce, setup.service.public_key())
 
 
