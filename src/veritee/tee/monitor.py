@@ -35,7 +35,7 @@ from veritee.errors import BootError, DeviceError, Error, UsageError
 from veritee.evidence import cose
 from veritee.evidence.claims import BootEntry, PlatformClaims, encode_claims
 from veritee.home import DEFAULT_VTEE, Home
-from veritee.tee import boot, device, keys, protocol, vtees
+from veritee.tee import boot, device, keys, protocol, spawn, vtees
 
 log = logging.getLogger("veritee.monitor")
 
@@ -68,6 +68,12 @@ class Monitor:
         self.pcr = b""
 
     def measured_boot(self) -> None:
+        if not spawn.isolated():
+            raise BootError(
+                "the secure world must run in an isolated interpreter with its own environment "
+                "(start it with 'veritee tee start'); refusing to boot"
+            )
+        boot.check_imports()
         stages = boot.measure_stages(self.config)
         if self.secure_boot:
             try:
@@ -100,7 +106,7 @@ class Monitor:
             if running is not None and running.process.poll() is None:
                 return running
         record = vtees.load(self.home, self.huk, name)
-        keys_ = vtees.derive_keys(self.home, self.huk, record)
+        keys_ = vtees.derive_keys(self.home, self.huk, record, boot_register=self.pcr)
         digest = record.config_digest
         handoff: dict[str, Any] = {
             "name": name,
@@ -131,11 +137,13 @@ class Monitor:
         handoff["counters_fd"] = counters
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "veritee.tee.world"],
+                spawn.command("veritee.tee.world"),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=None,  # the vTEE logs to the monitor's log
                 pass_fds=(counters,),
+                env=spawn.environment(),
+                cwd=spawn.WORKING_DIRECTORY,
             )
         finally:
             os.close(counters)
@@ -370,21 +378,23 @@ def start_daemon(home: Home) -> int:
     device.load_info(home)  # a clear error now if there is no device
     read_fd, write_fd = os.pipe()
     log_file = open(home.log_file, "ab")  # noqa: SIM115 - handed to the child
+    # The caller's environment and directory stay behind (tee/spawn.py): the home is passed
+    # as an absolute path because the monitor does not start where the caller stands.
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
+        spawn.command(
             "veritee.tee.monitor",
             "--home",
-            str(home.root),
+            str(home.root.resolve()),
             "--ready-fd",
             str(write_fd),
-        ],
+        ),
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=log_file,
         pass_fds=(write_fd,),
         start_new_session=True,
+        env=spawn.environment(),
+        cwd=spawn.WORKING_DIRECTORY,
     )
     os.close(write_fd)
     log_file.close()

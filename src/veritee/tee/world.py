@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
-from veritee.tee import app_ta, protocol, runtime_ta, tls_ta
+from veritee.tee import app_ta, protocol, runtime_ta, spawn, tls_ta
 from veritee.tee import client as teec
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
 from veritee.tee.sealing import Counters
@@ -525,6 +525,10 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s vtee[%(process)d] %(levelname)s %(message)s"
     )
+    if not spawn.isolated():
+        # Only the monitor starts a vTEE, and it starts it isolated (tee/spawn.py).
+        log.error("a vTEE must run in an isolated interpreter with its own environment")
+        sys.exit(1)
     handoff = cbor2.loads(sys.stdin.buffer.read())
     sys.stdin.close()
     serve(handoff, ready=sys.stdout)

@@ -1,0 +1,237 @@
+"""Issue 18, attacks 6 and 7: the secure world's processes and its boundary, attacked for real.
+
+6. The normal-world user who starts the secure world controls the environment and the
+   directory it starts in: code on ``PYTHONPATH`` (a ``sitecustomize``) or in the current
+   directory must not run in the monitor, a vTEE or a worker; the boot log must cover the
+   interpreter and the packages that do run; and an AOT artifact written under another boot
+   (by injected code, or with the key of an older boot) must never verify.
+7. Any local process that can reach a vTEE's socket may open connections that declare huge
+   frames and then idle: the vTEE must buffer only what arrived, within a budget, and drop
+   idle partial frames, while a legitimate client keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from veritee.home import Home
+from veritee.tee import keys, monitor, protocol, vtees
+from veritee.tee.device import HUK
+from veritee.tee.ta import WasmSession
+from veritee.wasm.runtime import Compiler, measure, new_engine
+
+from .conftest import CLI_TIMEOUT, Device
+
+HANG_BOUND = 60.0  # seconds; generous on a shared 2-core machine, catches a hang only
+
+# What code planted by the caller does when it runs: leave a marker naming the process.
+_MARKER = """
+import os, sys
+argv = " ".join(getattr(sys, "orig_argv", sys.argv))
+if "veritee.tee." in argv:
+    with open(os.path.join({markers!r}, "{how}-%d" % os.getpid()), "w") as f:
+        f.write(argv)
+"""
+
+# A module in the current directory that shadows cbor2 (imported by every secure-world
+# process), leaves its marker, then hands over to the real cbor2 so nothing else changes.
+_SHADOW = (
+    _MARKER
+    + """
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+del sys.modules[__name__]
+import cbor2 as _real
+sys.modules[__name__] = _real
+"""
+)
+
+_POISON_WAT = b"""
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "poisoned artifact ran\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 22))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+def _cli(
+    dev: Device, *args: str | Path, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "veritee", "--home", str(dev.home), *map(str, args)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
+def test_code_planted_by_the_caller_does_not_run_in_the_secure_world(
+    tmp_path: Path, wasm: Callable[..., Path]
+) -> None:
+    hello = wasm("examples/hello/hello.c")
+    dev = Device(tmp_path / "home")
+    dev.ok("device", "init")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    planted = tmp_path / "planted"  # on the caller's PYTHONPATH
+    planted.mkdir()
+    (planted / "sitecustomize.py").write_text(
+        _MARKER.format(markers=str(markers), how="sitecustomize")
+    )
+    cwd = tmp_path / "cwd"  # where the caller stands when it starts the secure world
+    cwd.mkdir()
+    (cwd / "cbor2.py").write_text(_SHADOW.format(markers=str(markers), how="cwd"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(planted),
+        "VERITEE_INJECTED": "1",
+    }
+    started = _cli(dev, "tee", "start", env=env, cwd=cwd)
+    try:
+        assert started.returncode == 0, started.stderr
+        ran = _cli(dev, "run", hello, "--", "still", "works", env=env, cwd=cwd)
+        assert ran.returncode == 0, ran.stderr
+        assert b"still" in ran.stdout
+        status = json.loads(dev.ok("tee", "status", "--json"))
+    finally:
+        dev.stop()
+    # The planted code ran in the normal world (the CLI), which is the caller's own business;
+    # in no monitor, vTEE or worker process.
+    assert sorted(p.read_text() for p in markers.iterdir()) == []
+    measured = {entry["1"] for entry in status["monitor"]["boot_log"]}  # 1: component
+    assert {"interpreter", "python-libraries", "secure-world", "wasm-runtime"} <= measured
+
+
+def _old_aot_key(home: Home) -> bytes:
+    """The AOT key as it was derived before it was bound to the boot: the same at every boot,
+    so injected code that once held it (or one boot's key) forged artifacts for all later ones."""
+    huk = keys.read_secret(home.device / HUK)
+    record = vtees.load(home, huk, "default")
+    seed = keys.read_secret(home.device / "vtee-seeds" / f"{record.vtee_id.hex()}.seed")
+    root = keys.derive(huk, "vtee", record.vtee_id, seed)
+    return keys.derive(root, "vtee-aot", record.config_digest)
+
+
+def test_an_aot_artifact_forged_under_another_boot_is_discarded(
+    fresh_device: Device, wasm: Callable[..., Path], tmp_path: Path
+) -> None:
+    hello = wasm("examples/hello/hello.c")
+    assert "hello" in fresh_device.ok("run", hello, "--", "hello")
+    fresh_device.stop()
+    # The injected code's parting gift: a native artifact of its own code, filed under the
+    # measurement of the owner's module and tagged with a key of an earlier boot.
+    home = Home(fresh_device.home)
+    poison = bytes(wasmtime.Module(new_engine(), wasmtime.wat2wasm(_POISON_WAT)).serialize())
+    forge = Compiler(tmp_path / "forge", _old_aot_key(home))
+    forge._store_artifact(measure(hello.read_bytes()), poison)  # noqa: SLF001 - the attack
+    name = f"{measure(hello.read_bytes()).hex()}.cwasm"
+    planted = (tmp_path / "forge" / name).read_bytes()
+    (home.vtee("default") / "cache" / name).write_bytes(planted)
+    fresh_device.start()  # a clean boot
+    with fresh_device.context() as ctx:
+        session = WasmSession(ctx)
+        assert session.load(hello.read_bytes())["from_cache"] is False
+        result = session.run(["hello", "again"])
+    assert result.exit_code == 0
+    assert b"poisoned" not in result.stdout and b"again" in result.stdout
+    assert "failed authentication; recompiling" in home.log_file.read_text()
+    # The owner's cache keeps working under this boot.
+    fresh_device.stop()
+    fresh_device.start()
+    with fresh_device.context() as ctx:
+        assert WasmSession(ctx).load(hello.read_bytes())["from_cache"] is True
+
+
+# -- attack 7: memory at the world boundary -------------------------------------------------
+
+ATTACKERS = 4  # connections, each declaring the largest frame: 2 GiB before the fix
+RSS_GROWTH_BOUND = 96 * 1024 * 1024  # what the vTEE may grow while they idle
+IDLE_TIMEOUT = 3  # seconds, set in the device's own tee-config.json (measured at boot)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _vtee_pid(dev: Device) -> int:
+    status = monitor.control(Home(dev.home), {"op": "status"})["status"]
+    return int(status["vtees"]["default"]["pid"])
+
+
+def _eof_within(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the server sends until it closes; fails if it does not close in time."""
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return got
+
+
+@pytest.fixture
+def idle_timeout_device(tmp_path: Path) -> Device:
+    dev = Device(tmp_path / "home")
+    dev.ok("device", "init")
+    config_file = dev.home / "device" / "tee-config.json"
+    config = json.loads(config_file.read_text())
+    config["frame_idle_timeout"] = IDLE_TIMEOUT
+    config_file.write_text(json.dumps(config))
+    return dev
+
+
+def test_idle_connections_declaring_huge_frames_do_not_pin_memory(
+    idle_timeout_device: Device, wasm: Callable[..., Path]
+) -> None:
+    dev = idle_timeout_device
+    hello = wasm("examples/hello/hello.c")
+    dev.start()
+    attackers: list[socket.socket] = []
+    try:
+        pid = _vtee_pid(dev)
+        before = _rss(pid)
+        for _ in range(ATTACKERS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(Home(dev.home).vtee_socket("default")))
+            s.sendall(struct.pack(">I", protocol.MAX_FRAME_BYTES) + b"\xa1")
+            attackers.append(s)
+        time.sleep(1.0)  # let every connection's thread read its header
+        grown = _rss(pid) - before
+        assert grown < RSS_GROWTH_BOUND, f"the vTEE grew {grown >> 20} MiB"
+        # A legitimate client is served meanwhile.
+        assert "works" in dev.ok("run", hello, "--", "works")
+        # The idle partial frames are dropped after the timeout, with a reason.
+        started = time.monotonic()
+        for s in attackers:
+            said = _eof_within(s, HANG_BOUND)
+            assert b"idle" in said
+        assert time.monotonic() - started < HANG_BOUND
+        assert "works" in dev.ok("run", hello, "--", "works")
+        assert _rss(pid) - before < RSS_GROWTH_BOUND
+    finally:
+        for s in attackers:
+            s.close()
+        dev.stop()
