@@ -142,7 +142,7 @@ def test_an_aot_artifact_forged_under_another_boot_is_discarded(
     home = Home(fresh_device.home)
     poison = bytes(wasmtime.Module(new_engine(), wasmtime.wat2wasm(_POISON_WAT)).serialize())
     forge = Compiler(tmp_path / "forge", _old_aot_key(home))
-    forge._store_artifact(measure(hello.read_bytes()), poison)  # noqa: SLF001 - the attack
+    forge._store_artifact(measure(hello.read_bytes()), poison)  # tagged as before
     name = f"{measure(hello.read_bytes()).hex()}.cwasm"
     planted = (tmp_path / "forge" / name).read_bytes()
     (home.vtee("default") / "cache" / name).write_bytes(planted)

@@ -42,6 +42,13 @@ log = logging.getLogger("veritee.monitor")
 VTEE_START_TIMEOUT = 60.0  # seconds for a vTEE process to import wasmtime and listen
 READY_TIMEOUT = 90.0  # seconds 'veritee tee start' waits for boot to finish
 AUTOSTART = "autostart"  # marker in a vTEE's directory: start it at boot
+# The control socket takes one small request per connection: a bigger or slower one is an
+# attempt to make the monitor (which holds the HUK) buffer or wait, and is dropped.
+MAX_CONTROL_FRAME_BYTES = 64 * 1024
+CONTROL_BUFFERED_BYTES = 8 * 1024 * 1024  # all control connections together
+CONTROL_TIMEOUT = 10.0  # seconds for a control request to arrive whole
+# Bounds on the device owner's "frame_idle_timeout" in tee-config.json (tee/protocol.py).
+FRAME_IDLE_TIMEOUT_RANGE = (0.5, 3600.0)
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Monitor:
         self.config = device.tee_config(home)
         self.lifecycle = str(self.config.get("lifecycle", "emulated"))
         self.secure_boot = bool(self.config.get("secure_boot", True))
+        self.frame_idle_timeout = _frame_idle_timeout(self.config)
         self.vtees: dict[str, VteeProcess] = {}
         self.lock = threading.Lock()
         self.boot_entries: list[BootEntry] = []
@@ -123,6 +131,7 @@ class Monitor:
             ),
             "seal_root": keys_.seal_root,
             "aot_key": keys_.aot_key,
+            "frame_idle_timeout": self.frame_idle_timeout,
             "dir": str(self.home.vtee(name)),
             "socket": str(self.home.vtee_socket(name)),
             "boot": {
@@ -238,6 +247,18 @@ class Monitor:
         }
 
 
+def _frame_idle_timeout(config: dict[str, Any]) -> float:
+    """The device owner's idle timeout for partial frames (measured with the configuration)."""
+    value = config.get("frame_idle_timeout", protocol.FRAME_IDLE_TIMEOUT)
+    low, high = FRAME_IDLE_TIMEOUT_RANGE
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise DeviceError(
+            f"tee-config.json: frame_idle_timeout must be a number of seconds from {low:g} "
+            f"to {high:g}"
+        )
+    return float(value)
+
+
 def _read_line(stream: Any, timeout: float) -> bytes:
     result: list[bytes] = []
     t = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
@@ -250,10 +271,17 @@ class _Control(socketserver.BaseRequestHandler):
     server: _ControlServer
 
     def handle(self) -> None:
+        self.request.settimeout(CONTROL_TIMEOUT)
+        reader = protocol.Reader(
+            self.request, budget=self.server.budget, max_bytes=MAX_CONTROL_FRAME_BYTES
+        )
         try:
-            request = protocol.recv(self.request)
-        except protocol.ProtocolError:
+            request = reader.recv()
+        except (protocol.ProtocolError, OSError) as exc:
+            log.warning("control request dropped: %s", exc or "timed out")
             return
+        finally:
+            reader.close()
         monitor = self.server.monitor
         op = request.get("op")
         try:
@@ -294,6 +322,7 @@ class _Control(socketserver.BaseRequestHandler):
 class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     monitor: Monitor
+    budget = protocol.Budget(CONTROL_BUFFERED_BYTES)
 
 
 def control(home: Home, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

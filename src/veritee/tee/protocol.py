@@ -1,25 +1,91 @@
 """Framing on the world boundary: length-prefixed CBOR messages over a Unix stream socket.
 
-The normal world is untrusted, so the secure world reads every frame defensively: the length
-is bounded before any allocation, and a frame that is not CBOR, or not a map, ends that
-connection only.
+The normal world is untrusted, so the secure world reads every frame defensively:
+
+* the declared length is bounded, and nothing is allocated for it: a frame's buffer grows
+  only as its bytes actually arrive (a header declaring 512 MiB costs nothing until they do);
+* all the connections of one server share a :class:`Budget` of buffered bytes; a frame that
+  would overspend it is read to its end and discarded (the connection stays in step) and
+  refused with :class:`BoundaryBusy`;
+* a partial frame whose next byte does not come within the idle timeout is dropped with its
+  connection (:class:`FrameIdle`); waiting for the next frame has no timeout (a TEEC context
+  may be idle for hours between commands);
+* a frame that is not CBOR, or not a map, ends that connection only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import threading
 from typing import Any
 
 import cbor2
 
-# Tens-of-MB modules and their inputs must fit; an attacker-sized length must not allocate.
+# Tens-of-MB modules and their inputs must fit in one frame; one connection buffers at most
+# one frame at a time, so this also bounds what a single connection can make a server hold.
 MAX_FRAME_BYTES = 512 * 1024 * 1024
+# A frame's buffer grows by at most this much per read: memory follows the bytes that
+# arrived, never the length a header declared (idle headers declaring 512 MiB pinned GiBs).
+CHUNK_BYTES = 256 * 1024
+# What all connections of one vTEE may hold in frames at once (two frames of the largest
+# size): many connections each sending part of a big frame cannot exhaust the vTEE's memory.
+MAX_BUFFERED_BYTES = 2 * MAX_FRAME_BYTES
+# Seconds a partial frame may wait for its next byte before it is dropped with its
+# connection: an idle, half-sent frame must not hold its buffer and its budget forever.
+FRAME_IDLE_TIMEOUT = 30.0
 _HEADER = struct.Struct(">I")
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not a frame of this protocol, or went away."""
+
+
+class PeerClosed(ProtocolError):
+    """The peer closed the connection (between frames, or within one)."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A header declared a frame over the reader's limit."""
+
+
+class FrameIdle(ProtocolError):
+    """A partial frame's next byte did not come within the idle timeout."""
+
+
+class BoundaryBusy(ProtocolError):
+    """The frame would overspend the buffers all connections share; it was read and discarded,
+    so the connection is still in step and may send again."""
+
+
+class NotAMessage(ProtocolError):
+    """A whole frame arrived, but it is not a CBOR map."""
+
+
+class Budget:
+    """Bytes that all connections of one server may hold in frame buffers at once."""
+
+    def __init__(self, limit: int = MAX_BUFFERED_BYTES) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self._used + n > self.limit:
+                return False
+            self._used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self._used -= n
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -29,27 +95,108 @@ def send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(_HEADER.pack(len(data)) + data)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise ProtocolError("peer closed the connection")
-        got += k
-    return bytes(buf)
+class Reader:
+    """Reads the frames of one connection, holding what it buffered against ``budget``.
+
+    A frame's bytes stay charged to the budget until the next :meth:`recv` or :meth:`close`,
+    so a message is accounted for while the server acts on it.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        budget: Budget | None = None,
+        max_bytes: int = MAX_FRAME_BYTES,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self._sock = sock
+        self._budget = budget
+        self._max = max_bytes
+        self._idle = idle_timeout
+        self._held = 0
+
+    def release(self) -> None:
+        """Give back what the last frame held."""
+        if self._budget is not None and self._held:
+            self._budget.give(self._held)
+        self._held = 0
+
+    def close(self) -> None:
+        self.release()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def recv(self) -> dict[str, Any]:
+        """The next frame's message; raise a :class:`ProtocolError` subclass for each way
+        the peer fails to send one."""
+        self.release()
+        first = self._sock.recv(1)  # the wait for a frame to start has no idle timeout
+        if not first:
+            raise PeerClosed("peer closed the connection")
+        saved = self._sock.gettimeout()
+        if self._idle is not None:
+            self._sock.settimeout(self._idle)
+        try:
+            header = first + self._exact(_HEADER.size - 1)
+            (length,) = _HEADER.unpack(header)
+            if length > self._max:
+                raise FrameTooLarge(f"frame of {length} bytes is over the {self._max} limit")
+            data = self._body(length)
+        finally:
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(saved)
+        try:
+            message = cbor2.loads(data)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
+            raise NotAMessage("frame is not valid CBOR") from None
+        if not isinstance(message, dict):
+            raise NotAMessage("frame is not a CBOR map")
+        return message
+
+    def _read(self, n: int) -> bytes:
+        try:
+            chunk = self._sock.recv(min(n, CHUNK_BYTES))
+        except TimeoutError:
+            waited = self._sock.gettimeout()
+            raise FrameIdle(
+                f"a partial frame was idle for {waited or 0:g} s; dropping the connection"
+            ) from None
+        if not chunk:
+            raise PeerClosed("peer closed the connection")
+        return chunk
+
+    def _exact(self, n: int) -> bytes:
+        got = b""
+        while len(got) < n:
+            got += self._read(n - len(got))
+        return got
+
+    def _body(self, length: int) -> bytearray:
+        buf = bytearray()
+        while len(buf) < length:
+            chunk = self._read(length - len(buf))
+            if self._budget is not None and not self._budget.take(len(chunk)):
+                self._discard(length - len(buf) - len(chunk))
+                self.release()
+                raise BoundaryBusy(
+                    f"the secure world's frame buffers ({self._budget.limit} bytes for all "
+                    "connections) are in use; frame refused, try again later"
+                )
+            self._held += len(chunk) if self._budget is not None else 0
+            buf += chunk
+        return buf
+
+    def _discard(self, n: int) -> None:
+        while n > 0:
+            n -= len(self._read(n))
 
 
-def recv(sock: socket.socket) -> dict[str, Any]:
-    (length,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
-    if length > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {length} bytes is over the {MAX_FRAME_BYTES} limit")
-    data = _recv_exact(sock, length)
-    try:
-        message = cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
-        raise ProtocolError("frame is not valid CBOR") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("frame is not a CBOR map")
-    return message
+def recv(sock: socket.socket, *, max_bytes: int = MAX_FRAME_BYTES) -> dict[str, Any]:
+    """One frame's message, read incrementally, without a shared budget or idle timeout
+    (for clients reading the secure world's answers, and for the secure world's own pipes)."""
+    return Reader(sock, max_bytes=max_bytes).recv()

@@ -9,6 +9,7 @@ A client that disconnects mid-run has its module cancelled at the next epoch tic
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -59,6 +60,7 @@ log = logging.getLogger("veritee.world")
 
 WATCH_INTERVAL = 0.05  # seconds between checks that a client is still there during a run
 MAX_SESSIONS_PER_CONNECTION = 256
+FRAME_IDLE_TIMEOUT = protocol.FRAME_IDLE_TIMEOUT
 
 
 class _Reply(Exception):
@@ -93,12 +95,21 @@ class SecureWorld:
         self.counters = Counters(int(handoff["counters_fd"]))
         self.pool = WorkerPool(int(self.identity.config.get("workers", 2)))
         self.boot = handoff["boot"]
+        # What all connections may buffer, and how long a partial frame may idle: the
+        # boundary's defence against memory exhaustion (tee/protocol.py). The timeout comes
+        # from the device's own tee-config.json (measured at boot), never the caller's.
+        self.budget = protocol.Budget()
+        self.frame_idle_timeout = float(handoff.get("frame_idle_timeout", FRAME_IDLE_TIMEOUT))
         self.started = time.time()
         self.max_modules = int(self.identity.config.get("max_modules", 64))
         self.modules: dict[int, LoadedModule] = {}
         self.apps: dict[int, app_ta.AppModule] = {}
         self.lock = threading.Lock()
         self.ids = itertools.count(1)
+
+    def reader(self, sock: socket.socket) -> protocol.Reader:
+        """A frame reader for a connection of the normal world, within this vTEE's budget."""
+        return protocol.Reader(sock, budget=self.budget, idle_timeout=self.frame_idle_timeout)
 
     def close_session(self, sid: int) -> None:
         """Free what a session held (its module, its app instance's worker)."""
@@ -175,11 +186,37 @@ class _Connection(socketserver.BaseRequestHandler):
         world = self.server.world
         sock: socket.socket = self.request
         sessions: dict[int, str] = {}
+        reader = world.reader(sock)
         try:
             while True:
                 try:
-                    message = protocol.recv(sock)
-                except protocol.ProtocolError:
+                    message = reader.recv()
+                except protocol.BoundaryBusy as exc:
+                    # The frame was read and discarded: tell this client, keep its connection.
+                    log.warning("refused a frame: %s", exc)
+                    busy: dict[str, Any] = {
+                        "rc": teec.TEEC_ERROR_BUSY,
+                        "origin": teec.TEEC_ORIGIN_TEE,
+                        "msg": str(exc),
+                    }
+                    try:
+                        protocol.send(sock, busy)
+                    except OSError:
+                        return
+                    continue
+                except (protocol.FrameIdle, protocol.FrameTooLarge, protocol.NotAMessage) as exc:
+                    log.warning("dropped a connection: %s", exc)
+                    with contextlib.suppress(OSError):
+                        protocol.send(
+                            sock,
+                            {
+                                "rc": teec.TEEC_ERROR_BAD_FORMAT,
+                                "origin": teec.TEEC_ORIGIN_TEE,
+                                "msg": str(exc),
+                            },
+                        )
+                    return
+                except (protocol.ProtocolError, OSError):
                     return
                 try:
                     reply = self._dispatch(world, sock, sessions, message)
@@ -191,6 +228,7 @@ class _Connection(socketserver.BaseRequestHandler):
                 except (OSError, protocol.ProtocolError):
                     return
         finally:
+            reader.close()
             for sid in sessions:
                 world.close_session(sid)
 
@@ -319,7 +357,7 @@ def _runtime(
                 request,
                 cancel.is_set,
                 world.scratch,
-                relay=lambda rpc: _relay(sock, rpc),
+                relay=lambda rpc: _relay(world, sock, rpc),
             )
         finally:
             done.set()
@@ -383,7 +421,7 @@ def _app(
         return _reply(params, {})
     if loaded is None:
         raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "no module loaded")
-    relay = lambda rpc: _relay(sock, rpc)  # noqa: E731 - one-line adapter
+    relay = lambda rpc: _relay(world, sock, rpc)  # noqa: E731 - one-line adapter
     if cmd == CMD_APP_ATTEST:
         evidence = loaded.attester(world.identity.platform_token).evidence(
             _memref(params, 0)["buf"], _memref(params, 1)["buf"]
@@ -421,11 +459,12 @@ def _app(
     raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, f"cmd {cmd!r}")
 
 
-def _relay(sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
+def _relay(world: SecureWorld, sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
     """Ask the client (the normal world's supplicant) to carry a request; wait for its answer."""
     try:
         protocol.send(sock, {"rpc": rpc})
-        answer = protocol.recv(sock).get("rpc_reply")
+        with world.reader(sock) as reader:
+            answer = reader.recv().get("rpc_reply")
     except (OSError, protocol.ProtocolError) as exc:
         return {"error": f"client gone: {exc}"}
     return answer if isinstance(answer, dict) else {"error": "malformed relay answer"}
