@@ -147,6 +147,9 @@ class Reader:
             if length > self._max:
                 raise FrameTooLarge(f"frame of {length} bytes is over the {self._max} limit")
             data = self._body(length)
+        except BaseException:
+            self.release()  # a frame that failed holds nothing
+            raise
         finally:
             with contextlib.suppress(OSError):
                 self._sock.settimeout(saved)
