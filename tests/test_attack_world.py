@@ -19,14 +19,16 @@ import struct
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import wasmtime
 
+from veritee.errors import BootError
 from veritee.home import Home
-from veritee.tee import keys, monitor, protocol, vtees
+from veritee.tee import boot, keys, monitor, protocol, spawn, vtees
 from veritee.tee.device import HUK
 from veritee.tee.ta import WasmSession
 from veritee.wasm.runtime import Compiler, measure, new_engine
@@ -121,6 +123,39 @@ def test_code_planted_by_the_caller_does_not_run_in_the_secure_world(
     assert {"interpreter", "python-libraries", "secure-world", "wasm-runtime"} <= measured
 
 
+_IMPORTS = """
+import sys
+import veritee.tee.app_ta, veritee.tee.monitor, veritee.tee.tls_ta, veritee.tee.worker
+import veritee.tee.world
+print(" ".join({n.partition(".")[0] for n, m in sys.modules.items() if getattr(m, "__file__", 0)}))
+"""
+
+
+def test_measured_boot_covers_every_package_the_secure_world_imports() -> None:
+    imported = subprocess.run(
+        [sys.executable, spawn.ISOLATED, "-c", _IMPORTS],
+        env=spawn.environment(),
+        cwd=spawn.WORKING_DIRECTORY,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=True,
+    ).stdout.split()
+    outside_stdlib = set(imported) - set(sys.stdlib_module_names) - {"__main__"}
+    measured = {"veritee", "wasmtime"} | {module for module, _dist in boot.LIBRARIES}
+    assert outside_stdlib <= measured, "add the package to tee/boot.py: LIBRARIES"
+
+
+def test_a_module_imported_from_outside_the_measured_files_stops_the_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shadow = types.ModuleType("veritee.shadow")
+    shadow.__file__ = str(tmp_path / "veritee" / "shadow.py")
+    monkeypatch.setitem(sys.modules, "veritee.shadow", shadow)
+    with pytest.raises(BootError, match=r"'veritee\.shadow' was imported from"):
+        boot.check_imports()
+
+
 def _old_aot_key(home: Home) -> bytes:
     """The AOT key as it was derived before it was bound to the boot: the same at every boot,
     so injected code that once held it (or one boot's key) forged artifacts for all later ones."""
@@ -192,15 +227,18 @@ def _eof_within(sock: socket.socket, seconds: float) -> bytes:
     return got
 
 
-@pytest.fixture
-def idle_timeout_device(tmp_path: Path) -> Device:
-    dev = Device(tmp_path / "home")
+def _configured_device(root: Path, **settings: float) -> Device:
+    """A device whose owner set bounds of the world boundary in its own tee-config.json."""
+    dev = Device(root)
     dev.ok("device", "init")
     config_file = dev.home / "device" / "tee-config.json"
-    config = json.loads(config_file.read_text())
-    config["frame_idle_timeout"] = IDLE_TIMEOUT
-    config_file.write_text(json.dumps(config))
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **settings}))
     return dev
+
+
+@pytest.fixture
+def idle_timeout_device(tmp_path: Path) -> Device:
+    return _configured_device(tmp_path / "home", frame_idle_timeout=IDLE_TIMEOUT)
 
 
 def test_idle_connections_declaring_huge_frames_do_not_pin_memory(
@@ -234,4 +272,56 @@ def test_idle_connections_declaring_huge_frames_do_not_pin_memory(
     finally:
         for s in attackers:
             s.close()
+        dev.stop()
+
+
+BUFFER_MB = 8  # the vTEE's budget for all connections, set by the device owner for this test
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _padded(module: bytes, size: int) -> bytes:
+    """The same module with a custom section of ``size`` bytes (another measurement)."""
+    name = b"veritee-padding"
+    body = _leb128(len(name)) + name + bytes(size)
+    return module + b"\x00" + _leb128(len(body)) + body
+
+
+def test_a_frame_over_the_vtees_budget_is_refused_while_other_clients_keep_working(
+    tmp_path: Path, wasm: Callable[..., Path]
+) -> None:
+    from veritee.tee import client as teec
+
+    dev = _configured_device(
+        tmp_path / "home", frame_idle_timeout=IDLE_TIMEOUT, frame_buffer_mb=BUFFER_MB
+    )
+    hello = wasm("examples/hello/hello.c")
+    big = _padded(hello.read_bytes(), 3 << 20)
+    dev.start()
+    try:
+        # The attacker spends most of the budget with a partial frame, then idles.
+        hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        hog.connect(str(Home(dev.home).vtee_socket("default")))
+        hog.sendall(struct.pack(">I", protocol.MAX_FRAME_BYTES) + b"\xa1" + bytes(6 << 20))
+        time.sleep(1.0)  # let the vTEE read what was sent
+        with dev.context() as ctx:
+            session = WasmSession(ctx)
+            with pytest.raises(teec.TeecError, match="frame buffers") as refused:
+                session.load(big)
+            assert refused.value.code == teec.TEEC_ERROR_BUSY
+            # Small requests still fit, from this client and from others.
+            assert "fits" in dev.ok("run", hello, "--", "fits")
+            said = _eof_within(hog, HANG_BOUND)  # the hog's partial frame is dropped...
+            assert b"idle" in said
+            hog.close()
+            assert session.load(big)["from_cache"] is False  # ...and the budget is back
+            assert b"whole" in session.run(["whole"]).stdout
+    finally:
         dev.stop()

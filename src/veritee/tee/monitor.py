@@ -47,8 +47,10 @@ AUTOSTART = "autostart"  # marker in a vTEE's directory: start it at boot
 MAX_CONTROL_FRAME_BYTES = 64 * 1024
 CONTROL_BUFFERED_BYTES = 8 * 1024 * 1024  # all control connections together
 CONTROL_TIMEOUT = 10.0  # seconds for a control request to arrive whole
-# Bounds on the device owner's "frame_idle_timeout" in tee-config.json (tee/protocol.py).
+# Bounds on the device owner's "frame_idle_timeout" (seconds) and "frame_buffer_mb" (what all
+# connections of a vTEE may buffer) in tee-config.json (tee/protocol.py).
 FRAME_IDLE_TIMEOUT_RANGE = (0.5, 3600.0)
+FRAME_BUFFER_MB_RANGE = (1, 64 * 1024)
 
 
 @dataclass
@@ -69,7 +71,20 @@ class Monitor:
         self.config = device.tee_config(home)
         self.lifecycle = str(self.config.get("lifecycle", "emulated"))
         self.secure_boot = bool(self.config.get("secure_boot", True))
-        self.frame_idle_timeout = _frame_idle_timeout(self.config)
+        self.frame_idle_timeout = _boundary_setting(
+            self.config, "frame_idle_timeout", protocol.FRAME_IDLE_TIMEOUT, FRAME_IDLE_TIMEOUT_RANGE
+        )
+        self.frame_buffer_bytes = (
+            int(
+                _boundary_setting(
+                    self.config,
+                    "frame_buffer_mb",
+                    protocol.MAX_BUFFERED_BYTES >> 20,
+                    FRAME_BUFFER_MB_RANGE,
+                )
+            )
+            << 20
+        )
         self.vtees: dict[str, VteeProcess] = {}
         self.lock = threading.Lock()
         self.boot_entries: list[BootEntry] = []
@@ -132,6 +147,7 @@ class Monitor:
             "seal_root": keys_.seal_root,
             "aot_key": keys_.aot_key,
             "frame_idle_timeout": self.frame_idle_timeout,
+            "frame_buffer_bytes": self.frame_buffer_bytes,
             "dir": str(self.home.vtee(name)),
             "socket": str(self.home.vtee_socket(name)),
             "boot": {
@@ -247,15 +263,14 @@ class Monitor:
         }
 
 
-def _frame_idle_timeout(config: dict[str, Any]) -> float:
-    """The device owner's idle timeout for partial frames (measured with the configuration)."""
-    value = config.get("frame_idle_timeout", protocol.FRAME_IDLE_TIMEOUT)
-    low, high = FRAME_IDLE_TIMEOUT_RANGE
+def _boundary_setting(
+    config: dict[str, Any], key: str, default: float, bounds: tuple[float, float]
+) -> float:
+    """One of the device owner's bounds on the world boundary (measured with the config)."""
+    value = config.get(key, default)
+    low, high = bounds
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise DeviceError(
-            f"tee-config.json: frame_idle_timeout must be a number of seconds from {low:g} "
-            f"to {high:g}"
-        )
+        raise DeviceError(f"tee-config.json: {key} must be a number from {low:g} to {high:g}")
     return float(value)
 
 

@@ -61,6 +61,10 @@ log = logging.getLogger("veritee.world")
 WATCH_INTERVAL = 0.05  # seconds between checks that a client is still there during a run
 MAX_SESSIONS_PER_CONNECTION = 256
 FRAME_IDLE_TIMEOUT = protocol.FRAME_IDLE_TIMEOUT
+MAX_BUFFERED_BYTES = protocol.MAX_BUFFERED_BYTES
+# Each connection is a thread of the vTEE: a flood of idle connections must not exhaust its
+# threads (or the memory of their stacks). Those over the limit get TEEC_ERROR_BUSY.
+MAX_CONNECTIONS = 512
 
 
 class _Reply(Exception):
@@ -96,9 +100,9 @@ class SecureWorld:
         self.pool = WorkerPool(int(self.identity.config.get("workers", 2)))
         self.boot = handoff["boot"]
         # What all connections may buffer, and how long a partial frame may idle: the
-        # boundary's defence against memory exhaustion (tee/protocol.py). The timeout comes
-        # from the device's own tee-config.json (measured at boot), never the caller's.
-        self.budget = protocol.Budget()
+        # boundary's defence against memory exhaustion (tee/protocol.py). Both come from the
+        # device's own tee-config.json (measured at boot), never from the caller.
+        self.budget = protocol.Budget(int(handoff.get("frame_buffer_bytes", MAX_BUFFERED_BYTES)))
         self.frame_idle_timeout = float(handoff.get("frame_idle_timeout", FRAME_IDLE_TIMEOUT))
         self.started = time.time()
         self.max_modules = int(self.identity.config.get("max_modules", 64))
@@ -527,6 +531,29 @@ _TAS = {RUNTIME_TA: _runtime, SYSTEM_TA: _system, APP_TA: _app, TLS_TA: _tls}
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     world: SecureWorld
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(WATCH_INTERVAL)
+                protocol.send(
+                    request,
+                    {
+                        "rc": teec.TEEC_ERROR_BUSY,
+                        "origin": teec.TEEC_ORIGIN_TEE,
+                        "msg": f"this TEE already serves {MAX_CONNECTIONS} connections",
+                    },
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def serve(handoff: dict[str, Any], ready: Any = None) -> None:
@@ -540,6 +567,7 @@ def serve(handoff: dict[str, Any], ready: Any = None) -> None:
     finally:
         os.umask(old)
     server.world = world
+    server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def stop(_signo: int, _frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
