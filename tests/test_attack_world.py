@@ -325,3 +325,38 @@ def test_a_frame_over_the_vtees_budget_is_refused_while_other_clients_keep_worki
             assert b"whole" in session.run(["whole"]).stdout
     finally:
         dev.stop()
+
+
+def test_connections_over_the_cap_are_refused_and_served_again_once_others_leave(
+    fresh_device: Device, wasm: Callable[..., Path]
+) -> None:
+    from veritee.tee import client as teec
+    from veritee.tee.world import MAX_CONNECTIONS
+
+    hello = wasm("examples/hello/hello.c")
+    path = str(Home(fresh_device.home).vtee_socket("default"))
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            idle.append(s)
+        # The vTEE takes its connections one by one; wait until it refuses the next one.
+        deadline = time.monotonic() + HANG_BOUND
+        while True:
+            proc = fresh_device.cli("run", hello)
+            if proc.returncode != 0:
+                break
+            assert time.monotonic() < deadline, "the vTEE never refused a connection"
+            time.sleep(0.2)
+        assert b"already serves" in proc.stderr and b"Traceback" not in proc.stderr
+        with pytest.raises(teec.TeecError, match="already serves"), fresh_device.context() as ctx:
+            WasmSession(ctx).load(hello.read_bytes())
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + HANG_BOUND
+    while (proc := fresh_device.cli("run", hello, "--", "back")).returncode != 0:
+        assert time.monotonic() < deadline, proc.stderr
+        time.sleep(0.2)
+    assert b"back" in proc.stdout
