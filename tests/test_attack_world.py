@@ -147,13 +147,18 @@ def test_measured_boot_covers_every_package_the_secure_world_imports() -> None:
 
 
 def test_a_module_imported_from_outside_the_measured_files_stops_the_boot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    shadow = types.ModuleType("veritee.shadow")
-    shadow.__file__ = str(tmp_path / "veritee" / "shadow.py")
-    monkeypatch.setitem(sys.modules, "veritee.shadow", shadow)
-    with pytest.raises(BootError, match=r"'veritee\.shadow' was imported from"):
-        boot.check_imports()
+    measured = {"veritee.tee.boot": boot, "veritee.tee.protocol": protocol}
+    boot.check_imports(measured)
+    shadow = types.ModuleType("veritee.tee.protocol")  # a copy of it, elsewhere
+    shadow.__file__ = str(tmp_path / "veritee" / "tee" / "protocol.py")
+    with pytest.raises(BootError, match=r"'veritee\.tee\.protocol' was imported from"):
+        boot.check_imports({**measured, "veritee.tee.protocol": shadow})
+    cli = types.ModuleType("veritee.cli")  # a part of veritee that is not measured
+    cli.__file__ = str(Path(boot.__file__).parent.parent / "cli" / "__init__.py")
+    with pytest.raises(BootError, match="not part of the measured secure world"):
+        boot.check_imports({**measured, "veritee.cli": cli})
 
 
 def _old_aot_key(home: Home) -> bytes:

@@ -25,9 +25,10 @@ import platform
 import site
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import cbor2
@@ -172,11 +173,13 @@ def _measured_packages() -> dict[str, tuple[Path, set[Path]]]:
     return packages
 
 
-def check_imports() -> None:
-    """Refuse to boot if this process imported a module of a measured package from a file
-    that is not measured (another copy shadowing it, or a part left out of the measurement)."""
+def check_imports(modules: Mapping[str, ModuleType] | None = None) -> None:
+    """Refuse to boot if this process imported (``modules``: sys.modules) a module of a
+    measured package from a file that is not measured (another copy shadowing it, or a part
+    left out of the measurement)."""
     packages = _measured_packages()
-    for name, module in list(sys.modules.items()):
+    loaded = dict(sys.modules if modules is None else modules)
+    for name, module in loaded.items():
         top = name.partition(".")[0]
         file = getattr(module, "__file__", None)
         if top not in packages or not isinstance(file, str):

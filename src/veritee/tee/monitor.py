@@ -74,17 +74,10 @@ class Monitor:
         self.frame_idle_timeout = _boundary_setting(
             self.config, "frame_idle_timeout", protocol.FRAME_IDLE_TIMEOUT, FRAME_IDLE_TIMEOUT_RANGE
         )
-        self.frame_buffer_bytes = (
-            int(
-                _boundary_setting(
-                    self.config,
-                    "frame_buffer_mb",
-                    protocol.MAX_BUFFERED_BYTES >> 20,
-                    FRAME_BUFFER_MB_RANGE,
-                )
-            )
-            << 20
+        buffer_mb = _boundary_setting(
+            self.config, "frame_buffer_mb", protocol.MAX_BUFFERED_BYTES >> 20, FRAME_BUFFER_MB_RANGE
         )
+        self.frame_buffer_bytes = int(buffer_mb) << 20
         self.vtees: dict[str, VteeProcess] = {}
         self.lock = threading.Lock()
         self.boot_entries: list[BootEntry] = []

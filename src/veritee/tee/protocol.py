@@ -15,7 +15,7 @@ The normal world is untrusted, so the secure world reads every frame defensively
 
 from __future__ import annotations
 
-import contextlib
+import select
 import socket
 import struct
 import threading
@@ -115,6 +115,7 @@ class Reader:
         self._max = max_bytes
         self._idle = idle_timeout
         self._held = 0
+        self._poller: select.poll | None = None
 
     def release(self) -> None:
         """Give back what the last frame held."""
@@ -135,14 +136,11 @@ class Reader:
         """The next frame's message; raise a :class:`ProtocolError` subclass for each way
         the peer fails to send one."""
         self.release()
-        first = self._sock.recv(1)  # the wait for a frame to start has no idle timeout
-        if not first:
+        header = self._sock.recv(_HEADER.size)  # waiting for a frame has no idle timeout
+        if not header:
             raise PeerClosed("peer closed the connection")
-        saved = self._sock.gettimeout()
-        if self._idle is not None:
-            self._sock.settimeout(self._idle)
         try:
-            header = first + self._exact(_HEADER.size - 1)
+            header += self._exact(_HEADER.size - len(header))
             (length,) = _HEADER.unpack(header)
             if length > self._max:
                 raise FrameTooLarge(f"frame of {length} bytes is over the {self._max} limit")
@@ -150,9 +148,6 @@ class Reader:
         except BaseException:
             self.release()  # a frame that failed holds nothing
             raise
-        finally:
-            with contextlib.suppress(OSError):
-                self._sock.settimeout(saved)
         try:
             message = cbor2.loads(data)
         except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
@@ -162,16 +157,27 @@ class Reader:
         return message
 
     def _read(self, n: int) -> bytes:
-        try:
-            chunk = self._sock.recv(min(n, CHUNK_BYTES))
-        except TimeoutError:
-            waited = self._sock.gettimeout()
-            raise FrameIdle(
-                f"a partial frame was idle for {waited or 0:g} s; dropping the connection"
-            ) from None
+        want = min(n, CHUNK_BYTES)
+        # Without an idle timeout, the socket's own timeout (if any) applies.
+        idle = self._idle
+        chunk = self._sock.recv(want) if idle is None else self._recv_within(want, idle)
         if not chunk:
             raise PeerClosed("peer closed the connection")
         return chunk
+
+    def _recv_within(self, want: int, idle: float) -> bytes:
+        # Bytes already there cost one call; only a frame that stalls is waited for. The
+        # socket's own mode is left alone (other threads poll it during a run).
+        while True:
+            try:
+                return self._sock.recv(want, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self._sock, select.POLLIN)
+            if not self._poller.poll(idle * 1000):
+                raise FrameIdle(f"a partial frame was idle for {idle:g} s; dropping the connection")
 
     def _exact(self, n: int) -> bytes:
         got = b""
