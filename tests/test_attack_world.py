@@ -106,6 +106,7 @@ def test_code_planted_by_the_caller_does_not_run_in_the_secure_world(
         **os.environ,
         "PYTHONPATH": str(planted),
         "VERITEE_INJECTED": "1",
+        "LD_PRELOAD": str(planted / "missing.so"),  # the loader only warns it is missing
     }
     started = _cli(dev, "tee", "start", env=env, cwd=cwd)
     try:
@@ -114,6 +115,16 @@ def test_code_planted_by_the_caller_does_not_run_in_the_secure_world(
         assert ran.returncode == 0, ran.stderr
         assert b"still" in ran.stdout
         status = json.loads(dev.ok("tee", "status", "--json"))
+        monitor_pid = int(status["monitor"]["pid"])
+        vtee_pid = int(status["monitor"]["vtees"]["default"]["pid"])
+        processes = [monitor_pid, vtee_pid, *_children(vtee_pid)]  # with the warm workers
+        assert len(processes) > 2
+        for pid in processes:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            names = {entry.partition(b"=")[0] for entry in environ if entry}
+            assert names <= {b"PATH", b"LC_CTYPE"}, (pid, names)
+            assert b"-I" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert os.readlink(f"/proc/{pid}/cwd") == "/"
     finally:
         dev.stop()
     # The planted code ran in the normal world (the CLI), which is the caller's own business;
@@ -159,6 +170,18 @@ def test_a_module_imported_from_outside_the_measured_files_stops_the_boot(
     cli.__file__ = str(Path(boot.__file__).parent.parent / "cli" / "__init__.py")
     with pytest.raises(BootError, match="not part of the measured secure world"):
         boot.check_imports({**measured, "veritee.cli": cli})
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _old_aot_key(home: Home) -> bytes:
