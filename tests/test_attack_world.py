@@ -388,3 +388,18 @@ def test_connections_over_the_cap_are_refused_and_served_again_once_others_leave
         assert time.monotonic() < deadline, proc.stderr
         time.sleep(0.2)
     assert b"back" in proc.stdout
+
+
+def test_a_frame_that_would_decode_into_gigabytes_is_refused_unread(
+    device: Device, wasm: Callable[..., Path]
+) -> None:
+    # 4 MiB of one-byte CBOR items: about 32 MiB of Python objects once decoded, and a 512
+    # MiB frame of them would be 4 GiB. The vTEE counts items before it decodes.
+    items = 4 << 20
+    bomb = b"\xa1\x66params\x9a" + items.to_bytes(4, "big") + bytes(items)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with s:
+        s.connect(str(Home(device.home).vtee_socket("default")))
+        s.sendall(struct.pack(">I", len(bomb)) + bomb)
+        assert b"CBOR items" in _eof_within(s, HANG_BOUND)
+    assert "unharmed" in device.ok("run", wasm("examples/hello/hello.c"), "--", "unharmed")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import cbor2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from veritee.tee import protocol
 
@@ -185,4 +187,44 @@ def test_waiting_for_the_next_frame_has_no_idle_timeout() -> None:
         writer = threading.Thread(target=later)
         writer.start()
         assert protocol.Reader(ours, idle_timeout=0.2).recv() == {"op": "late"}
+        writer.join()
+
+
+def _items(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(_items(k) + _items(v) for k, v in value.items())
+    if isinstance(value, list):
+        return 1 + sum(_items(v) for v in value)
+    return 1
+
+
+_CBOR = st.recursive(
+    # Integers within 64 bits: a bignum is a tag and a byte string, two items on the wire.
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.floats()
+    | st.binary()
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@given(_CBOR)
+def test_items_are_counted_as_the_decoder_would_make_them(value: object) -> None:
+    assert protocol.count_items(cbor2.dumps(value), 10_000) == _items(value)
+
+
+def test_a_frame_of_many_small_items_is_refused_before_it_is_decoded() -> None:
+    ours, theirs = _pair()
+    budget = protocol.Budget()
+    with ours, theirs:
+        bomb = {"params": [0] * (protocol.MAX_FRAME_ITEMS + 1)}  # 8 bytes each once decoded
+        writer = threading.Thread(target=lambda: theirs.sendall(_frame(bomb)))
+        writer.start()
+        reader = protocol.Reader(ours, budget=budget, max_items=protocol.MAX_FRAME_ITEMS)
+        with pytest.raises(protocol.FrameTooComplex, match="CBOR items"):
+            reader.recv()
+        assert budget.used == 0
         writer.join()

@@ -281,7 +281,10 @@ class _Control(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         self.request.settimeout(CONTROL_TIMEOUT)
         reader = protocol.Reader(
-            self.request, budget=self.server.budget, max_bytes=MAX_CONTROL_FRAME_BYTES
+            self.request,
+            budget=self.server.budget,
+            max_bytes=MAX_CONTROL_FRAME_BYTES,
+            max_items=protocol.MAX_FRAME_ITEMS,
         )
         try:
             request = reader.recv()

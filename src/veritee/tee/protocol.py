@@ -35,7 +35,14 @@ MAX_BUFFERED_BYTES = 2 * MAX_FRAME_BYTES
 # Seconds a partial frame may wait for its next byte before it is dropped with its
 # connection: an idle, half-sent frame must not hold its buffer and its budget forever.
 FRAME_IDLE_TIMEOUT = 30.0
+# CBOR items a frame from the normal world may hold (a TEEC message has a few dozen; bulk data
+# travels as byte strings). Decoding turns each item into a Python object of 8 bytes or more,
+# so a frame of 512 MiB of one-byte items would become gigabytes; counted before decoding.
+MAX_FRAME_ITEMS = 4096
 _HEADER = struct.Struct(">I")
+# Bytes that follow a CBOR head for additional information 24..27.
+_ARGUMENT_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
+_BREAK = 0xFF
 
 
 class ProtocolError(Exception):
@@ -61,6 +68,37 @@ class BoundaryBusy(ProtocolError):
 
 class NotAMessage(ProtocolError):
     """A whole frame arrived, but it is not a CBOR map."""
+
+
+class FrameTooComplex(ProtocolError):
+    """A frame holds more CBOR items than the reader takes (decoding would amplify it)."""
+
+
+def count_items(data: bytes | bytearray, limit: int) -> int:
+    """The number of CBOR data items in ``data`` (nested ones included, string contents
+    skipped), counted without decoding; raise :class:`FrameTooComplex` past ``limit``.
+    Malformed input stops the count early: the decoder then reports it."""
+    view = memoryview(data)
+    pos, count, end = 0, 0, len(view)
+    while pos < end:
+        initial = view[pos]
+        pos += 1
+        if initial == _BREAK:
+            continue
+        count += 1
+        if count > limit:
+            raise FrameTooComplex(f"frame holds more than {limit} CBOR items")
+        major, info = initial >> 5, initial & 0x1F
+        argument = info
+        if info in _ARGUMENT_BYTES:
+            size = _ARGUMENT_BYTES[info]
+            argument = int.from_bytes(view[pos : pos + size], "big")
+            pos += size
+        elif info > 23 and info != 31:
+            return count  # reserved: malformed
+        if major in (2, 3) and info != 31:
+            pos += argument  # a definite string's content is not items
+    return count
 
 
 class Budget:
@@ -109,8 +147,10 @@ class Reader:
         budget: Budget | None = None,
         max_bytes: int = MAX_FRAME_BYTES,
         idle_timeout: float | None = None,
+        max_items: int | None = None,
     ) -> None:
         self._sock = sock
+        self._max_items = max_items
         self._budget = budget
         self._max = max_bytes
         self._idle = idle_timeout
@@ -148,6 +188,15 @@ class Reader:
         except BaseException:
             self.release()  # a frame that failed holds nothing
             raise
+        try:
+            return self._decode(data)
+        except ProtocolError:
+            self.release()
+            raise
+
+    def _decode(self, data: bytearray) -> dict[str, Any]:
+        if self._max_items is not None:
+            count_items(data, self._max_items)
         try:
             message = cbor2.loads(data)
         except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):

@@ -113,7 +113,12 @@ class SecureWorld:
 
     def reader(self, sock: socket.socket) -> protocol.Reader:
         """A frame reader for a connection of the normal world, within this vTEE's budget."""
-        return protocol.Reader(sock, budget=self.budget, idle_timeout=self.frame_idle_timeout)
+        return protocol.Reader(
+            sock,
+            budget=self.budget,
+            idle_timeout=self.frame_idle_timeout,
+            max_items=protocol.MAX_FRAME_ITEMS,
+        )
 
     def close_session(self, sid: int) -> None:
         """Free what a session held (its module, its app instance's worker)."""
@@ -208,7 +213,12 @@ class _Connection(socketserver.BaseRequestHandler):
                     except OSError:
                         return
                     continue
-                except (protocol.FrameIdle, protocol.FrameTooLarge, protocol.NotAMessage) as exc:
+                except (
+                    protocol.FrameIdle,
+                    protocol.FrameTooLarge,
+                    protocol.FrameTooComplex,
+                    protocol.NotAMessage,
+                ) as exc:
                     log.warning("dropped a connection: %s", exc)
                     with contextlib.suppress(OSError):
                         protocol.send(
