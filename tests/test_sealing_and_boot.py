@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
+from veritee.tee.device import REFERENCE_VALUES
 from veritee.tee.ta import WasmSession
 from veritee.wasm.runtime import measure
 
@@ -112,28 +114,64 @@ def test_tampered_aot_artifact_is_rejected_and_recompiled(
     assert artifact.read_bytes() != bytes(data)
 
 
-def test_secure_boot_refuses_a_modified_stage(tmp_path: Path) -> None:
-    dev = Device(tmp_path / "home")
-    dev.ok("device", "init")  # the vendor signs the secure world as it is in this checkout
-    copy = tmp_path / "src"
+def _installation(root: Path) -> tuple[Path, Path]:
+    """A Python installation of its own whose veritee package is a copy of this checkout (the
+    secure world runs the installed package: PYTHONPATH does not reach it). Returns its
+    interpreter and the copy's package directory."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    copy = root / "src"
     shutil.copytree(
         REPO / "src" / "veritee", copy / "veritee", ignore=shutil.ignore_patterns("__pycache__")
     )
-    world = copy / "veritee" / "tee" / "world.py"
-    world.write_text(world.read_text() + "\n# a backdoor would go here\n")
-    env = {**os.environ, "PYTHONPATH": str(copy)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "veritee", "--home", str(dev.home), "tee", "start"],
-        env=env,
+    python = root / "venv" / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-        check=False,
-    )
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # The copy first, then this environment's libraries (wasmtime, cryptography, ...).
+    (Path(purelib) / "veritee.pth").write_text(f"{copy}\n{sysconfig.get_paths()['purelib']}\n")
+    return python, copy / "veritee"
+
+
+def test_secure_boot_refuses_a_modified_stage(tmp_path: Path) -> None:
+    python, package = _installation(tmp_path)
+    home = tmp_path / "home"
+
+    def veritee(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [python, "-m", "veritee", "--home", str(home), *args],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+        )
+
+    assert veritee("device", "init").returncode == 0  # the vendor signs this installation
+    world = package / "tee" / "world.py"
+    original = world.read_text()
+    world.write_text(original + "\n# a backdoor would go here\n")  # the same user edits it
+    proc = veritee("tee", "start")
     assert proc.returncode == 4, proc.stderr
     assert b"stage 'secure-world' was modified" in proc.stderr
     assert b"Traceback" not in proc.stderr
-    assert not (dev.home / "vtees" / "default" / "tee.sock").exists()
-    # The unmodified secure world still boots on the same device.
-    dev.start()
-    dev.stop()
+    assert not (home / "vtees" / "default" / "tee.sock").exists()
+    # With secure boot off the modified world boots, and measured boot shows it in evidence.
+    config = home / "device" / "tee-config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "secure_boot": False}))
+    assert veritee("tee", "start").returncode == 0
+    try:
+        status = json.loads(veritee("tee", "status", "--json").stdout)
+    finally:
+        veritee("tee", "stop")
+    booted = {e["1"]: bytes.fromhex(e["2"]) for e in status["monitor"]["boot_log"]}
+    refs = json.loads((home / "manufacturer" / REFERENCE_VALUES).read_text())["boot"]
+    endorsed = {r["component"]: bytes.fromhex(r["measurement"]) for r in refs}
+    assert booted["secure-world"] != endorsed["secure-world"]
+    assert booted["interpreter"] == endorsed["interpreter"]
+    # The unmodified secure world still boots on the same device, secure boot on.
+    world.write_text(original)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "secure_boot": True}))
+    assert veritee("tee", "start").returncode == 0
+    veritee("tee", "stop")

@@ -71,6 +71,10 @@ TEEC_LOGIN_USER = 0x1
 MAX_PARAMS = 4
 
 
+# Seconds to look for the reason a TEE gave before it closed a connection mid-call.
+PARTING_TIMEOUT = 1.0
+
+
 class TeecError(SecureWorldError):
     """A TEEC call failed: ``code`` and ``origin`` as GlobalPlatform defines them."""
 
@@ -221,17 +225,30 @@ class Context:
                 protocol.send(self._sock, {"rpc_reply": answer})
                 reply = protocol.recv(self._sock)
         except (OSError, protocol.ProtocolError) as exc:
-            raise TeecError(
-                TEEC_ERROR_TARGET_DEAD,
-                TEEC_ORIGIN_COMMS,
-                f"lost the secure world mid-call ({exc})",
-            ) from None
+            parting = self._parting_reason()
+            if parting is None:
+                raise TeecError(
+                    TEEC_ERROR_TARGET_DEAD,
+                    TEEC_ORIGIN_COMMS,
+                    f"lost the secure world mid-call ({exc})",
+                ) from None
+            reply = parting
         rc = reply.get("rc", TEEC_ERROR_GENERIC)
         if rc != TEEC_SUCCESS:
             raise TeecError(
                 int(rc), int(reply.get("origin", TEEC_ORIGIN_TEE)), str(reply.get("msg", ""))
             )
         return reply
+
+    def _parting_reason(self) -> dict[str, Any] | None:
+        """The error the TEE sent before it closed the connection (it refuses a connection
+        over its limits that way), if it sent one."""
+        try:
+            self._sock.settimeout(PARTING_TIMEOUT)
+            reply = protocol.recv(self._sock)
+        except (OSError, protocol.ProtocolError):
+            return None
+        return reply if reply.get("rc", TEEC_SUCCESS) != TEEC_SUCCESS else None
 
     def open_session(
         self, uuid: str, operation: Operation | None = None, login: int = TEEC_LOGIN_PUBLIC

@@ -35,13 +35,22 @@ from veritee.errors import BootError, DeviceError, Error, UsageError
 from veritee.evidence import cose
 from veritee.evidence.claims import ROLLBACK_HOST_FILE, BootEntry, PlatformClaims, encode_claims
 from veritee.home import DEFAULT_VTEE, Home
-from veritee.tee import boot, device, keys, protocol, vtees
+from veritee.tee import boot, device, keys, protocol, spawn, vtees
 
 log = logging.getLogger("veritee.monitor")
 
 VTEE_START_TIMEOUT = 60.0  # seconds for a vTEE process to import wasmtime and listen
 READY_TIMEOUT = 90.0  # seconds 'veritee tee start' waits for boot to finish
 AUTOSTART = "autostart"  # marker in a vTEE's directory: start it at boot
+# The control socket takes one small request per connection: a bigger or slower one is an
+# attempt to make the monitor (which holds the HUK) buffer or wait, and is dropped.
+MAX_CONTROL_FRAME_BYTES = 64 * 1024
+CONTROL_BUFFERED_BYTES = 8 * 1024 * 1024  # all control connections together
+CONTROL_TIMEOUT = 10.0  # seconds for a control request to arrive whole
+# Bounds on the device owner's "frame_idle_timeout" (seconds) and "frame_buffer_mb" (what all
+# connections of a vTEE may buffer) in tee-config.json (tee/protocol.py).
+FRAME_IDLE_TIMEOUT_RANGE = (0.5, 3600.0)
+FRAME_BUFFER_MB_RANGE = (1, 64 * 1024)
 
 
 @dataclass
@@ -62,12 +71,25 @@ class Monitor:
         self.config = device.tee_config(home)
         self.lifecycle = str(self.config.get("lifecycle", "emulated"))
         self.secure_boot = bool(self.config.get("secure_boot", True))
+        self.frame_idle_timeout = _boundary_setting(
+            self.config, "frame_idle_timeout", protocol.FRAME_IDLE_TIMEOUT, FRAME_IDLE_TIMEOUT_RANGE
+        )
+        buffer_mb = _boundary_setting(
+            self.config, "frame_buffer_mb", protocol.MAX_BUFFERED_BYTES >> 20, FRAME_BUFFER_MB_RANGE
+        )
+        self.frame_buffer_bytes = int(buffer_mb) << 20
         self.vtees: dict[str, VteeProcess] = {}
         self.lock = threading.Lock()
         self.boot_entries: list[BootEntry] = []
         self.pcr = b""
 
     def measured_boot(self) -> None:
+        if not spawn.isolated():
+            raise BootError(
+                "the secure world must run in an isolated interpreter with its own environment "
+                "(start it with 'veritee tee start'); refusing to boot"
+            )
+        boot.check_imports()
         stages = boot.measure_stages(self.config)
         if self.secure_boot:
             try:
@@ -101,7 +123,7 @@ class Monitor:
             if running is not None and running.process.poll() is None:
                 return running
         record = vtees.load(self.home, self.huk, name)
-        keys_ = vtees.derive_keys(self.home, self.huk, record)
+        keys_ = vtees.derive_keys(self.home, self.huk, record, boot_register=self.pcr)
         digest = record.config_digest
         handoff: dict[str, Any] = {
             "name": name,
@@ -118,6 +140,8 @@ class Monitor:
             ),
             "seal_root": keys_.seal_root,
             "aot_key": keys_.aot_key,
+            "frame_idle_timeout": self.frame_idle_timeout,
+            "frame_buffer_bytes": self.frame_buffer_bytes,
             "dir": str(self.home.vtee(name)),
             "socket": str(self.home.vtee_socket(name)),
             "boot": {
@@ -132,11 +156,13 @@ class Monitor:
         handoff["counters_fd"] = counters
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "veritee.tee.world"],
+                spawn.command("veritee.tee.world"),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=None,  # the vTEE logs to the monitor's log
                 pass_fds=(counters,),
+                env=spawn.environment(),
+                cwd=spawn.WORKING_DIRECTORY,
             )
         finally:
             os.close(counters)
@@ -231,6 +257,17 @@ class Monitor:
         }
 
 
+def _boundary_setting(
+    config: dict[str, Any], key: str, default: float, bounds: tuple[float, float]
+) -> float:
+    """One of the device owner's bounds on the world boundary (measured with the config)."""
+    value = config.get(key, default)
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise DeviceError(f"tee-config.json: {key} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
 def _read_line(stream: Any, timeout: float) -> bytes:
     result: list[bytes] = []
     t = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
@@ -243,10 +280,20 @@ class _Control(socketserver.BaseRequestHandler):
     server: _ControlServer
 
     def handle(self) -> None:
+        self.request.settimeout(CONTROL_TIMEOUT)
+        reader = protocol.Reader(
+            self.request,
+            budget=self.server.budget,
+            max_bytes=MAX_CONTROL_FRAME_BYTES,
+            max_items=protocol.MAX_FRAME_ITEMS,
+        )
         try:
-            request = protocol.recv(self.request)
-        except protocol.ProtocolError:
+            request = reader.recv()
+        except (protocol.ProtocolError, OSError) as exc:
+            log.warning("control request dropped: %s", exc or "timed out")
             return
+        finally:
+            reader.close()
         monitor = self.server.monitor
         op = request.get("op")
         try:
@@ -287,6 +334,7 @@ class _Control(socketserver.BaseRequestHandler):
 class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     monitor: Monitor
+    budget = protocol.Budget(CONTROL_BUFFERED_BYTES)
 
 
 def control(home: Home, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
@@ -371,21 +419,23 @@ def start_daemon(home: Home) -> int:
     device.load_info(home)  # a clear error now if there is no device
     read_fd, write_fd = os.pipe()
     log_file = open(home.log_file, "ab")  # noqa: SIM115 - handed to the child
+    # The caller's environment and directory stay behind (tee/spawn.py): the home is passed
+    # as an absolute path because the monitor does not start where the caller stands.
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
+        spawn.command(
             "veritee.tee.monitor",
             "--home",
-            str(home.root),
+            str(home.root.resolve()),
             "--ready-fd",
             str(write_fd),
-        ],
+        ),
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=log_file,
         pass_fds=(write_fd,),
         start_new_session=True,
+        env=spawn.environment(),
+        cwd=spawn.WORKING_DIRECTORY,
     )
     os.close(write_fd)
     log_file.close()

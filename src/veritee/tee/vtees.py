@@ -163,8 +163,15 @@ def names(home: Home) -> list[str]:
     return sorted(p.name for p in home.vtees.iterdir() if (p / "vtee.json").exists())
 
 
-def derive_keys(home: Home, huk: bytes, record: VteeRecord) -> VteeKeys:
-    """The vTEE's keys; impossible once its seed is destroyed."""
+def derive_keys(home: Home, huk: bytes, record: VteeRecord, *, boot_register: bytes) -> VteeKeys:
+    """The vTEE's keys; impossible once its seed is destroyed.
+
+    The AOT cache key is also bound to ``boot_register`` (the measured boot's final value):
+    native code an artifact holds runs unchecked once its tag verifies, so an artifact
+    written under another boot (other code, other configuration, code injected into that
+    boot) must never verify under this one. Sealing and attestation keys are not bound to
+    it: sealed data survives an update of the secure world, and evidence names the boot.
+    """
     try:
         seed = read_secret(_seed_path(home, record.vtee_id))
     except DeviceError:
@@ -177,7 +184,7 @@ def derive_keys(home: Home, huk: bytes, record: VteeRecord) -> VteeKeys:
     return VteeKeys(
         attestation_key=derive_p256(root, "vtee-attestation", digest),
         seal_root=derive(root, "vtee-seal", digest),
-        aot_key=derive(root, "vtee-aot", digest),
+        aot_key=derive(root, "vtee-aot", digest, boot_register),
     )
 
 

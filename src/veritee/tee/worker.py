@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from veritee.errors import ModuleError, ModuleLimitExceeded, SecureWorldError, UsageError
-from veritee.tee import protocol
+from veritee.tee import protocol, spawn
 
 log = logging.getLogger("veritee.worker")
 
@@ -39,10 +39,12 @@ class _Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = parent
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "veritee.tee.worker", str(child.fileno())],
+            spawn.command("veritee.tee.worker", str(child.fileno())),
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
+            env=spawn.environment(),  # isolated like every secure-world process (tee/spawn.py)
+            cwd=spawn.WORKING_DIRECTORY,
         )
         child.close()
 

@@ -9,6 +9,7 @@ A client that disconnects mid-run has its module cancelled at the next epoch tic
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
-from veritee.tee import app_ta, protocol, runtime_ta, tls_ta
+from veritee.tee import app_ta, protocol, runtime_ta, spawn, tls_ta
 from veritee.tee import client as teec
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
 from veritee.tee.sealing import Counters
@@ -59,6 +60,11 @@ log = logging.getLogger("veritee.world")
 
 WATCH_INTERVAL = 0.05  # seconds between checks that a client is still there during a run
 MAX_SESSIONS_PER_CONNECTION = 256
+FRAME_IDLE_TIMEOUT = protocol.FRAME_IDLE_TIMEOUT
+MAX_BUFFERED_BYTES = protocol.MAX_BUFFERED_BYTES
+# Each connection is a thread of the vTEE: a flood of idle connections must not exhaust its
+# threads (or the memory of their stacks). Those over the limit get TEEC_ERROR_BUSY.
+MAX_CONNECTIONS = 512
 
 
 class _Reply(Exception):
@@ -93,12 +99,26 @@ class SecureWorld:
         self.counters = Counters(int(handoff["counters_fd"]))
         self.pool = WorkerPool(int(self.identity.config.get("workers", 2)))
         self.boot = handoff["boot"]
+        # What all connections may buffer, and how long a partial frame may idle: the
+        # boundary's defence against memory exhaustion (tee/protocol.py). Both come from the
+        # device's own tee-config.json (measured at boot), never from the caller.
+        self.budget = protocol.Budget(int(handoff.get("frame_buffer_bytes", MAX_BUFFERED_BYTES)))
+        self.frame_idle_timeout = float(handoff.get("frame_idle_timeout", FRAME_IDLE_TIMEOUT))
         self.started = time.time()
         self.max_modules = int(self.identity.config.get("max_modules", 64))
         self.modules: dict[int, LoadedModule] = {}
         self.apps: dict[int, app_ta.AppModule] = {}
         self.lock = threading.Lock()
         self.ids = itertools.count(1)
+
+    def reader(self, sock: socket.socket) -> protocol.Reader:
+        """A frame reader for a connection of the normal world, within this vTEE's budget."""
+        return protocol.Reader(
+            sock,
+            budget=self.budget,
+            idle_timeout=self.frame_idle_timeout,
+            max_items=protocol.MAX_FRAME_ITEMS,
+        )
 
     def close_session(self, sid: int) -> None:
         """Free what a session held (its module, its app instance's worker)."""
@@ -175,11 +195,42 @@ class _Connection(socketserver.BaseRequestHandler):
         world = self.server.world
         sock: socket.socket = self.request
         sessions: dict[int, str] = {}
+        reader = world.reader(sock)
         try:
             while True:
                 try:
-                    message = protocol.recv(sock)
-                except protocol.ProtocolError:
+                    message = reader.recv()
+                except protocol.BoundaryBusy as exc:
+                    # The frame was read and discarded: tell this client, keep its connection.
+                    log.warning("refused a frame: %s", exc)
+                    busy: dict[str, Any] = {
+                        "rc": teec.TEEC_ERROR_BUSY,
+                        "origin": teec.TEEC_ORIGIN_TEE,
+                        "msg": str(exc),
+                    }
+                    try:
+                        protocol.send(sock, busy)
+                    except OSError:
+                        return
+                    continue
+                except (
+                    protocol.FrameIdle,
+                    protocol.FrameTooLarge,
+                    protocol.FrameTooComplex,
+                    protocol.NotAMessage,
+                ) as exc:
+                    log.warning("dropped a connection: %s", exc)
+                    with contextlib.suppress(OSError):
+                        protocol.send(
+                            sock,
+                            {
+                                "rc": teec.TEEC_ERROR_BAD_FORMAT,
+                                "origin": teec.TEEC_ORIGIN_TEE,
+                                "msg": str(exc),
+                            },
+                        )
+                    return
+                except (protocol.ProtocolError, OSError):
                     return
                 try:
                     reply = self._dispatch(world, sock, sessions, message)
@@ -191,6 +242,7 @@ class _Connection(socketserver.BaseRequestHandler):
                 except (OSError, protocol.ProtocolError):
                     return
         finally:
+            reader.close()
             for sid in sessions:
                 world.close_session(sid)
 
@@ -319,7 +371,7 @@ def _runtime(
                 request,
                 cancel.is_set,
                 world.scratch,
-                relay=lambda rpc: _relay(sock, rpc),
+                relay=lambda rpc: _relay(world, sock, rpc),
             )
         finally:
             done.set()
@@ -384,7 +436,7 @@ def _app(
         return _reply(params, {})
     if loaded is None:
         raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "no module loaded")
-    relay = lambda rpc: _relay(sock, rpc)  # noqa: E731 - one-line adapter
+    relay = lambda rpc: _relay(world, sock, rpc)  # noqa: E731 - one-line adapter
     if cmd == CMD_APP_ATTEST:
         evidence = loaded.attester(world.identity.platform_token).evidence(
             _memref(params, 0)["buf"], host_data=_memref(params, 1)["buf"]
@@ -422,11 +474,12 @@ def _app(
     raise _Reply(teec.TEEC_ERROR_NOT_SUPPORTED, teec.TEEC_ORIGIN_TRUSTED_APP, f"cmd {cmd!r}")
 
 
-def _relay(sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
+def _relay(world: SecureWorld, sock: socket.socket, rpc: dict[str, Any]) -> dict[str, Any]:
     """Ask the client (the normal world's supplicant) to carry a request; wait for its answer."""
     try:
         protocol.send(sock, {"rpc": rpc})
-        answer = protocol.recv(sock).get("rpc_reply")
+        with world.reader(sock) as reader:
+            answer = reader.recv().get("rpc_reply")
     except (OSError, protocol.ProtocolError) as exc:
         return {"error": f"client gone: {exc}"}
     return answer if isinstance(answer, dict) else {"error": "malformed relay answer"}
@@ -489,6 +542,29 @@ _TAS = {RUNTIME_TA: _runtime, SYSTEM_TA: _system, APP_TA: _app, TLS_TA: _tls}
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     world: SecureWorld
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(WATCH_INTERVAL)
+                protocol.send(
+                    request,
+                    {
+                        "rc": teec.TEEC_ERROR_BUSY,
+                        "origin": teec.TEEC_ORIGIN_TEE,
+                        "msg": f"this TEE already serves {MAX_CONNECTIONS} connections",
+                    },
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def serve(handoff: dict[str, Any], ready: Any = None) -> None:
@@ -502,6 +578,7 @@ def serve(handoff: dict[str, Any], ready: Any = None) -> None:
     finally:
         os.umask(old)
     server.world = world
+    server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def stop(_signo: int, _frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -526,6 +603,10 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s vtee[%(process)d] %(levelname)s %(message)s"
     )
+    if not spawn.isolated():
+        # Only the monitor starts a vTEE, and it starts it isolated (tee/spawn.py).
+        log.error("a vTEE must run in an isolated interpreter with its own environment")
+        sys.exit(1)
     handoff = cbor2.loads(sys.stdin.buffer.read())
     sys.stdin.close()
     serve(handoff, ready=sys.stdout)
