@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -83,12 +82,15 @@ class LocalCluster:
         poll_us: int | None = None,
     ) -> None:
         """``source``: run the nodes and the verifier from that checkout's ``src`` (an A/B
-        benchmark compares two versions); their devices are provisioned by it too, since
-        secure boot measures the code it runs. ``poll_us``: the agents' ``--poll-us``
+        benchmark compares two versions), with an interpreter of their own whose
+        site-packages put it first (the secure world runs isolated: PYTHONPATH does not
+        reach it); their devices are provisioned by it too, since secure boot measures the
+        code it runs. ``poll_us``: the agents' ``--poll-us``
         (default: theirs)."""
         self.workdir = workdir
         self.source = source
         self.poll_us = poll_us
+        self.python = sys.executable  # made for ``source`` when the cluster starts
         self.nodes = {
             n: LocalNode(
                 n,
@@ -109,6 +111,9 @@ class LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         from veritee.tee import device
 
+        if self.source is not None:
+            self.python = str(_interpreter_for(self.source, self.workdir / "python"))
+
         for node in self.nodes.values():
             home = Home(node.home)
             if device.is_provisioned(home):
@@ -116,8 +121,8 @@ class LocalCluster:
             if self.source is None:
                 device.provision(home)
                 continue
-            init = [sys.executable, "-m", "veritee", "--home", str(node.home), "device", "init"]
-            done = subprocess.run(init, env=self._env(), capture_output=True, text=True)
+            init = [self.python, "-m", "veritee", "--home", str(node.home), "device", "init"]
+            done = subprocess.run(init, capture_output=True, text=True)
             if done.returncode != 0:
                 raise AppError(f"provisioning {node.name} from {self.source}: {done.stderr}")
         if self.want_verifier:
@@ -129,11 +134,6 @@ class LocalCluster:
         if self.verifier_url:
             self._trust_devices()
 
-    def _env(self) -> dict[str, str] | None:
-        if self.source is None:
-            return None  # this process's own environment
-        return {**os.environ, "PYTHONPATH": str(self.source)}
-
     def start_node(self, name: str, *, wait: bool = True) -> LocalNode:
         """(Re)start a node's agent; it boots its secure world if that is not running."""
         node = self.nodes[name]
@@ -142,7 +142,7 @@ class LocalCluster:
         node.log = self.workdir / f"{name}.log"
         args = [
             *node.prefix,
-            sys.executable,
+            self.python,
             "-m",
             "veritee",
             "node",
@@ -166,7 +166,6 @@ class LocalCluster:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env=self._env(),
             )
         if wait:
             self._ready(node)
@@ -209,7 +208,7 @@ class LocalCluster:
         with open(log_path, "ab") as log:
             self._verifier = subprocess.Popen(
                 [
-                    sys.executable,
+                    self.python,
                     "-m",
                     "veritee",
                     "--home",
@@ -229,7 +228,6 @@ class LocalCluster:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env=self._env(),
             )
         info = _wait_ready(ready, self._verifier, log_path, "verifier")
         self.verifier_url = str(info["url"])
@@ -297,3 +295,23 @@ def descriptor_for(
             module["binary"] = str(binary)
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
+
+
+def _interpreter_for(source: Path, root: Path) -> Path:
+    """An interpreter whose ``veritee`` is the one in ``source`` (a checkout's ``src``), with
+    this environment's libraries behind it: a venv whose site-packages name both in a
+    ``.pth`` file, which the interpreter reads even in isolated mode."""
+    import sysconfig
+
+    python = root / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    here = sysconfig.get_paths()["purelib"]
+    (Path(purelib) / "veritee-source.pth").write_text(f"{source.resolve()}\n{here}\n")
+    return python
