@@ -31,9 +31,15 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives import serialization
 
-from veritee.errors import BootError, DeviceError, Error, UsageError
-from veritee.evidence import cose
-from veritee.evidence.claims import ROLLBACK_HOST_FILE, BootEntry, PlatformClaims, encode_claims
+from veritee.errors import BootError, DeviceError, Error, EvidenceError, UsageError
+from veritee.evidence import certs, cose
+from veritee.evidence.claims import (
+    LIFECYCLES,
+    ROLLBACK_HOST_FILE,
+    BootEntry,
+    PlatformClaims,
+    encode_claims,
+)
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.tee import boot, device, keys, protocol, spawn, vtees
 
@@ -70,6 +76,23 @@ class Monitor:
         self.dak = keys.read_private_key(home.device / device.DAK_KEY)
         self.config = device.tee_config(home)
         self.lifecycle = str(self.config.get("lifecycle", "emulated"))
+        # What the device may say it is comes from its certificate, not from its own
+        # configuration: stop here, with the reason, rather than sign evidence that every
+        # verifier refuses (LifecycleNotEndorsed).
+        try:
+            endorsed = certs.endorsed_lifecycle(self.info.certificate, self.info.ca)
+        except EvidenceError as exc:
+            raise BootError(f"the device certificate's lifecycle mark: {exc}") from None
+        if self.lifecycle not in LIFECYCLES:
+            raise BootError(
+                f"tee-config.json sets lifecycle {self.lifecycle!r}, which is not one of "
+                f"{', '.join(LIFECYCLES)}"
+            )
+        if certs.lowest(self.lifecycle, endorsed) != self.lifecycle:
+            raise BootError(
+                f"tee-config.json sets lifecycle {self.lifecycle!r}, but the device certificate "
+                f"endorses at most {endorsed!r}; refusing to boot"
+            )
         self.secure_boot = bool(self.config.get("secure_boot", True))
         self.frame_idle_timeout = _boundary_setting(
             self.config, "frame_idle_timeout", protocol.FRAME_IDLE_TIMEOUT, FRAME_IDLE_TIMEOUT_RANGE
