@@ -62,8 +62,13 @@ def test_node_start_help_gives_the_poll_default_the_agent_uses() -> None:
 def test_a_node_says_how_it_polls_its_links(tmp_path: Path) -> None:
     """An operator reads the setting in the agent's log, next to where it listens."""
     ready, log = tmp_path / "ready.json", tmp_path / "node.log"
+    subprocess.run(
+        [sys.executable, "-m", "veritee", "--home", str(tmp_path / "n"), "device", "init"],
+        check=True,
+        capture_output=True,
+    )
     command = [sys.executable, "-m", "veritee", "node", "start", "--home", str(tmp_path / "n")]
-    command += ["--port", "0", "--events-port", "0", "--init", "--ready-file", str(ready)]
+    command += ["--port", "0", "--events-port", "0", "--ready-file", str(ready)]
     with open(log, "wb") as out:
         node = subprocess.Popen([*command, "--poll-us", "500"], stdout=out, stderr=out)
         try:
@@ -286,3 +291,23 @@ def test_the_reactive_tools_native_example_deploys_as_given(
     assert "2/2 modules attested and connected, 2/2 connections" in proc.stderr
     proc = veritee("output", "user->sm2.input", "hello", "--state", state, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_node_start_never_provisions_a_device(tmp_path: Path) -> None:
+    """The node agent is untrusted: it must never create or hold device secrets. Without a
+    provisioned device, `node start` says how to make one and leaves the home empty of any."""
+    home = tmp_path / "n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", "node", "start", "--home", str(home), "--port", "0"],
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert b"device init' first" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert not (home / "device").exists()
+    gone = subprocess.run(
+        [sys.executable, "-m", "veritee", "node", "start", "--init"], capture_output=True
+    )
+    assert gone.returncode == 2 and b"No such option '--init'" in gone.stderr

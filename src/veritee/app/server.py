@@ -1,4 +1,9 @@
-"""Run a node agent: its secure world (booted if need be), the event transport, the HTTP API."""
+"""Run a node agent: the event transport and the HTTP API, over a secure world that runs.
+
+The agent is untrusted: it reaches the secure world only through the TEE Client API, and never
+provisions a device, boots or stops a secure world, or holds a device secret. Whoever operates
+the node does that (``veritee node start`` boots a provisioned device's secure world first).
+"""
 
 from __future__ import annotations
 
@@ -10,39 +15,9 @@ from pathlib import Path
 from veritee.app.agent import NodeAgent
 from veritee.app.errors import AppError
 from veritee.app.transport import POLL, TcpTransport
-from veritee.errors import Error
 from veritee.home import DEFAULT_VTEE, Home
 
 log = logging.getLogger("veritee.node")
-
-
-def secure_world_running(home: Home) -> bool:
-    from veritee.tee import monitor
-
-    try:
-        monitor.control(home, {"op": "status"}, timeout=5)
-    except Error:
-        return False
-    return True
-
-
-def boot(home: Home, *, provision: bool) -> bool:
-    """Make sure this node's secure world runs; returns True if we started it."""
-    from veritee.tee import device, monitor
-
-    if secure_world_running(home):
-        return False
-    if not device.is_provisioned(home):
-        if not provision:
-            raise AppError(
-                f"{home.root} holds no provisioned device: run 'veritee --home {home.root} "
-                "device init' (or give --init)"
-            )
-        device.provision(home)
-        log.info("provisioned an emulated device in %s", home.root)
-    monitor.start_daemon(home)
-    log.info("booted the secure world of %s", home.root)
-    return True
 
 
 def serve(
@@ -54,70 +29,60 @@ def serve(
     directory: Path | None = None,
     vtee: str = DEFAULT_VTEE,
     ready_file: Path | None = None,
-    stop_tee: bool = False,
     log_level: str = "info",
     poll: float = POLL,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; with ``stop_tee`` the secure world is stopped too."""
+    """Serve until SIGINT/SIGTERM."""
     import uvicorn
 
     from veritee.app import api
 
+    state = directory or home.root / "node"
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = _listen(host, port)
+    # Peers keep events for us at this port while we are down: keep it across restarts.
+    port_file = state / "events-port"
+    if events_port is None:
+        saved = port_file.read_text().strip() if port_file.exists() else ""
+        events_port = int(saved) if saved.isdigit() else 0
     try:
-        state = directory or home.root / "node"
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sock = _listen(host, port)
-        # Peers keep events for us at this port while we are down: keep it across restarts.
-        port_file = state / "events-port"
-        if events_port is None:
-            saved = port_file.read_text().strip() if port_file.exists() else ""
-            events_port = int(saved) if saved.isdigit() else 0
-        try:
-            transport = TcpTransport(state, host, events_port, poll=poll)
-        except BaseException:
-            sock.close()
-            raise
-        port_file.write_text(f"{transport.address[1]}\n")
-        agent = NodeAgent(home, state, transport, vtee=vtee)
-        try:
-            for problem in agent.start():
-                log.error("not reloaded: %s", problem)
-            url_host = f"[{host}]" if ":" in host else host
-            info = {
-                "url": f"http://{url_host}:{sock.getsockname()[1]}",
-                "events": list(agent.address),
-            }
-            log.info(
-                "node agent on %s, events on %s:%d; %s",
-                info["url"],
-                *agent.address,
-                f"polls busy links up to {transport.poll * 1e6:.0f} µs"
-                if transport.poll > 0
-                else "never polls its links",
-            )
-            if ready_file is not None:
-                tmp = ready_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(info))
-                tmp.replace(ready_file)
-            config = uvicorn.Config(
-                api.create(agent),
-                log_level=log_level,
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=3,
-            )
-            uvicorn.Server(config).run(sockets=[sock])
-        finally:
-            agent.close()
-            sock.close()
+        transport = TcpTransport(state, host, events_port, poll=poll)
+    except BaseException:
+        sock.close()
+        raise
+    port_file.write_text(f"{transport.address[1]}\n")
+    agent = NodeAgent(home, state, transport, vtee=vtee)
+    try:
+        for problem in agent.start():
+            log.error("not reloaded: %s", problem)
+        url_host = f"[{host}]" if ":" in host else host
+        info = {
+            "url": f"http://{url_host}:{sock.getsockname()[1]}",
+            "events": list(agent.address),
+        }
+        log.info(
+            "node agent on %s, events on %s:%d; %s",
+            info["url"],
+            *agent.address,
+            f"polls busy links up to {transport.poll * 1e6:.0f} µs"
+            if transport.poll > 0
+            else "never polls its links",
+        )
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(ready_file)
+        config = uvicorn.Config(
+            api.create(agent),
+            log_level=log_level,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=3,
+        )
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
-        if stop_tee:
-            from veritee.tee import monitor
-
-            try:
-                monitor.control(home, {"op": "stop"})
-            except Error as exc:
-                log.warning("could not stop the secure world: %s", exc)
+        agent.close()
+        sock.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:

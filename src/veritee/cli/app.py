@@ -10,6 +10,7 @@ did not answer or refused, 12 the secure world dropped an event.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -98,7 +99,6 @@ def node() -> None:
     help="Port for events from other nodes (default: the one used last time, else any free).",
 )
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to use.")
-@click.option("--init", "provision", is_flag=True, help="Provision a device if HOME has none.")
 @click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -125,7 +125,6 @@ def node_start(
     port: int,
     events_port: int | None,
     vtee: str,
-    provision: bool,
     ready_file: Path | None,
     poll_us: int | None,
     log_level: str,
@@ -134,15 +133,15 @@ def node_start(
 
     Boots the device's secure world if it is not running (and stops it again on
     exit), reloads the modules this node hosted with their sealed state, and
-    delivers the events it kept. Logs go to stderr.
+    delivers the events it kept. Logs go to stderr. The device must be provisioned
+    first ('veritee device init'): the node agent never creates device secrets.
 
     \b
     Examples:
-      veritee node start --home /tmp/hub --port 7101 --init
+      veritee --home /tmp/hub device init
+      veritee node start --home /tmp/hub --port 7101
       veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102
     """
-    import logging
-
     from veritee.app import server
     from veritee.app.transport import POLL
 
@@ -153,18 +152,52 @@ def node_start(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    started = server.boot(home, provision=provision)
-    server.serve(
-        home,
-        host=host,
-        port=port,
-        events_port=events_port,
-        vtee=vtee,
-        ready_file=ready_file,
-        stop_tee=started,
-        log_level=log_level,
-        poll=POLL if poll_us is None else poll_us / 1e6,
-    )
+    started = _boot_secure_world(home)
+    try:
+        server.serve(
+            home,
+            host=host,
+            port=port,
+            events_port=events_port,
+            vtee=vtee,
+            ready_file=ready_file,
+            log_level=log_level,
+            poll=POLL if poll_us is None else poll_us / 1e6,
+        )
+    finally:
+        if started:
+            _stop_secure_world(home)
+
+
+def _boot_secure_world(home: Home) -> bool:
+    """Boot the node's secure world unless it runs; True if this command started it. The
+    operator's step, not the agent's: the agent never provisions or boots a device."""
+    from veritee.errors import DeviceError, Error
+    from veritee.tee import device, monitor
+
+    try:
+        monitor.control(home, {"op": "status"}, timeout=5)
+        return False
+    except Error:
+        pass
+    if not device.is_provisioned(home):
+        raise DeviceError(
+            f"{home.root} holds no provisioned device: run "
+            f"'veritee --home {home.root} device init' first"
+        )
+    monitor.start_daemon(home)
+    logging.getLogger("veritee.node").info("booted the secure world of %s", home.root)
+    return True
+
+
+def _stop_secure_world(home: Home) -> None:
+    from veritee.errors import Error
+    from veritee.tee import monitor
+
+    try:
+        monitor.control(home, {"op": "stop"})
+    except Error as exc:
+        logging.getLogger("veritee.node").warning("could not stop the secure world: %s", exc)
 
 
 # -- deploy ---------------------------------------------------------------------------------------
