@@ -1082,3 +1082,68 @@ def test_the_deployer_trusting_a_node_home_requires_secured_in_vain(
         f"emulated node accepted by an affirming-only deployment: {verdict.status}, "
         f"lifecycle {verdict.lifecycle!r}"
     )
+
+
+def _self_signed_device(key: ec.EllipticCurvePrivateKey, mark: str = "secured") -> x509.Certificate:
+    """A device certificate (CA:false, digitalSignature) that is its own issuer."""
+    name = _name("self-endorsed device")
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(certs.lifecycle_extension(mark), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_a_trust_anchor_off_the_profile_is_not_a_device_ca(
+    verifier: Server, device: Device, session: WasmSession, hello: bytes, tmp_path: Path
+) -> None:
+    """HOLE (low: it needs the operator to provision the file, as test 1 does): the profile says
+    a trust anchor is a CA (CA:true, pathlen 0, keyCertSign) that issues device certificates,
+    and validate_device_chain claims to refuse "a path that is not CA -> device certificate".
+    But cryptography's validator takes a leaf that is itself in the store as trusted without
+    applying the CA policy, and provisioning (``trust-ca``) accepts any certificate. A
+    self-signed *device* certificate (CA:false) marked ``secured``, handed to the operator as
+    "my CA", is then its own anchor: the path is [device certificate], the CA checks never run,
+    and the device is affirming / secured.
+
+    Secure behaviour asserted: provisioning refuses the non-CA anchor, or appraisal refuses it."""
+    dak, _ = _dak(device.home)
+    leaf = _self_signed_device(dak, "secured")
+    try:
+        in_memory: str | None = _validate([leaf], (leaf,))
+    except UntrustedDevice:
+        in_memory = None
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(_pem(leaf))
+    rc, out = _provision_proc(verifier, device.home, "--json", "trust-ca", pem)
+    served = "refused at provisioning"
+    if rc == 0:
+        real = session.attest(bytes(32))
+        try:
+            result, failure = _attest(
+                verifier,
+                lambda n: (
+                    forge(
+                        real, n, measure(hello), signer=dak, chain=[_der(leaf)], lifecycle="secured"
+                    ).evidence
+                ),
+            )
+            served = failure["check"] if failure else f"{_status(result)}"
+        finally:
+            for anchor in json.loads(out)["ids"]:
+                verifier.provision(device.home, "remove", "trust-anchors", anchor)
+    assert in_memory is None and served != "affirming", (
+        f"a self-signed CA:false certificate is its own anchor: validate_device_chain endorses "
+        f"{in_memory!r}; through the verifier after `trust-ca`: {served}"
+    )
