@@ -5,6 +5,26 @@ HOME/manufacturer/ca.key), the holder of a leaked or revoked device key, the net
 test runs one attack. A test whose docstring starts with ``HOLE:`` asserts the secure
 behaviour and FAILS on the code it was written against: the attack works. The others pass:
 the attack is refused, and the docstring names the check that refuses it.
+
+Holes found (most severe first; each test's docstring tells the attack and the gain):
+
+1. test_trust_device_refuses_an_owner_reminted_secured_ca,
+   test_a_secret_service_trusting_the_owners_ca_file_keeps_secured_only_secrets,
+   test_the_deployer_trusting_a_node_home_requires_secured_in_vain: every consumer that takes
+   a device's ``HOME/manufacturer/ca.pem`` as its trust anchor (verifier ``trust-device``, the
+   secret service's ``trust.ca``, the deployer's ``--trust-home``, the cluster helper) trusts
+   whatever mark the owner, who holds ca.key, re-mints into it: an emulated device becomes
+   ``secured`` / affirming everywhere. The twin keeps the subject "Veritee emulated
+   manufacturer CA", and ``provision show`` prints subject and id only, never the mark.
+2. test_a_device_revoked_at_the_verifier_gets_no_secret: the secret service releases to a
+   device its trusted verifier finds revoked (contraindicated), unless a secret sets
+   min_ear_status; without trust.verifier it has no revocation at all.
+3. test_revoking_an_emulated_ca_from_its_home_revokes_it: CA revocation is by the DER digest
+   of a file the owner controls, accepted for a CA that is not trusted: a silent no-op.
+4. test_a_trust_anchor_off_the_profile_is_not_a_device_ca: a self-signed CA:false device
+   certificate provisioned as an anchor validates as its own path, the CA profile unchecked.
+5. test_cli_appraise_json_does_not_call_an_emulated_device_affirming: ``veritee evidence
+   appraise --json`` says "affirming" for an emulated device.
 """
 
 from __future__ import annotations
