@@ -974,16 +974,25 @@ def test_device_key_types_in_memory() -> None:
 
 
 def test_a_secured_store_twin_decides_by_store_order() -> None:
-    """Informational (passes): with two trust anchors for one CA key (one marked emulated, one
-    secured), the endorsed lifecycle is that of whichever the path validator tries first (the
-    store's order), whatever x5chain carries. Only an operator who trusts a ``secured`` twin is
-    exposed, which is test 1's hole; recorded so that a fix keys CA identity on the key."""
+    """Refused (certs.anchor_ceilings: CA identity is the key, and a key's bound is the lowest
+    over every anchor of it): with two trust anchors for one CA key (one marked emulated, one
+    secured), the endorsed lifecycle was that of whichever the path validator tried first (the
+    store's order). It is now ``emulated`` whatever the store's order or x5chain; and a ceiling
+    recorded for the key at provisioning caps even a store of secured twins only.
+
+    (Changed with the fix: this test asserted ``secured`` for the order (secured, emulated),
+    the insecure behaviour it recorded.)"""
     ca_key, emulated = _ca("emulated")
     secured = _twin_ca(ca_key, emulated, "secured")
     cert = _leaf(ca_key, emulated, ec.generate_private_key(ec.SECP256R1()).public_key())
     assert _validate([cert], (emulated, secured)) == "emulated"
-    assert _validate([cert], (secured, emulated)) == "secured"
-    assert _validate([cert, emulated], (secured, emulated)) == "secured"
+    assert _validate([cert], (secured, emulated)) == "emulated"
+    assert _validate([cert, emulated], (secured, emulated)) == "emulated"
+    assert _validate([cert], (secured,)) == "secured"  # the marks alone, no ceiling recorded
+    capped = certs.validate_device_chain([cert], (secured,), NOW, {certs.key_id(secured): "debug"})
+    assert capped.lifecycle == "debug"
+    anchors = TrustAnchors.from_pem(_pem(secured))  # a CA file: capped at emulated
+    assert anchors.ceilings == {certs.key_id(secured): "emulated"}
 
 
 @pytest.mark.parametrize(
