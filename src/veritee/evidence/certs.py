@@ -222,10 +222,6 @@ def validate_device_chain(
     leaf, rest = chain[0], chain[1:]
     for ca in cas:
         check_anchor(ca)
-    if leaf in cas:
-        raise UntrustedDevice(
-            "device certificate is itself a trust anchor: a path must be CA -> device certificate"
-        )
     try:
         verifier = (
             PolicyBuilder()
@@ -239,9 +235,11 @@ def validate_device_chain(
     except VerificationError as exc:
         raise UntrustedDevice(_reason(leaf, exc)) from None
     device, ca = path[0], path[-1]
-    if len(path) != 2 or device is ca:
+    # cryptography takes a leaf that is itself in the store as a whole path, the CA policy
+    # never applied to it: a device certificate is never its own anchor.
+    if len(path) != 2 or leaf in cas:
         raise UntrustedDevice(
-            "device certificate refused: its path is not CA -> device certificate"
+            "device certificate is itself a trust anchor: a path must be CA -> device certificate"
         )
     bound = anchor_ceilings(cas, ceilings)[key_id(ca)]
     device_mark = lifecycle_mark(device)
