@@ -253,3 +253,46 @@ def test_the_secret_service_config_records_a_ceiling_per_ca(tmp_path: Path) -> N
     (tmp_path / "ca.pem").write_bytes(_pem(leaf))
     with pytest.raises(ConfigError, match="not a manufacturer CA"):
         load_config(config("ca.pem"))
+
+
+# -- the operator's CLI -----------------------------------------------------------------------
+
+
+def test_the_cli_records_and_shows_the_ceiling(tmp_path: Path) -> None:
+    """``trust-ca`` records emulated unless ``--max-lifecycle`` says otherwise, ``show`` prints
+    each CA's ceiling, ``trust-ca`` refuses a certificate off the CA profile, and ``revoke
+    --ca`` refuses a CA no anchor has the key of (one clear line, no traceback)."""
+    from .test_verifier_service import start_verifier
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server = start_verifier(home, tmp_path / "verifier")
+    try:
+        _, ca = _ca("secured")
+        _, other = _ca("secured")
+        (tmp_path / "ca.pem").write_bytes(_pem(ca))
+        (tmp_path / "other.pem").write_bytes(_pem(other))
+        (tmp_path / "leaf.pem").write_bytes(
+            _pem(_self_signed_device(ec.generate_private_key(ec.SECP256R1())))
+        )
+        assert "endorses at most emulated" in server.provision(
+            home, "trust-ca", tmp_path / "ca.pem"
+        )
+        shown = server.provision(home, "show")
+        assert f"endorses at most emulated  key {certs.key_id(ca).hex()}" in shown
+        out = server.provision(
+            home, "trust-ca", "--max-lifecycle", "secured", tmp_path / "other.pem"
+        )
+        assert "endorses at most secured" in out
+        assert "endorses at most secured" in server.provision(home, "show")
+        base = ("verifier", "provision", "--verifier", server.url, "--token", server.token)
+        for args, why in (
+            (("trust-ca", tmp_path / "leaf.pem"), "not a manufacturer CA"),
+            (("revoke", "--ca", "ab" * 32), "no trust anchor has the CA key"),
+        ):
+            proc = server.cli(home, *base, *args)
+            err = proc.stderr.decode()
+            assert proc.returncode != 0 and why in err and "Traceback" not in err, err
+        assert "revoked ca:" in server.provision(home, "revoke", "--ca", tmp_path / "ca.pem")
+    finally:
+        server.stop()
