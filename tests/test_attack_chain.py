@@ -212,7 +212,7 @@ def _assert_honest_device_served(server: Server, session: WasmSession) -> None:
     assert failure is None, failure
     assert _status(result) == "warning"
     platform = result.submods["platform"].extensions["ear.veraison.annotated-evidence"]
-    assert platform["lifecycle"] == platform["endorsed-lifecycle"] == "emulated"
+    assert platform["lifecycle"] == platform["lifecycle-ceiling"] == "emulated"
     assert server.proc.poll() is None
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from veritee.errors import EvidenceError
-from veritee.evidence import cose
+from veritee.evidence import certs, cose
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, appraise, verify
 from veritee.evidence.claims import Evidence
 from veritee.evidence.errors import (
@@ -188,8 +188,8 @@ def test_revoked_device_and_revoked_ca_reject(case: Case) -> None:
     revoked = TrustAnchors(case.anchors.cas, revoked_devices=frozenset({ueid}))
     with pytest.raises(UntrustedDevice, match="revoked"):
         appraise(case.evidence, revoked, case.refs, nonce=NONCE)
-    ca_digest = hashlib.sha256(case.anchors.cas[0].public_bytes(serialization.Encoding.DER))
-    revoked = TrustAnchors(case.anchors.cas, revoked_cas=frozenset({ca_digest.digest()}))
+    ca_key = certs.key_id(case.anchors.cas[0])  # CAs are revoked by key
+    revoked = TrustAnchors(case.anchors.cas, revoked_cas=frozenset({ca_key}))
     with pytest.raises(UntrustedDevice, match="revoked"):
         appraise(case.evidence, revoked, case.refs, nonce=NONCE)
 

@@ -640,7 +640,8 @@ class SyntheticDevice:
 
     @property
     def anchors(self) -> TrustAnchors:
-        return TrustAnchors((self.ca,))
+        # A hardware manufacturer's CA: trusted to endorse secured, said explicitly.
+        return TrustAnchors.of((self.ca,), max_lifecycle="secured")
 
     def trust(self, names: dict[bytes, str] | None = None) -> Trust:
         refs = ReferenceValues({"secure-world": frozenset({self.boot.measurement})}, names or {})

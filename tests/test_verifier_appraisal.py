@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -186,7 +185,8 @@ class Kit:
         ]
         refs.append(ReferenceValue("veritee", "module", "hello", MODULE, "1.0"))
         fields: dict[str, Any] = {
-            "cas": endorsements.ca_anchors_from_pem(self.ca_pem),
+            # A hardware manufacturer's CA: the operator says it may endorse secured.
+            "cas": endorsements.ca_anchors_from_pem(self.ca_pem, max_lifecycle="secured"),
             "references": refs,
         }
         fields.update(changes)
@@ -394,12 +394,12 @@ def test_a_lifecycle_within_the_endorsement_is_reported_as_endorsed() -> None:
     k = Kit(device_endorses="debug")
     outcome = _appraise(k, k.evidence(lifecycle="debug"))
     platform = _claims(outcome, "platform")
-    assert (platform["lifecycle"], platform["endorsed-lifecycle"]) == ("debug", "debug")
+    assert (platform["lifecycle"], platform["lifecycle-ceiling"]) == ("debug", "debug")
     assert outcome.status == "warning" and _vector(outcome, "platform")["hardware"] == 32
     # A secured device may claim less than its endorsement; the claim, lower, is what counts.
     outcome = _appraise(kit_ := Kit(), kit_.evidence(lifecycle="emulated"))
     assert _claims(outcome, "platform")["lifecycle"] == "emulated"
-    assert _claims(outcome, "platform")["endorsed-lifecycle"] == "secured"
+    assert _claims(outcome, "platform")["lifecycle-ceiling"] == "secured"
     assert outcome.status == "warning"
 
 
@@ -784,7 +784,9 @@ def test_ca_bundles_and_revocations(kit: Kit) -> None:
     other = Kit()
     anchors = endorsements.ca_anchors_from_pem(kit.ca_pem + other.ca_pem)
     assert len(anchors) == 2
-    assert endorsements.revocation({"ca": kit.ca_pem}).value.hex() == anchors[0].id
+    # A CA is revoked by its key (every certificate of it), not by one certificate's digest.
+    assert endorsements.revocation({"ca": kit.ca_pem}).value.hex() == anchors[0].key_id
+    assert anchors[0].max_lifecycle == "emulated"  # unless the operator says otherwise
     assert endorsements.revocation({"device": kit.ueid.hex()}).value == kit.ueid
     with pytest.raises(ProvisioningError):
         endorsements.revocation({"device": "nothex"})
@@ -932,8 +934,8 @@ def test_a_remembered_link_is_refused_once_its_device_or_ca_is_revoked(kit: Kit)
     device_revoked = TrustAnchors(anchors.cas, revoked_devices=frozenset({kit.ueid}))
     with pytest.raises(UntrustedDevice, match=r"device .* is revoked"):
         verify(again, device_revoked, nonce=NONCE, now=NOW, links=links)
-    ca_digest = hashlib.sha256(kit.ca.public_bytes(serialization.Encoding.DER)).digest()
-    ca_revoked = TrustAnchors(anchors.cas, revoked_cas=frozenset({ca_digest}))
+    ca_key = certs.key_id(kit.ca)  # CAs are revoked by key
+    ca_revoked = TrustAnchors(anchors.cas, revoked_cas=frozenset({ca_key}))
     with pytest.raises(UntrustedDevice, match=r"CA .* is revoked"):
         verify(again, ca_revoked, nonce=NONCE, now=NOW, links=links)
     verify(again, anchors, nonce=NONCE, now=NOW, links=links)  # and nothing else changed

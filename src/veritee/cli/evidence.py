@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from veritee.errors import UsageError
+from veritee.evidence.certs import DEFAULT_CEILING
+from veritee.evidence.claims import LIFECYCLES
 from veritee.home import Home
 
 
@@ -71,6 +73,13 @@ def evidence_show(path: Path, as_json: bool) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Endorse this module's measurement (repeatable).",
 )
+@click.option(
+    "--max-lifecycle",
+    type=click.Choice(LIFECYCLES),
+    default=DEFAULT_CEILING,
+    show_default=True,
+    help="The most the CA may endorse: its lifecycle marks are believed up to this only.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def evidence_appraise(
@@ -78,6 +87,7 @@ def evidence_appraise(
     path: Path,
     nonce: str,
     ca: Path | None,
+    max_lifecycle: str,
     refs_files: tuple[Path, ...],
     modules: tuple[Path, ...],
     as_json: bool,
@@ -89,14 +99,17 @@ def evidence_appraise(
     \b
     Example:  veritee evidence appraise ev.cbor --nonce $N --module hello.wasm
     """
-    from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, appraise
+    from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, appraise, local_status
     from veritee.wasm.runtime import measure, to_binary
 
     try:
         challenge = bytes.fromhex(nonce)
     except ValueError:
         raise UsageError("--nonce must be hex") from None
-    anchors = TrustAnchors.from_pem((ca or home.manufacturer / "ca.pem").read_bytes())
+    # A CA file is capped at emulated: whoever holds its key can re-mint it with any mark.
+    anchors = TrustAnchors.from_pem(
+        (ca or home.manufacturer / "ca.pem").read_bytes(), max_lifecycle=max_lifecycle
+    )
     refs = ReferenceValues()
     for f in refs_files or (home.manufacturer / "reference-values.json",):
         try:
@@ -107,7 +120,7 @@ def evidence_appraise(
     refs = refs.merge(ReferenceValues({}, extra))
     verified = appraise(path.read_bytes(), anchors, refs, nonce=challenge)
     result = {
-        "status": "affirming",
+        "status": local_status(verified),
         "device": verified.platform.ueid.hex(),
         "lifecycle": verified.lifecycle,
         "vtee": verified.platform.vtee_name,
@@ -120,5 +133,5 @@ def evidence_appraise(
         click.echo(
             f"evidence appraised: module {result['module']} ({result['measurement'][:16]}…) "
             f"in vTEE {result['vtee']} on device {result['device'][:18]}… "
-            f"[lifecycle {result['lifecycle']}]: every check passed"
+            f"[lifecycle {result['lifecycle']}, {result['status']}]: every check passed"
         )

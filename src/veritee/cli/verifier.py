@@ -19,6 +19,10 @@ import click
 from veritee.errors import UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
+# What trusting "a HOME's device" records as its CA's ceiling: its owner holds the CA's key, so
+# its CA file can carry any lifecycle mark (a re-minted "secured" twin) and must not be believed.
+EMULATED = "emulated"
+
 DEFAULT_URL = "http://127.0.0.1:8443"
 URL_ENV = "VERITEE_VERIFIER"
 TOKEN_ENV = "VERITEE_VERIFIER_TOKEN"
@@ -256,16 +260,31 @@ def _print(ctx: click.Context, data: Any, text: str) -> None:
 @click.argument(
     "pems", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
+@click.option(
+    "--max-lifecycle",
+    type=click.Choice(["emulated", "debug", "secured"]),
+    default="emulated",
+    show_default=True,
+    help="The most these CAs may endorse, your word: their own lifecycle marks count up to "
+    "it only (whoever holds a CA's key can re-mint it with any mark). Say 'secured' only for "
+    "a hardware manufacturer's CA you obtained from the manufacturer.",
+)
 @click.pass_context
-def provision_ca(ctx: click.Context, pems: tuple[Path, ...]) -> None:
+def provision_ca(ctx: click.Context, pems: tuple[Path, ...], max_lifecycle: str) -> None:
     """Trust manufacturer CA certificates (PEM) for Veritee evidence.
 
     \b
     Example:  veritee verifier provision trust-ca HOME/manufacturer/ca.pem
+              veritee verifier provision trust-ca --max-lifecycle secured vendor-ca.pem
     """
+    entries = [{"ca": p.read_text(), "max-lifecycle": max_lifecycle} for p in pems]
     with _client(ctx) as client:
-        ids = client.add_trust_anchors([{"ca": p.read_text()} for p in pems])
-    _print(ctx, {"ids": ids}, "\n".join(f"trusted CA {i}" for i in ids))
+        ids = client.add_trust_anchors(entries)
+    _print(
+        ctx,
+        {"ids": ids, "max-lifecycle": max_lifecycle},
+        "\n".join(f"trusted CA {i} (endorses at most {max_lifecycle})" for i in ids),
+    )
 
 
 @provision.command("trust-key")
@@ -292,6 +311,9 @@ def provision_key(ctx: click.Context, key: Path, scheme: str, instance_id: str |
 def provision_device(ctx: click.Context) -> None:
     """Trust this HOME's emulated device: its manufacturer CA and boot reference values.
 
+    The CA endorses at most 'emulated', whatever its file says: the device's owner holds its
+    key. A hardware manufacturer's CA is provisioned with 'trust-ca --max-lifecycle'.
+
     \b
     Example:  veritee --home /tmp/dev1 verifier provision trust-device
     """
@@ -301,12 +323,13 @@ def provision_device(ctx: click.Context) -> None:
     if not ca.exists() or not refs.exists():
         raise UsageError(f"{home.root} holds no provisioned device (run 'veritee device init')")
     with _client(ctx) as client:
-        anchors = client.add_trust_anchors([{"ca": ca.read_text()}])
+        anchors = client.add_trust_anchors([{"ca": ca.read_text(), "max-lifecycle": EMULATED}])
         ids = client.add_reference_values(_read_json(refs))
     _print(
         ctx,
-        {"trust-anchors": anchors, "reference-values": ids},
-        f"trusted CA {anchors[0][:16]}… and {len(ids)} boot reference value(s) from {home.root}",
+        {"trust-anchors": anchors, "reference-values": ids, "max-lifecycle": EMULATED},
+        f"trusted CA {anchors[0][:16]}… (endorses at most {EMULATED}) and {len(ids)} boot "
+        f"reference value(s) from {home.root}",
     )
 
 
@@ -356,7 +379,11 @@ def provision_module(ctx: click.Context, module: Path, name: str | None, version
 
 @provision.command("revoke")
 @click.option("--device", help="UEID / instance id of the device (hex).")
-@click.option("--ca", help="CA certificate (PEM file) or the hex SHA-256 of its DER.")
+@click.option(
+    "--ca",
+    help="A trusted CA, revoked by its key (every certificate of that key): a certificate of "
+    "it (PEM file), its key id or its trust-anchor id (hex, see 'show').",
+)
 @click.option("--reason", default="", help="Why, for the record.")
 @click.pass_context
 def provision_revoke(ctx: click.Context, device: str | None, ca: str | None, reason: str) -> None:
@@ -445,7 +472,12 @@ def provision_show(ctx: click.Context, n_sessions: int) -> None:
     for section in ("trust-anchors", "revocations", "reference-values", "policies"):
         click.secho(f"{section} ({len(state[section])})", bold=True)
         for item in state[section]:
-            click.echo("  " + "  ".join(str(v) for v in item.values() if v not in (None, "")))
+            shown = {k: v for k, v in item.items() if k not in ("max-lifecycle", "key-id")}
+            line = "  " + "  ".join(str(v) for v in shown.values() if v not in (None, ""))
+            if item.get("max-lifecycle"):
+                # The ceiling is the operator's word: the CA's own mark counts up to it only.
+                line += f"  endorses at most {item['max-lifecycle']}  key {item['key-id']}"
+            click.echo(line)
     for s in state.get("sessions", []):
         failure = s.get("failure") or {}
         click.echo(

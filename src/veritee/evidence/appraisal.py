@@ -20,7 +20,6 @@ Steps 1–5 are :func:`verify`; :func:`appraise` adds step 6 against reference v
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import threading
 from collections import OrderedDict
@@ -29,13 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.evidence import certs, cose
 from veritee.evidence.certs import CERT_ERRORS
 from veritee.evidence.claims import (
     HARDWARE_ROLLBACK_PROTECTIONS,
+    LIFECYCLES,
     ROLLBACK_HOST_FILE,
     Evidence,
     ModuleClaims,
@@ -55,18 +54,55 @@ from veritee.evidence.errors import (
 
 @dataclass(frozen=True)
 class TrustAnchors:
-    """Manufacturer CAs the verifier trusts, and what has been revoked since."""
+    """Manufacturer CAs the verifier trusts, the most each may endorse, and what has been
+    revoked since.
+
+    ``ceilings`` is the word of whoever provisioned the anchors: by CA key
+    (:func:`certs.key_id`), the highest lifecycle that key's devices may be appraised as,
+    whatever the certificates' marks say (the holder of a CA's key can re-mint it with any
+    mark). A key without an entry is capped by the marks alone: building TrustAnchors from
+    certificates directly is the caller's statement that it trusts their marks. Everything that
+    reads anchors from a file (:meth:`from_pem`) or from an operator records a ceiling, and
+    :data:`certs.DEFAULT_CEILING` (emulated) unless told otherwise.
+    """
 
     cas: tuple[x509.Certificate, ...]
     revoked_devices: frozenset[bytes] = frozenset()  # UEIDs
-    revoked_cas: frozenset[bytes] = frozenset()  # SHA-256 of the CA certificate (DER)
+    revoked_cas: frozenset[bytes] = frozenset()  # CA keys: certs.key_id (SHA-256 of the SPKI)
+    ceilings: Mapping[bytes, str] = field(default_factory=dict)  # certs.key_id -> lifecycle
 
     @classmethod
-    def from_pem(cls, pem: bytes) -> TrustAnchors:
+    def from_pem(cls, pem: bytes, *, max_lifecycle: str = certs.DEFAULT_CEILING) -> TrustAnchors:
+        """The CAs of a PEM file, each fitting the CA profile, endorsing at most
+        ``max_lifecycle`` (emulated unless the caller vouches for the file's origin)."""
         try:
-            return cls(tuple(x509.load_pem_x509_certificates(pem)))
+            cas = tuple(x509.load_pem_x509_certificates(pem))
+            for ca in cas:
+                certs.check_anchor(ca)
+            return cls.of(cas, max_lifecycle=max_lifecycle)
         except CERT_ERRORS:
             raise UntrustedDevice("trust anchor file holds no PEM certificate") from None
+
+    @classmethod
+    def of(
+        cls, cas: tuple[x509.Certificate, ...], *, max_lifecycle: str = certs.DEFAULT_CEILING
+    ) -> TrustAnchors:
+        """``cas``, every one capped at ``max_lifecycle``."""
+        if max_lifecycle not in LIFECYCLES:
+            raise ValueError(f"lifecycle {max_lifecycle!r} is not one of {LIFECYCLES}")
+        return cls(cas, ceilings={certs.key_id(ca): max_lifecycle for ca in cas})
+
+    def merge(self, other: TrustAnchors) -> TrustAnchors:
+        """Both sets of anchors; a key in both keeps the lower ceiling."""
+        ceilings = dict(self.ceilings)
+        for kid, bound in other.ceilings.items():
+            ceilings[kid] = certs.lowest(ceilings.get(kid, bound), bound)
+        return TrustAnchors(
+            self.cas + other.cas,
+            self.revoked_devices | other.revoked_devices,
+            self.revoked_cas | other.revoked_cas,
+            ceilings,
+        )
 
 
 @dataclass(frozen=True)
@@ -109,9 +145,10 @@ class Verified:
     module: ModuleClaims
     device_certificate: x509.Certificate
     ca: x509.Certificate
-    ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
+    ca_key_id: bytes  # how revocations name the CA: its key (certs.key_id)
     ca_name: str  # the CA's subject (RFC 4514), as results and messages print it
-    endorsed_lifecycle: str  # the most the chain lets this device claim (certs.endorsed_lifecycle)
+    # The most this device may claim: its chain's marks, capped by its anchor's ceiling.
+    endorsed_lifecycle: str
 
     @property
     def lifecycle(self) -> str:
@@ -179,7 +216,7 @@ class _Links:
     module_key: ec.EllipticCurvePublicKey
     device_certificate: x509.Certificate
     ca: x509.Certificate
-    ca_digest: bytes  # how revocations name the CA: SHA-256 of its DER
+    ca_key_id: bytes  # how revocations name the CA: its key (certs.key_id)
     ca_name: str
     endorsed_lifecycle: str
     validity: _Validity
@@ -207,7 +244,7 @@ def verify(
     else:
         _check_validity(found.validity, now)
     platform, vtee = found.platform, found.vtee
-    if found.ca_digest in anchors.revoked_cas:
+    if found.ca_key_id in anchors.revoked_cas:
         raise UntrustedDevice(f"CA '{found.ca_name}' is revoked")
     if platform.ueid in anchors.revoked_devices:
         raise UntrustedDevice(f"device {platform.ueid.hex()} is revoked")
@@ -227,7 +264,7 @@ def verify(
         module,
         found.device_certificate,
         found.ca,
-        found.ca_digest,
+        found.ca_key_id,
         found.ca_name,
         found.endorsed_lifecycle,
     )
@@ -256,7 +293,6 @@ def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | 
         raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
     module_key = cose.cose_to_ec_key(vtee.module_key)
     ca = path.ca
-    ca_digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).digest()
     ca_name = ca.subject.rfc4514_string()
     return _Links(
         platform,
@@ -264,11 +300,26 @@ def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | 
         module_key,
         path.device_certificate,
         ca,
-        ca_digest,
+        certs.key_id(ca),
         ca_name,
         path.lifecycle,
         validity,
     )
+
+
+# The status a local appraisal gives (the EAR's words): affirming only for genuine, locked-down
+# hardware, so a script gating on "affirming" never accepts an emulated device.
+STATUS_AFFIRMING = "affirming"
+STATUS_WARNING = "warning"
+
+
+def local_status(verified: Verified) -> str:
+    """The status a local appraisal gives, as the verification service's default policy would:
+    affirming only on hardware whose chain (and its anchor's ceiling) endorses ``secured``, with
+    secure boot; otherwise a warning. The one place that decides it (RA-TLS, the CLI)."""
+    if verified.lifecycle == "secured" and verified.platform.secure_boot:
+        return STATUS_AFFIRMING
+    return STATUS_WARNING
 
 
 def appraise(
@@ -341,7 +392,7 @@ def _device_certificate(
         # For a clear message only; the judgement is the path validator's, below.
         _check_validity(_validity_of(chain), when)
         _check_shape(chain, anchors)
-        path = certs.validate_device_chain(chain, anchors.cas, when)
+        path = certs.validate_device_chain(chain, anchors.cas, when, anchors.ceilings)
         validity = _validity_of([path.device_certificate, path.ca])
         key = path.device_certificate.public_key()
     except CERT_ERRORS:
@@ -399,5 +450,6 @@ __all__ = [
     "appraise",
     "check_boot",
     "check_reference_values",
+    "local_status",
     "verify",
 ]

@@ -17,16 +17,28 @@ Each certificate of the chain may carry the *lifecycle endorsement* extension
 (:data:`LIFECYCLE_OID`): the highest lifecycle the devices it covers may claim. The endorsed
 lifecycle of a device is the lowest over its chain; a CA without the mark endorses only
 ``emulated``, so a CA has to say explicitly that its devices may claim more.
+
+A mark is the word of whoever holds the CA's key, and the owner of an emulated device holds
+its CA's key: they can re-mint their CA (same subject, same key) marked ``secured``. So the
+lifecycle a trust anchor may endorse is also capped by the word of whoever *provisioned* the
+anchor (a per-key *ceiling*, see :func:`validate_device_chain`), and every anchor sharing one
+key counts: the lowest mark and ceiling over them, whatever the store's order.
+
+A trust anchor is identified by its public key (:func:`key_id`, SHA-256 of its
+SubjectPublicKeyInfo): every certificate of one key is one CA, for ceilings and revocation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -51,6 +63,10 @@ CERT_ERRORS: tuple[type[Exception], ...] = (
 # is a DER UTF8String naming one of LIFECYCLES; it is not critical, so other X.509 software
 # ignores it, and only Veritee's appraisal gives it meaning.
 LIFECYCLE_OID = x509.ObjectIdentifier("2.25.236139353109395264848835231284066416806")
+# What a trust anchor may endorse when its provisioner said nothing: the least. A CA file can be
+# re-minted by whoever holds its key (the owner of an emulated device holds ca.key), so its
+# mark alone never lifts a device above emulated; the operator has to say "secured".
+DEFAULT_CEILING = "emulated"
 # What a CA without the mark endorses: the least. A CA must say "secured" to let its devices
 # claim it, so an emulated device's owner cannot promote it by claiming more in its tokens.
 UNMARKED_CA_LIFECYCLE = "emulated"
@@ -105,10 +121,69 @@ def lowest(*lifecycles: str) -> str:
 
 
 def endorsed_lifecycle(device_cert: x509.Certificate, ca: x509.Certificate) -> str:
-    """The highest lifecycle a device certified by ``device_cert`` under ``ca`` may claim."""
+    """The highest lifecycle a device certified by ``device_cert`` under ``ca`` may claim, by
+    the marks alone (no provisioner's ceiling: see :func:`validate_device_chain`)."""
     ca_mark = lifecycle_mark(ca) or UNMARKED_CA_LIFECYCLE
     device_mark = lifecycle_mark(device_cert)
     return ca_mark if device_mark is None else lowest(ca_mark, device_mark)
+
+
+def key_id(cert: x509.Certificate) -> bytes:
+    """A CA's identity: SHA-256 of its SubjectPublicKeyInfo (DER). Every certificate of one key
+    is one CA: a twin re-minted with the same key (new serial, other mark) is the same CA."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).digest()
+
+
+def anchor_ceilings(
+    cas: Iterable[x509.Certificate], ceilings: Mapping[bytes, str] | None = None
+) -> dict[bytes, str]:
+    """The most each trust anchor's key may endorse: the lowest over every anchor of that key
+    of its mark and of the ceiling its provisioner recorded (``ceilings``, by :func:`key_id`;
+    a key without one: no cap beyond the marks). Independent of the anchors' order."""
+    out: dict[bytes, str] = {}
+    for ca in cas:
+        kid = key_id(ca)
+        bound = lifecycle_mark(ca) or UNMARKED_CA_LIFECYCLE
+        if ceilings is not None and kid in ceilings:
+            bound = lowest(bound, ceilings[kid])
+        out[kid] = lowest(out.get(kid, bound), bound)
+    return out
+
+
+def ca_profile_problem(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` is not a manufacturer CA under the profile (basicConstraints critical
+    CA:true pathlen 0; keyUsage keyCertSign), or None. A trust anchor must fit it:
+    cryptography's path validator takes a leaf that is itself in the store as trusted and never
+    applies the CA policy to it, so a self-signed *device* certificate provisioned as an anchor
+    would be its own whole path."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return "it has no basicConstraints"
+    if not bc.critical or not bc.value.ca or bc.value.path_length != 0:
+        return "its basicConstraints is not critical CA:true, pathlen 0"
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    except x509.ExtensionNotFound:
+        return "it has no keyUsage"
+    if not ku.value.key_cert_sign:
+        return "its keyUsage lacks keyCertSign"
+    lifecycle_mark(cert)  # a malformed mark: UntrustedDevice
+    return None
+
+
+def check_anchor(cert: x509.Certificate) -> None:
+    """Raise :class:`UntrustedDevice` unless ``cert`` fits the CA profile (see
+    :func:`ca_profile_problem`)."""
+    problem = ca_profile_problem(cert)
+    if problem is not None:
+        raise UntrustedDevice(
+            f"trust anchor '{cert.subject.rfc4514_string()[:MAX_REASON_CHARS]}' is not a "
+            f"manufacturer CA under the device-certificate profile: {problem}"
+        )
 
 
 @dataclass(frozen=True)
@@ -117,17 +192,25 @@ class DeviceChain:
 
     device_certificate: x509.Certificate
     ca: x509.Certificate  # the trust anchor the path ends in
-    lifecycle: str  # the endorsed lifecycle: see :func:`endorsed_lifecycle`
+    lifecycle: str  # the endorsed lifecycle: the device's mark, capped by its anchor's ceiling
 
 
 def validate_device_chain(
-    chain: list[x509.Certificate], cas: tuple[x509.Certificate, ...], now: dt.datetime
+    chain: list[x509.Certificate],
+    cas: tuple[x509.Certificate, ...],
+    now: dt.datetime,
+    ceilings: Mapping[bytes, str] | None = None,
 ) -> DeviceChain:
     """Validate ``chain`` (device certificate first) to one of ``cas`` at ``now``.
 
     Raises :class:`UntrustedDevice` for every failure: no trusted CA, a certificate outside its
-    validity, a path that is not CA -> device certificate, a certificate off the profile.
+    validity, a path that is not CA -> device certificate, a certificate off the profile, a
+    trust anchor off the CA profile, a device certificate that is itself a trust anchor.
     Revocation is the caller's (it changes between uses; the path does not).
+
+    The endorsed lifecycle is the lowest of the device certificate's mark and its anchor key's
+    bound (:func:`anchor_ceilings`: every anchor of that key, its mark and ``ceilings``, the
+    provisioner's word by :func:`key_id`).
     """
     if not chain or len(chain) > MAX_X5CHAIN:
         raise UntrustedDevice(
@@ -137,6 +220,8 @@ def validate_device_chain(
     if not cas:
         raise UntrustedDevice("no manufacturer CA is trusted")
     leaf, rest = chain[0], chain[1:]
+    for ca in cas:
+        check_anchor(ca)
     try:
         verifier = (
             PolicyBuilder()
@@ -150,7 +235,16 @@ def validate_device_chain(
     except VerificationError as exc:
         raise UntrustedDevice(_reason(leaf, exc)) from None
     device, ca = path[0], path[-1]
-    return DeviceChain(device, ca, endorsed_lifecycle(device, ca))
+    # cryptography takes a leaf that is itself in the store as a whole path, the CA policy
+    # never applied to it: a device certificate is never its own anchor.
+    if len(path) != 2 or leaf in cas:
+        raise UntrustedDevice(
+            "device certificate is itself a trust anchor: a path must be CA -> device certificate"
+        )
+    bound = anchor_ceilings(cas, ceilings)[key_id(ca)]
+    device_mark = lifecycle_mark(device)
+    lifecycle = bound if device_mark is None else lowest(bound, device_mark)
+    return DeviceChain(device, ca, lifecycle)
 
 
 def _reason(leaf: x509.Certificate, exc: VerificationError) -> str:

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from veritee.evidence import appraisal, cose
+from veritee.evidence.appraisal import STATUS_AFFIRMING as STATUS_AFFIRMING
+from veritee.evidence.appraisal import STATUS_WARNING as STATUS_WARNING
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, Verified
+from veritee.evidence.appraisal import local_status as local_status
 from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
 from veritee.ratls import certificate, wire
 from veritee.ratls.certificate import PeerCertificate
@@ -41,9 +44,6 @@ from veritee.ratls.errors import (
     StaleChallenge,
 )
 from veritee.ratls.wire import Mode
-
-STATUS_AFFIRMING = "affirming"
-STATUS_WARNING = "warning"
 
 
 @dataclass(frozen=True)
@@ -153,15 +153,6 @@ def check_key(cert: PeerCertificate, module: ModuleClaims, vtee: VteeClaims) -> 
             "the certificate's key is not the module attestation key the secure world minted "
             "for this module: evidence was obtained for a key held outside the secure world"
         )
-
-
-def local_status(verified: Verified) -> str:
-    """The status a local appraisal gives, as the verification service's default policy would:
-    affirming only on hardware whose chain endorses ``secured``, with secure boot, otherwise a
-    warning."""
-    if verified.lifecycle == "secured" and verified.platform.secure_boot:
-        return STATUS_AFFIRMING
-    return STATUS_WARNING
 
 
 def appraise(

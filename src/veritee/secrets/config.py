@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
 
 from veritee.errors import EvidenceError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
+from veritee.evidence.certs import DEFAULT_CEILING
 from veritee.evidence.claims import LIFECYCLES
 from veritee.evidence.provisioning import MAX_NAME, MAX_SECRET_BYTES
 from veritee.secrets.errors import ConfigError
@@ -45,6 +45,7 @@ MAX_CHALLENGES_PER_CLIENT = 100_000
 
 _TOP = frozenset({"trust", "nonce_ttl", "secrets", "challenges_per_client"})
 _TRUST = frozenset({"ca", "reference_values", "verifier"})
+_CA_ENTRY = frozenset({"file", "max_lifecycle"})
 EAR_STATUSES = ("affirming", "warning")  # what min_ear_status may ask for
 _SECRET = frozenset({"name", "value_hex", "value_file", "allow", "policy"})
 # The default policy reads these `allow` keys; a custom policy may read others.
@@ -176,17 +177,20 @@ class _Fields:
 
 
 def _trust(f: _Fields, value: dict[str, Any]) -> Trust:
-    cas = f.strings(value.get("ca", []), "trust.ca")
-    if not cas:
+    cas = value.get("ca", [])
+    if isinstance(cas, str | dict):
+        cas = [cas]
+    if not isinstance(cas, list) or not cas:
         raise f.error("trust.ca", "name at least one manufacturer CA certificate (PEM)")
-    certs: list[x509.Certificate] = []
-    for i, ca in enumerate(cas):
+    anchors = TrustAnchors(())
+    for i, entry in enumerate(cas):
         name = f"trust.ca[{i}]"
+        ca, ceiling = _ca_entry(f, entry, name)
         pem = f.read(ca, name, "CA certificate")
         try:
-            certs.extend(TrustAnchors.from_pem(pem).cas)
-        except EvidenceError:
-            raise f.error(name, f"{ca} holds no PEM certificate") from None
+            anchors = anchors.merge(TrustAnchors.from_pem(pem, max_lifecycle=ceiling))
+        except EvidenceError as exc:
+            raise f.error(name, f"{ca}: {exc}") from None
     files = f.strings(value.get("reference_values", []), "trust.reference_values")
     if not files:
         raise f.error(
@@ -203,7 +207,23 @@ def _trust(f: _Fields, value: dict[str, Any]) -> Trust:
             raise f.error(name, f"{rv} is not JSON") from None
         except EvidenceError as exc:
             raise f.error(name, f"{rv}: {exc}") from None
-    return Trust.from_reference_values(TrustAnchors(tuple(certs)), refs)
+    return Trust.from_reference_values(anchors, refs)
+
+
+def _ca_entry(f: _Fields, entry: Any, name: str) -> tuple[str, str]:
+    """A ``trust.ca`` item: a PEM file's path (its CA endorses at most emulated: whoever holds
+    the CA's key can re-mint the file with any mark), or ``{file: PATH, max_lifecycle: LC}``,
+    the operator's word that this CA may endorse up to LC."""
+    if isinstance(entry, str):
+        return entry, DEFAULT_CEILING
+    item = f.mapping(entry, name, _CA_ENTRY, required=True)
+    path = item.get("file")
+    if not isinstance(path, str):
+        raise f.error(f"{name}.file", "must be the path of a PEM certificate")
+    ceiling = item.get("max_lifecycle", DEFAULT_CEILING)
+    if ceiling not in LIFECYCLES:
+        raise f.error(f"{name}.max_lifecycle", f"must be one of {list(LIFECYCLES)}")
+    return path, str(ceiling)
 
 
 def _secret(f: _Fields, value: Any, i: int) -> Secret:

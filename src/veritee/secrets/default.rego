@@ -56,12 +56,17 @@ rollback_allowed if not data.allow.require_rollback_protection
 
 rollback_allowed if input.platform.rollback_protection in {"rpmb", "tpm-nv"}
 
-# The verifier's result: any, unless the secret asks for a minimum status.
+# The verifier's result: affirming or warning (or no verifier), unless the secret asks for a
+# minimum status. A contraindicated result (a revoked device) is never allowed; the service
+# refuses it before any policy runs, this only says so for policies copied from this one.
 default ear_status := "absent"
 
 ear_status := input.ear.status
 
-ear_allowed if not data.allow.min_ear_status
+ear_allowed if {
+	not data.allow.min_ear_status
+	ear_status in {"absent", "affirming", "warning"}
+}
 
 ear_allowed if ear_status == "affirming"
 
@@ -72,6 +77,13 @@ ear_allowed if {
 
 reasons contains msg if {
 	not ear_allowed
+	not data.allow.min_ear_status
+	msg := sprintf("the verifier's result is '%v'", [ear_status])
+}
+
+reasons contains msg if {
+	not ear_allowed
+	data.allow.min_ear_status
 	msg := sprintf(
 		"the verifier's result is '%v'; the secret needs at least '%v'",
 		[ear_status, data.allow.min_ear_status],

@@ -45,6 +45,11 @@ class ReleaseDenied(PolicyRejected):
         self.reasons = reasons
 
 
+class VerifierContraindicated(ReleaseDenied):
+    """The trusted verifier's result for this evidence is not releasable (contraindicated: a
+    revoked device or CA, an unendorsed boot): nothing is released, whatever the policy says."""
+
+
 class PolicyFailed(EvidenceError):
     """The release policy could not be evaluated (an operator's bug: nothing is released)."""
 

@@ -5,7 +5,8 @@ Bytes and values in, a :class:`Recipient` out or one exception naming the failed
 1. the evidence verifies: well-formed, chained to a trusted CA, every signature and binding,
    the module token answers the nonce *this service issued*    (``veritee.evidence.appraisal``)
 2. the boot log matches the service's boot reference values     MeasurementNotEndorsed
-3. the secret's Rego policy allows the module on this platform   ReleaseDenied / PolicyFailed
+3. the trusted verifier (if any) did not contraindicate it       VerifierContraindicated
+   and the secret's Rego policy allows the module on this platform ReleaseDenied / PolicyFailed
 4. the module token carries a provisioning key for the suite     NoKeyForSuite
 
 Only :class:`~veritee.errors.EvidenceError` subclasses escape. The module's measurement is
@@ -32,10 +33,20 @@ from veritee.evidence.appraisal import (
     verify,
 )
 from veritee.evidence.cose import cose_to_x25519_key
-from veritee.secrets.errors import NoKeyForSuite, ReleaseDenied, UnknownSuite
+from veritee.secrets.errors import (
+    NoKeyForSuite,
+    ReleaseDenied,
+    UnknownSuite,
+    VerifierContraindicated,
+)
 from veritee.secrets.policy import ReleasePolicy
 
 RecipientKey = x25519.X25519PublicKey | MLKEM768X25519PublicKey
+
+# The trusted verifier's results a secret may be released on at all, whatever its policy: a
+# device the verifier finds revoked (contraindicated) must get nothing, even from a secret
+# whose policy sets no min_ear_status (the holder of a leaked, revoked DAK would open it).
+RELEASABLE_EAR_STATUSES = ("affirming", "warning")
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,12 @@ def judge(
     when the service consults one (policies see it as ``input.ear.status``).
     """
     check_suite(suite)
+    if ear_status is not None and ear_status not in RELEASABLE_EAR_STATUSES:
+        raise VerifierContraindicated(
+            f"the trusted verifier's result for this evidence is '{ear_status}': secret "
+            f"'{secret}' is never released on it, whatever its policy",
+            (f"the verifier's result is '{ear_status}'",),
+        )
     value = policy_input(secret, verified, trust)
     if ear_status is not None:
         value["ear"] = {"status": ear_status}

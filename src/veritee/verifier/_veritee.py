@@ -11,10 +11,9 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     """Submodules ``platform`` and ``module``; raises the first failed check's error."""
     e = context.endorsements
     # Revocations are checked here rather than by appraisal.verify, so each has its own error.
-    v = appraisal.verify(
-        evidence, appraisal.TrustAnchors(e.cas), nonce=nonce, now=context.now, links=e.links
-    )
-    if v.ca_digest in e.revoked_cas:
+    # The anchors carry the operator's ceiling per CA key: a CA's own mark counts up to it.
+    v = appraisal.verify(evidence, e.anchors, nonce=nonce, now=context.now, links=e.links)
+    if v.ca_key_id in e.revoked_cas:
         raise CaRevoked(f"CA '{v.ca_name}' is revoked")
     if v.platform.ueid in e.revoked_devices:
         raise DeviceRevoked(f"device {v.platform.ueid.hex()} is revoked")
@@ -58,7 +57,9 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
         {
             "ueid": p.ueid.hex(),
             "lifecycle": v.lifecycle,
-            "endorsed-lifecycle": v.endorsed_lifecycle,
+            # The most the chain (and the operator's ceiling for its CA) lets this device
+            # claim: a cap, not the device's state (that is "lifecycle").
+            "lifecycle-ceiling": v.endorsed_lifecycle,
             "secure-boot": p.secure_boot,
             "hwmodel": p.hwmodel,
             "vtee-id": p.vtee_id.hex(),

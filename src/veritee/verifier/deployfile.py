@@ -5,7 +5,9 @@ files an entry names (paths are relative to the deployment file) and measures Wa
 so the document sent to the verifier is self-contained. Example::
 
     trust-anchors:
-      - ca: manufacturer/ca.pem              # a path, or PEM text inline
+      - ca: manufacturer/ca.pem              # a path, or PEM text inline; endorses at most
+                                             # emulated unless max-lifecycle says otherwise:
+      - {ca: vendor-ca.pem, max-lifecycle: secured}
       - {scheme: psa, key: iak-pub.pem}      # PSA/CCA key: PEM or JWK, path or inline
     reference-values:
       - file: manufacturer/reference-values.json

@@ -8,6 +8,7 @@ reads back as one :class:`Endorsements` snapshot. Each parser raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import types
 from collections.abc import Iterable, Mapping
@@ -18,8 +19,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from veritee.evidence.appraisal import LinkCache
-from veritee.evidence.certs import CERT_ERRORS
+from veritee.evidence import certs as x509_profile
+from veritee.evidence.appraisal import LinkCache, TrustAnchors
+from veritee.evidence.certs import CERT_ERRORS, DEFAULT_CEILING
+from veritee.evidence.claims import LIFECYCLES
+from veritee.evidence.errors import UntrustedDevice
 from veritee.verifier.errors import ProvisioningError
 from veritee.verifier.media import SCHEMES, Scheme
 
@@ -42,11 +46,15 @@ MAX_INSTANCE_ID_BYTES = 64
 
 @dataclass(frozen=True)
 class CaAnchor:
-    """A manufacturer CA (Veritee evidence): devices whose certificate it issued are trusted."""
+    """A manufacturer CA (Veritee evidence): devices whose certificate it issued are trusted,
+    as far as ``max_lifecycle``: the operator's word when provisioning it, which caps the CA's
+    own lifecycle mark (whoever holds the CA's key can re-mint it with any mark)."""
 
     pem: str
     id: str  # SHA-256 of the DER certificate, hex
     subject: str
+    max_lifecycle: str = DEFAULT_CEILING
+    key_id: str = ""  # SHA-256 of its SubjectPublicKeyInfo, hex: what revocations name
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,8 @@ class KeyAnchor:
 
 @dataclass(frozen=True)
 class Revocation:
-    """A revoked device (its UEID / instance id) or CA (SHA-256 of its DER certificate)."""
+    """A revoked device (its UEID / instance id) or CA (its key: SHA-256 of its
+    SubjectPublicKeyInfo, so every certificate of that key is revoked)."""
 
     kind: RevocationKind
     value: bytes
@@ -110,6 +119,8 @@ class Endorsements:
     """
 
     cas: tuple[x509.Certificate, ...] = ()
+    # The operator's ceiling per CA key (certs.key_id): the lowest over anchors of that key.
+    ceilings: Mapping[bytes, str] = field(default_factory=lambda: types.MappingProxyType({}))
     keys: Mapping[tuple[Scheme, bytes], ec.EllipticCurvePublicKey] = field(
         default_factory=lambda: types.MappingProxyType({})
     )
@@ -138,6 +149,13 @@ class Endorsements:
         object.__setattr__(self, "_by_measurement", frozen)
         object.__setattr__(self, "_boot", {k: frozenset(v) for k, v in boot.items()})
         object.__setattr__(self, "keys", types.MappingProxyType(dict(self.keys)))
+        object.__setattr__(self, "ceilings", types.MappingProxyType(dict(self.ceilings)))
+
+    @functools.cached_property
+    def anchors(self) -> TrustAnchors:
+        """The CAs as appraisal's trust anchors, with the operator's ceilings (revocations are
+        checked by the caller, each with its own error)."""
+        return TrustAnchors(self.cas, ceilings=self.ceilings)
 
     @classmethod
     def build(
@@ -147,16 +165,29 @@ class Endorsements:
         revocations: Iterable[Revocation] = (),
         references: Iterable[ReferenceValue] = (),
     ) -> Endorsements:
-        certs = tuple(x509.load_pem_x509_certificate(ca.pem.encode()) for ca in cas)
+        anchors = list(cas)
+        certs = tuple(x509.load_pem_x509_certificate(ca.pem.encode()) for ca in anchors)
+        ceilings: dict[bytes, str] = {}
+        for ca, cert in zip(anchors, certs, strict=True):
+            kid = x509_profile.key_id(cert)
+            bound = ca.max_lifecycle
+            ceilings[kid] = x509_profile.lowest(ceilings.get(kid, bound), bound)
         key_map: dict[tuple[Scheme, bytes], ec.EllipticCurvePublicKey] = {}
         for k in keys:
             key_map[(k.scheme, k.instance_id)] = _load_ec_public_pem(k.pem)
         revs = list(revocations)
+        revoked_cas = {r.value for r in revs if r.kind == "ca"}
+        # A CA revocation recorded before CAs were revoked by key named the SHA-256 of one
+        # certificate's DER: it revokes that certificate's key, so it is not lost.
+        for ca, cert in zip(anchors, certs, strict=True):
+            if bytes.fromhex(ca.id) in revoked_cas:
+                revoked_cas.add(x509_profile.key_id(cert))
         return cls(
             cas=certs,
+            ceilings=ceilings,
             keys=key_map,
             revoked_devices=frozenset(r.value for r in revs if r.kind == "device"),
-            revoked_cas=frozenset(r.value for r in revs if r.kind == "ca"),
+            revoked_cas=frozenset(revoked_cas),
             references=tuple(references),
         )
 
@@ -176,8 +207,11 @@ class Endorsements:
 # -- parsing provisioning input ----------------------------------------------------------------
 
 
-def ca_anchors_from_pem(pem: str) -> list[CaAnchor]:
-    """Every certificate in a PEM bundle, as trust anchors."""
+def ca_anchors_from_pem(pem: str, *, max_lifecycle: str = DEFAULT_CEILING) -> list[CaAnchor]:
+    """Every certificate in a PEM bundle, as trust anchors the operator lets endorse at most
+    ``max_lifecycle`` (emulated unless said otherwise). Each must fit the CA profile."""
+    if max_lifecycle not in LIFECYCLES:
+        raise ProvisioningError(f"a CA's 'max-lifecycle' must be one of {', '.join(LIFECYCLES)}")
     if not isinstance(pem, str) or "-----BEGIN CERTIFICATE-----" not in pem:
         raise ProvisioningError("a CA trust anchor must be PEM text holding a certificate")
     try:
@@ -188,22 +222,67 @@ def ca_anchors_from_pem(pem: str) -> list[CaAnchor]:
         raise ProvisioningError(f"a PEM bundle may hold at most {MAX_CAS_PER_ENTRY} CAs")
     out = []
     for cert in certs:
-        der = cert.public_bytes(serialization.Encoding.DER)
+        try:
+            x509_profile.check_anchor(cert)
+            der = cert.public_bytes(serialization.Encoding.DER)
+            subject = cert.subject.rfc4514_string()
+            kid = x509_profile.key_id(cert).hex()
+        except UntrustedDevice as exc:
+            raise ProvisioningError(str(exc)) from None
+        except CERT_ERRORS:
+            raise ProvisioningError("the CA PEM holds a certificate that does not parse") from None
         out.append(
             CaAnchor(
                 pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
                 id=hashlib.sha256(der).hexdigest(),
-                subject=cert.subject.rfc4514_string(),
+                subject=subject,
+                max_lifecycle=max_lifecycle,
+                key_id=kid,
             )
         )
     return out
 
 
 def ca_id(pem_or_hex: str) -> bytes:
-    """The SHA-256 of a CA's DER certificate, from its PEM or from the hex digest itself."""
+    """The SHA-256 of a CA's DER certificate (a trust anchor's id), from its PEM or from the
+    hex digest itself."""
     if "-----BEGIN" in pem_or_hex:
         return bytes.fromhex(ca_anchors_from_pem(pem_or_hex)[0].id)
     return _hex(pem_or_hex, "CA id", sizes=frozenset({32}))
+
+
+def ca_key_of(pem_or_hex: str) -> bytes:
+    """What a CA revocation names: the CA's key id (SHA-256 of its SubjectPublicKeyInfo),
+    from a certificate of that key (PEM), or a hex digest: a key id, or a trust anchor's id
+    (see :func:`resolve_revocation`, which maps it to its key)."""
+    if "-----BEGIN" in pem_or_hex:
+        try:
+            certs = x509.load_pem_x509_certificates(pem_or_hex.encode())
+            return x509_profile.key_id(certs[0])
+        except CERT_ERRORS:
+            raise ProvisioningError("the CA PEM does not parse as an X.509 certificate") from None
+    return _hex(pem_or_hex, "CA id", sizes=frozenset({32}))
+
+
+def resolve_revocation(revocation: Revocation, cas: Iterable[CaAnchor]) -> Revocation:
+    """A CA revocation must name the key of a trusted CA (by a certificate of that key, the
+    key id, or an anchor's id from 'provision show'): refuse one no trust anchor has, so the
+    operator learns that the file they revoke is not the CA they trust, instead of a silent
+    no-op (the owner of an emulated device can re-mint their CA under another digest)."""
+    if revocation.kind != "ca":
+        return revocation
+    for ca in cas:
+        kid = bytes.fromhex(ca.key_id) if ca.key_id else _key_id_of(ca)
+        if revocation.value in (kid, bytes.fromhex(ca.id)):
+            return Revocation("ca", kid, revocation.reason)
+    raise ProvisioningError(
+        f"no trust anchor has the CA key {revocation.value.hex()[:16]}…: a CA is revoked by "
+        "its key, and this is not the key of a trusted CA (see 'provision show')"
+    )
+
+
+def _key_id_of(ca: CaAnchor) -> bytes:
+    return x509_profile.key_id(x509.load_pem_x509_certificate(ca.pem.encode()))
 
 
 def key_anchor(value: Mapping[str, Any]) -> KeyAnchor:
@@ -236,14 +315,22 @@ def trust_anchors(value: Any) -> list[CaAnchor | KeyAnchor]:
     if not isinstance(value, Mapping):
         raise ProvisioningError("a trust anchor entry must be an object")
     if "ca" in value:
-        return list(ca_anchors_from_pem(value["ca"]))
+        unknown = sorted(str(k) for k in value if k not in ("ca", "max-lifecycle"))
+        if unknown:
+            raise ProvisioningError(f"a CA trust anchor has unknown field(s) {unknown[:5]}")
+        return list(
+            ca_anchors_from_pem(
+                value["ca"], max_lifecycle=value.get("max-lifecycle", DEFAULT_CEILING)
+            )
+        )
     if "key" in value:
         return [key_anchor(value)]
     raise ProvisioningError("a trust anchor entry needs 'ca' (PEM) or 'key' (PEM or JWK)")
 
 
 def revocation(value: Any) -> Revocation:
-    """``{"device": HEX}`` or ``{"ca": PEM | HEX-SHA256}``, with an optional ``reason``."""
+    """``{"device": HEX}`` or ``{"ca": PEM | HEX-SHA256}``, with an optional ``reason``. A CA
+    is named by its key (see :func:`ca_key_of`, :func:`resolve_revocation`)."""
     if not isinstance(value, Mapping):
         raise ProvisioningError("a revocation entry must be an object")
     reason = _text(value.get("reason", ""), "reason", allow_empty=True)
@@ -253,7 +340,7 @@ def revocation(value: Any) -> Revocation:
     if "ca" in value:
         if not isinstance(value["ca"], str):
             raise ProvisioningError("revocation 'ca' must be a PEM certificate or a hex SHA-256")
-        return Revocation("ca", ca_id(value["ca"]), reason)
+        return Revocation("ca", ca_key_of(value["ca"]), reason)
     raise ProvisioningError("a revocation entry needs 'device' (UEID hex) or 'ca'")
 
 

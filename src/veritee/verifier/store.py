@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from cryptography import x509
 from sqlalchemy import (
     Connection,
     Engine,
@@ -35,19 +36,23 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from veritee.errors import Error
+from veritee.evidence import certs
 from veritee.verifier.endorsements import (
     CaAnchor,
     Deployment,
     KeyAnchor,
     ReferenceValue,
     Revocation,
+    resolve_revocation,
 )
 from veritee.verifier.errors import NotFound, ProvisioningError
 from veritee.verifier.policy import BUILTIN, DEFAULT_NAME
@@ -120,6 +125,9 @@ class AnchorRow(Base):
     subject: Mapped[str] = mapped_column(Text)
     pem: Mapped[str] = mapped_column(Text)
     created: Mapped[float] = mapped_column(Float)
+    # A CA's ceiling, the operator's word at provisioning (NULL in a database from before
+    # ceilings were recorded: read as emulated, the least).
+    max_lifecycle: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class RevocationRow(Base):
@@ -217,6 +225,19 @@ class _Placeholders(dict[str, str]):
         return self.style.format(name)
 
 
+def _ca_anchor(row: Any) -> CaAnchor:
+    """A stored CA row as a trust anchor; a row without a ceiling (recorded before ceilings
+    were) endorses at most emulated."""
+    cert = x509.load_pem_x509_certificate(row.pem.encode())
+    return CaAnchor(
+        pem=row.pem,
+        id=row.id,
+        subject=row.subject,
+        max_lifecycle=row.max_lifecycle or certs.DEFAULT_CEILING,
+        key_id=certs.key_id(cert).hex(),
+    )
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     id: str
@@ -279,6 +300,7 @@ class Store:
         for attempt in (1, 2):
             try:
                 Base.metadata.create_all(self.engine)
+                self._add_missing_columns()
                 with self.engine.begin() as c:
                     if c.execute(select(GenerationRow.value)).first() is None:
                         c.execute(insert(_GENERATION).values(id=1, value=1))
@@ -287,6 +309,13 @@ class Store:
                 if attempt == 2:
                     raise StoreError(f"cannot create the schema: {_first_line(exc)}") from None
                 time.sleep(0.2)
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was created (create_all adds tables only)."""
+        present = {col["name"] for col in inspect(self.engine).get_columns("trust_anchors")}
+        if "max_lifecycle" not in present:
+            with self.engine.begin() as c:
+                c.execute(text("ALTER TABLE trust_anchors ADD COLUMN max_lifecycle VARCHAR(16)"))
 
     def ping(self) -> None:
         with self._read() as c:
@@ -510,9 +539,7 @@ class Store:
                 name, rego = DEFAULT_NAME, BUILTIN[DEFAULT_NAME]
         return Snapshot(
             generation=generation,
-            cas=tuple(
-                CaAnchor(pem=a.pem, id=a.id, subject=a.subject) for a in anchors if a.kind == "ca"
-            ),
+            cas=tuple(_ca_anchor(a) for a in anchors if a.kind == "ca"),
             keys=tuple(
                 KeyAnchor(
                     scheme=a.scheme,
@@ -553,7 +580,10 @@ class Store:
         return ids
 
     def add_revocation(self, revocation: Revocation) -> str:
+        """Record ``revocation``; a CA's must name the key of a trust anchor (ProvisioningError
+        otherwise), and is recorded under that key."""
         with self._write() as c:
+            revocation = resolve_revocation(revocation, self._ca_anchors(c))
             self._add_revocations(c, [revocation])
             self._bump(c)
         return revocation.id
@@ -580,7 +610,8 @@ class Store:
         """Apply a whole deployment document in one transaction."""
         with self._write() as c:
             self._add_anchors(c, deployment.anchors)
-            self._add_revocations(c, deployment.revocations)
+            cas = self._ca_anchors(c)
+            self._add_revocations(c, [resolve_revocation(r, cas) for r in deployment.revocations])
             self._add_references(c, deployment.references)
             for name, rego in deployment.policies:
                 self._put_policy(c, name, rego, digests[name])
@@ -628,6 +659,9 @@ class Store:
                     "scheme": a.scheme,
                     "instance-id": a.instance_id,
                     "subject": a.subject,
+                    # The most the operator lets this CA endorse (its mark counts up to it).
+                    "max-lifecycle": _ca_anchor(a).max_lifecycle if a.kind == "ca" else None,
+                    "key-id": _ca_anchor(a).key_id if a.kind == "ca" else None,
                 }
                 for a in anchors
             ],
@@ -739,17 +773,22 @@ class Store:
         return value or DEFAULT_NAME
 
     @staticmethod
+    def _ca_anchors(c: Connection) -> list[CaAnchor]:
+        return [_ca_anchor(a) for a in c.execute(select(_ANCHORS)).all() if a.kind == "ca"]
+
+    @staticmethod
     def _add_anchors(c: Connection, anchors: Iterable[CaAnchor | KeyAnchor]) -> list[str]:
         ids = []
         now = time.time()
         for a in anchors:
             c.execute(delete(_ANCHORS).where(_ANCHORS.c.id == a.id))
             if isinstance(a, CaAnchor):
-                values = {
+                values: dict[str, str | None] = {
                     "kind": "ca",
                     "scheme": "veritee",
                     "instance_id": None,
                     "subject": a.subject,
+                    "max_lifecycle": a.max_lifecycle,
                 }
             else:
                 values = {
@@ -757,6 +796,7 @@ class Store:
                     "scheme": a.scheme,
                     "instance_id": a.instance_id.hex(),
                     "subject": f"{a.scheme} device {a.instance_id.hex()}",
+                    "max_lifecycle": None,
                 }
             c.execute(insert(_ANCHORS).values(id=a.id, pem=a.pem, created=now, **values))
             ids.append(a.id)
