@@ -560,27 +560,3 @@ def test_device_init_refuses_an_external_ca_off_the_profile(tmp_path: Path) -> N
     assert certs.validate_device_chain([cert], (ca,), dt.datetime.now(dt.UTC)).lifecycle == (
         "emulated"
     )
-
-
-def test_a_device_configured_above_its_certificate_does_not_boot(tmp_path: Path) -> None:
-    """Sibling of attack 4, from the device's side: its owner sets ``lifecycle: secured`` in
-    the emulated device's own configuration (and has the boot re-signed). The secure world
-    stops at boot, naming what its certificate endorses, instead of signing evidence that
-    claims more; set back to ``emulated``, the same device boots."""
-    dev = Device(tmp_path / "home")
-    dev.ok("device", "init")
-    config_file = dev.home / "device" / "tee-config.json"
-    honest = json.loads(config_file.read_text())
-    config_file.write_text(json.dumps({**honest, "lifecycle": "secured"}))
-    dev.ok("device", "sign-boot")
-    proc = dev.cli("tee", "start")
-    assert proc.returncode == 4, proc.stderr
-    assert b"endorses at most 'emulated'" in proc.stderr, proc.stderr
-    assert b"Traceback" not in proc.stderr
-    config_file.write_text(json.dumps(honest))
-    dev.ok("device", "sign-boot")
-    dev.start()
-    try:
-        assert "emulated" in dev.ok("tee", "status")
-    finally:
-        dev.stop()
