@@ -220,6 +220,16 @@ class AppModule:
         self._base = self._bound = None
         return had
 
+    def check_current(self) -> None:
+        """Refuse to run, seal or connect once a successor took this instance's state over
+        (``update --keep-state``): it shares the successor's channel keys and counters, so
+        one more event of its own would reuse a nonce the successor uses too."""
+        if self.counters.superseded(self.lineage, self.measurement):
+            raise ModuleError(
+                f"module {self.name!r} was superseded by its successor, which took over its "
+                "sealed state; it runs no more"
+            )
+
     def state(self) -> bytes:
         """This instance's keys and channels, sealed for this module in this vTEE only.
 
@@ -642,6 +652,7 @@ def _owners_word(
 
 def connect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
     """Bind an endpoint to an attested peer, on the deployer's signed word."""
+    loaded.check_current()
     stmt = _owners_word(loaded, verify_connect, statement, "connection refused")
     if not loaded.endpoint(stmt.kind, stmt.endpoint):
         raise UsageError(f"module {loaded.name!r} has no {stmt.kind} endpoint {stmt.endpoint!r}")
@@ -652,6 +663,7 @@ def connect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
     except EventRejected as exc:
         raise SealingError(f"connection refused: {exc}") from None
     with loaded.lock:
+        loaded.check_current()
         existing = loaded.channels.get(stmt.conn_id)
         if existing is not None:
             # The same statement again (a retry) changes nothing; above all it must not
@@ -681,6 +693,7 @@ def disconnect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
     """
     stmt = _owners_word(loaded, verify_disconnect, statement, "disconnect refused")
     with loaded.lock:
+        loaded.check_current()
         ended = loaded.end(stmt.conn_ids, stmt.iat)
         return {"state": loaded.state(), "ended": ended}
 
@@ -811,6 +824,7 @@ def _check(loaded: AppModule, event: bytes, kinds: Any) -> tuple[Channel, bytes]
 def deliver(loaded: AppModule, event: bytes, relay: Relay | None) -> dict[str, Any]:
     """Check one sealed event, hand it to the module, seal what it emits."""
     with loaded.lock:
+        loaded.check_current()
         try:
             channel, payload = _check(loaded, event, ANSWERS)
         except EventRejected as exc:
@@ -838,6 +852,7 @@ def deliver_batch(loaded: AppModule, events: list[bytes], relay: Relay | None) -
             f"a batch holds at most {MAX_BATCH_EVENTS} events and {MAX_BATCH_BYTES} bytes"
         )
     with loaded.lock:
+        loaded.check_current()
         dropped: list[str | None] = []
         calls: list[tuple[str, bytes]] = []
         for event in events:
@@ -869,6 +884,7 @@ def public(loaded: AppModule, endpoint: str, request: bytes, relay: Relay | None
     if not loaded.endpoint("public", endpoint):
         raise UsageError(f"module {loaded.name!r} has no public endpoint {endpoint!r}")
     with loaded.lock:
+        loaded.check_current()
         call = _Call(loaded, relay)
         log = _call(loaded, f"veritee_public_{endpoint}", request, call)
         # A call that moved no counter (a periodic tick, a page served from memory) leaves

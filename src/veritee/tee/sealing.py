@@ -109,6 +109,9 @@ class Counters:
                 self._slots[lineage] = (i, value)
         self._next = len(data) // self._SLOT.size
         self._live: dict[bytes, list[bytes]] = {}  # lineage -> measurements loaded now
+        # lineage -> instances a successor took the state over from: their channel counters
+        # are stale from that moment, so they never run or seal again (see superseded()).
+        self._superseded: dict[bytes, set[bytes]] = {}
 
     def claim(self, lineage: bytes, measurement: bytes, *, succession: bool) -> None:
         """Mark a lineage as loaded; a state may run in one instance only (two instances
@@ -121,7 +124,16 @@ class Counters:
                     "this sealed state is already in use by a module instance loaded in "
                     "this TEE; a state runs in one instance at a time"
                 )
+            if live:
+                # Two instances on one set of channel keys and counters would seal two
+                # events under one key and nonce: the predecessor stops here, for good.
+                self._superseded.setdefault(lineage, set()).update(live)
             live.append(measurement)
+
+    def superseded(self, lineage: bytes, measurement: bytes) -> bool:
+        """Whether a successor has taken this instance's state over (it must not run)."""
+        with self._lock:
+            return measurement in self._superseded.get(lineage, ())
 
     def alone(self, lineage: bytes) -> bool:
         """Whether at most one instance holds ``lineage`` now (two while an update swaps)."""
@@ -133,6 +145,11 @@ class Counters:
             live = self._live.get(lineage, [])
             if measurement in live:
                 live.remove(measurement)
+            gone = self._superseded.get(lineage)
+            if gone is not None:
+                gone.discard(measurement)
+                if not gone:
+                    self._superseded.pop(lineage, None)
             if not live:
                 self._live.pop(lineage, None)
 
