@@ -295,9 +295,8 @@ def test_another_apps_owner_hijacks_the_victims_route_with_a_connect_of_its_own(
             "responder": [NODE, "m"],
         }
         p = f"{path}/connect"
-        hijack = _go(url, "POST", p,
-                     _signed(evil, "POST", p, {"statement": sign_connect(stmt, evil),
-                                               "route": route}, app="evil2", node=NODE))  # fmt: skip
+        body = {"statement": sign_connect(stmt, evil), "route": route}
+        hijack = _go(url, "POST", p, _signed(evil, "POST", p, body, app="evil2", node=NODE))
         assert hijack.status_code == 200, hijack.text
         proc = home.cli("request", "reveal")
         assert proc.returncode == 0 and proc.stdout.strip() == SECRET.decode(), (
@@ -433,7 +432,7 @@ def test_strangers_grow_the_nonce_store_without_end_with_apps_that_do_not_exist(
     entries of every app dropped."""
     url = two_nodes.nodes["n2"].url
     stranger = _key()
-    for i in range(5):
+    for _ in range(5):
         app = f"ghost-{os.urandom(6).hex()}"
         path = f"/v1/apps/{app}/status"
         r = _go(url, "GET", path, _signed(stranger, "GET", path, None, app=app, node="n2"))
@@ -468,11 +467,46 @@ def test_a_squatter_of_an_app_name_gains_no_acceptance_from_the_owners_requests(
     assert _go(url, "PUT", path,
                _signed(squatter, "PUT", path, {"node": "n2", "peers": {}}, app=app,
                        node="n2")).status_code == 200  # fmt: skip
-    mine = _go(url, "PUT", path,
-               _signed(owner, "PUT", path, {"node": "n2", "peers": {}}, app=app, node="n2"))
+    mine = _go(
+        url,
+        "PUT",
+        path,
+        _signed(owner, "PUT", path, {"node": "n2", "peers": {}}, app=app, node="n2"),
+    )
     assert mine.status_code == 403
     load = f"{path}/modules/m"
     as_owner = _go(url, "PUT", load,
                    _signed(squatter, "PUT", load, {"wasm": b"\0asm", "deployment_key": _raw(owner)},
                            app=app, node="n2"))  # fmt: skip
     assert as_owner.status_code == 403 and "owner's deployment key only" in as_owner.text
+
+
+def test_an_owners_statements_for_one_app_do_not_act_on_its_other_app(
+    device: Device, wasm: Callable[..., Path]
+) -> None:
+    """Refused: one owner, one deployment key, two apps on one node. The agent hands the
+    connect and disconnect statements of app A to the same build's instance in app B (and
+    the state of A to B): the statements name their app, the state its binding."""
+    from veritee.evidence.deployment import Disconnect, sign_disconnect
+
+    owner = _key()
+    vault_wasm = wasm("tests/assets/c/app_vault.c").read_bytes()
+    user = x25519.X25519PrivateKey.generate()
+    with device.context() as c1, device.context() as c2:
+        a, b = AppSession(c1), AppSession(c2)
+        a.load(vault_wasm, name="vault", app=APP, deployment_key=_raw(owner))
+        b.load(vault_wasm, name="vault", app="second-app", deployment_key=_raw(owner))
+        conn = os.urandom(16)
+        user_channel(APP, owner, user, conn, a, "handler", "reveal")
+        with pytest.raises(teec.TeecError, match="is for app"):
+            user_channel(APP, owner, user, conn, b, "handler", "reveal")
+        with pytest.raises(teec.TeecError, match="app"):
+            b.disconnect(sign_disconnect(Disconnect(APP, (conn,)), owner))
+        state = a.deliver(user_channel(APP, owner, user, os.urandom(16), a, "entry", "store")
+                          .seal(SECRET)).state  # fmt: skip
+        a.close()
+        b.close()
+    with device.context() as ctx, pytest.raises(teec.TeecError, match="another deployment key"):
+        AppSession(ctx).load(
+            vault_wasm, name="vault", app="second-app", deployment_key=_raw(owner), state=state
+        )
