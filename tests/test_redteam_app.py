@@ -287,7 +287,7 @@ def test_another_apps_owner_hijacks_the_victims_route_with_a_connect_of_its_own(
         p = f"{path}/connect"
         body = {"statement": sign_connect(stmt, evil), "route": route}
         hijack = _go(url, "POST", p, _signed(evil, "POST", p, body, app="evil2", node=NODE))
-        assert hijack.status_code == 200, hijack.text
+        assert hijack.status_code == 403 and b"NotAppOwner" in hijack.content, hijack.text
         proc = home.cli("request", "reveal")
         assert proc.returncode == 0 and proc.stdout.strip() == SECRET.decode(), (
             f"another app's owner took the vault's connection: {proc.stderr.strip()}"

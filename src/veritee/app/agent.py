@@ -243,10 +243,11 @@ class NodeAgent:
             if staged is None:
                 raise UnknownModule(f"no staged instance of {app}/{name} to activate")
             old = self._hosts.pop((app, name), None)
-            self._retire(retire)
+            self._retire(app, retire)
             node = self._apps[app].node
             for conn, route in list(self._routes.items()):
-                self._routes[conn] = restage(route, node, name + STAGED, name)
+                if route.app == app:  # node and module names are each app's own
+                    self._routes[conn] = restage(route, node, name + STAGED, name)
         if old is not None:
             old.destroy()
         staged.move(self._module_dir(app, name))  # the instance runs on, keys and channels
@@ -266,7 +267,7 @@ class NodeAgent:
         a = self._app(app)
         with self._lock:
             host = self._hosts.pop((app, name), None)
-            self._retire(retire)
+            self._retire(app, retire)
             a.periodic = [p for p in a.periodic if p[0] != name]
             self._save(app)
         if host is None:
@@ -281,7 +282,7 @@ class NodeAgent:
         """
         with self._lock:
             self._app(app)
-            self._retire(conns)
+            self._retire(app, conns)
             self._save(app)
             hosts = [h for (a, _), h in self._hosts.items() if a == app]
         problems = []
@@ -294,8 +295,13 @@ class NodeAgent:
                     problems.append(f"{host}: {exc}")
         return problems
 
-    def _retire(self, conns: Iterable[bytes]) -> None:
+    def _retire(self, app: str, conns: Iterable[bytes]) -> None:
+        """Retire ``app``'s own connections among ``conns``; another app's are left alone
+        (connection ids are in every event header: any owner could name them)."""
         for conn in conns:
+            route = self._routes.get(conn)
+            if route is not None and route.app != app:
+                continue
             self._routes.pop(conn, None)
             self._retired.pop(conn, None)
             self._retired[conn] = None
@@ -311,7 +317,7 @@ class NodeAgent:
         with self._lock:
             if staged:  # events for the module on this connection go to the new instance
                 route = restage(route, self._apps[app].node, name, name + STAGED)
-            old = self._routes.get(route.conn)
+            old = self._own_route(route)
             if old is not None:  # both ends on this node: keep a staged end already recorded
                 route = Route(
                     route.app,
@@ -324,8 +330,17 @@ class NodeAgent:
             self._retired.pop(route.conn, None)
             self._save(app)
 
+    def _own_route(self, route: Route) -> Route | None:
+        """The route already known for ``route``'s connection, which must be of the same app:
+        one app's owner never takes over another app's connection. Call with the lock."""
+        old = self._routes.get(route.conn)
+        if old is not None and old.app != route.app:
+            raise NotAppOwner(f"connection {route.conn.hex()} is not of app {route.app!r}")
+        return old
+
     def add_route(self, route: Route) -> None:
         with self._lock:
+            self._own_route(route)
             self._routes[route.conn] = route
             self._retired.pop(route.conn, None)
             self._save(route.app)
