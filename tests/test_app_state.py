@@ -90,7 +90,7 @@ def module(counters: Counters, tmp_path: Path) -> AppModule:
 
 def _restore(m: AppModule, state: bytes) -> app_ta._Restored:
     assert m.bases is not None
-    return app_ta._restore(m.sealer, m.counters, state, m.app, m.raw_key, m.bases)
+    return app_ta._restore(m.sealer, m.counters, state, m.app, m.name, m.raw_key, m.bases)
 
 
 def _check(m: AppModule) -> bytes:
@@ -279,17 +279,26 @@ def test_a_state_restores_only_under_the_deployment_key_it_records(module: AppMo
     assert module.bases is not None
     with pytest.raises(app_ta.DeploymentKeyMismatch, match="another deployment key"):
         app_ta._restore(
-            module.sealer, module.counters, state, module.app, app_ta._sec1(other), module.bases
+            module.sealer,
+            module.counters,
+            state,
+            module.app,
+            module.name,
+            app_ta._sec1(other),
+            module.bases,
         )
     # A host that relabels the state with the other key's binding: the key recorded inside
     # refuses it (in the secure world, the sealing key derived from the binding does too).
-    relabelled = app_ta.app_binding(APP, app_ta._sec1(other)) + state[app_ta.BINDING_BYTES :]
+    relabelled = (
+        app_ta.app_binding(APP, module.name, app_ta._sec1(other)) + state[app_ta.BINDING_BYTES :]
+    )
     with pytest.raises(SealingError):
         app_ta._restore(
             module.sealer,
             module.counters,
             relabelled,
             module.app,
+            module.name,
             app_ta._sec1(other),
             module.bases,
         )

@@ -199,8 +199,9 @@ def test_state_survives_a_reload_and_replays_stay_refused(
         assert again.deliver(first).dropped == "replay"
         second = env.sender.deliver(press.seal(b"2")).events[0]
         assert again.deliver(second).dropped is None
-        # The state is sealed for this module: another module cannot take it over.
-        with pytest.raises(teec.TeecError, match=r"does not open|unseal"):
+        # The state is sealed for this module (its build and its name): another module
+        # cannot take it over; its label already says it is another module's.
+        with pytest.raises(teec.TeecError, match=r"or module name\), or before states"):
             _load(ctx, wasm("tests/assets/c/app_sender.c"), "sender", env.raw_key, state)
 
 
@@ -252,7 +253,7 @@ def test_an_update_takes_over_sealed_state_only_with_the_owners_succession(
     state = env.counter.deliver(first).state
     old = env.counter.info["measurement"]
     storage = env.dev.home / "vtees" / "default" / "storage"
-    binding = app_binding(APP, env.raw_key)
+    binding = app_binding(APP, "counter", env.raw_key)
     (private_dir(storage, old, binding) / "note").write_bytes(b"kept across the update")
     # The normal world plants a symlink into the secure world's state among the old files:
     # it must come across as a link (which WASI does not follow out), not as the HUK's bytes.

@@ -184,8 +184,10 @@ def test_a_fresh_instance_under_another_key_gets_none_of_the_modules_private_fil
         # emulation's storage is a directory), does not open: what a module seals itself
         # is sealed under a key bound to the deployment key too.
         storage = owned.dev.home / "vtees" / "default" / "storage"
-        theirs = private_dir(storage, owned.measurement, app_binding(APP, _raw(owned.owner)))
-        mine = private_dir(storage, owned.measurement, app_binding(APP, _raw(rogue)))
+        theirs = private_dir(
+            storage, owned.measurement, app_binding(APP, "vault", _raw(owned.owner))
+        )
+        mine = private_dir(storage, owned.measurement, app_binding(APP, "vault", _raw(rogue)))
         shutil.copy(theirs / "secret.sealed", mine / "secret.sealed")
         answer = _reveal(rogue, x25519.X25519PrivateKey.generate(), squatter)
         assert answer == b"no secret (-3)", answer  # VERITEE_ERR_UNSEAL

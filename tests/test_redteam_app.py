@@ -189,7 +189,7 @@ def test_a_state_relabelled_for_another_app_does_not_open(
         store = user_channel(APP, owner, user, os.urandom(16), v, "entry", "store")
         state = v.deliver(store.seal(SECRET)).state
         v.close()
-    relabelled = app_binding("vault-app-b", _raw(owner)) + state[32:]
+    relabelled = app_binding("vault-app-b", "vault", _raw(owner)) + state[32:]
     for given, refused in ((state, "another deployment key"), (relabelled, None)):
         with device.context() as ctx, pytest.raises(teec.TeecError, match=refused):
             s = AppSession(ctx)

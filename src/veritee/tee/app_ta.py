@@ -90,11 +90,13 @@ class SuccessionRefused(SealingError):
     state did not sign, or that does not fit this load."""
 
 
-def app_binding(app: str, deployment_key: bytes) -> bytes:
-    """What a module instance's sealed data is bound to besides its measurement: its app
-    and that app's deployment public key (SEC1). Another key, another binding: a state,
-    a base, a private file sealed under one never opens under another."""
-    return hashlib.sha256(bytes(cbor2.dumps(["veritee app binding", app, deployment_key]))).digest()
+def app_binding(app: str, name: str, deployment_key: bytes) -> bytes:
+    """What a module instance's sealed data is bound to besides its measurement: its app,
+    its name in the app, and the app's deployment public key (SEC1). Another key, another
+    binding: a state, a base, a private file sealed under one never opens under another;
+    two modules of one app built from one binary (a vault per user) share none of them."""
+    label = ["veritee app binding", app, name, deployment_key]
+    return hashlib.sha256(bytes(cbor2.dumps(label))).digest()
 
 
 def app_seal_key(seal_root: bytes, measurement: bytes, binding: bytes) -> bytes:
@@ -166,7 +168,7 @@ class AppModule:
 
     @functools.cached_property
     def binding(self) -> bytes:
-        return app_binding(self.app, self.raw_key)
+        return app_binding(self.app, self.name, self.raw_key)
 
     @functools.cached_property
     def exported(self) -> dict[str, bytes]:
@@ -353,7 +355,7 @@ def load(
         )
     compiled = compiler.compile(wasm)
     raw_key = _sec1(deployment_key)
-    binding = app_binding(app, raw_key)
+    binding = app_binding(app, name, raw_key)
     # Made if missing, and never a symlink the normal world planted there.
     private = grants.private_dir(storage, private_name(compiled.measurement, binding))
     preopens = (Preopen(str(private), APP_PRIVATE_DIR, True),)
@@ -372,7 +374,7 @@ def load(
             # copied as a link (WASI does not follow it out), never as what it points at.
             shutil.copytree(before, private, dirs_exist_ok=True, symlinks=True)
     bases = storage / BASES_DIR
-    restored = _restore(sealer, counters, state, app, raw_key, bases)
+    restored = _restore(sealer, counters, state, app, name, raw_key, bases)
     lineage = restored.lineage or counters.create()
     mak = ec.generate_private_key(ec.SECP256R1())
     vtee_token = cose.sign1(
@@ -482,7 +484,7 @@ def _succession(
         raise SuccessionRefused(
             "succession refused: the predecessor's state does not decode"
         ) from None
-    if not isinstance(recorded_app, str) or app_binding(recorded_app, recorded) != binding:
+    if not isinstance(recorded_app, str) or app_binding(recorded_app, name, recorded) != binding:
         raise SuccessionRefused("succession refused: the predecessor's state is inconsistent")
     try:
         owner = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), recorded)
@@ -539,7 +541,13 @@ class _Restored:
 
 
 def _restore(
-    sealer: Sealer, counters: Counters, state: Any, app: str, raw_key: bytes, bases: Path
+    sealer: Sealer,
+    counters: Counters,
+    state: Any,
+    app: str,
+    name: str,
+    raw_key: bytes,
+    bases: Path,
 ) -> _Restored:
     if state is None:
         return _Restored(ProvisioningKeys(), [], {}, 0, None)
@@ -548,10 +556,10 @@ def _restore(
     # The binding in front is only a label (the sealing key is derived from it, so a host
     # that rewrites it gets a state that does not open): it lets a load under another key
     # be refused saying so, before anything is opened.
-    if state[:BINDING_BYTES] != app_binding(app, raw_key):
+    if state[:BINDING_BYTES] != app_binding(app, name, raw_key):
         raise DeploymentKeyMismatch(
-            "sealed state was created under another deployment key (or app), or before "
-            "states were bound to one: it does not load under this one"
+            "sealed state was created under another deployment key (or app, or module "
+            "name), or before states were bound to one: it does not load under this one"
         )
     try:
         body = cbor2.loads(sealer.unseal(state[BINDING_BYTES:]))
