@@ -670,7 +670,7 @@ def test_retired_connections_are_remembered_within_a_bound(tmp_path: Path) -> No
     agent = NodeAgent(Home(tmp_path / "home"), tmp_path / "node", TcpTransport(tmp_path, "", 0))
     ids = [i.to_bytes(16, "big") for i in range(MAX_RETIRED + 1000)]
     for i in range(0, len(ids), 4096):
-        agent._retire(ids[i : i + 4096])
+        agent._retire("an-app", ids[i : i + 4096])
     assert len(agent._retired) == MAX_RETIRED
 
     def event(conn: bytes) -> bytes:

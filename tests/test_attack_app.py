@@ -14,6 +14,7 @@ authentication stops strangers (10). After each attack the owner's module works 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -328,6 +329,10 @@ def _send(
     if signer is not None:
         from veritee.app import auth
 
+        if "node" not in sign and method == "PUT" and re.fullmatch(r"/v1/apps/[^/?]+", path):
+            # Configuring names the node: it is signed for the agent's own id, as the
+            # deployer's client does.
+            sign["node"] = cbor2.loads(httpx.get(f"{url}/v1/info", timeout=60).content)["id"]
         headers[auth.HEADER] = auth.sign(
             signer,
             app=app,
@@ -487,8 +492,11 @@ def test_after_a_restart_the_owner_is_remembered_and_old_requests_stay_refused(
     assert kept["owner"] == _raw(deployed.owner)
     app_file.write_bytes(cbor2.dumps({k: v for k, v in kept.items() if k != "owner"}))
     cluster.start_node(NODE)
-    again = _send(deployed.url, "GET", path, None, deployed.owner, nonce=nonce)
-    assert again.status_code == 200  # a fresh signature (a new time): the owner is known
+    # The nonces it spent survive the restart (its journal): even re-signed, one is spent.
+    respent = _send(deployed.url, "GET", path, None, deployed.owner, nonce=nonce)
+    assert respent.status_code == 401 and "nonce is spent" in respent.text
+    again = _send(deployed.url, "GET", path, None, deployed.owner)
+    assert again.status_code == 200  # a fresh request: the owner is known
     import time
 
     before = int(time.time() * 1000) - 60_000  # signed a minute ago, before the restart

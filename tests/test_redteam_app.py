@@ -65,6 +65,11 @@ def _signed(
     return {"content-type": "application/cbor", auth.HEADER: header}, content
 
 
+def _agent(url: str) -> str:
+    """The agent's own id, which a configure request (it names the node) is signed for."""
+    return str(cbor2.loads(httpx.get(f"{url}/v1/info", timeout=60).content)["id"])
+
+
 def _go(url: str, method: str, path: str, req: tuple[dict[str, str], bytes]) -> httpx.Response:
     headers, content = req
     return httpx.request(method, url + path, content=content, headers=headers, timeout=60)
@@ -224,7 +229,7 @@ def test_another_apps_owner_retires_the_victims_connections_through_its_own_app(
     try:
         made = _go(url, "PUT", "/v1/apps/evil",
                    _signed(evil, "PUT", "/v1/apps/evil", {"node": NODE, "peers": {}},
-                           app="evil", node=NODE))  # fmt: skip
+                           app="evil", node=_agent(url)))  # fmt: skip
         assert made.status_code == 200, made.text
         cut = _go(url, "POST", "/v1/apps/evil/retire",
                   _signed(evil, "POST", "/v1/apps/evil/retire", {"retire": victim},
@@ -260,7 +265,7 @@ def test_another_apps_owner_hijacks_the_victims_route_with_a_connect_of_its_own(
     try:
         assert _go(url, "PUT", "/v1/apps/evil2",
                    _signed(evil, "PUT", "/v1/apps/evil2", {"node": NODE, "peers": {}},
-                           app="evil2", node=NODE)).status_code == 200  # fmt: skip
+                           app="evil2", node=_agent(url))).status_code == 200  # fmt: skip
         mod = wasm("tests/assets/c/app_vault.c").read_bytes()
         path = "/v1/apps/evil2/modules/m"
         loaded = _go(url, "PUT", path,
@@ -355,7 +360,8 @@ def _configure(cluster: Any, key: ec.EllipticCurvePrivateKey, app: str) -> dict[
     for name, node in cluster.nodes.items():
         body = {"node": name, "peers": peers}
         r = _go(node.url, "PUT", f"/v1/apps/{app}",
-                _signed(key, "PUT", f"/v1/apps/{app}", body, app=app, node=name))  # fmt: skip
+                _signed(key, "PUT", f"/v1/apps/{app}", body, app=app,
+                        node=_agent(node.url)))  # fmt: skip
         assert r.status_code == 200, r.text
     return peers
 
@@ -377,7 +383,8 @@ def test_a_recorded_configure_for_one_node_replays_on_another(two_nodes: Any) ->
     owner, app = _key(), "replayed-app"
     peers = _configure(two_nodes, owner, app)
     path = f"/v1/apps/{app}"
-    recorded = _signed(owner, "PUT", path, {"node": "n1", "peers": peers}, app=app, node="n1")
+    n1 = _agent(two_nodes.nodes["n1"].url)  # the owner's tool signs configure for n1's agent
+    recorded = _signed(owner, "PUT", path, {"node": "n1", "peers": peers}, app=app, node=n1)
     assert _go(two_nodes.nodes["n1"].url, "PUT", path, recorded).status_code == 200
     replayed = _go(two_nodes.nodes["n2"].url, "PUT", path, recorded)
     name = _node_name(two_nodes, owner, app, "n2")
@@ -456,12 +463,12 @@ def test_a_squatter_of_an_app_name_gains_no_acceptance_from_the_owners_requests(
     path = f"/v1/apps/{app}"
     assert _go(url, "PUT", path,
                _signed(squatter, "PUT", path, {"node": "n2", "peers": {}}, app=app,
-                       node="n2")).status_code == 200  # fmt: skip
+                       node=_agent(url))).status_code == 200  # fmt: skip
     mine = _go(
         url,
         "PUT",
         path,
-        _signed(owner, "PUT", path, {"node": "n2", "peers": {}}, app=app, node="n2"),
+        _signed(owner, "PUT", path, {"node": "n2", "peers": {}}, app=app, node=_agent(url)),
     )
     assert mine.status_code == 403
     load = f"{path}/modules/m"

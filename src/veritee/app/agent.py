@@ -17,6 +17,7 @@ State under ``directory`` (``HOME/node`` by default)::
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -87,6 +88,7 @@ class NodeAgent:
     ) -> None:
         self.home, self.vtee = home, vtee
         self.directory = directory
+        self.agent_id = _agent_id(directory)
         self.transport = transport
         self._apps: dict[str, _App] = {}
         self._hosts: dict[tuple[str, str], ModuleHost] = {}
@@ -649,3 +651,21 @@ def _header(event: bytes) -> tuple[bytes, int]:
 
 
 __all__ = ["AppError", "End", "NodeAgent", "Route", "UnknownModule"]
+
+
+AGENT_ID_FILE = "agent-id"
+
+
+def _agent_id(directory: Path) -> str:
+    """This agent's own random id, kept across restarts: what its owner's configure request
+    is signed for, so a recorded one cannot configure another node (it names no node yet)."""
+    path = directory / AGENT_ID_FILE
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if len(value) != 32 or not all(c in "0123456789abcdef" for c in value):
+        directory.mkdir(parents=True, exist_ok=True)
+        value = os.urandom(16).hex()
+        path.write_text(value + "\n")
+    return value

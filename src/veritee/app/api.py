@@ -29,12 +29,14 @@ from veritee.app._tree import NAME
 from veritee.app.agent import NodeAgent, UnknownModule
 from veritee.app.auth import HEADER, Claims, Gate
 from veritee.app.errors import NodeError, NotAppOwner, TransportError, Unauthenticated
+from veritee.app.journal import NonceJournal
 from veritee.app.routes import Route
 from veritee.errors import Error, UsageError
 from veritee.tee import client as teec
 from veritee.tee.channels import EventRejected
 
 log = logging.getLogger("veritee.node.api")
+NONCES_FILE = "spent-nonces"  # in the agent's directory (app/journal.py)
 
 CBOR = "application/cbor"
 # A module binary is at most tens of MiB (the secure world's limit is set by its memory);
@@ -136,7 +138,14 @@ def create(agent: NodeAgent) -> FastAPI:
         )
         return _problem(UsageError(where or "invalid request"))
 
-    gate = Gate(agent.owner_of, agent.node_of)
+    journal = NonceJournal(agent.directory / NONCES_FILE)
+    gate = Gate(
+        agent.owner_of,
+        agent.node_of,
+        agent_id=agent.agent_id,
+        spent=journal.read(),
+        on_spend=journal.append,
+    )
 
     async def owned(
         request: Request, app: str | None, *, naming_node: bool = True
@@ -153,11 +162,19 @@ def create(agent: NodeAgent) -> FastAPI:
         )
         raw = await _raw(request)  # only the owner's body is read
         gate.admit(claims, raw)
+        if journal.due():
+            journal.compact(gate.spent())
         return _parse(raw), claims
 
     @api.get("/v1/info")
     async def info() -> Response:
-        return _cbor({"events": list(agent.address), "apps": sorted(agent.status()["apps"])})
+        return _cbor(
+            {
+                "events": list(agent.address),
+                "apps": sorted(agent.status()["apps"]),
+                "id": agent.agent_id,  # what a configure request is signed for
+            }
+        )
 
     @api.get("/v1/status")
     async def status() -> Response:

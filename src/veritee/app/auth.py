@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,9 @@ NONCE_BYTES = 16
 # forget one early (which would let a recorded request replay). Only the owner can spend
 # them (a nonce is recorded once its signature verified), so only the owner is slowed.
 MAX_NONCES = 65_536
+# Nonces remembered over all apps: a stranger may sign requests about apps this node does not
+# hold (each with a key of its own), so the per-app bound alone would not bound memory.
+MAX_NONCES_ALL = 262_144
 MAX_HEADER_BYTES = 2048  # a signed header is ~250 bytes: a huge one is refused unread
 
 
@@ -155,16 +158,32 @@ class Gate:
         owner_of: Callable[[str], bytes | None],
         node_of: Callable[[str], str],
         *,
+        agent_id: str = "",
         started_ms: int | None = None,
         clock: Callable[[], int] = lambda: int(time.time() * 1000),
+        spent: Iterable[tuple[str, bytes, int]] = (),
+        on_spend: Callable[[str, bytes, int], None] | None = None,
     ) -> None:
+        """``agent_id``: this agent's own id, which a request that names no node yet (the
+        configure that creates an app here) must be signed for. ``spent`` and ``on_spend``:
+        the nonces an earlier life of this agent spent, and where to record each new one
+        (so a restart does not make a recorded request new again)."""
         self._owner_of, self._node_of = owner_of, node_of
+        self.agent_id = agent_id
         self._clock = clock
-        # Requests signed before this agent started may have been taken by its previous
-        # life, whose nonces are gone: none is accepted.
+        self._on_spend = on_spend
+        # Requests signed before this agent started, whose nonces are not in ``spent``, may
+        # have been taken by its previous life: none is accepted.
         self.started_ms = clock() if started_ms is None else started_ms
         self._lock = threading.Lock()
         self._seen: dict[str, OrderedDict[bytes, int]] = {}  # app -> nonce -> expiry (ms)
+        self._count = 0  # nonces remembered over all apps
+        self._pruned = self._clock()
+        now = self._clock()
+        for app, nonce, expiry in spent:
+            if expiry >= now:
+                self._seen.setdefault(app, OrderedDict())[nonce] = expiry
+                self._count += 1
 
     def check(
         self,
@@ -205,6 +224,11 @@ class Gate:
             raise BadRequestSignature(
                 f"the request was signed for node {claims.node!r}, not this one ({node!r})"
             )
+        if not naming_node and self.agent_id and claims.node != self.agent_id:
+            raise BadRequestSignature(
+                "the request that names this node must be signed for this agent's id "
+                f"({self.agent_id}, from /v1/info), not {claims.node!r}"
+            )
         now = self._clock()
         if claims.iat < self.started_ms or abs(now - claims.iat) > WINDOW_MS:
             raise StaleRequest(
@@ -222,12 +246,15 @@ class Gate:
 
     def _remember(self, app: str, nonce: bytes, expiry: int, now: int) -> None:
         with self._lock:
+            if self._count >= MAX_NONCES_ALL or now - self._pruned > WINDOW_MS:
+                self._prune(now)
             seen = self._seen.setdefault(app, OrderedDict())
             while seen:  # oldest first: drop what is stale anyway
                 oldest, until = next(iter(seen.items()))
                 if until >= now:
                     break
                 del seen[oldest]
+                self._count -= 1
             if nonce in seen:
                 raise ReplayedRequest("this signed request was taken already (its nonce is spent)")
             if len(seen) >= MAX_NONCES:
@@ -235,4 +262,27 @@ class Gate:
                     f"over {MAX_NONCES} signed requests for app {app!r} within "
                     f"{WINDOW_MS // 1000} s: wait"
                 )
+            if self._count >= MAX_NONCES_ALL:
+                raise TooManyRequests(
+                    f"over {MAX_NONCES_ALL} signed requests within {WINDOW_MS // 1000} s: wait"
+                )
             seen[nonce] = expiry
+            self._count += 1
+            if self._on_spend is not None:
+                self._on_spend(app, nonce, expiry)
+
+    def _prune(self, now: int) -> None:
+        """Forget every nonce past its window, in every app (the lock is held)."""
+        self._pruned = now
+        for app in list(self._seen):
+            seen = self._seen[app]
+            for nonce in [n for n, until in seen.items() if until < now]:
+                del seen[nonce]
+                self._count -= 1
+            if not seen:
+                del self._seen[app]
+
+    def spent(self) -> list[tuple[str, bytes, int]]:
+        """The nonces remembered now, with their app and expiry (to compact a journal)."""
+        with self._lock:
+            return [(a, n, e) for a, seen in self._seen.items() for n, e in seen.items()]

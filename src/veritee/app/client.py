@@ -58,6 +58,7 @@ class NodeClient:
         *,
         params: dict[str, str] | None = None,
         timeout: float | None = None,
+        sign_for: str | None = None,
     ) -> dict[str, Any]:
         content = None if body is None else bytes(cbor2.dumps(body))
         headers = {"Content-Type": CBOR} if content is not None else {}
@@ -67,7 +68,7 @@ class NodeClient:
             headers[auth.HEADER] = auth.sign(
                 self._key,
                 app=self.app,
-                node=self.name,
+                node=sign_for or self.name,
                 method=method,
                 path=path,
                 body=content or b"",
@@ -103,8 +104,11 @@ class NodeClient:
         return self._call("GET", "/v1/status")
 
     def configure(self, app: str, node: str, peers: dict[str, tuple[str, int]]) -> None:
+        """Name this node in ``app``; signed for the agent's own id (from /v1/info), since
+        the request names no node yet: recorded, it configures no other agent."""
         body = {"node": node, "peers": {k: list(v) for k, v in peers.items()}}
-        self._call("PUT", f"/v1/apps/{app}", body)
+        agent = self.info().get("id")
+        self._call("PUT", f"/v1/apps/{app}", body, sign_for=str(agent) if agent else None)
 
     def load(
         self,
