@@ -68,12 +68,15 @@ def serve(
             if transport.poll > 0
             else "never polls its links",
         )
+        # The API (and its gate's clock of when this agent started) exists before anyone is
+        # told the agent is ready: a request signed right after would otherwise predate it.
+        app = api.create(agent)
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info))
             tmp.replace(ready_file)
         config = uvicorn.Config(
-            api.create(agent),
+            app,
             log_level=log_level,
             access_log=False,
             server_header=False,
