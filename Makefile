@@ -18,6 +18,7 @@ lint: setup-test
 	$(VENV)/ruff check $(PY_SOURCES)
 	$(VENV)/ruff format --check $(PY_SOURCES)
 	$(VENV)/mypy
+	$(VENV)/python scripts/check_layers.py
 
 test: lint
 	$(VENV)/pytest -q

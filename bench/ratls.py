@@ -37,9 +37,9 @@ from OpenSSL import SSL
 
 from veritee import ratls
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
-from veritee.ratls import certificate, verify
-from veritee.ratls.engine import tls_context
-from veritee.ratls.verify import Freshness
+from veritee.tls import certificate, verify
+from veritee.tls.engine import tls_context
+from veritee.tls.verify import Freshness
 from veritee.wasm.runtime import measure, to_binary
 
 # The handshake never runs the module: the smallest WASI command will do.

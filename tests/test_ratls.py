@@ -24,18 +24,18 @@ from veritee import ratls
 from veritee.errors import Error
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
 from veritee.evidence.errors import MeasurementNotEndorsed
-from veritee.ratls import certificate
 from veritee.ratls.channel import AttestedConnection, dial
-from veritee.ratls.engine import Engine, Identity
-from veritee.ratls.errors import (
+from veritee.tee.ta import WasmSession
+from veritee.tls import certificate
+from veritee.tls.engine import Engine, Identity
+from veritee.tls.errors import (
     CertificateExpired,
     ExporterMismatch,
     KeyNotBound,
     PeerRefused,
     StaleChallenge,
 )
-from veritee.ratls.verify import Freshness
-from veritee.tee.ta import WasmSession
+from veritee.tls.verify import Freshness
 from veritee.wasm.runtime import measure
 
 from .conftest import REPO, Device
@@ -542,7 +542,7 @@ def test_garbage_or_truncated_extension_is_a_clear_error(
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
-    from veritee.ratls import wire
+    from veritee.tls import wire
 
     def certify(_nonce: bytes) -> bytes:
         name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "garbage")])

@@ -26,9 +26,9 @@ from veritee.errors import EvidenceError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
 from veritee.evidence.errors import MalformedToken, MeasurementNotEndorsed, NonceMismatch
 from veritee.evidence.readable import describe
-from veritee.ratls import certificate, verify, wire
 from veritee.ratls.appraisers import judge_ear, wire_nonce
-from veritee.ratls.errors import (
+from veritee.tls import certificate, verify, wire
+from veritee.tls.errors import (
     CertificateExpired,
     ExporterMismatch,
     KeyNotBound,
@@ -39,7 +39,7 @@ from veritee.ratls.errors import (
     ProtocolViolation,
     StaleChallenge,
 )
-from veritee.ratls.verify import Freshness
+from veritee.tls.verify import Freshness
 from veritee.verifier import ear
 from veritee.wasm.runtime import measure
 

@@ -344,7 +344,7 @@ def show(path: str, as_json: bool) -> None:
 
     from veritee.evidence.certs import CERT_ERRORS
     from veritee.evidence.readable import describe
-    from veritee.ratls import certificate, wire
+    from veritee.tls import certificate, wire
 
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()

@@ -5,12 +5,13 @@ by the module attestation key and carries evidence, fresh for each connection. R
 parties use :func:`connect` (or :class:`RelyingServer`) with an appraiser, and get a
 connection only once the peer's evidence passed every check. See docs/ratls.md.
 
-Layers: ``wire``, ``certificate`` and ``verify`` are pure (bytes and values in, a result or
-one error out); ``engine`` is the protocol without I/O; ``channel``, ``client`` and ``module``
-move its bytes over sockets and the TEE Client API.
+Layers: the protocol core is ``veritee.tls`` (``wire``, ``certificate`` and ``verify`` are
+pure, bytes and values in, a result or one error out; ``engine`` is the protocol without I/O),
+below the secure world, which runs it too; here, ``channel``, ``client`` and ``module`` move
+its bytes over sockets and the TEE Client API, and ``appraisers`` asks a verification service.
 """
 
-from veritee.ratls.appraisers import Appraiser, LocalAppraiser, ServiceAppraiser
+from veritee.ratls.appraisers import ServiceAppraiser
 from veritee.ratls.channel import AttestedConnection
 from veritee.ratls.client import RelyingServer, connect
 from veritee.ratls.module import (
@@ -21,8 +22,9 @@ from veritee.ratls.module import (
     PeerPolicy,
     module_request,
 )
-from veritee.ratls.verify import AttestedPeer, Freshness
-from veritee.ratls.wire import MODES, Mode
+from veritee.tls.appraisers import Appraiser, LocalAppraiser
+from veritee.tls.verify import AttestedPeer, Freshness
+from veritee.tls.wire import MODES, Mode
 
 __all__ = [
     "MODES",

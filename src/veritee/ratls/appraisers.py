@@ -2,7 +2,7 @@
 or a verification service (Veraison challenge-response API; its signed result, an EAR).
 
 Both issue the freshness input (a challenge, or a registered exporter value) and return an
-:class:`~veritee.ratls.verify.AttestedPeer` or raise the failed check. The service's answer
+:class:`~veritee.tls.verify.AttestedPeer` or raise the failed check. The service's answer
 is judged by :func:`judge_ear`, which is pure; only :class:`ServiceAppraiser` talks HTTP, and
 it is reached through ``veritee.verifier.client`` (imported when first used, so the secure
 world and plain clients do not need the HTTP stack).
@@ -10,75 +10,20 @@ world and plain clients do not need the HTTP stack).
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from veritee.errors import EvidenceError
-from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
 from veritee.evidence.claims import LIFECYCLES, MEDIA_TYPE
 from veritee.evidence.errors import MeasurementNotEndorsed, NonceMismatch
-from veritee.ratls import certificate, verify, wire
-from veritee.ratls.errors import AttestationRejected, ExporterMismatch, StaleChallenge, named
-from veritee.ratls.verify import AttestedPeer, Freshness
+from veritee.tls import certificate, verify, wire
+from veritee.tls.appraisers import DEFAULT_ACCEPT, Appraiser, Clock, _utcnow
+from veritee.tls.errors import AttestationRejected, ExporterMismatch, StaleChallenge, named
+from veritee.tls.verify import AttestedPeer, Freshness
 
 if TYPE_CHECKING:
     from veritee.verifier.client import VerifierClient
     from veritee.verifier.ear import Ear
-
-# Statuses a relying party accepts by default. The emulated TEE's lifecycle makes its
-# hardware claim a warning at best, so affirming alone would refuse every emulated device.
-DEFAULT_ACCEPT = frozenset({verify.STATUS_AFFIRMING, verify.STATUS_WARNING})
-Clock = Callable[[], dt.datetime]
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class Appraiser(ABC):
-    """Issues freshness inputs and appraises a peer's certificate and evidence against them."""
-
-    @abstractmethod
-    def challenge(self) -> Freshness:
-        """A fresh challenge to send before the handshake (challenge mode)."""
-
-    @abstractmethod
-    def exporter(self, value: bytes) -> Freshness:
-        """The freshness input for a session whose exporter value is ``value``."""
-
-    @abstractmethod
-    def appraise(
-        self, cert_der: bytes, freshness: Freshness, evidence: bytes | None = None
-    ) -> AttestedPeer:
-        """Every check; raise the failed one."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook: most appraisers hold nothing
-        """Release what the appraiser holds (connections to a service)."""
-
-
-class LocalAppraiser(Appraiser):
-    """Appraisal in this process against the trust anchors and reference values it is given."""
-
-    def __init__(
-        self, anchors: TrustAnchors, refs: ReferenceValues, *, clock: Clock = _utcnow
-    ) -> None:
-        self.anchors, self.refs, self.clock = anchors, refs, clock
-
-    def challenge(self) -> Freshness:
-        return Freshness("challenge", os.urandom(wire.CHALLENGE_BYTES))
-
-    def exporter(self, value: bytes) -> Freshness:
-        return Freshness("exporter", value)
-
-    def appraise(
-        self, cert_der: bytes, freshness: Freshness, evidence: bytes | None = None
-    ) -> AttestedPeer:
-        return verify.appraise(
-            cert_der, freshness, self.anchors, self.refs, evidence=evidence, now=self.clock()
-        )
 
 
 class ServiceAppraiser(Appraiser):

@@ -1,6 +1,6 @@
 """An attested connection over a TCP socket: the engine's bytes moved with time limits.
 
-This is the thin I/O layer around :mod:`veritee.ratls.engine` for ends that run in plain
+This is the thin I/O layer around :mod:`veritee.tls.engine` for ends that run in plain
 Python (relying parties); a module's end runs in the secure world (see ``ratls.module``).
 """
 
@@ -12,9 +12,9 @@ from collections import deque
 from types import TracebackType
 
 from veritee.errors import Error
-from veritee.ratls.engine import Data, Engine, Event, PeerClosed, PeerError
-from veritee.ratls.errors import ChannelError, Unreachable
-from veritee.ratls.verify import AttestedPeer
+from veritee.tls.engine import Data, Engine, Event, PeerClosed, PeerError
+from veritee.tls.errors import ChannelError, Unreachable
+from veritee.tls.verify import AttestedPeer
 
 # A handshake plus appraisal takes milliseconds on a LAN; a peer that takes this long is
 # stuck or stalling on purpose, and holds a socket and a thread meanwhile.

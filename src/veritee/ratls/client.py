@@ -22,12 +22,12 @@ from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from veritee.ratls import certificate
-from veritee.ratls.appraisers import Appraiser
 from veritee.ratls.channel import DEFAULT_TIMEOUT, AttestedConnection, dial
-from veritee.ratls.engine import Engine, Identity
-from veritee.ratls.errors import Unreachable
-from veritee.ratls.wire import MODES, Mode
+from veritee.tls import certificate
+from veritee.tls.appraisers import Appraiser
+from veritee.tls.engine import Engine, Identity
+from veritee.tls.errors import Unreachable
+from veritee.tls.wire import MODES, Mode
 
 log = logging.getLogger("veritee.ratls")
 BACKLOG = 64

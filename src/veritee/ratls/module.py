@@ -28,10 +28,7 @@ import cbor2
 
 from veritee.errors import Error, UsageError
 from veritee.evidence.appraisal import ReferenceValues
-from veritee.ratls import errors as ratls_errors
 from veritee.ratls.channel import DEFAULT_TIMEOUT, RECV_BYTES, dial
-from veritee.ratls.errors import ChannelError, Unreachable
-from veritee.ratls.wire import Mode
 from veritee.tee import client as teec
 from veritee.tee.ta import (
     CMD_TLS_CLOSE,
@@ -41,6 +38,9 @@ from veritee.tee.ta import (
     MAX_TLS_REPLY_BYTES,
     TLS_TA,
 )
+from veritee.tls import errors as ratls_errors
+from veritee.tls.errors import ChannelError, Unreachable
+from veritee.tls.wire import Mode
 
 log = logging.getLogger("veritee.ratls")
 

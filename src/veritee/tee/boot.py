@@ -48,10 +48,10 @@ STAGE_CONFIG = "tee-config"
 SIGNED_STAGES = (STAGE_INTERPRETER, STAGE_LIBRARIES, STAGE_SECURE_WORLD, STAGE_RUNTIME)
 MANIFEST_PROFILE = "tag:veritee.dev,2026:boot-manifest"
 
-# The secure world's code: what runs with the device secrets (ratls: the TLS TA terminates
+# The secure world's code: what runs with the device secrets (tls: the TLS TA terminates
 # modules' TLS with it). The CLI, verifier and deployer run in the normal world or elsewhere
 # and are not part of the TCB being measured.
-_SECURE_WORLD_PARTS = ("__init__.py", "errors.py", "home.py", "tee", "evidence", "wasm", "ratls")
+_SECURE_WORLD_PARTS = ("__init__.py", "errors.py", "home.py", "tee", "evidence", "wasm", "tls")
 # The third-party packages the secure world's processes import (top-level module, and the
 # distribution that installs it): their code runs next to the device secrets too.
 # tests/test_attack_world.py checks this list against what the processes really import.

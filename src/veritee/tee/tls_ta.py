@@ -2,7 +2,7 @@
 
 One session is one module instance loaded for TLS (measured, limited and keyed as the runtime
 TA loads it) and up to ``MAX_CONNECTIONS`` TLS connections. The TLS engine (pyOpenSSL over
-memory BIOs, driven by ``veritee.ratls.engine``) runs here; the normal world calls FEED with
+memory BIOs, driven by ``veritee.tls.engine``) runs here; the normal world calls FEED with
 the bytes that arrived on its socket and sends back what FEED returns. It carries ciphertext
 and learns the outcome (who the peer proved to be, or which check failed), never a key or a
 plaintext byte of the application.
@@ -36,13 +36,13 @@ from OpenSSL import SSL
 
 from veritee.errors import Error, SecureWorldError, UsageError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
-from veritee.ratls import certificate, engine, wire
-from veritee.ratls.appraisers import LocalAppraiser
-from veritee.ratls.engine import Data, Engine, Identity, PeerClosed, PeerError, Ready, Role
-from veritee.ratls.errors import ProtocolViolation
 from veritee.tee import runtime_ta
 from veritee.tee.runtime_ta import LoadedModule
 from veritee.tee.ta import CMD_TLS_CLOSE, CMD_TLS_FEED, CMD_TLS_LOAD, CMD_TLS_OPEN
+from veritee.tls import certificate, engine, wire
+from veritee.tls.appraisers import LocalAppraiser
+from veritee.tls.engine import Data, Engine, Identity, PeerClosed, PeerError, Ready, Role
+from veritee.tls.errors import ProtocolViolation
 
 if TYPE_CHECKING:
     from veritee.tee.world import SecureWorld

@@ -5,7 +5,7 @@ plain Python relying parties; only what is plugged in differs:
 
 * an :class:`Identity` says what this end presents: a certificate per nonce (with evidence
   over it, if this end is attested) and evidence over an exporter value;
-* an :class:`~veritee.ratls.appraisers.Appraiser` judges the peer; with none, the peer is not
+* an :class:`~veritee.tls.appraisers.Appraiser` judges the peer; with none, the peer is not
   appraised (a server that admits unattested clients; a module client that does not check
   its server, for a server authenticated some other way).
 
@@ -31,16 +31,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 from veritee.errors import Error
-from veritee.ratls import wire
-from veritee.ratls.appraisers import Appraiser
-from veritee.ratls.errors import (
+from veritee.tls import wire
+from veritee.tls.appraisers import Appraiser
+from veritee.tls.errors import (
     HandshakeFailed,
     NoEvidence,
     PeerRefused,
     ProtocolViolation,
 )
-from veritee.ratls.verify import AttestedPeer, Freshness
-from veritee.ratls.wire import Mode
+from veritee.tls.verify import AttestedPeer, Freshness
+from veritee.tls.wire import Mode
 
 log = logging.getLogger("veritee.ratls")
 

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from veritee.evidence.certs import CERT_ERRORS
-from veritee.ratls import wire
-from veritee.ratls.errors import CertificateExpired, MalformedCertificate, MalformedExtension
+from veritee.tls import wire
+from veritee.tls.errors import CertificateExpired, MalformedCertificate, MalformedExtension
 
 # A certificate is made per connection, so it only needs to outlive one handshake and the
 # session after it; a short life bounds how long a captured one would be shown as current.

@@ -26,7 +26,7 @@ from typing import Literal
 
 from cryptography import x509
 
-from veritee.ratls.errors import ProtocolViolation
+from veritee.tls.errors import ProtocolViolation
 
 Mode = Literal["challenge", "exporter"]
 MODES: tuple[Mode, ...] = ("challenge", "exporter")

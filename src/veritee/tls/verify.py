@@ -34,16 +34,16 @@ from veritee.evidence.appraisal import STATUS_WARNING as STATUS_WARNING
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, Verified
 from veritee.evidence.appraisal import local_status as local_status
 from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
-from veritee.ratls import certificate, wire
-from veritee.ratls.certificate import PeerCertificate
-from veritee.ratls.errors import (
+from veritee.tls import certificate, wire
+from veritee.tls.certificate import PeerCertificate
+from veritee.tls.errors import (
     ExporterMismatch,
     KeyNotBound,
     KeyOutsideSecureWorld,
     NoEvidence,
     StaleChallenge,
 )
-from veritee.ratls.wire import Mode
+from veritee.tls.wire import Mode
 
 
 @dataclass(frozen=True)
