@@ -678,3 +678,31 @@ def test_retired_connections_are_remembered_within_a_bound(tmp_path: Path) -> No
 
     assert agent.route_all([event(ids[-1]), event(ids[0])]) == 2
     assert (agent.counters["retired"], agent.counters["unrouted"]) == (1, 1)
+
+
+def test_the_nonce_journal_survives_a_restart_a_torn_record_and_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the node agent spent is read back at start (a restart must not make a recorded
+    request fresh again); a record torn by a crash is skipped; compaction keeps exactly the
+    records still in their window, including one appended as it compacts."""
+    import time
+
+    from veritee.app import journal as journal_mod
+    from veritee.app.journal import NonceJournal
+
+    now = int(time.time() * 1000)
+    j = NonceJournal(tmp_path / "spent")
+    j.append("app-a", b"A" * 16, now + 60_000)
+    j.append("app-b", b"B" * 16, now - 1)  # past its window
+    assert NonceJournal(tmp_path / "spent").read() == [
+        ("app-a", b"A" * 16, now + 60_000),
+        ("app-b", b"B" * 16, now - 1),
+    ]
+    with open(tmp_path / "spent", "ab") as f:
+        f.write(b"\x00\x00\x01")  # a crash mid-record
+    assert len(NonceJournal(tmp_path / "spent").read()) == 2
+    monkeypatch.setattr(journal_mod, "COMPACT_EVERY", 1)
+    j2 = NonceJournal(tmp_path / "spent")
+    j2.append("app-c", b"C" * 16, now + 60_000)  # this append compacts
+    assert j2.read() == [("app-a", b"A" * 16, now + 60_000), ("app-c", b"C" * 16, now + 60_000)]

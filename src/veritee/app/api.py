@@ -162,8 +162,6 @@ def create(agent: NodeAgent) -> FastAPI:
         )
         raw = await _raw(request)  # only the owner's body is read
         gate.admit(claims, raw)
-        if journal.due():
-            journal.compact(gate.spent())
         return _parse(raw), claims
 
     @api.get("/v1/info")

@@ -281,8 +281,3 @@ class Gate:
                 self._count -= 1
             if not seen:
                 del self._seen[app]
-
-    def spent(self) -> list[tuple[str, bytes, int]]:
-        """The nonces remembered now, with their app and expiry (to compact a journal)."""
-        with self._lock:
-            return [(a, n, e) for a, seen in self._seen.items() for n, e in seen.items()]

@@ -13,7 +13,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterable
+import time
 from pathlib import Path
 
 log = logging.getLogger("veritee.node")
@@ -30,13 +30,21 @@ class NonceJournal:
         self.path = path
         self._lock = threading.Lock()
         self._appended = 0
+        # A record torn by a crash is cut off, or every record appended after it would be
+        # unreadable too.
+        _, whole = self._parse()
+        if self.path.exists() and whole < self.path.stat().st_size:
+            os.truncate(self.path, whole)
 
     def read(self) -> list[tuple[str, bytes, int]]:
         """Every record that parses; a torn last record (a crash mid-write) is left out."""
+        return self._parse()[0]
+
+    def _parse(self) -> tuple[list[tuple[str, bytes, int]], int]:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return []
+            return [], 0
         records, at = [], 0
         while at + _HEAD.size <= len(data):
             expiry, length = _HEAD.unpack_from(data, at)
@@ -49,24 +57,27 @@ class NonceJournal:
             except UnicodeDecodeError:
                 log.warning("nonce journal %s: a record is not readable; skipped", self.path)
             at = end
-        return records
+        return records, at
 
     def append(self, app: str, nonce: bytes, expiry: int) -> None:
-        name = app.encode()[:255]
-        with self._lock, open(self.path, "ab") as f:
-            f.write(_HEAD.pack(expiry, len(name)) + name + nonce)
-            self._appended += 1
-
-    def due(self) -> bool:
-        return self._appended >= COMPACT_EVERY
-
-    def compact(self, live: Iterable[tuple[str, bytes, int]]) -> None:
-        """Keep only ``live`` (the nonces still in their window)."""
-        tmp = self.path.with_suffix(".tmp")
+        """Record a spent nonce; past ``COMPACT_EVERY`` records, keep only those still in
+        their window (under the same lock, so no record appended meanwhile is lost)."""
         with self._lock:
-            with open(tmp, "wb") as f:
-                for app, nonce, expiry in live:
-                    name = app.encode()[:255]
-                    f.write(_HEAD.pack(expiry, len(name)) + name + nonce)
-            os.replace(tmp, self.path)
-            self._appended = 0
+            with open(self.path, "ab") as f:
+                f.write(_record(app, nonce, expiry))
+            self._appended += 1
+            if self._appended >= COMPACT_EVERY:
+                self._compact(int(time.time() * 1000))
+
+    def _compact(self, now_ms: int) -> None:
+        live = [r for r in self.read() if r[2] >= now_ms]
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(_record(*r) for r in live))
+        os.replace(tmp, self.path)
+        self._appended = 0
+
+
+def _record(app: str, nonce: bytes, expiry: int) -> bytes:
+    name = app.encode()[:255]
+    return _HEAD.pack(expiry, len(name)) + name + nonce
