@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app_deploy import APP, REPO, SmartHome, build_smart_home, until
+from tests.test_app_deploy import (
+    APP,
+    REPO,
+    SmartHome,
+    build_smart_home,
+    deploy_trusting_homes,
+    until,
+)
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster, descriptor_for
 
@@ -30,11 +37,7 @@ def home(
         descriptor = descriptor_for(
             REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
         )
-        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
-        trust = [a for n in cluster.nodes.values() for a in ("--trust-home", str(n.home))]
-        proc = sh.cli("deploy", descriptor, *trust)
-        assert proc.returncode == 0, proc.stderr
-        sh.ok("output", "init-server", "start")
+        sh = deploy_trusting_homes(cluster, descriptor, binaries, workdir)
         yield sh
     finally:
         cluster.stop()

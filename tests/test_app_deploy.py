@@ -132,6 +132,18 @@ def deploy_locally(
     return home
 
 
+def deploy_trusting_homes(
+    cluster: LocalCluster, descriptor: Path, binaries: dict[str, Path], workdir: Path
+) -> SmartHome:
+    """Deploy the smart home with local appraisal (each node's home trusted), and start it."""
+    sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
+    trust = [a for n in cluster.nodes.values() for a in ("--trust-home", str(n.home))]
+    proc = sh.cli("deploy", descriptor, *trust)
+    assert proc.returncode == 0, proc.stderr
+    sh.ok("output", "init-server", "start")
+    return sh
+
+
 def build_smart_home(wasm: Callable[..., Path]) -> dict[str, Path]:
     return {m: wasm(f"examples/smart-home/{m}.c") for m in MODULES}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,9 +32,7 @@ from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, verify
 from veritee.evidence.claims import (
     MEDIA_TYPE,
     Evidence,
-    ModuleClaims,
     PlatformClaims,
-    VteeClaims,
     encode_claims,
     ueid_of,
 )
@@ -46,26 +43,12 @@ from veritee.verifier import ear
 from veritee.verifier.client import nonce_of
 from veritee.wasm.runtime import measure
 
+from . import _forge
+from ._forge import Forged, dak_of, der
+from ._forge import forge as forge_evidence
 from .conftest import Device
 from .test_secrets_service import Service, refused, start_service, write_config
-from .test_verifier_service import Server, start_verifier
-
-
-@dataclasses.dataclass
-class Forged:
-    """Evidence the device owner built, and the provisioning keys only they hold."""
-
-    evidence: bytes
-    keys: provisioning.ProvisioningKeys
-    ueid: bytes
-
-
-def _dak(home: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """What the device owner reads from their own HOME: the DAK and its certificate."""
-    key = serialization.load_pem_private_key((home / "device" / "dak.key").read_bytes(), None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    cert = x509.load_pem_x509_certificate((home / "device" / "dak.pem").read_bytes())
-    return key, cert
+from .test_verifier_service import Server
 
 
 def _minted_leaf(
@@ -102,77 +85,22 @@ def forge(
     lifecycle: str,
     mint_leaf: bool = False,
 ) -> Forged:
-    """Evidence over ``nonce`` for ``measurement``, signed with the device's own DAK.
-
-    The boot log is copied from the device's real evidence (``real``), so it matches the
-    reference values; the vTEE, module and provisioning keys are the owner's, outside any TEE.
-    """
-    dak, device_cert = _dak(home)
-    signer, chain = dak, [device_cert.public_bytes(serialization.Encoding.DER)]
+    """Evidence over ``nonce`` for ``measurement``, signed with the device's own DAK (or, with
+    ``mint_leaf``, with a fresh key the DAK certified); every other key the owner's."""
+    dak, device_cert = dak_of(home)
+    signer, chain = dak, [der(device_cert)]
     if mint_leaf:
         signer, leaf = _minted_leaf(dak, device_cert)
-        chain = [leaf.public_bytes(serialization.Encoding.DER), *chain]
-    ev = Evidence.decode(real)
-    genuine = PlatformClaims.from_cbor(cose.decode(ev.platform).claims())
-    genuine_vtee = VteeClaims.from_cbor(cose.decode(ev.vtee).claims())
-    vtee_key, module_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(2))
-    keys = provisioning.ProvisioningKeys()
-    iat = int(time.time())
-    ueid = ueid_of(cose.ec_key_to_cose(signer.public_key()))
-    platform = dataclasses.replace(
-        genuine,
-        ueid=ueid,
-        lifecycle=lifecycle,
-        vtee_key=cose.ec_key_to_cose(vtee_key.public_key()),
-        iat=iat,
-    )
-    config = genuine_vtee.config
-    vtee = VteeClaims(
-        platform.vtee_id, measurement, config, cose.ec_key_to_cose(module_key.public_key()), iat
-    )
-    module = ModuleClaims(
-        nonce=nonce,
-        measurement=measurement,
-        config=config,
-        name="hello",
-        provisioning_key=cose.x25519_key_to_cose(keys.x25519.public_key()),
-        iat=iat,
-    )
-    evidence = Evidence(
-        cose.sign1(encode_claims(platform), signer, unprotected={cose.HDR_X5CHAIN: chain}),
-        cose.sign1(encode_claims(vtee), vtee_key),
-        cose.sign1(encode_claims(module), module_key),
-    ).encode()
-    return Forged(evidence, keys, ueid)
+        chain = [der(leaf), *chain]
+    return forge_evidence(real, nonce, measurement, signer=signer, chain=chain, lifecycle=lifecycle)
 
+
+# The module-scoped hello module, its session and a verifier that trusts the device.
+hello = _forge.hello
+session = _forge.session
+verifier = _forge.verifier
 
 # -- the services --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def hello(wasm: Callable[..., Path]) -> bytes:
-    return wasm("examples/hello/hello.c").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def session(device: Device, hello: bytes) -> Iterator[WasmSession]:
-    with device.context() as ctx:
-        s = WasmSession(ctx)
-        s.load(hello, name="hello")
-        yield s
-
-
-@pytest.fixture(scope="module")
-def verifier(
-    device: Device, wasm: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    s = start_verifier(device.home, tmp_path_factory.mktemp("verifier"))
-    try:
-        s.provision(device.home, "trust-device")
-        s.provision(device.home, "module", wasm("examples/hello/hello.c"), "--name", "hello")
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +256,7 @@ def test_every_local_appraiser_refuses_a_minted_chain(
     with pytest.raises(UntrustedDevice, match="cannot certify another key"):
         verify(minted.evidence, anchors, nonce=nonce)
     # Beneath that message, the path validator itself refuses the shape.
-    dak, device_cert = _dak(device.home)
+    dak, device_cert = dak_of(device.home)
     _, leaf = _minted_leaf(dak, device_cert)
     with pytest.raises(UntrustedDevice, match=r"basicConstraints\.cA must be asserted"):
         certs.validate_device_chain([leaf, device_cert], anchors.cas, dt.datetime.now(dt.UTC))

@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_app_deploy import APP, REPO, SmartHome, build_smart_home, until
+from tests.test_app_deploy import (
+    APP,
+    REPO,
+    SmartHome,
+    build_smart_home,
+    deploy_trusting_homes,
+    until,
+)
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster, descriptor_for
 from veritee.evidence.claims import HOST_DATA, MAX_HOST_DATA, MEDIA_TYPE, Evidence, ModuleClaims
@@ -296,11 +303,7 @@ def test_rollback_through_the_emulated_rpmb_replays_an_event_and_the_evidence_sa
         descriptor = descriptor_for(
             REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
         )
-        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
-        trust = [a for n in cluster.nodes.values() for a in ("--trust-home", str(n.home))]
-        proc = sh.cli("deploy", descriptor, *trust)
-        assert proc.returncode == 0, proc.stderr
-        sh.ok("output", "init-server", "start")
+        sh = deploy_trusting_homes(cluster, descriptor, binaries, workdir)
         sh.ok("output", "trigger-btn", "press")
         until(lambda: _count(sh) == 1)
 

@@ -77,4 +77,4 @@ def test_every_benchmark_has_a_table_and_its_command_in_bench_readme() -> None:
         section = by_name.get(name, "")
         if f"bench/{name}.py" not in section or not re.search(r"^\|.*\|$", section, re.M):
             missing.append(name)
-    assert not missing, f"bench/README.md lacks a section with a table and its command for {missing}"
+    assert not missing, f"bench/README.md lacks a section, command and table for {missing}"

@@ -29,7 +29,6 @@ Holes found (most severe first; each test's docstring tells the attack and the g
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -41,7 +40,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from veritee.errors import EvidenceError
 from veritee.evidence import certs, cose, provisioning
@@ -65,8 +63,12 @@ from veritee.tee.device import _device_cert, _name
 from veritee.tee.ta import WasmSession
 from veritee.wasm.runtime import measure
 
+from . import _forge
+from ._forge import Forged, dak_of, forge
+from ._forge import der as _der
+from ._forge import sign1 as _sign1
 from .conftest import Device
-from .test_attack_chain import _attest, _dak, _status, _ueid
+from .test_attack_chain import _attest, _status, _ueid
 from .test_secrets_service import Service, refused, start_service, write_config
 from .test_verifier_service import Server, start_verifier
 
@@ -108,80 +110,8 @@ def _twin_ca(
     return b.sign(key, hashes.SHA256())
 
 
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-@dataclasses.dataclass
-class Forged:
-    evidence: bytes
-    keys: provisioning.ProvisioningKeys
-    ueid: bytes
-
-
-def forge(
-    real: bytes,
-    nonce: bytes,
-    measurement: bytes,
-    *,
-    signer: ec.EllipticCurvePrivateKey,
-    chain: list[bytes],
-    lifecycle: str,
-    ueid: bytes | None = None,
-    keys: provisioning.ProvisioningKeys | None = None,
-) -> Forged:
-    """Evidence over ``nonce`` signed by ``signer`` with x5chain ``chain``: the boot log is the
-    device's real one (so it matches its reference values), every other key the attacker's."""
-    ev = Evidence.decode(real)
-    genuine = PlatformClaims.from_cbor(cose.decode(ev.platform).claims())
-    genuine_vtee = VteeClaims.from_cbor(cose.decode(ev.vtee).claims())
-    vtee_key, module_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(2))
-    keys = keys or provisioning.ProvisioningKeys()
-    iat = int(time.time())
-    if ueid is None:
-        ueid = ueid_of(cose.ec_key_to_cose(signer.public_key()))
-    platform = dataclasses.replace(
-        genuine,
-        ueid=ueid,
-        lifecycle=lifecycle,
-        vtee_key=cose.ec_key_to_cose(vtee_key.public_key()),
-        iat=iat,
-    )
-    config = genuine_vtee.config
-    vtee = VteeClaims(
-        platform.vtee_id, measurement, config, cose.ec_key_to_cose(module_key.public_key()), iat
-    )
-    module = ModuleClaims(
-        nonce=nonce,
-        measurement=measurement,
-        config=config,
-        name="hello",
-        provisioning_key=cose.x25519_key_to_cose(keys.x25519.public_key()),
-        iat=iat,
-    )
-    evidence = Evidence(
-        _sign1(encode_claims(platform), signer, {cose.HDR_X5CHAIN: chain}),
-        cose.sign1(encode_claims(vtee), vtee_key),
-        cose.sign1(encode_claims(module), module_key),
-    ).encode()
-    return Forged(evidence, keys, ueid)
-
-
-def _sign1(payload: bytes, key: ec.EllipticCurvePrivateKey, unprotected: dict) -> bytes:
-    """COSE_Sign1 as cose.sign1 makes it, but ES256 whatever the curve (for odd keys)."""
-    if isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1):
-        return cose.sign1(payload, key, unprotected=unprotected)
-    import cbor2
-
-    protected = bytes(cbor2.dumps({cose.HDR_ALG: cose.ES256}))
-    msg = cose.Sign1(protected, {cose.HDR_ALG: cose.ES256}, unprotected, payload, b"")
-    r, s = decode_dss_signature(key.sign(msg.to_be_signed(), ec.ECDSA(hashes.SHA256())))
-    sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return bytes(cbor2.dumps(cbor2.CBORTag(cose.TAG_SIGN1, [protected, unprotected, payload, sig])))
 
 
 def _release_opened(service: Service, nonce: bytes, forged: Forged, name: str) -> bytes | None:
@@ -199,33 +129,12 @@ def _release_opened(service: Service, nonce: bytes, forged: Forged, name: str) -
     return provisioning.open_(env, nonce=nonce, keys=forged.keys, service_key=service.public_key())
 
 
+# The module-scoped hello module, its session and a verifier that trusts the device.
+hello = _forge.hello
+session = _forge.session
+verifier = _forge.verifier
+
 # -- the services ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def hello(wasm: Callable[..., Path]) -> bytes:
-    return wasm("examples/hello/hello.c").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def session(device: Device, hello: bytes) -> Iterator[WasmSession]:
-    with device.context() as ctx:
-        s = WasmSession(ctx)
-        s.load(hello, name="hello")
-        yield s
-
-
-@pytest.fixture(scope="module")
-def verifier(
-    device: Device, wasm: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    s = start_verifier(device.home, tmp_path_factory.mktemp("rt-verifier"))
-    try:
-        s.provision(device.home, "trust-device")
-        s.provision(device.home, "module", wasm("examples/hello/hello.c"), "--name", "hello")
-        yield s
-    finally:
-        s.stop()
 
 
 def _provision_proc(server: Server, home: Path, *args: str | Path) -> tuple[int, str]:
@@ -269,7 +178,7 @@ def test_trust_device_refuses_an_owner_reminted_secured_ca(
         device.home / "manufacturer" / "reference-values.json",
         owner_home / "manufacturer" / "reference-values.json",
     )
-    dak, _ = _dak(device.home)
+    dak, _ = dak_of(device.home)
     ueid = ueid_of(cose.ec_key_to_cose(dak.public_key()))
     secured_cert = _device_cert(dak.public_key(), ueid, ca_key, twin, NOW, endorses="secured")
     real = session.attest(bytes(32))
@@ -321,7 +230,7 @@ def test_a_secret_service_trusting_the_owners_ca_file_keeps_secured_only_secrets
         device.home / "manufacturer" / "reference-values.json",
         owner_home / "manufacturer" / "reference-values.json",
     )
-    dak, _ = _dak(device.home)
+    dak, _ = dak_of(device.home)
     ueid = ueid_of(cose.ec_key_to_cose(dak.public_key()))
     secured_cert = _device_cert(dak.public_key(), ueid, ca_key, twin, NOW, endorses="secured")
     root = tmp_path / "secrets"
@@ -448,7 +357,7 @@ def test_a_device_revoked_at_the_verifier_gets_no_secret(
 
     Secure behaviour asserted: a device the trusted verifier finds revoked gets no secret."""
     ueid = _ueid(device)
-    dak, device_cert = _dak(device.home)
+    dak, device_cert = dak_of(device.home)
     verifier.provision(device.home, "revoke", "--device", ueid, "--reason", "key leaked")
     try:
         nonce = secrets_with_verifier.challenge()
@@ -495,7 +404,7 @@ def test_a_twin_ca_in_x5chain_does_not_raise_the_lifecycle(
     with the same subject and key but marked secured], claiming ``secured``."""
     ca_key, ca = _ca_key(device.home)
     twin = _twin_ca(ca_key, ca, "secured")
-    dak, _ = _dak(device.home)
+    dak, _ = dak_of(device.home)
     ueid = ueid_of(cose.ec_key_to_cose(dak.public_key()))
     cert = _device_cert(dak.public_key(), ueid, ca_key, twin, NOW, endorses="secured")
     real = session.attest(bytes(32))
@@ -1050,7 +959,7 @@ def test_the_deployer_trusting_a_node_home_requires_secured_in_vain(
         device.home / "manufacturer" / "reference-values.json",
         node_home / "manufacturer" / "reference-values.json",
     )
-    dak, _ = _dak(device.home)
+    dak, _ = dak_of(device.home)
     ueid = ueid_of(cose.ec_key_to_cose(dak.public_key()))
     cert = _device_cert(dak.public_key(), ueid, ca_key, twin, NOW, endorses="secured")
     real = session.attest(bytes(32))
@@ -1127,7 +1036,7 @@ def test_a_trust_anchor_off_the_profile_is_not_a_device_ca(
     and the device is affirming / secured.
 
     Secure behaviour asserted: provisioning refuses the non-CA anchor, or appraisal refuses it."""
-    dak, _ = _dak(device.home)
+    dak, _ = dak_of(device.home)
     leaf = _self_signed_device(dak, "secured")
     try:
         in_memory: str | None = _validate([leaf], (leaf,))

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.test_app_deploy import APP, MODULES, SmartHome, until
+from tests.test_app_deploy import APP, MODULES, SmartHome, deploy_trusting_homes, until
 from tests.test_wasi_ra import KEY, MESSAGE, _config
 from tests.test_wasm_reactor import Services, _reactor
 from veritee.app import state as state_mod
@@ -410,11 +410,7 @@ def rust_home(
         descriptor.write_text(yaml.safe_dump(data, sort_keys=False))
         for name in RUST_MODULES:
             binaries[name] = _built(RUST / "smart-home" / f"{name}.rs", workdir / f"{name}.wasm")
-        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
-        trust = [a for n in cluster.nodes.values() for a in ("--trust-home", str(n.home))]
-        proc = sh.cli("deploy", descriptor, *trust)
-        assert proc.returncode == 0, proc.stderr
-        sh.ok("output", "init-server", "start")
+        sh = deploy_trusting_homes(cluster, descriptor, binaries, workdir)
         yield sh
     finally:
         cluster.stop()
