@@ -19,7 +19,9 @@ Two contracts on top of the order:
 * ``verifier`` never imports ``tee`` (it runs on machines with no TEE at all);
 * the node agent (``app``'s agent-side modules) reaches the secure world only through the TEE
   Client API and its bindings, never by importing the secure world's own modules, so it can
-  neither provision a device nor hold a device secret.
+  neither provision a device nor hold a device secret;
+* a root of trust's own library (``tpm2_pytss``) is imported only by its backend's module under
+  ``tee/backends/``, so every other part stays usable on a machine without it.
 
 Exit status 0 when every import follows them; 1 with one line per offending import.
 """
@@ -49,14 +51,17 @@ FORBIDDEN = {"verifier": frozenset({"tee"})}
 
 # The node agent's modules, and the only parts of the secure-world package they may import:
 # the TEE Client API, the bindings of its trusted apps, the wire format, the event header.
+BACKEND_LIBRARIES = frozenset({"tpm2_pytss"})
+BACKENDS_DIR = ("tee", "backends")
+
 AGENT_MODULES = frozenset({"agent", "api", "server", "routes", "_host", "transport", "spool"})
 AGENT_MAY_IMPORT = frozenset(
     {"veritee.tee.client", "veritee.tee.ta", "veritee.tee.protocol", "veritee.tee.channels"}
 )
 
 
-def _package(path: Path) -> str:
-    rel = path.relative_to(SRC)
+def _package(path: Path, src: Path = SRC) -> str:
+    rel = path.relative_to(src)
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
@@ -75,10 +80,26 @@ def _imports(tree: ast.AST) -> list[tuple[int, str]]:
     return [(line, m) for line, m in found if m.startswith("veritee.")]
 
 
+def _library_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module.split(".")[0]))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+    return [(line, m) for line, m in found if m in BACKEND_LIBRARIES]
+
+
 def check(src: Path = SRC) -> list[str]:
     problems = []
     for path in sorted(src.rglob("*.py")):
-        pkg = _package(path)
+        if path.relative_to(src).parts[:2] != BACKENDS_DIR:
+            for line, library in _library_imports(ast.parse(path.read_text(), str(path))):
+                problems.append(
+                    f"{path.relative_to(src.parent)}:{line}: imports {library}, which only its "
+                    "backend's module under tee/backends/ may import"
+                )
+        pkg = _package(path, src)
         if pkg not in RANK:
             problems.append(f"{path.relative_to(src.parent)}: package {pkg!r} has no layer")
             continue

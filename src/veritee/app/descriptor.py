@@ -35,6 +35,7 @@ from veritee.app._tree import MAX_DESCRIPTOR_BYTES as MAX_DESCRIPTOR_BYTES
 from veritee.app._tree import _Collect, _Reader
 from veritee.app._tree import read_tree as read_tree
 from veritee.app.errors import DescriptorError
+from veritee.tee.backends import BACKENDS as _BACKEND_REGISTRY
 from veritee.wasm.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ MAX_TIMEOUT_S = 3600.0
 
 _ENTRY = re.compile(r"^[a-z-]+\[\d+\]")
 CONNECTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:>-]{0,127}$")
-BACKENDS = ("emulated",)
+BACKENDS = tuple(_BACKEND_REGISTRY)  # the TEE backends a node may name (tee/backends)
 ACCEPT_LEVELS = ("affirming", "warning")
 SOURCE_SUFFIXES = (".c", ".wat", ".rs")  # or a directory holding one, or a cargo project
 CARGO_MANIFEST = "Cargo.toml"  # a Rust module may also be a cargo project, named by its manifest

@@ -11,8 +11,10 @@ import click
 
 from veritee.errors import Error
 from veritee.home import DEFAULT_VTEE, Home
+from veritee.tee.backends import BACKENDS
 
 STOP_TIMEOUT = 20.0  # seconds to wait for the secure world to shut down
+BACKEND_NAMES = tuple(BACKENDS)
 
 
 def register(cli: click.Group) -> None:
@@ -33,17 +35,34 @@ def device() -> None:
     help="Use the manufacturer CA in this directory (ca.pem, ca.key).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing device (destroys its keys).")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_NAMES),
+    default="emulated",
+    show_default=True,
+    help="The root of trust (docs/secure-world.md#backends).",
+)
+@click.option(
+    "--tpm",
+    "tpm",
+    metavar="DEVICE_OR_TCTI",
+    default=None,
+    help="The TPM to use (tpm backend): /dev/tpmrm0, or a TCTI such as swtpm:port=2321.",
+)
 @click.pass_obj
-def device_init(home: Home, ca_dir: Path | None, force: bool) -> None:
+def device_init(
+    home: Home, ca_dir: Path | None, force: bool, backend: str, tpm: str | None
+) -> None:
     """Provision a device: manufacturer CA, HUK, attestation key and certificate.
 
     \b
     Example:  veritee --home /tmp/dev1 device init
     """
-    from veritee.tee import device as dev
+    from veritee.tee import backends
 
-    info = dev.provision(home, ca_dir=ca_dir, force=force)
-    click.echo(f"provisioned device {info.ueid.hex()} in {home.root}")
+    options = {} if tpm is None else {"tpm": tpm}
+    info = backends.provision(home, backend=backend, options=options, ca_dir=ca_dir, force=force)
+    click.echo(f"provisioned device {info.ueid.hex()} in {home.root} (backend {backend})")
     click.echo(f"  certificate: {info.certificate.subject.rfc4514_string()}")
     click.echo(f"  issued by:   {info.ca.subject.rfc4514_string()}")
     click.echo(f"  trust anchor for verifiers: {home.manufacturer / 'ca.pem'}")
@@ -170,7 +189,8 @@ def tee_status(home: Home, as_json: bool, vtee: str) -> None:
 
     console = Console()
     console.print(
-        f"[bold]device[/] {mon['ueid'].hex()}  lifecycle [bold]{mon['lifecycle']}[/]  "
+        f"[bold]device[/] {mon['ueid'].hex()}  backend [bold]{mon['backend']['name']}[/]  "
+        f"lifecycle [bold]{mon['lifecycle']}[/]  "
         f"secure boot [bold]{'on' if mon['secure_boot'] else 'off'}[/]  monitor pid {mon['pid']}"
     )
     boot = Table(title="measured boot", title_justify="left")

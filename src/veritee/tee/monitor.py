@@ -1,4 +1,4 @@
-"""The device monitor: the only holder of the HUK and the device attestation key (DAK).
+"""The device monitor: the only holder of the device's secrets, through its backend (tee/backends).
 
 It performs the measured (and, when configured, secure) boot, then creates each virtual TEE:
 derives the vTEE's keys from the HUK, endorses the vTEE's attestation key in a platform token
@@ -35,13 +35,11 @@ from veritee.errors import BootError, DeviceError, Error, EvidenceError, UsageEr
 from veritee.evidence import certs, cose
 from veritee.evidence.claims import (
     LIFECYCLES,
-    ROLLBACK_HOST_FILE,
     BootEntry,
     PlatformClaims,
-    encode_claims,
 )
 from veritee.home import DEFAULT_VTEE, Home
-from veritee.tee import boot, device, keys, protocol, spawn, vtees
+from veritee.tee import backends, boot, device, protocol, spawn, vtees
 
 log = logging.getLogger("veritee.monitor")
 
@@ -71,9 +69,9 @@ class VteeProcess:
 class Monitor:
     def __init__(self, home: Home) -> None:
         self.home = home
-        self.info = device.load_info(home)
-        self.huk = keys.read_secret(home.device / device.HUK)
-        self.dak = keys.read_private_key(home.device / device.DAK_KEY)
+        # The root of trust, and the only way to the device's secrets (tee/backends).
+        self.backend = backends.open_device(home)
+        self.info = self.backend.info
         self.config = device.tee_config(home)
         self.lifecycle = str(self.config.get("lifecycle", "emulated"))
         # What the device may say it is comes from its certificate, not from its own
@@ -121,6 +119,7 @@ class Monitor:
                 raise BootError("secure boot: the device has no signed boot manifest") from None
             boot.secure_boot(stages, manifest, self.info.vendor_pub)
         self.boot_entries, self.pcr = boot.boot_log(stages, self.info.vendor_pub, self.secure_boot)
+        self.backend.record_boot(self.boot_entries, self.pcr)
         for e in self.boot_entries:
             log.info("measured %s %s", e.component, e.measurement.hex())
 
@@ -129,7 +128,7 @@ class Monitor:
             ueid=self.info.ueid,
             lifecycle=self.lifecycle,
             secure_boot=self.secure_boot,
-            rollback_protection=ROLLBACK_HOST_FILE,  # the emulated RPMB: a file of the user's
+            rollback_protection=self.backend.rollback_protection,
             boot_log=tuple(self.boot_entries),
             vtee_id=vtee_id,
             vtee_name=name,
@@ -137,16 +136,15 @@ class Monitor:
             vtee_key=cose.ec_key_to_cose(ak_pub),
             iat=int(time.time()),
         )
-        chain = [self.info.certificate.public_bytes(serialization.Encoding.DER)]
-        return cose.sign1(encode_claims(claims), self.dak, unprotected={cose.HDR_X5CHAIN: chain})
+        return self.backend.platform_token(claims)
 
     def start_vtee(self, name: str) -> VteeProcess:
         with self.lock:
             running = self.vtees.get(name)
             if running is not None and running.process.poll() is None:
                 return running
-        record = vtees.load(self.home, self.huk, name)
-        keys_ = vtees.derive_keys(self.home, self.huk, record, boot_register=self.pcr)
+        record = vtees.load(self.home, self.backend.root(), name)
+        keys_ = vtees.derive_keys(self.home, self.backend.root(), record, boot_register=self.pcr)
         digest = record.config_digest
         handoff: dict[str, Any] = {
             "name": name,
@@ -175,7 +173,7 @@ class Monitor:
                 "ueid": self.info.ueid,
             },
         }
-        counters = vtees.open_counters(self.home, record.vtee_id)
+        counters = self.backend.open_counters(record.vtee_id)
         handoff["counters_fd"] = counters
         try:
             proc = subprocess.Popen(
@@ -205,7 +203,7 @@ class Monitor:
         return vp
 
     def create_vtee(self, name: str, config: dict[str, Any]) -> vtees.VteeRecord:
-        record = vtees.create(self.home, self.huk, name, vtees.make_config(**config))
+        record = vtees.create(self.home, self.backend.root(), name, vtees.make_config(**config))
         log.info("created vTEE %s (id %s)", name, record.vtee_id.hex())
         return record
 
@@ -221,7 +219,7 @@ class Monitor:
         out = []
         for name in vtees.names(self.home):
             try:
-                record = vtees.load(self.home, self.huk, name)
+                record = vtees.load(self.home, self.backend.root(), name)
                 entry: dict[str, Any] = {
                     "name": name,
                     "id": record.vtee_id,
@@ -271,6 +269,7 @@ class Monitor:
             }
         return {
             "ueid": self.info.ueid,
+            "backend": self.backend.describe(),
             "lifecycle": self.lifecycle,
             "secure_boot": self.secure_boot,
             "boot_log": [e.to_cbor() for e in self.boot_entries],

@@ -106,14 +106,6 @@ def _seed_path(home: Home, vtee_id: bytes) -> Any:
     return home.device / "vtee-seeds" / f"{vtee_id.hex()}.seed"
 
 
-def open_counters(home: Home, vtee_id: bytes) -> int:
-    """A descriptor on the vTEE's rollback counters in the device's storage (see
-    tee/sealing.py: Counters): the monitor opens it and hands it to that vTEE only."""
-    path = home.device / "counters" / f"{vtee_id.hex()}.ctr"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-
-
 def create(home: Home, huk: bytes, name: str, config: dict[str, Any]) -> VteeRecord:
     """A new vTEE: fresh id and seed, a record the monitor can later authenticate."""
     validate_name(name)
