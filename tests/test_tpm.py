@@ -1,0 +1,250 @@
+"""The TPM 2.0 backend on a real software TPM (swtpm), one per test: identity and credential
+activation, quotes and their appraisal, sealing under the boot PCR, NV counters; and each
+attack on them, as the adversary would run it against real TPMs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from veritee.evidence import tpm as appraisal
+from veritee.evidence.errors import (
+    AkNotActivated,
+    PcrDigestMismatch,
+    QuoteNotFresh,
+    TpmEventNotEndorsed,
+    UntrustedEk,
+)
+from veritee.tee.backends.tpm import (
+    CounterRolledBack,
+    CredentialRefused,
+    TpmBackend,
+    UnsealRefused,
+)
+
+from ._swtpm import EkCa, Swtpm, ek_ca, make_ek_ca, provision_swtpm, swtpm
+
+__all__ = ["ek_ca", "swtpm"]  # fixtures, re-exported so pytest finds them here
+
+STAGES = [
+    ("interpreter", hashlib.sha256(b"python 3.11").digest()),
+    ("libraries", hashlib.sha256(b"cryptography, cbor2, wasmtime").digest()),
+    ("secure-world", hashlib.sha256(b"veritee secure world").digest()),
+    ("runtime", hashlib.sha256(b"wasmtime 30").digest()),
+    ("config", hashlib.sha256(b"boot config").digest()),
+]
+REFERENCE = {name: [digest] for name, digest in STAGES}
+MODIFIED = hashlib.sha256(b"veritee secure world, with a backdoor").digest()
+VTEE_KEY_DIGEST = hashlib.sha256(b"the vTEE's attestation key").digest()
+
+
+def boot(tpm: TpmBackend, stages: list[tuple[str, bytes]] = STAGES) -> None:
+    for name, digest in stages:
+        tpm.extend(name, digest)
+
+
+def modified_stages() -> list[tuple[str, bytes]]:
+    return [(n, MODIFIED if n == "secure-world" else d) for n, d in STAGES]
+
+
+@pytest.fixture
+def backend(swtpm: Swtpm, tmp_path: Path) -> Iterator[TpmBackend]:
+    with TpmBackend(tmp_path / "tpm-state", swtpm.tcti) as tpm:
+        yield tpm
+
+
+def activated_ak(tpm: TpmBackend, ca: EkCa) -> bytes:
+    """The verifier's registrar flow: EK chain, then credential activation of the AK."""
+    ident = tpm.identity()
+    ek = appraisal.verify_ek_certificate(ident.ek_certificate, [ca.cert])
+    challenge = appraisal.make_activation_challenge(ek, ident.ak_public)
+    answer = tpm.activate_credential(challenge.credential_blob, challenge.secret)
+    appraisal.check_activation(challenge, answer)
+    return ident.ak_public
+
+
+# -- identity ------------------------------------------------------------------------------
+
+
+def test_ek_chain_and_credential_activation(backend: TpmBackend, swtpm: Swtpm) -> None:
+    ak = activated_ak(backend, swtpm.ca)
+    # The AK survives a reboot of the TPM (its blobs are kept) and activates again.
+    swtpm.restart()
+    with TpmBackend(swtpm.dir.parent / "tpm-state", swtpm.tcti) as again:
+        assert activated_ak(again, swtpm.ca) == ak
+
+
+def test_ek_certificate_from_untrusted_ca_is_refused(tmp_path: Path, ek_ca: EkCa) -> None:
+    """Adversary: a machine owner who runs their own (software) TPM with an EK certificate
+    from a CA of their own, to pass it off as a manufacturer's TPM."""
+    rogue = provision_swtpm(tmp_path / "rogue", make_ek_ca("Rogue TPM manufacturer"))
+    rogue.start()
+    try:
+        with TpmBackend(tmp_path / "rogue-state", rogue.tcti) as tpm:
+            ident = tpm.identity()
+            with pytest.raises(UntrustedEk, match="does not chain to a trusted"):
+                appraisal.verify_ek_certificate(ident.ek_certificate, [ek_ca.cert])
+            # The same TPM passes against its own CA: the refusal is the anchor's.
+            appraisal.verify_ek_certificate(ident.ek_certificate, [rogue.ca.cert])
+    finally:
+        rogue.stop()
+
+
+def test_ak_from_another_tpm_does_not_activate(
+    tmp_path: Path, backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    """Adversary: holds a genuine TPM A (trusted EK) and a TPM B (or a software key store)
+    whose AK they control; presents A's EK certificate with B's AK."""
+    other = provision_swtpm(tmp_path / "other", swtpm.ca)
+    other.start()
+    try:
+        with TpmBackend(tmp_path / "other-state", other.tcti) as tpm_b:
+            genuine_ek = backend.identity().ek_certificate
+            foreign_ak = tpm_b.identity().ak_public
+            ek = appraisal.verify_ek_certificate(genuine_ek, [swtpm.ca.cert])
+            challenge = appraisal.make_activation_challenge(ek, foreign_ak)
+            # TPM B holds the AK but not A's EK; TPM A holds the EK but not the AK: neither
+            # can recover the secret.
+            for tpm in (tpm_b, backend):
+                with pytest.raises(CredentialRefused):
+                    tpm.activate_credential(challenge.credential_blob, challenge.secret)
+            # What the adversary can send back is a guess.
+            with pytest.raises(AkNotActivated):
+                appraisal.check_activation(challenge, bytes(appraisal.CREDENTIAL_BYTES))
+            # B's own EK with B's AK still activates: the check is the pairing.
+            ident_b = tpm_b.identity()
+            ek_b = appraisal.verify_ek_certificate(ident_b.ek_certificate, [other.ca.cert])
+            ch_b = appraisal.make_activation_challenge(ek_b, ident_b.ak_public)
+            appraisal.check_activation(
+                ch_b, tpm_b.activate_credential(ch_b.credential_blob, ch_b.secret)
+            )
+    finally:
+        other.stop()
+    # The owner's TPM still activates its own AK.
+    activated_ak(backend, swtpm.ca)
+
+
+# -- quotes --------------------------------------------------------------------------------
+
+
+def test_quote_appraises(backend: TpmBackend, swtpm: Swtpm) -> None:
+    ak = activated_ak(backend, swtpm.ca)
+    boot(backend)
+    binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce-1")
+    quote = backend.quote(binding)
+    result = appraisal.verify_quote(quote, ak, binding, REFERENCE)
+    assert [e.description for e in result.events] == [n for n, _ in STAGES]
+    assert result.pcrs[appraisal.VERITEE_PCR] == backend.pcr_value()
+
+
+def test_quote_replayed_with_an_old_nonce_is_refused(backend: TpmBackend, swtpm: Swtpm) -> None:
+    """Adversary: the host's owner (or a relay) who recorded a quote answering an earlier
+    challenge and replays it to a new one (or for another vTEE key)."""
+    ak = activated_ak(backend, swtpm.ca)
+    boot(backend)
+    old = backend.quote(appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce-old"))
+    fresh = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce-new")
+    with pytest.raises(QuoteNotFresh, match="does not bind"):
+        appraisal.verify_quote(old, ak, fresh, REFERENCE)
+    other_vtee = appraisal.quote_binding(hashlib.sha256(b"another key").digest(), b"nonce-old")
+    with pytest.raises(QuoteNotFresh):
+        appraisal.verify_quote(old, ak, other_vtee, REFERENCE)
+    # A quote made for the fresh challenge passes.
+    appraisal.verify_quote(backend.quote(fresh), ak, fresh, REFERENCE)
+
+
+def test_quote_over_a_modified_stage_is_refused(backend: TpmBackend, swtpm: Swtpm) -> None:
+    """Adversary: the host's owner boots a modified secure-world stage (honest log)."""
+    ak = activated_ak(backend, swtpm.ca)
+    boot(backend, modified_stages())
+    binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
+    with pytest.raises(TpmEventNotEndorsed, match="secure-world"):
+        appraisal.verify_quote(backend.quote(binding), ak, binding, REFERENCE)
+    # After a reboot into the genuine stages, the quote passes.
+    swtpm.restart()
+    with TpmBackend(swtpm.dir.parent / "tpm-state", swtpm.tcti) as tpm:
+        boot(tpm)
+        appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)
+
+
+def test_event_log_altered_to_match_references_is_refused(
+    backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    """Adversary: boots a modified stage, then rewrites the event log so every record is a
+    reference value; the PCR the TPM quotes still holds the modified stage's extension."""
+    ak = activated_ak(backend, swtpm.ca)
+    boot(backend, modified_stages())
+    binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
+    quote = backend.quote(binding)
+    forged_log = appraisal.encode_event_log(
+        appraisal.TpmEvent(appraisal.VERITEE_PCR, d, n) for n, d in STAGES
+    )
+    forged = appraisal.TpmQuote(quote.attest, quote.signature, forged_log)
+    with pytest.raises(PcrDigestMismatch, match="does not replay"):
+        appraisal.verify_quote(forged, ak, binding, REFERENCE)
+    # A log that drops the modified record instead does not replay either.
+    dropped = appraisal.encode_event_log(
+        appraisal.TpmEvent(appraisal.VERITEE_PCR, d, n)
+        for n, d in modified_stages()
+        if d != MODIFIED
+    )
+    with pytest.raises(PcrDigestMismatch):
+        appraisal.verify_quote(
+            appraisal.TpmQuote(quote.attest, quote.signature, dropped), ak, binding, REFERENCE
+        )
+
+
+# -- sealing -------------------------------------------------------------------------------
+
+
+def test_root_unseals_only_under_the_genuine_boot(swtpm: Swtpm, tmp_path: Path) -> None:
+    """Adversary: the host's owner changes a boot stage and asks the TPM to unseal the
+    secure world's root that the genuine boot sealed."""
+    root = hashlib.sha256(b"the secure world's root").digest()
+    state = tmp_path / "tpm-state"
+    with TpmBackend(state, swtpm.tcti) as tpm:
+        boot(tpm)
+        blob = tpm.seal(root)
+        assert tpm.unseal(blob) == root
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as tpm:
+        boot(tpm, modified_stages())
+        with pytest.raises(UnsealRefused, match="boot measurements differ"):
+            tpm.unseal(blob)
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as tpm:
+        with pytest.raises(UnsealRefused):  # before any stage is measured
+            tpm.unseal(blob)
+        boot(tpm)
+        assert tpm.unseal(blob) == root
+
+
+# -- counters ------------------------------------------------------------------------------
+
+
+def test_counter_rollback_is_refused(backend: TpmBackend, tmp_path: Path) -> None:
+    """Adversary: the host's owner snapshots the secure world's state file (and the emulated
+    backend's counter file) and restores both after the state moved on."""
+    counter = backend.counter(0)
+    state_file = tmp_path / "state.bin"
+    counter_file = tmp_path / "counter.ctr"  # what the emulated backend keeps, restorable
+    first = counter.increment()
+    state_file.write_bytes(first.to_bytes(8, "big") + b"state v1")
+    counter_file.write_bytes(first.to_bytes(8, "big"))
+    snapshot = (state_file.read_bytes(), counter_file.read_bytes())
+    second = counter.increment()
+    assert second > first
+    state_file.write_bytes(second.to_bytes(8, "big") + b"state v2")
+    counter_file.write_bytes(second.to_bytes(8, "big"))
+    # Restore the older state and counter files together.
+    state_file.write_bytes(snapshot[0])
+    counter_file.write_bytes(snapshot[1])
+    recorded = int.from_bytes(state_file.read_bytes()[:8], "big")
+    with pytest.raises(CounterRolledBack, match="older copy"):
+        backend.counter(0).check(recorded)
+    # The current state is still accepted, and the counter did not move back.
+    backend.counter(0).check(second)
+    assert backend.counter(0).read() == second
