@@ -9,10 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tpm2_pytss.constants import TPMA_OBJECT
+from tpm2_pytss.types import TPM2B_PUBLIC
 
+from veritee.errors import EvidenceError
 from veritee.evidence import tpm as appraisal
 from veritee.evidence.errors import (
     AkNotActivated,
+    AkRejected,
+    MalformedQuote,
     PcrDigestMismatch,
     QuoteNotFresh,
     TpmEventNotEndorsed,
@@ -38,6 +46,26 @@ STAGES = [
 ]
 REFERENCE = {name: [digest] for name, digest in STAGES}
 MODIFIED = hashlib.sha256(b"veritee secure world, with a backdoor").digest()
+
+
+def _software_ak() -> bytes:
+    """A well-formed AK public area with no TPM behind it (for the parser tests)."""
+    attrs = (
+        TPMA_OBJECT.RESTRICTED
+        | TPMA_OBJECT.SIGN_ENCRYPT
+        | TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+    )
+    pub = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=attrs)
+    numbers = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    pub.publicArea.unique.ecc.x = numbers.x.to_bytes(32, "big")
+    pub.publicArea.unique.ecc.y = numbers.y.to_bytes(32, "big")
+    return bytes(pub.marshal())
+
+
+_AK = _software_ak()
 VTEE_KEY_DIGEST = hashlib.sha256(b"the vTEE's attestation key").digest()
 
 
@@ -248,3 +276,30 @@ def test_counter_rollback_is_refused(backend: TpmBackend, tmp_path: Path) -> Non
     # The current state is still accepted, and the counter did not move back.
     backend.counter(0).check(second)
     assert backend.counter(0).read() == second
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    attest=st.binary(max_size=300), signature=st.binary(max_size=120), log=st.binary(max_size=200)
+)
+def test_garbage_quotes_fail_with_one_clear_error(
+    attest: bytes, signature: bytes, log: bytes
+) -> None:
+    """Any bytes a device sends as a quote end in one EvidenceError, never a crash."""
+    with pytest.raises(EvidenceError):
+        appraisal.verify_quote(
+            appraisal.TpmQuote(attest, signature, log), _AK, bytes(32), REFERENCE
+        )
+
+
+def test_garbage_identity_fails_with_one_clear_error(ek_ca: EkCa) -> None:
+    for junk in (b"", b"\x00\x01", b"\xff" * 40):
+        with pytest.raises(AkRejected):
+            appraisal.parse_ak_public(junk)
+        with pytest.raises(UntrustedEk):
+            appraisal.verify_ek_certificate(junk, [ek_ca.cert])
+    with pytest.raises(MalformedQuote):
+        appraisal.decode_event_log(b"\xa1\x01")

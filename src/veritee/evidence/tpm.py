@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509 import verification
+from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPM2_GENERATED, TPM2_ST, TPMA_OBJECT
 from tpm2_pytss.types import (
     TPM2B_PUBLIC,
@@ -245,7 +246,7 @@ def parse_ak_public(ak_public: bytes) -> TPMT_PUBLIC:
     its TPM; raises :class:`AkRejected`."""
     try:
         pub2b, used = TPM2B_PUBLIC.unmarshal(ak_public)
-    except Exception:  # the TSS's unmarshal raises its own error types on any bad byte
+    except TSS2_Exception:  # the TSS's unmarshal refuses any malformed byte
         raise AkRejected("AK public area is not a TPM2B_PUBLIC") from None
     if used != len(ak_public):
         raise AkRejected("AK public area has trailing bytes")
@@ -361,7 +362,7 @@ def verify_quote(
         raise MalformedQuote(f"TPMS_ATTEST is larger than {MAX_ATTEST_BYTES} bytes")
     try:
         sig, used = TPMT_SIGNATURE.unmarshal(quote.signature)
-    except Exception:  # the TSS's unmarshal raises its own error types on any bad byte
+    except TSS2_Exception:  # the TSS's unmarshal refuses any malformed byte
         raise MalformedQuote("quote signature is not a TPMT_SIGNATURE") from None
     if used != len(quote.signature) or sig.sigAlg != TPM2_ALG.ECDSA:
         raise QuoteSignatureInvalid("quote signature is not an ECDSA signature")
@@ -377,7 +378,7 @@ def verify_quote(
         raise QuoteSignatureInvalid("quote is not signed by the activated AK") from None
     try:
         attest, used = TPMS_ATTEST.unmarshal(quote.attest)
-    except Exception:  # the TSS's unmarshal raises its own error types on any bad byte
+    except TSS2_Exception:  # the TSS's unmarshal refuses any malformed byte
         raise MalformedQuote("quote is not a TPMS_ATTEST") from None
     if used != len(quote.attest):
         raise MalformedQuote("TPMS_ATTEST has trailing bytes")

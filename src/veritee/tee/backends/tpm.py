@@ -52,7 +52,7 @@ from tpm2_pytss.types import (
     TPMT_SIG_SCHEME,
     TPMT_SYM_DEF,
 )
-from tpm2_pytss.utils import NVReadEK, create_ek_template
+from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from veritee.errors import DeviceError, SealingError
 from veritee.evidence.tpm import (
@@ -205,7 +205,7 @@ class TpmBackend:
         """The EK certificate from NV and the AK (made on first use)."""
         try:
             cert = NVReadEK(self._ctx)(EK_CERT_INDEX)
-        except Exception:  # NoSuchIndex or a TSS error: the TPM has no EK certificate
+        except (NoSuchIndex, TSS2_Exception):  # the TPM has no EK certificate
             raise TpmUnavailable(
                 f"the TPM has no EK certificate at NV index {EK_CERT_INDEX:#x}"
             ) from None
@@ -215,8 +215,11 @@ class TpmBackend:
     def activate_credential(self, credential_blob: bytes, secret: bytes) -> bytes:
         """TPM2_ActivateCredential with the AK and the EK: the verifier's secret comes out
         only if this TPM holds both."""
-        blob, _ = TPM2B_ID_OBJECT.unmarshal(credential_blob)
-        enc, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(secret)
+        try:
+            blob, _ = TPM2B_ID_OBJECT.unmarshal(credential_blob)
+            enc, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(secret)
+        except TSS2_Exception:
+            raise CredentialRefused("the credential is not a TPM2B_ID_OBJECT and secret") from None
         ak = self._ak_handle()
         ek = self._ek_handle()
         # The EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT) (EK Credential Profile).
@@ -331,7 +334,7 @@ class TpmBackend:
             pub, _ = TPM2B_PUBLIC.unmarshal(pub_b)
             priv, _ = TPM2B_PRIVATE.unmarshal(priv_b)
             handle = self._ctx.load(self._srk_handle(), priv, pub)
-        except Exception:  # unmarshal errors or TPM_RC_INTEGRITY: not a blob of this TPM
+        except TSS2_Exception:  # unmarshal errors or TPM_RC_INTEGRITY: not this TPM's blob
             raise SealingError("sealed blob was not made by this TPM, or was altered") from None
         session = self._salted_session(TPM2_SE.POLICY)
         try:
