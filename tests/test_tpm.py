@@ -303,3 +303,73 @@ def test_garbage_identity_fails_with_one_clear_error(ek_ca: EkCa) -> None:
             appraisal.verify_ek_certificate(junk, [ek_ca.cert])
     with pytest.raises(MalformedQuote):
         appraisal.decode_event_log(b"\xa1\x01")
+
+
+# -- platform evidence, as the verifier appraises it ---------------------------------------
+
+
+def registered(tpm: TpmBackend, ca: EkCa) -> dict[bytes, appraisal.Registration]:
+    ident = tpm.identity()
+    ek = appraisal.verify_ek_certificate(ident.ek_certificate, [ca.cert])
+    challenge = appraisal.make_activation_challenge(ek, ident.ak_public)
+    answer = tpm.activate_credential(challenge.credential_blob, challenge.secret)
+    reg = appraisal.register(ident.ek_certificate, ident.ak_public, challenge, answer)
+    return {reg.ek_fingerprint: reg}
+
+
+def test_platform_evidence_appraises_into_its_own_submodule(
+    backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    registrations = registered(backend, swtpm.ca)
+    boot(backend)
+    sent = backend.platform_evidence(VTEE_KEY_DIGEST, b"nonce").encode()
+    claims = appraisal.appraise_platform(
+        appraisal.TpmPlatformEvidence.decode(sent),
+        anchors=[swtpm.ca.cert],
+        registrations=registrations,
+        vtee_key_digest=VTEE_KEY_DIGEST,
+        challenge=b"nonce",
+        reference_values=REFERENCE,
+    )
+    assert claims["backend"] == "tpm2"
+    assert claims["protection"] == "tpm-rooted-os-isolated"
+    assert claims["rollback-protection"] == "tpm-nv"
+    assert [b["component"] for b in claims["boot"]] == [n for n, _ in STAGES]
+
+
+def test_platform_evidence_with_an_unactivated_ak_is_refused(
+    tmp_path: Path, backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    """Adversary: presents a registered TPM's EK certificate with a quote by an AK of another
+    TPM it controls (which quotes whatever boot it ran)."""
+    registrations = registered(backend, swtpm.ca)
+    other = provision_swtpm(tmp_path / "other", swtpm.ca)
+    other.start()
+    try:
+        with TpmBackend(tmp_path / "other-state", other.tcti) as tpm_b:
+            boot(tpm_b)
+            theirs = tpm_b.platform_evidence(VTEE_KEY_DIGEST, b"nonce")
+            forged = appraisal.TpmPlatformEvidence(
+                backend.identity().ek_certificate, theirs.ak_public, theirs.quote
+            )
+            for evidence in (forged, theirs):  # B's own EK was never registered either
+                with pytest.raises(AkNotActivated):
+                    appraisal.appraise_platform(
+                        evidence,
+                        anchors=[swtpm.ca.cert],
+                        registrations=registrations,
+                        vtee_key_digest=VTEE_KEY_DIGEST,
+                        challenge=b"nonce",
+                        reference_values=REFERENCE,
+                    )
+    finally:
+        other.stop()
+    boot(backend)
+    appraisal.appraise_platform(
+        backend.platform_evidence(VTEE_KEY_DIGEST, b"nonce"),
+        anchors=[swtpm.ca.cert],
+        registrations=registrations,
+        vtee_key_digest=VTEE_KEY_DIGEST,
+        challenge=b"nonce",
+        reference_values=REFERENCE,
+    )

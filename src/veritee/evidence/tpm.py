@@ -45,6 +45,7 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import create_ek_template, make_credential
 
+from veritee.evidence.claims import ROLLBACK_TPM_NV
 from veritee.evidence.errors import (
     AkNotActivated,
     AkRejected,
@@ -406,3 +407,107 @@ def verify_quote(
                 "among the reference values (a modified stage booted)"
             )
     return TpmAppraisal(events=tuple(events), pcrs=values, clock=int(attest.clockInfo.clock))
+
+
+# -- platform evidence and registration ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a verifier's registrar keeps once an AK activated: the EK certificate's
+    fingerprint and the AK it vouches for. Quotes are believed only from such an AK."""
+
+    ek_fingerprint: bytes
+    ak_public: bytes
+
+
+def ek_fingerprint(ek_cert_der: bytes) -> bytes:
+    return hashlib.sha256(ek_cert_der).digest()
+
+
+def register(
+    ek_cert_der: bytes, ak_public: bytes, challenge: ActivationChallenge, answer: bytes
+) -> Registration:
+    """The registrar's last step: raises :class:`AkNotActivated` unless the TPM answered."""
+    check_activation(challenge, answer)
+    return Registration(ek_fingerprint(ek_cert_der), ak_public)
+
+
+@dataclass(frozen=True)
+class TpmPlatformEvidence:
+    """The platform part of evidence on the TPM backend (in place of the emulated platform
+    token): the EK certificate, the AK, and a quote binding the vTEE key and challenge. It
+    names its backend and what that protects, so a policy can tell it from a hardware TEE."""
+
+    ek_certificate: bytes
+    ak_public: bytes
+    quote: TpmQuote
+
+    def encode(self) -> bytes:
+        return bytes(
+            cbor2.dumps(
+                {
+                    "backend": BACKEND_TPM,
+                    "protection": PROTECTION_TPM,
+                    "ek": self.ek_certificate,
+                    "ak": self.ak_public,
+                    "quote": self.quote.encode(),
+                }
+            )
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> TpmPlatformEvidence:
+        if len(data) > MAX_EVENT_LOG_BYTES + MAX_EK_CERT_BYTES + 2 * MAX_ATTEST_BYTES:
+            raise MalformedQuote("TPM platform evidence is larger than this verifier accepts")
+        try:
+            raw = cbor2.loads(data)
+        except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
+            raise MalformedQuote("TPM platform evidence is not CBOR") from None
+        if (
+            not isinstance(raw, dict)
+            or raw.get("backend") != BACKEND_TPM
+            or not isinstance(raw.get("ek"), bytes)
+            or not isinstance(raw.get("ak"), bytes)
+        ):
+            raise MalformedQuote("not TPM platform evidence (backend, ek, ak, quote)")
+        return cls(raw["ek"], raw["ak"], TpmQuote.decode(raw.get("quote")))
+
+
+def appraise_platform(
+    evidence: TpmPlatformEvidence,
+    *,
+    anchors: Sequence[x509.Certificate],
+    registrations: Mapping[bytes, Registration],
+    vtee_key_digest: bytes,
+    challenge: bytes,
+    reference_values: Mapping[str, Iterable[bytes]],
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Every check on TPM platform evidence, in order: the EK chain (:class:`UntrustedEk`),
+    that this EK's AK was activated and is the one presented (:class:`AkNotActivated`), then
+    :func:`verify_quote` against the binding of ``vtee_key_digest`` and ``challenge``.
+    Returns the claims of the EAR's own ``tpm-platform`` submodule."""
+    verify_ek_certificate(evidence.ek_certificate, anchors, now=now)
+    registered = registrations.get(ek_fingerprint(evidence.ek_certificate))
+    if registered is None or not hmac.compare_digest(registered.ak_public, evidence.ak_public):
+        raise AkNotActivated(
+            "the quote's AK was never activated against this EK (register the TPM first)"
+        )
+    result = verify_quote(
+        evidence.quote,
+        evidence.ak_public,
+        quote_binding(vtee_key_digest, challenge),
+        reference_values,
+    )
+    return {
+        "backend": BACKEND_TPM,
+        # Its own word, never the device's: the secure world on a TPM is OS-isolated.
+        "protection": PROTECTION_TPM,
+        "ek": ek_fingerprint(evidence.ek_certificate).hex(),
+        "pcrs": {str(p): v.hex() for p, v in result.pcrs.items()},
+        "boot": [
+            {"component": e.description, "measurement": e.digest.hex()} for e in result.events
+        ],
+        "rollback-protection": ROLLBACK_TPM_NV,
+    }

@@ -61,9 +61,11 @@ from veritee.evidence.tpm import (
     PCR_BANK,
     VERITEE_PCR,
     TpmEvent,
+    TpmPlatformEvidence,
     TpmQuote,
     encode_event_log,
     pcr_selection,
+    quote_binding,
 )
 
 log = logging.getLogger(__name__)
@@ -276,6 +278,12 @@ class TpmBackend:
         )
         assert isinstance(attest, TPM2B_ATTEST)
         return TpmQuote(bytes(attest), bytes(sig.marshal()), self.event_log)
+
+    def platform_evidence(self, vtee_key_digest: bytes, challenge: bytes) -> TpmPlatformEvidence:
+        """The platform part of the evidence: identity and a quote binding the vTEE key."""
+        ident = self.identity()
+        quote = self.quote(quote_binding(vtee_key_digest, challenge))
+        return TpmPlatformEvidence(ident.ek_certificate, ident.ak_public, quote)
 
     # -- sealing ----------------------------------------------------------------------
 
