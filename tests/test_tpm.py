@@ -12,8 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tpm2_pytss.constants import TPMA_OBJECT
-from tpm2_pytss.types import TPM2B_PUBLIC
+from tpm2_pytss import ESAPI
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV, TPMA_OBJECT
+from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPM2B_PUBLIC, TPMS_NV_PUBLIC
 
 from veritee.errors import EvidenceError
 from veritee.evidence import tpm as appraisal
@@ -27,7 +28,9 @@ from veritee.evidence.errors import (
     UntrustedEk,
 )
 from veritee.tee.backends.tpm import (
+    NV_COUNTER_BASE,
     CounterRolledBack,
+    CounterTampered,
     CredentialRefused,
     TpmBackend,
     UnsealRefused,
@@ -373,3 +376,50 @@ def test_platform_evidence_with_an_unactivated_ak_is_refused(
         challenge=b"nonce",
         reference_values=REFERENCE,
     )
+
+
+def _define_ordinary_index(tcti: str, index: int, value: int) -> None:
+    """What a holder of owner authorisation can do with the TPM before the secure world."""
+    with ESAPI(tcti) as ctx:
+        public = TPM2B_NV_PUBLIC(
+            nvPublic=TPMS_NV_PUBLIC(
+                nvIndex=index,
+                nameAlg=TPM2_ALG.SHA256,
+                attributes=TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA,
+                dataSize=8,
+            )
+        )
+        handle = ctx.nv_define_space(None, public)
+        ctx.nv_write(handle, value.to_bytes(8, "big"), 0)
+
+
+def test_counter_index_squatted_by_an_ordinary_index_is_refused(
+    backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    """Adversary: the machine's owner (owner authorisation) defines the counter's NV index
+    first, as an ordinary index whose value they write at will (so an old state's value can
+    be written back)."""
+    index = 7
+    _define_ordinary_index(swtpm.tcti, NV_COUNTER_BASE + index, 1)
+    with pytest.raises(CounterTampered, match="not a TPM counter"):
+        backend.counter(index)
+    # Other counters are unaffected.
+    assert backend.counter(index + 1).increment() > 0
+
+
+def test_counter_deleted_and_redefined_does_not_restart_lower(
+    backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    """Adversary: the machine's owner deletes the counter's NV index so that the secure world
+    defines it afresh, hoping it restarts below the value an old state recorded."""
+    counter = backend.counter(0)
+    old = counter.increment()
+    current = counter.increment()
+    with ESAPI(swtpm.tcti) as ctx:
+        ctx.nv_undefine_space(ctx.tr_from_tpmpublic(NV_COUNTER_BASE), ESYS_TR.OWNER)
+    swtpm.restart()
+    with TpmBackend(swtpm.dir.parent / "tpm-state", swtpm.tcti) as tpm:
+        again = tpm.counter(0)
+        assert again.read() >= current
+        with pytest.raises(CounterRolledBack):
+            again.check(old)

@@ -110,6 +110,10 @@ class CredentialRefused(DeviceError):
     """The TPM did not activate the credential: it was not made for this TPM's EK and AK."""
 
 
+class CounterTampered(SealingError):
+    """The NV index of a counter is not a TPM counter (defined by someone else)."""
+
+
 class UnsealRefused(SealingError):
     """The TPM refused to unseal: the boot measurements are not those it was sealed under."""
 
@@ -378,6 +382,21 @@ class NvCounter:
         try:
             self._handle = ctx.tr_from_tpmpublic(index)
         except TSS2_Exception:
+            self._handle = None
+        if self._handle is not None:
+            # Whoever holds owner authorisation can define this index before us, as an
+            # ordinary index holding a value of their choosing (then write an old value back);
+            # only the counter type is one that can only go up.
+            public, _ = ctx.nv_read_public(self._handle)
+            attrs = TPMA_NV(public.nvPublic.attributes)
+            if attrs.nt != TPM2_NT.COUNTER:
+                raise CounterTampered(
+                    f"NV index {index:#x} is not a TPM counter: it was defined by someone "
+                    "else, to hold a value they can write; refusing it"
+                )
+            if not attrs & TPMA_NV.WRITTEN:  # defined, then interrupted before its first step
+                ctx.nv_increment(self._handle)
+        else:
             attrs = (
                 TPMA_NV.AUTHREAD
                 | TPMA_NV.AUTHWRITE
