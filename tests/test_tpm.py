@@ -16,7 +16,7 @@ from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV, TPMA_OBJECT
 from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPM2B_PUBLIC, TPMS_NV_PUBLIC
 
-from veritee.errors import EvidenceError
+from veritee.errors import EvidenceError, SealingError
 from veritee.evidence import tpm as appraisal
 from veritee.evidence.errors import (
     AkNotActivated,
@@ -423,3 +423,57 @@ def test_counter_deleted_and_redefined_does_not_restart_lower(
         assert again.read() >= current
         with pytest.raises(CounterRolledBack):
             again.check(old)
+
+
+def test_root_is_provisioned_once_and_opens_only_on_the_genuine_boot(
+    swtpm: Swtpm, tmp_path: Path
+) -> None:
+    state = tmp_path / "tpm-state"
+    with TpmBackend(state, swtpm.tcti) as tpm:
+        boot(tpm)
+        root = tpm.provision_root()
+        assert len(root) == 32 and tpm.root() == root
+        with pytest.raises(SealingError, match="already holds"):
+            tpm.provision_root()
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as tpm:
+        boot(tpm, modified_stages())
+        with pytest.raises(UnsealRefused):
+            tpm.root()
+
+
+def test_sealed_blob_altered_or_from_another_tpm_is_refused(
+    tmp_path: Path, backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    """Adversary: the host's owner swaps in a sealed blob of its own TPM (sealed under PCRs
+    it chose), or alters the stored one."""
+    boot(backend)
+    blob = backend.seal(bytes(range(32)))
+    other = provision_swtpm(tmp_path / "other", swtpm.ca)
+    other.start()
+    try:
+        with TpmBackend(tmp_path / "other-state", other.tcti) as tpm_b:
+            foreign = tpm_b.seal(bytes(32))
+    finally:
+        other.stop()
+    altered = bytearray(blob)
+    altered[-5] ^= 1
+    for bad in (foreign, bytes(altered), b"", blob[:10]):
+        with pytest.raises(SealingError):
+            backend.unseal(bad)
+    assert backend.unseal(blob) == bytes(range(32))
+
+
+def test_root_sealed_ahead_for_an_upgraded_boot(swtpm: Swtpm, tmp_path: Path) -> None:
+    """An upgrade seals the root for the new stages' PCR value before rebooting into them."""
+    state = tmp_path / "tpm-state"
+    new_stages = modified_stages()
+    with TpmBackend(state, swtpm.tcti) as tpm:
+        boot(tpm)
+        blob = tpm.seal(bytes(32), appraisal.expected_pcr(new_stages))
+        with pytest.raises(UnsealRefused):
+            tpm.unseal(blob)
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as tpm:
+        boot(tpm, new_stages)
+        assert tpm.unseal(blob) == bytes(32)

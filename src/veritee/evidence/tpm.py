@@ -160,6 +160,11 @@ def replay(events: Sequence[TpmEvent], pcrs: Iterable[int]) -> dict[int, bytes]:
     return values
 
 
+def expected_pcr(stages: Iterable[tuple[str, bytes]], pcr: int = VERITEE_PCR) -> bytes:
+    """The value ``pcr`` holds after booting ``stages`` (to seal for a boot not yet run)."""
+    return replay([TpmEvent(pcr, d, n) for n, d in stages], [pcr])[pcr]
+
+
 def pcr_selection(pcrs: Iterable[int]) -> TPML_PCR_SELECTION:
     select = bytearray(3)
     for p in pcrs:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,6 +365,36 @@ class TpmBackend:
             self._ctx.flush_context(session)
             self._ctx.flush_context(handle)
         return bytes(data)
+
+    @property
+    def _root_path(self) -> Path:
+        return self._state / "root.sealed"
+
+    def provision_root(self) -> bytes:
+        """Make the secure world's root secret and seal it under the boot measured now
+        (provisioning: run it on the genuine boot). Refuses to replace an existing one."""
+        if self._root_path.exists():
+            raise SealingError("this TPM backend already holds a sealed root; not replacing it")
+        # The TPM's RNG and the OS's, mixed: either alone suffices.
+        root = hashlib.sha256(
+            secrets.token_bytes(ROOT_BYTES) + bytes(self._ctx.get_random(ROOT_BYTES))
+        ).digest()
+        blob = self.seal(root)
+        self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self._root_path.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self._root_path)
+        return root
+
+    def root(self) -> bytes:
+        """The sealed root secret (the emulated backend's HUK), if this boot is the genuine
+        one; raises :class:`UnsealRefused` otherwise."""
+        try:
+            blob = self._root_path.read_bytes()
+        except FileNotFoundError:
+            raise SealingError("no sealed root: provision this TPM backend first") from None
+        return self.unseal(blob)
 
     # -- counters ---------------------------------------------------------------------
 
