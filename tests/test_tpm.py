@@ -477,3 +477,17 @@ def test_root_sealed_ahead_for_an_upgraded_boot(swtpm: Swtpm, tmp_path: Path) ->
     with TpmBackend(state, swtpm.tcti) as tpm:
         boot(tpm, new_stages)
         assert tpm.unseal(blob) == bytes(32)
+
+
+def test_the_secure_worlds_real_boot_stages_measure_and_appraise(
+    backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    from veritee.tee.boot import measure_stages
+
+    ak = activated_ak(backend, swtpm.ca)
+    stages = measure_stages({})
+    backend.measure_boot(stages)
+    binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
+    refs = {s.component: [s.measurement] for s in stages}
+    result = appraisal.verify_quote(backend.quote(binding), ak, binding, refs)
+    assert [e.description for e in result.events] == [s.component for s in stages]

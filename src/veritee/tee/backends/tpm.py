@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +58,13 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from veritee.errors import DeviceError, SealingError
+from veritee.evidence.claims import ROLLBACK_TPM_NV
 from veritee.evidence.tpm import (
+    BACKEND_TPM,
     DIGEST_SIZE,
     EK_TYPE,
     PCR_BANK,
+    PROTECTION_TPM,
     VERITEE_PCR,
     TpmEvent,
     TpmPlatformEvidence,
@@ -69,6 +73,7 @@ from veritee.evidence.tpm import (
     pcr_selection,
     quote_binding,
 )
+from veritee.tee.boot import Stage
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +158,12 @@ class Identity:
 class TpmBackend:
     """One secure world's view of its TPM. ``state`` is a directory the backend keeps the AK's
     TPM-wrapped blobs in (useless off this TPM)."""
+
+    #: What the evidence names (veritee.evidence.tpm): this backend, what it protects, and
+    #: what keeps its counters.
+    name = BACKEND_TPM
+    protection = PROTECTION_TPM
+    rollback_protection = ROLLBACK_TPM_NV
 
     def __init__(self, state: Path, tcti: str = DEFAULT_TCTI) -> None:
         self._state = state
@@ -254,6 +265,11 @@ class TpmBackend:
         return bytes(cred)
 
     # -- measured boot and quotes ----------------------------------------------------
+
+    def measure_boot(self, stages: Iterable[Stage]) -> None:
+        """Extend each secure-world boot stage (tee/boot.py's measure_stages) in order."""
+        for stage in stages:
+            self.extend(stage.component, stage.measurement)
 
     def extend(self, description: str, digest: bytes) -> None:
         """Measure one boot stage into ``VERITEE_PCR`` and the event log."""
