@@ -491,3 +491,41 @@ def test_the_secure_worlds_real_boot_stages_measure_and_appraise(
     refs = {s.component: [s.measurement] for s in stages}
     result = appraisal.verify_quote(backend.quote(binding), ak, binding, refs)
     assert [e.description for e in result.events] == [s.component for s in stages]
+
+
+def test_policies_tell_a_tpm_rooted_device_from_a_hardware_tee(
+    backend: TpmBackend, swtpm: Swtpm
+) -> None:
+    from veritee.verifier._tpm import platform_submod
+    from veritee.verifier.policy import (
+        DEFAULT_NAME,
+        DEFAULT_POLICY,
+        STRICT_NAME,
+        STRICT_POLICY,
+        compile_policy,
+    )
+
+    registrations = registered(backend, swtpm.ca)
+    boot(backend)
+    claims = appraisal.appraise_platform(
+        backend.platform_evidence(VTEE_KEY_DIGEST, b"nonce"),
+        anchors=[swtpm.ca.cert],
+        registrations=registrations,
+        vtee_key_digest=VTEE_KEY_DIGEST,
+        challenge=b"nonce",
+        reference_values=REFERENCE,
+    )
+    sub = platform_submod(claims)
+    assert sub.name == "tpm-platform" and sub.rollback_protection == "tpm-nv"
+    policy_input = {
+        "scheme": "veritee",
+        "submods": {
+            sub.name: {"claims": sub.claims, "trust_vector": sub.vector},
+            "module": {"claims": {}, "trust_vector": {}},
+        },
+    }
+    default = compile_policy(DEFAULT_NAME, DEFAULT_POLICY).judge(policy_input)
+    strict = compile_policy(STRICT_NAME, STRICT_POLICY).judge(policy_input)
+    for name in ("tpm-platform", "module"):
+        assert default.get(name).claims["hardware"] == 32  # accepted, with a warning
+        assert strict.get(name).claims["hardware"] == 96  # not a secured TEE
