@@ -529,3 +529,57 @@ def test_policies_tell_a_tpm_rooted_device_from_a_hardware_tee(
     for name in ("tpm-platform", "module"):
         assert default.get(name).claims["hardware"] == 32  # accepted, with a warning
         assert strict.get(name).claims["hardware"] == 96  # not a secured TEE
+
+
+def test_a_ca_certificate_is_not_an_ek_certificate(ek_ca: EkCa) -> None:
+    """Adversary: presents a certificate the trusted CA issued for another purpose (a CA or
+    signing certificate) as an EK certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(ku_sign: bool) -> bytes:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(ek_ca.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DirectoryName(x509.Name([]))]), critical=True
+            )
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=ku_sign,
+                    content_commitment=False,
+                    key_encipherment=not ku_sign,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ek_ca.key.public_key()),
+                critical=False,
+            )
+            .sign(ek_ca.key, hashes.SHA256())
+            .public_bytes(Encoding.DER)
+        )
+
+    with pytest.raises(UntrustedEk, match="keyEncipherment"):
+        appraisal.verify_ek_certificate(issue(ku_sign=True), [ek_ca.cert])
+    appraisal.verify_ek_certificate(issue(ku_sign=False), [ek_ca.cert])
+    with pytest.raises(UntrustedEk):
+        appraisal.verify_ek_certificate(ek_ca.cert.public_bytes(Encoding.DER), [ek_ca.cert])

@@ -182,15 +182,40 @@ def pcr_composite_digest(values: Mapping[int, bytes]) -> bytes:
 # -- identity: the EK certificate and credential activation --------------------------------
 
 
+# tcg-kp-EKCertificate (TCG EK Credential Profile 2.0, section 3.2.16).
+TCG_KP_EK_CERTIFICATE = x509.ObjectIdentifier("2.23.133.8.1")
+
+
+def _ek_not_ca(_policy: Any, _cert: x509.Certificate, bc: x509.BasicConstraints | None) -> None:
+    if bc is not None and bc.ca:
+        raise ValueError("an EK certificate must not be a CA certificate")
+
+
+def _ek_usage(_policy: Any, _cert: x509.Certificate, ku: x509.KeyUsage) -> None:
+    # An EK decrypts (credentials, salts); a certificate whose key signs is not an EK's.
+    if not ku.key_encipherment or ku.key_cert_sign or ku.digital_signature:
+        raise ValueError("an RSA EK certificate's keyUsage must be keyEncipherment only")
+
+
+def _ek_eku(_policy: Any, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
+    if eku is not None and TCG_KP_EK_CERTIFICATE not in eku:
+        raise ValueError("the certificate's extendedKeyUsage is not tcg-kp-EKCertificate")
+
+
 def _ek_policy() -> tuple[verification.ExtensionPolicy, verification.ExtensionPolicy]:
-    # EK certificates (TCG EK Credential Profile 2.0, section 3.2) have an empty subject, a
-    # critical SAN holding the TPM manufacturer/model/version as a directoryName, key usage
-    # keyEncipherment and a TCG EKU: none of which the Web PKI's end-entity profile permits.
-    # The CAs above them still must satisfy the CA profile (basic constraints, key usage).
-    return (
-        verification.ExtensionPolicy.permit_all(),
-        verification.ExtensionPolicy.webpki_defaults_ca(),
+    # EK certificates (TCG EK Credential Profile 2.0, section 3.2) have an empty or
+    # placeholder subject, a critical SAN holding the TPM manufacturer/model/version as a
+    # directoryName, subjectDirectoryAttributes, key usage keyEncipherment and a TCG EKU:
+    # not what the Web PKI's end-entity profile permits, so the EK profile is ours, checked
+    # by cryptography's path validator. The CAs above must satisfy the CA profile.
+    crit = verification.Criticality
+    ee = (
+        verification.ExtensionPolicy.permit_all()
+        .may_be_present(x509.BasicConstraints, crit.AGNOSTIC, _ek_not_ca)
+        .require_present(x509.KeyUsage, crit.AGNOSTIC, _ek_usage)
+        .may_be_present(x509.ExtendedKeyUsage, crit.AGNOSTIC, _ek_eku)
     )
+    return ee, verification.ExtensionPolicy.webpki_defaults_ca()
 
 
 def verify_ek_certificate(
