@@ -583,3 +583,25 @@ def test_a_ca_certificate_is_not_an_ek_certificate(ek_ca: EkCa) -> None:
     appraisal.verify_ek_certificate(issue(ku_sign=False), [ek_ca.cert])
     with pytest.raises(UntrustedEk):
         appraisal.verify_ek_certificate(ek_ca.cert.public_bytes(Encoding.DER), [ek_ca.cert])
+
+
+def test_quote_over_a_resettable_pcr_is_refused(backend: TpmBackend, swtpm: Swtpm) -> None:
+    """Adversary: any process that can open the TPM (the AK has no secret of its own) resets
+    the debug PCR 16, extends the genuine stages into it and quotes it with the AK, with an
+    honest log of what it extended there."""
+    from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
+
+    ak = activated_ak(backend, swtpm.ca)
+    boot(backend, modified_stages())
+    ctx = backend._ctx  # the same TPM device, as any other process would open it
+    ctx.pcr_reset(ESYS_TR.PCR16)
+    for _, digest in STAGES:
+        ha = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+        ha.digest.sha256 = digest
+        ctx.pcr_extend(ESYS_TR.PCR16, TPML_DIGEST_VALUES([ha]))
+    binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
+    attest, sig = ctx.quote(backend._ak_handle(), appraisal.pcr_selection([16]), binding)
+    log = appraisal.encode_event_log(appraisal.TpmEvent(16, d, n) for n, d in STAGES)
+    forged = appraisal.TpmQuote(bytes(attest), bytes(sig.marshal()), log)
+    with pytest.raises(MalformedQuote, match="PCRs"):
+        appraisal.verify_quote(forged, ak, binding, REFERENCE)
