@@ -605,3 +605,20 @@ def test_quote_over_a_resettable_pcr_is_refused(backend: TpmBackend, swtpm: Swtp
     forged = appraisal.TpmQuote(bytes(attest), bytes(sig.marshal()), log)
     with pytest.raises(MalformedQuote, match="PCRs"):
         appraisal.verify_quote(forged, ak, binding, REFERENCE)
+
+
+def test_boot_that_skips_or_repeats_a_stage_is_refused(backend: TpmBackend, swtpm: Swtpm) -> None:
+    """Adversary: boots a secure world that leaves a stage it changed unmeasured (the log and
+    the PCR agree, and every record present is genuine)."""
+    from veritee.evidence.errors import TpmBootIncomplete
+
+    ak = activated_ak(backend, swtpm.ca)
+    boot(backend, [s for s in STAGES if s[0] != "config"])
+    binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
+    with pytest.raises(TpmBootIncomplete, match="lacks"):
+        appraisal.verify_quote(backend.quote(binding), ak, binding, REFERENCE)
+    swtpm.restart()
+    with TpmBackend(swtpm.dir.parent / "tpm-state", swtpm.tcti) as tpm:
+        boot(tpm, [*STAGES, STAGES[0]])
+        with pytest.raises(TpmBootIncomplete, match="more than once"):
+            appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)

@@ -76,3 +76,7 @@ class PcrDigestMismatch(EvidenceError):
 
 class TpmEventNotEndorsed(MeasurementNotEndorsed):
     """A measured boot record in the TPM event log is not among the reference values."""
+
+
+class TpmBootIncomplete(MeasurementNotEndorsed):
+    """The TPM event log lacks a boot stage the reference values name, or repeats one."""

@@ -53,6 +53,7 @@ from veritee.evidence.errors import (
     PcrDigestMismatch,
     QuoteNotFresh,
     QuoteSignatureInvalid,
+    TpmBootIncomplete,
     TpmEventNotEndorsed,
     UntrustedEk,
 )
@@ -387,7 +388,8 @@ def verify_quote(
     selection: :class:`MalformedQuote`), its qualifying data against ``expected_binding``
     (:class:`QuoteNotFresh`), the PCR digest recomputed from the event log
     (:class:`PcrDigestMismatch`), then each log record against ``reference_values``, a map
-    of description to accepted digests (:class:`TpmEventNotEndorsed`)."""
+    of description to accepted digests (:class:`TpmEventNotEndorsed`), and that every stage
+    the reference values name was measured exactly once (:class:`TpmBootIncomplete`)."""
     pub = parse_ak_public(ak_public)
     if len(quote.attest) > MAX_ATTEST_BYTES:
         raise MalformedQuote(f"TPMS_ATTEST is larger than {MAX_ATTEST_BYTES} bytes")
@@ -436,6 +438,15 @@ def verify_quote(
                 f"boot stage '{e.description}' measures {e.digest.hex()[:16]}…, which is not "
                 "among the reference values (a modified stage booted)"
             )
+    seen = [e.description for e in events]
+    missing = sorted(set(reference_values) - set(seen))
+    repeated = sorted({d for d in seen if seen.count(d) > 1})
+    if missing or repeated:
+        raise TpmBootIncomplete(
+            f"event log lacks boot stage(s) {missing}"
+            if missing
+            else f"event log measures boot stage(s) {repeated} more than once"
+        )
     return TpmAppraisal(events=tuple(events), pcrs=values, clock=int(attest.clockInfo.clock))
 
 
