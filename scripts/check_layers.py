@@ -21,7 +21,8 @@ Two contracts on top of the order:
   Client API and its bindings, never by importing the secure world's own modules, so it can
   neither provision a device nor hold a device secret;
 * a root of trust's own library (``tpm2_pytss``) is imported only by its backend's module under
-  ``tee/backends/``, so every other part stays usable on a machine without it.
+  ``tee/backends/`` and by the appraisal of that backend's evidence (``evidence/tpm.py``, which
+  unmarshals the TPM's structures with it), so every other part stays usable without it.
 
 Exit status 0 when every import follows them; 1 with one line per offending import.
 """
@@ -52,7 +53,7 @@ FORBIDDEN = {"verifier": frozenset({"tee"})}
 # The node agent's modules, and the only parts of the secure-world package they may import:
 # the TEE Client API, the bindings of its trusted apps, the wire format, the event header.
 BACKEND_LIBRARIES = frozenset({"tpm2_pytss"})
-BACKENDS_DIR = ("tee", "backends")
+BACKEND_LIBRARY_USERS = (("tee", "backends"), ("evidence", "tpm.py"))
 
 AGENT_MODULES = frozenset({"agent", "api", "server", "routes", "_host", "transport", "spool"})
 AGENT_MAY_IMPORT = frozenset(
@@ -93,11 +94,11 @@ def _library_imports(tree: ast.AST) -> list[tuple[int, str]]:
 def check(src: Path = SRC) -> list[str]:
     problems = []
     for path in sorted(src.rglob("*.py")):
-        if path.relative_to(src).parts[:2] != BACKENDS_DIR:
+        if path.relative_to(src).parts[:2] not in BACKEND_LIBRARY_USERS:
             for line, library in _library_imports(ast.parse(path.read_text(), str(path))):
                 problems.append(
                     f"{path.relative_to(src.parent)}:{line}: imports {library}, which only its "
-                    "backend's module under tee/backends/ may import"
+                    "backend's module (tee/backends/) and its appraisal (evidence/tpm.py) may import"
                 )
         pkg = _package(path, src)
         if pkg not in RANK:

@@ -2,8 +2,11 @@
 # Installs what Veritee needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - clang, lld, wasi-libc and the wasm32 compiler runtime (to build C modules to Wasm)
 #   - Debian's rustc with its wasm32-wasi standard library, and cargo (to build Rust modules)
+#   - the TPM 2.0 software stack (libtss2, which tpm2-pytss builds against and loads), and
+#     pkg-config (its build finds libtss2 with it)
 #   - a virtual environment in .venv with Veritee and its Python dependencies
-#   - with --test, also what only the test suite uses (a PostgreSQL server for the store tests)
+#   - with --test, also what only the test suite uses (a PostgreSQL server for the store tests,
+#     swtpm for the TPM backend's tests, tpm2-tools to inspect a TPM by hand while debugging)
 # Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +29,17 @@ ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null
 [ -x /usr/bin/rustc ] || need_apt+=(rustc)
 ls -d /usr/lib/rustlib/wasm32-wasi/lib >/dev/null 2>&1 || need_apt+=(libstd-rust-dev-wasm32)
 [ -x /usr/bin/cargo ] || need_apt+=(cargo)
+# The TPM 2.0 backend (tee/backends/tpm.py) talks to the TPM through tpm2-pytss, a binding of
+# the TSS libraries: its wheel is built against libtss2-dev's headers, found by pkg-config.
+pkg-config --exists tss2-esys 2>/dev/null || need_apt+=(libtss2-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 if [ "$for_tests" -eq 1 ]; then
   ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)  # store tests
+  # The TPM tests start their own software TPMs (swtpm, with swtpm_setup from swtpm-tools
+  # to give each an EK certificate); tpm2-tools only for inspecting one by hand.
+  command -v swtpm >/dev/null 2>&1 || need_apt+=(swtpm)
+  command -v swtpm_setup >/dev/null 2>&1 || need_apt+=(swtpm-tools)
+  command -v tpm2_pcrread >/dev/null 2>&1 || need_apt+=(tpm2-tools)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2

@@ -82,6 +82,14 @@ hardware[name] := 32 if {
 	some name, _ in input.submods
 }
 
+# A TPM-rooted device (the TPM 2.0 backend: keys and boot measurements in a TPM, the secure
+# world isolated by the operating system, not by hardware) is ACCEPTED WITH A WARNING too,
+# for every submodule: it is told apart from a hardware TEE by its "tpm-platform" submodule.
+hardware[name] := 32 if {
+	input.submods["tpm-platform"].claims.protection == "tpm-rooted-os-isolated"
+	some name, _ in input.submods
+}
+
 # A Veritee platform that booted without secure boot is NOT accepted.
 configuration.platform := 96 if {
 	input.scheme == "veritee"
@@ -121,6 +129,12 @@ hardware[name] := 96 if {
 configuration.platform := 96 if {
 	input.scheme == "veritee"
 	input.submods.platform.claims["secure-boot"] == false
+}
+
+# A TPM-rooted device's secure world is isolated by the OS, not by hardware: not a secured TEE.
+hardware[name] := 96 if {
+	input.submods["tpm-platform"]
+	some name, _ in input.submods
 }
 """
 

@@ -1,0 +1,485 @@
+"""The TPM 2.0 backend: the secure world's keys, boot measurements, sealing and counters
+rooted in a TPM (``/dev/tpmrm0`` on a machine, swtpm in tests), through tpm2-pytss.
+
+This is the only secure-world module that imports tpm2_pytss. What the TPM holds:
+
+* identity: the EK (TCG default RSA 2048 template, its certificate at NV 0x01c00002) and an AK
+  (restricted ECDSA P-256 signing key under the SRK) that a verifier activates against the EK;
+* measured boot: each boot stage extends ``VERITEE_PCR`` and is recorded in an event log;
+* evidence: TPM2_Quote over that PCR, its qualifying data binding the vTEE key and challenge;
+* sealing: the secure world's root secret, unsealable only under a PolicyPCR of the genuine
+  boot measurements;
+* counters: NV counters (TPMA_NV counter type) that only ever go up.
+
+What it does not hold: the secure world runs as ordinary processes, isolated by the OS. Anyone
+who can open the TPM device can use it too (extend the PCR, quote with the AK): the guarantee
+is that of measured boot, that the quote tells the truth about what was extended, given the
+first measuring stage is the genuine one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tpm2_pytss import ESAPI, TSS2_Exception
+from tpm2_pytss.constants import (
+    ESYS_TR,
+    TPM2_ALG,
+    TPM2_NT,
+    TPM2_RC,
+    TPM2_SE,
+    TPMA_NV,
+    TPMA_OBJECT,
+    TPMA_SESSION,
+)
+from tpm2_pytss.types import (
+    TPM2B_ATTEST,
+    TPM2B_ENCRYPTED_SECRET,
+    TPM2B_ID_OBJECT,
+    TPM2B_NV_PUBLIC,
+    TPM2B_PRIVATE,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPM2B_SENSITIVE_DATA,
+    TPML_DIGEST_VALUES,
+    TPMS_NV_PUBLIC,
+    TPMS_SENSITIVE_CREATE,
+    TPMT_HA,
+    TPMT_SIG_SCHEME,
+    TPMT_SYM_DEF,
+)
+from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
+
+from veritee.errors import DeviceError, SealingError
+from veritee.evidence.claims import ROLLBACK_TPM_NV
+from veritee.evidence.tpm import (
+    BACKEND_TPM,
+    DIGEST_SIZE,
+    EK_TYPE,
+    PCR_BANK,
+    PROTECTION_TPM,
+    VERITEE_PCR,
+    TpmEvent,
+    TpmPlatformEvidence,
+    TpmQuote,
+    encode_event_log,
+    pcr_selection,
+    quote_binding,
+)
+from veritee.tee.boot import Stage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TCTI = "device:/dev/tpmrm0"  # the kernel's resource manager; needs the `tss` group
+EK_CERT_INDEX = 0x01C00002  # TCG EK Credential Profile: the RSA 2048 EK certificate
+ROOT_BYTES = 32  # the secure world's root secret (the emulated backend's HUK)
+# NV counters in the owner range the TCG registry leaves to platform software (0x01000000
+# upwards); Veritee's own block, one index per counter.
+NV_COUNTER_BASE = 0x01_56_0000
+MAX_COUNTERS = 0x1_0000  # counters per device: the block's size
+_COUNTER_BYTES = 8
+
+_SRK_ATTRS = (
+    TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.DECRYPT
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+    | TPMA_OBJECT.NODA
+)
+_AK_ATTRS = (
+    TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.SIGN_ENCRYPT
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+    | TPMA_OBJECT.NODA
+)
+# The sealed root: no userWithAuth, so only the PCR policy opens it; fixedTPM so it never
+# leaves this TPM.
+_SEAL_ATTRS = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.NODA
+
+
+class TpmUnavailable(DeviceError):
+    """The TPM cannot be reached or refused an operation that should not fail."""
+
+
+class CredentialRefused(DeviceError):
+    """The TPM did not activate the credential: it was not made for this TPM's EK and AK."""
+
+
+class CounterTampered(SealingError):
+    """The NV index of a counter is not a TPM counter (defined by someone else)."""
+
+
+class UnsealRefused(SealingError):
+    """The TPM refused to unseal: the boot measurements are not those it was sealed under."""
+
+
+class CounterRolledBack(SealingError):
+    """Stored state carries a counter value other than the TPM's: an older copy restored."""
+
+
+def _pack(*parts: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def _unpack(data: bytes, n: int) -> list[bytes]:
+    parts, i = [], 0
+    for _ in range(n):
+        if i + 4 > len(data):
+            raise SealingError("sealed blob is truncated")
+        size = int.from_bytes(data[i : i + 4], "big")
+        parts.append(data[i + 4 : i + 4 + size])
+        i += 4 + size
+    if i != len(data) or any(len(p) == 0 for p in parts):
+        raise SealingError("sealed blob is malformed")
+    return parts
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the device shows a verifier: the EK certificate (DER) and the AK's public area
+    (marshalled TPM2B_PUBLIC)."""
+
+    ek_certificate: bytes
+    ak_public: bytes
+
+
+class TpmBackend:
+    """One secure world's view of its TPM. ``state`` is a directory the backend keeps the AK's
+    TPM-wrapped blobs in (useless off this TPM)."""
+
+    #: What the evidence names (veritee.evidence.tpm): this backend, what it protects, and
+    #: what keeps its counters.
+    name = BACKEND_TPM
+    protection = PROTECTION_TPM
+    rollback_protection = ROLLBACK_TPM_NV
+
+    def __init__(self, state: Path, tcti: str = DEFAULT_TCTI) -> None:
+        self._state = state
+        try:
+            self._ctx = ESAPI(tcti)
+        except TSS2_Exception as exc:
+            raise TpmUnavailable(f"cannot open the TPM at {tcti!r} ({exc})") from None
+        self._events: list[TpmEvent] = []
+        self._srk: ESYS_TR | None = None
+        self._ak: ESYS_TR | None = None
+
+    def close(self) -> None:
+        for handle in (self._ak, self._srk):
+            if handle is not None:
+                # The TPM may have been reset meanwhile: then nothing is left to flush.
+                with contextlib.suppress(TSS2_Exception):
+                    self._ctx.flush_context(handle)
+        self._ak = self._srk = None
+        self._ctx.close()
+
+    def __enter__(self) -> TpmBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- keys -------------------------------------------------------------------------
+
+    def _srk_handle(self) -> ESYS_TR:
+        if self._srk is None:
+            template = TPM2B_PUBLIC.parse("ecc256:aes128cfb", objectAttributes=_SRK_ATTRS)
+            self._srk, *_ = self._ctx.create_primary(None, template, ESYS_TR.OWNER)
+        return self._srk
+
+    def _ek_handle(self) -> ESYS_TR:
+        _, template = create_ek_template(EK_TYPE, NVReadEK(self._ctx))
+        handle, *_ = self._ctx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+        return handle
+
+    def _ak_handle(self) -> ESYS_TR:
+        if self._ak is not None:
+            return self._ak
+        pub_path, priv_path = self._state / "ak.pub", self._state / "ak.priv"
+        srk = self._srk_handle()
+        if pub_path.exists() and priv_path.exists():
+            pub, _ = TPM2B_PUBLIC.unmarshal(pub_path.read_bytes())
+            priv, _ = TPM2B_PRIVATE.unmarshal(priv_path.read_bytes())
+        else:
+            template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=_AK_ATTRS)
+            priv, pub, *_ = self._ctx.create(srk, None, template)
+            self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            pub_path.write_bytes(bytes(pub.marshal()))
+            priv_path.write_bytes(bytes(priv.marshal()))
+        self._ak = self._ctx.load(srk, priv, pub)
+        return self._ak
+
+    def identity(self) -> Identity:
+        """The EK certificate from NV and the AK (made on first use)."""
+        try:
+            cert = NVReadEK(self._ctx)(EK_CERT_INDEX)
+        except (NoSuchIndex, TSS2_Exception):  # the TPM has no EK certificate
+            raise TpmUnavailable(
+                f"the TPM has no EK certificate at NV index {EK_CERT_INDEX:#x}"
+            ) from None
+        pub, _, _ = self._ctx.read_public(self._ak_handle())
+        return Identity(ek_certificate=bytes(cert), ak_public=bytes(pub.marshal()))
+
+    def activate_credential(self, credential_blob: bytes, secret: bytes) -> bytes:
+        """TPM2_ActivateCredential with the AK and the EK: the verifier's secret comes out
+        only if this TPM holds both."""
+        try:
+            blob, _ = TPM2B_ID_OBJECT.unmarshal(credential_blob)
+            enc, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(secret)
+        except TSS2_Exception:
+            raise CredentialRefused("the credential is not a TPM2B_ID_OBJECT and secret") from None
+        ak = self._ak_handle()
+        ek = self._ek_handle()
+        # The EK's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT) (EK Credential Profile).
+        session = self._ctx.start_auth_session(
+            ESYS_TR.NONE,
+            ESYS_TR.NONE,
+            TPM2_SE.POLICY,
+            TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+            TPM2_ALG.SHA256,
+        )
+        try:
+            self._ctx.policy_secret(ESYS_TR.ENDORSEMENT, session)
+            cred = self._ctx.activate_credential(
+                ak, ek, blob, enc, session1=ESYS_TR.PASSWORD, session2=session
+            )
+        except TSS2_Exception as exc:
+            raise CredentialRefused(
+                f"the TPM refused to activate the credential: it was not made for this "
+                f"TPM's EK and AK ({exc})"
+            ) from None
+        finally:
+            self._ctx.flush_context(session)
+            self._ctx.flush_context(ek)
+        return bytes(cred)
+
+    # -- measured boot and quotes ----------------------------------------------------
+
+    def measure_boot(self, stages: Iterable[Stage]) -> None:
+        """Extend each secure-world boot stage (tee/boot.py's measure_stages) in order."""
+        for stage in stages:
+            self.extend(stage.component, stage.measurement)
+
+    def extend(self, description: str, digest: bytes) -> None:
+        """Measure one boot stage into ``VERITEE_PCR`` and the event log."""
+        if len(digest) != DIGEST_SIZE:
+            raise ValueError("a boot stage digest is SHA-256")
+        ha = TPMT_HA(hashAlg=PCR_BANK)
+        ha.digest.sha256 = digest
+        values = TPML_DIGEST_VALUES([ha])
+        self._ctx.pcr_extend(ESYS_TR.parse(f"pcr{VERITEE_PCR}"), values)
+        self._events.append(TpmEvent(VERITEE_PCR, digest, description))
+
+    @property
+    def event_log(self) -> bytes:
+        return encode_event_log(self._events)
+
+    def pcr_value(self, pcr: int = VERITEE_PCR) -> bytes:
+        _, _, digests = self._ctx.pcr_read(pcr_selection([pcr]))
+        return bytes(digests[0])
+
+    def quote(self, qualifying_data: bytes) -> TpmQuote:
+        """TPM2_Quote by the AK over ``VERITEE_PCR`` with ``qualifying_data`` (from
+        veritee.evidence.tpm.quote_binding), with this boot's event log."""
+        attest, sig = self._ctx.quote(
+            self._ak_handle(),
+            pcr_selection([VERITEE_PCR]),
+            qualifying_data,
+            TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+        )
+        assert isinstance(attest, TPM2B_ATTEST)
+        return TpmQuote(bytes(attest), bytes(sig.marshal()), self.event_log)
+
+    def platform_evidence(self, vtee_key_digest: bytes, challenge: bytes) -> TpmPlatformEvidence:
+        """The platform part of the evidence: identity and a quote binding the vTEE key."""
+        ident = self.identity()
+        quote = self.quote(quote_binding(vtee_key_digest, challenge))
+        return TpmPlatformEvidence(ident.ek_certificate, ident.ak_public, quote)
+
+    # -- sealing ----------------------------------------------------------------------
+
+    def _pcr_policy(self, session: ESYS_TR, pcr_digest: bytes | None) -> None:
+        self._ctx.policy_pcr(session, pcr_digest or b"", pcr_selection([VERITEE_PCR]))
+
+    def _salted_session(self, kind: TPM2_SE) -> ESYS_TR:
+        # Salted with the SRK and parameter-encrypted: the root never crosses the bus (or
+        # swtpm's socket) in the clear.
+        session = self._ctx.start_auth_session(
+            self._srk_handle(),
+            ESYS_TR.NONE,
+            kind,
+            TPMT_SYM_DEF.parse("aes128cfb"),
+            TPM2_ALG.SHA256,
+        )
+        self._ctx.trsess_set_attributes(
+            session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT
+        )
+        return session
+
+    def seal(self, root: bytes, pcr_value: bytes | None = None) -> bytes:
+        """Seal ``root`` under a PolicyPCR: it unseals only while ``VERITEE_PCR`` holds
+        ``pcr_value`` (by default the value it holds now, after the genuine boot)."""
+        if len(root) != ROOT_BYTES:
+            raise ValueError(f"the root secret is {ROOT_BYTES} bytes")
+        pcr_digest = hashlib.sha256(pcr_value).digest() if pcr_value is not None else None
+        trial = self._ctx.start_auth_session(
+            ESYS_TR.NONE,
+            ESYS_TR.NONE,
+            TPM2_SE.TRIAL,
+            TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+            TPM2_ALG.SHA256,
+        )
+        try:
+            self._pcr_policy(trial, pcr_digest)
+            policy = bytes(self._ctx.policy_get_digest(trial))
+        finally:
+            self._ctx.flush_context(trial)
+        template = TPM2B_PUBLIC.parse("keyedhash", objectAttributes=_SEAL_ATTRS, authPolicy=policy)
+        sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(root)))
+        session = self._salted_session(TPM2_SE.HMAC)
+        try:
+            priv, pub, *_ = self._ctx.create(
+                self._srk_handle(), sensitive, template, session1=session
+            )
+        finally:
+            self._ctx.flush_context(session)
+        return _pack(bytes(pub.marshal()), bytes(priv.marshal()))
+
+    def unseal(self, blob: bytes) -> bytes:
+        """The sealed root, if the boot measurements are the ones it was sealed under;
+        raises :class:`UnsealRefused` otherwise."""
+        pub_b, priv_b = _unpack(blob, 2)
+        try:
+            pub, _ = TPM2B_PUBLIC.unmarshal(pub_b)
+            priv, _ = TPM2B_PRIVATE.unmarshal(priv_b)
+            handle = self._ctx.load(self._srk_handle(), priv, pub)
+        except TSS2_Exception:  # unmarshal errors or TPM_RC_INTEGRITY: not this TPM's blob
+            raise SealingError("sealed blob was not made by this TPM, or was altered") from None
+        session = self._salted_session(TPM2_SE.POLICY)
+        try:
+            self._pcr_policy(session, None)
+            data = self._ctx.unseal(handle, session1=session)
+        except TSS2_Exception as exc:
+            if exc.error in (TPM2_RC.POLICY_FAIL, TPM2_RC.VALUE):
+                raise UnsealRefused(
+                    "the TPM refuses to unseal the root: the boot measurements differ from "
+                    "those it was sealed under (a boot stage changed)"
+                ) from None
+            raise TpmUnavailable(f"the TPM failed to unseal ({exc})") from None
+        finally:
+            self._ctx.flush_context(session)
+            self._ctx.flush_context(handle)
+        return bytes(data)
+
+    @property
+    def _root_path(self) -> Path:
+        return self._state / "root.sealed"
+
+    def provision_root(self) -> bytes:
+        """Make the secure world's root secret and seal it under the boot measured now
+        (provisioning: run it on the genuine boot). Refuses to replace an existing one."""
+        if self._root_path.exists():
+            raise SealingError("this TPM backend already holds a sealed root; not replacing it")
+        # The TPM's RNG and the OS's, mixed: either alone suffices.
+        root = hashlib.sha256(
+            secrets.token_bytes(ROOT_BYTES) + bytes(self._ctx.get_random(ROOT_BYTES))
+        ).digest()
+        blob = self.seal(root)
+        self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self._root_path.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self._root_path)
+        return root
+
+    def root(self) -> bytes:
+        """The sealed root secret (the emulated backend's HUK), if this boot is the genuine
+        one; raises :class:`UnsealRefused` otherwise."""
+        try:
+            blob = self._root_path.read_bytes()
+        except FileNotFoundError:
+            raise SealingError("no sealed root: provision this TPM backend first") from None
+        return self.unseal(blob)
+
+    # -- counters ---------------------------------------------------------------------
+
+    def counter(self, number: int) -> NvCounter:
+        """The NV counter ``number`` of this device (defined on first use)."""
+        if not 0 <= number < MAX_COUNTERS:
+            raise ValueError(f"counter number must be below {MAX_COUNTERS}")
+        return NvCounter(self._ctx, NV_COUNTER_BASE + number)
+
+
+class NvCounter:
+    """A TPM NV counter: monotonic in the TPM, so no restore of files takes it back."""
+
+    def __init__(self, ctx: ESAPI, index: int) -> None:
+        self._ctx = ctx
+        self.index = index
+        try:
+            self._handle = ctx.tr_from_tpmpublic(index)
+        except TSS2_Exception:
+            self._handle = None
+        if self._handle is not None:
+            # Whoever holds owner authorisation can define this index before us, as an
+            # ordinary index holding a value of their choosing (then write an old value back);
+            # only the counter type is one that can only go up.
+            public, _ = ctx.nv_read_public(self._handle)
+            attrs = TPMA_NV(public.nvPublic.attributes)
+            if attrs.nt != TPM2_NT.COUNTER:
+                raise CounterTampered(
+                    f"NV index {index:#x} is not a TPM counter: it was defined by someone "
+                    "else, to hold a value they can write; refusing it"
+                )
+            if not attrs & TPMA_NV.WRITTEN:  # defined, then interrupted before its first step
+                ctx.nv_increment(self._handle)
+        else:
+            attrs = (
+                TPMA_NV.AUTHREAD
+                | TPMA_NV.AUTHWRITE
+                | TPMA_NV.NO_DA
+                | (TPM2_NT.COUNTER << TPMA_NV.TPM2_NT_SHIFT)
+            )
+            public = TPM2B_NV_PUBLIC(
+                nvPublic=TPMS_NV_PUBLIC(
+                    nvIndex=index,
+                    nameAlg=TPM2_ALG.SHA256,
+                    attributes=attrs,
+                    dataSize=_COUNTER_BYTES,
+                )
+            )
+            self._handle = ctx.nv_define_space(None, public)
+            # A counter has no value until its first increment; the TPM then starts it at
+            # the highest value any counter ever had, so a deleted and redefined counter
+            # does not restart lower.
+            ctx.nv_increment(self._handle)
+
+    def read(self) -> int:
+        data = self._ctx.nv_read(self._handle, _COUNTER_BYTES, 0)
+        return int.from_bytes(bytes(data), "big")
+
+    def increment(self) -> int:
+        """Increment and return the new value (write it into the state it protects)."""
+        self._ctx.nv_increment(self._handle)
+        return self.read()
+
+    def check(self, recorded: int) -> None:
+        """Raises :class:`CounterRolledBack` unless ``recorded`` (from stored state) is the
+        counter's current value: an older state file carries a smaller one."""
+        current = self.read()
+        if recorded != current:
+            raise CounterRolledBack(
+                f"stored state carries counter {recorded}, the TPM's NV counter is at "
+                f"{current}: an older copy of the state was restored; refusing it"
+            )
