@@ -1,8 +1,7 @@
 """The ``veritee`` command. Light at start-up: heavy libraries are imported inside commands.
 
-Exit codes: 0 success (``run``: the module's own exit code), 1 general error, 2 usage,
-3 device, 4 secure world, 5 module, 6 sealing, 7 evidence/appraisal, 8 build,
-9 verifier unreachable or refused.
+Exit codes: the README's table, :data:`veritee.errors.EXIT_CODES`, which ``veritee --help``
+shows; an error's class names its code (``exit_code``), :class:`_Group` turns it into one line.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from veritee.errors import Error, UsageError
+from veritee.errors import EXIT_CODES, Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 if TYPE_CHECKING:
@@ -71,12 +70,22 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except Error as err:
             _fail(err)
+        except OSError as err:
+            # A file the caller named could not be read or written (a missing directory, no
+            # permission) where no command checked it first: one line, never a traceback.
+            where = f"{err.filename}: " if err.filename else ""
+            _fail(UsageError(f"{where}{err.strerror or err}"))
         except KeyboardInterrupt:
             click.echo("veritee: interrupted", err=True)
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings=CONTEXT)
+def _exit_code_table() -> str:
+    rows = "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES.items())
+    return f"\b\nExit codes:\n{rows}"
+
+
+@click.group(cls=_Group, context_settings=CONTEXT, epilog=_exit_code_table())
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -123,6 +132,8 @@ def build(
     """
     from veritee.wasm import build as wasm_build
 
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: directory {output.parent} does not exist")
     size = wasm_build.build(source, output, opt=opt, includes=list(includes), defines=list(defines))
     click.echo(f"built {output} ({size} bytes)", err=True)
 

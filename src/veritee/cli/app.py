@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import click
 
-from veritee.errors import UsageError
+from veritee.errors import Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -392,10 +392,34 @@ def status(state_path: Path | None, reattest: bool, as_json: bool) -> None:
     except StateError:
         key = None
     report = collect(dep, key)
+    problem = _status_problem(report)
+    report["ok"] = problem is None
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
-        return
-    _render(report)
+    else:
+        _render(report)
+    if problem is not None:
+        # What was shown is the state; the exit code says it is not healthy (README's table).
+        raise problem
+
+
+def _status_problem(report: dict[str, Any]) -> Error | None:
+    """The first reason a deployment is not healthy: a node down (11) before a module lost,
+    refused or not running (10); None when every node answers and every module runs."""
+    from veritee.app.errors import AppError, NodeError
+
+    down = [n["name"] for n in report["nodes"] if not n["up"]]
+    if down:
+        return NodeError(f"node agent(s) down: {', '.join(down)}")
+    lost = [
+        f"{m['name']} ({m['status'] if m['status'] != 'connected' else 'not running'})"
+        for m in report["modules"]
+        if m["status"] in ("lost", "refused")
+        or (m["status"] == "connected" and m["running"] is False)
+    ]
+    if lost:
+        return AppError(f"module(s) not serving: {', '.join(lost)}")
+    return None
 
 
 def _render(report: dict[str, Any]) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from veritee.errors import Error
+from veritee.errors import SecureWorldError
 from veritee.home import DEFAULT_VTEE, Home
 
 STOP_TIMEOUT = 20.0  # seconds to wait for the secure world to shut down
+# Rich's width in a pipe (it would wrap at 80): wide enough for a measurement on one line.
+PIPE_WIDTH = 200
 
 
 def register(cli: click.Group) -> None:
@@ -145,7 +148,7 @@ def tee_stop(home: Home) -> None:
     while home.monitor_socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     if home.monitor_socket.exists():
-        raise Error(f"the secure world did not stop within {STOP_TIMEOUT:g} s")
+        raise SecureWorldError(f"the secure world did not stop within {STOP_TIMEOUT:g} s")
     click.echo("secure world stopped")
 
 
@@ -168,7 +171,7 @@ def tee_status(home: Home, as_json: bool, vtee: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
     console.print(
         f"[bold]device[/] {mon['ueid'].hex()}  lifecycle [bold]{mon['lifecycle']}[/]  "
         f"secure boot [bold]{'on' if mon['secure_boot'] else 'off'}[/]  monitor pid {mon['pid']}"
