@@ -4,6 +4,8 @@ input gets one line (never a traceback), through the real CLI."""
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import pkgutil
 import re
 import socket
@@ -146,3 +148,22 @@ def test_node_start_on_a_port_in_use_is_the_node_agents_code(tmp_path: Path) -> 
     assert f"cannot listen on 127.0.0.1:{port}" in _one_line_error(proc)
     # ... and the secure world it booted for the agent was stopped again.
     assert _veritee(home, "tee", "status").returncode == 4
+
+
+def test_rich_output_is_not_wrapped_in_a_pipe(device: Device) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", "--home", str(device.home), "tee", "status"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    status = json.loads(device.ok("tee", "status", "--json"))
+    ueid = status["monitor"]["ueid"]
+    assert any(ln.startswith(f"device {ueid}") and "monitor pid" in ln for ln in lines), lines
+    for entry in status["monitor"]["boot_log"]:
+        component, measurement = entry["component"], entry["measurement"]
+        assert any(component in ln and measurement in ln for ln in lines), (entry, lines)

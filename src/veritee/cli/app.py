@@ -209,9 +209,9 @@ class _Progress:
     ICONS: ClassVar[dict[str, str]] = {"done": "[green]✔[/]", "failed": "[red]✘[/]"}
 
     def __init__(self, quiet: bool) -> None:
-        from rich.console import Console
+        from veritee.cli import console
 
-        self.console = Console(stderr=True, highlight=False, quiet=quiet)
+        self.console = console(stderr=True, highlight=False, quiet=quiet)
         self.lock = threading.Lock()
 
     def __call__(self, step: Any) -> None:
@@ -423,10 +423,11 @@ def _status_problem(report: dict[str, Any]) -> Error | None:
 
 
 def _render(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    from veritee.cli import console as make_console
+
+    console = make_console(highlight=False)
     console.print(f"[bold]{report['app']}[/]  attested via {report['verifier']}")
     nodes = Table(title="nodes", title_justify="left", show_edge=False)
     for col in ("node", "agent", "up", "kept for peers", "agent drops"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ from veritee.errors import SecureWorldError
 from veritee.home import DEFAULT_VTEE, Home
 
 STOP_TIMEOUT = 20.0  # seconds to wait for the secure world to shut down
-# Rich's width in a pipe (it would wrap at 80): wide enough for a measurement on one line.
-PIPE_WIDTH = 200
 
 
 def register(cli: click.Group) -> None:
@@ -158,20 +155,32 @@ def tee_stop(home: Home) -> None:
 @click.pass_obj
 def tee_status(home: Home, as_json: bool, vtee: str) -> None:
     """Show boot measurements, vTEEs and loaded modules."""
+    from veritee.evidence.claims import BootEntry
     from veritee.tee import client as teec
     from veritee.tee import monitor
     from veritee.tee.ta import status
 
     mon = monitor.control(home, {"op": "status"})["status"]
+    # The boot log travels as the evidence's CBOR (integer keys): named here for people.
+    mon["boot_log"] = [
+        {
+            "component": e.component,
+            "version": e.version,
+            "measurement": e.measurement.hex(),
+            "signer": e.signer.hex(),
+        }
+        for e in map(BootEntry.from_cbor, mon["boot_log"])
+    ]
     with teec.Context(home=home, vtee=vtee) as ctx:
         world = status(ctx)
     if as_json:
         click.echo(json.dumps({"monitor": mon, "vtee": world}, indent=2, default=_jsonable))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+    from veritee.cli import console as make_console
+
+    console = make_console()
     console.print(
         f"[bold]device[/] {mon['ueid'].hex()}  lifecycle [bold]{mon['lifecycle']}[/]  "
         f"secure boot [bold]{'on' if mon['secure_boot'] else 'off'}[/]  monitor pid {mon['pid']}"
@@ -180,7 +189,7 @@ def tee_status(home: Home, as_json: bool, vtee: str) -> None:
     for col in ("component", "version", "measurement", "signed"):
         boot.add_column(col)
     for e in mon["boot_log"]:
-        boot.add_row(e[1], e[4], e[2].hex(), "yes" if e[3] else "no")
+        boot.add_row(e["component"], e["version"], e["measurement"], "yes" if e["signer"] else "no")
     console.print(boot)
     console.print(f"boot register (extended): {mon['pcr'].hex()}")
     vt = Table(title="virtual TEEs", title_justify="left")
