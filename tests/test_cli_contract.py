@@ -167,3 +167,48 @@ def test_rich_output_is_not_wrapped_in_a_pipe(device: Device) -> None:
     for entry in status["monitor"]["boot_log"]:
         component, measurement = entry["component"], entry["measurement"]
         assert any(component in ln and measurement in ln for ln in lines), (entry, lines)
+
+
+def test_json_results_and_json_failures(tmp_path: Path) -> None:
+    """Every command that prints data takes --json; a failure under --json is a JSON
+    result too, with the same exit code and the one line on stderr."""
+    home = tmp_path / "home"
+    init = _veritee(home, "device", "init", "--json")
+    assert init.returncode == 0, init.stderr
+    device = json.loads(init.stdout)
+    assert device["ok"] and len(bytes.fromhex(device["ueid"])) == 33
+    again = _veritee(home, "device", "init", "--json")
+    assert again.returncode == 3, again.stderr
+    assert json.loads(again.stdout)["exit_code"] == 3 and _one_line_error(again)
+    signed = json.loads(_veritee(home, "device", "sign-boot", "--json").stdout)
+    assert {s["component"] for s in signed["signed"]} >= {"secure-world", "wasm-runtime"}
+
+    wat = tmp_path / "ok.wat"
+    wat.write_text(OK_WAT)
+    built = json.loads(_veritee(home, "build", wat, "-o", tmp_path / "ok.wasm", "--json").stdout)
+    measured = json.loads(_veritee(home, "measure", tmp_path / "ok.wasm", "--json").stdout)
+    assert built["measurement"] == measured["measurement"] and built["bytes"] > 0
+
+    # Nothing running: the JSON failure carries the secure world's code.
+    attest = _veritee(home, "attest", wat, "-o", tmp_path / "ev.cbor", "--json")
+    assert attest.returncode == 4
+    failure = json.loads(attest.stdout)
+    assert failure == {
+        "ok": False,
+        "error": failure["error"],
+        "error_type": failure["error_type"],
+        "exit_code": 4,
+    }
+    assert _one_line_error(attest).endswith(failure["error"])
+    try:
+        assert _veritee(home, "tee", "start").returncode == 0
+        created = _veritee(home, "vtee", "create", "tenant-a", "--json")
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["name"] == "tenant-a"
+        nonce = "22" * 32
+        ev = tmp_path / "ev.cbor"
+        attested = _veritee(home, "attest", wat, "--nonce", nonce, "-o", ev, "--json")
+        assert json.loads(attested.stdout)["nonce"] == nonce
+        assert json.loads(attested.stdout)["measurement"] == measured["measurement"]
+    finally:
+        _veritee(home, "tee", "stop")

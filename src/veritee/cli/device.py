@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from veritee.cli import echo_json, json_option
 from veritee.errors import SecureWorldError
 from veritee.home import DEFAULT_VTEE, Home
 
@@ -33,16 +34,32 @@ def device() -> None:
     help="Use the manufacturer CA in this directory (ca.pem, ca.key).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing device (destroys its keys).")
+@json_option('Print {"ueid", "home", "certificate", "ca", "trust_anchor", ...} as JSON.')
 @click.pass_obj
-def device_init(home: Home, ca_dir: Path | None, force: bool) -> None:
+def device_init(home: Home, ca_dir: Path | None, force: bool, as_json: bool) -> None:
     """Provision a device: manufacturer CA, HUK, attestation key and certificate.
 
     \b
-    Example:  veritee --home /tmp/dev1 device init
+    Examples:
+      veritee --home /tmp/dev1 device init
+      veritee --home /tmp/dev2 device init --json
     """
     from veritee.tee import device as dev
 
     info = dev.provision(home, ca_dir=ca_dir, force=force)
+    if as_json:
+        echo_json(
+            {
+                "ok": True,
+                "ueid": info.ueid.hex(),
+                "home": str(home.root),
+                "certificate": info.certificate.subject.rfc4514_string(),
+                "ca": info.ca.subject.rfc4514_string(),
+                "trust_anchor": str(home.manufacturer / "ca.pem"),
+                "reference_values": str(home.manufacturer / "reference-values.json"),
+            }
+        )
+        return
     click.echo(f"provisioned device {info.ueid.hex()} in {home.root}")
     click.echo(f"  certificate: {info.certificate.subject.rfc4514_string()}")
     click.echo(f"  issued by:   {info.ca.subject.rfc4514_string()}")
@@ -51,12 +68,24 @@ def device_init(home: Home, ca_dir: Path | None, force: bool) -> None:
 
 
 @device.command("sign-boot")
+@json_option('Print {"signed": [{"component", "measurement"}]} as JSON.')
 @click.pass_obj
-def device_sign_boot(home: Home) -> None:
-    """Have the vendor sign the secure world as installed now (after an upgrade)."""
+def device_sign_boot(home: Home, as_json: bool) -> None:
+    """Have the vendor sign the secure world as installed now (after an upgrade).
+
+    \b
+    Examples:
+      veritee device sign-boot
+      veritee device sign-boot --json
+    """
     from veritee.tee import device as dev
 
-    for stage in dev.sign_boot_image(home):
+    stages = dev.sign_boot_image(home)
+    if as_json:
+        signed = [{"component": s.component, "measurement": s.measurement.hex()} for s in stages]
+        echo_json({"ok": True, "signed": signed})
+        return
+    for stage in stages:
         click.echo(f"signed {stage.component:14} {stage.measurement.hex()}")
 
 

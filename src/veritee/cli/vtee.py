@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from veritee.cli import echo_json, json_option
 from veritee.home import Home
 
 
@@ -35,6 +36,7 @@ def vtee() -> None:
 @click.option("--max-modules", type=int, help="Modules loaded at once [64].")
 @click.option("--workers", type=int, help="Warm worker processes kept ready [2].")
 @click.option("--start", is_flag=True, help="Start it right away.")
+@json_option('Print {"name", "id", "pid"} as JSON (pid: null unless --start).')
 @click.pass_obj
 def vtee_create(
     home: Home,
@@ -43,18 +45,25 @@ def vtee_create(
     max_modules: int | None,
     workers: int | None,
     start: bool,
+    as_json: bool,
 ) -> None:
     """Create a vTEE: a fresh id and keys derived for it by the monitor.
 
     \b
-    Example:  veritee vtee create tenant-a --memory 512 --max-modules 8 --start
+    Examples:
+      veritee vtee create tenant-a --memory 512 --max-modules 8 --start
+      veritee vtee create tenant-b --json
     """
     config = {"memory_mb": memory_mb, "max_modules": max_modules, "workers": workers}
     reply = _ask(home, {"op": "vtee-create", "name": name, "config": config})
-    click.echo(f"created vTEE {name} (id {reply['id'].hex()})")
-    if start:
-        reply = _ask(home, {"op": "vtee-start", "name": name})
-        click.echo(f"started vTEE {name} (pid {reply['pid']}); run modules with --vtee {name}")
+    vtee_id = reply["id"].hex()
+    if not as_json:
+        click.echo(f"created vTEE {name} (id {vtee_id})")
+    pid = _ask(home, {"op": "vtee-start", "name": name})["pid"] if start else None
+    if as_json:
+        echo_json({"ok": True, "name": name, "id": vtee_id, "pid": pid})
+    elif start:
+        click.echo(f"started vTEE {name} (pid {pid}); run modules with --vtee {name}")
 
 
 @vtee.command("start")
