@@ -392,7 +392,7 @@ def attest(
     \b
     Examples:
       veritee attest hello.wasm --nonce $(openssl rand -hex 32) -o ev.cbor
-      veritee attest hello.wasm -o ev.cbor --json
+      veritee attest hello.wasm --nonce $N -o ev.cbor --json
     """
     from veritee.tee import client as teec
     from veritee.tee.ta import WasmSession

@@ -93,7 +93,13 @@ def device_sign_boot(home: Home, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
 def device_show(home: Home, as_json: bool) -> None:
-    """Print the device identity and its certificate chain."""
+    """Print the device identity and its certificate chain.
+
+    \b
+    Examples:
+      veritee device show
+      veritee device show --json
+    """
     from cryptography.hazmat.primitives import serialization
 
     from veritee.tee import device as dev
@@ -166,7 +172,11 @@ def tee_start(home: Home, foreground: bool) -> None:
 @tee.command("stop")
 @click.pass_obj
 def tee_stop(home: Home) -> None:
-    """Stop the secure world and every vTEE it runs."""
+    """Stop the secure world and every vTEE it runs.
+
+    \b
+    Example:  veritee tee stop
+    """
     from veritee.tee import monitor
 
     monitor.control(home, {"op": "stop"})
@@ -183,7 +193,13 @@ def tee_stop(home: Home) -> None:
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True)
 @click.pass_obj
 def tee_status(home: Home, as_json: bool, vtee: str) -> None:
-    """Show boot measurements, vTEEs and loaded modules."""
+    """Show boot measurements, vTEEs and loaded modules.
+
+    \b
+    Examples:
+      veritee tee status
+      veritee tee status --vtee tenant-a --json
+    """
     from veritee.evidence.claims import BootEntry
     from veritee.tee import client as teec
     from veritee.tee import monitor

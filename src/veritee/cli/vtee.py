@@ -70,7 +70,11 @@ def vtee_create(
 @click.argument("name")
 @click.pass_obj
 def vtee_start(home: Home, name: str) -> None:
-    """Start a vTEE (it then comes back whenever the secure world boots)."""
+    """Start a vTEE (it then comes back whenever the secure world boots).
+
+    \b
+    Example:  veritee vtee start tenant-a
+    """
     reply = _ask(home, {"op": "vtee-start", "name": name})
     click.echo(f"started vTEE {name} (pid {reply['pid']})")
 
@@ -79,7 +83,11 @@ def vtee_start(home: Home, name: str) -> None:
 @click.argument("name")
 @click.pass_obj
 def vtee_stop(home: Home, name: str) -> None:
-    """Stop a vTEE; its identity, storage and keys stay."""
+    """Stop a vTEE; its identity, storage and keys stay.
+
+    \b
+    Example:  veritee vtee stop tenant-a
+    """
     _ask(home, {"op": "vtee-stop", "name": name})
     click.echo(f"stopped vTEE {name}")
 
@@ -89,7 +97,11 @@ def vtee_stop(home: Home, name: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def vtee_destroy(home: Home, name: str, yes: bool) -> None:
-    """Destroy a vTEE: its keys, sealed data and modules' storage are gone for good."""
+    """Destroy a vTEE: its keys, sealed data and modules' storage are gone for good.
+
+    \b
+    Example:  veritee vtee destroy tenant-a --yes
+    """
     if not yes:
         click.confirm(f"Destroy vTEE {name} and everything sealed in it?", abort=True)
     reply = _ask(home, {"op": "vtee-destroy", "name": name})
@@ -100,7 +112,13 @@ def vtee_destroy(home: Home, name: str, yes: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
 def vtee_list(home: Home, as_json: bool) -> None:
-    """List the vTEEs of this device."""
+    """List the vTEEs of this device.
+
+    \b
+    Examples:
+      veritee vtee list
+      veritee vtee list --json
+    """
     entries = _ask(home, {"op": "vtee-list"})["vtees"]
     if as_json:
         for e in entries:
