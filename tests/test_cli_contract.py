@@ -212,3 +212,24 @@ def test_json_results_and_json_failures(tmp_path: Path) -> None:
         assert json.loads(attested.stdout)["measurement"] == measured["measurement"]
     finally:
         _veritee(home, "tee", "stop")
+
+
+def test_provision_show_takes_json_after_the_subcommand(tmp_path: Path) -> None:
+    """The help's example, run as written against a real verifier: it failed with "No such
+    option: --json" when --json was taken only before the subcommand."""
+    from .test_verifier_service import start_verifier
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server = start_verifier(home, tmp_path / "verifier")
+    try:
+        base = ("verifier", "provision", "--verifier", server.url, "--token", server.token)
+        proc = server.cli(home, *base, "show", "--sessions", "10", "--json")
+        assert proc.returncode == 0, proc.stderr
+        state = json.loads(proc.stdout)
+        assert "trust-anchors" in state and state["sessions"] == []
+        # Before the subcommand, as before.
+        before = server.cli(home, *base[:2], "--json", *base[2:], "show")
+        assert before.returncode == 0 and "trust-anchors" in json.loads(before.stdout)
+    finally:
+        server.stop()
