@@ -519,8 +519,8 @@ def call(
 
     \b
     Examples:
-      veritee call button_driver press
-      veritee call button_driver press --json
+      veritee call button_driver entry          # tz-to-tz.json's button
+      veritee call button_driver entry ff --hex --json
     """
     from veritee.app import state as state_mod
 
