@@ -63,6 +63,11 @@ def test_a_restarted_node_reloads_its_modules_and_gets_what_was_kept_for_it(
         home.ok("output", "trigger-btn", "press")  # the hub keeps these for the server
     hub = home.status()["nodes"][0]
     assert hub["name"] == "home-hub" and hub["queued"] == 3
+    # A node down is not a healthy deployment: status shows it, then exits 11 (one line).
+    down = home.cli("status")
+    assert down.returncode == 11, down.stderr
+    assert "node agent(s) down: home-server" in down.stderr and "Traceback" not in down.stderr
+    assert "home-server" in down.stdout
 
     home.cluster.start_node("home-server")
     until(lambda: home.count() == before + 3)

@@ -86,7 +86,12 @@ class SmartHome:
         return dep, UserTool(dep, state_mod.load_keys(self.state))
 
     def status(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.ok("status", "--json"))
+        """The status report, whatever its health: 0 healthy, 11 a node down, 10 a module
+        not serving (README's table); the report is printed on stdout in every case."""
+        proc = self.cli("status", "--json")
+        assert proc.returncode in (0, 10, 11), proc.stderr.decode()
+        value: dict[str, Any] = json.loads(proc.stdout)
+        assert value["ok"] == (proc.returncode == 0)
         return value
 
 
@@ -461,6 +466,22 @@ def test_user_commands_fail_with_one_line(home: SmartHome) -> None:
         assert proc.returncode == code, (args, proc.stderr)
         assert expected in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_user_commands_print_json_results_and_failures(home: SmartHome) -> None:
+    before = home.count()
+    sent = json.loads(home.ok("output", "trigger-btn", "press", "--json"))
+    assert sent["ok"] is True and "routed" in sent and isinstance(sent["log"], str)
+    until(lambda: home.count() == before + 1)
+    asked = json.loads(home.ok("request", "get-presses", "--json"))
+    assert asked["ok"] is True and int(asked["answer"]) == before + 1
+    assert bytes.fromhex(asked["answer_hex"]).decode() == asked["answer"]
+    # A failure under --json is a JSON result with the same code, and one line on stderr.
+    proc = home.cli("output", "nope", "x", "--json")
+    assert proc.returncode == 10 and proc.stderr.count("\n") == 1
+    failure = json.loads(proc.stdout)
+    assert failure["ok"] is False and failure["exit_code"] == 10
+    assert failure["error_type"] == "StateError" and "no connection 'nope'" in failure["error"]
 
 
 def test_status_shows_nodes_modules_and_connections(home: SmartHome) -> None:

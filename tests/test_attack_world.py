@@ -130,7 +130,7 @@ def test_code_planted_by_the_caller_does_not_run_in_the_secure_world(
     # The planted code ran in the normal world (the CLI), which is the caller's own business;
     # in no monitor, vTEE or worker process.
     assert sorted(p.read_text() for p in markers.iterdir()) == []
-    measured = {entry["1"] for entry in status["monitor"]["boot_log"]}  # 1: component
+    measured = {entry["component"] for entry in status["monitor"]["boot_log"]}
     assert {"interpreter", "python-libraries", "secure-world", "wasm-runtime"} <= measured
 
 

@@ -618,7 +618,7 @@ def test_the_server_keeps_serving_after_garbage(
 def test_connect_usage_errors_are_one_line(device: Device, modules: dict[str, Path]) -> None:
     for args, code, text in [
         (("nowhere",), 2, "expected HOST:PORT"),
-        (("127.0.0.1:1",), 1, "cannot connect to 127.0.0.1:1"),
+        (("127.0.0.1:1",), 4, "cannot connect to 127.0.0.1:1"),  # README's table: 4
         (
             ("127.0.0.1:9", "--verifier", "http://x", "--module", str(modules["hello"])),
             2,

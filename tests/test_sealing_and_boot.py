@@ -165,7 +165,8 @@ def test_secure_boot_refuses_a_modified_stage(tmp_path: Path) -> None:
         status = json.loads(veritee("tee", "status", "--json").stdout)
     finally:
         veritee("tee", "stop")
-    booted = {e["1"]: bytes.fromhex(e["2"]) for e in status["monitor"]["boot_log"]}
+    log = status["monitor"]["boot_log"]
+    booted = {e["component"]: bytes.fromhex(e["measurement"]) for e in log}
     refs = json.loads((home / "manufacturer" / REFERENCE_VALUES).read_text())["boot"]
     endorsed = {r["component"]: bytes.fromhex(r["measurement"]) for r in refs}
     assert booted["secure-world"] != endorsed["secure-world"]

@@ -600,7 +600,7 @@ def test_serve_on_a_port_in_use(setup: Setup, tmp_path: Path) -> None:
 
 def test_key_cli_errors(tmp_path: Path) -> None:
     code, output = run_cli("secrets", "key", "--url", "http://127.0.0.1:1")
-    assert code == 1 and "cannot reach the secret service" in output
+    assert code == 9 and "cannot reach the secret service" in output
     code, output = run_cli("secrets", "key", "--url", "u", "--state", tmp_path)
     assert code == 2 and "not both" in output
     (tmp_path / "service-key.pem").write_text("junk")

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from veritee.errors import Error, EvidenceError
+from veritee.errors import Error, EvidenceError, ModuleError, SealingError, SecureWorldError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, appraise
 from veritee.home import Home
 from veritee.tee import client as teec
@@ -168,7 +168,7 @@ def _tour(home: Home, built: dict[str, Path]) -> None:
     line, code = _run(home, other, check=False)
     console.print(f"  [dim]│[/] {line}")
     if code == 0:
-        raise Error("demo: a modified counter opened the original's sealed state")
+        raise SealingError("demo: a modified counter opened the original's sealed state")
     console.print(f"  [red]✘[/] another module given the sealed file: refused (exit {code})")
 
 
@@ -178,7 +178,7 @@ def _must_fail(what: str, attack: Any) -> None:
     except EvidenceError as err:
         _refused(what, err)
         return
-    raise Error(f"demo: the attack '{what}' was not refused")
+    raise SecureWorldError(f"demo: the attack '{what}' was not refused")
 
 
 def _run(
@@ -192,7 +192,7 @@ def _run(
         session.load(module, name="counter")
         result = session.run([])
     if check and result.exit_code != 0:
-        raise Error(f"demo: counter failed: {result.stderr.decode().strip()}")
+        raise ModuleError(f"demo: counter failed: {result.stderr.decode().strip()}")
     text = (result.stdout or result.stderr).decode().strip().splitlines()
     return (text[0] if text else "(no output)"), result.exit_code
 

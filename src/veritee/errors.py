@@ -10,7 +10,8 @@ from __future__ import annotations
 class Error(Exception):
     """Base of every error Veritee raises on purpose."""
 
-    #: Process exit code used by the CLI for this family of errors.
+    #: Process exit code used by the CLI for this family of errors. Every class raised has
+    #: one of :data:`EXIT_CODES` (tests/test_cli_contract.py walks them); 1 is no family.
     exit_code = 1
 
 
@@ -66,3 +67,21 @@ class BuildError(Error):
 
 class ToolchainMissing(BuildError):
     """No compiler for the source's language, or none with the wasm32-wasi target installed."""
+
+
+#: The README's table of exit codes, which ``veritee --help`` shows. Every error class maps
+#: to one of these through its ``exit_code``; a script can tell what failed by the code alone.
+EXIT_CODES = {
+    0: "success (run: the module's own exit code)",
+    2: "usage: a bad flag, argument or input file",
+    3: "device: missing, half provisioned or unreadable",
+    4: "secure world: not running, refused or failed",
+    5: "module: malformed, trapped, or over a limit",
+    6: "sealing: sealed data does not open",
+    7: "evidence: malformed or does not appraise",
+    8: "build: compiling a module failed",
+    9: "verifier: unreachable or refused (also the secret service)",
+    10: "deployment: the app could not be deployed or changed",
+    11: "node agent: down, unreachable or refused",
+    12: "event dropped: the secure world refused it (replayed, altered, misrouted)",
+}

@@ -23,6 +23,7 @@ from veritee.app import state as state_mod
 from veritee.app.client import NodeClient
 from veritee.app.cluster import LocalCluster, descriptor_for
 from veritee.app.deployer import Deployer, Step
+from veritee.app.errors import AppError
 from veritee.app.status import collect
 from veritee.app.user import UserTool
 from veritee.errors import Error
@@ -185,13 +186,13 @@ def _story(
         send("trigger-btn", b"press")
     _ok(f"{presses} presses: user → button_driver → controller → led_driver, db")
     if not _until(lambda: count_over_http() == presses):
-        raise Error(f"the count did not reach {presses}")
+        raise AppError(f"the count did not reach {presses}")
     elapsed = time.perf_counter() - t0
     _ok(f"GET {page} → [bold]{count_over_http()}[/] ({elapsed * 1000:.0f} ms for all presses)")
     led = ask("led-state")
     expected = "on" if presses % 2 else "off"
     if led != expected:
-        raise Error(f"the LED is {led}, expected {expected} after {presses} presses")
+        raise AppError(f"the LED is {led}, expected {expected} after {presses} presses")
     _ok(f"the LED is [bold]{led}[/]: {presses} toggles from off")
 
     _step(5, "Attacks by an untrusted host")
@@ -220,17 +221,17 @@ def _story(
             f"db's secure world: {why} (db has no such connection)",
         )
     if count_over_http() != presses:
-        raise Error("an attack changed the count")
+        raise AppError("an attack changed the count")
     _ok(f"the count is still {presses}")
 
     try:
         changes.update(Deployer(state, progress=_progress), "controller", evil)
-        raise Error("the tampered controller was accepted")
+        raise AppError("the tampered controller was accepted")
     except Error as exc:
         _refused("swap in the tampered controller (veritee update)", str(exc))
     send("trigger-btn", b"press")
     if not _until(lambda: count_over_http() == presses + 1):
-        raise Error("the genuine controller stopped counting")
+        raise AppError("the genuine controller stopped counting")
     _ok(f"the genuine controller runs on: one more press, count {presses + 1}")
 
     _step(6, "What the node agents counted")
@@ -255,7 +256,7 @@ def _last_record(path: Path) -> bytes:
         last = data[i + 12 : i + 12 + size]
         i += 12 + size
     if not last:
-        raise Error(f"{path} holds no event to replay")
+        raise AppError(f"{path} holds no event to replay")
     return last
 
 

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 from veritee.app.agent import NodeAgent
-from veritee.app.errors import AppError
+from veritee.app.errors import NodeError
 from veritee.app.transport import POLL, TcpTransport
 from veritee.home import DEFAULT_VTEE, Home
 
@@ -95,6 +95,6 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise AppError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise NodeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(1024)
     return sock

@@ -1,8 +1,7 @@
 """The ``veritee`` command. Light at start-up: heavy libraries are imported inside commands.
 
-Exit codes: 0 success (``run``: the module's own exit code), 1 general error, 2 usage,
-3 device, 4 secure world, 5 module, 6 sealing, 7 evidence/appraisal, 8 build,
-9 verifier unreachable or refused.
+Exit codes: the README's table, :data:`veritee.errors.EXIT_CODES`, which ``veritee --help``
+shows; an error's class names its code (``exit_code``), :class:`_Group` turns it into one line.
 """
 
 from __future__ import annotations
@@ -10,18 +9,26 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from veritee.errors import Error, UsageError
+from veritee.errors import EXIT_CODES, Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from veritee.tee.supplicant import HttpRelay
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# Rich's width when its stream is not a terminal (it would wrap at 80 columns there): a
+# pipe or a file gets every row and measurement on one line, for grep and for scripts.
+# $COLUMNS, when set, still wins.
+PIPE_WIDTH = 1000
 
 
 def _home(ctx: click.Context) -> Home:
@@ -29,8 +36,72 @@ def _home(ctx: click.Context) -> Home:
     return home
 
 
-def _fail(err: Error) -> NoReturn:
+def console(*, stderr: bool = False, **options: Any) -> Console:
+    """A Rich console for a command's output: the terminal's width on a terminal, no
+    wrapping in a pipe (see :data:`PIPE_WIDTH`)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream is not None and stream.isatty()
+    width = None if tty or os.environ.get("COLUMNS") else PIPE_WIDTH
+    return Console(stderr=stderr, width=width, **options)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# ctx.meta key (shared by a command's whole context chain): the command was given --json,
+# so a failure is a JSON result on stdout too, beside the one line on stderr.
+JSON_META = "veritee.json"
+
+
+def _mark_json(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    if value:
+        ctx.meta[JSON_META] = True
+    return value
+
+
+def json_option(
+    help: str = "Print the result as JSON (on failure too).",
+) -> Callable[[_F], _F]:
+    """The ``--json`` flag: the command prints its result as JSON, and a failure as
+    ``{"ok": false, "error", "error_type", "exit_code"}``."""
+    return click.option("--json", "as_json", is_flag=True, help=help, callback=_mark_json)
+
+
+def json_done(ctx: click.Context | None = None) -> None:
+    """The command already printed its JSON result (a report of what is wrong, then an
+    error for the exit code): a failure adds no second JSON document."""
+    (ctx or click.get_current_context()).meta[JSON_META] = False
+
+
+def echo_json(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _mark_json_options(cmd: click.Command) -> None:
+    """Every command's ``--json`` flag (named ``as_json``) marks the context, wherever it
+    was declared, so that every such command also reports a failure as JSON."""
+    for param in cmd.params:
+        if param.name == "as_json" and param.callback is None:
+            param.callback = _mark_json
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _mark_json_options(sub)
+
+
+def _fail(err: Error, ctx: click.Context | None = None) -> NoReturn:
     click.echo(f"veritee: error: {err}", err=True)
+    if ctx is not None and ctx.meta.get(JSON_META):
+        echo_json(
+            {
+                "ok": False,
+                "error": str(err),
+                "error_type": type(err).__name__,
+                "exit_code": err.exit_code,
+            }
+        )
     sys.exit(err.exit_code)
 
 
@@ -64,19 +135,32 @@ class _Group(click.Group):
         if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
             module = importlib.import_module(f"veritee.cli.{LAZY_COMMANDS[cmd_name]}")
             module.register(self)
-        return super().get_command(ctx, cmd_name)
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _mark_json_options(cmd)
+        return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except Error as err:
-            _fail(err)
+            _fail(err, ctx)
+        except OSError as err:
+            # A file the caller named could not be read or written (a missing directory, no
+            # permission) where no command checked it first: one line, never a traceback.
+            where = f"{err.filename}: " if err.filename else ""
+            _fail(UsageError(f"{where}{err.strerror or err}"), ctx)
         except KeyboardInterrupt:
             click.echo("veritee: interrupted", err=True)
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings=CONTEXT)
+def _exit_code_table() -> str:
+    rows = "\n".join(f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES.items())
+    return f"\b\nExit codes:\n{rows}"
+
+
+@click.group(cls=_Group, context_settings=CONTEXT, epilog=_exit_code_table())
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -110,8 +194,14 @@ def cli(ctx: click.Context, home: Path | None) -> None:
 @click.option(
     "-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="Define a macro (Rust: a cfg)."
 )
+@json_option('Print {"output", "bytes", "measurement"} as JSON.')
 def build(
-    source: Path, output: Path, opt: str, includes: tuple[Path, ...], defines: tuple[str, ...]
+    source: Path,
+    output: Path,
+    opt: str,
+    includes: tuple[Path, ...],
+    defines: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Compile a C source (clang), a Rust source or cargo project (rustc, cargo) for
     wasm32-wasi, or WAT text, into a Wasm module.
@@ -120,21 +210,41 @@ def build(
     Example:  veritee build examples/hello/hello.c -o hello.wasm
               veritee build examples/rust/smart-home/db.rs -o db.wasm
               veritee build examples/rust/counter -o counter.wasm   # a cargo project
+              veritee build examples/hello/hello.c -o hello.wasm --json
     """
     from veritee.wasm import build as wasm_build
 
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: directory {output.parent} does not exist")
     size = wasm_build.build(source, output, opt=opt, includes=list(includes), defines=list(defines))
+    if as_json:
+        from veritee.wasm.runtime import measure as measure_bytes
+
+        digest = measure_bytes(output.read_bytes()).hex()
+        echo_json({"ok": True, "output": str(output), "bytes": size, "measurement": digest})
+        return
     click.echo(f"built {output} ({size} bytes)", err=True)
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def measure(module: Path) -> None:
-    """Print a module's measurement (SHA-256 of its binary; WAT is converted first)."""
+@json_option('Print {"module", "measurement"} as JSON.')
+def measure(module: Path, as_json: bool) -> None:
+    """Print a module's measurement (SHA-256 of its binary; WAT is converted first).
+
+    \b
+    Examples:
+      veritee measure hello.wasm
+      veritee measure hello.wasm --json
+    """
     from veritee.wasm.runtime import measure as measure_bytes
     from veritee.wasm.runtime import to_binary
 
-    click.echo(measure_bytes(to_binary(module.read_bytes())).hex())
+    digest = measure_bytes(to_binary(module.read_bytes())).hex()
+    if as_json:
+        echo_json({"ok": True, "module": str(module), "measurement": digest})
+        return
+    click.echo(digest)
 
 
 def _parse_dirs(dirs: tuple[str, ...]) -> list[tuple[str, str, bool]]:
@@ -264,6 +374,7 @@ def run(
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True)
 @click.option("--max-memory", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=300.0)
+@json_option('Print {"output", "bytes", "measurement", "nonce"} as JSON.')
 @click.pass_context
 def attest(
     ctx: click.Context,
@@ -274,11 +385,14 @@ def attest(
     vtee: str,
     max_memory: int,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """Load a module into the secure world and write evidence for it over a nonce.
 
     \b
-    Example:  veritee attest hello.wasm --nonce $(openssl rand -hex 32) -o ev.cbor
+    Examples:
+      veritee attest hello.wasm --nonce $(openssl rand -hex 32) -o ev.cbor
+      veritee attest hello.wasm --nonce $N -o ev.cbor --json
     """
     from veritee.tee import client as teec
     from veritee.tee.ta import WasmSession
@@ -291,6 +405,17 @@ def attest(
         )
         evidence = session.attest(challenge, _hex_arg("--host-data", host_data))
     output.write_bytes(evidence)
+    if as_json:
+        echo_json(
+            {
+                "ok": True,
+                "output": str(output),
+                "bytes": len(evidence),
+                "measurement": info["measurement"].hex(),
+                "nonce": challenge.hex(),
+            }
+        )
+        return
     click.echo(f"measurement {info['measurement'].hex()}", err=True)
     click.echo(f"nonce       {challenge.hex()}", err=True)
     click.echo(f"wrote {output} ({len(evidence)} bytes)", err=True)

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 import click
 
-from veritee.errors import UsageError
+from veritee.cli import echo_json, json_done, json_option
+from veritee.errors import Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -209,9 +210,9 @@ class _Progress:
     ICONS: ClassVar[dict[str, str]] = {"done": "[green]✔[/]", "failed": "[red]✘[/]"}
 
     def __init__(self, quiet: bool) -> None:
-        from rich.console import Console
+        from veritee.cli import console
 
-        self.console = Console(stderr=True, highlight=False, quiet=quiet)
+        self.console = console(stderr=True, highlight=False, quiet=quiet)
         self.lock = threading.Lock()
 
     def __call__(self, step: Any) -> None:
@@ -392,17 +393,43 @@ def status(state_path: Path | None, reattest: bool, as_json: bool) -> None:
     except StateError:
         key = None
     report = collect(dep, key)
+    problem = _status_problem(report)
+    report["ok"] = problem is None
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
-        return
-    _render(report)
+        json_done()  # the report is the result, its "ok" says whether all is well
+    else:
+        _render(report)
+    if problem is not None:
+        # What was shown is the state; the exit code says it is not healthy (README's table).
+        raise problem
+
+
+def _status_problem(report: dict[str, Any]) -> Error | None:
+    """The first reason a deployment is not healthy: a node down (11) before a module lost,
+    refused or not running (10); None when every node answers and every module runs."""
+    from veritee.app.errors import AppError, NodeError
+
+    down = [n["name"] for n in report["nodes"] if not n["up"]]
+    if down:
+        return NodeError(f"node agent(s) down: {', '.join(down)}")
+    lost = [
+        f"{m['name']} ({m['status'] if m['status'] != 'connected' else 'not running'})"
+        for m in report["modules"]
+        if m["status"] in ("lost", "refused")
+        or (m["status"] == "connected" and m["running"] is False)
+    ]
+    if lost:
+        return AppError(f"module(s) not serving: {', '.join(lost)}")
+    return None
 
 
 def _render(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    from veritee.cli import console as make_console
+
+    console = make_console(highlight=False)
     console.print(f"[bold]{report['app']}[/]  attested via {report['verifier']}")
     nodes = Table(title="nodes", title_justify="left", show_edge=False)
     for col in ("node", "agent", "up", "kept for peers", "agent drops"):
@@ -478,6 +505,7 @@ def _echo_answer(answer: bytes) -> None:
 @click.argument("arg", required=False)
 @_payload_options
 @_state_option
+@json_option('Print {"ok", "routed", "log"} as JSON (on a drop: the error, exit 12).')
 def call(
     module: str,
     entry: str,
@@ -485,11 +513,14 @@ def call(
     hex_arg: bool,
     file: Path | None,
     state_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Call an entry point of a module, authenticated as the deployment's user.
 
     \b
-    Example:  veritee call button_driver press
+    Examples:
+      veritee call button_driver entry          # tz-to-tz.json's button
+      veritee call button_driver entry ff --hex --json
     """
     from veritee.app import state as state_mod
 
@@ -502,10 +533,18 @@ def call(
             answer = tool.send(conn, _payload(arg, hex_arg, file))
         finally:
             state_mod.save(path, dep)
-    _print_log(answer)
+    _print_log(answer, as_json)
 
 
-def _print_log(answer: dict[str, Any]) -> None:
+def _print_log(answer: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        log = answer.get("log")
+        echo_json({"ok": True, "routed": answer.get("routed"), "log": log or ""})
+        return
+    _echo_log(answer)
+
+
+def _echo_log(answer: dict[str, Any]) -> None:
     log = answer.get("log")
     if isinstance(log, str) and log:
         click.echo(log.rstrip("\n"), err=True)
@@ -518,8 +557,14 @@ def _print_log(answer: dict[str, Any]) -> None:
 @click.argument("arg", required=False)
 @_payload_options
 @_state_option
+@json_option('Print {"ok", "routed", "log"} as JSON (on a drop: the error, exit 12).')
 def output(
-    connection: str, arg: str | None, hex_arg: bool, file: Path | None, state_path: Path | None
+    connection: str,
+    arg: str | None,
+    hex_arg: bool,
+    file: Path | None,
+    state_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Send an event on a direct connection (the user's tool is its sending end).
 
@@ -527,10 +572,12 @@ def output(
     secure world dropped the event.
 
     \b
-    Example:  veritee output trigger-btn press
+    Examples:
+      veritee output trigger-btn press
+      veritee output trigger-btn press --json
     """
     answer = _on_connection(state_path, connection, _payload(arg, hex_arg, file), request=False)
-    _print_log(answer)
+    _print_log(answer, as_json)
 
 
 @click.command(context_settings=CONTEXT)
@@ -538,15 +585,30 @@ def output(
 @click.argument("arg", required=False)
 @_payload_options
 @_state_option
+@json_option('Print {"ok", "answer", "answer_hex"} as JSON (answer: null unless UTF-8).')
 def request(
-    connection: str, arg: str | None, hex_arg: bool, file: Path | None, state_path: Path | None
+    connection: str,
+    arg: str | None,
+    hex_arg: bool,
+    file: Path | None,
+    state_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Send a request on a direct connection to a handler; print its (checked) answer.
 
     \b
-    Example:  veritee request get-presses
+    Examples:
+      veritee request get-presses
+      veritee request get-presses --json
     """
     answer = _on_connection(state_path, connection, _payload(arg, hex_arg, file), request=True)
+    if as_json:
+        try:
+            text: str | None = answer.decode()
+        except UnicodeDecodeError:
+            text = None
+        echo_json({"ok": True, "answer": text, "answer_hex": answer.hex()})
+        return
     _echo_answer(answer)
 
 
@@ -580,7 +642,10 @@ def _on_connection(
     help="Let the new build open the old one's sealed state (you sign for it).",
 )
 @_state_option
-def update(module: str, binary: Path, keep_state: bool, state_path: Path | None) -> None:
+@json_option('Print {"ok", "module", "status", "measurement", "seconds"} as JSON.')
+def update(
+    module: str, binary: Path, keep_state: bool, state_path: Path | None, as_json: bool
+) -> None:
     """Replace a module with a new binary: load it beside the old, attest, reconnect, swap.
 
     If the new binary is not acceptable it is discarded and the old one keeps
@@ -590,18 +655,32 @@ def update(module: str, binary: Path, keep_state: bool, state_path: Path | None)
     old build's sealed state and private files.
 
     \b
-    Example:  veritee update db db-v2.wasm --keep-state
+    Examples:
+      veritee update db db-v2.wasm --keep-state
+      veritee update db db-v2.wasm --json
     """
     from veritee.app import changes
     from veritee.app import state as state_mod
     from veritee.app.deployer import Deployer
 
     path = _state(state_path)
-    view = _Progress(quiet=False)
+    view = _Progress(quiet=as_json)
     with state_mod.locked(path):
         dep, result = changes.update(
             Deployer(path, progress=view), module, binary, keep_state=keep_state
         )
+    if as_json:
+        echo_json(
+            {
+                "ok": True,
+                "module": module,
+                "status": result.status,
+                "measurement": result.measurement.hex(),
+                "keep_state": keep_state,
+                "seconds": round(dep.timings.get("update", 0), 3),
+            }
+        )
+        return
     view.console.print(
         f"[green]{module} updated[/] ({result.status}, {result.measurement.hex()[:16]}…) in "
         f"{dep.timings.get('update', 0):.2f} s"
@@ -611,34 +690,43 @@ def update(module: str, binary: Path, keep_state: bool, state_path: Path | None)
 @click.command(context_settings=CONTEXT)
 @click.argument("fragment", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_state_option
-def add(fragment: Path, state_path: Path | None) -> None:
+@json_option("Print the deployment state as JSON (as deploy --json does).")
+def add(fragment: Path, state_path: Path | None, as_json: bool) -> None:
     """Add modules and connections to a running deployment.
 
     FRAGMENT is a descriptor whose modules are new; its connections may name
     modules already deployed, and its nodes may be new or existing.
 
     \b
-    Example:  veritee add thermostat.yaml
+    Examples:
+      veritee add thermostat.yaml
+      veritee add thermostat.yaml --json
     """
     from veritee.app import changes
     from veritee.app import state as state_mod
     from veritee.app.deployer import Deployer
 
     path = _state(state_path)
-    view = _Progress(quiet=False)
+    view = _Progress(quiet=as_json)
     with state_mod.locked(path):
         dep = changes.add(Deployer(path, progress=view), fragment)
+    if as_json:
+        echo_json(dep.to_json())
+        return
     _summary(view.console, dep)
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("module")
 @_state_option
-def disable(module: str, state_path: Path | None) -> None:
+@json_option('Print {"ok", "module", "connections_ended"} as JSON.')
+def disable(module: str, state_path: Path | None, as_json: bool) -> None:
     """Unload a module; its connections end and events on them are dropped.
 
     \b
-    Example:  veritee disable webserver
+    Examples:
+      veritee disable webserver
+      veritee disable webserver --json
     """
     from veritee.app import changes
     from veritee.app import state as state_mod
@@ -648,4 +736,7 @@ def disable(module: str, state_path: Path | None) -> None:
     with state_mod.locked(path):
         dep = changes.disable(Deployer(path), module)
     retired = [c.name for c in dep.connections.values() if c.status == "retired" and not c.implicit]
+    if as_json:
+        echo_json({"ok": True, "module": module, "connections_ended": retired})
+        return
     click.echo(f"disabled {module}; connections ended: {', '.join(retired) or 'none'}")

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from veritee.errors import Error
+from veritee.cli import echo_json, json_option
+from veritee.errors import SecureWorldError
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.tee.backends import BACKENDS
 
@@ -49,19 +50,36 @@ def device() -> None:
     default=None,
     help="The TPM to use (tpm backend): /dev/tpmrm0, or a TCTI such as swtpm:port=2321.",
 )
+@json_option('Print {"ueid", "home", "backend", "certificate", "ca", "trust_anchor", ...} as JSON.')
 @click.pass_obj
 def device_init(
-    home: Home, ca_dir: Path | None, force: bool, backend: str, tpm: str | None
+    home: Home, ca_dir: Path | None, force: bool, backend: str, tpm: str | None, as_json: bool
 ) -> None:
     """Provision a device: manufacturer CA, HUK, attestation key and certificate.
 
     \b
-    Example:  veritee --home /tmp/dev1 device init
+    Examples:
+      veritee --home /tmp/dev1 device init
+      veritee --home /tmp/dev2 device init --json
     """
     from veritee.tee import backends
 
     options = {} if tpm is None else {"tpm": tpm}
     info = backends.provision(home, backend=backend, options=options, ca_dir=ca_dir, force=force)
+    if as_json:
+        echo_json(
+            {
+                "ok": True,
+                "ueid": info.ueid.hex(),
+                "home": str(home.root),
+                "backend": backend,
+                "certificate": info.certificate.subject.rfc4514_string(),
+                "ca": info.ca.subject.rfc4514_string(),
+                "trust_anchor": str(home.manufacturer / "ca.pem"),
+                "reference_values": str(home.manufacturer / "reference-values.json"),
+            }
+        )
+        return
     click.echo(f"provisioned device {info.ueid.hex()} in {home.root} (backend {backend})")
     click.echo(f"  certificate: {info.certificate.subject.rfc4514_string()}")
     click.echo(f"  issued by:   {info.ca.subject.rfc4514_string()}")
@@ -70,12 +88,24 @@ def device_init(
 
 
 @device.command("sign-boot")
+@json_option('Print {"signed": [{"component", "measurement"}]} as JSON.')
 @click.pass_obj
-def device_sign_boot(home: Home) -> None:
-    """Have the vendor sign the secure world as installed now (after an upgrade)."""
+def device_sign_boot(home: Home, as_json: bool) -> None:
+    """Have the vendor sign the secure world as installed now (after an upgrade).
+
+    \b
+    Examples:
+      veritee device sign-boot
+      veritee device sign-boot --json
+    """
     from veritee.tee import device as dev
 
-    for stage in dev.sign_boot_image(home):
+    stages = dev.sign_boot_image(home)
+    if as_json:
+        signed = [{"component": s.component, "measurement": s.measurement.hex()} for s in stages]
+        echo_json({"ok": True, "signed": signed})
+        return
+    for stage in stages:
         click.echo(f"signed {stage.component:14} {stage.measurement.hex()}")
 
 
@@ -83,7 +113,13 @@ def device_sign_boot(home: Home) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
 def device_show(home: Home, as_json: bool) -> None:
-    """Print the device identity and its certificate chain."""
+    """Print the device identity and its certificate chain.
+
+    \b
+    Examples:
+      veritee device show
+      veritee device show --json
+    """
     from cryptography.hazmat.primitives import serialization
 
     from veritee.tee import device as dev
@@ -156,7 +192,11 @@ def tee_start(home: Home, foreground: bool) -> None:
 @tee.command("stop")
 @click.pass_obj
 def tee_stop(home: Home) -> None:
-    """Stop the secure world and every vTEE it runs."""
+    """Stop the secure world and every vTEE it runs.
+
+    \b
+    Example:  veritee tee stop
+    """
     from veritee.tee import monitor
 
     monitor.control(home, {"op": "stop"})
@@ -164,7 +204,7 @@ def tee_stop(home: Home) -> None:
     while home.monitor_socket.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     if home.monitor_socket.exists():
-        raise Error(f"the secure world did not stop within {STOP_TIMEOUT:g} s")
+        raise SecureWorldError(f"the secure world did not stop within {STOP_TIMEOUT:g} s")
     click.echo("secure world stopped")
 
 
@@ -173,21 +213,39 @@ def tee_stop(home: Home) -> None:
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True)
 @click.pass_obj
 def tee_status(home: Home, as_json: bool, vtee: str) -> None:
-    """Show boot measurements, vTEEs and loaded modules."""
+    """Show boot measurements, vTEEs and loaded modules.
+
+    \b
+    Examples:
+      veritee tee status
+      veritee tee status --vtee tenant-a --json
+    """
+    from veritee.evidence.claims import BootEntry
     from veritee.tee import client as teec
     from veritee.tee import monitor
     from veritee.tee.ta import status
 
     mon = monitor.control(home, {"op": "status"})["status"]
+    # The boot log travels as the evidence's CBOR (integer keys): named here for people.
+    mon["boot_log"] = [
+        {
+            "component": e.component,
+            "version": e.version,
+            "measurement": e.measurement.hex(),
+            "signer": e.signer.hex(),
+        }
+        for e in map(BootEntry.from_cbor, mon["boot_log"])
+    ]
     with teec.Context(home=home, vtee=vtee) as ctx:
         world = status(ctx)
     if as_json:
         click.echo(json.dumps({"monitor": mon, "vtee": world}, indent=2, default=_jsonable))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from veritee.cli import console as make_console
+
+    console = make_console()
     console.print(
         f"[bold]device[/] {mon['ueid'].hex()}  backend [bold]{mon['backend']['name']}[/]  "
         f"lifecycle [bold]{mon['lifecycle']}[/]  "
@@ -197,7 +255,7 @@ def tee_status(home: Home, as_json: bool, vtee: str) -> None:
     for col in ("component", "version", "measurement", "signed"):
         boot.add_column(col)
     for e in mon["boot_log"]:
-        boot.add_row(e[1], e[4], e[2].hex(), "yes" if e[3] else "no")
+        boot.add_row(e["component"], e["version"], e["measurement"], "yes" if e["signer"] else "no")
     console.print(boot)
     console.print(f"boot register (extended): {mon['pcr'].hex()}")
     vt = Table(title="virtual TEEs", title_justify="left")

@@ -106,12 +106,22 @@ def evidence_appraise(
         challenge = bytes.fromhex(nonce)
     except ValueError:
         raise UsageError("--nonce must be hex") from None
+    default_ca = home.manufacturer / "ca.pem"
+    if ca is None and not default_ca.is_file():
+        # A relying party's machine has no device: its trust anchor must be named.
+        raise UsageError(
+            f"no device at {home.root} to take the manufacturer CA from: "
+            "pass --ca CA.pem (and --refs or --module for what to endorse)"
+        )
     # A CA file is capped at emulated: whoever holds its key can re-mint it with any mark.
-    anchors = TrustAnchors.from_pem(
-        (ca or home.manufacturer / "ca.pem").read_bytes(), max_lifecycle=max_lifecycle
-    )
+    try:
+        pem = (ca or default_ca).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--ca {ca or default_ca}: {exc.strerror}") from None
+    anchors = TrustAnchors.from_pem(pem, max_lifecycle=max_lifecycle)
     refs = ReferenceValues()
-    for f in refs_files or (home.manufacturer / "reference-values.json",):
+    default_refs = home.manufacturer / "reference-values.json"
+    for f in refs_files or ((default_refs,) if default_refs.is_file() else ()):
         try:
             refs = refs.merge(ReferenceValues.from_json(json.loads(f.read_text())))
         except (OSError, json.JSONDecodeError) as exc:

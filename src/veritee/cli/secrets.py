@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from veritee.errors import Error, UsageError
+from veritee.errors import UsageError
 from veritee.home import Home
+from veritee.verifier.errors import VerifierRefused, VerifierUnreachable
 
 # How long `secrets key --url` waits for the service.
 KEY_FETCH_TIMEOUT = 10.0
@@ -137,7 +138,7 @@ def _fetch_key(url: str) -> str:
     except httpx.InvalidURL:
         raise UsageError(f"--url {url}: not a URL") from None
     except httpx.HTTPError as exc:
-        raise Error(f"cannot reach the secret service at {target}: {exc}") from None
+        raise VerifierUnreachable(f"cannot reach the secret service at {target}: {exc}") from None
     try:
         body = response.json()
         public = body["public_key"]
@@ -145,8 +146,9 @@ def _fetch_key(url: str) -> str:
             raise ValueError
         keys.parse_public_key(public)
     except (ValueError, KeyError, TypeError):
-        raise Error(
-            f"{target} answered {response.status_code} without a valid ES256 public key"
+        raise VerifierRefused(
+            f"{target} answered {response.status_code} without a valid ES256 public key",
+            status=response.status_code,
         ) from None
     return str(public)
 

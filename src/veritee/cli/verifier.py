@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from veritee.cli import JSON_META
 from veritee.errors import UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
@@ -628,3 +629,25 @@ def _with_scheme(value: Any, scheme: str) -> Any:
     if isinstance(value, dict):
         return {**value, "scheme": scheme}
     return value
+
+
+def _provision_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.find_root().meta.setdefault("verifier", {})["json"] = True
+        ctx.meta[JSON_META] = True
+    return value
+
+
+# `--json` is taken after a provisioning subcommand too ('provision show --sessions 10
+# --json'), not only before it: where the examples, and people, put it.
+for _sub in provision.commands.values():
+    if not any(p.name == "as_json" for p in _sub.params):
+        _sub.params.append(
+            click.Option(
+                ["--json", "as_json"],
+                is_flag=True,
+                expose_value=False,
+                callback=_provision_json,
+                help="Print the answer as JSON (as 'provision --json' does).",
+            )
+        )

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from veritee.cli import echo_json, json_option
 from veritee.home import Home
 
 
@@ -35,6 +36,7 @@ def vtee() -> None:
 @click.option("--max-modules", type=int, help="Modules loaded at once [64].")
 @click.option("--workers", type=int, help="Warm worker processes kept ready [2].")
 @click.option("--start", is_flag=True, help="Start it right away.")
+@json_option('Print {"name", "id", "pid"} as JSON (pid: null unless --start).')
 @click.pass_obj
 def vtee_create(
     home: Home,
@@ -43,25 +45,36 @@ def vtee_create(
     max_modules: int | None,
     workers: int | None,
     start: bool,
+    as_json: bool,
 ) -> None:
     """Create a vTEE: a fresh id and keys derived for it by the monitor.
 
     \b
-    Example:  veritee vtee create tenant-a --memory 512 --max-modules 8 --start
+    Examples:
+      veritee vtee create tenant-a --memory 512 --max-modules 8 --start
+      veritee vtee create tenant-b --json
     """
     config = {"memory_mb": memory_mb, "max_modules": max_modules, "workers": workers}
     reply = _ask(home, {"op": "vtee-create", "name": name, "config": config})
-    click.echo(f"created vTEE {name} (id {reply['id'].hex()})")
-    if start:
-        reply = _ask(home, {"op": "vtee-start", "name": name})
-        click.echo(f"started vTEE {name} (pid {reply['pid']}); run modules with --vtee {name}")
+    vtee_id = reply["id"].hex()
+    if not as_json:
+        click.echo(f"created vTEE {name} (id {vtee_id})")
+    pid = _ask(home, {"op": "vtee-start", "name": name})["pid"] if start else None
+    if as_json:
+        echo_json({"ok": True, "name": name, "id": vtee_id, "pid": pid})
+    elif start:
+        click.echo(f"started vTEE {name} (pid {pid}); run modules with --vtee {name}")
 
 
 @vtee.command("start")
 @click.argument("name")
 @click.pass_obj
 def vtee_start(home: Home, name: str) -> None:
-    """Start a vTEE (it then comes back whenever the secure world boots)."""
+    """Start a vTEE (it then comes back whenever the secure world boots).
+
+    \b
+    Example:  veritee vtee start tenant-a
+    """
     reply = _ask(home, {"op": "vtee-start", "name": name})
     click.echo(f"started vTEE {name} (pid {reply['pid']})")
 
@@ -70,7 +83,11 @@ def vtee_start(home: Home, name: str) -> None:
 @click.argument("name")
 @click.pass_obj
 def vtee_stop(home: Home, name: str) -> None:
-    """Stop a vTEE; its identity, storage and keys stay."""
+    """Stop a vTEE; its identity, storage and keys stay.
+
+    \b
+    Example:  veritee vtee stop tenant-a
+    """
     _ask(home, {"op": "vtee-stop", "name": name})
     click.echo(f"stopped vTEE {name}")
 
@@ -80,7 +97,11 @@ def vtee_stop(home: Home, name: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def vtee_destroy(home: Home, name: str, yes: bool) -> None:
-    """Destroy a vTEE: its keys, sealed data and modules' storage are gone for good."""
+    """Destroy a vTEE: its keys, sealed data and modules' storage are gone for good.
+
+    \b
+    Example:  veritee vtee destroy tenant-a --yes
+    """
     if not yes:
         click.confirm(f"Destroy vTEE {name} and everything sealed in it?", abort=True)
     reply = _ask(home, {"op": "vtee-destroy", "name": name})
@@ -91,7 +112,13 @@ def vtee_destroy(home: Home, name: str, yes: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
 def vtee_list(home: Home, as_json: bool) -> None:
-    """List the vTEEs of this device."""
+    """List the vTEEs of this device.
+
+    \b
+    Examples:
+      veritee vtee list
+      veritee vtee list --json
+    """
     entries = _ask(home, {"op": "vtee-list"})["vtees"]
     if as_json:
         for e in entries:

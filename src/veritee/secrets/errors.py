@@ -60,6 +60,8 @@ class PolicyFailed(EvidenceError):
 class RequestRefused(Error):
     """A release or challenge request the service refuses before or around the decision."""
 
+    exit_code = 9  # the README's table: the secret service is on the verifier's row
+
 
 class BadRequest(RequestRefused):
     """The request body is not the protocol's JSON (missing or mistyped field, bad hex)."""

@@ -41,6 +41,8 @@ MAX_COUNTER = 2**64 - 1
 class EventRejected(Error):
     """An event was dropped; ``reason`` is one of replay, altered, misrouted, malformed."""
 
+    exit_code = 12
+
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason

@@ -31,7 +31,15 @@ from typing import Any
 import cbor2
 from cryptography.hazmat.primitives import serialization
 
-from veritee.errors import BootError, DeviceError, Error, EvidenceError, UsageError
+from veritee.errors import (
+    EXIT_CODES,
+    BootError,
+    DeviceError,
+    Error,
+    EvidenceError,
+    SecureWorldError,
+    UsageError,
+)
 from veritee.evidence import certs, cose
 from veritee.evidence.claims import (
     LIFECYCLES,
@@ -194,7 +202,7 @@ class Monitor:
         line = _read_line(proc.stdout, VTEE_START_TIMEOUT)
         if line.strip() != b"ready":
             proc.kill()
-            raise Error(f"vTEE {name!r} failed to start (see {self.home.log_file})")
+            raise SecureWorldError(f"vTEE {name!r} failed to start (see {self.home.log_file})")
         vp = VteeProcess(name, record.vtee_id, digest, proc, time.time())
         with self.lock:
             self.vtees[name] = vp
@@ -368,16 +376,18 @@ def control(home: Home, request: dict[str, Any], timeout: float = 30.0) -> dict[
         protocol.send(sock, request)
         reply = protocol.recv(sock)
     except (FileNotFoundError, ConnectionRefusedError):
-        raise Error(
+        raise SecureWorldError(
             f"no secure world is running for {home.root}: run 'veritee tee start'"
         ) from None
     except (OSError, protocol.ProtocolError) as exc:
-        raise Error(f"the device monitor did not answer: {exc}") from None
+        raise SecureWorldError(f"the device monitor did not answer: {exc}") from None
     finally:
         sock.close()
     if not reply.get("ok"):
-        err = Error(str(reply.get("error", "the device monitor refused the request")))
-        err.exit_code = int(reply.get("exit_code", 1))
+        err = SecureWorldError(str(reply.get("error", "the device monitor refused the request")))
+        code = reply.get("exit_code")
+        # A code off the README's table (or none) is the secure world's refusal: 4.
+        err.exit_code = code if code in EXIT_CODES and code else SecureWorldError.exit_code
         raise err
     return reply
 
@@ -465,7 +475,9 @@ def start_daemon(home: Home) -> int:
         line = _read_line(r, READY_TIMEOUT)
     if not line:
         proc.kill()
-        raise Error(f"the secure world did not come up in {READY_TIMEOUT:g} s; see {home.log_file}")
+        raise SecureWorldError(
+            f"the secure world did not come up in {READY_TIMEOUT:g} s; see {home.log_file}"
+        )
     reply = json.loads(line)
     if not reply.get("ok"):
         proc.wait(10)

@@ -65,6 +65,10 @@ class AttestationRejected(EvidenceError):
 class ChannelError(Error):
     """The attested channel could not be set up or broke down."""
 
+    # The peer is a module in a secure world that did not serve (README's table); evidence
+    # that does not pass is an EvidenceError (7) instead.
+    exit_code = 4
+
 
 class Unreachable(ChannelError):
     """No TCP connection to the peer, or it went silent past a time limit."""

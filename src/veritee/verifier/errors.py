@@ -15,6 +15,7 @@ from veritee.evidence.errors import UntrustedDevice
 class VerifierError(Error):
     """A request the verification service refuses; ``http_status`` is its HTTP answer."""
 
+    exit_code = 9
     http_status = 400
 
 

@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from veritee.errors import Error, EvidenceError
+from veritee.errors import Error, EvidenceError, UsageError
 from veritee.evidence.errors import MalformedToken
 from veritee.verifier import appraise as appraisal
 from veritee.verifier import credentials, ear, metrics
@@ -126,7 +126,9 @@ class Config:
     def from_env(cls) -> Config:
         raw = os.environ.get(CONFIG_ENV)
         if not raw:
-            raise Error(f"{CONFIG_ENV} is not set: start workers with 'veritee verifier serve'")
+            raise UsageError(
+                f"{CONFIG_ENV} is not set: start workers with 'veritee verifier serve'"
+            )
         return cls(**json.loads(raw))
 
 

@@ -90,7 +90,7 @@ DELETED = "deleted"
 class StoreError(Error):
     """The database cannot be reached or used."""
 
-    exit_code = 1
+    exit_code = 9  # the verification service cannot serve (README's table)
 
 
 class Base(DeclarativeBase):
