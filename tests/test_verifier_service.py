@@ -678,8 +678,8 @@ def test_psa_and_cca_vectors_through_the_service(
     with server.client() as client:
         key = client.public_key()
     result = ear.verify(done["result"], key)
-    assert list(result.submods) == ["psa"]
-    assert result.submods["psa"].status == "affirming"
+    assert list(result.submods) == ["PSA_IOT"]
+    assert result.submods["PSA_IOT"].status == "affirming"
     # The same token with a changed nonce: a different session cannot take it.
     _, replay = _submit(server, token, media_type=media.PSA_TOKEN)
     assert ear.verify(replay["result"], key).extensions["ear.veritee.failure"]["check"] == (
@@ -694,8 +694,8 @@ def test_psa_and_cca_vectors_through_the_service(
     )
     result = ear.verify(done["result"], key)
     assert {n: a.status for n, a in result.submods.items()} == {
-        "cca-platform": "affirming",
-        "cca-realm": "affirming",
+        "CCA_SSD_PLATFORM": "affirming",
+        "CCA_REALM": "affirming",
     }
     assert_still_serves(server, attesters)
 

@@ -67,9 +67,11 @@ __all__ = [
     "ANNOTATED",
     "FAILURE",
     "REASONS",
+    "RESULT_NAMES",
     "RESULT_VALIDITY_SECONDS",
     "ROLLBACK_PROTECTION",
     "SUBMODS",
+    "VERITEE_CLAIMS",
     "Context",
     "Failure",
     "Outcome",
@@ -82,8 +84,19 @@ SUBMODS: Mapping[Scheme, tuple[str, ...]] = {
     "psa": ("psa",),
     "cca": ("cca-platform", "cca-realm"),
 }
+# The names results carry, Veraison's for its schemes (its PSA_IOT and arm-cca plugins'
+# submods), so a relying party written for Veraison finds its submodules. The policy sees the
+# internal names above (``input.submods.psa`` ...); only the result is renamed.
+RESULT_NAMES: Mapping[str, str] = {
+    "psa": "PSA_IOT",
+    "cca-platform": "CCA_SSD_PLATFORM",
+    "cca-realm": "CCA_REALM",
+}
 
 ANNOTATED = "ear.veraison.annotated-evidence"
+# Veritee's reading of a PSA/CCA submodule's claims (lifecycle state names, which measurement
+# is endorsed), next to Veraison's annotated evidence, which carries the token's claims only.
+VERITEE_CLAIMS = "ear.veritee.claims"
 REASONS = "ear.veritee.reasons"
 FAILURE = "ear.veritee.failure"
 ROLLBACK_PROTECTION = "ear.veritee.rollback-protection"
@@ -200,12 +213,18 @@ def _outcome(
 ) -> Outcome:
     submods = {}
     for s, status in judged:
-        extensions: dict[str, Any] = {ANNOTATED: s.claims} if s.claims else {}
+        extensions: dict[str, Any] = {}
+        if s.annotated is not None:
+            extensions[ANNOTATED] = s.annotated
+            if s.claims:
+                extensions[VERITEE_CLAIMS] = s.claims
+        elif s.claims:
+            extensions[ANNOTATED] = s.claims
         if s.reasons:
             extensions[REASONS] = list(s.reasons)
         if s.rollback_protection is not None:
             extensions[ROLLBACK_PROTECTION] = s.rollback_protection
-        submods[s.name] = ear.Appraisal(
+        submods[RESULT_NAMES.get(s.name, s.name)] = ear.Appraisal(
             status=status,
             trust_vector=ear.TrustVector(**s.vector),
             policy_id=context.policy.id,
