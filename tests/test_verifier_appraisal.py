@@ -252,7 +252,7 @@ def test_secured_endorsed_device_is_affirming(kit: Kit) -> None:
     assert platform["vtee-name"] == "default"
     assert _claims(outcome, "module")["endorsed-as"] == {"name": "hello", "version": "1.0"}
     assert outcome.result.submods["module"].policy_id == DEFAULT.id
-    assert outcome.result.nonce == "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+    assert outcome.result.nonce == "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
     assert outcome.result.exp == outcome.result.iat + 600
 
 

@@ -57,7 +57,6 @@ from veritee.verifier._scheme import (
     RESULT_VALIDITY_SECONDS,
     Context,
     Submod,
-    b64url,
 )
 from veritee.verifier.errors import CaRevoked, DeviceRevoked, PolicyFailed
 from veritee.verifier.media import Scheme, scheme_of
@@ -238,7 +237,7 @@ def _outcome(
         iat=iat,
         verifier_id=context.verifier_id,
         submods=submods,
-        nonce=b64url(nonce),
+        nonce=ear.encode_nonce(nonce),
         exp=iat + context.result_validity,
         extensions=top,
     )
