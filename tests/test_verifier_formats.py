@@ -155,9 +155,7 @@ def test_psa_result_as_veraison_emits_it(server: Server) -> None:
     assert annotated["psa-security-lifecycle"] == 12288
     assert base64.b64decode(annotated["psa-instance-id"]) == bytes.fromhex(PSA["instance_id"])
     assert base64.b64decode(annotated["psa-nonce"]) == PSA_NONCE
-    assert annotated["psa-software-components"] == _veraison_components(
-        PSA["software_components"]
-    )
+    assert annotated["psa-software-components"] == _veraison_components(PSA["software_components"])
     # Veritee's own claims only under ear.veritee.*; nothing else is Veritee's.
     extra = {k for k in {*claims, *submod} if not k.startswith(("ear.veraison.", "ear.veritee."))}
     assert extra <= {
