@@ -5,8 +5,11 @@ Each scheme computes, per submodule, the claims it verified and an AR4SI trustwo
 vector from its checks (the *facts*); the Rego policy then judges them (see
 :mod:`veritee.verifier.policy`). Outcomes:
 
-* bytes that are not evidence raise :class:`MalformedToken` or
-  :class:`~veritee.verifier.errors.UnsupportedMediaType` (the service answers 400 / 415);
+* a media type not appraised here raises
+  :class:`~veritee.verifier.errors.UnsupportedMediaType` (the service answers 415);
+* bytes that are not well-formed evidence (or a malformed CMW around them) give a result
+  whose every submodule is contraindicated (instance-identity 99, as Veraison), the failed
+  check in ``ear.veritee.failure``; a CMW whose scheme cannot be told, in submodule ``ERROR``;
 * a failed cryptographic or identity check (bad signature, broken binding, nonce mismatch,
   unknown, untrusted or revoked device or CA) gives a result whose every submodule is
   contraindicated, with the failed check and its reason in ``ear.veritee.failure``; the
@@ -49,7 +52,7 @@ from veritee.evidence.errors import (
     NonceMismatch,
     UntrustedDevice,
 )
-from veritee.verifier import _arm, _veritee, ear
+from veritee.verifier import _arm, _veritee, cmw, ear
 from veritee.verifier._scheme import (
     CONTRAINDICATED,
     CRYPTO_FAILED,
@@ -58,7 +61,12 @@ from veritee.verifier._scheme import (
     Context,
     Submod,
 )
-from veritee.verifier.errors import CaRevoked, DeviceRevoked, PolicyFailed
+from veritee.verifier.errors import (
+    CaRevoked,
+    DeviceRevoked,
+    PolicyFailed,
+    UnsupportedMediaType,
+)
 from veritee.verifier.media import Scheme, scheme_of
 from veritee.verifier.policy import CLAIMS, Policy
 
@@ -114,7 +122,7 @@ class Outcome:
     """An appraisal's result: the EAR to sign, its worst status, and what failed if anything."""
 
     result: ear.Ear
-    scheme: Scheme
+    scheme: Scheme | str  # "cmw" for a CMW whose scheme could not be told
     status: str
     failure: Failure | None = None
 
@@ -137,15 +145,23 @@ _SCHEMES: Mapping[Scheme, Callable[[bytes, bytes, Context], list[Submod]]] = {
 def appraise(evidence: bytes, media_type: str, nonce: bytes, context: Context) -> Outcome:
     """Appraise ``evidence`` of ``media_type`` against the session's ``nonce``.
 
-    Raises :class:`~veritee.verifier.errors.UnsupportedMediaType` or :class:`MalformedToken`
-    for input that is not evidence at all; every other failed check is in the outcome.
+    A CMW (:mod:`veritee.verifier.cmw`) is unwrapped and its value appraised as the media type
+    it names. Raises :class:`~veritee.verifier.errors.UnsupportedMediaType` for a media type
+    not appraised here (the request is wrong); every failed check of the evidence, including
+    evidence that is malformed, is in the outcome, as Veraison signs a result for bad
+    evidence too.
     """
-    scheme = scheme_of(media_type)
+    if cmw.is_cmw(media_type):
+        try:
+            media_type, evidence = cmw.unwrap(evidence, media_type)
+            scheme = scheme_of(media_type)
+        except (MalformedToken, UnsupportedMediaType) as err:
+            return _failed_unknown(nonce, context, err)
+    else:
+        scheme = scheme_of(media_type)
     try:
         submods = _SCHEMES[scheme](evidence, nonce, context)
         judged = _judge(scheme, submods, context.policy)
-    except MalformedToken:
-        raise
     except EvidenceError as err:
         return _failed(scheme, nonce, context, err)
     return _outcome(scheme, nonce, context, judged, None)
@@ -157,7 +173,8 @@ def failure_code(err: EvidenceError) -> int:
         return CONTRAINDICATED  # recognised, but not trustworthy any more
     if isinstance(err, UntrustedDevice):
         return NOT_RECOGNISED
-    if isinstance(err, BadSignature | BindingMismatch | NonceMismatch):
+    if isinstance(err, BadSignature | BindingMismatch | NonceMismatch | MalformedToken):
+        # Malformed evidence cannot be validated at all: Veraison gives it 99 as well.
         return CRYPTO_FAILED
     return CONTRAINDICATED
 
@@ -204,7 +221,7 @@ def _require_rollback_protection(s: Submod) -> None:
 
 
 def _outcome(
-    scheme: Scheme,
+    scheme: Scheme | str,
     nonce: bytes,
     context: Context,
     judged: list[tuple[Submod, str]],
@@ -251,6 +268,18 @@ def _failed(scheme: Scheme, nonce: bytes, context: Context, err: EvidenceError) 
     vector = {} if isinstance(err, PolicyFailed) else {"instance_identity": failure_code(err)}
     judged = [(Submod(name, {}, dict(vector)), "contraindicated") for name in SUBMODS[scheme]]
     return _outcome(scheme, nonce, context, judged, failure)
+
+
+# The submodule of a result about evidence whose scheme could not be told (a malformed CMW, or
+# one wrapping a media type not appraised here): Veraison's name for it.
+UNKNOWN_SUBMOD = "ERROR"
+
+
+def _failed_unknown(nonce: bytes, context: Context, err: Exception) -> Outcome:
+    failure = Failure(type(err).__name__, str(err))
+    vector = {"instance_identity": CRYPTO_FAILED}
+    judged = [(Submod(UNKNOWN_SUBMOD, {}, vector), "contraindicated")]
+    return _outcome("cmw", nonce, context, judged, failure)
 
 
 def _full(vector: Mapping[str, int]) -> dict[str, int]:

@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 from veritee.errors import Error, EvidenceError
 from veritee.evidence.errors import MalformedToken
 from veritee.verifier import appraise as appraisal
-from veritee.verifier import credentials, ear, metrics
+from veritee.verifier import cmw, credentials, ear, metrics
 from veritee.verifier.endorsements import Endorsements
 from veritee.verifier.errors import (
     BadNonceRequest,
@@ -310,7 +310,8 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
     _accepts(request, SESSION_MEDIA_TYPE)
     media_type = request.headers.get("content-type", "")
     try:
-        scheme = scheme_of(media_type)
+        # A CMW names its evidence's type inside: its scheme is known once it is unwrapped.
+        scheme: str = "cmw" if cmw.is_cmw(media_type) else scheme_of(media_type)
     except UnsupportedMediaType:
         metrics.PROBLEMS.labels("UnsupportedMediaType").inc()
         raise
@@ -363,6 +364,8 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
         generation, endorsements, policy = v.reload()
     else:
         raise StoreError("provisioning kept changing while the evidence was appraised; retry")
+    if refused is None:
+        scheme = str(outcome.scheme)  # a CMW's, once unwrapped
     if refused is not None:
         metrics.APPRAISALS.labels(scheme, "malformed").inc()
         log.info(
