@@ -103,13 +103,17 @@ def test_trustee_ear_is_expired(vector: Vector) -> None:
         ear.verify(token, key, now=exp + ear.DEFAULT_LEEWAY_SECONDS)
 
 
-def test_trustee_ear_has_a_foreign_profile(vector: Vector) -> None:
+def test_trustee_ear_profile_alias_is_read(vector: Vector) -> None:
+    """Trustee's alias of the EAR profile is read by default (at a time it was valid); a
+    caller that names its profiles refuses every other, and an unlisted profile is refused."""
     token = _jwt(vector, "trustee-ear-cca-expired")
     claims = _expected(vector, "trustee-ear-cca-expired")["claims"]
     key = _trustee_header_key(vector)
+    assert TRUSTEE_PROFILE in ear.READ_PROFILES
+    result = ear.verify(token, key, now=claims["iat"])
+    _assert_matches(result, claims)
     with pytest.raises(MalformedToken, match="profile"):
-        ear.verify(token, key, now=claims["iat"])
-    # Accepted only when a caller opts into that profile, at a time it was valid.
+        ear.verify(token, key, now=claims["iat"], profiles=frozenset({ear.EAR_PROFILE}))
     result = ear.verify(token, key, now=claims["iat"], profiles=frozenset({TRUSTEE_PROFILE}))
     _assert_matches(result, claims)
     assert "ear.veraison.annotated-evidence" in result.submods["cpu0"].extensions
@@ -520,3 +524,48 @@ def test_fuzz_signed_claims(top: dict[str, Any], submod: dict[str, Any]) -> None
     token, key = _signed_claims(claims)
     with contextlib.suppress(EvidenceError):
         ear.verify(token, key, now=1_700_000_000)
+
+
+@pytest.mark.parametrize("draft", [1, 2, 3])
+def test_ietf_draft_profiles_are_read(draft: int) -> None:
+    """draft-ietf-rats-ear-01..-03 results, underscore claim names, read into the one model."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    nonce = bytes(range(64))
+    claims = {
+        "eat_profile": f"tag:ietf.org,2026:rats/ear#{draft:02d}",
+        "iat": 1_780_315_200,
+        "ear_verifier_id": {"developer": "https://veraison-project.org", "build": "vts 0.0.1"},
+        "eat_nonce": [ear.encode_nonce(nonce)],
+        "submods": {
+            "PSA": {
+                "ear_status": "contraindicated",
+                "ear_trustworthiness_vector": {"instance-identity": 2, "executables": 96},
+                "ear_appraisal_policy_ids": ["https://veraison.example/policy/1/60a0068d"],
+            }
+        },
+    }
+    token = jwt.encode(claims, key, algorithm="ES256")
+    result = ear.verify(token, key.public_key(), now=claims["iat"])
+    psa = result.submods["PSA"]
+    assert psa.status == "contraindicated"
+    assert psa.trust_vector.executables == 96
+    assert psa.policy_id == "https://veraison.example/policy/1/60a0068d"
+    assert result.verifier_id.build == "vts 0.0.1"
+    assert result.nonce is not None and ear.decode_nonce(result.nonce) == nonce
+    # A status better than its vector is refused in this spelling too.
+    claims["submods"]["PSA"]["ear_status"] = "affirming"
+    with pytest.raises(MalformedToken, match="better than its claims"):
+        ear.verify(jwt.encode(claims, key, algorithm="ES256"), key.public_key(), now=claims["iat"])
+
+
+def test_eat_nonce_is_padded_base64url_as_veraison_writes_it() -> None:
+    nonce = bytes(range(64))
+    text = ear.encode_nonce(nonce)
+    assert len(text) == 88 and text.endswith("==")
+    # As a strict (padding-requiring) decoder reads it, the one Trustee uses.
+    assert base64.urlsafe_b64decode(text) == nonce
+    # Results of earlier Veritee versions, unpadded, still read.
+    assert ear.decode_nonce(text.rstrip("=")) == nonce
+    for bad in ("x" * 7, "not base64!!", text + "=", text[:-3] + "B=="):
+        with pytest.raises(MalformedToken):
+            ear.decode_nonce(bad)

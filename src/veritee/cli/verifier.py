@@ -608,7 +608,10 @@ def _show_result(result: Any, as_json: bool) -> None:
         for row in rows:
             if row.submod == name and row.tier != "none":
                 click.echo(f"  {row.claim:18} {row.tier:16} {row.meaning}")
-        annotated = appraisal.extensions.get("ear.veraison.annotated-evidence", {})
+        # Veritee's reading of PSA/CCA claims, else (Veritee evidence) the annotated evidence.
+        annotated = appraisal.extensions.get(
+            "ear.veritee.claims", appraisal.extensions.get("ear.veraison.annotated-evidence", {})
+        )
         for field in ("ueid", "lifecycle", "vtee-name", "name", "measurement", "instance-id"):
             if field in annotated:
                 click.echo(f"  {field:18} {annotated[field]}")

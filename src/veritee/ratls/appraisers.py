@@ -120,8 +120,7 @@ def judge_ear(
             raise cls(f"the verification service says: {reason}")
         err = named(check, reason)
         raise err if isinstance(err, EvidenceError) else AttestationRejected(reason)
-    expected = wire_nonce(freshness.nonce)
-    if result.nonce != expected:
+    if result.nonce is None or not _same_nonce(result.nonce, freshness.nonce):
         cls = ExporterMismatch if freshness.mode == "exporter" else StaleChallenge
         raise cls("the attestation result is for another nonce than this connection's")
     cert = certificate.read(cert_der)
@@ -166,7 +165,20 @@ def _ear_lifecycle(result: Ear) -> str:
 
 
 def wire_nonce(nonce: bytes) -> str:
-    """A nonce as an EAR carries it (base64url, unpadded)."""
-    import base64
+    """A nonce as an EAR carries it (base64url, padded as Veraison writes it)."""
+    from veritee.verifier.ear import encode_nonce
 
-    return base64.urlsafe_b64encode(nonce).rstrip(b"=").decode()
+    return encode_nonce(nonce)
+
+
+def _same_nonce(carried: str, nonce: bytes) -> bool:
+    """Whether an EAR's ``eat_nonce`` (padded or not) is ``nonce``."""
+    import hmac
+
+    from veritee.evidence.errors import MalformedToken
+    from veritee.verifier.ear import decode_nonce
+
+    try:
+        return hmac.compare_digest(decode_nonce(carried), nonce)
+    except MalformedToken:
+        return False

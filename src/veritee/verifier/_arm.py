@@ -1,5 +1,12 @@
 """Appraisal of Arm PSA attestation tokens (one submodule) and CCA tokens (platform, realm).
 
+Each submodule's ``annotated`` claims are the token's claims as Veraison's scheme plugins emit
+them in ``ear.veraison.annotated-evidence`` (veraison/services scheme/psa-iot and arm-cca:
+``common.ClaimsToMap`` of veraison/psatoken's and veraison/ccatoken's claims structs, i.e.
+their JSON names, bytes in padded standard base64 as Go's encoding/json writes them). What
+Veritee derives from them (lifecycle state names, which measurement is endorsed) stays in
+``claims``: the policy's input, and ``ear.veritee.claims`` in the result.
+
 The device's attestation key (IAK / CPAK) is looked up by the instance id the token claims,
 among the keys the operator provisioned; only then is the signature checked. Software
 components are matched by measurement against the scheme's ``boot`` reference values; a
@@ -16,7 +23,15 @@ from veritee.evidence import cca as cca_token
 from veritee.evidence import psa as psa_token
 from veritee.evidence.errors import NonceMismatch
 from veritee.evidence.psa import Lifecycle, SoftwareComponent
-from veritee.verifier._scheme import AFFIRM, CONTRAINDICATED, WARN, Context, Submod, b64url
+from veritee.verifier._scheme import (
+    AFFIRM,
+    CONTRAINDICATED,
+    WARN,
+    Context,
+    Submod,
+    b64,
+    b64url,
+)
 from veritee.verifier.endorsements import Endorsements
 from veritee.verifier.errors import DeviceRevoked, UnknownDevice
 from veritee.verifier.media import Scheme
@@ -56,6 +71,7 @@ def psa(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "executables": CONTRAINDICATED if reasons else AFFIRM,
         },
         reasons,
+        annotated=_psa_annotated(claims),
     )
     return [submod]
 
@@ -86,6 +102,7 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "executables": CONTRAINDICATED if reasons else AFFIRM,
         },
         reasons,
+        annotated=_platform_annotated(p),
     )
     rim = context.endorsements.endorsed("cca", "realm", r.initial_measurement)
     realm = Submod(
@@ -104,6 +121,7 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "hardware": hardware,
             "executables": AFFIRM if rim is not None else CONTRAINDICATED,
         },
+        annotated=_realm_annotated(r),
     )
     if rim is None:
         realm.reasons.append(
@@ -162,3 +180,76 @@ def _components(
                 "which is not an endorsed value"
             )
     return out, reasons
+
+
+# veraison/psatoken's profile 1 (PSA_IOT_PROFILE_1) names two claims differently.
+PSA_PROFILE_1 = "PSA_IOT_PROFILE_1"
+
+
+def _psa_annotated(c: psa_token.PsaClaims) -> dict[str, Any]:
+    """psatoken's JSON of a PSA token's claims (P1Claims, P2Claims, or the RFC 9783 ones)."""
+    p1 = c.profile == PSA_PROFILE_1
+    out: dict[str, Any] = {
+        "psa-profile" if p1 else "eat-profile": c.profile,
+        "psa-client-id": c.client_id,
+        "psa-security-lifecycle": c.lifecycle.value,
+        "psa-implementation-id": b64(c.implementation_id),
+    }
+    if c.boot_seed is not None:
+        out["psa-boot-seed"] = b64(c.boot_seed)
+    if c.certification_reference is not None:
+        out["psa-hwver" if p1 else "psa-certification-reference"] = c.certification_reference
+    out["psa-software-components"] = [_component(sc) for sc in c.software_components]
+    out["psa-nonce"] = b64(c.nonce)
+    out["psa-instance-id"] = b64(c.instance_id)
+    if c.verification_service is not None:
+        out["psa-verification-service-indicator"] = c.verification_service
+    return out
+
+
+def _platform_annotated(p: cca_token.PlatformClaims) -> dict[str, Any]:
+    """ccatoken's JSON of a CCA platform token's claims."""
+    out: dict[str, Any] = {
+        "cca-platform-profile": p.profile,
+        "cca-platform-challenge": b64(p.challenge),
+        "cca-platform-implementation-id": b64(p.implementation_id),
+        "cca-platform-instance-id": b64(p.instance_id),
+        "cca-platform-config": b64(p.config),
+        "cca-platform-lifecycle": p.lifecycle.value,
+        "cca-platform-sw-components": [_component(sc) for sc in p.software_components],
+    }
+    if p.verification_service is not None:
+        out["cca-platform-service-indicator"] = p.verification_service
+    out["cca-platform-hash-algo-id"] = p.hash_algo
+    return out
+
+
+def _realm_annotated(r: cca_token.RealmClaims) -> dict[str, Any]:
+    """ccatoken's JSON of a CCA realm token's claims."""
+    out: dict[str, Any] = {} if r.profile is None else {"cca-realm-profile": r.profile}
+    out.update(
+        {
+            "cca-realm-challenge": b64(r.challenge),
+            "cca-realm-personalization-value": b64(r.personalization_value),
+            "cca-realm-initial-measurement": b64(r.initial_measurement),
+            "cca-realm-extensible-measurements": [b64(m) for m in r.extensible_measurements],
+            "cca-realm-hash-algo-id": r.hash_algo,
+            "cca-realm-public-key": b64(r.public_key),
+            "cca-realm-public-key-hash-algo-id": r.public_key_hash_algo,
+        }
+    )
+    return out
+
+
+def _component(sc: SoftwareComponent) -> dict[str, Any]:
+    """psatoken's SwComponent JSON (optional members omitted when absent, as it does)."""
+    out: dict[str, Any] = {}
+    if sc.measurement_type is not None:
+        out["measurement-type"] = sc.measurement_type
+    out["measurement-value"] = b64(sc.measurement_value)
+    if sc.version is not None:
+        out["version"] = sc.version
+    out["signer-id"] = b64(sc.signer_id)
+    if sc.measurement_description is not None:
+        out["measurement-description"] = sc.measurement_description
+    return out

@@ -46,7 +46,16 @@ class Submod:
     # The rollback protection of the platform the submodule runs on, as appraised (one of
     # veritee.evidence.claims.ROLLBACK_PROTECTIONS); None where the evidence does not say.
     rollback_protection: str | None = None
+    # The evidence's claims in the schema its scheme's reference verifier emits (Veraison's
+    # psatoken / ccatoken JSON names, bytes in padded base64), for the result's
+    # ``ear.veraison.annotated-evidence``; None where that schema is Veritee's own (``claims``).
+    annotated: dict[str, Any] | None = None
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64(data: bytes) -> str:
+    """Bytes as Go's encoding/json writes them (standard base64, padded): Veraison's form."""
+    return base64.b64encode(data).decode()

@@ -5,8 +5,11 @@ Each scheme computes, per submodule, the claims it verified and an AR4SI trustwo
 vector from its checks (the *facts*); the Rego policy then judges them (see
 :mod:`veritee.verifier.policy`). Outcomes:
 
-* bytes that are not evidence raise :class:`MalformedToken` or
-  :class:`~veritee.verifier.errors.UnsupportedMediaType` (the service answers 400 / 415);
+* a media type not appraised here raises
+  :class:`~veritee.verifier.errors.UnsupportedMediaType` (the service answers 415);
+* bytes that are not well-formed evidence (or a malformed CMW around them) give a result
+  whose every submodule is contraindicated (instance-identity 99, as Veraison), the failed
+  check in ``ear.veritee.failure``; a CMW whose scheme cannot be told, in submodule ``ERROR``;
 * a failed cryptographic or identity check (bad signature, broken binding, nonce mismatch,
   unknown, untrusted or revoked device or CA) gives a result whose every submodule is
   contraindicated, with the failed check and its reason in ``ear.veritee.failure``; the
@@ -49,7 +52,7 @@ from veritee.evidence.errors import (
     NonceMismatch,
     UntrustedDevice,
 )
-from veritee.verifier import _arm, _veritee, ear
+from veritee.verifier import _arm, _veritee, cmw, ear
 from veritee.verifier._scheme import (
     CONTRAINDICATED,
     CRYPTO_FAILED,
@@ -57,9 +60,13 @@ from veritee.verifier._scheme import (
     RESULT_VALIDITY_SECONDS,
     Context,
     Submod,
-    b64url,
 )
-from veritee.verifier.errors import CaRevoked, DeviceRevoked, PolicyFailed
+from veritee.verifier.errors import (
+    CaRevoked,
+    DeviceRevoked,
+    PolicyFailed,
+    UnsupportedMediaType,
+)
 from veritee.verifier.media import Scheme, scheme_of
 from veritee.verifier.policy import CLAIMS, Policy
 
@@ -67,9 +74,11 @@ __all__ = [
     "ANNOTATED",
     "FAILURE",
     "REASONS",
+    "RESULT_NAMES",
     "RESULT_VALIDITY_SECONDS",
     "ROLLBACK_PROTECTION",
     "SUBMODS",
+    "VERITEE_CLAIMS",
     "Context",
     "Failure",
     "Outcome",
@@ -82,8 +91,19 @@ SUBMODS: Mapping[Scheme, tuple[str, ...]] = {
     "psa": ("psa",),
     "cca": ("cca-platform", "cca-realm"),
 }
+# The names results carry, Veraison's for its schemes (its PSA_IOT and arm-cca plugins'
+# submods), so a relying party written for Veraison finds its submodules. The policy sees the
+# internal names above (``input.submods.psa`` ...); only the result is renamed.
+RESULT_NAMES: Mapping[str, str] = {
+    "psa": "PSA_IOT",
+    "cca-platform": "CCA_SSD_PLATFORM",
+    "cca-realm": "CCA_REALM",
+}
 
 ANNOTATED = "ear.veraison.annotated-evidence"
+# Veritee's reading of a PSA/CCA submodule's claims (lifecycle state names, which measurement
+# is endorsed), next to Veraison's annotated evidence, which carries the token's claims only.
+VERITEE_CLAIMS = "ear.veritee.claims"
 REASONS = "ear.veritee.reasons"
 FAILURE = "ear.veritee.failure"
 ROLLBACK_PROTECTION = "ear.veritee.rollback-protection"
@@ -102,7 +122,7 @@ class Outcome:
     """An appraisal's result: the EAR to sign, its worst status, and what failed if anything."""
 
     result: ear.Ear
-    scheme: Scheme
+    scheme: Scheme | str  # "cmw" for a CMW whose scheme could not be told
     status: str
     failure: Failure | None = None
 
@@ -125,15 +145,23 @@ _SCHEMES: Mapping[Scheme, Callable[[bytes, bytes, Context], list[Submod]]] = {
 def appraise(evidence: bytes, media_type: str, nonce: bytes, context: Context) -> Outcome:
     """Appraise ``evidence`` of ``media_type`` against the session's ``nonce``.
 
-    Raises :class:`~veritee.verifier.errors.UnsupportedMediaType` or :class:`MalformedToken`
-    for input that is not evidence at all; every other failed check is in the outcome.
+    A CMW (:mod:`veritee.verifier.cmw`) is unwrapped and its value appraised as the media type
+    it names. Raises :class:`~veritee.verifier.errors.UnsupportedMediaType` for a media type
+    not appraised here (the request is wrong); every failed check of the evidence, including
+    evidence that is malformed, is in the outcome, as Veraison signs a result for bad
+    evidence too.
     """
-    scheme = scheme_of(media_type)
+    if cmw.is_cmw(media_type):
+        try:
+            media_type, evidence = cmw.unwrap(evidence, media_type)
+            scheme = scheme_of(media_type)
+        except (MalformedToken, UnsupportedMediaType) as err:
+            return _failed_unknown(nonce, context, err)
+    else:
+        scheme = scheme_of(media_type)
     try:
         submods = _SCHEMES[scheme](evidence, nonce, context)
         judged = _judge(scheme, submods, context.policy)
-    except MalformedToken:
-        raise
     except EvidenceError as err:
         return _failed(scheme, nonce, context, err)
     return _outcome(scheme, nonce, context, judged, None)
@@ -145,7 +173,8 @@ def failure_code(err: EvidenceError) -> int:
         return CONTRAINDICATED  # recognised, but not trustworthy any more
     if isinstance(err, UntrustedDevice):
         return NOT_RECOGNISED
-    if isinstance(err, BadSignature | BindingMismatch | NonceMismatch):
+    if isinstance(err, BadSignature | BindingMismatch | NonceMismatch | MalformedToken):
+        # Malformed evidence cannot be validated at all: Veraison gives it 99 as well.
         return CRYPTO_FAILED
     return CONTRAINDICATED
 
@@ -192,7 +221,7 @@ def _require_rollback_protection(s: Submod) -> None:
 
 
 def _outcome(
-    scheme: Scheme,
+    scheme: Scheme | str,
     nonce: bytes,
     context: Context,
     judged: list[tuple[Submod, str]],
@@ -200,12 +229,18 @@ def _outcome(
 ) -> Outcome:
     submods = {}
     for s, status in judged:
-        extensions: dict[str, Any] = {ANNOTATED: s.claims} if s.claims else {}
+        extensions: dict[str, Any] = {}
+        if s.annotated is not None:
+            extensions[ANNOTATED] = s.annotated
+            if s.claims:
+                extensions[VERITEE_CLAIMS] = s.claims
+        elif s.claims:
+            extensions[ANNOTATED] = s.claims
         if s.reasons:
             extensions[REASONS] = list(s.reasons)
         if s.rollback_protection is not None:
             extensions[ROLLBACK_PROTECTION] = s.rollback_protection
-        submods[s.name] = ear.Appraisal(
+        submods[RESULT_NAMES.get(s.name, s.name)] = ear.Appraisal(
             status=status,
             trust_vector=ear.TrustVector(**s.vector),
             policy_id=context.policy.id,
@@ -219,7 +254,7 @@ def _outcome(
         iat=iat,
         verifier_id=context.verifier_id,
         submods=submods,
-        nonce=b64url(nonce),
+        nonce=ear.encode_nonce(nonce),
         exp=iat + context.result_validity,
         extensions=top,
     )
@@ -233,6 +268,18 @@ def _failed(scheme: Scheme, nonce: bytes, context: Context, err: EvidenceError) 
     vector = {} if isinstance(err, PolicyFailed) else {"instance_identity": failure_code(err)}
     judged = [(Submod(name, {}, dict(vector)), "contraindicated") for name in SUBMODS[scheme]]
     return _outcome(scheme, nonce, context, judged, failure)
+
+
+# The submodule of a result about evidence whose scheme could not be told (a malformed CMW, or
+# one wrapping a media type not appraised here): Veraison's name for it.
+UNKNOWN_SUBMOD = "ERROR"
+
+
+def _failed_unknown(nonce: bytes, context: Context, err: Exception) -> Outcome:
+    failure = Failure(type(err).__name__, str(err))
+    vector = {"instance_identity": CRYPTO_FAILED}
+    judged = [(Submod(UNKNOWN_SUBMOD, {}, vector), "contraindicated")]
+    return _outcome("cmw", nonce, context, judged, failure)
 
 
 def _full(vector: Mapping[str, int]) -> dict[str, int]:

@@ -27,6 +27,7 @@ the caller passes the verifier's public key, and only ES256 is accepted.
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import json
 import time
@@ -48,9 +49,12 @@ from veritee.evidence.errors import BadSignature, MalformedToken
 __all__ = [
     "ALGORITHM",
     "EAR_PROFILE",
+    "IETF_DRAFT_PROFILES",
     "MEANINGS",
+    "READ_PROFILES",
     "STATUSES",
     "TIER_CODES",
+    "TRUSTEE_PROFILE",
     "Appraisal",
     "ClaimReport",
     "Ear",
@@ -58,7 +62,9 @@ __all__ = [
     "ResultNotYetValid",
     "TrustVector",
     "VerifierId",
+    "decode_nonce",
     "describe",
+    "encode_nonce",
     "public_key_from_jwk",
     "sign",
     "status_from_vector",
@@ -67,6 +73,18 @@ __all__ = [
 ]
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
+# Trustee's attestation service signs EARs under its own alias of the same claims set.
+TRUSTEE_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
+# draft-ietf-rats-ear-01 to -03 name their profile under ietf.org (-03:
+# "tag:ietf.org,2026:rats/ear#03") and spell the EAR claims with underscores (ear_status,
+# ear_trustworthiness_vector, ear_appraisal_policy_ids, ear_verifier_id); read both spellings.
+IETF_DRAFT_PROFILES = frozenset(
+    f"tag:ietf.org,{year}:rats/ear#{draft:02d}"
+    for year in (2024, 2025, 2026)
+    for draft in (1, 2, 3)
+)
+# What verify() reads unless told otherwise; results are always signed under EAR_PROFILE.
+READ_PROFILES = frozenset({EAR_PROFILE, TRUSTEE_PROFILE}) | IETF_DRAFT_PROFILES
 ALGORITHM = "ES256"
 
 # Clock skew tolerated between the verifier that issued a result and whoever checks it.
@@ -81,6 +99,8 @@ CLAIM_MAX = 127
 # eat_nonce in JSON: 8 to 64 bytes, base64url-encoded (at most 88 characters), EAT section 4.1.
 NONCE_MIN_CHARS = 8
 NONCE_MAX_CHARS = 88
+NONCE_MIN_BYTES = 8
+NONCE_MAX_BYTES = 64
 
 TIER_NONE, TIER_AFFIRMING, TIER_WARNING, TIER_CONTRAINDICATED = 0, 2, 32, 96
 # Status names, least to most severe; the index is the severity rank.
@@ -292,6 +312,37 @@ def status_from_vector(vector: TrustVector) -> str:
     return STATUSES[max(_RANKS[code - CLAIM_MIN] for code in vector.codes())]
 
 
+def encode_nonce(nonce: bytes) -> str:
+    """``eat_nonce`` as results carry it: base64url *with* padding, as Veraison writes it (Go's
+    ``base64.URLEncoding``). Relying parties tuned to Veraison decode it strictly: Trustee's
+    Veraison verifier refuses the unpadded form of a 64-byte nonce (86 characters, not 88)."""
+    return base64.urlsafe_b64encode(nonce).decode()
+
+
+def decode_nonce(text: str) -> bytes:
+    """The bytes of an ``eat_nonce``, padded or not (results of older Veritee versions are
+    unpadded); raise :class:`MalformedToken` if it is not base64url of 8 to 64 bytes."""
+    if not isinstance(text, str) or not NONCE_MIN_CHARS <= len(text) <= NONCE_MAX_CHARS:
+        raise MalformedToken(
+            f"'{_NONCE}' is not a {NONCE_MIN_CHARS}..{NONCE_MAX_CHARS}-char string"
+        )
+    bare = text.rstrip("=")
+    if len(text) - len(bare) > 2 or not bare.isascii():
+        raise MalformedToken(f"'{_NONCE}' is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(bare + "=" * (-len(bare) % 4))
+    except (ValueError, binascii.Error):
+        raise MalformedToken(f"'{_NONCE}' is not base64url") from None
+    # Only the canonical spelling: one nonce, one string (padded or not).
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != bare:
+        raise MalformedToken(f"'{_NONCE}' is not canonical base64url")
+    if not NONCE_MIN_BYTES <= len(raw) <= NONCE_MAX_BYTES:
+        raise MalformedToken(
+            f"'{_NONCE}' is {len(raw)} bytes, not {NONCE_MIN_BYTES}..{NONCE_MAX_BYTES}"
+        )
+    return raw
+
+
 def sign(result: Ear, private_key: ec.EllipticCurvePrivateKey, kid: str | None = None) -> str:
     """Sign ``result`` as a compact ES256 JWT; ``kid`` names the key for relying parties."""
     if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
@@ -330,7 +381,7 @@ def verify(
     *,
     now: int | None = None,
     leeway: int = DEFAULT_LEEWAY_SECONDS,
-    profiles: frozenset[str] = frozenset({EAR_PROFILE}),
+    profiles: frozenset[str] = READ_PROFILES,
 ) -> Ear:
     """Check an EAR JWT's ES256 signature under ``public_key``, its times, profile and claims.
 
@@ -350,8 +401,38 @@ def verify(
     profile = claims.get(_PROFILE)
     if not isinstance(profile, str) or profile not in profiles:
         shown = f"{profile!r:.80}"  # attacker-chosen: never echo all of it
-        raise MalformedToken(f"EAR profile {shown} is not {' or '.join(sorted(profiles))}")
+        raise MalformedToken(f"EAR profile {shown} is not one this reader accepts")
+    if profile in IETF_DRAFT_PROFILES:
+        claims = _from_ietf_spelling(claims)
     return _ear_from_json(claims, iat)
+
+
+# The IETF drafts' claim names (underscores) and the names of the Veraison profile.
+_IETF_TOP = {"ear_verifier_id": _VERIFIER_ID, "ear_raw_evidence": "ear.raw-evidence"}
+_IETF_SUBMOD = {"ear_status": _STATUS, "ear_trustworthiness_vector": _VECTOR}
+_IETF_POLICIES = "ear_appraisal_policy_ids"
+
+
+def _from_ietf_spelling(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """An IETF-draft EAR's claims with Veraison's names (the model is one)."""
+    out = {_IETF_TOP.get(k, k): v for k, v in claims.items()}
+    nonce = out.get(_NONCE)
+    if isinstance(nonce, list):  # eat.nonce-type: one nonce or an array of them
+        if len(nonce) != 1:
+            raise MalformedToken(f"EAR claim '{_NONCE}' holds {len(nonce)} nonces, not one")
+        out[_NONCE] = nonce[0]
+    submods = out.get(_SUBMODS)
+    if isinstance(submods, dict):
+        renamed = {}
+        for name, value in submods.items():
+            if isinstance(value, dict):
+                value = {_IETF_SUBMOD.get(k, k): v for k, v in value.items()}
+                ids = value.get(_IETF_POLICIES)
+                if isinstance(ids, list) and ids and _POLICY not in value:
+                    value[_POLICY] = ids[0]  # the first; the list stays as it came
+            renamed[name] = value
+        out[_SUBMODS] = renamed
+    return out
 
 
 def describe(ear: Ear) -> list[ClaimReport]:

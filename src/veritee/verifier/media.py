@@ -36,7 +36,14 @@ ACCEPTED: tuple[tuple[str, Scheme], ...] = (
     (CCA_TOKEN, "cca"),
     (CCA_PLATFORM_1, "cca"),
 )
-ACCEPT_LIST: tuple[str, ...] = tuple(mt for mt, _ in ACCEPTED)
+# Conceptual Message Wrappers around any of the above (unwrapped by veritee.verifier.cmw).
+CMW_CBOR_TYPES = ("application/cmw+cbor", "application/vnd.veraison.cmw+cbor")
+CMW_JSON_TYPES = ("application/cmw+json", "application/vnd.veraison.cmw+json")
+ACCEPT_LIST: tuple[str, ...] = (
+    *(mt for mt, _ in ACCEPTED),
+    *CMW_CBOR_TYPES,
+    *CMW_JSON_TYPES,
+)
 
 
 @dataclass(frozen=True)

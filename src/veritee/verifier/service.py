@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 from veritee.errors import Error, EvidenceError, UsageError
 from veritee.evidence.errors import MalformedToken
 from veritee.verifier import appraise as appraisal
-from veritee.verifier import credentials, ear, metrics
+from veritee.verifier import cmw, credentials, ear, metrics
 from veritee.verifier.endorsements import Endorsements
 from veritee.verifier.errors import (
     BadNonceRequest,
@@ -281,9 +281,19 @@ async def new_session(v: Verifier, request: Request) -> Response:
     """POST newSession: a session with a fresh (or the client's) nonce. Nothing is stored:
     the session id carries the nonce and expiry, authenticated (see ``sessions``)."""
     _accepts(request, SESSION_MEDIA_TYPE)
-    nonce = _nonce(request, v.config.allow_client_nonce)
+    nonce, chosen = _nonce(request, v.config.allow_client_nonce)
     now = time.time()
     ticket = v.tickets.issue(nonce, now, now + v.config.session_ttl)
+    # A nonce the client chose may have served a session already: refuse it now, before the
+    # attester makes evidence for it, and reserve it so no concurrent session takes it too.
+    # (A server-minted nonce is fresh: its session is still stored nowhere until submitted.)
+    if chosen and not await v.in_store(
+        v.store.reserve_nonce, ticket.key, nonce, ticket.created, ticket.expiry
+    ):
+        raise NonceAlreadyUsed(
+            "this nonce was used by an earlier session; pick a fresh one (or let the verifier "
+            "mint it with nonceSize)"
+        )
     metrics.SESSIONS.inc()
     v.maybe_purge(now)
     record = SessionRecord(ticket.id, nonce, ticket.created, ticket.expiry, WAITING)
@@ -302,7 +312,8 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
     _accepts(request, SESSION_MEDIA_TYPE)
     media_type = request.headers.get("content-type", "")
     try:
-        scheme = scheme_of(media_type)
+        # A CMW names its evidence's type inside: its scheme is known once it is unwrapped.
+        scheme: str = "cmw" if cmw.is_cmw(media_type) else scheme_of(media_type)
     except UnsupportedMediaType:
         metrics.PROBLEMS.labels("UnsupportedMediaType").inc()
         raise
@@ -355,6 +366,8 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
         generation, endorsements, policy = v.reload()
     else:
         raise StoreError("provisioning kept changing while the evidence was appraised; retry")
+    if refused is None:
+        scheme = str(outcome.scheme)  # a CMW's, once unwrapped
     if refused is not None:
         metrics.APPRAISALS.labels(scheme, "malformed").inc()
         log.info(
@@ -494,7 +507,8 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
 
-def _nonce(request: Request, allow_client_nonce: bool) -> bytes:
+def _nonce(request: Request, allow_client_nonce: bool) -> tuple[bytes, bool]:
+    """The session's nonce, and whether the client chose it."""
     given = request.query_params.get("nonce")
     size = request.query_params.get("nonceSize")
     if given is not None and size is not None:
@@ -507,15 +521,15 @@ def _nonce(request: Request, allow_client_nonce: bool) -> bytes:
             raise BadNonceRequest(
                 f"nonce must be {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes; got {len(nonce)}"
             )
-        return nonce
+        return nonce, True
     if size is None:
-        return os.urandom(DEFAULT_NONCE_BYTES)
+        return os.urandom(DEFAULT_NONCE_BYTES), False
     n = number(size)
     if n is None or not NONCE_MIN_BYTES <= n <= NONCE_MAX_BYTES:
         raise BadNonceRequest(
             f"nonceSize must be a decimal number in range {NONCE_MIN_BYTES}..{NONCE_MAX_BYTES}"
         )
-    return os.urandom(n)
+    return os.urandom(n), False
 
 
 def number(text: str) -> int | None:

@@ -206,6 +206,13 @@ _SELECT_SESSION = (
     "SELECT id, nonce, created, expiry, status, media_type, evidence, result, outcome, failure "
     "FROM sessions WHERE id = {id}"
 )
+# A client-chosen nonce is reserved when its session is created (a WAITING row): the
+# submission then fills that row in, once.
+_FILL_RESERVED = (
+    "UPDATE sessions SET status = {status}, media_type = {media_type}, evidence = {evidence}, "
+    "result = {result}, outcome = {outcome}, failure = {failure} "
+    "WHERE id = {id} AND nonce = {nonce} AND status = {waiting}"
+)
 _SELECT_GENERATION = "SELECT value FROM generation WHERE id = 1"
 _DELETE_SESSION = (
     "UPDATE sessions SET status = {deleted}, media_type = NULL, evidence = NULL, "
@@ -285,6 +292,7 @@ class Store:
             "insert": _INSERT_SESSION.format_map(names),
             "select": _SELECT_SESSION.format_map(names),
             "delete": _DELETE_SESSION.format_map(names),
+            "fill": _FILL_RESERVED.format_map(names),
         }
         # The generation is read inside the transaction that records a session, and held
         # there: SQLite takes the write lock first (BEGIN IMMEDIATE), PostgreSQL locks the
@@ -365,6 +373,9 @@ class Store:
             cursor.execute(self._generation_sql)
             if int(cursor.fetchone()[0]) != generation:
                 return STALE
+            cursor.execute(self._sql["fill"], {**row, "waiting": WAITING})
+            if cursor.rowcount == 1:  # its nonce was reserved at creation
+                return RECORDED
             cursor.execute(self._sql["insert"], row)
             return RECORDED
 
@@ -373,8 +384,24 @@ class Store:
         except self._dbapi.IntegrityError:
             return TAKEN
 
+    def reserve_nonce(self, key: str, nonce: bytes, created: float, expiry: float) -> bool:
+        """Reserve a client-chosen ``nonce`` for the session ``key`` as it is created (a
+        WAITING row); False if any session, waiting, submitted or deleted, holds it."""
+        row = dict.fromkeys(_SESSION_COLUMNS)
+        row.update(id=key, nonce=nonce, created=created, expiry=expiry, status=WAITING)
+
+        def reserve(cursor: Any) -> bool:
+            cursor.execute(self._sql["insert"], row)
+            return True
+
+        try:
+            return self._transact(reserve)
+        except self._dbapi.IntegrityError:
+            return False
+
     def session(self, key: str) -> SessionRecord | None:
-        """The stored session under ``key``: a submitted one, or a DELETED tombstone."""
+        """The stored session under ``key``: a submitted one, a DELETED tombstone, or one
+        WAITING whose client-chosen nonce was reserved at its creation."""
 
         def read(cursor: Any) -> Any:
             cursor.execute(self._sql["select"], {"id": key})
