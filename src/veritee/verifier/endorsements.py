@@ -467,6 +467,11 @@ def _public_key(value: Any) -> ec.EllipticCurvePublicKey:
     return _load_ec_public_pem(value)
 
 
+def ec_public_key_pem(pem: str) -> ec.EllipticCurvePublicKey:
+    """An EC P-256/P-384 public key from PEM (a CoRIM signer's, an attester's)."""
+    return _load_ec_public_pem(pem)
+
+
 def _load_ec_public_pem(pem: str) -> ec.EllipticCurvePublicKey:
     try:
         key = serialization.load_pem_public_key(pem.encode())
