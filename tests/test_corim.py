@@ -87,6 +87,9 @@ def _refused(server: Server, body: bytes, media_type: str, check: str, **kw: Any
     assert response.headers["content-type"].startswith("application/problem+json")
     problem = response.json()
     assert problem["check"] == check, problem
+    assert problem["status"] == response.status_code
+    if response.status_code != 401:  # Veraison's failed-session reason, for its clients
+        assert problem["failure-reason"] == problem["detail"]
     assert _counts(server) == before
     assert server.proc.poll() is None
     return str(problem["detail"])
@@ -236,6 +239,17 @@ def test_bad_corims_are_refused_and_change_nothing(bare: Server, vector: Vector)
     signed = cbor2.dumps(cbor2.CBORTag(18, [b"\xa1\x01\x26", {}, good, b"\0" * 64]))
     detail = _refused(bare, signed, "application/rim+cose", "CorimSignerMissing")
     assert "no signer key configured" in detail
+    # Veraison's CoRIM sent to Veritee's JSON endpoints: pointed to the submit endpoint.
+    before = _counts(bare)
+    for path in ("reference-values", "trust-anchors", "deployment"):
+        response = httpx.post(
+            f"{bare.url}/provisioning/v1/{path}",
+            content=good,
+            headers={"Authorization": f"Bearer {bare.token}", "Content-Type": unsigned},
+        )
+        assert response.json()["check"] == "BadRequestBody"
+        assert SUBMIT in response.json()["detail"]
+    assert _counts(bare) == before
     # The legitimate CoRIM still provisions afterwards.
     assert _post(bare, good, VENDORED[0][1]).json()["status"] == "success"
 

@@ -27,6 +27,7 @@ from veritee.verifier.errors import (
     PolicyCompileError,
     ProvisioningError,
     Unauthorized,
+    VerifierError,
 )
 from veritee.verifier.policy import BUILTIN, Policy
 
@@ -163,12 +164,16 @@ def install(app: FastAPI, v: Verifier) -> None:
     async def submit_corim(request: Request) -> Response:
         authorise(request)
         raw = await _raw_body(request)
-        if not raw:
-            raise BadRequestBody("the body is empty: send a CoRIM")
-        decoded = corim.decode(
-            raw, media_type=request.headers.get("content-type") or None, signer=_signer(v)
-        )
-        counts = v.store.apply(decoded.deployment, {})
+        try:
+            if not raw:
+                raise BadRequestBody("the body is empty: send a CoRIM")
+            decoded = corim.decode(
+                raw, media_type=request.headers.get("content-type") or None, signer=_signer(v)
+            )
+            counts = v.store.apply(decoded.deployment, {})
+        except VerifierError as err:
+            log.warning("CoRIM refused", extra={"client": _client(request), "check": str(err)})
+            return _failed_session(err)
         changed(request, "corim", **decoded.summary())
         expiry = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=SESSION_EXPIRY_SECONDS)
         body = {
@@ -199,6 +204,28 @@ def install(app: FastAPI, v: Verifier) -> None:
         limit = request.query_params.get("limit")
         n = 50 if limit is None else bounded_number("limit", limit, 1, MAX_SESSIONS_LISTED)
         return _json({"sessions": v.store.recent_sessions(n)})
+
+
+def _failed_session(err: VerifierError) -> Response:
+    """The problem (RFC 7807) for a refused CoRIM, with Veraison's failed-session
+    ``failure-reason`` as an extension member, so a Veraison client reads why."""
+    from veritee.verifier.service import problem_for
+
+    response = problem_for(err, SUBMIT_PATH)
+    body = {**json.loads(bytes(response.body)), "failure-reason": str(err)}
+    headers = (
+        {"WWW-Authenticate": response.headers["www-authenticate"]}
+        if ("www-authenticate" in response.headers)
+        else {}
+    )
+    if err.http_status == 415:
+        headers["Accept"] = ", ".join(corim.MEDIA_TYPES)
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=response.status_code,
+        media_type=response.media_type,
+        headers=headers,
+    )
 
 
 def _signer(v: Verifier) -> ec.EllipticCurvePublicKey | None:
@@ -239,7 +266,13 @@ async def _raw_body(request: Request) -> bytes:
 
 
 async def _json_body(request: Request) -> Any:
-    return _loads(await _raw_body(request))
+    raw = await _raw_body(request)
+    essence = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if essence in corim.MEDIA_TYPES or raw[:3] == b"\xd9\x01\xf5":  # tag 501: a CoRIM
+        raise BadRequestBody(
+            f"this is a CoRIM; POST it to {SUBMIT_PATH} (veritee verifier provision corim FILE)"
+        )
+    return _loads(raw)
 
 
 def _loads(raw: bytes) -> Any:
