@@ -245,6 +245,7 @@ def provision(
       veritee verifier provision --token-file STATE/admin-token --file deploy.yaml
       veritee verifier provision trust-device          # this HOME's emulated device
       veritee verifier provision module hello.wasm --version 1.0
+      veritee verifier provision corim psa-endorsements.cbor   # a CoRIM, as Veraison takes
       veritee verifier provision revoke --device 01be7d…
       veritee verifier provision show --json
     """
