@@ -346,3 +346,48 @@ def test_veritee_corim_make_provision_and_a_module_appraises(
         assert result.submods["platform"].status == "warning"  # emulated, as by JSON
     finally:
         server.stop()
+
+
+def _realm_corim(vector: Vector, rem0: bytes) -> bytes:
+    """Veraison's realm CoRIM with another REM0 endorsed for the same RIM."""
+    outer = cbor2.loads(vector("corim/cca-realm-endorsements.cbor").read_bytes())
+    comid = cbor2.loads(outer.value[1][0].value)
+    env, measurements = comid[4][0][0]
+    mval = dict(measurements[0][1])
+    mval[14] = {**mval[14], "rem0": [[8, rem0]]}
+    comid = {**comid, 4: {0: [[env, [{**measurements[0], 1: mval}]]]}}
+    return _retagged(vector("corim/cca-realm-endorsements.cbor").read_bytes(), k1=[_comid(comid)])
+
+
+def test_realm_with_other_extensible_measurements_is_not_endorsed(
+    tmp_path: Path, vector: Vector
+) -> None:
+    """A realm that booted the endorsed image (its RIM) but then extended something else into
+    a REM (a payload the workload owner did not endorse) must not appraise affirming."""
+    server = start_verifier(tmp_path, tmp_path / "verifier")
+    try:
+        platform = vector("corim/cca-endorsements.cbor").read_bytes()
+        assert _post(server, platform, VENDORED[1][1]).json()["status"] == "success"
+        other = _realm_corim(vector, b"D" * 64)
+        assert _post(server, other, "application/rim+cbor").json()["status"] == "success"
+        cca = _vector_claims(vector, "cca/veraison-e2e-cca-evidence")
+        token = vector("cca/veraison-e2e-cca-evidence.cbor").read_bytes()
+        nonce = bytes.fromhex(cca["realm"]["claims"]["challenge"])
+        _, done = _submit(server, token, nonce=nonce, media_type=media.CCA_TOKEN)
+        with server.client() as client:
+            result = ear.verify(done["result"], client.public_key())
+        realm = result.submods["cca-realm"]
+        assert realm.status == "contraindicated"
+        assert realm.trust_vector.executables == 96  # contraindicated
+        assert "extensible measurements" in realm.extensions["ear.veritee.reasons"][0]
+        # The owner's real endorsement (the REMs the realm extends) is kept beside it, not
+        # merged: the same RIM with other REMs is another reference value. (The e2e nonce is
+        # spent on this verifier; test_vendored_corims_... shows the real one affirming.)
+        real = vector("corim/cca-realm-endorsements.cbor").read_bytes()
+        assert _post(server, real, "application/rim+cbor").json()["status"] == "success"
+        with server.client(token=True) as admin:
+            realms = [r for r in admin.state()["reference-values"] if r["kind"] == "realm"]
+        assert sorted(r["rems"][0][:4] for r in realms) == ["4343", "4444"]
+        assert all(r["personalization-value"] == "4144" * 32 for r in realms)
+    finally:
+        server.stop()

@@ -87,7 +87,18 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
         },
         reasons,
     )
-    rim = context.endorsements.endorsed("cca", "realm", r.initial_measurement)
+    # The RIM must be endorsed, and where that endorsement also names the REMs and the
+    # personalization value, the realm must show those: a realm that booted the endorsed
+    # image and then extended something else into a REM is not the endorsed realm.
+    candidates = context.endorsements.candidates("cca", "realm", r.initial_measurement)
+    rim = next(
+        (
+            c
+            for c in candidates
+            if c.matches_realm(tuple(r.extensible_measurements), r.personalization_value)
+        ),
+        None,
+    )
     realm = Submod(
         "cca-realm",
         {
@@ -105,7 +116,12 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
             "executables": AFFIRM if rim is not None else CONTRAINDICATED,
         },
     )
-    if rim is None:
+    if rim is None and candidates:
+        realm.reasons.append(
+            f"realm initial measurement {r.initial_measurement.hex()[:16]}… is endorsed, but "
+            "its extensible measurements or personalization value are not the endorsed ones"
+        )
+    elif rim is None:
         realm.reasons.append(
             f"realm initial measurement {r.initial_measurement.hex()[:16]}… is not among the "
             "reference values"

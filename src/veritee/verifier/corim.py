@@ -117,6 +117,8 @@ SIGNED_MEDIA_TYPE_ALT = "application/corim-signed+cbor"
 MEDIA_TYPES = (UNSIGNED_MEDIA_TYPE, LEGACY_MEDIA_TYPE, SIGNED_MEDIA_TYPE, SIGNED_MEDIA_TYPE_ALT)
 
 VERITEE_VENDOR = "veritee.dev"
+# A CCA realm's integrity registers beyond the RIM, in evidence order.
+REALM_REMS = ("rem0", "rem1", "rem2", "rem3")
 VERITEE_CA_MODEL = "device-ca"
 
 # Hash algorithms of the named-information registry -> digest size.
@@ -409,15 +411,38 @@ def _reference_triple(triple: Any, scheme: Scheme, family: str, what: str) -> li
         rim_bytes = rim.value
         if not isinstance(rim_bytes, bytes) or len(rim_bytes) not in parse.MEASUREMENT_SIZES:
             raise CorimMalformed(f"{what}: the RIM must be a 32, 48 or 64-byte digest")
-        version = ""
-        for k, m in enumerate(measurements):
-            mval = _mval(m, f"{what} measurement #{k}")
-            version = version or _version(mval, what)
-            for name, digests in _registers(mval, what).items():
-                if name == "rim" and rim_bytes not in digests:
-                    raise CorimMalformed(f"{what}: the 'rim' register is not the environment's RIM")
-        out.append(_ref(scheme, "realm", "", rim_bytes, version, what))
-        return out
+        if len(measurements) != 1:
+            raise CorimMalformed(f"{what}: a realm reference holds one measurement")
+        mval = _mval(measurements[0], f"{what} measurement")
+        registers = _registers(mval, what)
+        unknown = sorted(set(registers) - {"rim", *REALM_REMS})
+        if unknown:
+            raise CorimUnsupported(f"{what}: integrity registers {unknown[:5]} are not a realm's")
+        if "rim" in registers and registers["rim"] != [rim_bytes]:
+            raise CorimMalformed(f"{what}: the 'rim' register is not the environment's RIM")
+        named = [n for n in REALM_REMS if n in registers]
+        if named and named != list(REALM_REMS):
+            raise CorimMalformed(f"{what}: a realm's REMs are endorsed all four or none")
+        for n in named:
+            if len(registers[n]) != 1:
+                raise CorimMalformed(f"{what}: register {n!r} must hold one digest")
+        rpv = mval.get(4)
+        if isinstance(rpv, cbor2.CBORTag) and rpv.tag == TAG_BYTES:
+            rpv = rpv.value
+        if rpv is not None and (not isinstance(rpv, bytes) or len(rpv) != 64):
+            raise CorimMalformed(f"{what}: the personalization value (raw value) is 64 bytes")
+        entry: dict[str, Any] = {
+            "scheme": scheme,
+            "kind": "realm",
+            "name": "",
+            "version": _version(mval, what),
+            "measurement": rim_bytes.hex(),
+            "rems": [registers[n][0].hex() for n in named],
+        }
+        if rpv is not None:
+            entry["personalization-value"] = rpv.hex()
+        refs: list[ReferenceValue] = _checked(what, parse.reference_values, entry)
+        return refs
     model = _class(env, what).get(2)
     for k, m in enumerate(measurements):
         where = f"{what} measurement #{k}"

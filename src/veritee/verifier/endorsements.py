@@ -42,6 +42,8 @@ MAX_CAS_PER_ENTRY = 16
 MAX_POLICY_CHARS = 256 * 1024
 # Instance ids (UEIDs) are 33 bytes for PSA/CCA and Veritee; allow other UEID forms up to this.
 MAX_INSTANCE_ID_BYTES = 64
+# A CCA realm has four extensible measurements (REM0..REM3).
+MAX_REMS = 4
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,35 @@ class ReferenceValue:
     name: str
     measurement: bytes
     version: str = ""
+    # A realm's endorsed extensible measurements (REM0..REM3) and personalization value: when
+    # given, a realm of this RIM must also show these (empty: the RIM alone is endorsed).
+    rems: tuple[bytes, ...] = ()
+    personalization: bytes = b""
 
     @property
     def id(self) -> str:
         key = f"{self.scheme}:{self.kind}:{self.name}:{self.measurement.hex()}"
+        if self.rems or self.personalization:
+            key += f":{','.join(r.hex() for r in self.rems)}:{self.personalization.hex()}"
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
-    def to_json(self) -> dict[str, str]:
+    def realm_extra(self) -> dict[str, Any]:
+        """The realm fields beyond the RIM, as JSON values (empty when none are endorsed)."""
+        extra: dict[str, Any] = {}
+        if self.rems:
+            extra["rems"] = [r.hex() for r in self.rems]
+        if self.personalization:
+            extra["personalization-value"] = self.personalization.hex()
+        return extra
+
+    def matches_realm(self, rems: tuple[bytes, ...], personalization: bytes) -> bool:
+        """Whether a realm's REMs and personalization value are the endorsed ones (each
+        compared only where endorsed)."""
+        if self.rems and self.rems != tuple(rems):
+            return False
+        return not self.personalization or self.personalization == personalization
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "scheme": self.scheme,
@@ -107,6 +131,7 @@ class ReferenceValue:
             "name": self.name,
             "version": self.version,
             "measurement": self.measurement.hex(),
+            **self.realm_extra(),
         }
 
 
@@ -195,6 +220,12 @@ class Endorsements:
         """The reference value endorsing ``measurement`` (the first provisioned), or None."""
         found = self._by_measurement.get((scheme, kind), {}).get(measurement)
         return found[0] if found else None
+
+    def candidates(
+        self, scheme: Scheme, kind: RefKind, measurement: bytes
+    ) -> tuple[ReferenceValue, ...]:
+        """Every reference value endorsing ``measurement``, in provisioning order."""
+        return self._by_measurement.get((scheme, kind), {}).get(measurement, ())
 
     def boot_names(self, scheme: Scheme) -> frozenset[str]:
         """Names of the boot components that have reference values for ``scheme``."""
@@ -377,6 +408,19 @@ def reference_values(value: Any, *, scheme: str | None = None) -> list[Reference
     if kind not in REF_KINDS:
         raise ProvisioningError(f"reference value 'kind' must be one of {', '.join(REF_KINDS)}")
     version = value.get("version", "")
+    rems: tuple[bytes, ...] = ()
+    personalization = b""
+    if "rems" in value or "personalization-value" in value:
+        if kind != "realm":
+            raise ProvisioningError("'rems' and 'personalization-value' are for realm values")
+        raw_rems = value.get("rems", [])
+        if not isinstance(raw_rems, list) or len(raw_rems) > MAX_REMS:
+            raise ProvisioningError(f"'rems' must be a list of at most {MAX_REMS} hex digests")
+        rems = tuple(_hex(r, "rems", sizes=MEASUREMENT_SIZES) for r in raw_rems)
+        if "personalization-value" in value:
+            personalization = _hex(
+                value["personalization-value"], "personalization-value", sizes=frozenset({64})
+            )
     return [
         ReferenceValue(
             scheme=cast(Scheme, s),
@@ -388,6 +432,8 @@ def reference_values(value: Any, *, scheme: str | None = None) -> list[Reference
                 "version",
                 allow_empty=True,
             ),
+            rems=rems,
+            personalization=personalization,
         )
     ]
 

@@ -148,6 +148,8 @@ class ReferenceRow(Base):
     version: Mapped[str] = mapped_column(String(256))
     measurement: Mapped[str] = mapped_column(String(128))
     created: Mapped[float] = mapped_column(Float)
+    # A realm's endorsed REMs and personalization value, as JSON (NULL: the RIM alone).
+    extra: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class PolicyRow(Base):
@@ -316,6 +318,10 @@ class Store:
         if "max_lifecycle" not in present:
             with self.engine.begin() as c:
                 c.execute(text("ALTER TABLE trust_anchors ADD COLUMN max_lifecycle VARCHAR(16)"))
+        present = {col["name"] for col in inspect(self.engine).get_columns("reference_values")}
+        if "extra" not in present:
+            with self.engine.begin() as c:
+                c.execute(text("ALTER TABLE reference_values ADD COLUMN extra TEXT"))
 
     def ping(self) -> None:
         with self._read() as c:
@@ -559,6 +565,7 @@ class Store:
                     name=r.name,
                     measurement=bytes.fromhex(r.measurement),
                     version=r.version,
+                    **_realm_extra(r.extra),
                 )
                 for r in refs
             ),
@@ -676,6 +683,7 @@ class Store:
                     "name": r.name,
                     "version": r.version,
                     "measurement": r.measurement,
+                    **(json.loads(r.extra) if r.extra else {}),
                 }
                 for r in refs
             ],
@@ -828,6 +836,7 @@ class Store:
                     version=r.version,
                     measurement=r.measurement.hex(),
                     created=time.time(),
+                    extra=json.dumps(r.realm_extra()) if r.realm_extra() else None,
                 )
             )
             ids.append(r.id)
@@ -871,6 +880,16 @@ def _engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def _realm_extra(extra: str | None) -> dict[str, Any]:
+    if not extra:
+        return {}
+    value = json.loads(extra)
+    return {
+        "rems": tuple(bytes.fromhex(r) for r in value.get("rems", [])),
+        "personalization": bytes.fromhex(value.get("personalization-value", "")),
+    }
 
 
 def _tombstone(key: str, nonce: bytes, created: float, expiry: float) -> dict[str, Any]:
