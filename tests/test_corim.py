@@ -391,3 +391,17 @@ def test_realm_with_other_extensible_measurements_is_not_endorsed(
         assert all(r["personalization-value"] == "4144" * 32 for r in realms)
     finally:
         server.stop()
+
+
+def test_cli_refusal_is_one_clear_line(bare: Server, vector: Vector, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.corim"
+    truncated.write_bytes(vector("corim/cca-endorsements.cbor").read_bytes()[:200])
+    before = _counts(bare)
+    proc = bare.cli(
+        tmp_path, "verifier", "provision", "--verifier", bare.url, "--token", bare.token,
+        "corim", truncated,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "CorimMalformed" in lines[0] and "truncated" in lines[0], lines
+    assert _counts(bare) == before
