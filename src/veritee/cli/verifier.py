@@ -587,6 +587,11 @@ def corim_make(source: Path, output: Path, sign_key: Path | None) -> None:
         cas = [a for a in deployment.anchors if isinstance(a, CaAnchor)]
         if len(cas) != len(deployment.anchors):
             raise UsageError("Veritee's CoMID profile carries CAs, not PSA/CCA device keys")
+        if deployment.revocations or deployment.policies or deployment.active_policy:
+            raise UsageError(
+                "a CoRIM carries trust anchors and reference values only: apply revocations "
+                "and policies with 'provision --file'"
+            )
     else:
         refs, cas = reference_values(data), []
     signer = None
