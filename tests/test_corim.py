@@ -312,14 +312,13 @@ def test_veritee_corim_make_provision_and_a_module_appraises(
 ) -> None:
     server = start_verifier(device.home, tmp_path / "verifier")
     try:
-        deploy = tmp_path / "deploy.json"
+        deploy = tmp_path / "deploy.json"  # the deployment file form, paths and all
+        manufacturer = device.home / "manufacturer"
         deploy.write_text(
             json.dumps(
                 {
-                    "trust-anchors": [{"ca": (device.home / "manufacturer/ca.pem").read_text()}],
-                    "reference-values": [
-                        json.loads((device.home / "manufacturer/reference-values.json").read_text())
-                    ],
+                    "trust-anchors": [{"ca": str(manufacturer / "ca.pem")}],
+                    "reference-values": [{"file": str(manufacturer / "reference-values.json")}],
                 }
             )
         )

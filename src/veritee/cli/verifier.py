@@ -577,12 +577,12 @@ def corim_make(source: Path, output: Path, sign_key: Path | None) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from veritee.verifier import corim
-    from veritee.verifier.deployfile import read_data
+    from veritee.verifier.deployfile import load, read_data
     from veritee.verifier.endorsements import CaAnchor, Deployment, reference_values
 
     data = read_data(source)
     if isinstance(data, dict) and ("trust-anchors" in data or "reference-values" in data):
-        deployment = Deployment.parse(data)
+        deployment = Deployment.parse(load(source))  # paths resolved as by 'provision --file'
         refs = list(deployment.references)
         cas = [a for a in deployment.anchors if isinstance(a, CaAnchor)]
         if len(cas) != len(deployment.anchors):
