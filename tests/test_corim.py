@@ -404,3 +404,36 @@ def test_cli_refusal_is_one_clear_line(bare: Server, vector: Vector, tmp_path: P
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "CorimMalformed" in lines[0] and "truncated" in lines[0], lines
     assert _counts(bare) == before
+
+
+def test_reference_values_for_another_implementation_do_not_count(
+    tmp_path: Path, vector: Vector
+) -> None:
+    """A CoRIM endorses firmware for one implementation (its class id); a device of another
+    implementation running that firmware is not endorsed by it."""
+    server = start_verifier(tmp_path, tmp_path / "verifier")
+    try:
+        good = vector("corim/psa-endorsements.cbor").read_bytes()
+        tags = list(cbor2.loads(good).value[1])
+        refval = cbor2.loads(tags[0].value)
+        env, measurements = refval[4][0][0]
+        other_env = {0: {**env[0], 0: cbor2.CBORTag(600, b"another-implementation-id-0000001")}}
+        moved = {**refval, 4: {0: [[other_env, measurements]]}}
+        corim_bytes = _retagged(good, k1=[tags[1], _comid(moved)])
+        assert _post(server, corim_bytes, VENDORED[0][1]).json()["status"] == "success"
+        psa = _vector_claims(vector, "psa/veraison-e2e-psa-evidence")["claims"]
+        token = vector("psa/veraison-e2e-psa-evidence.cbor").read_bytes()
+        _, done = _submit(
+            server, token, nonce=bytes.fromhex(psa["nonce"]), media_type=media.PSA_TOKEN
+        )
+        with server.client() as client:
+            result = ear.verify(done["result"], client.public_key())
+        assert result.submods["psa"].status == "contraindicated"
+        assert "not an endorsed value" in result.submods["psa"].extensions["ear.veritee.reasons"][0]
+        with server.client(token=True) as admin:
+            refs = admin.state()["reference-values"]
+        assert {r["implementation-id"] for r in refs} == {
+            b"another-implementation-id-0000001".hex()
+        }
+    finally:
+        server.stop()

@@ -38,7 +38,9 @@ def psa(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     key = _device_key(context.endorsements, "psa", unverified.instance_id)
     claims = psa_token.verify(evidence, key)
     _check_nonce(claims.nonce, nonce, "PSA token's nonce")
-    components, reasons = _components(context.endorsements, "psa", claims.software_components)
+    components, reasons = _components(
+        context.endorsements, "psa", claims.software_components, claims.implementation_id
+    )
     submod = Submod(
         "psa",
         {
@@ -67,7 +69,9 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     claims = cca_token.verify(evidence, key)
     p, r = claims.platform, claims.realm
     _check_nonce(r.challenge, nonce, "CCA realm token's challenge")
-    components, reasons = _components(context.endorsements, "cca", p.software_components)
+    components, reasons = _components(
+        context.endorsements, "cca", p.software_components, p.implementation_id
+    )
     hardware = _hardware(p.lifecycle)
     platform = Submod(
         "cca-platform",
@@ -157,11 +161,23 @@ def _hardware(lifecycle: Lifecycle) -> int:
 
 
 def _components(
-    e: Endorsements, scheme: Scheme, components: tuple[SoftwareComponent, ...]
+    e: Endorsements,
+    scheme: Scheme,
+    components: tuple[SoftwareComponent, ...],
+    implementation_id: bytes,
 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Match each component against the boot values endorsed for this implementation (or
+    for any): a value a CoRIM endorses for another implementation does not count."""
     out, reasons = [], []
     for i, c in enumerate(components):
-        ref = e.endorsed(scheme, "boot", c.measurement_value)
+        ref = next(
+            (
+                r
+                for r in e.candidates(scheme, "boot", c.measurement_value)
+                if r.matches_implementation(implementation_id)
+            ),
+            None,
+        )
         label = c.measurement_type or f"#{i}"
         out.append(
             {

@@ -443,7 +443,16 @@ def _reference_triple(triple: Any, scheme: Scheme, family: str, what: str) -> li
             entry["personalization-value"] = rpv.hex()
         refs: list[ReferenceValue] = _checked(what, parse.reference_values, entry)
         return refs
-    model = _class(env, what).get(2)
+    klass = _class(env, what)
+    model = klass.get(2)
+    implementation = b""
+    if family != "veritee":
+        class_id = klass.get(0)
+        if not isinstance(class_id, cbor2.CBORTag) or class_id.tag != TAG_IMPL_ID:
+            raise CorimMalformed(f"{what}: the class id must be an implementation id (tag 600)")
+        if not isinstance(class_id.value, bytes) or not 0 < len(class_id.value) <= 64:
+            raise CorimMalformed(f"{what}: the implementation id must be 1 to 64 bytes")
+        implementation = class_id.value
     for k, m in enumerate(measurements):
         where = f"{what} measurement #{k}"
         if not isinstance(m, Mapping):
@@ -470,7 +479,7 @@ def _reference_triple(triple: Any, scheme: Scheme, family: str, what: str) -> li
         else:
             raise CorimUnsupported(f"{where}: measurement key not of the {family} profile")
         for digest in _digests(mval.get(2), where):
-            out.append(_ref(scheme, kind, name, digest, version, where))
+            out.append(_ref(scheme, kind, name, digest, version, where, implementation))
     return out
 
 
@@ -511,7 +520,13 @@ def _registers(mval: Mapping[Any, Any], what: str) -> dict[str, list[bytes]]:
 
 
 def _ref(
-    scheme: Scheme, kind: RefKind, name: str, measurement: bytes, version: str, what: str
+    scheme: Scheme,
+    kind: RefKind,
+    name: str,
+    measurement: bytes,
+    version: str,
+    what: str,
+    implementation: bytes = b"",
 ) -> ReferenceValue:
     entry = {
         "scheme": scheme,
@@ -520,6 +535,8 @@ def _ref(
         "version": version,
         "measurement": measurement.hex(),
     }
+    if implementation:
+        entry["implementation-id"] = implementation.hex()
     refs: list[ReferenceValue] = _checked(what, parse.reference_values, entry)
     return refs[0]
 

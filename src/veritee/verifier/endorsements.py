@@ -99,22 +99,32 @@ class ReferenceValue:
     # given, a realm of this RIM must also show these (empty: the RIM alone is endorsed).
     rems: tuple[bytes, ...] = ()
     personalization: bytes = b""
+    # PSA/CCA: the implementation id (the CoMID's class id) these values are endorsed for;
+    # when given, only a device of that implementation matches (empty: any).
+    implementation: bytes = b""
 
     @property
     def id(self) -> str:
         key = f"{self.scheme}:{self.kind}:{self.name}:{self.measurement.hex()}"
         if self.rems or self.personalization:
             key += f":{','.join(r.hex() for r in self.rems)}:{self.personalization.hex()}"
+        if self.implementation:
+            key += f":impl={self.implementation.hex()}"
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
-    def realm_extra(self) -> dict[str, Any]:
-        """The realm fields beyond the RIM, as JSON values (empty when none are endorsed)."""
+    def extra(self) -> dict[str, Any]:
+        """The fields beyond name, version and measurement, as JSON values (empty if none)."""
         extra: dict[str, Any] = {}
+        if self.implementation:
+            extra["implementation-id"] = self.implementation.hex()
         if self.rems:
             extra["rems"] = [r.hex() for r in self.rems]
         if self.personalization:
             extra["personalization-value"] = self.personalization.hex()
         return extra
+
+    def matches_implementation(self, implementation_id: bytes) -> bool:
+        return not self.implementation or self.implementation == implementation_id
 
     def matches_realm(self, rems: tuple[bytes, ...], personalization: bytes) -> bool:
         """Whether a realm's REMs and personalization value are the endorsed ones (each
@@ -131,7 +141,7 @@ class ReferenceValue:
             "name": self.name,
             "version": self.version,
             "measurement": self.measurement.hex(),
-            **self.realm_extra(),
+            **self.extra(),
         }
 
 
@@ -421,6 +431,11 @@ def reference_values(value: Any, *, scheme: str | None = None) -> list[Reference
             personalization = _hex(
                 value["personalization-value"], "personalization-value", sizes=frozenset({64})
             )
+    implementation = b""
+    if "implementation-id" in value:
+        if s == "veritee":
+            raise ProvisioningError("'implementation-id' is for psa and cca reference values")
+        implementation = _hex(value["implementation-id"], "implementation-id", max_size=64)
     return [
         ReferenceValue(
             scheme=cast(Scheme, s),
@@ -434,6 +449,7 @@ def reference_values(value: Any, *, scheme: str | None = None) -> list[Reference
             ),
             rems=rems,
             personalization=personalization,
+            implementation=implementation,
         )
     ]
 

@@ -148,7 +148,8 @@ class ReferenceRow(Base):
     version: Mapped[str] = mapped_column(String(256))
     measurement: Mapped[str] = mapped_column(String(128))
     created: Mapped[float] = mapped_column(Float)
-    # A realm's endorsed REMs and personalization value, as JSON (NULL: the RIM alone).
+    # ReferenceValue.extra() as JSON: a realm's REMs and personalization value, a PSA/CCA
+    # value's implementation id (NULL: none).
     extra: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
@@ -565,7 +566,7 @@ class Store:
                     name=r.name,
                     measurement=bytes.fromhex(r.measurement),
                     version=r.version,
-                    **_realm_extra(r.extra),
+                    **_extra(r.extra),
                 )
                 for r in refs
             ),
@@ -836,7 +837,7 @@ class Store:
                     version=r.version,
                     measurement=r.measurement.hex(),
                     created=time.time(),
-                    extra=json.dumps(r.realm_extra()) if r.realm_extra() else None,
+                    extra=json.dumps(r.extra()) if r.extra() else None,
                 )
             )
             ids.append(r.id)
@@ -882,13 +883,14 @@ def _engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
 
 
-def _realm_extra(extra: str | None) -> dict[str, Any]:
+def _extra(extra: str | None) -> dict[str, Any]:
     if not extra:
         return {}
     value = json.loads(extra)
     return {
         "rems": tuple(bytes.fromhex(r) for r in value.get("rems", [])),
         "personalization": bytes.fromhex(value.get("personalization-value", "")),
+        "implementation": bytes.fromhex(value.get("implementation-id", "")),
     }
 
 
