@@ -234,6 +234,8 @@ def test_bad_corims_are_refused_and_change_nothing(bare: Server, vector: Vector)
     for _ in range(200):
         deep = [deep]
     _refused(bare, _retagged(good, k2=deep), unsigned, "CorimMalformed")
+    many = _retagged(good, k1=[tags[1]] * (corim.MAX_TAGS + 1))
+    assert str(corim.MAX_TAGS) in _refused(bare, many, unsigned, "CorimMalformed")
     _refused(bare, b'{"corim": 1}', "application/json", "UnsupportedMediaType")
     # Signed, and this verifier has no signer key: refused, never taken unchecked.
     signed = cbor2.dumps(cbor2.CBORTag(18, [b"\xa1\x01\x26", {}, good, b"\0" * 64]))
