@@ -86,6 +86,12 @@ def verifier() -> None:
 )
 @click.option("--server-nonces-only", is_flag=True, help="Refuse client-chosen nonces (nonce=...).")
 @click.option(
+    "--corim-signer",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM public key (EC P-256/P-384) that CoRIMs must be signed by (COSE_Sign1); with "
+    "it, unsigned CoRIMs are refused; without it, signed ones are.",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write {url, pid} as JSON here once listening (for scripts that use --port 0).",
@@ -108,6 +114,7 @@ def serve(
     token_file: Path | None,
     session_ttl: float,
     server_nonces_only: bool,
+    corim_signer: Path | None,
     ready_file: Path | None,
     log_level: str,
     access_log: bool,
@@ -154,7 +161,12 @@ def serve(
         token_file=None if token_file is None else str(token_file.resolve()),
         session_ttl=session_ttl,
         allow_client_nonce=not server_nonces_only,
+        corim_signer=None if corim_signer is None else str(corim_signer.resolve()),
     )
+    if corim_signer is not None:
+        from veritee.verifier.endorsements import ec_public_key_pem
+
+        ec_public_key_pem(corim_signer.read_text())  # a bad key stops the start, not a submit
     os.environ[CONFIG_ENV] = config.to_env()
 
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
@@ -234,6 +246,7 @@ def provision(
       veritee verifier provision --token-file STATE/admin-token --file deploy.yaml
       veritee verifier provision trust-device          # this HOME's emulated device
       veritee verifier provision module hello.wasm --version 1.0
+      veritee verifier provision corim psa-endorsements.cbor   # a CoRIM, as Veraison takes
       veritee verifier provision revoke --device 01be7d…
       veritee verifier provision show --json
     """
@@ -354,16 +367,57 @@ def provision_refs(ctx: click.Context, path: Path, scheme: str | None) -> None:
     _print(ctx, {"ids": ids}, f"added {len(ids)} reference value(s)")
 
 
+@provision.command("corim")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--media-type",
+    help="Content-Type to send (default: by the file: signed or unsigned CoRIM), e.g. "
+    "'application/corim-unsigned+cbor; profile=\"http://arm.com/psa/iot/1\"'.",
+)
+@click.pass_context
+def provision_corim(ctx: click.Context, path: Path, media_type: str | None) -> None:
+    """Submit a CoRIM (PSA, CCA platform, CCA realm or Veritee profile), all or nothing.
+
+    Sent to Veraison's endorsement-provisioning API, as Veraison's cocli does.
+
+    \b
+    Examples:
+      veritee verifier provision corim psa-endorsements.cbor
+      veritee verifier corim make HOME/manufacturer/reference-values.json -o boot.corim
+      veritee verifier provision corim boot.corim
+    """
+    with _client(ctx) as client:
+        answer = client.submit_corim(path.read_bytes(), media_type)
+    info = answer.get("veritee", {})
+    _print(
+        ctx,
+        answer,
+        f"provisioned {path.name} ({info.get('profile')}): "
+        f"{info.get('trust-anchors', 0)} trust anchor(s), "
+        f"{info.get('reference-values', 0)} reference value(s)",
+    )
+
+
 @provision.command("module")
 @click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Name to endorse it under (default: the file name).")
 @click.option("--version", "version", default="", help="Version to record.")
+@click.option(
+    "--corim-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the endorsement as a CoRIM (Veritee profile) to this file instead of "
+    "provisioning it; submit it later with 'provision corim'.",
+)
 @click.pass_context
-def provision_module(ctx: click.Context, module: Path, name: str | None, version: str) -> None:
+def provision_module(
+    ctx: click.Context, module: Path, name: str | None, version: str, corim_out: Path | None
+) -> None:
     """Endorse a Wasm module: its measurement becomes a reference value.
 
     \b
-    Example:  veritee verifier provision module hello.wasm --version 1.0
+    Examples:
+      veritee verifier provision module hello.wasm --version 1.0
+      veritee verifier provision module hello.wasm --corim-out hello.corim
     """
     from veritee.wasm.runtime import measure, to_binary
 
@@ -373,6 +427,13 @@ def provision_module(ctx: click.Context, module: Path, name: str | None, version
         "version": version,
         "measurement": measure(to_binary(module.read_bytes())).hex(),
     }
+    if corim_out is not None:
+        from veritee.verifier import corim
+        from veritee.verifier.endorsements import reference_values
+
+        corim_out.write_bytes(corim.make(reference_values(entry)))
+        _print(ctx, {"corim": str(corim_out), **entry}, f"wrote {corim_out}")
+        return
     with _client(ctx) as client:
         ids = client.add_reference_values(entry)
     _print(ctx, {"ids": ids, **entry}, f"endorsed {entry['name']} {entry['measurement']}")
@@ -487,6 +548,92 @@ def provision_show(ctx: click.Context, n_sessions: int) -> None:
 
 
 # -- attest ------------------------------------------------------------------------------------
+
+
+@verifier.group("corim")
+def corim_group() -> None:
+    """Make and read CoRIMs (Veritee's CoMID profile: boot stages, modules, CAs).
+
+    \b
+    Examples:
+      veritee verifier corim make HOME/manufacturer/reference-values.json -o boot.corim
+      veritee verifier corim make deploy.yaml -o deploy.corim --sign-key signer.pem
+      veritee verifier corim show tests/vectors/corim/psa-endorsements.cbor
+    """
+
+
+@corim_group.command("make")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="EC private key (PEM) to sign the CoRIM with (COSE_Sign1); its public key is the "
+    "verifier's --corim-signer.",
+)
+def corim_make(source: Path, output: Path, sign_key: Path | None) -> None:
+    """Turn reference values (an entry, a list, a manufacturer file) or a deployment file's
+    trust anchors and reference values (JSON/YAML) into a CoRIM of Veritee's profile."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from veritee.verifier import corim
+    from veritee.verifier.deployfile import load, read_data
+    from veritee.verifier.endorsements import CaAnchor, Deployment, reference_values
+
+    data = read_data(source)
+    if isinstance(data, dict) and ("trust-anchors" in data or "reference-values" in data):
+        deployment = Deployment.parse(load(source))  # paths resolved as by 'provision --file'
+        refs = list(deployment.references)
+        cas = [a for a in deployment.anchors if isinstance(a, CaAnchor)]
+        if len(cas) != len(deployment.anchors):
+            raise UsageError("Veritee's CoMID profile carries CAs, not PSA/CCA device keys")
+        if deployment.revocations or deployment.policies or deployment.active_policy:
+            raise UsageError(
+                "a CoRIM carries trust anchors and reference values only: apply revocations "
+                "and policies with 'provision --file'"
+            )
+    else:
+        refs, cas = reference_values(data), []
+    signer = None
+    if sign_key is not None:
+        try:
+            key = serialization.load_pem_private_key(sign_key.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            raise UsageError(f"{sign_key} is not an unencrypted PEM private key") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise UsageError("the CoRIM signing key must be an EC P-256 or P-384 key")
+        signer = key
+    output.write_bytes(corim.make(refs, cas, signer=signer))
+    click.echo(f"wrote {output}: {len(refs)} reference value(s), {len(cas)} CA(s)")
+
+
+@corim_group.command("show")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--signer",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM public key a signed CoRIM must verify under.",
+)
+def corim_show(path: Path, signer: Path | None) -> None:
+    """Decode a CoRIM as the verifier would, and print what it endorses (JSON)."""
+    from veritee.verifier import corim
+    from veritee.verifier.endorsements import CaAnchor, ec_public_key_pem
+
+    key = None if signer is None else ec_public_key_pem(signer.read_text())
+    decoded = corim.decode(path.read_bytes(), signer=key)
+    d = decoded.deployment
+    out = {
+        **decoded.summary(),
+        "trust-anchors": [
+            {"ca": a.subject, "id": a.id}
+            if isinstance(a, CaAnchor)
+            else {"scheme": a.scheme, "instance-id": a.instance_id.hex()}
+            for a in d.anchors
+        ],
+        "reference-values": [rv.to_json() for rv in d.references],
+    }
+    click.echo(json.dumps(out, indent=2))
 
 
 @verifier.command("attest")

@@ -53,7 +53,9 @@ def psa(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     key = _device_key(context.endorsements, "psa", unverified.instance_id)
     claims = psa_token.verify(evidence, key)
     _check_nonce(claims.nonce, nonce, "PSA token's nonce")
-    components, reasons = _components(context.endorsements, "psa", claims.software_components)
+    components, reasons = _components(
+        context.endorsements, "psa", claims.software_components, claims.implementation_id
+    )
     submod = Submod(
         "psa",
         {
@@ -83,7 +85,9 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
     claims = cca_token.verify(evidence, key)
     p, r = claims.platform, claims.realm
     _check_nonce(r.challenge, nonce, "CCA realm token's challenge")
-    components, reasons = _components(context.endorsements, "cca", p.software_components)
+    components, reasons = _components(
+        context.endorsements, "cca", p.software_components, p.implementation_id
+    )
     hardware = _hardware(p.lifecycle)
     platform = Submod(
         "cca-platform",
@@ -104,7 +108,18 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
         reasons,
         annotated=_platform_annotated(p),
     )
-    rim = context.endorsements.endorsed("cca", "realm", r.initial_measurement)
+    # The RIM must be endorsed, and where that endorsement also names the REMs and the
+    # personalization value, the realm must show those: a realm that booted the endorsed
+    # image and then extended something else into a REM is not the endorsed realm.
+    candidates = context.endorsements.candidates("cca", "realm", r.initial_measurement)
+    rim = next(
+        (
+            c
+            for c in candidates
+            if c.matches_realm(tuple(r.extensible_measurements), r.personalization_value)
+        ),
+        None,
+    )
     realm = Submod(
         "cca-realm",
         {
@@ -123,7 +138,12 @@ def cca(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
         },
         annotated=_realm_annotated(r),
     )
-    if rim is None:
+    if rim is None and candidates:
+        realm.reasons.append(
+            f"realm initial measurement {r.initial_measurement.hex()[:16]}… is endorsed, but "
+            "its extensible measurements or personalization value are not the endorsed ones"
+        )
+    elif rim is None:
         realm.reasons.append(
             f"realm initial measurement {r.initial_measurement.hex()[:16]}… is not among the "
             "reference values"
@@ -159,11 +179,23 @@ def _hardware(lifecycle: Lifecycle) -> int:
 
 
 def _components(
-    e: Endorsements, scheme: Scheme, components: tuple[SoftwareComponent, ...]
+    e: Endorsements,
+    scheme: Scheme,
+    components: tuple[SoftwareComponent, ...],
+    implementation_id: bytes,
 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Match each component against the boot values endorsed for this implementation (or
+    for any): a value a CoRIM endorses for another implementation does not count."""
     out, reasons = [], []
     for i, c in enumerate(components):
-        ref = e.endorsed(scheme, "boot", c.measurement_value)
+        ref = next(
+            (
+                r
+                for r in e.candidates(scheme, "boot", c.measurement_value)
+                if r.matches_implementation(implementation_id)
+            ),
+            None,
+        )
         label = c.measurement_type or f"#{i}"
         out.append(
             {

@@ -8,15 +8,18 @@ never take a worker down.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Request, Response
 
-from veritee.verifier import credentials
+from veritee.verifier import corim, credentials
 from veritee.verifier import endorsements as parse
 from veritee.verifier.errors import (
     BadRequestBody,
@@ -24,6 +27,7 @@ from veritee.verifier.errors import (
     PolicyCompileError,
     ProvisioningError,
     Unauthorized,
+    VerifierError,
 )
 from veritee.verifier.policy import BUILTIN, Policy
 
@@ -33,6 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("veritee.verifier.provisioning")
 
 PREFIX = "/provisioning/v1"
+# Veraison's endorsement-provisioning API: CoRIM in, a provisioning session out.
+SUBMIT_PATH = "/endorsement-provisioning/v1/submit"
+WELL_KNOWN_PATH = "/.well-known/veraison/provisioning"
+PROVISIONING_SESSION_MEDIA_TYPE = "application/vnd.veraison.provisioning-session+json"
+# The provisioning session's "expiry": Veraison's synchronous sessions are done at once, and
+# a client only reads the status; this is how long the answer may be quoted.
+SESSION_EXPIRY_SECONDS = 60
 # A deployment with hundreds of reference values, CAs and a few policies is well under this;
 # anything bigger is refused before it is read.
 MAX_PROVISIONING_BYTES = 1024 * 1024
@@ -149,6 +160,42 @@ def install(app: FastAPI, v: Verifier) -> None:
         changed(request, f"removed {what}", id=item_id)
         return Response(status_code=204)
 
+    @app.post(SUBMIT_PATH)
+    async def submit_corim(request: Request) -> Response:
+        authorise(request)
+        raw = await _raw_body(request)
+        try:
+            if not raw:
+                raise BadRequestBody("the body is empty: send a CoRIM")
+            decoded = corim.decode(
+                raw, media_type=request.headers.get("content-type") or None, signer=_signer(v)
+            )
+            counts = v.store.apply(decoded.deployment, {})
+        except VerifierError as err:
+            log.warning("CoRIM refused", extra={"client": _client(request), "check": str(err)})
+            return _failed_session(err)
+        changed(request, "corim", **decoded.summary())
+        expiry = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=SESSION_EXPIRY_SECONDS)
+        body = {
+            "status": "success",
+            "expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "veritee": {**decoded.summary(), "applied": counts},
+        }
+        return _json(body, 200, PROVISIONING_SESSION_MEDIA_TYPE)
+
+    @app.get(WELL_KNOWN_PATH)
+    async def provisioning_discovery() -> Response:
+        body = {
+            "media-types": [f'{corim.UNSIGNED_MEDIA_TYPE}; profile="{p}"' for p in corim.PROFILES]
+            + [corim.LEGACY_MEDIA_TYPE, corim.SIGNED_MEDIA_TYPE],
+            "version": v.verifier_id.build,
+            "service-state": "READY",
+            "api-endpoints": {"provisioningSubmit": SUBMIT_PATH},
+        }
+        from veritee.verifier.service import DISCOVERY_MEDIA_TYPE
+
+        return _json(body, 200, DISCOVERY_MEDIA_TYPE)
+
     @app.get(f"{PREFIX}/sessions")
     async def sessions(request: Request) -> Response:
         authorise(request)
@@ -157,6 +204,40 @@ def install(app: FastAPI, v: Verifier) -> None:
         limit = request.query_params.get("limit")
         n = 50 if limit is None else bounded_number("limit", limit, 1, MAX_SESSIONS_LISTED)
         return _json({"sessions": v.store.recent_sessions(n)})
+
+
+def _failed_session(err: VerifierError) -> Response:
+    """The problem (RFC 7807) for a refused CoRIM, with Veraison's failed-session
+    ``failure-reason`` as an extension member, so a Veraison client reads why."""
+    from veritee.verifier.service import problem_for
+
+    response = problem_for(err, SUBMIT_PATH)
+    body = {**json.loads(bytes(response.body)), "failure-reason": str(err)}
+    headers = (
+        {"WWW-Authenticate": response.headers["www-authenticate"]}
+        if ("www-authenticate" in response.headers)
+        else {}
+    )
+    if err.http_status == 415:
+        headers["Accept"] = ", ".join(corim.MEDIA_TYPES)
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=response.status_code,
+        media_type=response.media_type,
+        headers=headers,
+    )
+
+
+def _signer(v: Verifier) -> ec.EllipticCurvePublicKey | None:
+    """The configured CoRIM signer's public key, or None (signed CoRIMs are then refused)."""
+    path = v.config.corim_signer
+    if path is None:
+        return None
+    try:
+        pem = Path(path).read_text()
+    except OSError as exc:
+        raise ProvisioningError(f"the CoRIM signer key cannot be read: {exc.strerror}") from None
+    return parse.ec_public_key_pem(pem)
 
 
 def _checked_policy(v: Verifier, name: str, rego: str) -> Policy:
@@ -185,7 +266,13 @@ async def _raw_body(request: Request) -> bytes:
 
 
 async def _json_body(request: Request) -> Any:
-    return _loads(await _raw_body(request))
+    raw = await _raw_body(request)
+    essence = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if essence in corim.MEDIA_TYPES or raw[:3] == b"\xd9\x01\xf5":  # tag 501: a CoRIM
+        raise BadRequestBody(
+            f"this is a CoRIM; POST it to {SUBMIT_PATH} (veritee verifier provision corim FILE)"
+        )
+    return _loads(raw)
 
 
 def _loads(raw: bytes) -> Any:
@@ -195,11 +282,11 @@ def _loads(raw: bytes) -> Any:
         raise BadRequestBody("the body is not JSON (or nests too deeply)") from None
 
 
-def _json(body: Any, status: int = 200) -> Response:
+def _json(body: Any, status: int = 200, media_type: str = "application/json") -> Response:
     return Response(
         json.dumps(body, separators=(",", ":")).encode(),
         status_code=status,
-        media_type="application/json",
+        media_type=media_type,
     )
 
 

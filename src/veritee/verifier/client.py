@@ -146,6 +146,22 @@ class VerifierClient:
     def remove(self, what: str, item_id: str) -> None:
         self._admin("DELETE", f"/{what}/{item_id}")
 
+    def submit_corim(self, corim: bytes, media_type: str | None = None) -> dict[str, Any]:
+        """Veraison's ``POST /endorsement-provisioning/v1/submit``: the provisioning session.
+
+        ``media_type`` defaults by the bytes: a signed CoRIM (COSE_Sign1, 0xd2) is sent as
+        ``application/rim+cose``, an unsigned one as ``application/corim-unsigned+cbor``."""
+        if media_type is None:
+            signed = corim[:1] == b"\xd2"
+            media_type = "application/rim+cose" if signed else "application/corim-unsigned+cbor"
+        headers = {"Content-Type": media_type}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        response = self._request(
+            "POST", "/endorsement-provisioning/v1/submit", content=corim, headers=headers
+        )
+        return dict(response.json())
+
     def sessions(self, limit: int = 50) -> list[dict[str, Any]]:
         response = self._admin("GET", f"/sessions?limit={limit}")
         return list(response.json()["sessions"])

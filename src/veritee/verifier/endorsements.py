@@ -42,6 +42,8 @@ MAX_CAS_PER_ENTRY = 16
 MAX_POLICY_CHARS = 256 * 1024
 # Instance ids (UEIDs) are 33 bytes for PSA/CCA and Veritee; allow other UEID forms up to this.
 MAX_INSTANCE_ID_BYTES = 64
+# A CCA realm has four extensible measurements (REM0..REM3).
+MAX_REMS = 4
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,45 @@ class ReferenceValue:
     name: str
     measurement: bytes
     version: str = ""
+    # A realm's endorsed extensible measurements (REM0..REM3) and personalization value: when
+    # given, a realm of this RIM must also show these (empty: the RIM alone is endorsed).
+    rems: tuple[bytes, ...] = ()
+    personalization: bytes = b""
+    # PSA/CCA: the implementation id (the CoMID's class id) these values are endorsed for;
+    # when given, only a device of that implementation matches (empty: any).
+    implementation: bytes = b""
 
     @property
     def id(self) -> str:
         key = f"{self.scheme}:{self.kind}:{self.name}:{self.measurement.hex()}"
+        if self.rems or self.personalization:
+            key += f":{','.join(r.hex() for r in self.rems)}:{self.personalization.hex()}"
+        if self.implementation:
+            key += f":impl={self.implementation.hex()}"
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
-    def to_json(self) -> dict[str, str]:
+    def extra(self) -> dict[str, Any]:
+        """The fields beyond name, version and measurement, as JSON values (empty if none)."""
+        extra: dict[str, Any] = {}
+        if self.implementation:
+            extra["implementation-id"] = self.implementation.hex()
+        if self.rems:
+            extra["rems"] = [r.hex() for r in self.rems]
+        if self.personalization:
+            extra["personalization-value"] = self.personalization.hex()
+        return extra
+
+    def matches_implementation(self, implementation_id: bytes) -> bool:
+        return not self.implementation or self.implementation == implementation_id
+
+    def matches_realm(self, rems: tuple[bytes, ...], personalization: bytes) -> bool:
+        """Whether a realm's REMs and personalization value are the endorsed ones (each
+        compared only where endorsed)."""
+        if self.rems and self.rems != tuple(rems):
+            return False
+        return not self.personalization or self.personalization == personalization
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "scheme": self.scheme,
@@ -107,6 +141,7 @@ class ReferenceValue:
             "name": self.name,
             "version": self.version,
             "measurement": self.measurement.hex(),
+            **self.extra(),
         }
 
 
@@ -195,6 +230,12 @@ class Endorsements:
         """The reference value endorsing ``measurement`` (the first provisioned), or None."""
         found = self._by_measurement.get((scheme, kind), {}).get(measurement)
         return found[0] if found else None
+
+    def candidates(
+        self, scheme: Scheme, kind: RefKind, measurement: bytes
+    ) -> tuple[ReferenceValue, ...]:
+        """Every reference value endorsing ``measurement``, in provisioning order."""
+        return self._by_measurement.get((scheme, kind), {}).get(measurement, ())
 
     def boot_names(self, scheme: Scheme) -> frozenset[str]:
         """Names of the boot components that have reference values for ``scheme``."""
@@ -377,6 +418,24 @@ def reference_values(value: Any, *, scheme: str | None = None) -> list[Reference
     if kind not in REF_KINDS:
         raise ProvisioningError(f"reference value 'kind' must be one of {', '.join(REF_KINDS)}")
     version = value.get("version", "")
+    rems: tuple[bytes, ...] = ()
+    personalization = b""
+    if "rems" in value or "personalization-value" in value:
+        if kind != "realm":
+            raise ProvisioningError("'rems' and 'personalization-value' are for realm values")
+        raw_rems = value.get("rems", [])
+        if not isinstance(raw_rems, list) or len(raw_rems) > MAX_REMS:
+            raise ProvisioningError(f"'rems' must be a list of at most {MAX_REMS} hex digests")
+        rems = tuple(_hex(r, "rems", sizes=MEASUREMENT_SIZES) for r in raw_rems)
+        if "personalization-value" in value:
+            personalization = _hex(
+                value["personalization-value"], "personalization-value", sizes=frozenset({64})
+            )
+    implementation = b""
+    if "implementation-id" in value:
+        if s == "veritee":
+            raise ProvisioningError("'implementation-id' is for psa and cca reference values")
+        implementation = _hex(value["implementation-id"], "implementation-id", max_size=64)
     return [
         ReferenceValue(
             scheme=cast(Scheme, s),
@@ -388,6 +447,9 @@ def reference_values(value: Any, *, scheme: str | None = None) -> list[Reference
                 "version",
                 allow_empty=True,
             ),
+            rems=rems,
+            personalization=personalization,
+            implementation=implementation,
         )
     ]
 
@@ -465,6 +527,11 @@ def _public_key(value: Any) -> ec.EllipticCurvePublicKey:
     if not isinstance(value, str):
         raise ProvisioningError("'key' must be a PEM public key or a JWK")
     return _load_ec_public_pem(value)
+
+
+def ec_public_key_pem(pem: str) -> ec.EllipticCurvePublicKey:
+    """An EC P-256/P-384 public key from PEM (a CoRIM signer's, an attester's)."""
+    return _load_ec_public_pem(pem)
 
 
 def _load_ec_public_pem(pem: str) -> ec.EllipticCurvePublicKey:

@@ -165,3 +165,32 @@ __all__ = [
     "VerifierRefused",
     "VerifierUnreachable",
 ]
+
+
+class CorimMalformed(ProvisioningError):
+    """A CoRIM/CoMID is not valid CBOR, truncated, over a limit, or not the shape its profile
+    requires."""
+
+
+class CorimUnknownProfile(ProvisioningError):
+    """A CoRIM names no profile, or one this verifier does not know (or another than its
+    Content-Type says)."""
+
+
+class CorimUnsupported(ProvisioningError):
+    """A CoRIM holds a tag, field or triple this verifier does not appraise: refused rather
+    than silently ignored."""
+
+
+class CorimSignerMissing(ProvisioningError):
+    """A signed CoRIM arrived but no CoRIM signer key is configured to check it."""
+
+
+class CorimUnsigned(ProvisioningError):
+    """A CoRIM signer key is configured and the CoRIM is unsigned."""
+
+
+class CorimBadSignature(ProvisioningError):
+    """A signed CoRIM's signature does not verify under the configured signer key."""
+
+    http_status = 403

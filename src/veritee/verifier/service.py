@@ -118,6 +118,8 @@ class Config:
     session_ttl: float = DEFAULT_SESSION_TTL
     allow_client_nonce: bool = True
     result_validity: int = appraisal.RESULT_VALIDITY_SECONDS
+    # PEM public key that signed CoRIMs must verify under (None: signed CoRIMs are refused).
+    corim_signer: str | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

@@ -148,6 +148,9 @@ class ReferenceRow(Base):
     version: Mapped[str] = mapped_column(String(256))
     measurement: Mapped[str] = mapped_column(String(128))
     created: Mapped[float] = mapped_column(Float)
+    # ReferenceValue.extra() as JSON: a realm's REMs and personalization value, a PSA/CCA
+    # value's implementation id (NULL: none).
+    extra: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class PolicyRow(Base):
@@ -324,6 +327,10 @@ class Store:
         if "max_lifecycle" not in present:
             with self.engine.begin() as c:
                 c.execute(text("ALTER TABLE trust_anchors ADD COLUMN max_lifecycle VARCHAR(16)"))
+        present = {col["name"] for col in inspect(self.engine).get_columns("reference_values")}
+        if "extra" not in present:
+            with self.engine.begin() as c:
+                c.execute(text("ALTER TABLE reference_values ADD COLUMN extra TEXT"))
 
     def ping(self) -> None:
         with self._read() as c:
@@ -586,6 +593,7 @@ class Store:
                     name=r.name,
                     measurement=bytes.fromhex(r.measurement),
                     version=r.version,
+                    **_extra(r.extra),
                 )
                 for r in refs
             ),
@@ -703,6 +711,7 @@ class Store:
                     "name": r.name,
                     "version": r.version,
                     "measurement": r.measurement,
+                    **(json.loads(r.extra) if r.extra else {}),
                 }
                 for r in refs
             ],
@@ -855,6 +864,7 @@ class Store:
                     version=r.version,
                     measurement=r.measurement.hex(),
                     created=time.time(),
+                    extra=json.dumps(r.extra()) if r.extra() else None,
                 )
             )
             ids.append(r.id)
@@ -898,6 +908,17 @@ def _engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+
+
+def _extra(extra: str | None) -> dict[str, Any]:
+    if not extra:
+        return {}
+    value = json.loads(extra)
+    return {
+        "rems": tuple(bytes.fromhex(r) for r in value.get("rems", [])),
+        "personalization": bytes.fromhex(value.get("personalization-value", "")),
+        "implementation": bytes.fromhex(value.get("implementation-id", "")),
+    }
 
 
 def _tombstone(key: str, nonce: bytes, created: float, expiry: float) -> dict[str, Any]:
