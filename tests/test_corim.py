@@ -160,9 +160,9 @@ def test_vendored_corims_make_veraisons_e2e_evidence_affirm(bare: Server, vector
         ("cca", "realm"),
     }
     assert _appraise_e2e(bare, vector) == {
-        "psa": "affirming",
-        "cca-platform": "affirming",
-        "cca-realm": "affirming",
+        "PSA_IOT": "affirming",
+        "CCA_SSD_PLATFORM": "affirming",
+        "CCA_REALM": "affirming",
     }
     # Submitting the same CoRIM again is idempotent: nothing is duplicated.
     before = _counts(bare)[1:]
@@ -377,7 +377,7 @@ def test_realm_with_other_extensible_measurements_is_not_endorsed(
         _, done = _submit(server, token, nonce=nonce, media_type=media.CCA_TOKEN)
         with server.client() as client:
             result = ear.verify(done["result"], client.public_key())
-        realm = result.submods["cca-realm"]
+        realm = result.submods["CCA_REALM"]
         assert realm.status == "contraindicated"
         assert realm.trust_vector.executables == 96  # contraindicated
         assert "extensible measurements" in realm.extensions["ear.veritee.reasons"][0]
@@ -430,8 +430,11 @@ def test_reference_values_for_another_implementation_do_not_count(
         )
         with server.client() as client:
             result = ear.verify(done["result"], client.public_key())
-        assert result.submods["psa"].status == "contraindicated"
-        assert "not an endorsed value" in result.submods["psa"].extensions["ear.veritee.reasons"][0]
+        assert result.submods["PSA_IOT"].status == "contraindicated"
+        assert (
+            "not an endorsed value"
+            in result.submods["PSA_IOT"].extensions["ear.veritee.reasons"][0]
+        )
         with server.client(token=True) as admin:
             refs = admin.state()["reference-values"]
         assert {r["implementation-id"] for r in refs} == {
