@@ -142,6 +142,9 @@ def test_sigterm_to_node_start_stops_the_secure_world_it_booted(tmp_path: Path) 
         vtee = _vtee_pid(dev)
         node.send_signal(signal.SIGTERM)
         node.wait(HANG)
+        assert node.returncode == 128 + signal.SIGTERM  # an orderly stop, as the shell reports it
+        assert node.stderr is not None
+        assert b"Traceback" not in node.stderr.read()
         assert _wait(lambda: not _alive(monitor)), "SIGTERM left the secure world running"
         assert _wait(lambda: not _alive(vtee))
         assert not (dev.home / "monitor.sock").exists()
