@@ -156,3 +156,32 @@ def test_sigterm_to_node_start_stops_the_secure_world_it_booted(tmp_path: Path) 
     # Nothing of the owner's is lost: the device boots again.
     dev.start()
     dev.stop()
+
+
+def test_an_exiting_process_removes_only_the_file_it_created(tmp_path: Path) -> None:
+    """The check every exiting monitor and vTEE makes on its socket and pid file: a file
+    another process put in its place (same path, another inode) stays."""
+    from veritee.tee import lifeline
+
+    path = tmp_path / "monitor.pid"
+    path.write_text("1\n")
+    mine = lifeline.own_file(path)
+    path.unlink()
+    path.write_text("2\n")  # the live process's, created since
+    lifeline.remove_own(path, mine)
+    assert path.read_text() == "2\n"
+    lifeline.remove_own(path, lifeline.own_file(path))  # its own: removed
+    assert not path.exists()
+
+
+def test_stale_files_of_a_killed_world_do_not_stop_the_next(fresh_device: Device) -> None:
+    """After kill -9 the socket and pid files stay; the next lock holder replaces them, and
+    the dying vTEE's exit does not take the new one's socket with it."""
+    monitor = _monitor_pid(fresh_device)
+    vtee = _vtee_pid(fresh_device)
+    os.kill(monitor, signal.SIGKILL)
+    fresh_device.ok("tee", "start")  # at once: the old vTEE may still be on its way out
+    assert _wait(lambda: not _alive(vtee))
+    assert _monitor_pid(fresh_device) != monitor
+    assert (fresh_device.home / "vtees" / "default" / "tee.sock").exists()
+    fresh_device.ok("tee", "status")

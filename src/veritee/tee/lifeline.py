@@ -11,7 +11,8 @@ monitor starts vTEEs (and a vTEE its workers) from request and refill threads th
 before the parent does.
 
 :func:`own_file` / :func:`remove_own` keep a process from removing a file another process of
-the same home created in its place (a socket, a pid file): it removes only the inode it made.
+the same home created in its place (a socket, a pid file): it removes only the inode it made,
+and holds that inode open meanwhile so its number is not reused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("veritee.lifeline")
@@ -59,27 +61,46 @@ def watch(fd: int) -> None:
     threading.Thread(target=wait, name="lifeline", daemon=True).start()
 
 
-def own_file(path: Path) -> tuple[int, int] | None:
-    """The identity (device, inode) of a file this process just created, to remove it later."""
+@dataclass(frozen=True)
+class Owned:
+    """A file this process created: its identity, and a descriptor that pins it.
+
+    The descriptor (``O_PATH``: it works on sockets too) keeps the inode allocated while this
+    process lives, even once another process unlinked the path: so no file created later can
+    reuse the inode number and pass for this one (file systems such as tmpfs reuse them at
+    once).
+    """
+
+    dev: int
+    ino: int
+    fd: int
+
+
+def own_file(path: Path) -> Owned | None:
+    """The file this process just created at ``path``, to remove it later (:func:`remove_own`)."""
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    st = os.fstat(fd)
+    return Owned(st.st_dev, st.st_ino, fd)
 
 
-def remove_own(path: Path, identity: tuple[int, int] | None) -> None:
+def remove_own(path: Path, owned: Owned | None) -> None:
     """Remove ``path`` only if it is still the file this process created (``own_file``)."""
-    if identity is None:
+    if owned is None:
         return
     try:
-        st = path.stat()
+        st = path.lstat()
+        if (st.st_dev, st.st_ino) == (owned.dev, owned.ino):
+            path.unlink(missing_ok=True)
+        else:
+            log.info("%s now belongs to another process: left in place", path)
     except OSError:
-        return
-    if (st.st_dev, st.st_ino) == identity:
-        path.unlink(missing_ok=True)
-    else:
-        log.info("%s now belongs to another process: left in place", path)
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(owned.fd)
 
 
-__all__ = ["EXIT_ORPHANED", "Lifeline", "own_file", "remove_own", "watch"]
+__all__ = ["EXIT_ORPHANED", "Lifeline", "Owned", "own_file", "remove_own", "watch"]

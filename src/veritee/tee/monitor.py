@@ -489,10 +489,10 @@ def run(home: Home, ready: Any) -> int:
         server.serve_forever(poll_interval=0.2)
     finally:
         monitor.stop_all()
-        server.server_close()
         # Only this monitor's own files: never what another process put in their place.
         lifeline.remove_own(home.monitor_socket, sock_id)
         lifeline.remove_own(home.monitor_pid, pid_id)
+        server.server_close()
         os.close(lock)
         log.info("secure world stopped")
     return 0

@@ -594,8 +594,8 @@ def serve(handoff: dict[str, Any], ready: Any = None) -> None:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        server.server_close()
         lifeline.remove_own(path, sock_id)  # never a socket another vTEE bound since
+        server.server_close()
         world.pool.close()
         world.modules.clear()
 
