@@ -269,7 +269,12 @@ class _Progress:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Appraise locally with this device home's manufacturer CA and boot reference values.",
 )
-@click.option("--force", is_flag=True, help="Deploy again over an existing deployment.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Deploy again over an existing deployment: overwrite the state file, and replace "
+    "the app's modules that already run on its nodes under this deployment key (listed).",
+)
 @click.option(
     "--check",
     "check_only",
