@@ -185,3 +185,28 @@ def test_stale_files_of_a_killed_world_do_not_stop_the_next(fresh_device: Device
     assert _monitor_pid(fresh_device) != monitor
     assert (fresh_device.home / "vtees" / "default" / "tee.sock").exists()
     fresh_device.ok("tee", "status")
+
+
+def test_kill_9_of_a_vtee_ends_the_worker_in_the_middle_of_a_run(
+    fresh_device: Device, wasm: Callable[..., Path]
+) -> None:
+    """A worker running a module (holding its sealing key) does not read its socket until the
+    run ends: the lifeline ends it with its vTEE all the same."""
+    spin = wasm("tests/assets/c/spin.c")
+    vtee = _vtee_pid(fresh_device)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "veritee", "--home", str(fresh_device.home), "run",
+         "--timeout", "600", str(spin)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)  # let the spinner get going
+        workers = _children(vtee)
+        assert workers
+        os.kill(vtee, signal.SIGKILL)
+        assert _wait(lambda: not any(_alive(w) for w in workers)), "a worker outlived its vTEE"
+    finally:
+        run.kill()
+        run.wait()
