@@ -501,3 +501,74 @@ def test_names_in_node_agent_paths_cannot_escape_its_directory(home: SmartHome) 
     )
     assert response.status_code == 400
     assert "is not a name" in cbor2.loads(response.content)["error"]
+
+
+def _app_descriptor(home: SmartHome) -> Path:
+    return descriptor_for(
+        REPO / "examples/smart-home/app.yaml",
+        home.cluster,
+        home.binaries,
+        home.workdir / "again.yaml",
+    )
+
+
+def test_a_second_deploy_from_another_state_file_is_refused_and_the_first_runs_on(
+    home: SmartHome,
+) -> None:
+    # The attack: a second deploy of the running app from another state file (its own new
+    # deployment key), which would configure the nodes over the live deployment.
+    before = home.count()
+    other = home.workdir / "other-state.json"
+    proc = home.cli(
+        "deploy", _app_descriptor(home), "--state", other, "--verifier", home.cluster.verifier_url
+    )
+    assert proc.returncode == NodeError.exit_code, proc.stderr
+    assert "already runs on node" in proc.stderr and "another deployment key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not other.exists() and not state_mod.keys_path(other).exists()
+    # Nothing of the owner's was touched: events flow, status says connected.
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() > before)
+    assert all(m["running"] for m in home.status()["modules"])
+
+
+def test_a_second_deploy_under_the_same_key_says_what_it_would_replace(home: SmartHome) -> None:
+    # The attack: the same deployment key (its keys file copied) under another state file; the
+    # node's gate lets the owner through, so the deploy would replace the live modules.
+    import shutil
+
+    from veritee.app.errors import AppAlreadyRunning
+
+    other = home.workdir / "copy-state.json"
+    shutil.copy(state_mod.keys_path(home.state), state_mod.keys_path(other))
+    before = home.count()
+    proc = home.cli(
+        "deploy", _app_descriptor(home), "--state", other, "--verifier", home.cluster.verifier_url
+    )
+    assert proc.returncode == AppAlreadyRunning.exit_code, proc.stderr
+    assert f"app '{APP}' already runs" in proc.stderr
+    assert "controller" in proc.stderr and "--force" in proc.stderr
+    assert not other.exists()
+    home.ok("output", "trigger-btn", "press")
+    until(lambda: home.count() > before)
+    assert all(m["running"] for m in home.status()["modules"])
+
+
+def test_an_unreachable_verifier_stops_a_deploy_before_anything_is_loaded(
+    home: SmartHome,
+) -> None:
+    app = "smart-home-unverified"
+    other = home.workdir / "unverified-state.json"
+    proc = home.cli(
+        "deploy",
+        _another_app(home, app, home.binaries),
+        "--state",
+        other,
+        "--verifier",
+        "http://127.0.0.1:9",  # discard port: nothing listens
+    )
+    assert proc.returncode == 9, proc.stderr
+    assert "did not answer" in proc.stderr and "Traceback" not in proc.stderr
+    assert not other.exists()
+    for node in home.cluster.nodes.values():  # no node configured or loaded anything of it
+        assert not (node.home / "node" / "apps" / app).exists()

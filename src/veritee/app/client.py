@@ -14,7 +14,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.app import auth
-from veritee.app.errors import NodeError, NodeUnreachable
+from veritee.app.errors import NodeError, NodeUnreachable, NotAppOwner
 from veritee.app.routes import Route
 
 CBOR = "application/cbor"
@@ -89,7 +89,10 @@ class NodeClient:
         if not isinstance(value, dict):
             raise NodeError(f"node {self.name} answered {response.status_code} without CBOR")
         if response.status_code >= 400:
-            raise NodeError(f"node {self.name}: {value.get('error', response.reason_phrase)}")
+            message = f"node {self.name}: {value.get('error', response.reason_phrase)}"
+            if value.get("kind") == NotAppOwner.__name__:  # the caller may say what it means
+                raise NotAppOwner(message)
+            raise NodeError(message)
         return value
 
     # -- deployer -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from veritee.app.attest import (
 )
 from veritee.app.client import NodeClient
 from veritee.app.descriptor import Connection, Descriptor
-from veritee.app.errors import AppError, DescriptorError, StateError
+from veritee.app.errors import AppAlreadyRunning, AppError, DescriptorError, NotAppOwner, StateError
 from veritee.app.routes import End, Route
 from veritee.app.state import ConnectionState, Deployment, Keys, ModuleState, NodeState
 from veritee.errors import Error
@@ -103,7 +103,8 @@ class Deployer:
                 "'veritee add', or deploy again with --force"
             )
         keys_file = state_mod.keys_path(self.state_path)
-        keys = state_mod.load_keys(self.state_path) if keys_file.exists() else state_mod.new_keys()
+        new_keys = not keys_file.exists()
+        keys = state_mod.new_keys() if new_keys else state_mod.load_keys(self.state_path)
         state_mod.save_keys(self.state_path, keys)
         verifier = self.verifier or descriptor.verifier.url
         dep = Deployment(
@@ -115,6 +116,15 @@ class Deployer:
             nodes={n.name: NodeState(n.name, n.host, n.port) for n in descriptor.nodes},
             periodic=[[p.module, p.entry, p.period_ms] for p in descriptor.periodic],
         )
+        try:
+            self._preflight(dep, force=force)
+        except BaseException:
+            # Nothing was changed anywhere: leave no state (or fresh keys) for a deploy that
+            # did not happen.
+            self.close()
+            if new_keys:
+                keys_file.unlink(missing_ok=True)
+            raise
         try:
             t0 = time.perf_counter()
             modules = self._prepare(descriptor, dep)
@@ -133,6 +143,48 @@ class Deployer:
             state_mod.save(self.state_path, dep)
             self.close()
         return dep
+
+    def _preflight(self, dep: Deployment, *, force: bool) -> None:
+        """What must hold before any node is configured or any module loaded.
+
+        The verifier answers (one request): else every module would be loaded, then refused
+        for want of an appraisal. And no node runs modules of this app already: a deploy
+        replaces them (new module keys, new connection keys), and the deployment that runs
+        them, with its own state file, would then see every event to them dropped as
+        misrouted while its status still said connected. A node whose app is owned by
+        another deployment key refuses (NotAppOwner); one owned by this key is replaced
+        only with ``force``, and the progress says what is replaced.
+        """
+        if dep.verifier:
+            from veritee.verifier.client import VerifierClient
+
+            with VerifierClient(dep.verifier) as verifier:
+                verifier.discovery()  # VerifierUnreachable / VerifierRefused (exit 9)
+        running: dict[str, list[str]] = {}
+        for name in dep.nodes:
+            try:
+                view = self._client(dep, name).status()
+            except NotAppOwner:
+                raise NotAppOwner(
+                    f"app {dep.app!r} already runs on node {name} under another deployment "
+                    "key (deployed with another state file): nothing was loaded; change it "
+                    "with the state file that deployed it, or deploy under another app name"
+                ) from None
+            app = view.get("apps", {}).get(dep.app) if isinstance(view, dict) else None
+            modules = sorted(app.get("modules", {})) if isinstance(app, dict) else []
+            if modules:
+                running[name] = modules
+        if not running:
+            return
+        listing = "; ".join(f"{n}: {', '.join(m)}" for n, m in sorted(running.items()))
+        if not force:
+            raise AppAlreadyRunning(
+                f"app {dep.app!r} already runs ({listing}); deploying would replace those "
+                "modules and cut off the deployment that runs them: use 'veritee update' "
+                "with its state file, or deploy with --force to replace them"
+            )
+        for n, m in sorted(running.items()):
+            self.progress(Step(n, "replace", "done", f"replacing running {', '.join(m)}"))
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -56,6 +56,11 @@ class StateError(AppError):
     """The deployment state file is missing, unreadable, or does not name what was asked."""
 
 
+class AppAlreadyRunning(StateError):
+    """A deploy would replace modules of the app that already run on a node (another
+    deployment's, or this state file's without --force): nothing was loaded."""
+
+
 class NodeError(AppError):
     """A node agent did not answer, or refused a request (its reason is in the message)."""
 

@@ -153,6 +153,7 @@ def node_start(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    _stop_on_sigterm()
     started = _boot_secure_world(home)
     try:
         server.serve(
@@ -168,6 +169,29 @@ def node_start(
     finally:
         if started:
             _stop_secure_world(home)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM to ``node start``: unwinds it like Ctrl-C, so what it started stops too."""
+
+
+SIGTERM_EXIT = 128 + 15  # the shell's status of a command ended by SIGTERM
+
+
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into an orderly stop: the agent first, then the secure world it booted.
+
+    Without this, SIGTERM (systemd, ``kill``, a container stop) ended the process with the
+    default action and no ``finally`` ran, leaving the secure world serving. uvicorn catches
+    SIGTERM while it serves, shuts down gracefully, then re-raises it to the handler it found
+    here, so the stop comes after the graceful shutdown and before anything else.
+    """
+    import signal
+
+    def terminated(_signo: int, _frame: object) -> None:
+        raise _Terminated(SIGTERM_EXIT)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def _boot_secure_world(home: Home) -> bool:
@@ -246,7 +270,12 @@ class _Progress:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Appraise locally with this device home's manufacturer CA and boot reference values.",
 )
-@click.option("--force", is_flag=True, help="Deploy again over an existing deployment.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Deploy again over an existing deployment: overwrite the state file, and replace "
+    "the app's modules that already run on its nodes under this deployment key (listed).",
+)
 @click.option(
     "--check",
     "check_only",

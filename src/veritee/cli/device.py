@@ -171,16 +171,27 @@ def tee_start(home: Home, foreground: bool) -> None:
     """Boot the secure world (measured and secure boot), then serve in the background.
 
     \b
-    Example:  veritee tee start && veritee tee status
+    One secure world per home: a second 'tee start' (or '--foreground') beside a running
+    one is refused and leaves it untouched.
+
+    \b
+    Examples:
+      veritee tee start && veritee tee status
+      veritee tee start --foreground      # logs to this terminal; Ctrl-C stops it
     """
     from veritee.tee import monitor
 
     if foreground:
-        import logging
-        import sys
+        import os
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        raise SystemExit(monitor.run(home, sys.stdout))
+        from veritee.tee import spawn
+
+        # The monitor in this terminal, but started as every secure-world process is
+        # (isolated, its own environment, in /): this CLI process is the normal world and
+        # measured boot refuses to boot in it. It takes the home's lock like a daemon does.
+        command = spawn.command("veritee.tee.monitor", "--home", str(home.root.resolve()))
+        os.chdir(spawn.WORKING_DIRECTORY)
+        os.execve(command[0], command, spawn.environment())
     started = time.monotonic()
     pid = monitor.start_daemon(home)
     click.echo(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ from veritee.evidence.claims import (
     PlatformClaims,
 )
 from veritee.home import DEFAULT_VTEE, Home
-from veritee.tee import backends, boot, device, protocol, spawn, vtees
+from veritee.tee import backends, boot, device, lifeline, protocol, spawn, vtees
 
 log = logging.getLogger("veritee.monitor")
 
@@ -63,6 +64,10 @@ CONTROL_TIMEOUT = 10.0  # seconds for a control request to arrive whole
 # connections of a vTEE may buffer) in tee-config.json (tee/protocol.py).
 FRAME_IDLE_TIMEOUT_RANGE = (0.5, 3600.0)
 FRAME_BUFFER_MB_RANGE = (1, 64 * 1024)
+LOCK_FILE = "monitor.lock"  # in the home: flock-ed for the monitor's whole life
+# How often the monitor checks that its home is still there: a home removed (rm -rf) or
+# replaced under a running world would leave it serving keys for a device that is gone.
+HOME_WATCH_INTERVAL = 0.5
 
 
 @dataclass
@@ -111,6 +116,8 @@ class Monitor:
         self.lock = threading.Lock()
         self.boot_entries: list[BootEntry] = []
         self.pcr = b""
+        # Every vTEE holds the read end; only this process the write end (tee/lifeline.py).
+        self.lifeline = lifeline.Lifeline()
 
     def measured_boot(self) -> None:
         if not spawn.isolated():
@@ -183,13 +190,14 @@ class Monitor:
         }
         counters = self.backend.open_counters(record.vtee_id)
         handoff["counters_fd"] = counters
+        handoff["lifeline_fd"] = self.lifeline.child_fd
         try:
             proc = subprocess.Popen(
                 spawn.command("veritee.tee.world"),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=None,  # the vTEE logs to the monitor's log
-                pass_fds=(counters,),
+                pass_fds=(counters, self.lifeline.child_fd),
                 env=spawn.environment(),
                 cwd=spawn.WORKING_DIRECTORY,
             )
@@ -392,9 +400,61 @@ def control(home: Home, request: dict[str, Any], timeout: float = 30.0) -> dict[
     return reply
 
 
+class AlreadyRunning(SecureWorldError):
+    """Another monitor holds this home's lock: one secure world per home."""
+
+
+def lock_home(home: Home) -> int:
+    """Take the home's lock for this process's life (its descriptor); or raise AlreadyRunning.
+
+    An exclusive ``flock``, not a pid check: the kernel drops it when the holder dies however
+    it dies (kill -9 included), and no two processes hold it at once, so two secure worlds
+    never serve one home (each would replace the other's sockets and pid file).
+    """
+    fd = os.open(home.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = ""
+        with contextlib.suppress(OSError, ValueError):
+            pid = f" (pid {int(home.monitor_pid.read_text())})"
+        raise AlreadyRunning(
+            f"a secure world is already running for {home.root}{pid}: "
+            f"stop it first with 'veritee --home {home.root} tee stop'"
+        ) from None
+    return fd
+
+
+def _watch_home(home: Home, stop: Any) -> None:
+    """Call ``stop`` once the home directory is gone or is no longer the one this world booted."""
+    try:
+        st = home.root.stat()
+    except OSError:
+        stop()
+        return
+    identity = (st.st_dev, st.st_ino)
+
+    def watch() -> None:
+        while True:
+            time.sleep(HOME_WATCH_INTERVAL)
+            try:
+                now = home.root.stat()
+                if (now.st_dev, now.st_ino) == identity and now.st_nlink > 0:
+                    continue
+            except OSError:
+                pass
+            log.error("the home %s was removed or replaced: stopping the secure world", home.root)
+            stop()
+            return
+
+    threading.Thread(target=watch, name="home-watch", daemon=True).start()
+
+
 def run(home: Home, ready: Any) -> int:
     """Boot and serve until stopped. ``ready`` gets one JSON line: ok, or the boot error."""
     try:
+        lock = lock_home(home)  # held (open) until this process ends
         monitor = Monitor(home)
         monitor.measured_boot()
         monitor.start_vtee(DEFAULT_VTEE)
@@ -404,11 +464,19 @@ def run(home: Home, ready: Any) -> int:
                     monitor.start_vtee(name)
                 except Error as exc:  # one broken vTEE must not keep the device down
                     log.error("vTEE %s not started: %s", name, exc)
-    except Error as exc:
+    except (Error, OSError) as exc:
         log.error("%s", exc)
-        ready.write(json.dumps({"ok": False, "error": str(exc)}) + "\n")
+        failure = {
+            "ok": False,
+            "error": str(exc),
+            "already_running": isinstance(exc, AlreadyRunning),
+        }
+        ready.write(json.dumps(failure) + "\n")
         ready.flush()
-        return 1
+        # In the foreground this is the command's exit status: the README's table, as for a
+        # background start (a device problem 3, the secure world's 4).
+        return exc.exit_code if isinstance(exc, Error) else SecureWorldError.exit_code
+    # Under the lock, a socket or pid file left here is a dead monitor's: replace it.
     home.monitor_socket.unlink(missing_ok=True)
     old = os.umask(0o077)
     try:
@@ -416,38 +484,36 @@ def run(home: Home, ready: Any) -> int:
     finally:
         os.umask(old)
     server.monitor = monitor
+    sock_id = lifeline.own_file(home.monitor_socket)
 
-    def stop(_signo: int, _frame: Any) -> None:
+    def stop(_signo: int = 0, _frame: Any = None) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     home.monitor_pid.write_text(f"{os.getpid()}\n")
+    pid_id = lifeline.own_file(home.monitor_pid)
+    _watch_home(home, stop)
     ready.write(json.dumps({"ok": True, "pid": os.getpid()}) + "\n")
     ready.flush()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         monitor.stop_all()
+        # Only this monitor's own files: never what another process put in their place.
+        lifeline.remove_own(home.monitor_socket, sock_id)
+        lifeline.remove_own(home.monitor_pid, pid_id)
         server.server_close()
-        home.monitor_socket.unlink(missing_ok=True)
-        home.monitor_pid.unlink(missing_ok=True)
+        os.close(lock)
         log.info("secure world stopped")
     return 0
 
 
 def start_daemon(home: Home) -> int:
     """Start the monitor in the background; return its pid once booted, or raise its error."""
-    if home.monitor_socket.exists():
-        try:
-            reply = control(home, {"op": "status"}, timeout=5)
-            raise DeviceError(
-                f"a secure world is already running for {home.root} (pid {reply['status']['pid']})"
-            )
-        except DeviceError:
-            raise
-        except Error:
-            home.monitor_socket.unlink(missing_ok=True)  # stale socket of a dead monitor
+    # One secure world per home: the monitor itself takes the home's lock (lock_home) and
+    # reports AlreadyRunning beside a running one. Nothing is probed or unlinked from here: a
+    # busy monitor slow to answer is not a dead one, and the lock holder replaces stale files.
     device.load_info(home)  # a clear error now if there is no device
     read_fd, write_fd = os.pipe()
     log_file = open(home.log_file, "ab")  # noqa: SIM115 - handed to the child
@@ -481,6 +547,8 @@ def start_daemon(home: Home) -> int:
     reply = json.loads(line)
     if not reply.get("ok"):
         proc.wait(10)
+        if reply.get("already_running"):
+            raise AlreadyRunning(str(reply.get("error")))
         raise BootError(str(reply.get("error")))
     return int(reply["pid"])
 
@@ -505,4 +573,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["Monitor", "control", "start_daemon"]
+__all__ = ["AlreadyRunning", "Monitor", "control", "lock_home", "start_daemon"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from veritee.errors import ModuleError, ModuleLimitExceeded, SecureWorldError, UsageError
-from veritee.tee import protocol, spawn
+from veritee.tee import lifeline, protocol, spawn
 
 log = logging.getLogger("veritee.worker")
 
@@ -35,12 +35,14 @@ POLL_INTERVAL = 0.05  # seconds between checks of the deadline and the client wh
 
 
 class _Worker:
-    def __init__(self) -> None:
+    def __init__(self, line: lifeline.Lifeline) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = parent
+        # The lifeline ends the worker with its vTEE, even in the middle of a run (when it
+        # does not read its socket): a worker holds a module's sealing key.
         self.process = subprocess.Popen(
-            spawn.command("veritee.tee.worker", str(child.fileno())),
-            pass_fds=(child.fileno(),),
+            spawn.command("veritee.tee.worker", str(child.fileno()), str(line.child_fd)),
+            pass_fds=(child.fileno(), line.child_fd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             env=spawn.environment(),  # isolated like every secure-world process (tee/spawn.py)
@@ -62,20 +64,21 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._lifeline = lifeline.Lifeline()  # every worker's; its write end only here
         for _ in range(size):
-            self._idle.append(_Worker())
+            self._idle.append(_Worker(self._lifeline))
 
     def _take(self) -> _Worker:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         threading.Thread(target=self._refill, daemon=True).start()
-        return worker or _Worker()
+        return worker or _Worker(self._lifeline)
 
     def _refill(self) -> None:
         with self._lock:
             missing = 0 if self._closed else self._size - len(self._idle)
         for _ in range(missing):
-            fresh = _Worker()
+            fresh = _Worker(self._lifeline)
             with self._lock:
                 if self._closed or len(self._idle) >= self._size:
                     fresh.kill()
@@ -339,6 +342,8 @@ def raise_for(reply: dict[str, Any]) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    if len(sys.argv) > 2:
+        lifeline.watch(int(sys.argv[2]))  # end with the vTEE, however it ends
     _serve(int(sys.argv[1]))
     # wasmtime's threads must not outlive the objects they call back into.
     sys.stdout.flush()

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
-from veritee.tee import app_ta, protocol, runtime_ta, spawn, tls_ta
+from veritee.tee import app_ta, lifeline, protocol, runtime_ta, spawn, tls_ta
 from veritee.tee import client as teec
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
 from veritee.tee.sealing import Counters
@@ -571,12 +571,14 @@ def serve(handoff: dict[str, Any], ready: Any = None) -> None:
     """Run one vTEE until SIGTERM; ``ready`` (a writable file) gets one line once listening."""
     world = SecureWorld(handoff)
     path = Path(handoff["socket"])
+    # The monitor holds the home's lock, so a socket here is a dead vTEE's: replace it.
     path.unlink(missing_ok=True)
     old = os.umask(0o077)
     try:
         server = _Server(str(path), _Connection)
     finally:
         os.umask(old)
+    sock_id = lifeline.own_file(path)
     server.world = world
     server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
@@ -592,8 +594,8 @@ def serve(handoff: dict[str, Any], ready: Any = None) -> None:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        lifeline.remove_own(path, sock_id)  # never a socket another vTEE bound since
         server.server_close()
-        path.unlink(missing_ok=True)
         world.pool.close()
         world.modules.clear()
 
@@ -609,6 +611,8 @@ def main() -> None:
         sys.exit(1)
     handoff = cbor2.loads(sys.stdin.buffer.read())
     sys.stdin.close()
+    if "lifeline_fd" in handoff:
+        lifeline.watch(int(handoff["lifeline_fd"]))  # end with the monitor, however it ends
     serve(handoff, ready=sys.stdout)
     # wasmtime's worker threads must not outlive the objects they call back into.
     os._exit(0)
