@@ -9,9 +9,17 @@ it does not take the loopback interface's word for where it came from).
 from __future__ import annotations
 
 import socket
+import ssl
+import stat
+from pathlib import Path
 
 import httpx
 import pytest
+
+from veritee import servicetls
+from veritee.servicetls import PlainTransport, carried_privately, fingerprint, is_loopback
+from veritee.verifier.client import VerifierClient
+from veritee.verifier.errors import VerifierUnreachable
 
 from .test_verifier_service import Server, start_verifier
 
@@ -61,3 +69,126 @@ def test_the_provisioning_token_is_refused_over_plain_http_from_another_host(
     assert "plain HTTP" in problem["detail"] and open_verifier.token not in over_lan.text
     local = httpx.get(f"{open_verifier.url}/provisioning/v1/state", headers=headers, timeout=30)
     assert local.status_code == 200, local.text
+
+
+@needs_external
+def test_the_client_refuses_to_send_the_token_over_plain_http_to_another_host(
+    open_verifier: Server, tmp_path: Path
+) -> None:
+    """The other side of the same attack: the token never leaves this machine in clear,
+    from the library or the CLI (one error line, before any request)."""
+    port = open_verifier.url.rsplit(":", 1)[1]
+    with pytest.raises(PlainTransport, match="plain HTTP"):
+        VerifierClient(f"http://{EXTERNAL}:{port}", token=open_verifier.token)
+    proc = open_verifier.cli(
+        tmp_path, "verifier", "provision", "--verifier", f"http://{EXTERNAL}:{port}",
+        "--token", open_verifier.token, "show",
+    )  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "refusing to send" in err and "Traceback" not in err, err
+    assert open_verifier.token not in err
+    # Loopback, where no network sees it, still works, as does a token-less client off it.
+    assert open_verifier.url.startswith("http://127.0.0.1:")
+    with VerifierClient(open_verifier.url, token=open_verifier.token) as client:
+        assert client.state()["active-policy"] == "default"
+    with VerifierClient(f"http://{EXTERNAL}:{port}") as client:
+        assert "ear-verification-key" in client.discovery()
+
+
+def test_the_decision_of_what_counts_as_loopback() -> None:
+    assert all(map(is_loopback, ["127.0.0.1", "127.8.9.1", "::1", "[::1]", "localhost"]))
+    assert all(map(is_loopback, ["::ffff:127.0.0.1", "app.localhost"]))
+    assert not any(map(is_loopback, ["192.0.2.2", "10.0.0.1", "0.0.0.0", "example.com", ""]))
+    assert not any(map(is_loopback, ["127.0.0.1.evil.example", "::ffff:192.0.2.2"]))
+    assert carried_privately("https", "192.0.2.2") and carried_privately("http", "127.0.0.1")
+    assert not carried_privately("http", "192.0.2.2") and not carried_privately("http", None)
+
+
+@pytest.fixture(scope="module")
+def tls_verifier(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """A verifier on every address, over TLS with its self-signed certificate."""
+    root = tmp_path_factory.mktemp("verifier-tls")
+    server = start_verifier(
+        root / "home", root / "state", "--host", "0.0.0.0", "--tls-self-signed", "--workers", "2"
+    )
+    yield server
+    server.stop()
+
+
+def _https(server: Server, host: str) -> str:
+    return f"https://{host}:{server.url.rsplit(':', 1)[1]}"
+
+
+def test_the_self_signed_certificate_is_private_and_printed_with_its_fingerprint(
+    tls_verifier: Server,
+) -> None:
+    assert tls_verifier.url.startswith("https://") and tls_verifier.cert is not None
+    cert, key = Path(tls_verifier.cert), tls_verifier.state / "tls" / "self-signed.key"
+    assert cert.parent == tls_verifier.state / "tls"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(cert.stat().st_mode) == 0o600
+    assert fingerprint(cert) in tls_verifier.log.read_text()
+
+
+@needs_external
+def test_over_tls_the_token_is_taken_from_another_host(tls_verifier: Server) -> None:
+    """The legitimate remote operator: TLS 1.3, the certificate verified against --ca."""
+    with VerifierClient(
+        _https(tls_verifier, str(EXTERNAL)), token=tls_verifier.token, ca=tls_verifier.cert
+    ) as client:
+        assert client.state()["active-policy"] == "default"
+    info = _tls_handshake(str(EXTERNAL), int(tls_verifier.url.rsplit(":", 1)[1]), tls_verifier)
+    assert info == "TLSv1.3"
+
+
+def _tls_handshake(
+    host: str, port: int, server: Server, maximum: ssl.TLSVersion | None = None
+) -> str | None:
+    context = ssl.create_default_context(cafile=server.cert)
+    if maximum is not None:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.maximum_version = maximum
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return tls.version()
+
+
+def test_tls_older_than_1_3_is_refused(tls_verifier: Server) -> None:
+    """A downgrade to TLS 1.2 (by a client, or by anyone on the path) fails the handshake."""
+    port = int(tls_verifier.url.rsplit(":", 1)[1])
+    with pytest.raises(ssl.SSLError):
+        _tls_handshake("127.0.0.1", port, tls_verifier, ssl.TLSVersion.TLSv1_2)
+    assert _tls_handshake("127.0.0.1", port, tls_verifier) == "TLSv1.3"
+
+
+def test_a_client_refuses_a_server_its_ca_does_not_vouch_for(
+    tls_verifier: Server, tmp_path: Path
+) -> None:
+    """An impostor in the middle with a certificate of its own: the client's --ca check
+    (chain and host name) refuses it, and nothing (no token) is sent."""
+    other = servicetls.make_self_signed(tmp_path / "other", ["localhost", "127.0.0.1"])
+    url = _https(tls_verifier, "127.0.0.1")
+    with (
+        VerifierClient(url, token=tls_verifier.token, ca=other.cert) as client,
+        pytest.raises(VerifierUnreachable, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
+        client.state()
+    # The right CA but a name the certificate is not for: refused too.
+    with (
+        VerifierClient(_https(tls_verifier, "127.0.0.2"), ca=tls_verifier.cert) as client,
+        pytest.raises(VerifierUnreachable, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
+        client.discovery()
+    # And through the CLI, --ca (or VERITEE_CA) given once for the whole command.
+    ok = tls_verifier.cli(
+        tmp_path, "--ca", tls_verifier.cert, "verifier", "provision", "--verifier", url,
+        "--token", tls_verifier.token, "show",
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr.decode()
+    bad = tls_verifier.cli(
+        tmp_path, "--ca", other.cert, "verifier", "provision", "--verifier", url,
+        "--token", tls_verifier.token, "show",
+    )  # fmt: skip
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr.decode(), bad.stderr.decode()
+    assert tls_verifier.proc.poll() is None  # a failed handshake does not take it down

@@ -179,7 +179,9 @@ def serve(
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
     bound = sock.getsockname()[1]
-    base = f"{'https' if tls else 'http'}://{host if ':' not in host else f'[{host}]'}:{bound}"
+    # Listening on every address: the URL this machine reaches it at (its certificate's too).
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    base = f"{'https' if tls else 'http'}://{shown if ':' not in shown else f'[{shown}]'}:{bound}"
     if new_token:
         click.echo(f"provisioning token written to {state / 'admin-token'}", err=True)
     click.echo(f"verifier listening on {base} ({workers} worker(s), state {state})", err=True)
