@@ -8,19 +8,30 @@ it does not take the loopback interface's word for where it came from).
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from veritee import servicetls
-from veritee.servicetls import PlainTransport, carried_privately, fingerprint, is_loopback
+from veritee.servicetls import (
+    PlainTransport,
+    carried_privately,
+    client_verify,
+    fingerprint,
+    is_loopback,
+)
 from veritee.verifier.client import VerifierClient
 from veritee.verifier.errors import VerifierUnreachable
 
+from .conftest import Device
+from .test_secrets_service import write_config
 from .test_verifier_service import Server, start_verifier
 
 
@@ -192,3 +203,59 @@ def test_a_client_refuses_a_server_its_ca_does_not_vouch_for(
     )  # fmt: skip
     assert bad.returncode != 0 and "Traceback" not in bad.stderr.decode(), bad.stderr.decode()
     assert tls_verifier.proc.poll() is None  # a failed handshake does not take it down
+
+
+# -- the secret service ------------------------------------------------------------------------
+
+
+def test_the_secret_service_serves_tls_1_3_and_its_key_is_fetched_against_the_ca(
+    tmp_path: Path, device: Device
+) -> None:
+    config = write_config(tmp_path, device, b"\0" * 32)
+    state, home = tmp_path / "state", tmp_path / "home"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "veritee", "--home", str(home), "secrets", "serve"),
+            *("--config", str(config), "--state", str(state), "--port", "0"),
+            "--tls-self-signed",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline().decode().strip() if ready else ""
+        assert line.startswith("listening on https://127.0.0.1:"), line
+        url = line.removeprefix("listening on ")
+        cert = state / "tls" / "self-signed.pem"
+        assert stat.S_IMODE((state / "tls" / "self-signed.key").stat().st_mode) == 0o600
+        verify = client_verify(cert)
+        key = httpx.get(f"{url}/secrets/v1/key", verify=verify, timeout=30)
+        assert key.status_code == 200 and key.json()["alg"] == "ES256"
+        challenge = httpx.post(f"{url}/secrets/v1/challenge", verify=verify, timeout=30)
+        assert challenge.status_code == 201, challenge.text
+        port = int(url.rsplit(":", 1)[1])
+        context = ssl.create_default_context(cafile=cert)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError), socket.create_connection(("127.0.0.1", port)) as raw:
+            context.wrap_socket(raw, server_hostname="127.0.0.1")
+        run = [sys.executable, "-m", "veritee", "--home", str(home)]
+        ok = subprocess.run(
+            [*run, "--ca", str(cert), "secrets", "key", "--url", url],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert ok.returncode == 0 and ok.stdout.decode().strip() == key.json()["public_key"], ok
+        unpinned = subprocess.run(
+            [*run, "secrets", "key", "--url", url], capture_output=True, timeout=60, check=False
+        )
+        err = unpinned.stderr.decode()
+        assert unpinned.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in err, err
+        assert "Traceback" not in err
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(20)
