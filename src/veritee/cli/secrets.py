@@ -81,9 +81,8 @@ def serve(
     first start: modules pin it (see 'veritee secrets key').
 
     \b
-    Examples:
-      veritee secrets serve --config secrets.yaml --port 0
-      veritee secrets serve --config secrets.yaml --host 0.0.0.0 --tls-self-signed
+    Example:  veritee secrets serve --config secrets.yaml --port 0
+    With TLS: veritee secrets serve --config secrets.yaml --host 0.0.0.0 --tls-self-signed
     """
     from veritee.secrets import load_config
     from veritee.secrets.service import serve as run
