@@ -8,13 +8,16 @@ it does not take the loopback interface's word for where it came from).
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -259,3 +262,164 @@ def test_the_secret_service_serves_tls_1_3_and_its_key_is_fetched_against_the_ca
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+# -- the node agent: its owners' API over TLS, from a deployer that trusts one CA ---------------
+
+NODE = "n1"
+
+
+def _issue(root: Path, names: list[str]) -> tuple[Path, Path, Path]:
+    """A CA (as an operator's own) and a certificate it issued for ``names``: (ca, cert, key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator CA")])
+    ca = (
+        x509.CertificateBuilder(
+            ca_name, ca_name, ca_key.public_key(), 1, now, now + dt.timedelta(1)
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(*[False] * 5, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    leaf = (
+        x509.CertificateBuilder(
+            ca_name,  # the issuer comes first
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]),
+            key.public_key(),
+            2,
+            now,
+            now + dt.timedelta(1),
+        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (root / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (root / "node.pem").write_bytes(leaf.public_bytes(pem))
+    (root / "node.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return root / "ca.pem", root / "node.pem", root / "node.key"
+
+
+@pytest.fixture(scope="module")
+def tls_node(tmp_path_factory: pytest.TempPathFactory, wasm: Any) -> Iterator[Any]:
+    """The vault app deployed over TLS: the agent serves the operator CA's certificate, and
+    the deployer (every CLI command below) trusts that CA once, through VERITEE_CA."""
+    from veritee.app.cluster import LocalCluster
+
+    from .test_app_deploy import deploy_locally
+    from .test_attack_app import APP, SECRET
+
+    workdir = tmp_path_factory.mktemp("tls-node")
+    ca, cert, key = _issue(workdir, ["127.0.0.1", "localhost"])
+    saved = os.environ.get(servicetls.CA_ENV)
+    os.environ[servicetls.CA_ENV] = str(ca)
+    cluster = LocalCluster(workdir / "cluster", names=(NODE,), verifier=False, tls=(cert, key))
+    cluster.start()
+    try:
+        home = deploy_locally(
+            cluster,
+            workdir,
+            APP,
+            {
+                "vault": (NODE, wasm("tests/assets/c/app_vault.c")),
+                "sender": (NODE, wasm("tests/assets/c/app_sender.c")),
+            },
+            [
+                {"name": "reveal", "direct": True, "to_module": "vault", "to_handler": "reveal"},
+            ],
+        )
+        home.ok("call", "vault", "store", SECRET.decode())
+        yield home, cluster.nodes[NODE].url, ca
+    finally:
+        cluster.stop()
+        if saved is None:
+            os.environ.pop(servicetls.CA_ENV, None)
+        else:
+            os.environ[servicetls.CA_ENV] = saved
+
+
+def _send(url: str, method: str, path: str, body: Any, signer: Any = None, app: str = "") -> Any:
+    import cbor2
+
+    from veritee.app import auth
+
+    from .test_attack_app import APP
+
+    content = bytes(cbor2.dumps(body)) if body is not None else b""
+    headers = {"content-type": "application/cbor"}
+    verify = client_verify()
+    if signer is not None:
+        node = NODE
+        if method == "PUT" and path.count("/") == 3:  # configure: signed for the agent's id
+            node = cbor2.loads(httpx.get(f"{url}/v1/info", verify=verify, timeout=60).content)["id"]
+        headers[auth.HEADER] = auth.sign(
+            signer, app=app or APP, node=node, method=method, path=path, body=content
+        )
+    return httpx.request(
+        method, url + path, content=content, headers=headers, timeout=60, verify=verify
+    )
+
+
+def test_over_tls_every_route_refuses_strangers_and_other_apps_owners(tls_node: Any) -> None:
+    """Across machines, over TLS: on every route about the app, unsigned 401, another
+    app's owner 403 (also when it signs as its own app); the owner's CLI, which trusts the
+    CA once, still reveals its secret; and the API is not there in plain HTTP at all."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from .test_attack_app import APP, ROUTES, SECRET
+
+    home, url, _ = tls_node
+    assert url.startswith("https://127.0.0.1:")
+    other = ec.generate_private_key(ec.SECP256R1())
+    created = _send(url, "PUT", "/v1/apps/other-app", {"node": NODE, "peers": {}}, other,
+                    app="other-app")  # fmt: skip
+    assert created.status_code == 200, created.text  # a new app is anyone's own
+    for method, path, body in ROUTES:
+        p = path.format(app=APP)
+        assert _send(url, method, p, body).status_code == 401, p
+        assert _send(url, method, p, body, other).status_code == 403, p
+        mixed = _send(url, method, p, body, other, app="other-app")
+        assert mixed.status_code == 401, (p, mixed.text)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url.replace("https://", "http://") + "/v1/info", timeout=10)
+    assert home.ok("request", "reveal").strip() == SECRET.decode()
+
+
+def test_a_deployer_without_the_ca_refuses_the_node(tls_node: Any) -> None:
+    """A node's certificate the deployer's CA does not vouch for (an impostor's, or this
+    one's without --ca): refused at the handshake, with one line, before anything is sent."""
+    from .test_attack_app import SECRET
+
+    home, _, ca = tls_node
+    env_ca = os.environ.pop(servicetls.CA_ENV)
+    try:
+        refused = home.cli("request", "reveal")
+        assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+        assert "Traceback" not in refused.stderr and SECRET.decode() not in refused.stdout
+        pinned = home.cli("--ca", ca, "request", "reveal")
+        assert pinned.returncode == 0 and pinned.stdout.strip() == SECRET.decode(), pinned.stderr
+    finally:
+        os.environ[servicetls.CA_ENV] = env_ca
