@@ -423,3 +423,32 @@ def test_a_deployer_without_the_ca_refuses_the_node(tls_node: Any) -> None:
         assert pinned.returncode == 0 and pinned.stdout.strip() == SECRET.decode(), pinned.stderr
     finally:
         os.environ[servicetls.CA_ENV] = env_ca
+
+
+# -- bad TLS options: one line at start, never a traceback ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["verifier serve", "secrets serve", "node start"])
+def test_bad_tls_options_are_one_line_at_start(tmp_path: Path, command: str) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    other = servicetls.make_self_signed(tmp_path / "other", ["localhost"])
+    extra = ["--config", str(tmp_path / "none.yaml")] if command == "secrets serve" else []
+    for args, says in (
+        (["--tls-cert", str(cert)], "go together"),
+        (["--tls-self-signed", "--tls-cert", str(cert), "--tls-key", str(key)], "drop"),
+        (["--tls-cert", str(cert), "--tls-key", str(key)], "cannot use certificate"),
+        (["--tls-cert", str(other.cert), "--tls-key", str(key)], "cannot use certificate"),
+        (["--tls-client-ca", str(other.cert)], "needs TLS"),
+    ):
+        if command == "secrets serve":
+            (tmp_path / "none.yaml").write_text("secrets: []\n")
+        proc = subprocess.run(
+            [sys.executable, "-m", "veritee", "--home", str(tmp_path / "home"),
+             *command.split(), "--port", "0", *extra, *args],
+            capture_output=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, (args, proc.returncode, err)
+        assert says in err and "Traceback" not in err, (args, err)

@@ -87,9 +87,9 @@ def serve(
     from veritee.secrets import load_config
     from veritee.secrets.service import serve as run
 
-    config = load_config(config_path)
     where = _state(ctx, state)
     tls = server_tls(tls_cert, tls_key, tls_self_signed, tls_client_ca, state=where, host=host)
+    config = load_config(config_path)
     run(
         config,
         tls=tls,
