@@ -452,3 +452,20 @@ def test_bad_tls_options_are_one_line_at_start(tmp_path: Path, command: str) -> 
         err = proc.stderr.decode()
         assert proc.returncode == 2, (args, proc.returncode, err)
         assert says in err and "Traceback" not in err, (args, err)
+
+
+def test_the_server_context_is_tls_1_3_and_a_client_ca_requires_client_certificates(
+    tmp_path: Path,
+) -> None:
+    tls = servicetls.make_self_signed(tmp_path / "tls", ["localhost"])
+    first = fingerprint(tls.cert)
+    context = tls.context()
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert context.verify_mode == ssl.CERT_NONE
+    mutual = servicetls.ServerTls(tls.cert, tls.key, client_ca=tls.cert).context()
+    assert mutual.verify_mode == ssl.CERT_REQUIRED
+    # Kept across restarts (a pinned fingerprint stays valid), made anew for other names.
+    again = servicetls.make_self_signed(tmp_path / "tls", ["localhost"])
+    assert fingerprint(again.cert) == first
+    other = servicetls.make_self_signed(tmp_path / "tls", ["localhost", "node.example"])
+    assert fingerprint(other.cert) != first
