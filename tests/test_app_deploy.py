@@ -119,7 +119,15 @@ def deploy_locally(
         json.dumps(
             {
                 "app": app,
-                "nodes": [{"name": n.name, "host": n.host, "port": n.port} for n in nodes],
+                "nodes": [
+                    {
+                        "name": n.name,
+                        "host": n.host,
+                        "port": n.port,
+                        **({"tls": True} if n.tls else {}),
+                    }
+                    for n in nodes
+                ],
                 "modules": [
                     {"name": m, "node": node, "binary": str(binary)}
                     for m, (node, binary) in modules.items()

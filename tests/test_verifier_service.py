@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from veritee.evidence import cose
 from veritee.evidence.claims import MEDIA_TYPE, Evidence
+from veritee.servicetls import client_verify
 from veritee.tee.ta import WasmSession
 from veritee.verifier import ear, media
 from veritee.verifier.client import VerifierClient, nonce_of
@@ -52,13 +53,14 @@ class Server:
     state: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    cert: str | None = None  # its TLS certificate, if it serves TLS
 
     @property
     def token(self) -> str:
         return (self.state / "admin-token").read_text().strip()
 
     def client(self, *, token: bool = False) -> VerifierClient:
-        return VerifierClient(self.url, token=self.token if token else None)
+        return VerifierClient(self.url, token=self.token if token else None, ca=self.cert)
 
     def cli(self, home: Path, *args: str | Path) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
@@ -129,10 +131,12 @@ def start_verifier(home: Path, state: Path, *extra: str) -> Server:
         if proc.poll() is not None:
             raise AssertionError(f"verifier exited {proc.returncode}: {log.read_text()}")
         if ready.exists() and ready.read_text():
-            url = json.loads(ready.read_text())["url"]
+            info = json.loads(ready.read_text())
+            url, cert = info["url"], info.get("cert")  # cert: it serves TLS (test_service_tls)
+            verify = client_verify(cert) if cert else True
             try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    return Server(url, state, proc, log)
+                if httpx.get(f"{url}/health", timeout=5, verify=verify).status_code == 200:
+                    return Server(url, state, proc, log, cert)
             except httpx.HTTPError:
                 pass
         time.sleep(0.1)

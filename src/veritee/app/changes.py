@@ -200,7 +200,7 @@ def add(d: Deployer, fragment: Path) -> Deployment:
         descriptor = _merged(dep, fragment)
         new_nodes = [n for n in descriptor.nodes if n.name not in dep.nodes]
         for n in new_nodes:
-            dep.nodes[n.name] = NodeState(n.name, n.host, n.port)
+            dep.nodes[n.name] = NodeState(n.name, n.host, n.port, tls=n.tls)
         new_modules = [m for m in descriptor.modules if m.name not in dep.modules]
         only_new = Descriptor(
             descriptor.app,

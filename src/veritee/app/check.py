@@ -20,6 +20,7 @@ from veritee.app import descriptor as desc_mod
 from veritee.app import sources
 from veritee.app.errors import DescriptorError
 from veritee.errors import Error
+from veritee.servicetls import client_verify
 from veritee.wasm.endpoints import Endpoint
 
 # A node agent answers /v1/info at once; an address that drops packets must not hold the check.
@@ -166,7 +167,7 @@ def _reach(desc: desc_mod.Descriptor, node: desc_mod.Node) -> Problem | None:
     p = node.path or "nodes"
     where = desc.where(p)
     try:
-        response = httpx.get(f"{node.url}/v1/info", timeout=REACH_TIMEOUT_S)
+        response = httpx.get(f"{node.url}/v1/info", timeout=REACH_TIMEOUT_S, verify=client_verify())
     except httpx.HTTPError as exc:
         reason = str(exc) or type(exc).__name__
         return Problem(

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from veritee.app import auth
 from veritee.app.errors import NodeError, NodeUnreachable, NotAppOwner
 from veritee.app.routes import Route
+from veritee.servicetls import client_verify
 
 CBOR = "application/cbor"
 TIMEOUT = 30.0  # a module's time budget per event is 10 s by default
@@ -39,7 +40,7 @@ class NodeClient:
         self.url = url.rstrip("/")
         self.name = name or self.url
         self.app, self._key = app, key
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=client_verify())
 
     def __enter__(self) -> NodeClient:
         return self

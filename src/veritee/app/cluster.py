@@ -34,10 +34,11 @@ class LocalNode:
     process: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "ns1") to run it elsewhere
+    tls: bool = False  # its agent serves HTTPS (the cluster's --tls-cert/--tls-key)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
 
 def _wait_ready(
@@ -80,13 +81,16 @@ class LocalCluster:
         prefixes: Sequence[Sequence[str]] | None = None,
         source: Path | None = None,
         poll_us: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         """``source``: run the nodes and the verifier from that checkout's ``src`` (an A/B
         benchmark compares two versions), with an interpreter of their own whose
         site-packages put it first (the secure world runs isolated: PYTHONPATH does not
         reach it); their devices are provisioned by it too, since secure boot measures the
         code it runs. ``poll_us``: the agents' ``--poll-us``
-        (default: theirs)."""
+        (default: theirs). ``tls``: (certificate, key) every agent serves HTTPS with (its
+        clients verify it against $VERITEE_CA)."""
+        self.tls = tls
         self.workdir = workdir
         self.source = source
         self.poll_us = poll_us
@@ -97,6 +101,7 @@ class LocalCluster:
                 workdir / n,
                 host=(hosts[i] if hosts else "127.0.0.1"),
                 prefix=tuple(prefixes[i]) if prefixes else (),
+                tls=tls is not None,
             )
             for i, n in enumerate(names)
         }
@@ -158,6 +163,11 @@ class LocalCluster:
             "--log-level",
             "warning",
             *(() if self.poll_us is None else ("--poll-us", str(self.poll_us))),
+            *(
+                ()
+                if self.tls is None
+                else ("--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1]))
+            ),
         ]
         with open(node.log, "ab") as log:
             node.process = subprocess.Popen(

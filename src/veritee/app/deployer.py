@@ -113,7 +113,7 @@ class Deployer:
             verifier=verifier,
             accept=self.accept or descriptor.verifier.accept,
             trust=[str(h.resolve()) for h in self.trust_homes],
-            nodes={n.name: NodeState(n.name, n.host, n.port) for n in descriptor.nodes},
+            nodes={n.name: NodeState(n.name, n.host, n.port, tls=n.tls) for n in descriptor.nodes},
             periodic=[[p.module, p.entry, p.period_ms] for p in descriptor.periodic],
         )
         try:

@@ -74,11 +74,12 @@ class Node:
     port: int
     backend: str = "emulated"
     path: str = field(default="", compare=False, repr=False)  # nodes[i] in the descriptor
+    tls: bool = False  # its agent serves HTTPS, verified against --ca / $VERITEE_CA
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _raise(problems: Sequence[DescriptorError]) -> None:
 # -- building and checking ---------------------------------------------------------------------
 
 _TOP = ("app", "nodes", "modules", "connections", "periodic-events", "verifier")
-_NODE = ("name", "host", "port", "backend")
+_NODE = ("name", "host", "port", "backend", "tls")
 _MODULE = (
     "name",
     "node",
@@ -337,8 +338,11 @@ def _build(
                 host = r.text(n.get("host"), f"{p}.host")
             with problems:
                 port = r.integer(n.get("port"), f"{p}.port", 1, 65535)
+            tls = n.get("tls", False)
+            if not isinstance(tls, bool):
+                raise r.fail(f"{p}.tls", "tls must be true (the agent serves HTTPS) or false")
             if host is not None and port is not None:
-                nodes[name] = Node(name, host, port, backend, p)
+                nodes[name] = Node(name, host, port, backend, p, tls)
     if not node_names and "nodes" not in {e.field for e in problems.problems}:
         problems.add(r.fail("nodes", "a descriptor needs at least one node"))
     addresses = [(n.host, n.port) for n in nodes.values()]

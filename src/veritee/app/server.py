@@ -16,6 +16,7 @@ from veritee.app.agent import NodeAgent
 from veritee.app.errors import NodeError
 from veritee.app.transport import POLL, TcpTransport
 from veritee.home import DEFAULT_VTEE, Home
+from veritee.servicetls import ServerTls
 
 log = logging.getLogger("veritee.node")
 
@@ -31,8 +32,9 @@ def serve(
     ready_file: Path | None = None,
     log_level: str = "info",
     poll: float = POLL,
+    tls: ServerTls | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM."""
+    """Serve until SIGINT/SIGTERM; ``tls``: the API over HTTPS (TLS 1.3) with these."""
     import uvicorn
 
     from veritee.app import api
@@ -57,7 +59,7 @@ def serve(
             log.error("not reloaded: %s", problem)
         url_host = f"[{host}]" if ":" in host else host
         info = {
-            "url": f"http://{url_host}:{sock.getsockname()[1]}",
+            "url": f"{'https' if tls else 'http'}://{url_host}:{sock.getsockname()[1]}",
             "events": list(agent.address),
         }
         log.info(
@@ -81,6 +83,7 @@ def serve(
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=3,
+            ssl_context_factory=tls,
         )
         uvicorn.Server(config).run(sockets=[sock])
     finally:

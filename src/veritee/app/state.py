@@ -78,11 +78,12 @@ class NodeState:
     host: str
     port: int
     events: list[Any] = field(default_factory=list)  # [host, port] the agent receives events on
+    tls: bool = False  # its agent serves HTTPS
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from veritee import servicetls
+from veritee.cli._tls import ca_option
 from veritee.errors import EXIT_CODES, Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
@@ -167,9 +169,10 @@ def _exit_code_table() -> str:
     envvar="VERITEE_HOME",
     help="State directory of the emulated device (default: $VERITEE_HOME or the user data dir).",
 )
+@ca_option
 @click.version_option(package_name="veritee")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None) -> None:
+def cli(ctx: click.Context, home: Path | None, ca: Path | None) -> None:
     """Veritee: run WebAssembly modules inside a TEE and prove what runs where.
 
     \b
@@ -180,6 +183,10 @@ def cli(ctx: click.Context, home: Path | None) -> None:
       veritee run hello.wasm -- a b c     # run inside the secure world
       veritee attest hello.wasm -o ev.cbor && veritee evidence show ev.cbor
     """
+    if ca is not None:
+        # Every client made below (and every service this command starts) verifies
+        # https:// services against it.
+        os.environ[servicetls.CA_ENV] = str(ca.resolve())
     ctx.obj = Home.resolve(home)
 
 

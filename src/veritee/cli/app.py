@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import click
 
 from veritee.cli import echo_json, json_done, json_option
+from veritee.cli._tls import server_options as tls_options
+from veritee.cli._tls import server_tls
 from veritee.errors import Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
@@ -118,6 +120,7 @@ def node() -> None:
     default="info",
     show_default=True,
 )
+@tls_options
 @click.pass_obj
 def node_start(
     home: Home,
@@ -129,6 +132,10 @@ def node_start(
     ready_file: Path | None,
     poll_us: int | None,
     log_level: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_self_signed: bool,
+    tls_client_ca: Path | None,
 ) -> None:
     """Serve the node agent in the foreground until interrupted.
 
@@ -141,7 +148,11 @@ def node_start(
     Examples:
       veritee --home /tmp/hub device init
       veritee node start --home /tmp/hub --port 7101
-      veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102
+      veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102 \\
+          --tls-cert srv.pem --tls-key srv.key   # deployers: veritee --ca ca.pem deploy …
+
+    Off loopback, serve TLS: the owners' signed requests are fresh and bound to this
+    node, but TLS keeps who manages which app, and the module binaries, off the network.
     """
     from veritee.app import server
     from veritee.app.transport import POLL
@@ -153,11 +164,15 @@ def node_start(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    tls = server_tls(
+        tls_cert, tls_key, tls_self_signed, tls_client_ca, state=home.root / "node", host=host
+    )  # checked before the secure world boots: a bad file is one line, and nothing started
     _stop_on_sigterm()
     started = _boot_secure_world(home)
     try:
         server.serve(
             home,
+            tls=tls,
             host=host,
             port=port,
             events_port=events_port,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from veritee.cli._tls import server_options as tls_options
+from veritee.cli._tls import server_tls
 from veritee.errors import UsageError
 from veritee.home import Home
 from veritee.verifier.errors import VerifierRefused, VerifierUnreachable
@@ -59,6 +61,7 @@ def secrets() -> None:
     help="Signing key and issued nonces (default: HOME/secrets, see 'veritee --home').",
 )
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+@tls_options
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -67,6 +70,10 @@ def serve(
     port: int,
     state: Path | None,
     log_level: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_self_signed: bool,
+    tls_client_ca: Path | None,
 ) -> None:
     """Run the secret service until interrupted.
 
@@ -76,14 +83,18 @@ def serve(
 
     \b
     Example:  veritee secrets serve --config secrets.yaml --port 0
+    With TLS: veritee secrets serve --config secrets.yaml --host 0.0.0.0 --tls-self-signed
     """
     from veritee.secrets import load_config
     from veritee.secrets.service import serve as run
 
+    where = _state(ctx, state)
+    tls = server_tls(tls_cert, tls_key, tls_self_signed, tls_client_ca, state=where, host=host)
     config = load_config(config_path)
     run(
         config,
-        state=_state(ctx, state),
+        tls=tls,
+        state=where,
         host=host,
         port=port,
         log_level=log_level,
@@ -131,10 +142,11 @@ def _fetch_key(url: str) -> str:
 
     from veritee.secrets import keys
     from veritee.secrets.protocol import KEY_PATH
+    from veritee.servicetls import client_verify
 
     target = url.rstrip("/") + KEY_PATH
     try:
-        response = httpx.get(target, timeout=KEY_FETCH_TIMEOUT)
+        response = httpx.get(target, timeout=KEY_FETCH_TIMEOUT, verify=client_verify())
     except httpx.InvalidURL:
         raise UsageError(f"--url {url}: not a URL") from None
     except httpx.HTTPError as exc:

@@ -17,6 +17,8 @@ from typing import Any
 import click
 
 from veritee.cli import JSON_META
+from veritee.cli._tls import server_options as tls_options
+from veritee.cli._tls import server_tls
 from veritee.errors import UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
@@ -103,6 +105,7 @@ def verifier() -> None:
     show_default=True,
 )
 @click.option("--access-log", is_flag=True, help="Also log every HTTP request.")
+@tls_options
 @click.pass_obj
 def serve(
     home: Home,
@@ -118,6 +121,10 @@ def serve(
     ready_file: Path | None,
     log_level: str,
     access_log: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_self_signed: bool,
+    tls_client_ca: Path | None,
 ) -> None:
     """Run the verification service (Veraison challenge-response API v1).
 
@@ -130,10 +137,15 @@ def serve(
       veritee verifier serve --port 8443
       veritee verifier serve --workers 2 \\
           --database postgresql+psycopg://veritee@/veritee?host=/run/postgresql
+      veritee verifier serve --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
+
+    Off loopback, serve TLS: the provisioning token is refused when it comes over plain
+    HTTP from another host.
     """
     state = (state_dir or home.root / "verifier").resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = database or f"sqlite:///{state / 'verifier.db'}"
+    tls = server_tls(tls_cert, tls_key, tls_self_signed, tls_client_ca, state=state, host=host)
     new_token = token_file is None and not (state / "admin-token").exists()
 
     # Metrics from every worker meet in one directory, cleared at each start.
@@ -180,12 +192,17 @@ def serve(
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
     bound = sock.getsockname()[1]
-    base = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+    # Listening on every address: the URL this machine reaches it at (its certificate's too).
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    base = f"{'https' if tls else 'http'}://{shown if ':' not in shown else f'[{shown}]'}:{bound}"
     if new_token:
         click.echo(f"provisioning token written to {state / 'admin-token'}", err=True)
     click.echo(f"verifier listening on {base} ({workers} worker(s), state {state})", err=True)
     if ready_file is not None:
-        ready_file.write_text(json.dumps({"url": base, "pid": os.getpid()}))
+        ready: dict[str, Any] = {"url": base, "pid": os.getpid()}
+        if tls is not None:
+            ready["cert"] = str(tls.cert)
+        ready_file.write_text(json.dumps(ready))
     # uvicorn.run(fd=...) would wrap the socket as AF_UNIX: hand uvicorn the socket itself.
     from uvicorn.supervisors import Multiprocess
 
@@ -198,6 +215,7 @@ def serve(
         server_header=False,
         proxy_headers=False,  # served directly: no proxy's X-Forwarded-* is to be believed
         timeout_graceful_shutdown=5,
+        ssl_context_factory=tls,  # each worker builds its own TLS 1.3 context from the files
     )
     if workers > 1:
         Multiprocess(uv_config, sockets=[sock]).run()

@@ -40,6 +40,7 @@ from veritee.secrets.errors import (
 )
 from veritee.secrets.release import Recipient, appraise, check_suite, judge
 from veritee.secrets.store import DB_FILE, Challenge, NonceStore
+from veritee.servicetls import ServerTls
 
 log = logging.getLogger("veritee.secrets")
 
@@ -297,8 +298,10 @@ def serve(
     port: int = DEFAULT_PORT,
     log_level: str = "info",
     on_listening: Callable[[str], None] = lambda url: None,
+    tls: ServerTls | None = None,
 ) -> None:
     """Run the service until interrupted (SIGINT/SIGTERM); call ``on_listening(url)`` once up.
+    ``tls``: serve HTTPS (TLS 1.3) with these settings.
 
     Raises :class:`ConfigError` if the state cannot be opened or the address not bound.
     """
@@ -311,7 +314,7 @@ def serve(
     sock = _listen(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
-    url = f"http://{shown}:{bound[1]}"
+    url = f"{'https' if tls else 'http'}://{shown}:{bound[1]}"
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -336,6 +339,7 @@ def serve(
             access_log=False,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,
+            ssl_context_factory=tls,
         )
     )
     try:

@@ -9,12 +9,14 @@ light.
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
 from veritee.errors import UsageError
+from veritee.servicetls import client_verify
 
 MAX_ANSWER_BYTES = 1024 * 1024  # an envelope is a few KiB; anything bigger is refused
 TIMEOUT = 30.0  # seconds per relayed request
@@ -28,6 +30,10 @@ class HttpRelay:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise UsageError(f"--attest-to {base_url!r}: expected http(s)://HOST[:PORT]")
         self.base = base_url.rstrip("/")
+        # https: the service's certificate is verified against --ca / $VERITEE_CA (else the
+        # system's CAs), as every other client of a Veritee service does.
+        verify = client_verify() if parsed.scheme == "https" else None
+        self._tls = verify if isinstance(verify, ssl.SSLContext) else None
 
     def __call__(self, rpc: dict[str, Any]) -> dict[str, Any]:
         path = rpc.get("path")
@@ -41,7 +47,7 @@ class HttpRelay:
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            with urllib.request.urlopen(request, timeout=TIMEOUT, context=self._tls) as resp:
                 return {"status": resp.status, "body": resp.read(MAX_ANSWER_BYTES)}
         except urllib.error.HTTPError as exc:
             return {"status": exc.code, "body": exc.read(MAX_ANSWER_BYTES)}

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Request, Response
 
+from veritee.servicetls import carried_privately
 from veritee.verifier import corim, credentials
 from veritee.verifier import endorsements as parse
 from veritee.verifier.errors import (
@@ -26,6 +27,7 @@ from veritee.verifier.errors import (
     NotFound,
     PolicyCompileError,
     ProvisioningError,
+    TokenInClear,
     Unauthorized,
     VerifierError,
 )
@@ -60,6 +62,16 @@ def install(app: FastAPI, v: Verifier) -> None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("provisioning needs 'Authorization: Bearer TOKEN'")
+        # Refused before it is compared: whoever sent it must learn its token is exposed,
+        # whether it was right or not (and the answer says nothing of which).
+        peer = request.client.host if request.client else None
+        if not carried_privately(request.url.scheme, peer):
+            log.warning("provisioning refused: token in clear", extra={"client": _client(request)})
+            raise TokenInClear(
+                "the provisioning token came over plain HTTP from another host, where the "
+                "network could read it: serve with --tls-cert/--tls-key (or --tls-self-signed), "
+                "use an https:// URL, and replace the token (it must be taken as exposed)"
+            )
         if not credentials.token_matches(token.strip(), v.token):
             log.warning("provisioning refused: wrong token", extra={"client": _client(request)})
             raise Unauthorized("the bearer token is not the provisioning token")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from veritee.servicetls import client_verify, require_private
 from veritee.verifier import ear
 from veritee.verifier.errors import VerifierRefused, VerifierUnreachable
 
@@ -37,11 +39,21 @@ class VerifierClient:
     """One verifier, one connection pool. Use as a context manager, or call :meth:`close`."""
 
     def __init__(
-        self, base_url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca: Path | str | None = None,
     ) -> None:
+        """``ca``: the CA file an https:// verifier's certificate must chain to (default
+        $VERITEE_CA, else the system's CAs). A ``token`` is never sent over plain HTTP to a
+        host other than loopback (PlainTransport, before any request)."""
         self.base_url = base_url.rstrip("/")
+        if token:
+            require_private(self.base_url, "the provisioning token")
         self._token = token
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, verify=client_verify(ca))
         self._capabilities: dict[str, str] = {}
 
     def __enter__(self) -> VerifierClient:

@@ -108,6 +108,12 @@ class Unauthorized(VerifierError):
     http_status = 401
 
 
+class TokenInClear(VerifierError):
+    """The provisioning token came over plain HTTP from another host: a network saw it."""
+
+    http_status = 403
+
+
 class NotFound(VerifierError):
     """The provisioned item (anchor, reference value, policy, revocation) does not exist."""
 
