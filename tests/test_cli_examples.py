@@ -27,7 +27,7 @@ from .conftest import REPO
 
 NONCE = "5a" * 32
 # Names in examples that stand for a file the reader has: made (empty) for the parse check.
-FILE_ARG = re.compile(r"^[\w./-]+\.(wasm|cbor|jwt|yaml|json|pem|rego|jwk|c|rs)$")
+FILE_ARG = re.compile(r"^[\w./-]+\.(wasm|cbor|jwt|yaml|json|pem|rego|jwk|c|rs|corim|key)$")
 # Commands whose examples this test runs end to end on one device, in this order (each
 # leaves what the next needs: a device, a booted world, hello.wasm, ev.cbor, a vTEE).
 RUN_ORDER = [

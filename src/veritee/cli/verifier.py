@@ -591,7 +591,11 @@ def corim_group() -> None:
 )
 def corim_make(source: Path, output: Path, sign_key: Path | None) -> None:
     """Turn reference values (an entry, a list, a manufacturer file) or a deployment file's
-    trust anchors and reference values (JSON/YAML) into a CoRIM of Veritee's profile."""
+    trust anchors and reference values (JSON/YAML) into a CoRIM of Veritee's profile.
+
+    \b
+    Example:  veritee verifier corim make HOME/manufacturer/reference-values.json -o boot.corim
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -634,7 +638,11 @@ def corim_make(source: Path, output: Path, sign_key: Path | None) -> None:
     help="PEM public key a signed CoRIM must verify under.",
 )
 def corim_show(path: Path, signer: Path | None) -> None:
-    """Decode a CoRIM as the verifier would, and print what it endorses (JSON)."""
+    """Decode a CoRIM as the verifier would, and print what it endorses (JSON).
+
+    \b
+    Example:  veritee verifier corim show boot.corim
+    """
     from veritee.verifier import corim
     from veritee.verifier.endorsements import CaAnchor, ec_public_key_pem
 
