@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from veritee.errors import Error, UsageError
+from veritee.errors import Error, ModuleError, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 if TYPE_CHECKING:
@@ -166,7 +166,9 @@ def _read_stdin() -> bytes:
 
 
 @cli.command(
-    context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False}
+    # Options end at the module: what follows it is the module's, options or not; an unknown
+    # option before it is a usage error (not taken for the module's file name).
+    context_settings={**CONTEXT, "allow_interspersed_args": False}
 )
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to run in.")
 @click.option(
@@ -240,13 +242,22 @@ def run(
             timeout=timeout,
             dirs=_parse_dirs(dirs),
         )
-        result = session.run(argv, _parse_env(env), _read_stdin(), relay)
+        try:
+            result = session.run(argv, _parse_env(env), _read_stdin(), relay)
+        except ModuleError as err:
+            # A trap or a limit: what the module wrote before it still reaches the user.
+            if err.partial_output is not None:
+                _write_output(err.partial_output)
+            raise
+    _write_output(result)
+    sys.exit(result.exit_code & 0xFF if result.exit_code >= 0 else 1)
+
+
+def _write_output(result: Any) -> None:
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
-    if result.truncated:
-        click.echo("veritee: module output was truncated", err=True)
-    sys.exit(result.exit_code & 0xFF if result.exit_code >= 0 else 1)
+    sys.stderr.flush()
 
 
 @cli.command(context_settings=CONTEXT)

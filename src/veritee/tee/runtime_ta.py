@@ -243,6 +243,10 @@ def run(
         "elapsed": reply["elapsed"],
         "truncated": reply["truncated"],
     }
+    stop = reply.get("stop")
+    if isinstance(stop, list) and len(stop) == 2:
+        # A trap or a limit after the module started: its output goes back with the reason.
+        body["stopped"] = {"kind": str(stop[0]), "message": str(stop[1])}
     return int(reply["exit"]), bytes(cbor2.dumps(body))
 
 

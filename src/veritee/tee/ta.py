@@ -19,6 +19,7 @@ from typing import Any
 
 import cbor2
 
+from veritee.errors import ModuleError, ModuleLimitExceeded
 from veritee.tee import client as teec
 
 RUNTIME_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:wasm-runtime"))
@@ -95,13 +96,24 @@ class WasmSession:
             CMD_RUN, teec.Operation([teec.memref_in(cbor2.dumps(request)), out, code]), relay
         )
         result = cbor2.loads(out.buffer)
-        return RunOutput(
+        output = RunOutput(
             exit_code=code.a if code.a < 2**31 else code.a - 2**32,
             stdout=result["stdout"],
             stderr=result["stderr"],
             elapsed=result["elapsed"],
             truncated=result["truncated"],
         )
+        stopped = result.get("stopped")
+        if isinstance(stopped, dict):
+            # Trapped or over a limit after it started: raised as before, carrying what the
+            # module wrote first (the CLI shows it before the error line).
+            cls = (
+                ModuleLimitExceeded if stopped.get("kind") == "ModuleLimitExceeded" else ModuleError
+            )
+            err = cls(str(stopped.get("message", "module stopped")))
+            err.partial_output = output
+            raise err
+        return output
 
     def attest(self, nonce: bytes, host_data: bytes = b"") -> bytes:
         """Evidence for this module over the verifier's ``nonce``; ``host_data`` lands in

@@ -256,6 +256,8 @@ def _serve(fd: int) -> None:
             "elapsed": result.elapsed,
             "truncated": result.truncated,
         }
+        if result.stop_kind is not None:
+            reply["stop"] = [result.stop_kind, result.stop_message]
     except (ModuleError, UsageError) as exc:  # UsageError: a grant moved since load
         reply = {"error": type(exc).__name__, "message": str(exc)}
     protocol.send(sock, reply)

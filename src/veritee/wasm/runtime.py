@@ -77,6 +77,10 @@ class RunResult:
     stderr: bytes
     elapsed: float
     truncated: bool = False
+    # Set when the module was stopped (trap, limit) after it started: what it wrote before
+    # stays in stdout/stderr, so the user sees it with the reason (kind: an errors.py name).
+    stop_kind: str | None = None
+    stop_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,31 @@ def to_binary(data: bytes) -> bytes:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ModuleError(
-            "module is neither a Wasm binary (no \\0asm magic) nor WAT text"
+            "module is not a Wasm binary (no \\0asm magic) and not WAT text"
         ) from None
+    if not _looks_like_wat(text):
+        raise ModuleError(
+            "module is not a Wasm binary (no \\0asm magic) and not WAT text (no '(module')"
+        )
     try:
         return bytes(wasmtime.wat2wasm(text))
     except wasmtime.WasmtimeError as exc:
         raise ModuleError(f"WAT text does not parse: {_first_line(exc)}") from None
+
+
+def _looks_like_wat(text: str) -> bool:
+    """Whether ``text`` starts, after blanks and comments, with a WAT s-expression."""
+    rest = text.lstrip()
+    while rest.startswith((";;", "(;")):
+        if rest.startswith(";;"):
+            _, _, rest = rest.partition("\n")
+        else:
+            end = rest.find(";)")
+            if end < 0:
+                return False
+            rest = rest[end + 2 :]
+        rest = rest.lstrip()
+    return rest.startswith("(")
 
 
 class Compiler:
@@ -267,11 +290,12 @@ def execute(
     store.set_limits(memory_size=limits.memory_bytes)
     started = time.monotonic()
     linker = wasmtime.Linker(engine)
-    linker.define_wasi()
+    _define_wasi(linker, store)
     callbacks = hostfns.define(linker, services)  # alive until the store is gone
     instance = None
     exit_code = 0
-    failure: ModuleError | None = None
+    failure: ModuleError | None = None  # before the module ran: nothing to show
+    stopped: ModuleError | None = None  # after it started: shown with what it wrote
     try:
         try:
             instance = linker.instantiate(store, module)
@@ -292,10 +316,13 @@ def execute(
             except wasmtime.ExitTrap as exc:
                 exit_code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                failure = _classify(exc, _memory_exhausted(instance, store, limits), limits)
+                stopped = _classify(exc, _memory_exhausted(instance, store, limits), limits)
             if exit_code != 0 and _memory_exhausted(instance, store, limits):
-                stderr.write(
-                    f"veritee: memory limit of {_mib(limits.memory_bytes)} reached\n".encode()
+                # malloc failing under the cap makes a C module exit(1): that is the limit's
+                # doing, not the module's answer, so it is reported as the limit (exit 5).
+                stopped = ModuleLimitExceeded(
+                    f"module stopped: memory limit of {_mib(limits.memory_bytes)} reached "
+                    f"(it exited with code {exit_code})"
                 )
     finally:
         # Drop the store now: wasmtime's WASI threads call back into its output capture,
@@ -306,12 +333,19 @@ def execute(
     if failure is not None:
         # Raised outside the except blocks, so no traceback keeps the store alive.
         raise failure
+    truncated = stdout.truncated or stderr.truncated
+    if stopped is None and truncated:
+        stopped = ModuleLimitExceeded(
+            f"module output went over {_mib(MAX_OUTPUT_BYTES)} on one stream; the rest was dropped"
+        )
     return RunResult(
         exit_code=exit_code,
         stdout=stdout.value(),
         stderr=stderr.value(),
         elapsed=time.monotonic() - started,
-        truncated=stdout.truncated or stderr.truncated,
+        truncated=truncated,
+        stop_kind=type(stopped).__name__ if stopped is not None else None,
+        stop_message=str(stopped) if stopped is not None else "",
     )
 
 
@@ -348,6 +382,40 @@ class _Capture:
         data = self.value()
         self._chunks, self._size, self.truncated = [], 0, False
         return data
+
+
+# WASI preview 1 as wasmtime defines it, with ``sock_shutdown`` answering undefined flags:
+# wasmtime traps on undefined ``sdflags`` bits before it looks at the descriptor, where
+# POSIX and the wasi-testsuite expect an errno (EBADF for a bad descriptor, ENOTSOCK for a
+# non-socket, EINVAL for bad flags on a socket). The shim judges the descriptor with
+# wasmtime's own sock_shutdown and the valid bits only: Veritee grants modules no sockets,
+# so that call never shuts anything down. It is Wasm, not a host function, so that WASI
+# sees a calling instance (with a memory export, empty); it shares the store's WASI state.
+_WASI_SHIM = """(module
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $ss (param i32 i32) (result i32)))
+  (memory (export "memory") 0)
+  (func (export "sock_shutdown") (param $fd i32) (param $how i32) (result i32)
+    (local $errno i32)
+    (if (result i32) (i32.and (local.get $how) (i32.const -4))
+      (then
+        (local.set $errno (call $ss (local.get $fd) (i32.const 3)))
+        (select (local.get $errno) (i32.const 28) (local.get $errno)))
+      (else (call $ss (local.get $fd) (local.get $how))))))"""
+
+
+@functools.lru_cache(maxsize=4)  # one engine per worker process
+def _wasi_shim(engine: Any) -> Any:
+    return wasmtime.Module(engine, _WASI_SHIM)
+
+
+def _define_wasi(linker: Any, store: Any) -> None:
+    linker.define_wasi()
+    instance = linker.instantiate(store, _wasi_shim(linker.engine))
+    linker.allow_shadowing = True
+    linker.define(
+        store, "wasi_snapshot_preview1", "sock_shutdown", instance.exports(store)["sock_shutdown"]
+    )
+    linker.allow_shadowing = False
 
 
 def _check_imports(module: Any) -> None:
@@ -414,7 +482,7 @@ class Reactor:
         self._store.set_wasi(wasi)
         self._store.set_limits(memory_size=limits.memory_bytes)
         linker = wasmtime.Linker(engine)
-        linker.define_wasi()
+        _define_wasi(linker, self._store)
         self._callbacks = hostfns.define(linker, services)  # alive as long as the store
         try:
             self._instance = linker.instantiate(self._store, module)

@@ -1,0 +1,150 @@
+"""`veritee run` used as `wasmtime run` is: options, errors, limits, WASI, through the real CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import Device
+
+
+def _error_lines(stderr: bytes) -> list[str]:
+    text = stderr.decode()
+    assert "Traceback" not in text, text
+    return [ln for ln in text.splitlines() if ln.startswith("veritee: error:")]
+
+
+def _wat(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# -- limits keep what the module wrote ----------------------------------------------------
+
+
+def test_memory_limit_exits_5_and_keeps_the_output_written_before(
+    device: Device, wasm: Callable[..., Path]
+) -> None:
+    proc = device.cli("run", "--max-memory", "16", wasm("tests/assets/c/write_then_oom.c"))
+    # Old code: exit 1 (the module's own, after malloc failed), as if the module had chosen it.
+    assert proc.returncode == 5, proc.stderr.decode()
+    assert proc.stdout == b"before the limit\n"
+    assert b"to stderr before the limit\n" in proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert "memory limit of 16 MiB reached" in line
+    # The secure world still runs the next module.
+    assert device.cli("run", wasm("examples/hello/hello.c")).returncode == 0
+
+
+def test_trap_keeps_the_output_written_before(device: Device, tmp_path: Path) -> None:
+    mod = _wat(
+        tmp_path,
+        "trap.wat",
+        """(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "written first\\n")
+  (data (i32.const 0) "\\10\\00\\00\\00\\0e\\00\\00\\00")
+  (func (export "_start")
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    unreachable))""",
+    )
+    proc = device.cli("run", mod)
+    # Old code: the trap's error line only; what the module wrote was dropped with the worker.
+    assert proc.returncode == 5
+    assert proc.stdout == b"written first\n"
+    (line,) = _error_lines(proc.stderr)
+    assert "module trapped" in line and "unreachable" in line
+
+
+# -- usage errors say what is wrong -------------------------------------------------------
+
+
+def test_unknown_option_is_a_usage_error(device: Device, wasm: Callable[..., Path]) -> None:
+    proc = device.cli("run", "--no-such-option", wasm("examples/hello/hello.c"))
+    # Old code: "File '--no-such-option' does not exist" (taken for the module's path).
+    assert proc.returncode == 2
+    assert b"No such option '--no-such-option'" in proc.stderr
+    assert b"does not exist" not in proc.stderr
+
+
+def test_options_after_the_module_are_the_modules(
+    device: Device, wasm: Callable[..., Path]
+) -> None:
+    out = device.ok("run", wasm("examples/hello/hello.c"), "--verbose", "-x")
+    assert "--verbose" in out and "-x" in out
+
+
+def test_a_file_that_is_not_wasm_says_so(device: Device, tmp_path: Path) -> None:
+    text = tmp_path / "notes.wasm"
+    text.write_text("just some text, not a module\n")
+    proc = device.cli("run", text)
+    # Old code: "WAT text does not parse: expected `(`" for any UTF-8 file.
+    assert proc.returncode == 5
+    (line,) = _error_lines(proc.stderr)
+    assert "not a Wasm binary" in line
+    assert "does not parse" not in line
+
+
+def test_wat_with_comments_still_runs(device: Device, tmp_path: Path) -> None:
+    mod = _wat(tmp_path, "ok.wat", ';; a comment\n(; block ;)\n(module (func (export "_start")))')
+    assert device.cli("run", mod).returncode == 0
+
+
+# -- build ----------------------------------------------------------------------------------
+
+
+def test_build_validates_wat(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = _wat(tmp_path, "bad.wat", '(module (func (export "_start") (result i32)))')
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", "build", str(bad), "-o", str(tmp_path / "bad.wasm")],
+        capture_output=True,
+        check=False,
+    )
+    # Old code: wat2wasm parsed it and build wrote a module that fails only at run.
+    assert proc.returncode == 8, proc.stderr.decode()
+    (line,) = _error_lines(proc.stderr)
+    assert "does not validate" in line
+    assert not (tmp_path / "bad.wasm").exists()
+
+
+def test_build_shows_all_of_clangs_diagnostics(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "two.c"
+    src.write_text("int main(void) { int unused; undefined_one(); return nope; }\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", "build", str(src), "-o", str(tmp_path / "two.wasm")],
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 8
+    text = proc.stderr.decode()
+    # Old code: only the first line with "error" in it.
+    assert "undefined_one" in text and "nope" in text and "unused" in text
+    assert len(_error_lines(proc.stderr)) == 1
+
+
+# -- WASI -----------------------------------------------------------------------------------
+
+
+def test_sock_shutdown_on_a_bad_descriptor_returns_ebadf(device: Device, tmp_path: Path) -> None:
+    # The wasi-testsuite case: shutdown of a descriptor that is not open, with flags wasmtime
+    # does not define; old code trapped ("Invalid flag value Sdflags") instead of EBADF (8).
+    tmpl = """(module
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $ss (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (call $ss (i32.const FD) (i32.const HOW)))))"""
+    for fd, how, errno in ((999, 4, 8), (999, 3, 8), (1, 3, 57), (1, 4, 57)):
+        mod = _wat(
+            tmp_path, f"ss-{fd}-{how}.wat", tmpl.replace("FD", str(fd)).replace("HOW", str(how))
+        )
+        proc = device.cli("run", mod)
+        assert proc.returncode == errno, (fd, how, proc.stderr.decode())
