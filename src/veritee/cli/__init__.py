@@ -193,6 +193,21 @@ def _read_stdin() -> bytes:
     show_default=True,
     help="Time budget in seconds.",
 )
+@click.option(
+    "--fuel",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Instruction budget (wasmtime fuel), beside the time one; off by default: "
+    "counting slows compute-bound code.",
+)
+@click.option(
+    "--invoke",
+    metavar="FUNC",
+    default=None,
+    help="Call export FUNC with the arguments as its parameters (i32, i64, f32, f64) "
+    "instead of _start; its results are printed.",
+)
 @click.option("--name", default=None, help="Name of the module (default: file name).")
 @click.option(
     "--attest-to",
@@ -210,6 +225,8 @@ def run(
     env: tuple[str, ...],
     max_memory: int,
     timeout: float,
+    fuel: int | None,
+    invoke: str | None,
     name: str | None,
     attest_to: str | None,
     module: Path,
@@ -220,9 +237,12 @@ def run(
     \b
     Flags follow 'wasmtime run': options, then the module, then its arguments
     (a '--' before them is accepted). Standard input is passed through when
-    it is not a terminal.
+    it is not a terminal. A module stopped by a trap or a limit (memory,
+    time, --fuel) exits 5, after what it wrote before.
     \b
-    Example:  veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
+    Examples: veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
+              veritee run --invoke add math.wasm 2 40       # prints 42
+              veritee run --fuel 1000000 loop.wasm
     """
     from veritee.tee import client as teec
     from veritee.tee.ta import WasmSession
@@ -241,6 +261,8 @@ def run(
             memory_mb=max_memory,
             timeout=timeout,
             dirs=_parse_dirs(dirs),
+            fuel=fuel,
+            invoke=invoke,
         )
         try:
             result = session.run(argv, _parse_env(env), _read_stdin(), relay)

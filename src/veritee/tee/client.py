@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from veritee.errors import ModuleError, SecureWorldError
+from veritee.errors import ModuleError, SecureWorldError, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.tee import protocol
 
@@ -87,6 +87,8 @@ class TeecError(SecureWorldError):
             TEEC_ERROR_CANCEL,
         ):
             self.exit_code = ModuleError.exit_code  # the module was at fault, not the TEE
+        elif origin == TEEC_ORIGIN_TRUSTED_APP and code == TEEC_ERROR_BAD_PARAMETERS:
+            self.exit_code = UsageError.exit_code  # the TA refused what the caller asked
         name = CODE_NAMES.get(code, f"0x{code:08x}")
         where = ORIGIN_NAMES.get(origin, str(origin))
         super().__init__(message or f"{name} (origin {where})")

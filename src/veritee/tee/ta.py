@@ -44,6 +44,7 @@ class RunOutput:
     stderr: bytes
     elapsed: float
     truncated: bool
+    fuel_used: int | None = None
 
 
 class WasmSession:
@@ -61,9 +62,18 @@ class WasmSession:
         memory_mb: int | None = None,
         timeout: float | None = None,
         dirs: list[tuple[str, str, bool]] | None = None,
+        fuel: int | None = None,
+        invoke: str | None = None,
     ) -> dict[str, Any]:
-        """Load ``module`` (Wasm binary or WAT); returns measurement and config digest."""
+        """Load ``module`` (Wasm binary or WAT); returns measurement and config digest.
+
+        ``fuel``: an instruction budget for each run; ``invoke``: the export runs call
+        (with their arguments as its parameters) instead of ``_start``."""
         config: dict[str, Any] = {"name": name, "dirs": [list(d) for d in dirs or []]}
+        if fuel is not None:
+            config["fuel"] = fuel
+        if invoke is not None:
+            config["invoke"] = invoke
         if memory_mb is not None:
             config["memory_mb"] = memory_mb
         if timeout is not None:
@@ -102,6 +112,7 @@ class WasmSession:
             stderr=result["stderr"],
             elapsed=result["elapsed"],
             truncated=result["truncated"],
+            fuel_used=result.get("fuel_used"),
         )
         stopped = result.get("stopped")
         if isinstance(stopped, dict):

@@ -206,6 +206,9 @@ def _serve(fd: int) -> None:
         job = protocol.recv(sock)
     except protocol.ProtocolError:
         return  # the pool closed us before giving us work
+    fuel = job.get("fuel")
+    if fuel is not None:
+        engine = runtime.new_engine(fuel=True)  # the artifact was compiled to count fuel
     try:
         module = runtime.load_artifact(engine, Path(job["artifact_path"]), job["artifact_digest"])
         preopens = _open_preopens(job)
@@ -214,8 +217,9 @@ def _serve(fd: int) -> None:
             env=tuple((k, v) for k, v in job["env"]),
             stdin=job["stdin"],
             preopens=preopens,
+            invoke=job.get("invoke"),
         )
-        limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"])
+        limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"], fuel=fuel)
         notes: list[str] = []
 
         def relay(request: dict[str, Any]) -> dict[str, Any]:
@@ -256,6 +260,8 @@ def _serve(fd: int) -> None:
             "elapsed": result.elapsed,
             "truncated": result.truncated,
         }
+        if result.fuel_used is not None:
+            reply["fuel_used"] = result.fuel_used
         if result.stop_kind is not None:
             reply["stop"] = [result.stop_kind, result.stop_message]
     except (ModuleError, UsageError) as exc:  # UsageError: a grant moved since load
@@ -335,6 +341,7 @@ def raise_for(reply: dict[str, Any]) -> None:
         "ArtifactChanged": ArtifactChanged,
         "GrantMoved": GrantMoved,
         "GrantRefused": GrantRefused,
+        "UsageError": UsageError,
     }.get(str(kind), ModuleError)
     raise cls(str(reply.get("message", "module failed")))
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import wasmtime
 
-from veritee.errors import ModuleError, ModuleLimitExceeded
+from veritee.errors import ModuleError, ModuleLimitExceeded, UsageError
 from veritee.wasm import hostfns
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,18 @@ class Limits:
 
     memory_bytes: int = 256 * 1024 * 1024
     time_seconds: float = 300.0
+    # Opt-in instruction budget (wasmtime fuel): deterministic, unlike the wall clock, at
+    # the cost of instrumented code (see the module docstring); None: no fuel accounting.
+    fuel: int | None = None
 
     def to_cbor(self) -> dict[str, Any]:
-        return {"memory": self.memory_bytes, "time_ms": int(self.time_seconds * 1000)}
+        out: dict[str, Any] = {
+            "memory": self.memory_bytes,
+            "time_ms": int(self.time_seconds * 1000),
+        }
+        if self.fuel is not None:
+            out["fuel"] = self.fuel  # only when set: digests of runs without fuel unchanged
+        return out
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,9 @@ class RunRequest:
     env: tuple[tuple[str, str], ...] = ()
     stdin: bytes = b""
     preopens: tuple[Preopen, ...] = ()
+    # Call this export with ``args`` as its parameters instead of running ``_start``
+    # (wasmtime run --invoke); its results are printed on stdout, one a line.
+    invoke: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ class RunResult:
     # stays in stdout/stderr, so the user sees it with the reason (kind: an errors.py name).
     stop_kind: str | None = None
     stop_message: str = ""
+    fuel_used: int | None = None  # instructions' fuel consumed, when a fuel budget was set
 
 
 @dataclass(frozen=True)
@@ -93,12 +106,17 @@ class CompiledModule:
     wasm_size: int
     from_cache: bool
     exports: tuple[str, ...] = field(default=())
+    fuel: bool = False  # compiled with fuel accounting (an engine of its own)
 
 
-def new_engine() -> Any:
-    """The one engine configuration compiler and workers share (artifacts depend on it)."""
+def new_engine(*, fuel: bool = False) -> Any:
+    """The engine configuration compiler and workers share (artifacts depend on it).
+
+    ``fuel``: code that counts its instructions, for runs with a fuel budget only.
+    """
     config = wasmtime.Config()
     config.cranelift_opt_level = "speed"
+    config.consume_fuel = fuel
     return wasmtime.Engine(config)
 
 
@@ -152,14 +170,27 @@ def _looks_like_wat(text: str) -> bool:
 class Compiler:
     """Compiles modules, or takes them from the AOT cache after checking its HMAC tag."""
 
-    def __init__(self, cache_dir: Path, cache_key: bytes) -> None:
-        self.engine = new_engine()
+    def __init__(self, cache_dir: Path, cache_key: bytes, *, fuel: bool = False) -> None:
+        self.fuel = fuel
+        self.engine = new_engine(fuel=fuel)
         self._cache_dir = cache_dir
         self._cache_key = cache_key
-        self._fingerprint = f"wasmtime-{wasmtime_version()};veritee-engine-1".encode()
+        # Fuel-counting code is another artifact: its own tag and name, never confused.
+        variant = ";fuel" if fuel else ""
+        self._fingerprint = f"wasmtime-{wasmtime_version()};veritee-engine-1{variant}".encode()
         self._memory: OrderedDict[bytes, CompiledModule] = OrderedDict()
         self._lock = threading.Lock()
+        self._fuel_variant: Compiler | None = None
         cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def for_limits(self, limits: Limits) -> Compiler:
+        """This compiler, or its fuel-counting sibling when ``limits`` set a fuel budget."""
+        if limits.fuel is None or self.fuel:
+            return self
+        with self._lock:
+            if self._fuel_variant is None:
+                self._fuel_variant = Compiler(self._cache_dir, self._cache_key, fuel=True)
+            return self._fuel_variant
 
     def compile(self, wasm: bytes) -> CompiledModule:
         """Validate and compile ``wasm``, or take it from the cache; raise :class:`ModuleError`."""
@@ -188,6 +219,7 @@ class Compiler:
             wasm_size=len(wasm),
             from_cache=from_cache,
             exports=tuple(e.name for e in module.exports),
+            fuel=self.fuel,
         )
         with self._lock:
             self._memory[measurement] = compiled
@@ -208,7 +240,7 @@ class Compiler:
         return mac.digest()
 
     def _artifact_path(self, measurement: bytes) -> Path:
-        return self._cache_dir / f"{measurement.hex()}.cwasm"
+        return self._cache_dir / f"{measurement.hex()}{'.fuel' if self.fuel else ''}.cwasm"
 
     def _load_artifact(self, measurement: bytes) -> tuple[Any, bytes]:
         path = self._artifact_path(measurement)
@@ -288,13 +320,17 @@ def execute(
     store = wasmtime.Store(engine)
     store.set_wasi(wasi)
     store.set_limits(memory_size=limits.memory_bytes)
+    if limits.fuel is not None:
+        store.set_fuel(limits.fuel)
     started = time.monotonic()
     linker = wasmtime.Linker(engine)
     _define_wasi(linker, store)
     callbacks = hostfns.define(linker, services)  # alive until the store is gone
     instance = None
     exit_code = 0
-    failure: ModuleError | None = None  # before the module ran: nothing to show
+    fuel_used: int | None = None
+    entry = request.invoke or "_start"
+    failure: ModuleError | UsageError | None = None  # before it ran: nothing to show
     stopped: ModuleError | None = None  # after it started: shown with what it wrote
     try:
         try:
@@ -307,16 +343,28 @@ def execute(
                 )
             else:
                 failure = ModuleError(f"module cannot be instantiated: {msg}")
-        if instance is not None and "_start" not in set(instance.exports(store)):
+        func: Any = instance.exports(store).get(entry) if instance is not None else None
+        if instance is not None and request.invoke is None and func is None:
             failure = ModuleError("module has no '_start' export: it is not a WASI command")
+        elif instance is not None and not isinstance(func, wasmtime.Func):
+            failure = UsageError(f"--invoke {entry}: the module exports no function of that name")
         elif instance is not None:
             try:
-                start: Any = instance.exports(store)["_start"]
-                start(store)
+                params = _invoke_params(store, func, request) if request.invoke else []
+                if request.invoke and "_initialize" in instance.exports(store):
+                    init: Any = instance.exports(store)["_initialize"]
+                    init(store)  # a reactor: set up first, as wasmtime run does
+                results = func(store, *params)
+                if request.invoke:
+                    stdout.write(_format_results(results))
+            except UsageError as exc:
+                failure = exc
             except wasmtime.ExitTrap as exc:
                 exit_code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 stopped = _classify(exc, _memory_exhausted(instance, store, limits), limits)
+            if limits.fuel is not None:
+                fuel_used = limits.fuel - int(store.get_fuel())
             if exit_code != 0 and _memory_exhausted(instance, store, limits):
                 # malloc failing under the cap makes a C module exit(1): that is the limit's
                 # doing, not the module's answer, so it is reported as the limit (exit 5).
@@ -346,10 +394,54 @@ def execute(
         truncated=truncated,
         stop_kind=type(stopped).__name__ if stopped is not None else None,
         stop_message=str(stopped) if stopped is not None else "",
+        fuel_used=fuel_used,
     )
 
 
+def _invoke_params(store: Any, func: Any, request: RunRequest) -> list[Any]:
+    """The command-line arguments as ``func``'s parameters (as wasmtime run --invoke)."""
+    params = list(func.type(store).params)
+    if len(params) != len(request.args):
+        raise UsageError(
+            f"--invoke {request.invoke}: the function takes {len(params)} argument(s) "
+            f"({', '.join(str(p) for p in params) or 'none'}), {len(request.args)} given"
+        )
+    out: list[Any] = []
+    for i, (ty, text) in enumerate(zip(params, request.args, strict=True), 1):
+        kind = str(ty)
+        try:
+            if kind in ("i32", "i64"):
+                value: Any = int(text, 0)
+                bits = 32 if kind == "i32" else 64
+                if not -(1 << (bits - 1)) <= value < (1 << bits):
+                    raise ValueError
+                if value >= 1 << (bits - 1):
+                    value -= 1 << bits  # written unsigned: the same bits
+            elif kind in ("f32", "f64"):
+                value = float(text)
+            else:
+                raise UsageError(
+                    f"--invoke {request.invoke}: argument {i} is of type {kind}, "
+                    "which cannot be given on the command line"
+                )
+        except ValueError:
+            raise UsageError(
+                f"--invoke {request.invoke}: argument {i} {text!r} is not a valid {kind}"
+            ) from None
+        out.append(value)
+    return out
+
+
+def _format_results(results: Any) -> bytes:
+    values = results if isinstance(results, list | tuple) else [] if results is None else [results]
+    return b"".join(f"{v}\n".encode() for v in values)
+
+
 def _classify(exc: BaseException, memory_exhausted: bool, limits: Limits) -> ModuleError:
+    if "all fuel consumed" in str(exc):
+        return ModuleLimitExceeded(
+            f"module stopped: fuel budget of {limits.fuel} exhausted ({_first_line(exc)})"
+        )
     if memory_exhausted:
         return ModuleLimitExceeded(
             f"module stopped: memory limit of {_mib(limits.memory_bytes)} reached "
