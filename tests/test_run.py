@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,3 +206,43 @@ def test_fuel_and_invoke_are_attested(device: Device, tmp_path: Path) -> None:
         for kwargs in ({}, {"fuel": 1000}, {"invoke": "pair"}):
             digests.add(WasmSession(ctx).load(mod, **kwargs)["config_digest"])  # type: ignore[arg-type]
     assert len(digests) == 3
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+
+def _popen(device: Device, *args: str | Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "veritee", "--home", str(device.home), "run", *map(str, args)],
+        stdin=subprocess.DEVNULL,  # stdin is read whole before the run (not streamed yet)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_output_streams_while_the_module_runs(device: Device, wasm: Callable[..., Path]) -> None:
+    proc = _popen(device, wasm("tests/assets/c/slow_writer.c"))
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    # Old code: nothing until the module exited (both lines at once, 3 s later).
+    assert first == b"first\n"
+    assert proc.poll() is None, "the first line should arrive while the module still runs"
+    rest, err = proc.communicate(timeout=60)
+    assert rest == b"second\n"
+    assert b"err first\n" in err
+    assert proc.returncode == 0
+
+
+def test_64_mib_of_output_arrives_complete(device: Device, wasm: Callable[..., Path]) -> None:
+    proc = device.cli("run", wasm("tests/assets/c/bulk_out.c"), "64")
+    # Old code: cut at 16 MiB and exit 0.
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert len(proc.stdout) == 64 << 20
+    expected = hashlib.sha256()
+    block = bytearray(1 << 20)
+    for i in range(64):
+        for j in range(26):
+            block[j::26] = bytes([97 + (i + j) % 26]) * len(block[j::26])
+        expected.update(block)
+    assert hashlib.sha256(proc.stdout).hexdigest() == expected.hexdigest()
+    assert proc.stderr.endswith(b"end\n")

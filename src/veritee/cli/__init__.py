@@ -265,7 +265,7 @@ def run(
             invoke=invoke,
         )
         try:
-            result = session.run(argv, _parse_env(env), _read_stdin(), relay)
+            result = session.run(argv, _parse_env(env), _read_stdin(), relay, output=_stream)
         except ModuleError as err:
             # A trap or a limit: what the module wrote before it still reaches the user.
             if err.partial_output is not None:
@@ -273,6 +273,13 @@ def run(
             raise
     _write_output(result)
     sys.exit(result.exit_code & 0xFF if result.exit_code >= 0 else 1)
+
+
+def _stream(fd: int, data: bytes) -> None:
+    """The module's output as it writes it: flushed at once, so a pipe reader sees it."""
+    stream = sys.stdout.buffer if fd == 1 else sys.stderr.buffer
+    stream.write(data)
+    stream.flush()
 
 
 def _write_output(result: Any) -> None:

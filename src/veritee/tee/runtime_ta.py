@@ -233,6 +233,8 @@ def run(
                 "config_digest": loaded.config_digest,
                 "provisioning": loaded.provisioning.export(),
                 "relay": bool(request.get("relay")) and relay is not None,
+                # Output to the client as written (through the relay), not at exit.
+                "stream": request.get("stream") is True and relay is not None,
             }
             reply = pool.run(job, loaded.limits.time_seconds, cancelled, relay)
             try:

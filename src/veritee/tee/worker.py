@@ -149,7 +149,8 @@ def _exchange(
                 rpc = answer["rpc"]
                 result = relay(rpc) if relay and isinstance(rpc, dict) else {"error": "no relay"}
                 protocol.send(worker.sock, {"rpc_reply": result})
-                continue
+            # Checked after each relayed request too: a module streaming output without
+            # pause never leaves select idle, and must still stop at its deadline.
             if cancelled():
                 raise ModuleLimitExceeded("module stopped: cancelled, the client went away")
             if time.monotonic() >= deadline:
@@ -221,11 +222,17 @@ def _serve(fd: int) -> None:
         )
         limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"], fuel=fuel)
         notes: list[str] = []
+        relay_lock = threading.Lock()  # output may come from wasmtime's threads
 
         def relay(request: dict[str, Any]) -> dict[str, Any]:
-            protocol.send(sock, {"rpc": request})
-            answer = protocol.recv(sock).get("rpc_reply")
+            with relay_lock:  # one request in flight: the answer is this request's
+                protocol.send(sock, {"rpc": request})
+                answer = protocol.recv(sock).get("rpc_reply")
             return answer if isinstance(answer, dict) else {"error": "bad relay answer"}
+
+        def stream(fd: int, data: bytes) -> None:
+            # One chunk in flight: the module's write returns once the client has taken it.
+            relay({"op": "output", "fd": fd, "data": data})
 
         key = serialization.load_der_private_key(job["attestation_key"], password=None)
         services = ModuleServices(
@@ -252,6 +259,7 @@ def _serve(fd: int) -> None:
             services,
             name=job["name"],
             scratch_dir=Path(job["scratch"]),
+            output=stream if job.get("stream") else None,
         )
         reply: dict[str, Any] = {
             "exit": result.exit_code,

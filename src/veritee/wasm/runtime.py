@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ from veritee.wasm import hostfns
 log = logging.getLogger(__name__)
 
 MAX_MODULE_BYTES = 256 * 1024 * 1024  # a module larger than this is refused before compiling
-MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream; more is dropped so a chatty module cannot OOM us
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream, when collected (not streamed): more is dropped
+# so a chatty module cannot OOM us. Streamed output has no total: it is sent as written.
+STREAM_CHUNK_BYTES = 64 * 1024  # a write is streamed in pieces of at most this size
 MEMORY_CACHE_ENTRIES = 64  # compiled modules kept in memory (LRU); the disk cache holds the rest
 MEMORY_NEAR_LIMIT = 0.9  # a module that failed while using this share of its cap ran out of memory
 EVENT_ROOM_BYTES = 64 * 1024  # module memory kept for events; a larger one gets more
@@ -296,13 +299,22 @@ def execute(
     *,
     name: str = "module",
     scratch_dir: Path | None = None,
+    output: Callable[[int, bytes], None] | None = None,
 ) -> RunResult:
     """Run a WASI command to completion in this process, under the memory limit.
 
+    ``output``: called with (1 or 2, bytes) as the module writes stdout or stderr, in pieces
+    of at most :data:`STREAM_CHUNK_BYTES`, blocking the module's write until it returns (a
+    slow reader slows the module, nothing piles up here); without it, output is collected.
     The time budget is the caller's to enforce (by ending this process); raise
-    :class:`ModuleError` if the module cannot run or traps.
+    :class:`ModuleError` if the module cannot run.
     """
-    stdout, stderr = _Capture(), _Capture()
+    stdout: _Capture | _Stream
+    stderr: _Capture | _Stream
+    if output is not None:
+        stdout, stderr = _Stream(1, output), _Stream(2, output)
+    else:
+        stdout, stderr = _Capture(), _Capture()
     wasi = wasmtime.WasiConfig()
     wasi.argv = [name, *request.args]
     wasi.env = [list(kv) for kv in request.env]
@@ -448,6 +460,23 @@ def _classify(exc: BaseException, memory_exhausted: bool, limits: Limits) -> Mod
             f"({_first_line(exc)})"
         )
     return ModuleError(f"module trapped: {_first_line(exc)}")
+
+
+class _Stream:
+    """Hands a WASI output stream on as it is written (see :func:`execute`)."""
+
+    truncated = False
+
+    def __init__(self, fd: int, sink: Callable[[int, bytes], None]) -> None:
+        self._fd, self._sink = fd, sink
+
+    def write(self, data: Any) -> None:
+        view = bytes(data)
+        for i in range(0, len(view), STREAM_CHUNK_BYTES):
+            self._sink(self._fd, view[i : i + STREAM_CHUNK_BYTES])
+
+    def value(self) -> bytes:
+        return b""
 
 
 class _Capture:
