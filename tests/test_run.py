@@ -246,3 +246,21 @@ def test_64_mib_of_output_arrives_complete(device: Device, wasm: Callable[..., P
         expected.update(block)
     assert hashlib.sha256(proc.stdout).hexdigest() == expected.hexdigest()
     assert proc.stderr.endswith(b"end\n")
+
+
+def test_json_result_on_success_and_on_a_limit(device: Device, tmp_path: Path) -> None:
+    import json
+
+    mod = _wat(tmp_path, "math.wat", MATH)
+    ok = device.cli("run", "--json", "--fuel", "100000", "--invoke", "pair", mod, "3")
+    assert ok.returncode == 0 and ok.stdout == b"7\n3\n"
+    result = json.loads(ok.stderr.decode().splitlines()[-1])
+    assert result["exit_code"] == 0 and result["stopped"] is None
+    assert 0 < result["fuel_used"] <= 100000
+    stopped = device.cli("run", "--json", "--fuel", "1000", mod)
+    assert stopped.returncode == 5
+    lines = stopped.stderr.decode().splitlines()
+    result = json.loads(next(ln for ln in lines if ln.startswith("{")))
+    assert result["exit_code"] == 5 and result["fuel_used"] == 1000
+    assert result["stopped"]["error"] == "ModuleLimitExceeded"
+    assert "fuel budget of 1000 exhausted" in result["stopped"]["reason"]

@@ -208,6 +208,13 @@ def _read_stdin() -> bytes:
     help="Call export FUNC with the arguments as its parameters (i32, i64, f32, f64) "
     "instead of _start; its results are printed.",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="After the run, print a result object as the last line of stderr (exit code, "
+    "stop reason, fuel used); the module's own output is unchanged.",
+)
 @click.option("--name", default=None, help="Name of the module (default: file name).")
 @click.option(
     "--attest-to",
@@ -227,6 +234,7 @@ def run(
     timeout: float,
     fuel: int | None,
     invoke: str | None,
+    as_json: bool,
     name: str | None,
     attest_to: str | None,
     module: Path,
@@ -253,26 +261,46 @@ def run(
         from veritee.tee.supplicant import HttpRelay
 
         relay = HttpRelay(attest_to)
-    with teec.Context(home=_home(ctx), vtee=vtee) as context:
-        session = WasmSession(context)
-        session.load(
-            module.read_bytes(),
-            name=name or module.name,
-            memory_mb=max_memory,
-            timeout=timeout,
-            dirs=_parse_dirs(dirs),
-            fuel=fuel,
-            invoke=invoke,
-        )
-        try:
+    try:
+        with teec.Context(home=_home(ctx), vtee=vtee) as context:
+            session = WasmSession(context)
+            session.load(
+                module.read_bytes(),
+                name=name or module.name,
+                memory_mb=max_memory,
+                timeout=timeout,
+                dirs=_parse_dirs(dirs),
+                fuel=fuel,
+                invoke=invoke,
+            )
             result = session.run(argv, _parse_env(env), _read_stdin(), relay, output=_stream)
-        except ModuleError as err:
-            # A trap or a limit: what the module wrote before it still reaches the user.
-            if err.partial_output is not None:
-                _write_output(err.partial_output)
-            raise
+    except Error as err:
+        # A trap or a limit: what the module wrote before it still reaches the user.
+        partial = err.partial_output if isinstance(err, ModuleError) else None
+        if partial is not None:
+            _write_output(partial)
+        if as_json:
+            _json_result(err.exit_code, type(err).__name__, str(err), partial)
+        raise
     _write_output(result)
-    sys.exit(result.exit_code & 0xFF if result.exit_code >= 0 else 1)
+    code = result.exit_code & 0xFF if result.exit_code >= 0 else 1
+    if as_json:
+        _json_result(code, None, None, result)
+    sys.exit(code)
+
+
+def _json_result(exit_code: int, stop: str | None, reason: str | None, result: Any) -> None:
+    import json
+
+    obj = {
+        "exit_code": exit_code,
+        "module_exit_code": result.exit_code if result is not None and stop is None else None,
+        "stopped": {"error": stop, "reason": reason} if stop else None,
+        "fuel_used": result.fuel_used if result is not None else None,
+        "elapsed": round(result.elapsed, 6) if result is not None else None,
+    }
+    sys.stderr.write(json.dumps(obj) + "\n")
+    sys.stderr.flush()
 
 
 def _stream(fd: int, data: bytes) -> None:
