@@ -22,7 +22,7 @@ def _one_line_error(stderr: bytes) -> str:
     ("content", "expected"),
     [
         (b"\x00asm\x01\x00\x00\x00\xff\xff\xff", "does not validate"),
-        (b"\x7fELF\x02\x01\x01garbage\xff\xfe", "neither a Wasm binary"),
+        (b"\x7fELF\x02\x01\x01garbage\xff\xfe", "not a Wasm binary"),
         (b'(module (func (export "_start")', "WAT text does not parse"),
         (b'(module (memory (export "memory") 1))', "no '_start' export"),
     ],

@@ -6,6 +6,8 @@ The CLI catches :class:`Error` in one place, prints ``str(err)`` on one line and
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Error(Exception):
     """Base of every error Veritee raises on purpose."""
@@ -41,6 +43,8 @@ class ModuleError(Error):
     """A Wasm module is malformed, asks for what is not offered, or broke a limit."""
 
     exit_code = 5
+    # What a run wrote before it trapped or hit a limit (a tee.ta.RunOutput), shown first.
+    partial_output: Any = None
 
 
 class ModuleLimitExceeded(ModuleError):

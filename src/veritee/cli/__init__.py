@@ -17,7 +17,7 @@ import click
 
 from veritee import servicetls
 from veritee.cli._tls import ca_option
-from veritee.errors import EXIT_CODES, Error, UsageError
+from veritee.errors import EXIT_CODES, Error, ModuleError, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 if TYPE_CHECKING:
@@ -283,7 +283,9 @@ def _read_stdin() -> bytes:
 
 
 @cli.command(
-    context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False}
+    # Options end at the module: what follows it is the module's, options or not; an unknown
+    # option before it is a usage error (not taken for the module's file name).
+    context_settings={**CONTEXT, "allow_interspersed_args": False}
 )
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to run in.")
 @click.option(
@@ -308,6 +310,28 @@ def _read_stdin() -> bytes:
     show_default=True,
     help="Time budget in seconds.",
 )
+@click.option(
+    "--fuel",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Instruction budget (wasmtime fuel), beside the time one; off by default: "
+    "counting slows compute-bound code.",
+)
+@click.option(
+    "--invoke",
+    metavar="FUNC",
+    default=None,
+    help="Call export FUNC with the arguments as its parameters (i32, i64, f32, f64) "
+    "instead of _start; its results are printed.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="After the run, print a result object as the last line of stderr (exit code, "
+    "stop reason, fuel used); the module's own output is unchanged.",
+)
 @click.option("--name", default=None, help="Name of the module (default: file name).")
 @click.option(
     "--attest-to",
@@ -325,6 +349,9 @@ def run(
     env: tuple[str, ...],
     max_memory: int,
     timeout: float,
+    fuel: int | None,
+    invoke: str | None,
+    as_json: bool,
     name: str | None,
     attest_to: str | None,
     module: Path,
@@ -335,9 +362,12 @@ def run(
     \b
     Flags follow 'wasmtime run': options, then the module, then its arguments
     (a '--' before them is accepted). Standard input is passed through when
-    it is not a terminal.
+    it is not a terminal. A module stopped by a trap or a limit (memory,
+    time, --fuel) exits 5, after what it wrote before.
     \b
-    Example:  veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
+    Examples: veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
+              veritee run --invoke add math.wasm 2 40       # prints 42
+              veritee run --fuel 1000000 loop.wasm
     """
     from veritee.tee import client as teec
     from veritee.tee.ta import WasmSession
@@ -348,22 +378,60 @@ def run(
         from veritee.tee.supplicant import HttpRelay
 
         relay = HttpRelay(attest_to)
-    with teec.Context(home=_home(ctx), vtee=vtee) as context:
-        session = WasmSession(context)
-        session.load(
-            module.read_bytes(),
-            name=name or module.name,
-            memory_mb=max_memory,
-            timeout=timeout,
-            dirs=_parse_dirs(dirs),
-        )
-        result = session.run(argv, _parse_env(env), _read_stdin(), relay)
+    try:
+        with teec.Context(home=_home(ctx), vtee=vtee) as context:
+            session = WasmSession(context)
+            session.load(
+                module.read_bytes(),
+                name=name or module.name,
+                memory_mb=max_memory,
+                timeout=timeout,
+                dirs=_parse_dirs(dirs),
+                fuel=fuel,
+                invoke=invoke,
+            )
+            result = session.run(argv, _parse_env(env), _read_stdin(), relay, output=_stream)
+    except Error as err:
+        # A trap or a limit: what the module wrote before it still reaches the user.
+        partial = err.partial_output if isinstance(err, ModuleError) else None
+        if partial is not None:
+            _write_output(partial)
+        if as_json:
+            _json_result(err.exit_code, type(err).__name__, str(err), partial)
+        raise
+    _write_output(result)
+    code = result.exit_code & 0xFF if result.exit_code >= 0 else 1
+    if as_json:
+        _json_result(code, None, None, result)
+    sys.exit(code)
+
+
+def _json_result(exit_code: int, stop: str | None, reason: str | None, result: Any) -> None:
+    import json
+
+    obj = {
+        "exit_code": exit_code,
+        "module_exit_code": result.exit_code if result is not None and stop is None else None,
+        "stopped": {"error": stop, "reason": reason} if stop else None,
+        "fuel_used": result.fuel_used if result is not None else None,
+        "elapsed": round(result.elapsed, 6) if result is not None else None,
+    }
+    sys.stderr.write(json.dumps(obj) + "\n")
+    sys.stderr.flush()
+
+
+def _stream(fd: int, data: bytes) -> None:
+    """The module's output as it writes it: flushed at once, so a pipe reader sees it."""
+    stream = sys.stdout.buffer if fd == 1 else sys.stderr.buffer
+    stream.write(data)
+    stream.flush()
+
+
+def _write_output(result: Any) -> None:
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
-    if result.truncated:
-        click.echo("veritee: module output was truncated", err=True)
-    sys.exit(result.exit_code & 0xFF if result.exit_code >= 0 else 1)
+    sys.stderr.flush()
 
 
 @cli.command(context_settings=CONTEXT)

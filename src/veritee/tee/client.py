@@ -88,7 +88,7 @@ class TeecError(SecureWorldError):
         ):
             self.exit_code = ModuleError.exit_code  # the module was at fault, not the TEE
         elif origin == TEEC_ORIGIN_TRUSTED_APP and code == TEEC_ERROR_BAD_PARAMETERS:
-            self.exit_code = UsageError.exit_code  # the caller's request was malformed
+            self.exit_code = UsageError.exit_code  # the TA refused what the caller asked
         name = CODE_NAMES.get(code, f"0x{code:08x}")
         where = ORIGIN_NAMES.get(origin, str(origin))
         super().__init__(message or f"{name} (origin {where})")

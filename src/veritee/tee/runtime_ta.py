@@ -42,6 +42,7 @@ from veritee.wasm.runtime import (
 PRIVATE_DIR_GUEST = "/data"  # where a module finds its private storage
 MAX_NAME = 64
 MAX_ARGS_BYTES = 1024 * 1024  # argv + env of one run
+MAX_FUEL = 2**62  # wasmtime's fuel is a u64: a larger budget would not fit (and is no budget)
 NONCE_MIN, NONCE_MAX = 8, 64  # bytes; EAT nonces are 8 to 64 bytes
 
 
@@ -75,6 +76,7 @@ class LoadedModule:
     provisioning: ProvisioningKeys
     vtee_token: bytes
     protected: tuple[Path, ...] = ()  # the secure world's own places, refused to grants
+    invoke: str | None = None  # the export a run calls instead of _start (attested)
     loaded_at: float = field(default_factory=time.time)
     running: bool = False
 
@@ -107,10 +109,15 @@ def load(
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
         raise UsageError(f"module name must be 1 to {MAX_NAME} characters")
     limits = parse_limits(config, vtee, memory_mb=256, timeout=300.0, max_timeout=86400)
+    invoke = config.get("invoke")
+    if invoke is not None and not (isinstance(invoke, str) and 0 < len(invoke) <= MAX_NAME):
+        raise UsageError(f"--invoke must name an export of 1 to {MAX_NAME} characters")
 
     wasm = to_binary(module)
-    compiled = compiler.compile(wasm)
-    if "_start" not in compiled.exports:
+    compiled = compiler.for_limits(limits).compile(wasm)
+    if invoke is not None and invoke not in compiled.exports:
+        raise UsageError(f"--invoke {invoke}: the module exports no function of that name")
+    if invoke is None and "_start" not in compiled.exports:
         raise ModuleError("module has no '_start' export: it is not a WASI command")
     private = grants.private_dir(storage, compiled.measurement.hex())
     preopens = [Preopen(str(private), PRIVATE_DIR_GUEST, True)]
@@ -136,11 +143,13 @@ def load(
     # host paths behind granted dirs, their guest names and modes are attested (a verifier
     # sees them in the vtee token's grants claim too), so a module granted a directory it
     # should not see does not pass for one that was not.
-    module_config = {
+    module_config: dict[str, Any] = {
         "limits": limits.to_cbor(),
         "dirs": [[p.guest, p.writable] for p in preopens],
         "grants": [[p.host, p.guest, p.writable] for p in preopens[1:]],
     }
+    if invoke is not None:
+        module_config["invoke"] = invoke  # what runs is part of what is attested
     digest = config_digest(module_config)
     mak = ec.generate_private_key(ec.SECP256R1())
     vtee_claims = VteeClaims(
@@ -164,6 +173,7 @@ def load(
         provisioning=ProvisioningKeys(),
         vtee_token=vtee_token,
         protected=protected,
+        invoke=invoke,
     )
 
 
@@ -209,6 +219,8 @@ def run(
                 "private_preopens": 1,
                 "memory": loaded.limits.memory_bytes,
                 "time": loaded.limits.time_seconds,
+                "fuel": loaded.limits.fuel,
+                "invoke": loaded.invoke,
                 "scratch": str(scratch),
                 # What the module's host functions need, for this module only.
                 "attestation_key": loaded.attestation_key.private_bytes(
@@ -221,6 +233,8 @@ def run(
                 "config_digest": loaded.config_digest,
                 "provisioning": loaded.provisioning.export(),
                 "relay": bool(request.get("relay")) and relay is not None,
+                # Output to the client as written (through the relay), not at exit.
+                "stream": request.get("stream") is True and relay is not None,
             }
             reply = pool.run(job, loaded.limits.time_seconds, cancelled, relay)
             try:
@@ -230,9 +244,9 @@ def run(
                 # dropped and the module compiled afresh from the bytes we measured.
                 if attempt == 2:
                     raise
-                compiler.forget(compiled.measurement)
+                compiler.for_limits(loaded.limits).forget(compiled.measurement)
                 compiled.artifact_path.unlink(missing_ok=True)
-                loaded.compiled = compiler.compile(loaded.wasm)
+                loaded.compiled = compiler.for_limits(loaded.limits).compile(loaded.wasm)
                 continue
             break
     finally:
@@ -243,6 +257,12 @@ def run(
         "elapsed": reply["elapsed"],
         "truncated": reply["truncated"],
     }
+    if "fuel_used" in reply:
+        body["fuel_used"] = int(reply["fuel_used"])
+    stop = reply.get("stop")
+    if isinstance(stop, list) and len(stop) == 2:
+        # A trap or a limit after the module started: its output goes back with the reason.
+        body["stopped"] = {"kind": str(stop[0]), "message": str(stop[1])}
     return int(reply["exit"]), bytes(cbor2.dumps(body))
 
 
@@ -276,7 +296,12 @@ def parse_limits(
         raise UsageError(f"memory limit must be 1 to {vtee.memory_cap >> 20} MiB")
     if not isinstance(timeout, int | float) or not 0 < timeout <= max_timeout:
         raise UsageError(f"time budget must be between 0 and {max_timeout:g} seconds")
-    return Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout))
+    fuel = config.get("fuel")
+    if fuel is not None and (
+        not isinstance(fuel, int) or isinstance(fuel, bool) or not 0 < fuel <= MAX_FUEL
+    ):
+        raise UsageError(f"fuel budget must be 1 to {MAX_FUEL}")
+    return Limits(memory_bytes=memory_mb * 1024 * 1024, time_seconds=float(timeout), fuel=fuel)
 
 
 def _decode_map(raw: bytes, what: str) -> dict[str, Any]:

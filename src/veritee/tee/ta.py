@@ -14,11 +14,13 @@ Structured inputs and outputs travel as CBOR inside memref parameters.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 
+from veritee.errors import ModuleError, ModuleLimitExceeded
 from veritee.tee import client as teec
 
 RUNTIME_TA = str(uuid.uuid5(uuid.NAMESPACE_URL, "urn:veritee:ta:wasm-runtime"))
@@ -43,6 +45,26 @@ class RunOutput:
     stderr: bytes
     elapsed: float
     truncated: bool
+    fuel_used: int | None = None
+
+
+def _with_output(relay: teec.Relay | None, output: Callable[[int, bytes], None]) -> teec.Relay:
+    """``relay``, with the secure world's streamed output ({"op": "output"}) going to
+    ``output``; answered once written, so the module waits for a slow reader."""
+
+    def serve(rpc: dict[str, Any]) -> dict[str, Any]:
+        if rpc.get("op") != "output":
+            return relay(rpc) if relay is not None else {"error": "no relay"}
+        fd, data = rpc.get("fd"), rpc.get("data")
+        if fd not in (1, 2) or not isinstance(data, bytes):
+            return {"error": "malformed output"}
+        try:
+            output(int(fd), data)
+        except OSError as exc:  # our reader went away (a closed pipe): say so, go on
+            return {"error": f"output closed: {exc.strerror}"}
+        return {}
+
+    return serve
 
 
 class WasmSession:
@@ -60,9 +82,18 @@ class WasmSession:
         memory_mb: int | None = None,
         timeout: float | None = None,
         dirs: list[tuple[str, str, bool]] | None = None,
+        fuel: int | None = None,
+        invoke: str | None = None,
     ) -> dict[str, Any]:
-        """Load ``module`` (Wasm binary or WAT); returns measurement and config digest."""
+        """Load ``module`` (Wasm binary or WAT); returns measurement and config digest.
+
+        ``fuel``: an instruction budget for each run; ``invoke``: the export runs call
+        (with their arguments as its parameters) instead of ``_start``."""
         config: dict[str, Any] = {"name": name, "dirs": [list(d) for d in dirs or []]}
+        if fuel is not None:
+            config["fuel"] = fuel
+        if invoke is not None:
+            config["invoke"] = invoke
         if memory_mb is not None:
             config["memory_mb"] = memory_mb
         if timeout is not None:
@@ -81,27 +112,46 @@ class WasmSession:
         env: list[tuple[str, str]] | None = None,
         stdin: bytes = b"",
         relay: teec.Relay | None = None,
+        output: Callable[[int, bytes], None] | None = None,
     ) -> RunOutput:
-        """Run the module; ``relay`` carries its attestation traffic (see supplicant)."""
+        """Run the module; ``relay`` carries its attestation traffic (see supplicant).
+
+        ``output``: called with (1 or 2, bytes) as the module writes, while it runs (the
+        result's stdout and stderr are then empty); without it, output comes at the end."""
         request = {
             "args": args,
             "env": [list(kv) for kv in env or []],
             "stdin": stdin,
             "relay": relay is not None,
+            "stream": output is not None,
         }
+        if output is not None:
+            relay = _with_output(relay, output)
         out = teec.memref_out(MAX_RESULT_BYTES)
         code = teec.value_out()
         self.session.invoke(
             CMD_RUN, teec.Operation([teec.memref_in(cbor2.dumps(request)), out, code]), relay
         )
         result = cbor2.loads(out.buffer)
-        return RunOutput(
+        done = RunOutput(
             exit_code=code.a if code.a < 2**31 else code.a - 2**32,
             stdout=result["stdout"],
             stderr=result["stderr"],
             elapsed=result["elapsed"],
             truncated=result["truncated"],
+            fuel_used=result.get("fuel_used"),
         )
+        stopped = result.get("stopped")
+        if isinstance(stopped, dict):
+            # Trapped or over a limit after it started: raised as before, carrying what the
+            # module wrote first (the CLI shows it before the error line).
+            cls = (
+                ModuleLimitExceeded if stopped.get("kind") == "ModuleLimitExceeded" else ModuleError
+            )
+            err = cls(str(stopped.get("message", "module stopped")))
+            err.partial_output = done
+            raise err
+        return done
 
     def attest(self, nonce: bytes, host_data: bytes = b"") -> bytes:
         """Evidence for this module over the verifier's ``nonce``; ``host_data`` lands in

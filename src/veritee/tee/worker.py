@@ -152,7 +152,8 @@ def _exchange(
                 rpc = answer["rpc"]
                 result = relay(rpc) if relay and isinstance(rpc, dict) else {"error": "no relay"}
                 protocol.send(worker.sock, {"rpc_reply": result})
-                continue
+            # Checked after each relayed request too: a module streaming output without
+            # pause never leaves select idle, and must still stop at its deadline.
             if cancelled():
                 raise ModuleLimitExceeded("module stopped: cancelled, the client went away")
             if time.monotonic() >= deadline:
@@ -209,6 +210,9 @@ def _serve(fd: int) -> None:
         job = protocol.recv(sock)
     except protocol.ProtocolError:
         return  # the pool closed us before giving us work
+    fuel = job.get("fuel")
+    if fuel is not None:
+        engine = runtime.new_engine(fuel=True)  # the artifact was compiled to count fuel
     try:
         module = runtime.load_artifact(engine, Path(job["artifact_path"]), job["artifact_digest"])
         preopens = _open_preopens(job)
@@ -217,14 +221,21 @@ def _serve(fd: int) -> None:
             env=tuple((k, v) for k, v in job["env"]),
             stdin=job["stdin"],
             preopens=preopens,
+            invoke=job.get("invoke"),
         )
-        limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"])
+        limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"], fuel=fuel)
         notes: list[str] = []
+        relay_lock = threading.Lock()  # output may come from wasmtime's threads
 
         def relay(request: dict[str, Any]) -> dict[str, Any]:
-            protocol.send(sock, {"rpc": request})
-            answer = protocol.recv(sock).get("rpc_reply")
+            with relay_lock:  # one request in flight: the answer is this request's
+                protocol.send(sock, {"rpc": request})
+                answer = protocol.recv(sock).get("rpc_reply")
             return answer if isinstance(answer, dict) else {"error": "bad relay answer"}
+
+        def stream(fd: int, data: bytes) -> None:
+            # One chunk in flight: the module's write returns once the client has taken it.
+            relay({"op": "output", "fd": fd, "data": data})
 
         key = serialization.load_der_private_key(job["attestation_key"], password=None)
         services = ModuleServices(
@@ -251,6 +262,7 @@ def _serve(fd: int) -> None:
             services,
             name=job["name"],
             scratch_dir=Path(job["scratch"]),
+            output=stream if job.get("stream") else None,
         )
         reply: dict[str, Any] = {
             "exit": result.exit_code,
@@ -259,6 +271,10 @@ def _serve(fd: int) -> None:
             "elapsed": result.elapsed,
             "truncated": result.truncated,
         }
+        if result.fuel_used is not None:
+            reply["fuel_used"] = result.fuel_used
+        if result.stop_kind is not None:
+            reply["stop"] = [result.stop_kind, result.stop_message]
     except (ModuleError, UsageError) as exc:  # UsageError: a grant moved since load
         reply = {"error": type(exc).__name__, "message": str(exc)}
     protocol.send(sock, reply)
@@ -336,6 +352,7 @@ def raise_for(reply: dict[str, Any]) -> None:
         "ArtifactChanged": ArtifactChanged,
         "GrantMoved": GrantMoved,
         "GrantRefused": GrantRefused,
+        "UsageError": UsageError,
     }.get(str(kind), ModuleError)
     raise cls(str(reply.get("message", "module failed")))
 

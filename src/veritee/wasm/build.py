@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import veritee
@@ -44,10 +45,7 @@ def build(
     directory or its ``Cargo.toml``). For Rust, ``defines`` become ``--cfg`` flags.
     """
     if source.suffix == ".wat":
-        from veritee.wasm.runtime import to_binary
-
-        output.write_bytes(to_binary(source.read_bytes()))
-        return output.stat().st_size
+        return _build_wat(source, output)
     if opt not in ("0", "1", "2", "3", "s", "z"):
         raise BuildError(f"-O{opt} is not an optimisation level")
     if source.suffix == ".rs" or source.name == "Cargo.toml" or source.is_dir():
@@ -70,11 +68,17 @@ def build(
     cmd += [str(source), "-o", str(output)]
     output.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # Every diagnostic clang gave (warnings too), as clang wrote them: the one error line
+    # below is a summary, not a replacement for them.
+    sys.stderr.write(proc.stderr)
+    sys.stderr.flush()
     if proc.returncode != 0:
         first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
         if "wasi" in proc.stderr and ("not found" in proc.stderr or "cannot find" in proc.stderr):
             first += " (is wasi-libc installed? run 'make setup')"
-        raise BuildError(f"clang failed on {source}: {first}")
+        errors = sum(1 for ln in proc.stderr.splitlines() if ": error:" in ln)
+        more = f" (and {errors - 1} more error(s) above)" if errors > 1 else ""
+        raise BuildError(f"clang failed on {source}: {first}{more}")
     if is_app:
         from veritee.wasm.endpoints import record
 
@@ -103,4 +107,27 @@ def _build_rust(
     wasm = output.read_bytes()
     if "veritee_alloc" in exports(wasm):  # an app module (veritee::app!): record its endpoints
         output.write_bytes(record(wasm))
+    return output.stat().st_size
+
+
+def _build_wat(source: Path, output: Path) -> int:
+    """WAT text to a binary that wasmtime validates (wat2wasm alone only parses)."""
+    import wasmtime
+
+    from veritee.errors import ModuleError
+    from veritee.wasm.runtime import new_engine, to_binary
+
+    try:
+        wasm = to_binary(source.read_bytes())
+    except ModuleError as exc:
+        raise BuildError(f"{source}: {exc}") from None
+    try:
+        wasmtime.Module.validate(new_engine(), wasm)
+    except wasmtime.WasmtimeError as exc:
+        reason = str(exc).strip().splitlines()
+        raise BuildError(
+            f"{source}: module does not validate: {reason[-1] if reason else exc}"
+        ) from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(wasm)
     return output.stat().st_size

@@ -21,19 +21,22 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import wasmtime
 
-from veritee.errors import ModuleError, ModuleLimitExceeded
+from veritee.errors import ModuleError, ModuleLimitExceeded, UsageError
 from veritee.wasm import hostfns
 
 log = logging.getLogger(__name__)
 
 MAX_MODULE_BYTES = 256 * 1024 * 1024  # a module larger than this is refused before compiling
-MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream; more is dropped so a chatty module cannot OOM us
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream, when collected (not streamed): more is dropped
+# so a chatty module cannot OOM us. Streamed output has no total: it is sent as written.
+STREAM_CHUNK_BYTES = 64 * 1024  # a write is streamed in pieces of at most this size
 MEMORY_CACHE_ENTRIES = 64  # compiled modules kept in memory (LRU); the disk cache holds the rest
 MEMORY_NEAR_LIMIT = 0.9  # a module that failed while using this share of its cap ran out of memory
 EVENT_ROOM_BYTES = 64 * 1024  # module memory kept for events; a larger one gets more
@@ -48,9 +51,18 @@ class Limits:
 
     memory_bytes: int = 256 * 1024 * 1024
     time_seconds: float = 300.0
+    # Opt-in instruction budget (wasmtime fuel): deterministic, unlike the wall clock, at
+    # the cost of instrumented code (see the module docstring); None: no fuel accounting.
+    fuel: int | None = None
 
     def to_cbor(self) -> dict[str, Any]:
-        return {"memory": self.memory_bytes, "time_ms": int(self.time_seconds * 1000)}
+        out: dict[str, Any] = {
+            "memory": self.memory_bytes,
+            "time_ms": int(self.time_seconds * 1000),
+        }
+        if self.fuel is not None:
+            out["fuel"] = self.fuel  # only when set: digests of runs without fuel unchanged
+        return out
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,9 @@ class RunRequest:
     env: tuple[tuple[str, str], ...] = ()
     stdin: bytes = b""
     preopens: tuple[Preopen, ...] = ()
+    # Call this export with ``args`` as its parameters instead of running ``_start``
+    # (wasmtime run --invoke); its results are printed on stdout, one a line.
+    invoke: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,11 @@ class RunResult:
     stderr: bytes
     elapsed: float
     truncated: bool = False
+    # Set when the module was stopped (trap, limit) after it started: what it wrote before
+    # stays in stdout/stderr, so the user sees it with the reason (kind: an errors.py name).
+    stop_kind: str | None = None
+    stop_message: str = ""
+    fuel_used: int | None = None  # instructions' fuel consumed, when a fuel budget was set
 
 
 @dataclass(frozen=True)
@@ -89,12 +109,17 @@ class CompiledModule:
     wasm_size: int
     from_cache: bool
     exports: tuple[str, ...] = field(default=())
+    fuel: bool = False  # compiled with fuel accounting (an engine of its own)
 
 
-def new_engine() -> Any:
-    """The one engine configuration compiler and workers share (artifacts depend on it)."""
+def new_engine(*, fuel: bool = False) -> Any:
+    """The engine configuration compiler and workers share (artifacts depend on it).
+
+    ``fuel``: code that counts its instructions, for runs with a fuel budget only.
+    """
     config = wasmtime.Config()
     config.cranelift_opt_level = "speed"
+    config.consume_fuel = fuel
     return wasmtime.Engine(config)
 
 
@@ -118,25 +143,57 @@ def to_binary(data: bytes) -> bytes:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ModuleError(
-            "module is neither a Wasm binary (no \\0asm magic) nor WAT text"
+            "module is not a Wasm binary (no \\0asm magic) and not WAT text"
         ) from None
+    if not _looks_like_wat(text):
+        raise ModuleError(
+            "module is not a Wasm binary (no \\0asm magic) and not WAT text (no '(module')"
+        )
     try:
         return bytes(wasmtime.wat2wasm(text))
     except wasmtime.WasmtimeError as exc:
         raise ModuleError(f"WAT text does not parse: {_first_line(exc)}") from None
 
 
+def _looks_like_wat(text: str) -> bool:
+    """Whether ``text`` starts, after blanks and comments, with a WAT s-expression."""
+    rest = text.lstrip()
+    while rest.startswith((";;", "(;")):
+        if rest.startswith(";;"):
+            _, _, rest = rest.partition("\n")
+        else:
+            end = rest.find(";)")
+            if end < 0:
+                return False
+            rest = rest[end + 2 :]
+        rest = rest.lstrip()
+    return rest.startswith("(")
+
+
 class Compiler:
     """Compiles modules, or takes them from the AOT cache after checking its HMAC tag."""
 
-    def __init__(self, cache_dir: Path, cache_key: bytes) -> None:
-        self.engine = new_engine()
+    def __init__(self, cache_dir: Path, cache_key: bytes, *, fuel: bool = False) -> None:
+        self.fuel = fuel
+        self.engine = new_engine(fuel=fuel)
         self._cache_dir = cache_dir
         self._cache_key = cache_key
-        self._fingerprint = f"wasmtime-{wasmtime_version()};veritee-engine-1".encode()
+        # Fuel-counting code is another artifact: its own tag and name, never confused.
+        variant = ";fuel" if fuel else ""
+        self._fingerprint = f"wasmtime-{wasmtime_version()};veritee-engine-1{variant}".encode()
         self._memory: OrderedDict[bytes, CompiledModule] = OrderedDict()
         self._lock = threading.Lock()
+        self._fuel_variant: Compiler | None = None
         cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def for_limits(self, limits: Limits) -> Compiler:
+        """This compiler, or its fuel-counting sibling when ``limits`` set a fuel budget."""
+        if limits.fuel is None or self.fuel:
+            return self
+        with self._lock:
+            if self._fuel_variant is None:
+                self._fuel_variant = Compiler(self._cache_dir, self._cache_key, fuel=True)
+            return self._fuel_variant
 
     def compile(self, wasm: bytes) -> CompiledModule:
         """Validate and compile ``wasm``, or take it from the cache; raise :class:`ModuleError`."""
@@ -165,6 +222,7 @@ class Compiler:
             wasm_size=len(wasm),
             from_cache=from_cache,
             exports=tuple(e.name for e in module.exports),
+            fuel=self.fuel,
         )
         with self._lock:
             self._memory[measurement] = compiled
@@ -185,7 +243,7 @@ class Compiler:
         return mac.digest()
 
     def _artifact_path(self, measurement: bytes) -> Path:
-        return self._cache_dir / f"{measurement.hex()}.cwasm"
+        return self._cache_dir / f"{measurement.hex()}{'.fuel' if self.fuel else ''}.cwasm"
 
     def _load_artifact(self, measurement: bytes) -> tuple[Any, bytes]:
         path = self._artifact_path(measurement)
@@ -241,13 +299,22 @@ def execute(
     *,
     name: str = "module",
     scratch_dir: Path | None = None,
+    output: Callable[[int, bytes], None] | None = None,
 ) -> RunResult:
     """Run a WASI command to completion in this process, under the memory limit.
 
+    ``output``: called with (1 or 2, bytes) as the module writes stdout or stderr, in pieces
+    of at most :data:`STREAM_CHUNK_BYTES`, blocking the module's write until it returns (a
+    slow reader slows the module, nothing piles up here); without it, output is collected.
     The time budget is the caller's to enforce (by ending this process); raise
-    :class:`ModuleError` if the module cannot run or traps.
+    :class:`ModuleError` if the module cannot run.
     """
-    stdout, stderr = _Capture(), _Capture()
+    stdout: _Capture | _Stream
+    stderr: _Capture | _Stream
+    if output is not None:
+        stdout, stderr = _Stream(1, output), _Stream(2, output)
+    else:
+        stdout, stderr = _Capture(), _Capture()
     wasi = wasmtime.WasiConfig()
     wasi.argv = [name, *request.args]
     wasi.env = [list(kv) for kv in request.env]
@@ -265,13 +332,18 @@ def execute(
     store = wasmtime.Store(engine)
     store.set_wasi(wasi)
     store.set_limits(memory_size=limits.memory_bytes)
+    if limits.fuel is not None:
+        store.set_fuel(limits.fuel)
     started = time.monotonic()
     linker = wasmtime.Linker(engine)
-    linker.define_wasi()
+    _define_wasi(linker, store)
     callbacks = hostfns.define(linker, services)  # alive until the store is gone
     instance = None
     exit_code = 0
-    failure: ModuleError | None = None
+    fuel_used: int | None = None
+    entry = request.invoke or "_start"
+    failure: ModuleError | UsageError | None = None  # before it ran: nothing to show
+    stopped: ModuleError | None = None  # after it started: shown with what it wrote
     try:
         try:
             instance = linker.instantiate(store, module)
@@ -283,19 +355,34 @@ def execute(
                 )
             else:
                 failure = ModuleError(f"module cannot be instantiated: {msg}")
-        if instance is not None and "_start" not in set(instance.exports(store)):
+        func: Any = instance.exports(store).get(entry) if instance is not None else None
+        if instance is not None and request.invoke is None and func is None:
             failure = ModuleError("module has no '_start' export: it is not a WASI command")
+        elif instance is not None and not isinstance(func, wasmtime.Func):
+            failure = UsageError(f"--invoke {entry}: the module exports no function of that name")
         elif instance is not None:
             try:
-                start: Any = instance.exports(store)["_start"]
-                start(store)
+                params = _invoke_params(store, func, request) if request.invoke else []
+                if request.invoke and "_initialize" in instance.exports(store):
+                    init: Any = instance.exports(store)["_initialize"]
+                    init(store)  # a reactor: set up first, as wasmtime run does
+                results = func(store, *params)
+                if request.invoke:
+                    stdout.write(_format_results(results))
+            except UsageError as exc:
+                failure = exc
             except wasmtime.ExitTrap as exc:
                 exit_code = exc.code
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                failure = _classify(exc, _memory_exhausted(instance, store, limits), limits)
+                stopped = _classify(exc, _memory_exhausted(instance, store, limits), limits)
+            if limits.fuel is not None:
+                fuel_used = limits.fuel - int(store.get_fuel())
             if exit_code != 0 and _memory_exhausted(instance, store, limits):
-                stderr.write(
-                    f"veritee: memory limit of {_mib(limits.memory_bytes)} reached\n".encode()
+                # malloc failing under the cap makes a C module exit(1): that is the limit's
+                # doing, not the module's answer, so it is reported as the limit (exit 5).
+                stopped = ModuleLimitExceeded(
+                    f"module stopped: memory limit of {_mib(limits.memory_bytes)} reached "
+                    f"(it exited with code {exit_code})"
                 )
     finally:
         # Drop the store now: wasmtime's WASI threads call back into its output capture,
@@ -306,22 +393,90 @@ def execute(
     if failure is not None:
         # Raised outside the except blocks, so no traceback keeps the store alive.
         raise failure
+    truncated = stdout.truncated or stderr.truncated
+    if stopped is None and truncated:
+        stopped = ModuleLimitExceeded(
+            f"module output went over {_mib(MAX_OUTPUT_BYTES)} on one stream; the rest was dropped"
+        )
     return RunResult(
         exit_code=exit_code,
         stdout=stdout.value(),
         stderr=stderr.value(),
         elapsed=time.monotonic() - started,
-        truncated=stdout.truncated or stderr.truncated,
+        truncated=truncated,
+        stop_kind=type(stopped).__name__ if stopped is not None else None,
+        stop_message=str(stopped) if stopped is not None else "",
+        fuel_used=fuel_used,
     )
 
 
+def _invoke_params(store: Any, func: Any, request: RunRequest) -> list[Any]:
+    """The command-line arguments as ``func``'s parameters (as wasmtime run --invoke)."""
+    params = list(func.type(store).params)
+    if len(params) != len(request.args):
+        raise UsageError(
+            f"--invoke {request.invoke}: the function takes {len(params)} argument(s) "
+            f"({', '.join(str(p) for p in params) or 'none'}), {len(request.args)} given"
+        )
+    out: list[Any] = []
+    for i, (ty, text) in enumerate(zip(params, request.args, strict=True), 1):
+        kind = str(ty)
+        try:
+            if kind in ("i32", "i64"):
+                value: Any = int(text, 0)
+                bits = 32 if kind == "i32" else 64
+                if not -(1 << (bits - 1)) <= value < (1 << bits):
+                    raise ValueError
+                if value >= 1 << (bits - 1):
+                    value -= 1 << bits  # written unsigned: the same bits
+            elif kind in ("f32", "f64"):
+                value = float(text)
+            else:
+                raise UsageError(
+                    f"--invoke {request.invoke}: argument {i} is of type {kind}, "
+                    "which cannot be given on the command line"
+                )
+        except ValueError:
+            raise UsageError(
+                f"--invoke {request.invoke}: argument {i} {text!r} is not a valid {kind}"
+            ) from None
+        out.append(value)
+    return out
+
+
+def _format_results(results: Any) -> bytes:
+    values = results if isinstance(results, list | tuple) else [] if results is None else [results]
+    return b"".join(f"{v}\n".encode() for v in values)
+
+
 def _classify(exc: BaseException, memory_exhausted: bool, limits: Limits) -> ModuleError:
+    if "all fuel consumed" in str(exc):
+        return ModuleLimitExceeded(
+            f"module stopped: fuel budget of {limits.fuel} exhausted ({_first_line(exc)})"
+        )
     if memory_exhausted:
         return ModuleLimitExceeded(
             f"module stopped: memory limit of {_mib(limits.memory_bytes)} reached "
             f"({_first_line(exc)})"
         )
     return ModuleError(f"module trapped: {_first_line(exc)}")
+
+
+class _Stream:
+    """Hands a WASI output stream on as it is written (see :func:`execute`)."""
+
+    truncated = False
+
+    def __init__(self, fd: int, sink: Callable[[int, bytes], None]) -> None:
+        self._fd, self._sink = fd, sink
+
+    def write(self, data: Any) -> None:
+        view = bytes(data)
+        for i in range(0, len(view), STREAM_CHUNK_BYTES):
+            self._sink(self._fd, view[i : i + STREAM_CHUNK_BYTES])
+
+    def value(self) -> bytes:
+        return b""
 
 
 class _Capture:
@@ -348,6 +503,40 @@ class _Capture:
         data = self.value()
         self._chunks, self._size, self.truncated = [], 0, False
         return data
+
+
+# WASI preview 1 as wasmtime defines it, with ``sock_shutdown`` answering undefined flags:
+# wasmtime traps on undefined ``sdflags`` bits before it looks at the descriptor, where
+# POSIX and the wasi-testsuite expect an errno (EBADF for a bad descriptor, ENOTSOCK for a
+# non-socket, EINVAL for bad flags on a socket). The shim judges the descriptor with
+# wasmtime's own sock_shutdown and the valid bits only: Veritee grants modules no sockets,
+# so that call never shuts anything down. It is Wasm, not a host function, so that WASI
+# sees a calling instance (with a memory export, empty); it shares the store's WASI state.
+_WASI_SHIM = """(module
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $ss (param i32 i32) (result i32)))
+  (memory (export "memory") 0)
+  (func (export "sock_shutdown") (param $fd i32) (param $how i32) (result i32)
+    (local $errno i32)
+    (if (result i32) (i32.and (local.get $how) (i32.const -4))
+      (then
+        (local.set $errno (call $ss (local.get $fd) (i32.const 3)))
+        (select (local.get $errno) (i32.const 28) (local.get $errno)))
+      (else (call $ss (local.get $fd) (local.get $how))))))"""
+
+
+@functools.lru_cache(maxsize=4)  # one engine per worker process
+def _wasi_shim(engine: Any) -> Any:
+    return wasmtime.Module(engine, _WASI_SHIM)
+
+
+def _define_wasi(linker: Any, store: Any) -> None:
+    linker.define_wasi()
+    instance = linker.instantiate(store, _wasi_shim(linker.engine))
+    linker.allow_shadowing = True
+    linker.define(
+        store, "wasi_snapshot_preview1", "sock_shutdown", instance.exports(store)["sock_shutdown"]
+    )
+    linker.allow_shadowing = False
 
 
 def _check_imports(module: Any) -> None:
@@ -414,7 +603,7 @@ class Reactor:
         self._store.set_wasi(wasi)
         self._store.set_limits(memory_size=limits.memory_bytes)
         linker = wasmtime.Linker(engine)
-        linker.define_wasi()
+        _define_wasi(linker, self._store)
         self._callbacks = hostfns.define(linker, services)  # alive as long as the store
         try:
             self._instance = linker.instantiate(self._store, module)
