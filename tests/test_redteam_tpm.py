@@ -6,6 +6,7 @@ until the fix lands); "HOLDS:" is an attack a check stops."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import sys
@@ -13,13 +14,18 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CC, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CC, TPM2_NT, TPM2_SE, TPMA_NV, TPMA_OBJECT
 from tpm2_pytss.types import (
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
+    TPM2B_NV_PUBLIC,
     TPM2B_PUBLIC,
+    TPMS_NV_PUBLIC,
     TPMT_SIG_SCHEME,
     TPMT_SIGNATURE,
     TPMT_SYM_DEF,
@@ -34,12 +40,14 @@ from veritee.evidence.errors import (
     MalformedQuote,
     PcrDigestMismatch,
     QuoteSignatureInvalid,
+    TpmBootIncomplete,
+    UntrustedEk,
 )
 from veritee.home import Home
 from veritee.tee import backends
-from veritee.tee.backends.tpm import MAX_COUNTERS, TpmBackend
+from veritee.tee.backends.tpm import MAX_COUNTERS, NV_COUNTER_BASE, CounterTampered, TpmBackend
 
-from ._swtpm import Swtpm, ek_ca, swtpm
+from ._swtpm import EkCa, Swtpm, ek_ca, swtpm
 from .test_tpm import REFERENCE, STAGES, VTEE_KEY_DIGEST, activated_ak, boot
 
 __all__ = ["ek_ca", "swtpm"]  # fixtures, re-exported so pytest finds them here
@@ -386,3 +394,135 @@ def test_backend_record_cannot_make_the_monitor_import_a_module(tmp_path: Path) 
         assert backends.recorded(home).name == "emulated"
     finally:
         sys.path.remove(str(evil_dir))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: verify_quote with no reference values affirms a boot that measured "
+    "nothing (an empty log replays to PCR 15 = 0 and no stage is missing)",
+)
+def test_quote_of_an_unmeasured_boot_against_no_reference_values_is_refused(
+    swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """HOLE: adversary: the host user, against a verifier that has no TPM reference values
+    yet (an empty map, e.g. before the operator added any). They skip the secure world's
+    measured boot entirely (PCR 15 stays zero), quote with the AK and send an empty event
+    log. verify_quote returns a clean appraisal: no record to refuse, no stage "missing" (of
+    none), so the tpm-platform submodule would say executables AFFIRM for a boot nobody
+    measured. The secure behaviour: no reference values is a TpmBootIncomplete (nothing
+    can be endorsed), as a boot with no records is."""
+    with TpmBackend(tmp_path / "tpm-state", swtpm.tcti) as tpm:
+        ak = activated_ak(tpm, swtpm.ca)
+        binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
+        quote = tpm.quote(binding)  # nothing extended
+        assert appraisal.decode_event_log(quote.event_log) == []
+        with pytest.raises(TpmBootIncomplete):
+            appraisal.verify_quote(quote, ak, binding, {})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: NvCounter checks only the counter type of a squatted index; one with an "
+    "authValue of the attacker's ends in a raw TSS2_Exception, not CounterTampered",
+)
+def test_counter_squatted_as_a_counter_with_a_foreign_auth_is_refused(
+    swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """HOLE (robustness): adversary: the machine's owner, who defines the counter's NV index
+    first as a genuine counter-type index but with an authValue of their own (and increments
+    it once, so it is written). The type check passes; the secure world's read then fails
+    inside the TSS with TPM_RC_AUTH_FAIL (and counts towards dictionary-attack lockout
+    unless noDA), a traceback rather than one clear error. The secure behaviour: the index's
+    whole public area (attributes, authPolicy, nameAlg, size) is compared with Veritee's
+    own, and anything else is CounterTampered; TSS errors of read/increment are wrapped."""
+    index = 9
+    with ESAPI(swtpm.tcti) as ctx:
+        attrs = (
+            TPMA_NV.AUTHREAD
+            | TPMA_NV.AUTHWRITE
+            | TPMA_NV.NO_DA
+            | (TPM2_NT.COUNTER << TPMA_NV.TPM2_NT_SHIFT)
+        )
+        public = TPM2B_NV_PUBLIC(
+            nvPublic=TPMS_NV_PUBLIC(
+                nvIndex=NV_COUNTER_BASE + index,
+                nameAlg=TPM2_ALG.SHA256,
+                attributes=attrs,
+                dataSize=8,
+            )
+        )
+        handle = ctx.nv_define_space(b"the owner's own password", public)
+        ctx.tr_set_auth(handle, b"the owner's own password")
+        ctx.nv_increment(handle)
+    with TpmBackend(tmp_path / "tpm-state", swtpm.tcti) as tpm:
+        try:
+            with pytest.raises(CounterTampered):
+                tpm.counter(index).read()
+        finally:
+            # Other counters are unaffected.
+            assert tpm.counter(index + 1).increment() > 0
+
+
+def _ek_cert(
+    issuer: tuple[x509.Name, rsa.RSAPrivateKey],
+    *,
+    key: rsa.RSAPrivateKey,
+    days: tuple[int, int] = (-1, 30),
+    ca: bool = False,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermediate")]) if ca else None
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name or x509.Name([]))
+        .issuer_name(issuer[0])
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days[0]))
+        .not_valid_after(now + datetime.timedelta(days=days[1]))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=0), critical=True
+        ).add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DirectoryName(x509.Name([]))]), critical=True
+        ).add_extension(
+            x509.KeyUsage(False, False, True, False, False, False, False, False, False), True
+        )
+    return builder.sign(issuer[1], hashes.SHA256())
+
+
+def test_ek_certificate_expired_or_issued_by_an_ek_is_refused(ek_ca: EkCa) -> None:
+    """HOLDS: adversary: a rogue TPM owner presenting (a) an expired or not-yet-valid EK
+    certificate of the trusted CA (a retired TPM), (b) an EK certificate for a key of
+    their own, signed by a genuine EK's key (an EK certificate used as a CA), (c) the same
+    through an intermediate that the trusted CA issued as an EK (not a CA). A genuine
+    intermediate CA still builds a path."""
+    anchor = (ek_ca.cert.subject, ek_ca.key)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = serialization.Encoding.DER
+    for days in ((-30, -1), (1, 30)):
+        stale = _ek_cert(anchor, key=key, days=days).public_bytes(der)
+        with pytest.raises(UntrustedEk, match="does not chain"):
+            appraisal.verify_ek_certificate(stale, [ek_ca.cert])
+    genuine = _ek_cert(anchor, key=key)
+    mine = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = _ek_cert((genuine.subject, key), key=mine).public_bytes(der)
+    with pytest.raises(UntrustedEk, match="does not chain"):
+        appraisal.verify_ek_certificate(forged, [ek_ca.cert], [genuine.public_bytes(der)])
+    # A real intermediate CA: the path builds (the anchor is still the manufacturer's).
+    inter_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    inter = _ek_cert(anchor, key=inter_key, ca=True)
+    leaf = _ek_cert((inter.subject, inter_key), key=mine).public_bytes(der)
+    appraisal.verify_ek_certificate(leaf, [ek_ca.cert], [inter.public_bytes(der)])
+    with pytest.raises(UntrustedEk):  # without the intermediate there is no path
+        appraisal.verify_ek_certificate(leaf, [ek_ca.cert])
