@@ -526,3 +526,23 @@ def test_ek_certificate_expired_or_issued_by_an_ek_is_refused(ek_ca: EkCa) -> No
     appraisal.verify_ek_certificate(leaf, [ek_ca.cert], [inter.public_bytes(der)])
     with pytest.raises(UntrustedEk):  # without the intermediate there is no path
         appraisal.verify_ek_certificate(leaf, [ek_ca.cert])
+
+
+def test_quote_over_extra_pcrs_is_refused(swtpm: Swtpm, tmp_path: Path) -> None:
+    """HOLDS: adversary: a device whose quote selects PCR 15 and more (PCR 0, 16 or 23
+    too, whose values it leaves out of the log), hoping the verifier replays PCR 15 alone
+    against a digest over several PCRs."""
+    with TpmBackend(tmp_path / "tpm-state", swtpm.tcti) as tpm:
+        ak = activated_ak(tpm, swtpm.ca)
+        boot(tpm)
+        binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
+        log = tpm.event_log
+        for extra in (0, 16, 23):
+            selection = appraisal.pcr_selection([extra, appraisal.VERITEE_PCR])
+            attest, sig = tpm._ctx.quote(
+                tpm._ak_handle(), selection, binding, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
+            )
+            quote = appraisal.TpmQuote(bytes(attest), bytes(sig.marshal()), log)
+            with pytest.raises(MalformedQuote, match="does not cover exactly"):
+                appraisal.verify_quote(quote, ak, binding, REFERENCE)
+        appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)
