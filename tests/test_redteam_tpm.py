@@ -469,6 +469,7 @@ def _ek_cert(
     key: rsa.RSAPrivateKey,
     days: tuple[int, int] = (-1, 30),
     ca: bool = False,
+    critical_extra: x509.ExtensionType | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "intermediate")]) if ca else None
@@ -498,15 +499,17 @@ def _ek_cert(
         ).add_extension(
             x509.KeyUsage(False, False, True, False, False, False, False, False, False), True
         )
+    if critical_extra is not None:
+        builder = builder.add_extension(critical_extra, critical=True)
     return builder.sign(issuer[1], hashes.SHA256())
 
 
 def test_ek_certificate_expired_or_issued_by_an_ek_is_refused(ek_ca: EkCa) -> None:
     """HOLDS: adversary: a rogue TPM owner presenting (a) an expired or not-yet-valid EK
-    certificate of the trusted CA (a retired TPM), (b) an EK certificate for a key of
-    their own, signed by a genuine EK's key (an EK certificate used as a CA), (c) the same
-    through an intermediate that the trusted CA issued as an EK (not a CA). A genuine
-    intermediate CA still builds a path."""
+    certificate of the trusted CA (a retired TPM), (b) an EK certificate with an unknown
+    critical extension, (c) an EK certificate for a key of their own signed by a genuine
+    EK's key, sent with the genuine EK certificate as its intermediate (an EK used as a
+    CA). A genuine intermediate CA still builds a path."""
     anchor = (ek_ca.cert.subject, ek_ca.key)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     der = serialization.Encoding.DER
@@ -514,6 +517,11 @@ def test_ek_certificate_expired_or_issued_by_an_ek_is_refused(ek_ca: EkCa) -> No
         stale = _ek_cert(anchor, key=key, days=days).public_bytes(der)
         with pytest.raises(UntrustedEk, match="does not chain"):
             appraisal.verify_ek_certificate(stale, [ek_ca.cert])
+    # (b) an unknown critical extension (a restriction the CA meant; RFC 5280 4.2).
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    restricted = _ek_cert(anchor, key=key, critical_extra=unknown).public_bytes(der)
+    with pytest.raises(UntrustedEk, match="critical"):
+        appraisal.verify_ek_certificate(restricted, [ek_ca.cert])
     genuine = _ek_cert(anchor, key=key)
     mine = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = _ek_cert((genuine.subject, key), key=mine).public_bytes(der)
