@@ -396,28 +396,26 @@ def test_backend_record_cannot_make_the_monitor_import_a_module(tmp_path: Path) 
         sys.path.remove(str(evil_dir))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: verify_quote with no reference values affirms a boot that measured "
-    "nothing (an empty log replays to PCR 15 = 0 and no stage is missing)",
-)
 def test_quote_of_an_unmeasured_boot_against_no_reference_values_is_refused(
     swtpm: Swtpm, tmp_path: Path
 ) -> None:
-    """HOLE: adversary: the host user, against a verifier that has no TPM reference values
-    yet (an empty map, e.g. before the operator added any). They skip the secure world's
-    measured boot entirely (PCR 15 stays zero), quote with the AK and send an empty event
-    log. verify_quote returns a clean appraisal: no record to refuse, no stage "missing" (of
-    none), so the tpm-platform submodule would say executables AFFIRM for a boot nobody
-    measured. The secure behaviour: no reference values is a TpmBootIncomplete (nothing
-    can be endorsed), as a boot with no records is."""
+    """HOLE (fixed here, two lines in verify_quote): adversary: the host user, against a
+    verifier that has no TPM reference values yet (an empty map, e.g. before the operator
+    added any). They skip the secure world's measured boot entirely (PCR 15 stays zero),
+    quote with the AK and send an empty event log. verify_quote returned a clean appraisal:
+    no record to refuse, no stage "missing" (of none), so the tpm-platform submodule would
+    say executables AFFIRM for a boot nobody measured. Now no reference values is a
+    TpmBootIncomplete: nothing can be endorsed."""
     with TpmBackend(tmp_path / "tpm-state", swtpm.tcti) as tpm:
         ak = activated_ak(tpm, swtpm.ca)
         binding = appraisal.quote_binding(VTEE_KEY_DIGEST, b"nonce")
         quote = tpm.quote(binding)  # nothing extended
         assert appraisal.decode_event_log(quote.event_log) == []
-        with pytest.raises(TpmBootIncomplete):
+        with pytest.raises(TpmBootIncomplete, match="no reference values"):
             appraisal.verify_quote(quote, ak, binding, {})
+        # With reference values, the measured boot still appraises.
+        boot(tpm)
+        appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)
 
 
 @pytest.mark.xfail(
