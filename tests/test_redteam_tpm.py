@@ -273,8 +273,8 @@ def test_host_process_unseals_the_root_after_the_genuine_boot(swtpm: Swtpm, tmp_
         assert world.root() == root  # the secure world's boot
     # The host user's process, after the boot: its own TPM context, the same files.
     with TpmBackend(state, swtpm.tcti) as host, pytest.raises(SealingError):
-        stolen = host.unseal((state / "root.sealed").read_bytes())
-        assert stolen != root
+        opened_the_root = host.unseal((state / "root.sealed").read_bytes()) == root
+        assert not opened_the_root  # (never print the root itself)
 
 
 @pytest.mark.xfail(
@@ -587,3 +587,30 @@ def test_old_sealed_root_does_not_open_on_a_downgraded_boot(swtpm: Swtpm, tmp_pa
         boot(tpm)
         with pytest.raises(SealingError):
             tpm.root()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE (emulation limit): the stage digests are public, so any host process "
+    "extends them into PCR 15 after a reset without running the secure world and unseals",
+)
+def test_host_process_replays_the_genuine_digests_and_unseals(swtpm: Swtpm, tmp_path: Path) -> None:
+    """HOLE (what the emulation cannot hold; documented in docs/secure-world.md as "holds
+    only if the first measuring stage is genuine"): adversary: the host user. After a reset
+    (a reboot; here a restart of swtpm), before the secure world starts, their own process
+    extends PCR 15 with the genuine stage digests (the event log and reference values
+    publish them) and unseals root.sealed: the TPM cannot tell who extended. The secure
+    behaviour needs a measuring chain below the secure world (seal also under the boot
+    chain's PCRs, and the secure world's first stage run and measured by the initrd before
+    any user process); this test stays xfail until the backend can say so."""
+    state = tmp_path / "tpm-state"
+    with TpmBackend(state, swtpm.tcti) as world:
+        boot(world)
+        root = world.provision_root()
+    swtpm.restart()
+    with TpmBackend(tmp_path / "host-scratch", swtpm.tcti) as host:
+        for name, digest in STAGES:  # no stage runs: only its published digest is extended
+            host.extend(name, digest)
+        with pytest.raises(SealingError):
+            opened_the_root = host.unseal((state / "root.sealed").read_bytes()) == root
+            assert not opened_the_root  # (never print the root itself)
