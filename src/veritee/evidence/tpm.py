@@ -390,6 +390,8 @@ def verify_quote(
     (:class:`PcrDigestMismatch`), then each log record against ``reference_values``, a map
     of description to accepted digests (:class:`TpmEventNotEndorsed`), and that every stage
     the reference values name was measured exactly once (:class:`TpmBootIncomplete`)."""
+    if not reference_values:  # with none, an unmeasured boot (PCR 15 = 0) would pass
+        raise TpmBootIncomplete("no reference values for the TPM boot stages: none endorsed")
     pub = parse_ak_public(ak_public)
     if len(quote.attest) > MAX_ATTEST_BYTES:
         raise MalformedQuote(f"TPMS_ATTEST is larger than {MAX_ATTEST_BYTES} bytes")
