@@ -16,7 +16,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import test_secrets_service
 from tests.test_app_deploy import SmartHome, deploy_locally, until
+from tests.test_secrets_service import SECRET, Setup
 from veritee.app import state as state_mod
 from veritee.app.errors import NodeError
 
@@ -182,3 +184,34 @@ def test_metrics_name_no_app_module_or_key(bulk: SmartHome) -> None:
         text = httpx.get(f"{url}/metrics", timeout=30).text
         for secret in (APP, "maker", "checker", "push", "seen"):
             assert secret not in text
+
+
+# -- the secret service --------------------------------------------------------------------
+
+setup = test_secrets_service.setup  # its real service, with a device and a module
+
+
+def test_the_secret_service_counts_releases_by_outcome(setup: Setup) -> None:
+    url = setup.service.url
+    health = httpx.get(f"{url}/health", timeout=30)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    before = scrape(url)
+    setup.release_ok()
+    nonce = setup.service.challenge()
+    evidence = setup.evidence(nonce)
+    assert setup.service.release(nonce, evidence, "other-module").status_code == 403
+    assert setup.service.release(nonce, evidence).status_code == 410  # replayed nonce
+    setup.release_ok()  # the service goes on serving the legitimate client
+    after = scrape(url)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("veritee_secret_releases_total", outcome="released") == 2
+    assert moved("veritee_secret_releases_total", outcome="policy_refused") == 1
+    assert moved("veritee_secret_releases_total", outcome="nonce_used") == 1
+    assert moved("veritee_secret_challenges_total", outcome="issued") == 3
+    assert moved("veritee_secret_release_seconds_count") == 4
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for name in ("data-key", "other-module", "by-name", SECRET.hex()):
+        assert name not in text  # no secret's name, let alone its value
