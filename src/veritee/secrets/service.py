@@ -30,8 +30,6 @@ from veritee import logs
 from veritee.errors import Error
 from veritee.evidence.provisioning import Envelope, seal
 from veritee.secrets import keys, protocol
-from veritee.secrets.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from veritee.secrets.metrics import SecretMetrics
 from veritee.secrets.config import Config
 from veritee.secrets.errors import (
     BadRequest,
@@ -40,6 +38,8 @@ from veritee.secrets.errors import (
     UnknownSecret,
     VerifierUnavailable,
 )
+from veritee.secrets.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from veritee.secrets.metrics import SecretMetrics
 from veritee.secrets.release import Recipient, appraise, check_suite, judge
 from veritee.secrets.store import DB_FILE, Challenge, NonceStore
 
