@@ -7,7 +7,9 @@ Two node agents with their own devices, appraisal local (no verification service
 
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,10 @@ from tests import test_secrets_service
 from tests.test_app_deploy import SmartHome, deploy_locally, until
 from tests.test_secrets_service import SECRET, Setup
 from veritee.app import state as state_mod
+from veritee.app.cluster import LocalCluster
 from veritee.app.errors import NodeError
+from veritee.verifier import ear
+from veritee.verifier.client import VerifierClient
 
 APP = "obs"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -47,8 +52,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def bulk(
     tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]
 ) -> Iterator[SmartHome]:
-    from veritee.app.cluster import LocalCluster
-
     workdir = tmp_path_factory.mktemp("obs")
     binary = wasm("tests/assets/c/app_bulk.c")
     cluster = LocalCluster(workdir / "cluster", verifier=False)
@@ -215,3 +218,94 @@ def test_the_secret_service_counts_releases_by_outcome(setup: Setup) -> None:
     text = httpx.get(f"{url}/metrics", timeout=30).text
     for name in ("data-key", "other-module", "by-name", SECRET.hex()):
         assert name not in text  # no secret's name, let alone its value
+
+
+# -- one log schema, and the appraisal id ------------------------------------------------------
+
+SCHEMA = {"ts", "level", "logger", "pid", "msg"}
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a service's log, each of which must be a JSON object of the schema."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    assert lines, f"{path} is empty"
+    out = []
+    for line in lines:
+        record = json.loads(line)  # a line that is not JSON fails here
+        assert isinstance(record, dict) and set(record) >= SCHEMA, line
+        out.append(record)
+    return out
+
+
+@pytest.fixture(scope="module")
+def attested(
+    tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]
+) -> Iterator[tuple[LocalCluster, SmartHome, subprocess.CompletedProcess[str]]]:
+    workdir = tmp_path_factory.mktemp("obs-verifier")
+    binary = wasm("tests/assets/c/app_counter.c")
+    cluster = LocalCluster(workdir / "cluster", names=("obs-node",))
+    cluster.log_level = "info"
+    cluster.start()
+    try:
+        cluster.endorse([("counter", binary.read_bytes())])
+        descriptor = workdir / "app.json"
+        node = cluster.nodes["obs-node"]
+        descriptor.write_text(
+            json.dumps(
+                {
+                    "app": "obs-ear",
+                    "nodes": [{"name": node.name, "host": node.host, "port": node.port}],
+                    "modules": [{"name": "counter", "node": node.name, "binary": str(binary)}],
+                    "connections": [
+                        {"name": "count", "direct": True, "to_module": "counter",
+                         "to_handler": "count"}
+                    ],
+                }
+            )
+        )  # fmt: skip
+        home = SmartHome(cluster, workdir / "state.json", {"counter": binary}, workdir)
+        proc = home.cli("deploy", descriptor, "--verifier", str(cluster.verifier_url))
+        assert proc.returncode == 0, proc.stderr
+        yield cluster, home, proc
+    finally:
+        cluster.stop()
+
+
+def test_one_appraisal_id_in_the_verifiers_log_the_ear_and_the_deployers_output(
+    attested: tuple[LocalCluster, SmartHome, subprocess.CompletedProcess[str]],
+) -> None:
+    cluster, home, deploy = attested
+    attestation = state_mod.load(home.state).module("counter").attestation
+    appraisal = attestation["appraisal"]
+    assert len(appraisal) == 32 and int(appraisal, 16) >= 0
+    assert f"appraisal {appraisal}" in deploy.stderr  # the deployer's output
+    assert cluster.verifier_url is not None
+    with VerifierClient(cluster.verifier_url) as client:
+        result = ear.verify(attestation["ear"], client.public_key())  # signed by the verifier
+    assert result.extensions[ear.APPRAISAL_ID] == appraisal
+    logged = [
+        r
+        for r in json_lines(cluster.workdir / "verifier.log")
+        if r["msg"] == "evidence appraised" and r.get("appraisal") == appraisal
+    ]
+    assert len(logged) == 1 and logged[0]["outcome"] == "warning"
+
+
+def test_every_service_logs_json_lines_of_one_schema(
+    attested: tuple[LocalCluster, SmartHome, subprocess.CompletedProcess[str]], setup: Setup
+) -> None:
+    cluster, _, _ = attested
+    verifier = json_lines(cluster.workdir / "verifier.log")
+    node = json_lines(cluster.workdir / "obs-node.log")
+    secrets = json_lines(setup.service.log)
+    assert any(r["logger"].startswith("veritee.node") for r in node)
+    assert any(r["logger"] == "veritee.verifier" for r in verifier)
+    assert any(r["logger"] == "veritee.secrets" for r in secrets)
+    for record in (*verifier, *node, *secrets):
+        assert record["ts"].endswith("Z") and record["level"] in {
+            "debug",
+            "info",
+            "warning",
+            "error",
+            "critical",
+        }

@@ -101,6 +101,7 @@ class LocalCluster:
             for i, n in enumerate(names)
         }
         self.want_verifier = verifier
+        self.log_level = "warning"  # of every process started (their JSON lines in *.log)
         self.verifier_url: str | None = None
         self._verifier: subprocess.Popen[bytes] | None = None
         self._token: str | None = None
@@ -156,7 +157,7 @@ class LocalCluster:
             "--ready-file",
             str(ready),
             "--log-level",
-            "warning",
+            self.log_level,
             *(() if self.poll_us is None else ("--poll-us", str(self.poll_us))),
         ]
         with open(node.log, "ab") as log:
@@ -222,7 +223,7 @@ class LocalCluster:
                     "--ready-file",
                     str(ready),
                     "--log-level",
-                    "warning",
+                    self.log_level,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -78,6 +78,7 @@ def serve(
         config = uvicorn.Config(
             app,
             log_level=log_level,
+            log_config=None,  # node start set the JSON lines of veritee.logs up
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=3,

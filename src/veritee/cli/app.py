@@ -147,11 +147,12 @@ def node_start(
 
     if node_home is not None:
         home = Home.resolve(node_home)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    import logging.config
+
+    from veritee.logs import log_config
+
+    # JSON lines on stderr, the schema of every Veritee service (docs/operations.md).
+    logging.config.dictConfig(log_config(log_level))
     started = _boot_secure_world(home)
     try:
         server.serve(

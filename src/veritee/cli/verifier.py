@@ -168,9 +168,25 @@ def serve(
     sock.listen(2048)
     bound = sock.getsockname()[1]
     base = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+    # JSON lines on stderr from here on, the schema of every Veritee service (veritee.logs).
+    import logging
+    import logging.config
+
+    logging.config.dictConfig(log_config(log_level, access_log=access_log))
+    log = logging.getLogger("veritee.verifier")
     if new_token:
-        click.echo(f"provisioning token written to {state / 'admin-token'}", err=True)
-    click.echo(f"verifier listening on {base} ({workers} worker(s), state {state})", err=True)
+        log.warning(
+            "provisioning token written to %s",
+            state / "admin-token",
+            extra={"path": str(state / "admin-token")},
+        )
+    log.info(
+        "verifier listening on %s (%d worker(s), state %s)",
+        base,
+        workers,
+        state,
+        extra={"url": base, "workers": workers},
+    )
     if ready_file is not None:
         ready_file.write_text(json.dumps({"url": base, "pid": os.getpid()}))
     # uvicorn.run(fd=...) would wrap the socket as AF_UNIX: hand uvicorn the socket itself.
