@@ -12,6 +12,7 @@ import logging
 import socket
 from pathlib import Path
 
+from veritee import notify
 from veritee.app.agent import NodeAgent
 from veritee.app.errors import AppError
 from veritee.app.transport import POLL, TcpTransport
@@ -75,6 +76,7 @@ def serve(
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info))
             tmp.replace(ready_file)
+        notify.ready()  # Type=notify under systemd (packaging/systemd/veritee-node@.service)
         config = uvicorn.Config(
             app,
             log_level=log_level,

@@ -189,6 +189,10 @@ def serve(
     )
     if ready_file is not None:
         ready_file.write_text(json.dumps({"url": base, "pid": os.getpid()}))
+    from veritee import notify
+
+    # The socket listens: connections wait in its backlog until the workers take them.
+    notify.ready()  # Type=notify (packaging/systemd/veritee-verifier.service)
     # uvicorn.run(fd=...) would wrap the socket as AF_UNIX: hand uvicorn the socket itself.
     from uvicorn.supervisors import Multiprocess
 

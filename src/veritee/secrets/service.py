@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from veritee import logs
+from veritee import logs, notify
 from veritee.errors import Error
 from veritee.evidence.provisioning import Envelope, seal
 from veritee.secrets import keys, protocol
@@ -345,6 +345,7 @@ def serve(
                     },
                 )
                 on_listening(url)
+                notify.ready()  # Type=notify (packaging/systemd/veritee-secrets.service)
 
     server = _Server(
         uvicorn.Config(
