@@ -236,3 +236,66 @@ def test_the_verifier_says_ready(tmp_path: Path) -> None:
                     time.sleep(0.1)
         finally:
             assert _stop(proc) in CLEAN
+
+
+# -- a fixed events port -----------------------------------------------------------------------
+
+
+def _start_node(home: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+    ready = tmp_path / f"{home.name}.ready"
+    log = tmp_path / f"{home.name}.log"
+    command = [str(VERITEE), "node", "start", "--home", str(home), "--port", "0"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--ready-file", str(ready), *extra], stdout=out, stderr=out
+        )
+    return proc, ready
+
+
+def _wait(proc: subprocess.Popen[bytes], ready: Path) -> int | None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if ready.exists():
+            return int(json.loads(ready.read_text())["events"][1])
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.05)
+    raise AssertionError("node start neither became ready nor exited")
+
+
+def test_the_events_port_is_fixed_by_default_and_0_is_any_free(tmp_path: Path) -> None:
+    from veritee.app.server import DEFAULT_EVENTS_PORT
+
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", DEFAULT_EVENTS_PORT))
+    except OSError:
+        pytest.skip(f"port {DEFAULT_EVENTS_PORT} is taken on this host")
+    finally:
+        probe.close()
+    first, second = tmp_path / "first", tmp_path / "second"
+    for home in (first, second):
+        Device(home).ok("device", "init")
+    a, ready_a = _start_node(first, tmp_path)
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        assert _wait(a, ready_a) == DEFAULT_EVENTS_PORT
+        # A second agent on the same host with the default: one clear line, not a traceback.
+        b, ready_b = _start_node(second, tmp_path)
+        assert _wait(b, ready_b) is None and b.returncode != 0
+        shown = (tmp_path / "second.log").read_text()
+        assert "--events-port" in shown and "Traceback" not in shown
+        # With 0 it takes any free port, and keeps it across a restart.
+        b, ready_b = _start_node(second, tmp_path, "--events-port", "0")
+        port = _wait(b, ready_b)
+        assert port not in (None, DEFAULT_EVENTS_PORT)
+        _stop(b)
+        ready_b.unlink()
+        b, ready_b = _start_node(second, tmp_path)
+        assert _wait(b, ready_b) == port
+    finally:
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                _stop(proc)
+        for home in (first, second):
+            Device(home).cli("tee", "stop")

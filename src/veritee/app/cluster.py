@@ -159,6 +159,9 @@ class LocalCluster:
             "--log-level",
             self.log_level,
             *(() if self.poll_us is None else ("--poll-us", str(self.poll_us))),
+            # Nodes share a host here: any free events port the first time, then the one
+            # the node kept (peers hold events for it across restarts).
+            *(() if (node.home / "node" / "events-port").exists() else ("--events-port", "0")),
         ]
         with open(node.log, "ab") as log:
             node.process = subprocess.Popen(

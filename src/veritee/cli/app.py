@@ -96,7 +96,8 @@ def node() -> None:
     "--events-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Port for events from other nodes (default: the one used last time, else any free).",
+    help="Port for events from other nodes (default: the one used last time, else 7200; "
+    "0: any free).",
 )
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to use.")
 @click.option(
@@ -133,14 +134,15 @@ def node_start(
 
     Boots the device's secure world if it is not running (and stops it again on
     exit), reloads the modules this node hosted with their sealed state, and
-    delivers the events it kept. Logs go to stderr. The device must be provisioned
+    delivers the events it kept. Logs are JSON lines on stderr; /health and /metrics
+    answer on the API port (docs/operations.md). The device must be provisioned
     first ('veritee device init'): the node agent never creates device secrets.
 
     \b
     Examples:
       veritee --home /tmp/hub device init
-      veritee node start --home /tmp/hub --port 7101
-      veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102
+      veritee node start --home /tmp/hub --port 7101 --events-port 7201
+      veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102 --events-port 7202
     """
     from veritee.app import server
     from veritee.app.transport import POLL
