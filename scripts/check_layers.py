@@ -12,7 +12,7 @@ never one above:
     tls                the RA-TLS protocol core (I/O-free), shared by tee and ratls
     evidence
     wasm
-    errors, home, logs, rego, servicetls   (the base every layer may use)
+    errors, home, logs, notify, rego, servicetls   (the base every layer may use)
 
 Two contracts on top of the order:
 
@@ -44,7 +44,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"tls"}),
     frozenset({"evidence"}),
     frozenset({"wasm"}),
-    frozenset({"errors", "home", "logs", "rego", "servicetls", "__init__"}),
+    frozenset({"errors", "home", "logs", "notify", "rego", "servicetls", "__init__"}),
 )
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
@@ -98,7 +98,8 @@ def check(src: Path = SRC) -> list[str]:
             for line, library in _library_imports(ast.parse(path.read_text(), str(path))):
                 problems.append(
                     f"{path.relative_to(src.parent)}:{line}: imports {library}, which only its "
-                    "backend's module (tee/backends/) and its appraisal (evidence/tpm.py) may import"
+                    "backend's module (tee/backends/) and its appraisal (evidence/tpm.py) "
+                    "may import"
                 )
         pkg = _package(path, src)
         if pkg not in RANK:

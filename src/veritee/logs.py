@@ -1,4 +1,6 @@
-"""Structured logs of Veritee's HTTP services (verifier, secret service): JSON lines on stderr.
+"""Structured logs of Veritee's services (verifier, secret service, node agent): JSON lines on
+stderr, one schema for all: ``ts`` (UTC, ms), ``level``, ``logger``, ``pid``, ``msg``, then the
+record's own fields (``appraisal``: the verifier's appraisal id, as in the EAR's ``jti``).
 
 Library code logs with ``logging`` and extra fields (``logger.info("...", extra={...})``);
 this formatter turns a record, extras included, into a JSON line a log pipeline can index.
@@ -40,7 +42,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return json.dumps(out, default=str, ensure_ascii=False)
 
 
 def log_config(level: str = "info", *, access_log: bool = False) -> dict[str, Any]:

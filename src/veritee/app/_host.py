@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
@@ -92,8 +93,11 @@ class ModuleHost:
         vtee: str,
         absorb: Absorb,
         relay: Relay,
+        on_call: Callable[[float], None] | None = None,
     ) -> None:
         self.directory = directory
+        # Told how long each call into the secure world took (the node's metrics).
+        self._on_call = on_call
         self.params = params
         self.home, self.vtee = home, vtee
         self._absorb, self._relay = absorb, relay
@@ -257,6 +261,7 @@ class ModuleHost:
 
     def _call(self, fn: Callable[[AppSession], Any]) -> Any:
         """Call the secure world; reload once if the TEE or the module's instance died."""
+        started = time.perf_counter()
         try:
             return fn(self._session_or_fail())
         except teec.TeecError as exc:
@@ -264,7 +269,11 @@ class ModuleHost:
                 raise
             log.warning("module %s lost (%s): reloading it with its sealed state", self, exc)
             self._open(self.wasm_path.read_bytes())
+            started = time.perf_counter()
             return fn(self._session_or_fail())
+        finally:
+            if self._on_call is not None:
+                self._on_call(time.perf_counter() - started)
 
     def _instance_alive(self) -> bool:
         try:
@@ -289,6 +298,14 @@ class ModuleHost:
         with self._locked():
             state: bytes = self._call(lambda s: s.disconnect(statement))
             self.store_state(state)
+
+    @property
+    def state(self) -> str:
+        """``failed`` (its last load or reload failed), ``loaded`` or ``stopped``; without
+        asking the secure world (a metrics scrape must not wait on it)."""
+        if self.failed:
+            return "failed"
+        return "loaded" if self._session is not None else "stopped"
 
     def status(self) -> dict[str, Any]:
         with self._locked():

@@ -31,6 +31,7 @@ import cbor2
 
 from veritee.app._host import LoadParams, ModuleHost
 from veritee.app.errors import AppError, NodeError, NotAppOwner, TransportError
+from veritee.app.metrics import NodeMetrics
 from veritee.app.routes import STAGED, End, Route, destination, keep_staged, restage
 from veritee.app.transport import Address, Transport
 from veritee.errors import Error
@@ -47,9 +48,24 @@ Arrival = tuple[ModuleHost, int]
 MAILBOX = 1024
 # Retired connection ids the agent remembers, to tell events on them from unrouted ones.
 MAX_RETIRED = 65536
+# Connections /metrics counts events of one by one: anyone who reaches the API may create an
+# app and its routes, and each id would be a series of its own; past this, "other".
+MAX_FLOW_SERIES = 4096
 # Apps a node holds: anyone who reaches the API may create an app (it is theirs, see
 # app/auth.py), but not without end, each with its files and its nonces.
 MAX_APPS = 1024
+
+
+@dataclass
+class MetricsSnapshot:
+    """What ``/metrics`` reads of the agent (see app/metrics.py for what it may show)."""
+
+    flows: dict[tuple[str, str], int]
+    dropped: dict[tuple[str, str], int]
+    links: dict[str, dict[str, int | bool]]
+    inbox: int
+    modules: dict[str, int]
+    apps: int
 
 
 class UnknownModule(NodeError):
@@ -98,11 +114,15 @@ class NodeAgent:
         self._retired: dict[bytes, None] = {}
         self._mailboxes: dict[bytes, deque[bytes]] = {}
         self.counters: Counter[str] = Counter()  # agent-level drops: unrouted, retired, ...
+        # Events per (connection id hex, "in" | "out"): what /metrics counts per connection.
+        self.flows: Counter[tuple[str, str]] = Counter()
         self._lock = threading.RLock()
         self._periodic_stop = threading.Event()
         self._periodic_threads: list[threading.Thread] = []
         self.started = time.time()
         self.address: Address = ("", 0)
+        self.metrics = NodeMetrics()
+        self.metrics.watch(self)
 
     # -- start-up and shut-down -------------------------------------------------------------
 
@@ -412,18 +432,27 @@ class NodeAgent:
         if end.module is None:
             box = self._mailboxes.setdefault(conn, deque(maxlen=MAILBOX))
             box.append(event)
+            self._flow(conn, "out")
             return "user", None
         if app is not None and end.node == app.node:
             host = self._hosts.get((route.app, end.module))
             if host is None:
                 self.counters["no-module"] += 1
                 return "dropped", None
+            self._flow(conn, "in")
             return "local", host
         address = app.peers.get(end.node) if app is not None else None
         if address is None:
             self.counters["no-peer"] += 1
             return "dropped", None
+        self._flow(conn, "out")
         return "remote", address
+
+    def _flow(self, conn: bytes, direction: str) -> None:
+        key = (conn.hex(), direction)
+        if key not in self.flows and len(self.flows) >= MAX_FLOW_SERIES:
+            key = ("other", direction)
+        self.flows[key] += 1
 
     def _owned_route(self, conn: bytes, app: str | None) -> Route | None:
         """The route of ``conn``; with ``app`` (the app a signed request names), only if
@@ -455,6 +484,7 @@ class NodeAgent:
         host = self._hosts.get((route.app, end.module))
         if host is None:
             raise UnknownModule(f"module {route.app}/{end.module} is not loaded here")
+        self._flow(conn, "in")
         future = host.enqueue(event, wait=True)
         assert future is not None
         outcome = future.result(timeout)
@@ -474,7 +504,9 @@ class NodeAgent:
         if end.module is None:
             raise NodeError("a request goes to a handler, not to a user")
         if end.node == app.node:
-            outcome = self._host(route.app, end.module, False).deliver_now(event)
+            host = self._host(route.app, end.module, False)
+            self._flow(conn, "in")
+            outcome = host.deliver_now(event)
             if outcome.dropped:
                 raise NodeError(
                     f"the handler's secure world dropped the request: {outcome.dropped}"
@@ -485,6 +517,7 @@ class NodeAgent:
         address = app.peers.get(end.node)
         if address is None:
             raise NodeError(f"node {end.node!r} of app {route.app!r} has no known address")
+        self._flow(conn, "out")
         return self.transport.request(address, event)
 
     def mailbox(self, conn: bytes, *, of_app: str | None = None) -> list[bytes]:
@@ -562,6 +595,30 @@ class NodeAgent:
 
     # -- status ------------------------------------------------------------------------------
 
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """The node-wide figures of ``/metrics``; never asks the secure world."""
+        with self._lock:
+            hosts = list(self._hosts.values())
+            apps = len(self._apps)
+        dropped: Counter[tuple[str, str]] = Counter()
+        for reason, n in list(self.counters.items()):
+            dropped[("agent", reason)] += n
+        modules: Counter[str] = Counter()
+        inbox = 0
+        for host in hosts:
+            for reason, n in list(host.dropped.items()):
+                dropped[("secure-world", reason)] += n
+            modules[host.state] += 1
+            inbox += len(host.inbox)
+        return MetricsSnapshot(
+            flows=dict(self.flows),
+            dropped=dict(dropped),
+            links=self.transport.links(),
+            inbox=inbox,
+            modules=dict(modules),
+            apps=apps,
+        )
+
     def status(self, only: str | None = None) -> dict[str, Any]:
         """The node's view; ``only``: of that app alone (what its owner may see)."""
         with self._lock:
@@ -630,6 +687,7 @@ class NodeAgent:
             vtee=self.vtee,
             absorb=self._absorb,
             relay=self._relay,
+            on_call=self.metrics.observe_call,
         )
 
     def _save(self, app: str) -> None:

@@ -30,6 +30,7 @@ from veritee.app.agent import NodeAgent, UnknownModule
 from veritee.app.auth import HEADER, Claims, Gate
 from veritee.app.errors import NodeError, NotAppOwner, TransportError, Unauthenticated
 from veritee.app.journal import NonceJournal
+from veritee.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from veritee.app.routes import Route
 from veritee.errors import Error, UsageError
 from veritee.tee import client as teec
@@ -173,6 +174,23 @@ def create(agent: NodeAgent) -> FastAPI:
                 "id": agent.agent_id,  # what a configure request is signed for
             }
         )
+
+    @api.get("/health")
+    async def health() -> Response:
+        # Liveness for a load balancer or systemd: the agent answers and its transport
+        # listens. Plain JSON, as the verifier's and the secret service's /health.
+        return Response(
+            b'{"status":"ok"}' if agent.address[1] else b'{"status":"starting"}',
+            status_code=200 if agent.address[1] else 503,
+            media_type="application/json",
+        )
+
+    @api.get("/metrics")
+    async def metrics() -> Response:
+        # Node-wide figures only (app/metrics.py says what and why); anyone who reaches the
+        # API reads them, so bind it where only the operator's scraper does.
+        body = await run_in_threadpool(agent.metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     @api.get("/v1/status")
     async def status() -> Response:

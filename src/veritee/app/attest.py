@@ -224,7 +224,7 @@ class VerifierAppraiser:
             str(annotated.get("lifecycle", "")),
             tuple(reasons),
             token,
-            {"submods": statuses},
+            {"submods": statuses, "appraisal": str(result.extensions.get(ear.APPRAISAL_ID, ""))},
         )
 
 

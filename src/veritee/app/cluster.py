@@ -106,6 +106,7 @@ class LocalCluster:
             for i, n in enumerate(names)
         }
         self.want_verifier = verifier
+        self.log_level = "warning"  # of every process started (their JSON lines in *.log)
         self.verifier_url: str | None = None
         self._verifier: subprocess.Popen[bytes] | None = None
         self._token: str | None = None
@@ -161,13 +162,16 @@ class LocalCluster:
             "--ready-file",
             str(ready),
             "--log-level",
-            "warning",
+            self.log_level,
             *(() if self.poll_us is None else ("--poll-us", str(self.poll_us))),
             *(
                 ()
                 if self.tls is None
                 else ("--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1]))
             ),
+            # Nodes share a host here: any free events port the first time, then the one
+            # the node kept (peers hold events for it across restarts).
+            *(() if (node.home / "node" / "events-port").exists() else ("--events-port", "0")),
         ]
         with open(node.log, "ab") as log:
             node.process = subprocess.Popen(
@@ -232,7 +236,7 @@ class LocalCluster:
                     "--ready-file",
                     str(ready),
                     "--log-level",
-                    "warning",
+                    self.log_level,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

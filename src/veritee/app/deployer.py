@@ -371,14 +371,21 @@ class Deployer:
             "reasons": list(result.reasons),
             "at": time.time(),
         }
+        appraisal = result.extra.get("appraisal")
+        # The verifier's id of this appraisal, as in its log line and in the EAR ("jti").
+        shown = f" (appraisal {appraisal})" if appraisal else ""
+        if appraisal:
+            m.attestation["appraisal"] = appraisal
+        if result.ear is not None:  # the signed result the deploy acted on, for an audit
+            m.attestation["ear"] = result.ear
         if result.acceptable:
             m.measurement, m.key = result.measurement.hex(), result.key.hex()
             m.config = expected.config.hex()
             m.status, m.reason = "attested", ""
-            self.progress(Step(m.name, "attest", "done", result.status))
+            self.progress(Step(m.name, "attest", "done", result.status + shown))
         else:
             m.status, m.reason = "refused", f"attestation {result.status}: {result.reason}"
-            self.progress(Step(m.name, "attest", "failed", m.reason))
+            self.progress(Step(m.name, "attest", "failed", m.reason + shown))
         return result
 
     # -- connect ----------------------------------------------------------------------------

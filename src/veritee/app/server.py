@@ -12,13 +12,19 @@ import logging
 import socket
 from pathlib import Path
 
+from veritee import notify
 from veritee.app.agent import NodeAgent
-from veritee.app.errors import NodeError
+from veritee.app.errors import AppError, NodeError, TransportError
 from veritee.app.transport import POLL, TcpTransport
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.servicetls import ServerTls
 
 log = logging.getLogger("veritee.node")
+
+# Where a node takes events from its peers unless told otherwise (``--events-port``; 0: any
+# free port). Fixed, so an operator can open it in a firewall and peers find it again after
+# a restart; the port last used is kept (HOME/node/events-port) and wins over this default.
+DEFAULT_EVENTS_PORT = 7200
 
 
 def serve(
@@ -44,11 +50,19 @@ def serve(
     sock = _listen(host, port)
     # Peers keep events for us at this port while we are down: keep it across restarts.
     port_file = state / "events-port"
+    chosen = events_port is not None
     if events_port is None:
         saved = port_file.read_text().strip() if port_file.exists() else ""
-        events_port = int(saved) if saved.isdigit() else 0
+        events_port = int(saved) if saved.isdigit() else DEFAULT_EVENTS_PORT
     try:
         transport = TcpTransport(state, host, events_port, poll=poll)
+    except TransportError as exc:
+        sock.close()
+        if chosen:
+            raise
+        raise AppError(
+            f"{exc} (the default; another node agent here? give each its own --events-port)"
+        ) from None
     except BaseException:
         sock.close()
         raise
@@ -77,9 +91,11 @@ def serve(
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info))
             tmp.replace(ready_file)
+        notify.ready()  # Type=notify under systemd (packaging/systemd/veritee-node@.service)
         config = uvicorn.Config(
             app,
             log_level=log_level,
+            log_config=None,  # node start set the JSON lines of veritee.logs up
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=3,

@@ -99,7 +99,8 @@ def node() -> None:
     "--events-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Port for events from other nodes (default: the one used last time, else any free).",
+    help="Port for events from other nodes (default: the one used last time, else 7200; "
+    "0: any free).",
 )
 @click.option("--vtee", default=DEFAULT_VTEE, show_default=True, help="Virtual TEE to use.")
 @click.option(
@@ -141,14 +142,15 @@ def node_start(
 
     Boots the device's secure world if it is not running (and stops it again on
     exit), reloads the modules this node hosted with their sealed state, and
-    delivers the events it kept. Logs go to stderr. The device must be provisioned
+    delivers the events it kept. Logs are JSON lines on stderr; /health and /metrics
+    answer on the API port (docs/operations.md). The device must be provisioned
     first ('veritee device init'): the node agent never creates device secrets.
 
     \b
     Examples:
       veritee --home /tmp/hub device init
-      veritee node start --home /tmp/hub --port 7101
-      veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102 \\
+      veritee node start --home /tmp/hub --port 7101 --events-port 7201
+      veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102 --events-port 7202 \\
           --tls-cert srv.pem --tls-key srv.key   # deployers: veritee --ca ca.pem deploy …
 
     Off loopback, serve TLS: the owners' signed requests are fresh and bound to this
@@ -159,11 +161,12 @@ def node_start(
 
     if node_home is not None:
         home = Home.resolve(node_home)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    import logging.config
+
+    from veritee.logs import log_config
+
+    # JSON lines on stderr, the schema of every Veritee service (docs/operations.md).
+    logging.config.dictConfig(log_config(log_level))
     tls = server_tls(
         tls_cert, tls_key, tls_self_signed, tls_client_ca, state=home.root / "node", host=host
     )  # checked before the secure world boots: a bad file is one line, and nothing started

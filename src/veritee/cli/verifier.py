@@ -195,14 +195,34 @@ def serve(
     # Listening on every address: the URL this machine reaches it at (its certificate's too).
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     base = f"{'https' if tls else 'http'}://{shown if ':' not in shown else f'[{shown}]'}:{bound}"
+    # JSON lines on stderr from here on, the schema of every Veritee service (veritee.logs).
+    import logging
+    import logging.config
+
+    logging.config.dictConfig(log_config(log_level, access_log=access_log))
+    log = logging.getLogger("veritee.verifier")
     if new_token:
-        click.echo(f"provisioning token written to {state / 'admin-token'}", err=True)
-    click.echo(f"verifier listening on {base} ({workers} worker(s), state {state})", err=True)
+        log.warning(
+            "provisioning token written to %s",
+            state / "admin-token",
+            extra={"path": str(state / "admin-token")},
+        )
+    log.info(
+        "verifier listening on %s (%d worker(s), state %s)",
+        base,
+        workers,
+        state,
+        extra={"url": base, "workers": workers},
+    )
     if ready_file is not None:
         ready: dict[str, Any] = {"url": base, "pid": os.getpid()}
         if tls is not None:
             ready["cert"] = str(tls.cert)
         ready_file.write_text(json.dumps(ready))
+    from veritee import notify
+
+    # The socket listens: connections wait in its backlog until the workers take them.
+    notify.ready()  # Type=notify (packaging/systemd/veritee-verifier.service)
     # uvicorn.run(fd=...) would wrap the socket as AF_UNIX: hand uvicorn the socket itself.
     from uvicorn.supervisors import Multiprocess
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from veritee import logs
+from veritee import logs, notify
 from veritee.errors import Error
 from veritee.evidence.provisioning import Envelope, seal
 from veritee.secrets import keys, protocol
@@ -38,6 +38,8 @@ from veritee.secrets.errors import (
     UnknownSecret,
     VerifierUnavailable,
 )
+from veritee.secrets.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from veritee.secrets.metrics import SecretMetrics
 from veritee.secrets.release import Recipient, appraise, check_suite, judge
 from veritee.secrets.store import DB_FILE, Challenge, NonceStore
 from veritee.servicetls import ServerTls
@@ -65,6 +67,7 @@ class SecretService:
         self.store = store
         self._verifier_key: ec.EllipticCurvePublicKey | None = None  # fetched once
         self.public_key = keys.public_key_hex(key.public_key())
+        self.metrics = SecretMetrics()
 
     @classmethod
     def open(cls, config: Config, state: Path) -> SecretService:
@@ -176,15 +179,23 @@ def create_app(service: SecretService) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "secrets": len(service.config.secrets)}
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        # Outcomes and timings only (secrets/metrics.py says why no secret's name).
+        return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     @app.post(protocol.CHALLENGE_PATH)
     async def challenge(request: Request) -> JSONResponse:
         try:
             issued = await run_in_threadpool(service.challenge, client_of(request))
         except Error as err:
+            service.metrics.challenges.labels(protocol.error_status(err)[1]).inc()
             return _refusal(request, "challenge", err, {})
         except Exception:
+            service.metrics.challenges.labels("internal_error").inc()
             log.exception("challenge failed")
             return _internal()
+        service.metrics.challenges.labels("issued").inc()
         return JSONResponse({"nonce": issued.nonce.hex(), "expires": int(issued.expires)}, 201)
 
     @app.post(protocol.RELEASE_PATH)
@@ -197,11 +208,17 @@ def create_app(service: SecretService) -> FastAPI:
                 fields["secret"] = body["name"][:64]
             released = await run_in_threadpool(service.release, body)
         except Error as err:
-            fields["ms"] = round(1000 * (time.perf_counter() - started), 2)
+            elapsed = time.perf_counter() - started
+            fields["ms"] = round(1000 * elapsed, 2)
+            service.metrics.releases.labels(protocol.error_status(err)[1]).inc()
+            service.metrics.release_seconds.observe(elapsed)
             return _refusal(request, "release", err, fields)
         except Exception:
+            service.metrics.releases.labels("internal_error").inc()
             log.exception("release failed", extra=fields)
             return _internal()
+        service.metrics.releases.labels("released").inc()
+        service.metrics.release_seconds.observe(time.perf_counter() - started)
         log.info(
             "secret released",
             extra={
@@ -331,6 +348,7 @@ def serve(
                     },
                 )
                 on_listening(url)
+                notify.ready()  # Type=notify (packaging/systemd/veritee-secrets.service)
 
     server = _Server(
         uvicorn.Config(

@@ -117,6 +117,9 @@ TIER_CODES: Mapping[str, int] = {
 _PROFILE, _IAT, _EXP, _NBF, _NONCE = "eat_profile", "iat", "exp", "nbf", "eat_nonce"
 _VERIFIER_ID, _SUBMODS = "ear.verifier-id", "submods"
 _STATUS, _VECTOR, _POLICY = "ear.status", "ear.trustworthiness-vector", "ear.appraisal-policy-id"
+# The verifier's id of one appraisal (a JWT ID, RFC 7519 section 4.1.7): its log line and the
+# deployer's output carry it too. Kept as an extension, so results without one still verify.
+APPRAISAL_ID = "jti"
 _TOP_KNOWN = frozenset({_PROFILE, _IAT, _EXP, _NONCE, _VERIFIER_ID, _SUBMODS})
 _SUBMOD_KNOWN = frozenset({_STATUS, _VECTOR, _POLICY})
 

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -325,6 +326,9 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
         raise SessionExpired(
             f"session {session_id[:80]} expired at {_rfc3339(ticket.expiry)}; start a new session"
         )
+    # The appraisal id: in the EAR (its "jti", RFC 7519), in this service's log line, and in
+    # the deployer's output, so an operator ties the three together. Random, not secret.
+    appraisal_id = uuid.uuid4().hex
     generation, endorsements, policy = v.current()
     for _ in range(STALE_RETRIES):
         context = appraisal.Context(
@@ -347,7 +351,11 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
             verdict = {"check": type(err).__name__, "reason": str(err)}
             record = {"status": FAILED, "result": None, "outcome": "malformed"}
         else:
-            token = ear.sign(outcome.result, v.key, kid=v.kid)
+            result = dataclasses.replace(
+                outcome.result,
+                extensions={**outcome.result.extensions, ear.APPRAISAL_ID: appraisal_id},
+            )
+            token = ear.sign(result, v.key, kid=v.kid)
             if outcome.failure is not None:
                 verdict = {"check": outcome.failure.check, "reason": outcome.failure.reason}
             elif len(evidence) <= MAX_STORED_EVIDENCE_BYTES:
@@ -375,6 +383,7 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
         log.info(
             "evidence refused",
             extra={
+                "appraisal": appraisal_id,
                 "session": ticket.key,
                 "scheme": scheme,
                 "outcome": "malformed",
@@ -388,6 +397,7 @@ async def submit(v: Verifier, session_id: str, request: Request) -> Response:
     log.info(
         "evidence appraised",
         extra={
+            "appraisal": appraisal_id,
             "session": ticket.key,
             "scheme": scheme,
             "outcome": outcome.status,
