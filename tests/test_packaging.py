@@ -124,7 +124,7 @@ def _notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:
 
 # A clean stop: exit 0, or the KillSignal itself (uvicorn re-raises it once it has shut down
 # gracefully), which systemd counts as success too.
-CLEAN = (0, -signal.SIGTERM)
+CLEAN = (0, -signal.SIGTERM, 128 + signal.SIGTERM)  # node start: 143 after an orderly stop
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
