@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey
 from veritee.verifier import media
 from veritee.verifier.jwk import to_jwk
 
-from .test_verifier_service import Server, start_verifier
+from .test_verifier_service import Server, e2e_reference_values, start_verifier
 
 Vector = Callable[[str], Path]
 VECTORS = Path(__file__).parent / "vectors"
@@ -59,29 +59,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def _serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("home")
     s = start_verifier(home, tmp_path_factory.mktemp("verifier"))
-    platform = CCA["platform"]["claims"]
-    refs: list[dict[str, str]] = [
-        {
-            "scheme": scheme,
-            "kind": "boot",
-            "name": c["measurement_type"],
-            "version": c["version"],
-            "measurement": c["measurement_value"],
-        }
-        for scheme, comps in (
-            ("psa", PSA["software_components"]),
-            ("cca", platform["software_components"]),
-        )
-        for c in comps
-    ]
-    refs.append(
-        {
-            "scheme": "cca",
-            "kind": "realm",
-            "name": "e2e realm",
-            "measurement": CCA["realm"]["claims"]["initial_measurement"],
-        }
-    )
+    refs = e2e_reference_values(PSA, CCA)
     try:
         with s.client(token=True) as admin:
             admin.add_trust_anchors(
@@ -94,7 +72,7 @@ def _serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     {
                         "scheme": "cca",
                         "key": (VECTORS / "cca/veraison-e2e-cpak-pub.pem").read_text(),
-                        "instance-id": platform["instance_id"],
+                        "instance-id": CCA["platform"]["claims"]["instance_id"],
                     },
                 ]
             )
@@ -173,6 +151,7 @@ def test_psa_result_as_veraison_emits_it(server: Server) -> None:
         "eat_profile",
         "iat",
         "exp",
+        "jti",  # RFC 7519's JWT ID: the appraisal id that ties the verifier's log to the result
         "eat_nonce",
         "ear.verifier-id",
         "submods",

@@ -663,12 +663,9 @@ def _vector_claims(vector: Vector, name: str) -> dict[str, Any]:
     return data
 
 
-def test_psa_and_cca_vectors_through_the_service(
-    server: Server, attesters: dict[str, Attester], vector: Vector
-) -> None:
-    psa = _vector_claims(vector, "psa/veraison-e2e-psa-evidence")["claims"]
-    cca = _vector_claims(vector, "cca/veraison-e2e-cca-evidence")
-    platform = cca["platform"]["claims"]
+def e2e_reference_values(psa: dict[str, Any], cca: dict[str, Any]) -> list[dict[str, str]]:
+    """Reference values (the verifier's JSON form) for Veraison's e2e PSA and CCA evidence,
+    read from the vectors' expected claims."""
     refs: list[dict[str, str]] = [
         {
             "scheme": scheme,
@@ -679,7 +676,7 @@ def test_psa_and_cca_vectors_through_the_service(
         }
         for scheme, comps in (
             ("psa", psa["software_components"]),
-            ("cca", platform["software_components"]),
+            ("cca", cca["platform"]["claims"]["software_components"]),
         )
         for c in comps
     ]
@@ -691,6 +688,16 @@ def test_psa_and_cca_vectors_through_the_service(
             "measurement": cca["realm"]["claims"]["initial_measurement"],
         }
     )
+    return refs
+
+
+def test_psa_and_cca_vectors_through_the_service(
+    server: Server, attesters: dict[str, Attester], vector: Vector
+) -> None:
+    psa = _vector_claims(vector, "psa/veraison-e2e-psa-evidence")["claims"]
+    cca = _vector_claims(vector, "cca/veraison-e2e-cca-evidence")
+    platform = cca["platform"]["claims"]
+    refs = e2e_reference_values(psa, cca)
     with server.client(token=True) as admin:
         admin.add_trust_anchors(
             [
