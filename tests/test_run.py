@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -211,13 +212,69 @@ def test_fuel_and_invoke_are_attested(device: Device, tmp_path: Path) -> None:
 # -- streaming ------------------------------------------------------------------------------
 
 
-def _popen(device: Device, *args: str | Path) -> subprocess.Popen[bytes]:
+def _popen(
+    device: Device, *args: str | Path, stdin: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "veritee", "--home", str(device.home), "run", *map(str, args)],
-        stdin=subprocess.DEVNULL,  # stdin is read whole before the run (not streamed yet)
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _readline(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> bytes:
+    """A line of the module's stdout, or fail after ``timeout`` (a bound that catches a hang)."""
+    import select
+
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line within {timeout} s"
+    return proc.stdout.readline()
+
+
+def test_stdin_streams_to_the_module_as_it_reads(device: Device, wasm: Callable[..., Path]) -> None:
+    proc = _popen(device, wasm("tests/assets/c/line_echo.c"), stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    try:
+        # Each line is answered before the next is written: stdin and stdout interleave,
+        # as with a pipe. Old code: stdin was read to its end before the run, so the first
+        # answer never came while stdin stayed open.
+        for word in (b"one", b"two", b"three"):
+            proc.stdin.write(word + b"\n")
+            proc.stdin.flush()
+            assert _readline(proc) == b"got: " + word + b"\n"
+        assert proc.poll() is None, "the module waits for more input while stdin is open"
+        rest, err = proc.communicate(timeout=60)  # closes stdin: EOF reaches the module
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rest == b"eof after 3 lines\n", err
+    assert proc.returncode == 0
+
+
+def test_megabytes_of_stdin_pass_through_intact(device: Device, wasm: Callable[..., Path]) -> None:
+    data = os.urandom(6 << 20)
+    proc = device.cli("run", wasm("tests/assets/c/echo_stdin.c"), input=data)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout == bytes(data).upper()  # the module's toupper, byte for byte
+
+
+def test_a_module_that_never_reads_stdin_ends_while_stdin_stays_open(
+    device: Device, wasm: Callable[..., Path]
+) -> None:
+    # stdin never written, never closed (communicate() would close it)
+    proc = _popen(device, wasm("tests/assets/c/slow_writer.c"), stdin=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stdout.read() == b"first\nsecond\n"
+    assert code == 0
 
 
 def test_output_streams_while_the_module_runs(device: Device, wasm: Callable[..., Path]) -> None:

@@ -276,10 +276,58 @@ def _parse_env(env: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
-def _read_stdin() -> bytes:
-    if sys.stdin is None or sys.stdin.isatty():
-        return b""
-    return sys.stdin.buffer.read()
+# What `run` reads ahead of the module from its stdin: at most this many pieces of 64 KiB.
+# Reading stops there until the module takes some (a module that never reads stdin costs
+# at most this much memory, whatever is piped in).
+STDIN_AHEAD_PIECES = 16
+
+
+class _StdinReader:
+    """Our stdin, read by a thread as it comes, handed to the module as it reads.
+
+    The secure world asks for stdin over the same one-at-a-time channel as the output, so
+    an answer never waits for input: it is what has arrived so far (possibly nothing)."""
+
+    def __init__(self, fd: int) -> None:
+        import queue
+        import threading
+
+        self._fd = fd
+        self._pieces: queue.Queue[bytes] = queue.Queue(maxsize=STDIN_AHEAD_PIECES)
+        self._left = b""
+        self._done = False
+        threading.Thread(target=self._read, name="stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 64 * 1024)
+            except OSError:
+                data = b""
+            self._pieces.put(data)  # b"": the end
+            if not data:
+                return
+
+    def take(self, most: int) -> tuple[bytes, bool]:
+        import queue
+
+        if not self._left and not self._done:
+            try:
+                self._left = self._pieces.get_nowait()
+            except queue.Empty:
+                return b"", False
+            self._done = not self._left
+        piece, self._left = self._left[:most], self._left[most:]
+        return piece, self._done and not self._left
+
+
+def _stdin_reader() -> _StdinReader | None:
+    if sys.stdin is None:
+        return None  # fd 0 closed: the module reads EOF
+    try:
+        return _StdinReader(sys.stdin.fileno())
+    except (OSError, ValueError):
+        return None
 
 
 @cli.command(
@@ -361,8 +409,8 @@ def run(
 
     \b
     Flags follow 'wasmtime run': options, then the module, then its arguments
-    (a '--' before them is accepted). Standard input is passed through when
-    it is not a terminal. A module stopped by a trap or a limit (memory,
+    (a '--' before them is accepted). Standard input streams to the module
+    as it reads, and its output back as it writes. A module stopped by a trap or a limit (memory,
     time, --fuel) exits 5, after what it wrote before.
     \b
     Examples: veritee run --dir .::/work --env GREETING=hi hello.wasm -- a b
@@ -390,7 +438,14 @@ def run(
                 fuel=fuel,
                 invoke=invoke,
             )
-            result = session.run(argv, _parse_env(env), _read_stdin(), relay, output=_stream)
+            reader = _stdin_reader()
+            result = session.run(
+                argv,
+                _parse_env(env),
+                relay=relay,
+                output=_stream,
+                stdin_stream=reader.take if reader is not None else None,
+            )
     except Error as err:
         # A trap or a limit: what the module wrote before it still reaches the user.
         partial = err.partial_output if isinstance(err, ModuleError) else None

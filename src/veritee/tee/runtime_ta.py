@@ -235,6 +235,8 @@ def run(
                 "relay": bool(request.get("relay")) and relay is not None,
                 # Output to the client as written (through the relay), not at exit.
                 "stream": request.get("stream") is True and relay is not None,
+                # Stdin from the client as the module reads it (through the relay too).
+                "stdin_stream": request.get("stdin_stream") is True and relay is not None,
             }
             reply = pool.run(job, loaded.limits.time_seconds, cancelled, relay)
             try:

@@ -48,18 +48,30 @@ class RunOutput:
     fuel_used: int | None = None
 
 
-def _with_output(relay: teec.Relay | None, output: Callable[[int, bytes], None]) -> teec.Relay:
+def _with_client(
+    relay: teec.Relay | None,
+    output: Callable[[int, bytes], None] | None,
+    stdin: Callable[[int], tuple[bytes, bool]] | None,
+) -> teec.Relay:
     """``relay``, with the secure world's streamed output ({"op": "output"}) going to
-    ``output``; answered once written, so the module waits for a slow reader."""
+    ``output`` (answered once written, so the module waits for a slow reader) and its
+    requests for stdin ({"op": "stdin"}) answered by ``stdin``: (what is there now, at end)."""
 
     def serve(rpc: dict[str, Any]) -> dict[str, Any]:
-        if rpc.get("op") != "output":
+        op = rpc.get("op")
+        if op == "stdin" and stdin is not None:
+            most = rpc.get("max")
+            if not isinstance(most, int) or most < 1:
+                return {"error": "malformed stdin request"}
+            data, at_end = stdin(most)
+            return {"data": data[:most], "eof": at_end}
+        if op != "output" or output is None:
             return relay(rpc) if relay is not None else {"error": "no relay"}
-        fd, data = rpc.get("fd"), rpc.get("data")
-        if fd not in (1, 2) or not isinstance(data, bytes):
+        fd, chunk = rpc.get("fd"), rpc.get("data")
+        if fd not in (1, 2) or not isinstance(chunk, bytes):
             return {"error": "malformed output"}
         try:
-            output(int(fd), data)
+            output(int(fd), chunk)
         except OSError as exc:  # our reader went away (a closed pipe): say so, go on
             return {"error": f"output closed: {exc.strerror}"}
         return {}
@@ -113,20 +125,25 @@ class WasmSession:
         stdin: bytes = b"",
         relay: teec.Relay | None = None,
         output: Callable[[int, bytes], None] | None = None,
+        stdin_stream: Callable[[int], tuple[bytes, bool]] | None = None,
     ) -> RunOutput:
         """Run the module; ``relay`` carries its attestation traffic (see supplicant).
 
         ``output``: called with (1 or 2, bytes) as the module writes, while it runs (the
-        result's stdout and stderr are then empty); without it, output comes at the end."""
+        result's stdout and stderr are then empty); without it, output comes at the end.
+        ``stdin_stream``: called with a size as the module reads stdin, returns at most that
+        many bytes of what is there now (never waiting) and whether stdin is at its end;
+        without it, the module reads ``stdin``."""
         request = {
             "args": args,
             "env": [list(kv) for kv in env or []],
             "stdin": stdin,
             "relay": relay is not None,
             "stream": output is not None,
+            "stdin_stream": stdin_stream is not None,
         }
-        if output is not None:
-            relay = _with_output(relay, output)
+        if output is not None or stdin_stream is not None:
+            relay = _with_client(relay, output, stdin_stream)
         out = teec.memref_out(MAX_RESULT_BYTES)
         code = teec.value_out()
         self.session.invoke(

@@ -216,14 +216,6 @@ def _serve(fd: int) -> None:
     try:
         module = runtime.load_artifact(engine, Path(job["artifact_path"]), job["artifact_digest"])
         preopens = _open_preopens(job)
-        request = runtime.RunRequest(
-            args=tuple(job["args"]),
-            env=tuple((k, v) for k, v in job["env"]),
-            stdin=job["stdin"],
-            preopens=preopens,
-            invoke=job.get("invoke"),
-        )
-        limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"], fuel=fuel)
         notes: list[str] = []
         relay_lock = threading.Lock()  # output may come from wasmtime's threads
 
@@ -236,6 +228,27 @@ def _serve(fd: int) -> None:
         def stream(fd: int, data: bytes) -> None:
             # One chunk in flight: the module's write returns once the client has taken it.
             relay({"op": "output", "fd": fd, "data": data})
+
+        def stdin_piece() -> tuple[bytes, bool]:
+            # What the client has read of its stdin since we last asked, never waiting for
+            # more: the relay is one request at a time, and output must not queue behind it.
+            answer = relay({"op": "stdin", "max": runtime.STDIN_CHUNK_BYTES})
+            data = answer.get("data")
+            if not isinstance(data, bytes) or len(data) > runtime.STDIN_CHUNK_BYTES:
+                if "error" not in answer:  # a client that does not speak it: EOF, said once
+                    notes.append("veritee: stdin closed: malformed stdin piece from the client")
+                return b"", True
+            return data, answer.get("eof") is True
+
+        request = runtime.RunRequest(
+            args=tuple(job["args"]),
+            env=tuple((k, v) for k, v in job["env"]),
+            stdin=job["stdin"],
+            preopens=preopens,
+            invoke=job.get("invoke"),
+            stdin_stream=stdin_piece if job.get("stdin_stream") else None,
+        )
+        limits = runtime.Limits(memory_bytes=job["memory"], time_seconds=job["time"], fuel=fuel)
 
         key = serialization.load_der_private_key(job["attestation_key"], password=None)
         services = ModuleServices(

@@ -37,6 +37,12 @@ MAX_MODULE_BYTES = 256 * 1024 * 1024  # a module larger than this is refused bef
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream, when collected (not streamed): more is dropped
 # so a chatty module cannot OOM us. Streamed output has no total: it is sent as written.
 STREAM_CHUNK_BYTES = 64 * 1024  # a write is streamed in pieces of at most this size
+# Streamed stdin: the pump asks the normal world for at most this much at a time, and, when
+# nothing was waiting, asks again after a pause that grows to STDIN_IDLE_MAX_S (an idle
+# client is polled ten times a second, not in a busy loop that would starve the output).
+STDIN_CHUNK_BYTES = 64 * 1024
+STDIN_IDLE_MIN_S = 0.002
+STDIN_IDLE_MAX_S = 0.1
 MEMORY_CACHE_ENTRIES = 64  # compiled modules kept in memory (LRU); the disk cache holds the rest
 MEMORY_NEAR_LIMIT = 0.9  # a module that failed while using this share of its cap ran out of memory
 EVENT_ROOM_BYTES = 64 * 1024  # module memory kept for events; a larger one gets more
@@ -83,6 +89,9 @@ class RunRequest:
     # Call this export with ``args`` as its parameters instead of running ``_start``
     # (wasmtime run --invoke); its results are printed on stdout, one a line.
     invoke: str | None = None
+    # Streamed stdin instead of ``stdin``: called for the next piece as the module reads,
+    # returning (bytes, at end); see :class:`_StdinPump`.
+    stdin_stream: Callable[[], tuple[bytes, bool]] | None = None
 
 
 @dataclass(frozen=True)
@@ -321,7 +330,11 @@ def execute(
     wasi.stdout_custom = stdout.write
     wasi.stderr_custom = stderr.write
     stdin_path = None
-    if request.stdin:
+    pump: _StdinPump | None = None
+    if request.stdin_stream is not None:
+        pump = _StdinPump(request.stdin_stream, scratch_dir)
+        wasi.stdin_file = str(pump.path)  # opens the FIFO's read end; the pump has the other
+    elif request.stdin:
         fd, stdin_path = tempfile.mkstemp(dir=scratch_dir, prefix="stdin-")
         with os.fdopen(fd, "wb") as f:
             f.write(request.stdin)
@@ -390,6 +403,8 @@ def execute(
         del instance, store, linker, wasi, callbacks
         if stdin_path:
             os.unlink(stdin_path)
+        if pump is not None:
+            pump.stop()  # before the caller replies: the pump shares its channel
     if failure is not None:
         # Raised outside the except blocks, so no traceback keeps the store alive.
         raise failure
@@ -408,6 +423,69 @@ def execute(
         stop_message=str(stopped) if stopped is not None else "",
         fuel_used=fuel_used,
     )
+
+
+class _StdinPump:
+    """Feeds a module's stdin as the normal world provides it, through a FIFO.
+
+    wasmtime's WASI reads stdin from a file (its Python API has no custom stdin): the file
+    is a FIFO in the worker's private scratch directory, and a thread writes into it what
+    ``fetch`` returns. A write blocks while the module does not read (the pipe's buffer is
+    the only queue here), and the module's read blocks until the next piece comes, as a
+    pipe's would. ``fetch`` returning at-end closes the FIFO: the module reads EOF.
+    """
+
+    def __init__(self, fetch: Callable[[], tuple[bytes, bool]], scratch_dir: Path | None) -> None:
+        self._fetch = fetch
+        self._dir = Path(tempfile.mkdtemp(dir=scratch_dir, prefix="stdin-"))
+        self.path = self._dir / "stdin"
+        os.mkfifo(self.path, 0o600)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stdin-pump", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> int | None:
+        # Non-blocking until the module's side is open, so stop() never waits on an open()
+        # that no reader will complete (a module that failed before wasmtime opened it).
+        while not self._stopping.is_set():
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(STDIN_IDLE_MIN_S)
+                continue
+            os.set_blocking(fd, True)
+            return fd
+        return None
+
+    def _run(self) -> None:
+        fd = self._open()
+        if fd is None:
+            return
+        idle = STDIN_IDLE_MIN_S
+        try:
+            while not self._stopping.is_set():
+                data, at_end = self._fetch()
+                view = memoryview(data)
+                while view and not self._stopping.is_set():
+                    view = view[os.write(fd, view) :]
+                if at_end:
+                    return
+                if data:
+                    idle = STDIN_IDLE_MIN_S
+                else:
+                    self._stopping.wait(idle)
+                    idle = min(idle * 2, STDIN_IDLE_MAX_S)
+        except OSError:  # EPIPE: the module's side is closed (it ended); nothing to feed
+            return
+        finally:
+            os.close(fd)
+
+    def stop(self) -> None:
+        """End the pump (the module has ended, so its reader is closed and writes fail)."""
+        self._stopping.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+        self._dir.rmdir()
 
 
 def _invoke_params(store: Any, func: Any, request: RunRequest) -> list[Any]:
