@@ -562,6 +562,37 @@ def test_a_second_deploy_under_the_same_key_says_what_it_would_replace(home: Sma
     assert all(m["running"] for m in home.status()["modules"])
 
 
+def test_force_replaces_a_running_app_under_the_same_key_and_says_what(home: SmartHome) -> None:
+    # The owner, with its keys file, deploys again from another state file on purpose: with
+    # --force the running modules are replaced (listed in the progress), and the app then
+    # works under the new state file. The app of the other tests is not touched.
+    import shutil
+
+    app = "forced-home"
+    descriptor = _another_app(home, app, home.binaries)
+    first, second = home.workdir / "forced-1.json", home.workdir / "forced-2.json"
+    verifier = ("--verifier", str(home.cluster.verifier_url))
+    home.ok("deploy", descriptor, "--state", first, *verifier)
+    shutil.copy(state_mod.keys_path(first), state_mod.keys_path(second))
+
+    proc = home.cli("deploy", descriptor, "--state", second, "--force", *verifier)
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout + proc.stderr
+    assert "replacing running" in said and "controller" in said
+    assert "Traceback" not in said
+    dep = state_mod.load(second)
+    assert all(m.status == "connected" for m in dep.modules.values())
+
+    def count() -> int:
+        return int(home.ok("request", "get-presses", "--state", second).strip())
+
+    before = count()
+    home.ok("output", "trigger-btn", "press", "--state", second)
+    until(lambda: count() == before + 1)
+    # The other tests' app runs on beside it.
+    home.ok("output", "trigger-btn", "press")
+
+
 def test_an_unreachable_verifier_stops_a_deploy_before_anything_is_loaded(
     home: SmartHome,
 ) -> None:
