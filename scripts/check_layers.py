@@ -12,7 +12,7 @@ never one above:
     tls                the RA-TLS protocol core (I/O-free), shared by tee and ratls
     evidence
     wasm
-    errors, home, logs, notify, rego, servicetls   (the base every layer may use)
+    console, errors, home, logs, notify, rego, servicetls   (the base every layer may use)
 
 Two contracts on top of the order:
 
@@ -44,7 +44,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"tls"}),
     frozenset({"evidence"}),
     frozenset({"wasm"}),
-    frozenset({"errors", "home", "logs", "notify", "rego", "servicetls", "__init__"}),
+    frozenset({"console", "errors", "home", "logs", "notify", "rego", "servicetls", "__init__"}),
 )
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 

@@ -169,6 +169,25 @@ def test_rich_output_is_not_wrapped_in_a_pipe(device: Device) -> None:
         assert any(component in ln and measurement in ln for ln in lines), (entry, lines)
 
 
+def test_the_demo_narration_is_not_wrapped_in_a_pipe(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", "demo", "--single-device", "--workdir", tmp_path / "d"],
+        capture_output=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    # Old code: the narration wrapped at 80 columns, the certificate's subject over two lines.
+    (cert,) = [ln for ln in lines if "device certificate: CN=" in ln]
+    assert "O=Veritee emulated devices" in cert
+    # Headings stay a readable width (not the pipe's 1000 columns).
+    headings = [ln for ln in lines if ln.startswith("1. Build modules")]
+    assert headings and all(80 <= len(ln) <= 100 for ln in headings), headings
+
+
 def test_json_results_and_json_failures(tmp_path: Path) -> None:
     """Every command that prints data takes --json; a failure under --json is a JSON
     result too, with the same exit code and the one line on stderr."""

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from veritee.console import console as make_console
+from veritee.console import rule
 from veritee.errors import Error, EvidenceError, ModuleError, SealingError, SecureWorldError
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, appraise
 from veritee.home import Home
@@ -28,12 +29,12 @@ from veritee.tee.ta import WasmSession
 from veritee.wasm.build import build, sdk_dir
 from veritee.wasm.runtime import measure
 
-console = Console(highlight=False)
+console = make_console(highlight=False)
 
 
 def _step(n: int, title: str) -> None:
     console.print()
-    console.rule(f"[bold cyan]{n}. {title}", align="left")
+    rule(console, f"[bold cyan]{n}. {title}")
 
 
 def _ok(text: str) -> None:

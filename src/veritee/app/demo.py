@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
@@ -26,11 +25,13 @@ from veritee.app.deployer import Deployer, Step
 from veritee.app.errors import AppError
 from veritee.app.status import collect
 from veritee.app.user import UserTool
+from veritee.console import console as make_console
+from veritee.console import rule
 from veritee.errors import Error
 from veritee.tee.channels import HEADER_BYTES
 from veritee.wasm.build import build, sdk_dir
 
-console = Console(highlight=False)
+console = make_console(highlight=False)
 MODULES = ("button_driver", "led_driver", "controller", "db", "webserver")
 PRESSES = 5
 APP = "smart-home"
@@ -39,7 +40,7 @@ WAIT = 20.0  # seconds for events to cross nodes (they take milliseconds)
 
 def _step(n: int, title: str) -> None:
     console.print()
-    console.rule(f"[bold cyan]{n}. {title}", align="left")
+    rule(console, f"[bold cyan]{n}. {title}")
 
 
 def _ok(text: str) -> None:

@@ -21,32 +21,14 @@ from veritee.errors import EXIT_CODES, Error, ModuleError, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from veritee.tee.supplicant import HttpRelay
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-# Rich's width when its stream is not a terminal (it would wrap at 80 columns there): a
-# pipe or a file gets every row and measurement on one line, for grep and for scripts.
-# $COLUMNS, when set, still wins.
-PIPE_WIDTH = 1000
 
 
 def _home(ctx: click.Context) -> Home:
     home: Home = ctx.obj
     return home
-
-
-def console(*, stderr: bool = False, **options: Any) -> Console:
-    """A Rich console for a command's output: the terminal's width on a terminal, no
-    wrapping in a pipe (see :data:`PIPE_WIDTH`)."""
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    tty = stream is not None and stream.isatty()
-    width = None if tty or os.environ.get("COLUMNS") else PIPE_WIDTH
-    return Console(stderr=stderr, width=width, **options)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

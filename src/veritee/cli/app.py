@@ -252,7 +252,7 @@ class _Progress:
     ICONS: ClassVar[dict[str, str]] = {"done": "[green]✔[/]", "failed": "[red]✘[/]"}
 
     def __init__(self, quiet: bool) -> None:
-        from veritee.cli import console
+        from veritee.console import console
 
         self.console = console(stderr=True, highlight=False, quiet=quiet)
         self.lock = threading.Lock()
@@ -474,7 +474,7 @@ def _status_problem(report: dict[str, Any]) -> Error | None:
 def _render(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from veritee.cli import console as make_console
+    from veritee.console import console as make_console
 
     console = make_console(highlight=False)
     console.print(f"[bold]{report['app']}[/]  attested via {report['verifier']}")

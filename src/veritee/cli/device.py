@@ -254,7 +254,7 @@ def tee_status(home: Home, as_json: bool, vtee: str) -> None:
         return
     from rich.table import Table
 
-    from veritee.cli import console as make_console
+    from veritee.console import console as make_console
 
     console = make_console()
     console.print(
