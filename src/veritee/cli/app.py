@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import click
 
 from veritee.cli import echo_json, json_done, json_option
+from veritee.cli._config import config_option
 from veritee.cli._tls import server_options as tls_options
 from veritee.cli._tls import server_tls
 from veritee.errors import Error, UsageError
@@ -87,6 +88,7 @@ def node() -> None:
 
 
 @node.command("start", context_settings=CONTEXT)
+@config_option("node")
 @click.option(
     "--home",
     "node_home",
@@ -210,6 +212,45 @@ def _stop_on_sigterm() -> None:
         raise _Terminated(SIGTERM_EXIT)
 
     signal.signal(signal.SIGTERM, terminated)
+
+
+@node.command("check", context_settings=CONTEXT)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The node agent's configuration file (as 'node start --config').",
+)
+@json_option()
+@click.pass_obj
+def node_check(home: Home, config: Path | None, as_json: bool) -> None:
+    """Check a node agent's configuration without starting it: every problem at once.
+
+    Reads the file and $VERITEE_NODE_* as 'node start' would and shows each setting with
+    where it came from; checks the values, the TLS files, that the ports are free and that
+    the home holds a provisioned device. Exit 0 when it would start, 2 otherwise.
+
+    \b
+    Example:  veritee node check --config /etc/veritee/node.yaml
+    """
+    from veritee.cli import _config
+    from veritee.tee import device
+
+    settings = _config.read(node_start, "node", config)
+    values, sources = _config.effective(node_start, settings)
+    problems: list[str] = []
+    notes: list[str] = []
+    where = Home(Path(values["home"])) if values.get("home") else home
+    if not device.is_provisioned(where):
+        problems.append(
+            f"{where.root} holds no provisioned device: run "
+            f"'veritee --home {where.root} device init' first"
+        )
+    host = str(values["host"])
+    _config.check_listen(host, int(values["port"]), problems, notes)
+    if values.get("events-port"):
+        _config.check_listen(host, int(values["events-port"]), problems, notes)
+    _config.check_tls(values, problems, notes)
+    _config.report("node", settings, values, sources, problems, notes, as_json=as_json)
 
 
 def _boot_secure_world(home: Home) -> bool:

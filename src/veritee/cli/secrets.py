@@ -39,13 +39,31 @@ def secrets() -> None:
     """
 
 
+# The sections of a secret service's file besides 'serve:' (secrets/config.py reads them).
+_SECTIONS = frozenset({"trust", "nonce_ttl", "secrets", "challenges_per_client"})
+
+
+def _serve_section(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    """The file's ``serve:`` section and $VERITEE_SECRETS_* become the defaults of the
+    other options (cli/_config.py); the rest of the file is the service's own."""
+    from veritee.cli import _config
+
+    if value is not None and value.is_file():
+        assert ctx.command is not None
+        _config.apply(ctx, _config.read(ctx.command, "secrets", value, other_sections=_SECTIONS))
+    return value
+
+
 @secrets.command("serve")
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="The service configuration (YAML): trust anchors, reference values, secrets.",
+    is_eager=True,
+    callback=_serve_section,
+    help="The service configuration (YAML): trust anchors, reference values, secrets, and "
+    "a 'serve:' section of these options ($VERITEE_SECRETS_<OPTION> overrides it).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -180,17 +198,39 @@ def check(config_path: Path, as_json: bool) -> None:
     \b
     Example:  veritee secrets check --config secrets.yaml
     """
+    from veritee.cli import _config
     from veritee.secrets import load_config
 
     config = load_config(config_path)
+    settings = _config.read(serve, "secrets", config_path, other_sections=_SECTIONS)
+    values, _sources = _config.effective(serve, settings)
+    problems: list[str] = list(settings.problems)
+    notes: list[str] = []
+    _config.check_listen(str(values["host"]), int(values["port"]), problems, notes)
+    _config.check_tls(values, problems, notes)
     rows = [
         {"name": s.name, "bytes": len(s.value), "policy": s.policy.source, "allow": dict(s.allow)}
         for s in config.secrets.values()
     ]
+    serving = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
     if as_json:
         top = {"nonce_ttl": config.nonce_ttl, "challenges_per_client": config.challenges_per_client}
-        click.echo(json.dumps({**top, "secrets": rows}, indent=2))
+        click.echo(
+            json.dumps(
+                {**top, "secrets": rows, "serve": serving, "problems": problems, "notes": notes},
+                indent=2,
+            )
+        )
+        if problems:
+            from veritee.cli import json_done
+
+            json_done()
+            raise _config.ConfigError(f"{len(problems)} problem(s) in {config_path}")
         return
+    for problem in problems:
+        click.echo(f"  problem: {problem}", err=True)
+    if problems:
+        raise _config.ConfigError(f"{len(problems)} problem(s) in {config_path}")
     click.echo(
         f"{config.path}: OK, nonce lifetime {config.nonce_ttl:g} s, "
         f"{config.challenges_per_client} challenges per client"
@@ -198,3 +238,7 @@ def check(config_path: Path, as_json: bool) -> None:
     for row in rows:
         click.echo(f"  {row['name']}: {row['bytes']} bytes, policy {row['policy']}")
         click.echo(f"    allow: {json.dumps(row['allow'])}")
+    scheme = "https" if values["tls-cert"] or values["tls-self-signed"] else "http"
+    click.echo(f"  serves {scheme}://{values['host']}:{values['port']}")
+    for note in notes:
+        click.echo(f"  note: {note}")

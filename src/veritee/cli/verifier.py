@@ -17,9 +17,10 @@ from typing import Any
 import click
 
 from veritee.cli import JSON_META
+from veritee.cli._config import config_option
 from veritee.cli._tls import server_options as tls_options
 from veritee.cli._tls import server_tls
-from veritee.errors import UsageError
+from veritee.errors import Error, UsageError
 from veritee.home import DEFAULT_VTEE, Home
 
 # What trusting "a HOME's device" records as its CA's ceiling: its owner holds the CA's key, so
@@ -52,6 +53,7 @@ def verifier() -> None:
 
 
 @verifier.command("serve")
+@config_option("verifier")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8443, show_default=True, help="0: any free."
@@ -306,6 +308,70 @@ def _print(ctx: click.Context, data: Any, text: str) -> None:
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(text)
+
+
+@verifier.command("check")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The verifier's configuration file (as 'verifier serve --config').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def check(home: Home, config: Path | None, as_json: bool) -> None:
+    """Check the verifier's configuration without serving: every problem at once.
+
+    Reads the file and $VERITEE_VERIFIER_* as 'verifier serve' would and shows each setting
+    with where it came from; checks the values, the TLS files, the CoRIM signer key, that the
+    port is free, the state directory and the database (it connects). Exit 0 when it would
+    start, 2 otherwise.
+
+    \b
+    Example:  veritee verifier check --config /etc/veritee/verifier.yaml
+    """
+    from veritee.cli import _config
+
+    settings = _config.read(serve, "verifier", config)
+    values, sources = _config.effective(serve, settings)
+    problems: list[str] = []
+    notes: list[str] = []
+    _config.check_listen(str(values["host"]), int(values["port"]), problems, notes)
+    _config.check_tls(values, problems, notes)
+    state = Path(values["state"] or home.root / "verifier")
+    probe = state if state.exists() else next(p for p in state.parents if p.exists())
+    if not os.access(probe, os.W_OK | os.X_OK):
+        problems.append(f"state directory {state}: not writable by this user")
+    if values.get("corim-signer"):
+        from veritee.verifier.endorsements import ec_public_key_pem
+
+        try:
+            ec_public_key_pem(Path(values["corim-signer"]).read_text())
+        except Error as exc:
+            problems.append(f"corim-signer {values['corim-signer']}: {exc}")
+    if values.get("database"):
+        problems.extend(_database_problems(str(values["database"])))
+    _config.report("verifier", settings, values, sources, problems, notes, as_json=as_json)
+
+
+def _database_problems(url: str) -> list[str]:
+    """Whether the database answers (the password never shown)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return ["database: not an SQLAlchemy URL (e.g. postgresql+psycopg://user@/veritee)"]
+    try:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except (SQLAlchemyError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return [f"database {shown}: {reason}"]
+    return []
 
 
 @provision.command("trust-ca")

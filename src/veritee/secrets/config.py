@@ -43,7 +43,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 DEFAULT_CHALLENGES_PER_CLIENT = 1000
 MAX_CHALLENGES_PER_CLIENT = 100_000
 
-_TOP = frozenset({"trust", "nonce_ttl", "secrets", "challenges_per_client"})
+# "serve" holds the serve command's options (host, port, tls-*), read by the CLI
+# (veritee/cli/_config.py), not by the service.
+_TOP = frozenset({"trust", "nonce_ttl", "secrets", "challenges_per_client", "serve"})
 _TRUST = frozenset({"ca", "reference_values", "verifier"})
 _CA_ENTRY = frozenset({"file", "max_lifecycle"})
 EAR_STATUSES = ("affirming", "warning")  # what min_ear_status may ask for
