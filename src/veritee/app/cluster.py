@@ -88,8 +88,8 @@ class LocalCluster:
         site-packages put it first (the secure world runs isolated: PYTHONPATH does not
         reach it); their devices are provisioned by it too, since secure boot measures the
         code it runs. ``poll_us``: the agents' ``--poll-us``
-        (default: theirs). ``tls``: (certificate, key) every agent serves HTTPS with (its
-        clients verify it against $VERITEE_CA)."""
+        (default: theirs). ``tls``: (certificate, key) every agent, and the verifier, serve
+        HTTPS with (their clients verify it against $VERITEE_CA)."""
         self.tls = tls
         self.workdir = workdir
         self.source = source
@@ -237,6 +237,12 @@ class LocalCluster:
                     str(ready),
                     "--log-level",
                     self.log_level,
+                    # The agents' certificate serves the verifier too (one host: loopback).
+                    *(
+                        ()
+                        if self.tls is None
+                        else ("--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1]))
+                    ),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -304,6 +310,8 @@ def descriptor_for(
         local = cluster.nodes.get(node.get("name"))
         if local is not None:
             node["host"], node["port"] = local.host, local.port
+            if local.tls:
+                node["tls"] = True
     for module in data.get("modules", []):
         binary = binaries.get(module.get("name"))
         if binary is not None:

@@ -7,6 +7,7 @@ N times, the count read over HTTP; then the attacks an untrusted host could try,
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from rich.panel import Panel
 from rich.table import Table
 
+from veritee import servicetls
 from veritee.app import changes
 from veritee.app import descriptor as desc_mod
 from veritee.app import state as state_mod
@@ -95,13 +97,18 @@ def run(workdir: Path, presses: int = PRESSES) -> None:
     _ok("controller-evil.wasm: the same controller, built to count every press twice")
 
     _step(2, "Start a verifier and two nodes, each with its own device and secure world")
-    cluster = LocalCluster(workdir / "cluster")
+    # Every service speaks TLS 1.3, with one certificate for this host that the demo's
+    # clients (deployer, user) trust; every request to a node is signed by the app's owner.
+    tls = servicetls.make_self_signed(workdir / "tls", ["127.0.0.1", "localhost"])
+    os.environ[servicetls.CA_ENV] = str(tls.cert)
+    cluster = LocalCluster(workdir / "cluster", tls=(tls.cert, tls.key))
     t0 = time.monotonic()
     cluster.start()
     try:
         for node in cluster.nodes.values():
             _ok(f"{node.name:12} agent {node.url}, events on port {node.events[1]}")
         _ok(f"verifier     {cluster.verifier_url} trusts both devices' CAs and boot values")
+        _ok(f"all over TLS 1.3: clients trust {tls.cert.name} (SHA-256 {tls.fingerprint[:23]}…)")
         cluster.endorse((name, binaries[name].read_bytes()) for name in MODULES)
         _ok("the app owner endorsed the five genuine modules (not the tampered one)")
         _ok(f"up in {time.monotonic() - t0:.1f} s")
@@ -177,7 +184,7 @@ def _story(
     def count_over_http() -> int:
         import httpx
 
-        return int(httpx.get(page, timeout=30).text)
+        return int(httpx.get(page, timeout=30, verify=servicetls.client_verify()).text)
 
     _step(4, f"Drive it: start the web server, press the button {presses} times")
     send("init-server", b"start")
