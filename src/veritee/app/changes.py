@@ -230,12 +230,27 @@ def add(d: Deployer, fragment: Path) -> Deployment:
         d.close()
 
 
+def _cut_off(d: Deployer, dep: Deployment, keys: Keys, m: ModuleState) -> None:
+    """A module whose fresh evidence is no longer acceptable: every connection it has ends,
+    on the owner's signed disconnect statement to the nodes at both ends, so its peers'
+    secure worlds stop sending to it and take nothing more from it."""
+    conns = [c for c in _touching(dep, m.name) if c.status == "connected"]
+    if conns:
+        _disconnect(d, dep, keys, [c.conn for c in conns], conns)
+    for c in conns:
+        c.status, c.reason = "refused", f"module {m.name!r} cut off: {m.reason}"
+    d.progress(Step(m.name, "disconnect", "done", f"cut off ({len(conns)} connection(s))"))
+
+
 def reattest(d: Deployer) -> Deployment:
     """Attest every connected module again over fresh nonces.
 
     A module that its node reloaded without its sealed state (a new key, no channels) is
     connected anew, once its fresh evidence is acceptable: new connection ids, statements
-    to both ends, the old ids retired. Any other failure marks it ``lost``.
+    to both ends, the old ids retired. A module whose fresh evidence the appraisal no longer
+    accepts (its device revoked, its reference value withdrawn, a new policy) is cut off:
+    its connections end on a signed disconnect statement (status ``refused``). A module
+    that gave no evidence (its node down) is marked ``lost`` and tried again next time.
     """
     dep, keys = _open(d)
     try:
@@ -262,7 +277,10 @@ def reattest(d: Deployer) -> Deployment:
                     dep, keys, appraiser, m, _read_binary(Path(m.binary)), reported_key=reported
                 )
                 if not result.acceptable:
-                    m.status = "lost"
+                    if m.attestation.get("answered"):
+                        _cut_off(d, dep, keys, m)
+                    else:  # no evidence came: the node or module is unwell, not judged
+                        m.status = "lost"
                     continue
                 if result.key.hex() == old_key:
                     m.status = "connected"

@@ -360,9 +360,14 @@ class Deployer:
             if reported_key is not None
             else bytes.fromhex(m.attestation.get("reported_key", "")),
         )
-        result = appraiser.appraise(
-            lambda nonce: client.attest(dep.app, m.name, nonce, staged=staged), expected
-        )
+        answered: list[bool] = []
+
+        def attester(nonce: bytes) -> bytes:
+            evidence = client.attest(dep.app, m.name, nonce, staged=staged)
+            answered.append(True)
+            return evidence
+
+        result = appraiser.appraise(attester, expected)
         m.attestation = {
             "status": result.status,
             "acceptable": result.acceptable,
@@ -370,6 +375,9 @@ class Deployer:
             "lifecycle": result.lifecycle,
             "reasons": list(result.reasons),
             "at": time.time(),
+            # The node gave evidence: the status is a verdict on the module, not a failure to
+            # reach it (continuous attestation cuts a module off on a verdict only).
+            "answered": bool(answered),
         }
         appraisal = result.extra.get("appraisal")
         # The verifier's id of this appraisal, as in its log line and in the EAR ("jti").

@@ -94,7 +94,18 @@ def _fail(err: Error, ctx: click.Context | None = None) -> NoReturn:
 # the verifier, the deployer or RA-TLS. tests/test_cli.py checks this table against them.
 LAZY_COMMANDS = {
     **dict.fromkeys(
-        ("node", "deploy", "status", "call", "output", "request", "update", "add", "disable"),
+        (
+            "node",
+            "deploy",
+            "status",
+            "watch",
+            "call",
+            "output",
+            "request",
+            "update",
+            "add",
+            "disable",
+        ),
         "app",
     ),
     "device": "device",

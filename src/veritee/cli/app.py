@@ -31,7 +31,7 @@ _STATE_HELP = "Deployment state file (default: $VERITEE_DEPLOYMENT or ./veritee-
 
 def register(cli: click.Group) -> None:
     cli.add_command(node)
-    for command in (deploy, status, call, output, request, update, add, disable):
+    for command in (deploy, status, watch, call, output, request, update, add, disable):
         cli.add_command(command)
 
 
@@ -493,6 +493,100 @@ def status(state_path: Path | None, reattest: bool, as_json: bool) -> None:
         raise problem
 
 
+@click.command(context_settings=CONTEXT)
+@_state_option
+@click.option(
+    "--interval",
+    type=click.FloatRange(1, 86400),
+    default=30.0,
+    show_default=True,
+    help="Seconds between two rounds of attestation.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(0.2, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between two questions to the verifier whether its provisioning changed "
+    "(a change starts a round at once).",
+)
+@click.option("--rounds", type=click.IntRange(1), help="Stop after this many rounds.")
+def watch(state_path: Path | None, interval: float, poll: float, rounds: int | None) -> None:
+    """Attest a deployment's modules again and again; cut off any no longer acceptable.
+
+    Each round attests every connected module over a fresh nonce, as 'status --attest'
+    does. A module whose evidence the appraisal no longer accepts (its device revoked, its
+    reference value withdrawn, a stricter policy) is disconnected on the owner's signed
+    statement: its peers' secure worlds stop sending to it and take nothing from it. A
+    round runs every --interval seconds, and at once when the verifier's provisioning
+    changes. One line per round; 'veritee status' shows when each module was last attested.
+
+    \b
+    Examples:
+      veritee watch                       # every 30 s, and on every provisioning change
+      veritee watch --interval 5 --rounds 1
+    """
+    import time
+
+    from veritee.app import changes
+    from veritee.app import state as state_mod
+    from veritee.app.deployer import Deployer
+
+    path = _state(state_path)
+    dep = state_mod.load(path)
+    verifier = None
+    if dep.verifier:
+        from veritee.verifier.client import VerifierClient
+
+        verifier = VerifierClient(dep.verifier)
+
+    def generation() -> int | None:
+        if verifier is None:
+            return None
+        try:
+            return verifier.provisioning_generation()
+        except Error:
+            return None  # unreachable now: the rounds say so, module by module
+
+    done = 0
+    seen = generation()
+    why = "start"
+    try:
+        while True:
+            with state_mod.locked(path):
+                before = {m.name: m.status for m in state_mod.load(path).modules.values()}
+                after = changes.reattest(Deployer(path, progress=_Progress(quiet=True)))
+            done += 1
+            cut = [
+                m
+                for m in after.modules.values()
+                if m.status == "refused" and before.get(m.name) != "refused"
+            ]
+            lost = [m.name for m in after.modules.values() if m.status == "lost"]
+            ok = sum(m.status == "connected" for m in after.modules.values())
+            line = f"round {done} ({why}): {ok}/{len(after.modules)} modules attested and connected"
+            if lost:
+                line += f"; not answering: {', '.join(lost)}"
+            click.echo(line, err=True)
+            for m in cut:
+                click.echo(f"  cut off {m.name}: {m.reason}", err=True)
+            if rounds is not None and done >= rounds:
+                return
+            deadline = time.monotonic() + interval
+            why = "interval"
+            while time.monotonic() < deadline:
+                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+                now = generation()
+                if now is not None and now != seen:
+                    why, seen = f"provisioning changed, generation {seen} -> {now}", now
+                    break
+    except KeyboardInterrupt:
+        return
+    finally:
+        if verifier is not None:
+            verifier.close()
+
+
 def _status_problem(report: dict[str, Any]) -> Error | None:
     """The first reason a deployment is not healthy: a node down (11) before a module lost,
     refused or not running (10); None when every node answers and every module runs."""
@@ -510,6 +604,19 @@ def _status_problem(report: dict[str, Any]) -> Error | None:
     if lost:
         return AppError(f"module(s) not serving: {', '.join(lost)}")
     return None
+
+
+def _attested(attestation: dict[str, Any]) -> str:
+    """The last appraisal's status and how long ago it was: "affirming, 12 s ago"."""
+    import time
+
+    status = str(attestation.get("status", "-"))
+    at = attestation.get("at")
+    if not isinstance(at, (int, float)):
+        return status
+    ago = max(0, int(time.time() - at))
+    text = f"{ago} s" if ago < 120 else f"{ago // 60} min" if ago < 7200 else f"{ago // 3600} h"
+    return f"{status}, {text} ago"
 
 
 def _render(report: dict[str, Any]) -> None:
@@ -542,7 +649,7 @@ def _render(report: dict[str, Any]) -> None:
             m["node"],
             status,
             (m["measurement"][:12] + "…") if m["measurement"] else "-",
-            m["attestation"].get("status", "-"),
+            _attested(m["attestation"]),
             delivered,
             dropped,
         )

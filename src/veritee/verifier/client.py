@@ -70,6 +70,15 @@ class VerifierClient:
     def discovery(self) -> dict[str, Any]:
         return dict(self._request("GET", WELL_KNOWN).json())
 
+    def provisioning_generation(self) -> int | None:
+        """The verifier's provisioning generation (grows with every change), from /health;
+        None from a verifier that does not say (Veraison's own)."""
+        try:
+            value = self._request("GET", "/health").json().get("provisioning_generation")
+        except (ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """The verifier's EAR key, from its discovery document."""
         return ear.public_key_from_jwk(self.discovery()["ear-verification-key"])

@@ -509,10 +509,13 @@ def _install_verification_routes(app: FastAPI, v: Verifier) -> None:
     @app.get("/health")
     async def health() -> Response:
         try:
-            await v.in_store(v.store.ping)
+            generation = await v.in_store(v.store.generation)
         except StoreError as err:
             return _json({"status": "unavailable", "detail": str(err)}, 503)
-        return _json({"status": "ok", "pid": os.getpid(), "version": v.verifier_id.build}, 200)
+        # The provisioning generation grows with every provisioning change (a revocation, a
+        # withdrawn reference value, a policy): watchers re-attest when it moves.
+        body = {"status": "ok", "pid": os.getpid(), "version": v.verifier_id.build}
+        return _json({**body, "provisioning_generation": generation}, 200)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
