@@ -115,6 +115,7 @@ LAZY_COMMANDS = {
         ("node", "deploy", "status", "call", "output", "request", "update", "add", "disable"),
         "app",
     ),
+    "dashboard": "dashboard",
     "device": "device",
     "tee": "device",
     "evidence": "evidence",
