@@ -211,6 +211,8 @@ def test_the_page_shows_the_deployment_and_the_drop_a_replay_causes(
         _until(lambda: replays() == before + 1, "the replayed event's drop")
         assert "replay" in _cell(browser, "modules", "button_driver", "dropped")
 
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1500, int(height) + 120)  # the whole page in the picture
         shot = _artifacts(tmp_path) / "dashboard.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000

@@ -57,7 +57,7 @@ PROBE_TIMEOUT = 3.0  # a node's or the verifier's /health and /metrics; slower i
 # a hostile agent cannot make the page (or this server) hold megabytes per poll.
 MAX_TEXT = 2000
 MAX_ITEMS = 200
-MAX_DEPTH = 8
+MAX_DEPTH = 16  # the view itself nests 9 deep (a module's trust vector claims)
 MAX_PROBE_BYTES = 1024 * 1024  # a /metrics page of a node with thousands of connections
 RECENT_SESSIONS = 20  # the verifier's latest sessions shown (with its token)
 KEY_BYTES = 32  # the page's key: guessing it is out of reach

@@ -74,14 +74,16 @@ function trust(t) {
     return box;
   }
   for (const [name, sub] of Object.entries(t.submods || {})) {
-    box.appendChild(el("div", `${name}: ${text(sub && sub.status)}`, tone(sub && sub.status)));
+    const line = el("div", undefined, "submod");
+    line.appendChild(el("span", `${name}: ${text(sub && sub.status)}`, tone(sub && sub.status)));
     const list = el("ul", undefined, "claims");
     for (const c of (sub && Array.isArray(sub.claims)) ? sub.claims : []) {
       const item = el("li", `${text(c.claim)} ${text(c.code)} (${text(c.tier)})`);
       item.title = text(c.meaning);
       list.appendChild(item);
     }
-    box.appendChild(list);
+    line.appendChild(list);
+    box.appendChild(line);
   }
   return box;
 }
