@@ -62,13 +62,14 @@ def dashboard(
     attestation status and the EAR's trust vector, the connections with their event
     counts and drops by reason, and the appraisals, refreshed every second from the
     same node agents and verifier 'veritee status' reads. The URL carries a random
-    key (after '#'): the page's data answers only to it. Ctrl-C stops.
+    key (after '#'): the page's data answers only to it. With the verifier's token
+    (--verifier-token-file STATE/admin-token) it lists the verifier's recent sessions
+    too. Ctrl-C stops.
 
     \b
     Examples:
-      veritee dashboard
-      veritee dashboard --state app-state.json --port 0
-      veritee dashboard --verifier-token-file /var/lib/veritee/verifier/admin-token
+      veritee dashboard                 # ./veritee-deployment.json, on port 7300
+      veritee dashboard --port 0        # any free port: the printed URL says which
     """
     from veritee.app import state as state_mod
     from veritee.app.dashboard import Dashboard, View, serve
