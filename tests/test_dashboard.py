@@ -202,13 +202,16 @@ def test_the_page_shows_the_deployment_and_the_drop_a_replay_causes(
             return 0
 
         before = replays()
+        polls = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-polls"))
         dep, tool = home.tool()
         event = tool.seal(dep.connection("trigger-btn"), b"press")
         state_mod.save(home.state, dep)
         with home.node("home-hub") as hub:
             assert hub.submit(event, wait=True).get("dropped") is None
             assert hub.submit(event, wait=True)["dropped"] == "replay"
+        started = time.monotonic()
         _until(lambda: replays() == before + 1, "the replayed event's drop")
+        shown_after = time.monotonic() - started
         assert "replay" in _cell(browser, "modules", "button_driver", "dropped")
 
         height = browser.execute_script("return document.documentElement.scrollHeight")
@@ -217,6 +220,24 @@ def test_the_page_shows_the_deployment_and_the_drop_a_replay_causes(
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         print(f"\ndashboard screenshot: {shot}")
+        done = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-polls"))
+        took = f"{shown_after:.2f} s, {done - polls} polls"
+        print(f"the drop was on the page {took} after the replay")
+
+
+def test_a_node_agent_that_stops_is_shown_down_and_the_rest_still_is(
+    home: SmartHome, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    with _dashboard(home.state) as dash:
+        browser.get(dash.url)
+        _until(lambda: _cell(browser, "nodes", "home-server", "up") == "up", "the node up")
+        home.cluster.stop_node("home-server")  # the last test of this deployment
+        _until(lambda: _cell(browser, "nodes", "home-server", "up") == "down", "the node down")
+        assert _cell(browser, "nodes", "home-hub", "up") == "up"
+        assert "1/2 node agents up" in browser.find_element(By.ID, "summary").text
+        assert _cell(browser, "modules", "button_driver", "status") == "connected"
 
 
 # -- a hostile node agent ---------------------------------------------------------------------
