@@ -289,6 +289,10 @@ class _HostileAgent(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         answer = self.answers.get(self.path.partition("?")[0], {"error": MARKUP})
+        if callable(answer):
+            with contextlib.suppress(OSError):  # until the dashboard hangs up
+                answer(self)
+            return
         media_type, body = (
             answer if isinstance(answer, tuple) else ("application/cbor", cbor2.dumps(answer))
         )
@@ -302,6 +306,7 @@ class _HostileAgent(BaseHTTPRequestHandler):
 def _serve_hostile(answers: dict[str, Any]) -> ThreadingHTTPServer:
     handler = type("Agent", (_HostileAgent,), {"answers": answers})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -374,6 +379,65 @@ def test_a_hostile_node_agent_cannot_script_the_page_or_break_the_dashboard(
         assert _cell(browser, "nodes", "broken", "up") == "up"
         assert browser.find_element(By.ID, "problem").text == ""
         assert dash.process.poll() is None
+
+
+def _flood(agent: BaseHTTPRequestHandler) -> None:
+    """A status answer that never ends, as fast as the socket takes it."""
+    agent.send_response(200)
+    agent.send_header("Content-Type", "application/cbor")
+    agent.end_headers()
+    chunk = b"\x00" * (1024 * 1024)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        agent.wfile.write(chunk)
+
+
+def _trickle(agent: BaseHTTPRequestHandler) -> None:
+    """A status answer of one byte every half second, so each read is in time."""
+    agent.send_response(200)
+    agent.send_header("Content-Type", "application/cbor")
+    agent.end_headers()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        agent.wfile.write(b"\xa0")
+        agent.wfile.flush()
+        time.sleep(0.5)
+
+
+def test_a_node_agent_that_floods_or_trickles_its_answer_stalls_nothing(tmp_path: Path) -> None:
+    status_paths = (f"/v1/apps/{HOSTILE_APP}/status", "/v1/status", "/health", "/metrics")
+    servers = {
+        "flood": _serve_hostile(dict.fromkeys(status_paths, _flood)),
+        "trickle": _serve_hostile(dict.fromkeys(status_paths, _trickle)),
+        "fine": _serve_hostile({"/v1/status": _hostile_status()}),
+    }
+    dep = state_mod.Deployment(app=HOSTILE_APP, descriptor="hostile.json")
+    for name, server in servers.items():
+        dep.nodes[name] = state_mod.NodeState(name, "127.0.0.1", server.server_address[1])
+    dep.modules["counter"] = state_mod.ModuleState("counter", "fine", "c.wasm", status="connected")
+    state = tmp_path / "state.json"
+    state_mod.save(state, dep)
+    try:
+        with _dashboard(state) as dash:
+            started = time.monotonic()
+            view = httpx.get(
+                f"{dash.base}/api/view",
+                headers={"Authorization": f"Bearer {dash.key}"},
+                timeout=60,
+            ).json()
+            took = time.monotonic() - started
+            nodes = {n["name"]: n for n in view["nodes"]}
+            # Each is cut off, by size or by time, well within a poll's bound.
+            assert took < 20, took
+            assert not nodes["flood"]["up"] and "bytes" in nodes["flood"]["error"]
+            assert not nodes["trickle"]["up"] and "to answer" in nodes["trickle"]["error"]
+            assert not nodes["flood"]["health"]["ok"] and not nodes["trickle"]["health"]["ok"]
+            assert nodes["fine"]["up"]
+            assert view["modules"][0]["dropped"] == {MARKUP: 5}
+            print(f"\nthe view with a flooding and a trickling node took {took:.1f} s")
+    finally:
+        for server in servers.values():
+            server.shutdown()
 
 
 # -- who may read it --------------------------------------------------------------------------

@@ -100,7 +100,9 @@ def bounded(value: Any, depth: int = 0) -> Any:
 
 
 def _get(client: httpx.Client, url: str) -> tuple[int, bytes] | str:
-    """(status, body) of a GET, at most MAX_PROBE_BYTES of it; or why it failed."""
+    """(status, body) of a GET, at most MAX_PROBE_BYTES of it and whole within PROBE_TIMEOUT
+    (a trickle keeps each read in time); or why it failed."""
+    deadline = time.monotonic() + PROBE_TIMEOUT
     try:
         with client.stream("GET", url) as response:
             body = bytearray()
@@ -108,6 +110,8 @@ def _get(client: httpx.Client, url: str) -> tuple[int, bytes] | str:
                 body += chunk
                 if len(body) > MAX_PROBE_BYTES:
                     return f"{url} answered over {MAX_PROBE_BYTES} bytes"
+                if time.monotonic() > deadline:
+                    return f"{url} took over {PROBE_TIMEOUT:g} s to answer"
             return response.status_code, bytes(body)
     except httpx.HTTPError as exc:
         return f"{url} did not answer: {exc or type(exc).__name__}"
@@ -123,7 +127,7 @@ def _health(client: httpx.Client, base: str) -> dict[str, Any]:
     except ValueError:
         answer = None
     detail = answer.get("status") if isinstance(answer, dict) else None
-    return {"ok": status == 200, "detail": detail or f"HTTP {status}"}
+    return {"ok": status == 200 and detail == "ok", "detail": detail or f"HTTP {status}"}
 
 
 def _samples(client: httpx.Client, base: str, name: str) -> list[tuple[dict[str, str], float]]:
