@@ -355,7 +355,7 @@ def hostile(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_hostile_node_agent_cannot_script_the_page_or_break_the_dashboard(
-    hostile: Path, browser: Any
+    hostile: Path, browser: Any, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
 
@@ -379,6 +379,9 @@ def test_a_hostile_node_agent_cannot_script_the_page_or_break_the_dashboard(
         assert _cell(browser, "nodes", "broken", "up") == "up"
         assert browser.find_element(By.ID, "problem").text == ""
         assert dash.process.poll() is None
+        shot = _artifacts(tmp_path) / "dashboard-hostile-node.png"
+        browser.save_screenshot(str(shot))
+        print(f"\nthe page a hostile node agent answered for: {shot}")
 
 
 def _flood(agent: BaseHTTPRequestHandler) -> None:

@@ -127,7 +127,9 @@ def _health(client: httpx.Client, base: str) -> dict[str, Any]:
     except ValueError:
         answer = None
     detail = answer.get("status") if isinstance(answer, dict) else None
-    return {"ok": status == 200 and detail == "ok", "detail": detail or f"HTTP {status}"}
+    if not isinstance(detail, str):
+        detail = f"HTTP {status}" + (", not a health answer" if status == 200 else "")
+    return {"ok": status == 200 and detail == "ok", "detail": detail}
 
 
 def _samples(client: httpx.Client, base: str, name: str) -> list[tuple[dict[str, str], float]]:
