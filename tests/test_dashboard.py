@@ -54,23 +54,28 @@ class Running:
 
 
 @contextlib.contextmanager
-def _dashboard(state: Path, *args: str) -> Iterator[Running]:
+def _dashboard(state: Path, *args: str, home: Path | None = None) -> Iterator[Running]:
+    env = {**os.environ, **({"VERITEE_HOME": str(home)} if home else {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "veritee", "dashboard", "--state", str(state), "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()  # the URL, once it listens
-        assert line.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+        assert line.startswith(("http://127.0.0.1:", "https://127.0.0.1:")), (
+            proc.stderr.read() if proc.stderr else ""
+        )
         yield Running(line, proc)
         assert proc.poll() is None, "the dashboard exited while in use"
     finally:
         proc.terminate()
-        proc.wait(10)
+        _, err = proc.communicate(timeout=10)
+    assert "Traceback" not in err, err  # whatever it was sent, never one
 
 
 @pytest.fixture(scope="module")
@@ -471,6 +476,36 @@ def test_the_view_needs_the_urls_key_and_its_own_host_name(hostile: Path) -> Non
         assert httpx.post(view, headers=good, timeout=30).status_code == 405
         named = {**good, "Host": f"localhost:{port}"}  # the loopback names are its own
         assert httpx.get(view, headers=named, timeout=30).status_code == 200
+
+
+def test_off_loopback_it_serves_only_https(hostile: Path, tmp_path: Path) -> None:
+    import ssl
+
+    # Plain HTTP on a network address would carry the key and the view in clear.
+    plain = subprocess.run(
+        [sys.executable, "-m", "veritee", "dashboard", "--state", str(hostile), "--host", "::"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert "TLS" in plain.stderr and "SSH tunnel" in plain.stderr
+    with _dashboard(hostile, "--tls-self-signed", home=tmp_path / "home") as dash:
+        assert dash.url.startswith("https://127.0.0.1:")
+        cert = tmp_path / "home" / "dashboard" / "tls" / "self-signed.pem"
+        pinned = ssl.create_default_context(cafile=str(cert))
+        view = httpx.get(
+            f"{dash.base}/api/view",
+            headers={"Authorization": f"Bearer {dash.key}"},
+            verify=pinned,
+            timeout=30,
+        )
+        assert view.status_code == 200 and view.json()["app"] == HOSTILE_APP
+        with pytest.raises(httpx.HTTPError):  # plain HTTP to it gets nothing
+            httpx.get(dash.base.replace("https://", "http://") + "/health", timeout=10)
+        assert httpx.get(f"{dash.base}/health", verify=pinned, timeout=30).is_success
+        assert dash.process.poll() is None
 
 
 def test_without_a_deployment_it_says_so_in_one_line(tmp_path: Path) -> None:

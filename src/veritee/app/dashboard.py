@@ -42,8 +42,8 @@ import httpx
 from veritee.app import state as state_mod
 from veritee.app.errors import StateError
 from veritee.app.status import collect
-from veritee.errors import Error
-from veritee.servicetls import client_verify
+from veritee.errors import Error, UsageError
+from veritee.servicetls import ServerTls, client_verify
 
 log = logging.getLogger("veritee.dashboard")
 
@@ -301,13 +301,31 @@ class Dashboard(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, view: View, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+    def __init__(
+        self,
+        view: View,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        tls: ServerTls | None = None,
+    ) -> None:
+        if tls is None and not _loopback(host):
+            raise UsageError(
+                f"serving the dashboard on {host} over plain HTTP would send its key and the "
+                "deployment's view in clear: serve TLS (--tls-cert/--tls-key or "
+                "--tls-self-signed), or keep it on loopback and reach it through an SSH tunnel"
+            )
         super().__init__((host, port), _Handler)
+        if tls is not None:
+            # The handshake runs in each request's thread, on its first read: a client that
+            # never finishes one holds up only its own thread, not the accept loop.
+            self.socket = tls.context().wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.view = view
         self.key = secrets.token_urlsafe(KEY_BYTES)
         bound = self.server_address[1]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}/#key={self.key}"
+        self.url = f"{'https' if tls else 'http'}://{shown}:{bound}/#key={self.key}"
         # On loopback only these names reach us honestly; another one is a page of another
         # site whose name was rebound to 127.0.0.1 (DNS rebinding).
         self.hosts: frozenset[str] | None = (
@@ -315,6 +333,11 @@ class Dashboard(ThreadingHTTPServer):
             if _loopback(host)
             else None
         )
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up, or spoke plain HTTP to HTTPS: its request fails, and only
+        # a debug line says so (socketserver would print a traceback on stderr).
+        log.debug("request from %s failed", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -387,14 +410,14 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
+    tls: ServerTls | None = None,
     on_ready: Callable[[Dashboard], None] | None = None,
 ) -> None:
-    """Serve until interrupted; ``on_ready`` is called once it listens."""
+    """Serve until interrupted; ``on_ready`` is called once it listens. Off loopback only
+    with ``tls`` (UsageError otherwise)."""
     try:
-        server = Dashboard(view, host, port)
+        server = Dashboard(view, host, port, tls)
     except OSError as exc:
-        from veritee.errors import UsageError
-
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     with server:
         if on_ready is not None:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
+from veritee.cli._tls import server_options as tls_options
+from veritee.cli._tls import server_tls
 from veritee.errors import UsageError
+from veritee.home import Home
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 TOKEN_ENV = "VERITEE_VERIFIER_TOKEN"  # as the verifier's own commands read it
@@ -49,12 +52,19 @@ def register(cli: click.Group) -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Read the verifier's provisioning token from this file (e.g. STATE/admin-token).",
 )
+@tls_options
+@click.pass_obj
 def dashboard(
+    home: Home,
     state_path: Path | None,
     host: str,
     port: int,
     verifier_token: str | None,
     verifier_token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_self_signed: bool,
+    tls_client_ca: Path | None,
 ) -> None:
     """Serve a live dashboard of a deployment; print the URL to open.
 
@@ -62,7 +72,8 @@ def dashboard(
     attestation status and the EAR's trust vector, the connections with their event
     counts and drops by reason, and the appraisals, refreshed every second from the
     same node agents and verifier 'veritee status' reads. The URL carries a random
-    key (after '#'): the page's data answers only to it. With the verifier's token
+    key (after '#'): the page's data answers only to it. Off loopback it serves only
+    HTTPS (--tls-cert/--tls-key, or --tls-self-signed). With the verifier's token
     (--verifier-token-file STATE/admin-token) it lists the verifier's recent sessions
     too. Ctrl-C stops.
 
@@ -80,6 +91,9 @@ def dashboard(
             raise UsageError(f"{verifier_token_file} is empty")
     path = state_path or state_mod.default_path()
     state_mod.load(path)  # no deployment: one line now, not a page that only says so
+    tls = server_tls(
+        tls_cert, tls_key, tls_self_signed, tls_client_ca, state=home.root / "dashboard", host=host
+    )
 
     def ready(server: Dashboard) -> None:
         click.echo(server.url)
@@ -88,4 +102,5 @@ def dashboard(
             err=True,
         )
 
-    serve(View(path, verifier_token=verifier_token), host=host, port=port, on_ready=ready)
+    view = View(path, verifier_token=verifier_token)
+    serve(view, host=host, port=port, tls=tls, on_ready=ready)
