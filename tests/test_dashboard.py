@@ -185,6 +185,7 @@ def test_the_page_shows_the_deployment_and_the_drop_a_replay_causes(
         assert "executables 2 (affirming)" in modules, modules
         summary = browser.find_element(By.ID, "summary").text
         assert "5/5 modules connected" in summary and "2/2 node agents up" in summary
+        assert "no deployment key" not in summary
         # The verifier's appraisals: the deploy's, and the sessions its token lists.
         appraisals = browser.find_element(By.ID, "appraisals").text
         for name, m in dep.modules.items():
@@ -380,6 +381,8 @@ def test_a_hostile_node_agent_cannot_script_the_page_or_break_the_dashboard(
         assert _cell(browser, "nodes", "evil", "agent-drops") == f"{MARKUP} 7"
         assert _cell(browser, "connections", MARKUP, "dropped") == f"{MARKUP} 2"
         assert _cell(browser, "modules", MARKUP, "status") == MARKUP
+        # This state file has no keys file beside it: the page says what that hides.
+        assert "no deployment key" in browser.find_element(By.ID, "summary").text
         # The agent with wrong types is shown as up with nothing to show; the page lives on.
         assert _cell(browser, "nodes", "broken", "up") == "up"
         assert browser.find_element(By.ID, "problem").text == ""

@@ -199,6 +199,7 @@ class View:
             ),
             key=lambda a: -float(a.get("at") or 0),
         )
+        out["owner"] = key is not None  # without the app's key, no module's live counts
         out["at"] = time.time()
         out["poll"] = POLL_SECONDS
         return out

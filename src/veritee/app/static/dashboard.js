@@ -97,7 +97,10 @@ function render(view) {
   const v = view.verifier || {};
   document.getElementById("summary").textContent =
     `${ok}/${modules.length} modules connected · ${up}/${nodes.length} node agents up · ` +
-    `attested via ${v.url ? text(v.url) : "local appraisal"}`;
+    `attested via ${v.url ? text(v.url) : "local appraisal"}` +
+    (view.owner === false
+      ? " · no deployment key beside the state file: modules' live counts are not shown"
+      : "");
 
   fill("nodes", nodes, (tb, n) => row(tb, n.name, [
     { value: n.name },
