@@ -6,6 +6,7 @@ client is given it: the deployer's and the user's tool's always are.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,6 +21,10 @@ from veritee.servicetls import client_verify
 
 CBOR = "application/cbor"
 TIMEOUT = 30.0  # a module's time budget per event is 10 s by default
+# A node's status is modules' counters and a few log lines each: kilobytes. An answer past
+# this, or one still arriving after its timeout (a byte at a time keeps each read in time),
+# is a node agent trying to stall or fill whoever watches it (status, the dashboard).
+MAX_STATUS_BYTES = 8 * 1024 * 1024
 LOAD_TIMEOUT = 180.0  # compiling a large module ahead of time takes a while the first time
 
 
@@ -60,7 +65,10 @@ class NodeClient:
         params: dict[str, str] | None = None,
         timeout: float | None = None,
         sign_for: str | None = None,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
+        """The CBOR map a node answers. With ``max_bytes``, an answer bigger than that, or
+        not whole within the timeout, is refused (NodeError) rather than read on."""
         content = None if body is None else bytes(cbor2.dumps(body))
         headers = {"Content-Type": CBOR} if content is not None else {}
         if params:
@@ -78,13 +86,17 @@ class NodeClient:
         if timeout is not None:
             kwargs["timeout"] = timeout
         try:
-            response = self._http.request(method, path, **kwargs)
+            if max_bytes is None:
+                response = self._http.request(method, path, **kwargs)
+                content = response.content
+            else:
+                response, content = self._bounded(method, path, max_bytes, kwargs)
         except httpx.HTTPError as exc:
             raise NodeUnreachable(
                 f"node {self.name} ({self.url}) did not answer: {exc or type(exc).__name__}"
             ) from None
         try:
-            value = cbor2.loads(response.content) if response.content else {}
+            value = cbor2.loads(content) if content else {}
         except (cbor2.CBORDecodeError, ValueError):
             value = None
         if not isinstance(value, dict):
@@ -96,6 +108,21 @@ class NodeClient:
             raise NodeError(message)
         return value
 
+    def _bounded(
+        self, method: str, path: str, max_bytes: int, kwargs: dict[str, Any]
+    ) -> tuple[httpx.Response, bytes]:
+        timeout = kwargs.get("timeout", self._http.timeout.read or TIMEOUT)
+        deadline = time.monotonic() + float(timeout)
+        with self._http.stream(method, path, **kwargs) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise NodeError(f"node {self.name} answered over {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise NodeError(f"node {self.name} took over {timeout:g} s to answer")
+        return response, bytes(body)
+
     # -- deployer -------------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -104,8 +131,8 @@ class NodeClient:
     def status(self) -> dict[str, Any]:
         """The node's view; with the app's key, of that app too (``["apps"][app]``)."""
         if self._key is not None and self.app is not None:
-            return self._call("GET", f"/v1/apps/{self.app}/status")
-        return self._call("GET", "/v1/status")
+            return self._call("GET", f"/v1/apps/{self.app}/status", max_bytes=MAX_STATUS_BYTES)
+        return self._call("GET", "/v1/status", max_bytes=MAX_STATUS_BYTES)
 
     def configure(self, app: str, node: str, peers: dict[str, tuple[str, int]]) -> None:
         """Name this node in ``app``; signed for the agent's own id (from /v1/info), since

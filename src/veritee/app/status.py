@@ -29,6 +29,19 @@ def _node_status(
         return str(exc)
 
 
+def _map(value: Any) -> dict[Any, Any]:
+    """``value`` if it is a map, else an empty one: a node agent's answer is its own to
+    shape, and a hostile one must not crash the status (or the dashboard) by a wrong type."""
+    return value if isinstance(value, dict) else {}
+
+
+def _counts(value: Any) -> dict[str, int]:
+    """A map of counts from a node agent's answer, keeping only integer counts."""
+    return {
+        str(k): v for k, v in _map(value).items() if isinstance(v, int) and not isinstance(v, bool)
+    }
+
+
 def collect(dep: Deployment, key: ec.EllipticCurvePrivateKey | None = None) -> dict[str, Any]:
     """Everything ``veritee status`` shows, as plain JSON-able values. ``key``: the app's
     deployment key, without which a node shows nothing of the app's modules."""
@@ -43,8 +56,9 @@ def collect(dep: Deployment, key: ec.EllipticCurvePrivateKey | None = None) -> d
     for name, node in dep.nodes.items():
         view = live[name]
         up = isinstance(view, dict)
-        app_view = view.get("apps", {}).get(dep.app, {}) if isinstance(view, dict) else {}
-        links = view.get("links", {}) if isinstance(view, dict) else {}
+        answer = _map(view)
+        app_view = _map(_map(answer.get("apps")).get(dep.app))
+        links = {str(k): _map(v) for k, v in _map(answer.get("links")).items()}
         nodes.append(
             {
                 "name": name,
@@ -52,23 +66,24 @@ def collect(dep: Deployment, key: ec.EllipticCurvePrivateKey | None = None) -> d
                 "up": up,
                 "error": None if up else view,
                 "events": node.events,
-                "queued": sum(int(v.get("queued", 0)) for v in links.values()),
+                "queued": sum(_counts(v).get("queued", 0) for v in links.values()),
                 "links": links,
-                "agent_drops": view.get("counters", {}) if isinstance(view, dict) else {},
+                "agent_drops": _counts(answer.get("counters")),
             }
         )
-        for hosted in app_view.get("modules", {}).values():
-            for conn in hosted.get("tee", {}).get("connections", []):
-                conn_hex = conn["conn"].hex() if isinstance(conn["conn"], bytes) else ""
-                per_conn.setdefault(conn_hex, Counter()).update(conn.get("dropped", {}))
+        for hosted in _map(app_view.get("modules")).values():
+            connections = _map(_map(hosted).get("tee")).get("connections")
+            for conn in connections if isinstance(connections, list) else []:
+                conn_id = _map(conn).get("conn")
+                conn_hex = conn_id.hex() if isinstance(conn_id, bytes) else ""
+                per_conn.setdefault(conn_hex, Counter()).update(_counts(_map(conn).get("dropped")))
     for m in dep.modules.values():
-        node_view = live.get(m.node)
-        mview = (
-            node_view.get("apps", {}).get(dep.app, {}).get("modules", {}).get(m.name, {})
-            if isinstance(node_view, dict)
-            else {}
+        node_view = _map(live.get(m.node))
+        mview = _map(
+            _map(_map(_map(node_view.get("apps")).get(dep.app)).get("modules")).get(m.name)
         )
-        tee = mview.get("tee", {})
+        tee = _map(mview.get("tee"))
+        log = mview.get("log")
         modules.append(
             {
                 "name": m.name,
@@ -80,11 +95,11 @@ def collect(dep: Deployment, key: ec.EllipticCurvePrivateKey | None = None) -> d
                 "running": bool(tee.get("running")) if mview else None,
                 # Events and public calls the module took since its agent (re)started.
                 "delivered": mview.get("delivered"),
-                "dropped": tee.get("dropped", {}),
+                "dropped": _counts(tee.get("dropped")),
                 "inbox": mview.get("inbox"),
                 "loads": mview.get("loads"),
                 "failed": mview.get("failed"),
-                "log": mview.get("log", []),
+                "log": log if isinstance(log, list) else [],
             }
         )
     connections = []

@@ -108,6 +108,7 @@ LAZY_COMMANDS = {
         ),
         "app",
     ),
+    "dashboard": "dashboard",
     "device": "device",
     "tee": "device",
     "evidence": "evidence",
