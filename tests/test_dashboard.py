@@ -120,12 +120,20 @@ def _until(check: Callable[[], Any], what: str, timeout: float = PAGE_TIMEOUT) -
 
 
 def _cell(driver: Any, table: str, name: str, field: str) -> str:
+    """A cell's text; the page re-renders its tables at every poll, so a row found may be
+    replaced before it is read: then read the new one."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr"):
-        if row.get_attribute("data-name") == name:
-            return str(row.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]').text)
-    return ""
+    for _ in range(20):
+        try:
+            for row in driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr"):
+                if row.get_attribute("data-name") == name:
+                    return str(row.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]').text)
+            return ""
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"the {table} table kept changing under the test")
 
 
 def _artifacts(tmp_path: Path) -> Path:
