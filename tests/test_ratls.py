@@ -1,13 +1,16 @@
 """Attested TLS between real processes on loopback: the module server (`veritee ratls serve`),
-relying parties through the API, the CLI and openssl, mutual attestation, and the attacks."""
+relying parties through the API, the CLI, openssl s_client and Python's ssl (the challenge in
+the server name), mutual attestation, and the attacks."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee import ratls
@@ -26,18 +32,21 @@ from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
 from veritee.evidence.errors import MeasurementNotEndorsed
 from veritee.ratls.channel import AttestedConnection, dial
 from veritee.tee.ta import WasmSession
-from veritee.tls import certificate
+from veritee.tls import certificate, verify, wire
 from veritee.tls.engine import Engine, Identity
 from veritee.tls.errors import (
     CertificateExpired,
     ExporterMismatch,
     KeyNotBound,
+    MalformedExtension,
+    NoEvidence,
     PeerRefused,
     StaleChallenge,
 )
 from veritee.tls.verify import Freshness
 from veritee.wasm.runtime import measure
 
+from ._certs import duplicate_extension
 from .conftest import REPO, Device
 
 START_BOUND = 60  # seconds for a server process to listen; generous, catches a hang only
@@ -213,9 +222,124 @@ def test_openssl_s_client_sees_a_valid_tls_server(device: Device, server: Server
     shown = device.cli("ratls", "show", "-", "--json", input=proc.stdout + raw_frame)
     assert shown.returncode == 0, shown.stderr
     info = json.loads(shown.stdout)
-    assert info["evidence_in"] == ["veritee", "dice"] and info["binds_this_key"] is True
+    assert info["evidence_in"] == ["dice"] and info["binds_this_key"] is True
+    assert info["format"].startswith("TCG DICE conceptual message wrapper")
     assert info["freshness"].startswith("no challenge")
     assert info["claims"]["module"]["measurement"] == server.measurement.hex()
+
+
+def _first_certificate(text: str) -> bytes:
+    """The first PEM certificate in s_client's output, as DER (parsed by cryptography)."""
+    found = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
+    assert found, text
+    cert = x509.load_pem_x509_certificate(found.group(0).encode())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _evidence_by_hand(der: bytes) -> bytes:
+    """The evidence, read with cryptography and cbor2 alone: the DICE CMW record."""
+    ext = x509.load_der_x509_certificate(der).extensions.get_extension_for_oid(
+        x509.ObjectIdentifier("2.23.133.5.4.9")
+    )
+    assert isinstance(ext.value, x509.UnrecognizedExtension) and not ext.critical
+    media_type, evidence = cbor2.loads(ext.value.value)
+    assert media_type == "application/vnd.veritee.evidence+cbor"
+    assert isinstance(evidence, bytes)
+    return evidence
+
+
+def test_openssl_s_client_with_a_challenge_gets_evidence_over_it(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    challenge = bytes(range(100, 132))
+    name = wire.challenge_name(challenge)
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", server.address, "-servername", name, "-showcerts"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    out = proc.stdout.decode("utf-8", "replace")
+    assert proc.returncode == 0, proc.stderr
+    assert "New, TLSv1.3, Cipher is" in out
+    der = _first_certificate(out)
+    evidence = _evidence_by_hand(der)
+    # Veritee's own appraisal of what the plain client got: every check, over our challenge.
+    appraiser = _appraiser(device, modules["directory"])
+    peer = verify.appraise(
+        der, Freshness("challenge", challenge), appraiser.anchors, appraiser.refs
+    )
+    assert peer.measurement == server.measurement and peer.nonce == challenge
+    assert peer.endorsed_as == "directory"
+    assert verify.decode_unverified(evidence)[2].nonce == challenge
+    # The same certificate is no answer to any other challenge.
+    with pytest.raises(StaleChallenge, match="replayed from an earlier connection"):
+        verify.appraise(der, Freshness("challenge", bytes(32)), appraiser.anchors, appraiser.refs)
+    # ... and the CLI says so too, from s_client's output.
+    shown = device.cli("ratls", "show", "-", "--json", input=proc.stdout)
+    info = json.loads(shown.stdout)
+    assert info["freshness"] == f"over the challenge {challenge.hex()}"
+
+
+def test_python_ssl_client_with_a_challenge_is_served(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    challenge = bytes(range(64))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # self-signed by design: the evidence vouches for it
+    with (
+        socket.create_connection((server.host, server.port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=wire.challenge_name(challenge)) as tls,
+    ):
+        assert tls.version() == "TLSv1.3"
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        appraiser = _appraiser(device, modules["directory"])
+        peer = verify.appraise(
+            der, Freshness("challenge", challenge), appraiser.anchors, appraiser.refs
+        )
+        assert peer.measurement == server.measurement
+        assert _evidence_by_hand(der)
+        # Only now, attested: one DATA frame out, one back.
+        tls.sendall(wire.frame(wire.FRAME_DATA, b"carol\n"))
+        reader, frames = wire.FrameReader(), []
+        while not frames:
+            chunk = tls.recv(65536)
+            assert chunk, "the module server closed without answering"
+            frames = reader.feed(chunk)
+    assert frames[0] == (wire.FRAME_DATA, b"carol: room 1.01, ext 1101, facilities\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("zz.challenge.veritee", "must be hex labels"),
+        ("0011.challenge.veritee", "is 2 bytes; 8 to 64"),
+    ],
+)
+def test_a_bad_challenge_in_the_server_name_is_refused_by_name(
+    server: Server, name: str, reason: str
+) -> None:
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", server.address, "-servername", name],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode != 0 and b"BEGIN CERTIFICATE" not in proc.stdout
+    assert b"alert handshake failure" in proc.stderr, proc.stderr
+    deadline = time.monotonic() + 10
+    while (
+        "refused: MalformedChallenge: the challenge in the TLS server name"
+        not in (log := server.output())
+        or reason not in log
+    ):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
+    assert "Traceback" not in log and server.proc.poll() is None
 
 
 def test_example_client_refuses_a_server_whose_measurement_differs(
@@ -275,11 +399,11 @@ def test_a_server_that_requires_attestation_refuses_a_plain_client(
 ) -> None:
     appraiser = _appraiser(device, modules["directory"])
     host, port = mutual_server.host, mutual_server.port
+    # No challenge reaches a client: an attested client's evidence follows the handshake over
+    # the exporter, in both modes, and a client that sends data instead is refused by name.
     with pytest.raises(PeerRefused) as caught, ratls.connect(host, port, appraiser, mode=mode) as c:
         c.request(b"alice")
-    assert ("requires client attestation" if mode == "challenge" else "NoEvidence") in str(
-        caught.value
-    )
+    assert "NoEvidence: the peer sent data before its evidence" in str(caught.value)
 
 
 def test_a_server_refuses_a_client_module_it_does_not_endorse(
@@ -339,7 +463,8 @@ def test_a_relying_server_admits_an_attested_client_module(
             )
         thread.join(timeout=30)
     assert got["request"] == b"dave"
-    assert got["peer"].module_name == "badge" and got["peer"].mode == mode
+    # A client's evidence is over the client exporter in either mode (no challenge reaches it).
+    assert got["peer"].module_name == "badge" and got["peer"].mode == "exporter"
     assert result.stdout == b"badge: dave: room 9.99\n" and result.server is None
 
 
@@ -529,21 +654,28 @@ def test_expired_certificate(device: Device, server: Server, modules: dict[str, 
     thread.join(timeout=10)
 
 
+def _rogue_cli(device: Device, identity: Identity, *args: str) -> str:
+    """The CLI's ``ratls connect`` against a rogue: it must refuse with exit 7 and one line."""
+    rogue, thread = _rogue(identity)
+    with rogue:
+        proc = device.cli("ratls", "connect", f"{rogue.address[0]}:{rogue.address[1]}", *args)
+    thread.join(timeout=10)
+    assert proc.returncode == 7, proc.stderr
+    return _no_traceback(proc)
+
+
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        (b"\xda\x56\x52\x41\x01\x59\xff\xff", "not valid CBOR"),  # truncated byte string
-        (b"\x00garbage", "holds no CBOR tag"),
+        (certificate.cmw_value(b"\xa4" * 40)[:-3], "not valid CBOR"),  # truncated
+        (b"\x00garbage", "no CMW record"),
+        (cbor2.dumps(["application/eat+cwt", b"\xd2\x84"]), "Veritee evidence is"),
+        (cbor2.dumps([10571, b"\xd9\x02\x3b"]), "CoAP content format 10571"),
+        (cbor2.dumps(cbor2.CBORTag(1668557429, b"ce")), "CMW CBOR tag (1668557429)"),
+        (certificate.cmw_value(b"evidence") + b"\x00", "trailing or odd bytes"),
     ],
 )
-def test_garbage_or_truncated_extension_is_a_clear_error(
-    device: Device, value: bytes, match: str
-) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-
-    from veritee.tls import wire
-
+def test_a_malformed_cmw_is_a_clear_error(device: Device, value: bytes, match: str) -> None:
     def certify(_nonce: bytes) -> bytes:
         name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "garbage")])
         now = dt.datetime.now(dt.UTC)
@@ -555,19 +687,51 @@ def test_garbage_or_truncated_extension_is_a_clear_error(
             .serial_number(7)
             .not_valid_before(now - dt.timedelta(minutes=1))
             .not_valid_after(now + dt.timedelta(minutes=10))
-            .add_extension(
-                x509.UnrecognizedExtension(wire.OID_DICE_TAGGED_EVIDENCE, value), critical=False
-            )
+            .add_extension(x509.UnrecognizedExtension(wire.OID_DICE_CMW, value), critical=False)
             .sign(ATTACKER, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.DER)
 
+    assert match in _rogue_cli(device, Identity(ATTACKER, certify=certify))
+
+
+def test_a_certificate_with_the_evidence_stripped_is_no_attested_endpoint(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # The host terminates TLS with its own key and a certificate without the extension (what a
+    # stripping proxy shows): a plain TLS server as far as TLS goes, no RA-TLS endpoint.
+    def certify(_nonce: bytes) -> bytes:
+        return certificate.build_plain(ATTACKER, name="directory", now=dt.datetime.now(dt.UTC))
+
+    text = _rogue_cli(device, Identity(ATTACKER, certify=certify))
+    assert "carries no evidence extension" in text
     rogue, thread = _rogue(Identity(ATTACKER, certify=certify))
-    with rogue:
-        proc = device.cli("ratls", "connect", f"{rogue.address[0]}:{rogue.address[1]}")
+    with rogue, pytest.raises(NoEvidence, match="not an attested endpoint"):
+        _victim(device, rogue, modules)
     thread.join(timeout=10)
-    assert proc.returncode == 7
-    assert match in _no_traceback(proc)
+
+
+@pytest.mark.parametrize("second", ["same", "other"])
+def test_a_certificate_with_the_evidence_extension_twice_is_refused(
+    device: Device, server: Server, modules: dict[str, Path], second: str
+) -> None:
+    # The real module's evidence over the victim's challenge, next to a second copy (the same,
+    # or other bytes a tool that reads the second one would see): neither copy counts.
+    upstream = _appraiser(device, modules["directory"])
+
+    def certify(victims_challenge: bytes) -> bytes:
+        cert, _ = _capture(server, upstream, "challenge", victims_challenge)
+        evidence = certificate.read(cert).evidence
+        assert evidence is not None
+        value = certificate.cmw_value(evidence)
+        return duplicate_extension(
+            ATTACKER, value, second=value if second == "same" else certificate.cmw_value(b"x")
+        )
+
+    rogue, thread = _rogue(Identity(ATTACKER, certify=certify))
+    with rogue, pytest.raises(MalformedExtension, match=r"2\.23\.133\.5\.4\.9 more than once"):
+        _victim(device, rogue, modules)
+    thread.join(timeout=10)
 
 
 def test_the_server_keeps_serving_after_garbage(
@@ -610,8 +774,8 @@ def test_the_server_keeps_serving_after_garbage(
     assert mutual_server.proc.poll() is None
     log = mutual_server.output()
     assert "Traceback" not in log
-    assert "refused: ProtocolViolation: the stream starts with neither" in log
-    assert "refused: ProtocolViolation: hello challenge is 3 bytes" in log
+    assert "refused: HandshakeFailed: TLS handshake failed: http request" in log
+    assert "refused: ProtocolViolation: the stream starts with the pre-handshake hello" in log
     assert "refused: MalformedToken" in log
 
 
