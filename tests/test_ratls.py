@@ -4,6 +4,7 @@ the server name), mutual attestation, and the attacks."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -37,6 +38,7 @@ from veritee.tls.engine import Engine, Identity
 from veritee.tls.errors import (
     CertificateExpired,
     ExporterMismatch,
+    HandshakeFailed,
     KeyNotBound,
     MalformedExtension,
     NoEvidence,
@@ -280,6 +282,72 @@ def test_openssl_s_client_with_a_challenge_gets_evidence_over_it(
     shown = device.cli("ratls", "show", "-", "--json", input=proc.stdout)
     info = json.loads(shown.stdout)
     assert info["freshness"] == f"over the challenge {challenge.hex()}"
+
+
+def test_the_cli_makes_a_challenge_and_appraises_what_s_client_got(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    made = device.cli("ratls", "challenge")
+    assert made.returncode == 0, made.stderr
+    name = made.stdout.decode().strip()
+    challenge = wire.parse_server_name(name.encode())
+    assert challenge is not None and len(challenge) == wire.CHALLENGE_BYTES
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", server.address, "-servername", name],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    args = ("ratls", "show", "-", "--module", modules["directory"])
+    good = device.cli(*args, "--challenge", name, input=proc.stdout)
+    assert good.returncode == 0, good.stderr
+    assert b"certificate (verified: every check passed)" in good.stdout
+    assert b"[endorsed as directory" in good.stdout
+    as_hex = device.cli(*args, "--challenge", challenge.hex(), "--json", input=proc.stdout)
+    assert json.loads(as_hex.stdout)["verified"]["freshness"] == challenge.hex()
+    other = device.cli(*args, "--challenge", wire.challenge_name(bytes(32)), input=proc.stdout)
+    assert other.returncode == 7
+    assert "answers another challenge" in _no_traceback(other)
+    unendorsed = device.cli(
+        "ratls", "show", "-", "--challenge", name, "--module", modules["hello"], input=proc.stdout
+    )
+    assert (
+        unendorsed.returncode == 7
+        and "not among the reference values" in unendorsed.stderr.decode()
+    )
+    for bad in ("zz.challenge.veritee", "abcd"):
+        usage = device.cli(*args, "--challenge", bad, input=proc.stdout)
+        assert usage.returncode == 2 and "neither a challenge server name" in _no_traceback(usage)
+    assert device.cli("ratls", "show", "-", "--module", modules["directory"]).returncode == 2
+    routed = device.cli("ratls", "challenge", "--server-name", "db.example.com")
+    assert routed.stdout.decode().strip().endswith(".challenge.db.example.com")
+    bad_name = device.cli("ratls", "challenge", "--server-name", "no_such host")
+    assert bad_name.returncode == 2 and "not a DNS host name" in _no_traceback(bad_name)
+
+
+def test_connect_through_a_routing_name(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # What an SNI router in front of the server would route on: *.challenge.db.example.com.
+    for mode in ratls.MODES:
+        proc = device.cli(
+            "ratls",
+            "connect",
+            server.address,
+            "--mode",
+            mode,
+            "--server-name",
+            "db.example.com",
+            "--module",
+            modules["directory"],
+            "--send",
+            "bob",
+            "--json",
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["mode"] == mode
 
 
 def test_python_ssl_client_with_a_challenge_is_served(
@@ -547,6 +615,75 @@ def test_replayed_certificate_is_a_stale_challenge(
     thread.join(timeout=10)
 
 
+def test_a_reused_challenge_gets_new_evidence_and_no_freshness_of_its_own(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # As docs/ratls.md says: the server keeps no record of challenges and answers each
+    # ClientHello anew; freshness is the relying party's, who must not reuse a challenge.
+    appraiser = _appraiser(device, modules["directory"])
+    challenge = bytes(range(1, 33))
+    first, _ = _capture(server, appraiser, "challenge", challenge)
+    second, _ = _capture(server, appraiser, "challenge", challenge)
+    assert first != second  # a new certificate, with new evidence, each time
+    for der in (first, second):
+        peer = verify.appraise(
+            der, Freshness("challenge", challenge), appraiser.anchors, appraiser.refs
+        )
+        assert peer.nonce == challenge
+
+
+def _swapping_relay(
+    upstream: Server, old: bytes, new: bytes
+) -> tuple[socket.socket, threading.Thread]:
+    """An on-path attacker: relays one connection to ``upstream``, replacing ``old`` by ``new``
+    (same length) in what the client sends first, its ClientHello."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(src: socket.socket, dst: socket.socket, first: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if first:
+                    data, first = data.replace(old, new), False
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def run() -> None:
+        client, _ = listener.accept()
+        with client, socket.create_connection((upstream.host, upstream.port)) as server_side:
+            back = threading.Thread(target=pipe, args=(server_side, client, False), daemon=True)
+            back.start()
+            pipe(client, server_side, True)
+            back.join(timeout=10)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_an_on_path_attacker_who_swaps_the_challenge_breaks_the_handshake(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # The server name is in the clear, so a relay can swap the victim's challenge for one it
+    # holds evidence for, or just another: the module then answers that one, but the
+    # ClientHello is part of the handshake transcript the module signs, so the victim's TLS
+    # refuses the handshake before any appraisal.
+    mine, theirs = bytes(range(32)), bytes(range(32, 64))
+    recorder = Recorder(_appraiser(device, modules["directory"]), mine)
+    label = wire.challenge_name(mine).split(".")[0].encode()  # one label: 16 bytes in hex
+    assert label == mine[:16].hex().encode()
+    listener, thread = _swapping_relay(server, label, theirs[:16].hex().encode())
+    with listener, pytest.raises(HandshakeFailed, match="TLS handshake failed"):
+        ratls.connect(*listener.getsockname()[:2], recorder, timeout=10)
+    thread.join(timeout=10)
+    assert recorder.seen == []  # nothing reached appraisal
+    # The same relay, swapping nothing, passes: it was the swap that broke the handshake.
+    listener, thread = _swapping_relay(server, label, label)
+    with listener, ratls.connect(*listener.getsockname()[:2], recorder, timeout=10) as conn:
+        assert conn.peer is not None and conn.peer.nonce == mine
+    thread.join(timeout=10)
+
+
 def test_replayed_exporter_evidence_is_over_another_session(
     device: Device, server: Server, modules: dict[str, Path]
 ) -> None:
@@ -797,7 +934,7 @@ def test_connect_usage_errors_are_one_line(device: Device, modules: dict[str, Pa
 
 
 def test_every_command_has_help_with_an_example(device: Device) -> None:
-    for command in ("connect", "serve", "show"):
+    for command in ("connect", "serve", "show", "challenge"):
         proc = device.cli("ratls", command, "--help")
         assert proc.returncode == 0
         assert "Example" in proc.stdout.decode()
