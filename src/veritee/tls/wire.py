@@ -70,7 +70,6 @@ _HOST_CHARS = frozenset(string.ascii_lowercase + string.digits + "-")
 # The first byte of the pre-handshake hello that Veritee clients sent before the challenge
 # moved into the server name: 'V' is no TLS record type, so it is told apart and named.
 OLD_HELLO_FIRST_BYTE = ord("V")
-TLS_HANDSHAKE_RECORD = 0x16
 
 FRAME_EVIDENCE = 0x01  # body: Veritee evidence over the exporter value
 FRAME_DATA = 0x02  # body: application bytes (a request or a response)
