@@ -193,6 +193,32 @@ def test_old_format_certificates_are_still_read_and_said_to_be_old() -> None:
     assert certificate.old_dice_value(b"ev")[:5] == b"\xda\x56\x52\x41\x01"
 
 
+def _octet_string(body: bytes) -> bytes:
+    """DER: the length in the fewest bytes."""
+    n = len(body)
+    if n < 0x80:
+        return b"\x04" + bytes([n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\x04" + bytes([0x80 | len(size)]) + size + body
+
+
+@pytest.mark.parametrize("size", [10, 300])
+def test_a_dice_cmw_wrapped_in_a_der_octet_string_is_read_too(size: int) -> None:
+    evidence = b"e" * size
+    value = _octet_string(certificate.cmw_value(evidence))
+    assert certificate.read(_cert([(wire.OID_DICE_CMW, value)])).evidence == evidence
+    for bad, match in [
+        (value + b"\x00", "trailing or odd bytes"),
+        (value[:-1], "trailing or odd bytes"),
+        (b"\x04", "truncated"),
+        (b"\x04\x85" + value[2:], "bad length"),
+        (b"\x04\x82\x00\x05" + certificate.cmw_value(b"abc")[:5], "not DER"),
+        (_octet_string(b"\xff\x00"), "not valid CBOR"),
+    ]:
+        with pytest.raises(MalformedExtension, match=match):
+            certificate.read(_cert([(wire.OID_DICE_CMW, bad)]))
+
+
 def test_a_dice_cmw_may_say_it_is_evidence() -> None:
     value = cbor2.dumps([wire.CMW_TYPE, b"ev", wire.CMW_IND_EVIDENCE])
     assert certificate.read(_cert([(wire.OID_DICE_CMW, value)])).evidence == b"ev"
@@ -285,7 +311,8 @@ def test_any_dice_extension_value_reads_or_fails_cleanly(value: bytes) -> None:
     except MalformedExtension:
         return
     encode = certificate.old_dice_value if read.old_format else certificate.cmw_value
-    assert encode(read.evidence or b"") == value  # only exact encodings pass
+    exact = encode(read.evidence or b"")
+    assert value in (exact, _octet_string(exact))  # only exact encodings pass
 
 
 @settings(max_examples=100, deadline=None)

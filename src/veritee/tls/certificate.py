@@ -182,7 +182,7 @@ def _evidence(extensions: _Extensions) -> tuple[bytes | None, tuple[str, ...], b
     if dice is None and private is None:
         return None, (), False
     if dice is not None:
-        value = _raw(dice, "DICE conceptual message wrapper")
+        value = _der_octets(_raw(dice, "DICE conceptual message wrapper"))
         decoded = _cbor(value)
         if isinstance(decoded, cbor2.CBORTag) and decoded.tag == wire.OLD_EVIDENCE_CBOR_TAG:
             evidence = _old_untag(decoded, value)
@@ -199,6 +199,27 @@ def _evidence(extensions: _Extensions) -> tuple[bytes | None, tuple[str, ...], b
         return evidence, ("dice", "veritee") if private is not None else ("dice",), True
     assert private is not None
     return _raw(private, "old Veritee evidence"), ("veritee",), True
+
+
+def _der_octets(value: bytes) -> bytes:
+    """The CMW in the extension: the extnValue itself (as Veritee, Gramine and the interoperable
+    RA-TLS profile write it), or a DER OCTET STRING around it (the ``cbor`` choice of RFC 9999's
+    id-pe-cmw syntax). The two never mix up: 0x04 starts no CMW (in CBOR it is the number 4)."""
+    if not value or value[0] != 0x04:
+        return value
+    if len(value) < 2:
+        raise MalformedExtension("the DICE extension's OCTET STRING is truncated")
+    size, start = value[1], 2
+    if size & 0x80:
+        count = size & 0x7F
+        if not 1 <= count <= 4 or len(value) < 2 + count:
+            raise MalformedExtension("the DICE extension's OCTET STRING has a bad length")
+        size, start = int.from_bytes(value[2 : 2 + count], "big"), 2 + count
+        if size < 0x80 or size >> (8 * (count - 1)) == 0:
+            raise MalformedExtension("the DICE extension's OCTET STRING length is not DER")
+    if len(value) != start + size:
+        raise MalformedExtension("the DICE extension's OCTET STRING has trailing or odd bytes")
+    return value[start:]
 
 
 def _cbor(value: bytes) -> object:
