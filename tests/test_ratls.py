@@ -199,6 +199,7 @@ def test_cli_connect_prints_the_verified_claims(
     assert out["module"]["measurement"] == server.measurement.hex()
     assert out["platform"]["lifecycle"] == "emulated"
     assert out["response"] == "bob: room 2.07, ext 2207, security team\n"
+    assert out["certificate"].startswith("TCG DICE conceptual message wrapper")
     human = device.cli("ratls", "connect", server.address, "--module", modules["directory"])
     assert human.returncode == 0
     assert b"every check passed" in human.stderr and b"status     warning" in human.stderr

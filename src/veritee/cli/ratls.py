@@ -192,11 +192,15 @@ def connect(
         ) as conn:
             peer = conn.peer
             assert peer is not None
+            der = conn.certificate
             answer = conn.request(request) if request is not None else None
     finally:
         appraiser.close()
+    from veritee.tls import certificate
+
+    carried = certificate.read(der).format_note if der is not None else "-"
     if as_json:
-        out: dict[str, Any] = {"attested": True, **peer.claims()}
+        out: dict[str, Any] = {"attested": True, **peer.claims(), "certificate": carried}
         if answer is not None:
             out["response"] = answer.decode("utf-8", "replace")
         if peer.ear is not None:
@@ -204,7 +208,7 @@ def connect(
         click.echo(json.dumps(out, indent=2))
         return
     click.secho(f"attested TLS to {host}:{port}: every check passed", bold=True, err=True)
-    for key, value in _describe(peer):
+    for key, value in [*_describe(peer), ("evidence", carried)]:
         click.echo(f"  {key:10} {value}", err=True)
     if answer is not None:
         sys.stdout.buffer.write(answer)
