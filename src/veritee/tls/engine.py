@@ -325,6 +325,8 @@ class Engine:
                 raise self._refusal from None
             raise HandshakeFailed(f"TLS handshake failed: {_ssl_reason(exc)}") from None
         self._drain()
+        if self._refusal is not None:  # pragma: no cover - no certificate: OpenSSL fails first
+            raise self._refusal
         if self._ssl.get_protocol_version_name() != "TLSv1.3":
             raise HandshakeFailed("the peer did not negotiate TLS 1.3")
         self._state = _ATTEST
