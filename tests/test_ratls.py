@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -44,6 +45,7 @@ from veritee.tls.errors import (
     NoEvidence,
     PeerRefused,
     StaleChallenge,
+    Unreachable,
 )
 from veritee.tls.verify import Freshness
 from veritee.wasm.runtime import measure
@@ -349,6 +351,81 @@ def test_connect_through_a_routing_name(
         )
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["mode"] == mode
+
+
+HAPROXY_CONFIG = """
+defaults
+  mode tcp
+  retries 0
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend sni_router
+  bind 127.0.0.1:{port}
+  tcp-request inspect-delay 5s
+  tcp-request content accept if {{ req_ssl_hello_type 1 }}
+  use_backend module if {{ req.ssl_sni -m end .challenge.db.example.com }}
+  use_backend module if {{ req.ssl_sni -m str db.example.com }}
+  default_backend elsewhere
+backend module
+  server directory {module}
+backend elsewhere
+  server nobody 127.0.0.1:{closed}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sni_router(server: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """HAProxy routing on the ClientHello's server name, as an ingress in front of modules."""
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if haproxy is None:
+        pytest.skip("HAProxy is not installed (scripts/setup.sh --test installs it)")
+    port = _free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, module=server.address, closed=_free_port()))
+    log = tmp_path / "haproxy.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + START_BOUND
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=START_BOUND)
+
+
+@pytest.mark.parametrize("mode", ratls.MODES)
+def test_an_sni_router_passes_the_challenge_unchanged(
+    device: Device,
+    server: Server,
+    modules: dict[str, Path],
+    sni_router: tuple[str, int],
+    mode: ratls.Mode,
+) -> None:
+    appraiser = _appraiser(device, modules["directory"])
+    with ratls.connect(*sni_router, appraiser, mode=mode, server_name="db.example.com") as conn:
+        assert conn.peer is not None and conn.peer.mode == mode
+        assert conn.peer.measurement == server.measurement
+        assert conn.request(b"carol\n") == b"carol: room 1.01, ext 1101, facilities\n"
+    # It routes on the name: another one goes elsewhere (nobody listens there).
+    with pytest.raises((Unreachable, HandshakeFailed)):
+        ratls.connect(
+            *sni_router, appraiser, mode=mode, server_name="other.example.com", timeout=10
+        )
 
 
 def test_python_ssl_client_with_a_challenge_is_served(
