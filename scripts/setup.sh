@@ -6,8 +6,7 @@
 #     pkg-config (its build finds libtss2 with it)
 #   - a virtual environment in .venv with Veritee and its Python dependencies
 #   - with --test, also what only the test suite uses (a PostgreSQL server for the store tests,
-#     swtpm for the TPM backend's tests, tpm2-tools to inspect a TPM by hand while debugging,
-#     HAProxy as the SNI router the RA-TLS tests route through)
+#     swtpm for the TPM backend's tests, tpm2-tools to inspect a TPM by hand while debugging)
 # Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +40,11 @@ if [ "$for_tests" -eq 1 ]; then
   command -v swtpm >/dev/null 2>&1 || need_apt+=(swtpm)
   command -v swtpm_setup >/dev/null 2>&1 || need_apt+=(swtpm-tools)
   command -v tpm2_pcrread >/dev/null 2>&1 || need_apt+=(tpm2-tools)
-  # RA-TLS's challenge travels in the server name: a test routes it through a real SNI router.
+fi
+
+if [ "$for_tests" -eq 1 ]; then
+  # RA-TLS's challenge travels in the TLS server name: a test routes it through a real SNI
+  # router, HAProxy.
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
