@@ -528,6 +528,7 @@ def test_mutual_attestation_between_two_modules(
             mode=mode,
             peer=_policy(device, modules["directory"]),
             name="badge",
+            server_name="db.example.com",  # what an SNI router in front would route on
         )
     assert result.exit_code == 0, result.stderr
     assert result.stdout == b"badge: alice: room 4.12\n"  # the extension never left the TEE
@@ -1122,10 +1123,19 @@ def test_the_tls_ta_refuses_malformed_requests(device: Device, modules: dict[str
             (CMD_TLS_LOAD, {"module": b""}, "already holds a module"),
             (CMD_TLS_OPEN, {"role": "both"}, "role must be"),
             (CMD_TLS_OPEN, {"role": "client", "mode": "psk"}, "mode must be one of"),
+            (CMD_TLS_OPEN, {"role": "client", "server_name": 7}, "server_name must be"),
+            (CMD_TLS_OPEN, {"role": "client", "server_name": "a b"}, "not a DNS host name"),
+            (CMD_TLS_OPEN, {"role": "client", "server_name": "a" * 112}, "leave room"),
             (CMD_TLS_FEED, {"conn": 99, "data": b"x"}, "no open connection 99"),
             (0x7F, {}, "has no command"),
         ]:
             with pytest.raises(teec.TeecError, match=text):
                 call(session, cmd, request)
-        call(session, CMD_TLS_OPEN, {"role": "server", "data": b"VRA\x01\x00\x20" + bytes(32)})
+        # What an older client sends first is refused by name, inside the answer (no TA error).
+        out = teec.memref_out(1 << 16)
+        raw = cbor2.dumps({"role": "server", "data": b"VRA\x01\x00\x20" + bytes(32)})
+        session.invoke(CMD_TLS_OPEN, teec.Operation([teec.memref_in(raw), out]))
+        answer = cbor2.loads(out.buffer)
+        assert answer["done"] and answer["error"]["check"] == "ProtocolViolation"
+        assert "pre-handshake hello of older Veritee clients" in answer["error"]["reason"]
         session.close()
