@@ -248,7 +248,7 @@ def _evidence_by_hand(der: bytes) -> bytes:
     )
     assert isinstance(ext.value, x509.UnrecognizedExtension) and not ext.critical
     media_type, evidence = cbor2.loads(ext.value.value)
-    assert media_type == "application/vnd.veritee.evidence+cbor"
+    assert media_type == 'application/cmw+cbor; cmwc_t="tag:veritee.dev,2026:evidence"'
     assert isinstance(evidence, bytes)
     return evidence
 

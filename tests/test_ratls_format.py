@@ -162,7 +162,8 @@ def test_certificate_carries_the_evidence_once_in_a_dice_cmw() -> None:
     assert [e.oid for e in cert.extensions] == [x509.oid.ExtensionOID.BASIC_CONSTRAINTS, dice.oid]
     # A CMW CBOR record: array(2), the media type as text, the evidence as a byte string.
     value = dice.value.public_bytes()
-    assert cbor2.loads(value) == ["application/vnd.veritee.evidence+cbor", b"evidence bytes"]
+    evidence_type = 'application/cmw+cbor; cmwc_t="tag:veritee.dev,2026:evidence"'
+    assert cbor2.loads(value) == [evidence_type, b"evidence bytes"]
     assert value[:2] == b"\x82\x78"  # array(2), text of 24..255 bytes: no CBOR tag around it
     read = certificate.read(der)
     assert read.evidence == b"evidence bytes" and read.carriers == ("dice",)

@@ -22,6 +22,7 @@ from typing import Literal
 
 from cryptography import x509
 
+from veritee.evidence.claims import MEDIA_TYPE
 from veritee.tls.errors import MalformedChallenge, ProtocolViolation
 
 Mode = Literal["challenge", "exporter"]
@@ -31,8 +32,9 @@ MODES: tuple[Mode, ...] = ("challenge", "exporter")
 # holds a RATS conceptual message wrapper (CMW, RFC 9999 / draft-ietf-rats-msg-wrap), here a
 # CBOR record ``[type, value]``: the evidence's media type and the evidence as a byte string.
 OID_DICE_CMW = x509.ObjectIdentifier("2.23.133.5.4.9")
-# The CMW record's type: Veritee evidence has a media type, and no CoAP content format yet.
-CMW_TYPE = "application/vnd.veritee.evidence+cbor"
+# The CMW record's type: Veritee evidence's media type (itself a CMW collection, see
+# veritee.evidence.claims), which has no CoAP content format yet.
+CMW_TYPE = MEDIA_TYPE
 CMW_IND_EVIDENCE = 4  # the CMW "ind" bit for Evidence, if an encoder adds the optional third member
 
 # The old format (certificates of Veritee before the CMW, read for one more release): the
