@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 HELLO = REPO / "examples" / "hello" / "hello.c"
 LOADGEN = REPO / "bench" / "loadgen.c"
 SESSION_TYPE = "application/vnd.veraison.challenge-response-session+json"
-EVIDENCE_TYPE = "application/vnd.veritee.evidence+cbor"
+EVIDENCE_TYPE = 'application/cmw+cbor; cmwc_t="tag:veritee.dev,2026:evidence"'
 START_TIMEOUT = 60.0  # seconds for the device and the verifier to come up
 
 TARGET_P50_MS = 10.0

@@ -33,7 +33,7 @@
 #include <unistd.h>
 
 #define SESSION_TYPE "application/vnd.veraison.challenge-response-session+json"
-#define EVIDENCE_TYPE "application/vnd.veritee.evidence+cbor"
+#define EVIDENCE_TYPE "application/cmw+cbor; cmwc_t=\"tag:veritee.dev,2026:evidence\""
 #define MAX_CONNS 256
 #define RECV_CHUNK 65536
 #define TICK 0.5 /* seconds between progress lines */

@@ -3,9 +3,9 @@
 All measured in the same run, client in this process, servers in their own processes:
 
 * plain TLS 1.3     a pyOpenSSL server (P-256 self-signed certificate): TCP connect + handshake
-* RA-TLS challenge  ``veritee ratls serve``: TCP connect + challenge + handshake (the module's
-                    certificate carries evidence over the challenge, made in the secure world
-                    per connection) + local appraisal of the certificate
+* RA-TLS challenge  ``veritee ratls serve``: TCP connect + handshake with the challenge in the
+                    server name (the module's certificate carries evidence over it, made in
+                    the secure world during the handshake) + local appraisal of the certificate
 * RA-TLS exporter   the same server: TCP connect + handshake + the module's evidence over the
                     TLS exporter, made after the handshake + local appraisal
 * appraisal alone   ``ratls.verify.appraise`` on a captured certificate (no I/O), to split the

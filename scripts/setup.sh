@@ -45,6 +45,12 @@ if [ "$for_tests" -eq 1 ]; then
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
   [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 fi
+
+if [ "$for_tests" -eq 1 ]; then
+  # RA-TLS's challenge travels in the TLS server name: a test routes it through a real SNI
+  # router, HAProxy.
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""

@@ -1,13 +1,18 @@
 """Attested TLS between real processes on loopback: the module server (`veritee ratls serve`),
-relying parties through the API, the CLI and openssl, mutual attestation, and the attacks."""
+relying parties through the API, the CLI, openssl s_client and Python's ssl (the challenge in
+the server name), mutual attestation, and the attacks."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee import ratls
@@ -26,18 +34,23 @@ from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
 from veritee.evidence.errors import MeasurementNotEndorsed
 from veritee.ratls.channel import AttestedConnection, dial
 from veritee.tee.ta import WasmSession
-from veritee.tls import certificate
+from veritee.tls import certificate, verify, wire
 from veritee.tls.engine import Engine, Identity
 from veritee.tls.errors import (
     CertificateExpired,
     ExporterMismatch,
+    HandshakeFailed,
     KeyNotBound,
+    MalformedExtension,
+    NoEvidence,
     PeerRefused,
     StaleChallenge,
+    Unreachable,
 )
 from veritee.tls.verify import Freshness
 from veritee.wasm.runtime import measure
 
+from ._certs import duplicate_extension
 from .conftest import REPO, Device
 
 START_BOUND = 60  # seconds for a server process to listen; generous, catches a hang only
@@ -188,6 +201,7 @@ def test_cli_connect_prints_the_verified_claims(
     assert out["module"]["measurement"] == server.measurement.hex()
     assert out["platform"]["lifecycle"] == "emulated"
     assert out["response"] == "bob: room 2.07, ext 2207, security team\n"
+    assert out["certificate"].startswith("TCG DICE conceptual message wrapper")
     human = device.cli("ratls", "connect", server.address, "--module", modules["directory"])
     assert human.returncode == 0
     assert b"every check passed" in human.stderr and b"status     warning" in human.stderr
@@ -213,9 +227,265 @@ def test_openssl_s_client_sees_a_valid_tls_server(device: Device, server: Server
     shown = device.cli("ratls", "show", "-", "--json", input=proc.stdout + raw_frame)
     assert shown.returncode == 0, shown.stderr
     info = json.loads(shown.stdout)
-    assert info["evidence_in"] == ["veritee", "dice"] and info["binds_this_key"] is True
+    assert info["evidence_in"] == ["dice"] and info["binds_this_key"] is True
+    assert info["format"].startswith("TCG DICE conceptual message wrapper")
     assert info["freshness"].startswith("no challenge")
     assert info["claims"]["module"]["measurement"] == server.measurement.hex()
+
+
+def _first_certificate(text: str) -> bytes:
+    """The first PEM certificate in s_client's output, as DER (parsed by cryptography)."""
+    found = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
+    assert found, text
+    cert = x509.load_pem_x509_certificate(found.group(0).encode())
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _evidence_by_hand(der: bytes) -> bytes:
+    """The evidence, read with cryptography and cbor2 alone: the DICE CMW record."""
+    ext = x509.load_der_x509_certificate(der).extensions.get_extension_for_oid(
+        x509.ObjectIdentifier("2.23.133.5.4.9")
+    )
+    assert isinstance(ext.value, x509.UnrecognizedExtension) and not ext.critical
+    media_type, evidence = cbor2.loads(ext.value.value)
+    assert media_type == 'application/cmw+cbor; cmwc_t="tag:veritee.dev,2026:evidence"'
+    assert isinstance(evidence, bytes)
+    return evidence
+
+
+def test_openssl_s_client_with_a_challenge_gets_evidence_over_it(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    challenge = bytes(range(100, 132))
+    name = wire.challenge_name(challenge)
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", server.address, "-servername", name, "-showcerts"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    out = proc.stdout.decode("utf-8", "replace")
+    assert proc.returncode == 0, proc.stderr
+    assert "New, TLSv1.3, Cipher is" in out
+    der = _first_certificate(out)
+    evidence = _evidence_by_hand(der)
+    # Veritee's own appraisal of what the plain client got: every check, over our challenge.
+    appraiser = _appraiser(device, modules["directory"])
+    peer = verify.appraise(
+        der, Freshness("challenge", challenge), appraiser.anchors, appraiser.refs
+    )
+    assert peer.measurement == server.measurement and peer.nonce == challenge
+    assert peer.endorsed_as == "directory"
+    assert verify.decode_unverified(evidence)[2].nonce == challenge
+    # The same certificate is no answer to any other challenge.
+    with pytest.raises(StaleChallenge, match="replayed from an earlier connection"):
+        verify.appraise(der, Freshness("challenge", bytes(32)), appraiser.anchors, appraiser.refs)
+    # ... and the CLI says so too, from s_client's output.
+    shown = device.cli("ratls", "show", "-", "--json", input=proc.stdout)
+    info = json.loads(shown.stdout)
+    assert info["freshness"] == f"over the challenge {challenge.hex()}"
+
+
+def test_the_cli_makes_a_challenge_and_appraises_what_s_client_got(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    made = device.cli("ratls", "challenge")
+    assert made.returncode == 0, made.stderr
+    name = made.stdout.decode().strip()
+    challenge = wire.parse_server_name(name.encode())
+    assert challenge is not None and len(challenge) == wire.CHALLENGE_BYTES
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", server.address, "-servername", name],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    args = ("ratls", "show", "-", "--module", modules["directory"])
+    good = device.cli(*args, "--challenge", name, input=proc.stdout)
+    assert good.returncode == 0, good.stderr
+    assert b"certificate (verified: every check passed)" in good.stdout
+    assert b"[endorsed as directory" in good.stdout
+    as_hex = device.cli(*args, "--challenge", challenge.hex(), "--json", input=proc.stdout)
+    assert json.loads(as_hex.stdout)["verified"]["freshness"] == challenge.hex()
+    other = device.cli(*args, "--challenge", wire.challenge_name(bytes(32)), input=proc.stdout)
+    assert other.returncode == 7
+    assert "answers another challenge" in _no_traceback(other)
+    unendorsed = device.cli(
+        "ratls", "show", "-", "--challenge", name, "--module", modules["hello"], input=proc.stdout
+    )
+    assert (
+        unendorsed.returncode == 7
+        and "not among the reference values" in unendorsed.stderr.decode()
+    )
+    for bad in ("zz.challenge.veritee", "abcd"):
+        usage = device.cli(*args, "--challenge", bad, input=proc.stdout)
+        assert usage.returncode == 2 and "neither a challenge server name" in _no_traceback(usage)
+    assert device.cli("ratls", "show", "-", "--module", modules["directory"]).returncode == 2
+    routed = device.cli("ratls", "challenge", "--server-name", "db.example.com")
+    assert routed.stdout.decode().strip().endswith(".challenge.db.example.com")
+    bad_name = device.cli("ratls", "challenge", "--server-name", "no_such host")
+    assert bad_name.returncode == 2 and "not a DNS host name" in _no_traceback(bad_name)
+
+
+def test_connect_through_a_routing_name(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # What an SNI router in front of the server would route on: *.challenge.db.example.com.
+    for mode in ratls.MODES:
+        proc = device.cli(
+            "ratls",
+            "connect",
+            server.address,
+            "--mode",
+            mode,
+            "--server-name",
+            "db.example.com",
+            "--module",
+            modules["directory"],
+            "--send",
+            "bob",
+            "--json",
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["mode"] == mode
+
+
+HAPROXY_CONFIG = """
+defaults
+  mode tcp
+  retries 0
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend sni_router
+  bind 127.0.0.1:{port}
+  tcp-request inspect-delay 5s
+  tcp-request content accept if {{ req_ssl_hello_type 1 }}
+  use_backend module if {{ req.ssl_sni -m end .challenge.db.example.com }}
+  use_backend module if {{ req.ssl_sni -m str db.example.com }}
+  default_backend elsewhere
+backend module
+  server directory {module}
+backend elsewhere
+  server nobody 127.0.0.1:{closed}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sni_router(server: Server, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """HAProxy routing on the ClientHello's server name, as an ingress in front of modules."""
+    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if haproxy is None:
+        pytest.skip("HAProxy is not installed (scripts/setup.sh --test installs it)")
+    port = _free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, module=server.address, closed=_free_port()))
+    log = tmp_path / "haproxy.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + START_BOUND
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=START_BOUND)
+
+
+@pytest.mark.parametrize("mode", ratls.MODES)
+def test_an_sni_router_passes_the_challenge_unchanged(
+    device: Device,
+    server: Server,
+    modules: dict[str, Path],
+    sni_router: tuple[str, int],
+    mode: ratls.Mode,
+) -> None:
+    appraiser = _appraiser(device, modules["directory"])
+    with ratls.connect(*sni_router, appraiser, mode=mode, server_name="db.example.com") as conn:
+        assert conn.peer is not None and conn.peer.mode == mode
+        assert conn.peer.measurement == server.measurement
+        assert conn.request(b"carol\n") == b"carol: room 1.01, ext 1101, facilities\n"
+    # It routes on the name: another one goes elsewhere (nobody listens there).
+    with pytest.raises((Unreachable, HandshakeFailed)):
+        ratls.connect(
+            *sni_router, appraiser, mode=mode, server_name="other.example.com", timeout=10
+        )
+
+
+def test_python_ssl_client_with_a_challenge_is_served(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    challenge = bytes(range(64))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # self-signed by design: the evidence vouches for it
+    with (
+        socket.create_connection((server.host, server.port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=wire.challenge_name(challenge)) as tls,
+    ):
+        assert tls.version() == "TLSv1.3"
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        appraiser = _appraiser(device, modules["directory"])
+        peer = verify.appraise(
+            der, Freshness("challenge", challenge), appraiser.anchors, appraiser.refs
+        )
+        assert peer.measurement == server.measurement
+        assert _evidence_by_hand(der)
+        # Only now, attested: one DATA frame out, one back.
+        tls.sendall(wire.frame(wire.FRAME_DATA, b"carol\n"))
+        reader, frames = wire.FrameReader(), []
+        while not frames:
+            chunk = tls.recv(65536)
+            assert chunk, "the module server closed without answering"
+            frames = reader.feed(chunk)
+    assert frames[0] == (wire.FRAME_DATA, b"carol: room 1.01, ext 1101, facilities\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("zz.challenge.veritee", "must be hex labels"),
+        ("0011.challenge.veritee", "is 2 bytes; 8 to 64"),
+    ],
+)
+def test_a_bad_challenge_in_the_server_name_is_refused_by_name(
+    server: Server, name: str, reason: str
+) -> None:
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", server.address, "-servername", name],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode != 0 and b"BEGIN CERTIFICATE" not in proc.stdout
+    assert b"alert handshake failure" in proc.stderr, proc.stderr
+    deadline = time.monotonic() + 10
+    while (
+        "refused: MalformedChallenge: the challenge in the TLS server name"
+        not in (log := server.output())
+        or reason not in log
+    ):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
+    assert "Traceback" not in log and server.proc.poll() is None
 
 
 def test_example_client_refuses_a_server_whose_measurement_differs(
@@ -258,6 +528,7 @@ def test_mutual_attestation_between_two_modules(
             mode=mode,
             peer=_policy(device, modules["directory"]),
             name="badge",
+            server_name="db.example.com",  # what an SNI router in front would route on
         )
     assert result.exit_code == 0, result.stderr
     assert result.stdout == b"badge: alice: room 4.12\n"  # the extension never left the TEE
@@ -275,11 +546,11 @@ def test_a_server_that_requires_attestation_refuses_a_plain_client(
 ) -> None:
     appraiser = _appraiser(device, modules["directory"])
     host, port = mutual_server.host, mutual_server.port
+    # No challenge reaches a client: an attested client's evidence follows the handshake over
+    # the exporter, in both modes, and a client that sends data instead is refused by name.
     with pytest.raises(PeerRefused) as caught, ratls.connect(host, port, appraiser, mode=mode) as c:
         c.request(b"alice")
-    assert ("requires client attestation" if mode == "challenge" else "NoEvidence") in str(
-        caught.value
-    )
+    assert "NoEvidence: the peer sent data before its evidence" in str(caught.value)
 
 
 def test_a_server_refuses_a_client_module_it_does_not_endorse(
@@ -339,7 +610,8 @@ def test_a_relying_server_admits_an_attested_client_module(
             )
         thread.join(timeout=30)
     assert got["request"] == b"dave"
-    assert got["peer"].module_name == "badge" and got["peer"].mode == mode
+    # A client's evidence is over the client exporter in either mode (no challenge reaches it).
+    assert got["peer"].module_name == "badge" and got["peer"].mode == "exporter"
     assert result.stdout == b"badge: dave: room 9.99\n" and result.server is None
 
 
@@ -419,6 +691,75 @@ def test_replayed_certificate_is_a_stale_challenge(
     rogue, thread = _rogue(Identity(ATTACKER, certify=lambda _nonce: _forge(old)))
     with rogue, pytest.raises(StaleChallenge, match="replayed from an earlier connection"):
         _victim(device, rogue, modules)
+    thread.join(timeout=10)
+
+
+def test_a_reused_challenge_gets_new_evidence_and_no_freshness_of_its_own(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # As docs/ratls.md says: the server keeps no record of challenges and answers each
+    # ClientHello anew; freshness is the relying party's, who must not reuse a challenge.
+    appraiser = _appraiser(device, modules["directory"])
+    challenge = bytes(range(1, 33))
+    first, _ = _capture(server, appraiser, "challenge", challenge)
+    second, _ = _capture(server, appraiser, "challenge", challenge)
+    assert first != second  # a new certificate, with new evidence, each time
+    for der in (first, second):
+        peer = verify.appraise(
+            der, Freshness("challenge", challenge), appraiser.anchors, appraiser.refs
+        )
+        assert peer.nonce == challenge
+
+
+def _swapping_relay(
+    upstream: Server, old: bytes, new: bytes
+) -> tuple[socket.socket, threading.Thread]:
+    """An on-path attacker: relays one connection to ``upstream``, replacing ``old`` by ``new``
+    (same length) in what the client sends first, its ClientHello."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(src: socket.socket, dst: socket.socket, first: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if first:
+                    data, first = data.replace(old, new), False
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def run() -> None:
+        client, _ = listener.accept()
+        with client, socket.create_connection((upstream.host, upstream.port)) as server_side:
+            back = threading.Thread(target=pipe, args=(server_side, client, False), daemon=True)
+            back.start()
+            pipe(client, server_side, True)
+            back.join(timeout=10)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_an_on_path_attacker_who_swaps_the_challenge_breaks_the_handshake(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # The server name is in the clear, so a relay can swap the victim's challenge for one it
+    # holds evidence for, or just another: the module then answers that one, but the
+    # ClientHello is part of the handshake transcript the module signs, so the victim's TLS
+    # refuses the handshake before any appraisal.
+    mine, theirs = bytes(range(32)), bytes(range(32, 64))
+    recorder = Recorder(_appraiser(device, modules["directory"]), mine)
+    label = wire.challenge_name(mine).split(".")[0].encode()  # one label: 16 bytes in hex
+    assert label == mine[:16].hex().encode()
+    listener, thread = _swapping_relay(server, label, theirs[:16].hex().encode())
+    with listener, pytest.raises(HandshakeFailed, match="TLS handshake failed"):
+        ratls.connect(*listener.getsockname()[:2], recorder, timeout=10)
+    thread.join(timeout=10)
+    assert recorder.seen == []  # nothing reached appraisal
+    # The same relay, swapping nothing, passes: it was the swap that broke the handshake.
+    listener, thread = _swapping_relay(server, label, label)
+    with listener, ratls.connect(*listener.getsockname()[:2], recorder, timeout=10) as conn:
+        assert conn.peer is not None and conn.peer.nonce == mine
     thread.join(timeout=10)
 
 
@@ -529,21 +870,28 @@ def test_expired_certificate(device: Device, server: Server, modules: dict[str, 
     thread.join(timeout=10)
 
 
+def _rogue_cli(device: Device, identity: Identity, *args: str) -> str:
+    """The CLI's ``ratls connect`` against a rogue: it must refuse with exit 7 and one line."""
+    rogue, thread = _rogue(identity)
+    with rogue:
+        proc = device.cli("ratls", "connect", f"{rogue.address[0]}:{rogue.address[1]}", *args)
+    thread.join(timeout=10)
+    assert proc.returncode == 7, proc.stderr
+    return _no_traceback(proc)
+
+
 @pytest.mark.parametrize(
     ("value", "match"),
     [
-        (b"\xda\x56\x52\x41\x01\x59\xff\xff", "not valid CBOR"),  # truncated byte string
-        (b"\x00garbage", "holds no CBOR tag"),
+        (certificate.cmw_value(b"\xa4" * 40)[:-3], "not valid CBOR"),  # truncated
+        (b"\x00garbage", "no CMW record"),
+        (cbor2.dumps(["application/eat+cwt", b"\xd2\x84"]), "Veritee evidence is"),
+        (cbor2.dumps([10571, b"\xd9\x02\x3b"]), "CoAP content format 10571"),
+        (cbor2.dumps(cbor2.CBORTag(1668557429, b"ce")), "CMW CBOR tag (1668557429)"),
+        (certificate.cmw_value(b"evidence") + b"\x00", "trailing or odd bytes"),
     ],
 )
-def test_garbage_or_truncated_extension_is_a_clear_error(
-    device: Device, value: bytes, match: str
-) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-
-    from veritee.tls import wire
-
+def test_a_malformed_cmw_is_a_clear_error(device: Device, value: bytes, match: str) -> None:
     def certify(_nonce: bytes) -> bytes:
         name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "garbage")])
         now = dt.datetime.now(dt.UTC)
@@ -555,19 +903,51 @@ def test_garbage_or_truncated_extension_is_a_clear_error(
             .serial_number(7)
             .not_valid_before(now - dt.timedelta(minutes=1))
             .not_valid_after(now + dt.timedelta(minutes=10))
-            .add_extension(
-                x509.UnrecognizedExtension(wire.OID_DICE_TAGGED_EVIDENCE, value), critical=False
-            )
+            .add_extension(x509.UnrecognizedExtension(wire.OID_DICE_CMW, value), critical=False)
             .sign(ATTACKER, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.DER)
 
+    assert match in _rogue_cli(device, Identity(ATTACKER, certify=certify))
+
+
+def test_a_certificate_with_the_evidence_stripped_is_no_attested_endpoint(
+    device: Device, server: Server, modules: dict[str, Path]
+) -> None:
+    # The host terminates TLS with its own key and a certificate without the extension (what a
+    # stripping proxy shows): a plain TLS server as far as TLS goes, no RA-TLS endpoint.
+    def certify(_nonce: bytes) -> bytes:
+        return certificate.build_plain(ATTACKER, name="directory", now=dt.datetime.now(dt.UTC))
+
+    text = _rogue_cli(device, Identity(ATTACKER, certify=certify))
+    assert "carries no evidence extension" in text
     rogue, thread = _rogue(Identity(ATTACKER, certify=certify))
-    with rogue:
-        proc = device.cli("ratls", "connect", f"{rogue.address[0]}:{rogue.address[1]}")
+    with rogue, pytest.raises(NoEvidence, match="not an attested endpoint"):
+        _victim(device, rogue, modules)
     thread.join(timeout=10)
-    assert proc.returncode == 7
-    assert match in _no_traceback(proc)
+
+
+@pytest.mark.parametrize("second", ["same", "other"])
+def test_a_certificate_with_the_evidence_extension_twice_is_refused(
+    device: Device, server: Server, modules: dict[str, Path], second: str
+) -> None:
+    # The real module's evidence over the victim's challenge, next to a second copy (the same,
+    # or other bytes a tool that reads the second one would see): neither copy counts.
+    upstream = _appraiser(device, modules["directory"])
+
+    def certify(victims_challenge: bytes) -> bytes:
+        cert, _ = _capture(server, upstream, "challenge", victims_challenge)
+        evidence = certificate.read(cert).evidence
+        assert evidence is not None
+        value = certificate.cmw_value(evidence)
+        return duplicate_extension(
+            ATTACKER, value, second=value if second == "same" else certificate.cmw_value(b"x")
+        )
+
+    rogue, thread = _rogue(Identity(ATTACKER, certify=certify))
+    with rogue, pytest.raises(MalformedExtension, match=r"2\.23\.133\.5\.4\.9 more than once"):
+        _victim(device, rogue, modules)
+    thread.join(timeout=10)
 
 
 def test_the_server_keeps_serving_after_garbage(
@@ -610,8 +990,8 @@ def test_the_server_keeps_serving_after_garbage(
     assert mutual_server.proc.poll() is None
     log = mutual_server.output()
     assert "Traceback" not in log
-    assert "refused: ProtocolViolation: the stream starts with neither" in log
-    assert "refused: ProtocolViolation: hello challenge is 3 bytes" in log
+    assert "refused: HandshakeFailed: TLS handshake failed: http request" in log
+    assert "refused: ProtocolViolation: the stream starts with the pre-handshake hello" in log
     assert "refused: MalformedToken" in log
 
 
@@ -633,7 +1013,7 @@ def test_connect_usage_errors_are_one_line(device: Device, modules: dict[str, Pa
 
 
 def test_every_command_has_help_with_an_example(device: Device) -> None:
-    for command in ("connect", "serve", "show"):
+    for command in ("connect", "serve", "show", "challenge"):
         proc = device.cli("ratls", command, "--help")
         assert proc.returncode == 0
         assert "Example" in proc.stdout.decode()
@@ -743,10 +1123,19 @@ def test_the_tls_ta_refuses_malformed_requests(device: Device, modules: dict[str
             (CMD_TLS_LOAD, {"module": b""}, "already holds a module"),
             (CMD_TLS_OPEN, {"role": "both"}, "role must be"),
             (CMD_TLS_OPEN, {"role": "client", "mode": "psk"}, "mode must be one of"),
+            (CMD_TLS_OPEN, {"role": "client", "server_name": 7}, "server_name must be"),
+            (CMD_TLS_OPEN, {"role": "client", "server_name": "a b"}, "not a DNS host name"),
+            (CMD_TLS_OPEN, {"role": "client", "server_name": "a" * 112}, "leave room"),
             (CMD_TLS_FEED, {"conn": 99, "data": b"x"}, "no open connection 99"),
             (0x7F, {}, "has no command"),
         ]:
             with pytest.raises(teec.TeecError, match=text):
                 call(session, cmd, request)
-        call(session, CMD_TLS_OPEN, {"role": "server", "data": b"VRA\x01\x00\x20" + bytes(32)})
+        # What an older client sends first is refused by name, inside the answer (no TA error).
+        out = teec.memref_out(1 << 16)
+        raw = cbor2.dumps({"role": "server", "data": b"VRA\x01\x00\x20" + bytes(32)})
+        session.invoke(CMD_TLS_OPEN, teec.Operation([teec.memref_in(raw), out]))
+        answer = cbor2.loads(out.buffer)
+        assert answer["done"] and answer["error"]["check"] == "ProtocolViolation"
+        assert "pre-handshake hello of older Veritee clients" in answer["error"]["reason"]
         session.close()

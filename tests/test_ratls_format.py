@@ -1,5 +1,6 @@
-"""RA-TLS formats and checks, without sockets: hello and frame codecs, certificates with
-evidence, and every verification step on real evidence from a real secure world."""
+"""RA-TLS formats and checks, without sockets: the challenge in the server name, frames,
+certificates with evidence (a DICE CMW; the old format still read), and every verification
+step on real evidence from a real secure world."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from veritee.tls.errors import (
     KeyNotBound,
     KeyOutsideSecureWorld,
     MalformedCertificate,
+    MalformedChallenge,
     MalformedExtension,
     NoEvidence,
     ProtocolViolation,
@@ -43,44 +45,68 @@ from veritee.tls.verify import Freshness
 from veritee.verifier import ear
 from veritee.wasm.runtime import measure
 
+from ._certs import duplicate_extension
 from .conftest import Device
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-# -- the pre-handshake hello and the frames -------------------------------------------------
+# -- the challenge in the TLS server name, and the frames ----------------------------------
 
 
-def test_hello_round_trip_and_incomplete_input() -> None:
-    hello = wire.Hello(bytes(range(32)))
-    data = hello.encode()
-    assert data[:4] == b"VRA\x01" and data[4:6] == b"\x00\x20"
-    for cut in range(len(data)):
-        assert wire.parse_hello(data[:cut]) is None
-    assert wire.parse_hello(data + b"\x16\x03") == (hello, len(data))
-    assert wire.parse_hello(wire.Hello(b"").encode()) == (wire.Hello(b""), 6)
+@pytest.mark.parametrize("size", [8, 16, 17, 32, 64])
+def test_challenge_names_round_trip_in_dns_labels(size: int) -> None:
+    challenge = bytes(range(200, 200 + size)) if size <= 56 else bytes(range(size))
+    name = wire.challenge_name(challenge)
+    assert name.endswith(".challenge.veritee") and len(name) <= wire.MAX_SERVER_NAME
+    assert all(0 < len(label) <= 63 for label in name.split("."))
+    assert wire.parse_server_name(name.encode()) == challenge
+    # DNS names are case-insensitive, a trailing dot is the same name: a proxy may do either.
+    assert wire.parse_server_name(name.upper().encode() + b".") == challenge
+    routed = wire.challenge_name(challenge, "db.example.com")
+    assert routed.endswith(".challenge.db.example.com")
+    assert wire.parse_server_name(routed.encode()) == challenge
 
 
 @pytest.mark.parametrize(
-    ("data", "match"),
+    "name", [None, b"", b"localhost", b"db.example.com", b"challenge.example.com", b"veritee"]
+)
+def test_names_without_a_challenge_are_exporter_mode(name: bytes | None) -> None:
+    assert wire.parse_server_name(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
     [
-        (b"GET / HTTP/1.1\r\n", "neither a hello nor a TLS record"),
-        (b"VRX", "neither a hello nor a TLS record"),
-        (b"VRA\x01\x01\x20", "unknown flags"),
-        (b"VRA\x01\x00\x07", "7 bytes; 8 to 64"),
-        (b"VRA\x01\x00\x41", "65 bytes; 8 to 64"),
+        (b"zz00zz00zz00zz00.challenge.veritee", "must be hex labels"),
+        (b"0011223344.5566778899.x.challenge.veritee", "must be hex labels"),
+        (b"00112233445566778.challenge.veritee", "odd number of hex digits"),
+        (b"00112233445566.challenge.veritee", "is 7 bytes; 8 to 64"),
+        (("00" * 32 + ".") * 2 + b"00.challenge.veritee".decode(), "must be hex labels"),
+        (b".".join([b"00" * 16] * 4 + [b"00", b"challenge", b"veritee"]), "65 bytes; 8 to 64"),
+        (b"\xff\xfe.challenge.veritee", "not ASCII"),
     ],
 )
-def test_bad_hellos_are_named(data: bytes, match: str) -> None:
-    with pytest.raises(ProtocolViolation, match=match):
-        wire.parse_hello(data)
+def test_bad_challenges_in_the_server_name_are_named(name: bytes | str, match: str) -> None:
+    raw = name.encode() if isinstance(name, str) else name
+    with pytest.raises(MalformedChallenge, match=match):
+        wire.parse_server_name(raw)
 
 
-def test_a_stream_is_a_hello_or_tls() -> None:
-    assert wire.starts_with_hello(ord("V")) and not wire.starts_with_hello(0x16)
-    with pytest.raises(ProtocolViolation):
-        wire.starts_with_hello(ord("G"))
+def test_challenge_names_refuse_what_no_sni_can_carry() -> None:
+    with pytest.raises(ValueError, match="8 to 64 bytes"):
+        wire.challenge_name(b"short")
+    with pytest.raises(ValueError, match="not a DNS host name"):
+        wire.challenge_name(bytes(32), "bad_name!")
+    with pytest.raises(ValueError, match="leave room for a challenge"):
+        wire.challenge_name(bytes(32), "a" * 60 + "." + "b" * 60)
+
+
+def test_the_old_pre_handshake_hello_is_told_apart_and_named() -> None:
+    with pytest.raises(ProtocolViolation, match="hello of older Veritee clients"):
+        wire.check_first_byte(ord("V"))
+    wire.check_first_byte(0x16)  # a TLS handshake record: on to OpenSSL
 
 
 def test_frames_split_anywhere_and_oversized_ones_are_refused_from_the_header() -> None:
@@ -128,29 +154,75 @@ def _cert(extensions: list[tuple[x509.ObjectIdentifier, bytes]], key: Any = KEY)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
-def test_certificate_carries_the_evidence_under_both_oids() -> None:
+def test_certificate_carries_the_evidence_once_in_a_dice_cmw() -> None:
     der = certificate.build(KEY, b"evidence bytes", name="directory", now=NOW)
     cert = x509.load_der_x509_certificate(der)
-    ours = cert.extensions.get_extension_for_oid(wire.OID_VERITEE_EVIDENCE)
-    dice = cert.extensions.get_extension_for_oid(wire.OID_DICE_TAGGED_EVIDENCE)
-    assert not ours.critical and not dice.critical
-    assert ours.value.public_bytes() == b"evidence bytes"
-    tagged = cbor2.loads(dice.value.public_bytes())
-    assert tagged == cbor2.CBORTag(0x56524101, b"evidence bytes")
-    assert dice.value.public_bytes()[:5] == b"\xda\x56\x52\x41\x01"  # tag, 4-byte argument
+    dice = cert.extensions.get_extension_for_oid(wire.OID_DICE_CMW)
+    assert not dice.critical
+    assert [e.oid for e in cert.extensions] == [x509.oid.ExtensionOID.BASIC_CONSTRAINTS, dice.oid]
+    # A CMW CBOR record: array(2), the media type as text, the evidence as a byte string.
+    value = dice.value.public_bytes()
+    evidence_type = 'application/cmw+cbor; cmwc_t="tag:veritee.dev,2026:evidence"'
+    assert cbor2.loads(value) == [evidence_type, b"evidence bytes"]
+    assert value[:2] == b"\x82\x78"  # array(2), text of 24..255 bytes: no CBOR tag around it
     read = certificate.read(der)
-    assert read.evidence == b"evidence bytes" and read.carriers == ("veritee", "dice")
+    assert read.evidence == b"evidence bytes" and read.carriers == ("dice",)
+    assert not read.old_format and "conceptual message wrapper" in read.format_note
     assert read.spki_sha256 == hashlib.sha256(certificate.spki_of(KEY.public_key())).digest()
-    assert str(wire.OID_VERITEE_EVIDENCE.dotted_string).startswith("2.25.")
-    assert wire.OID_DICE_TAGGED_EVIDENCE.dotted_string == "2.23.133.5.4.9"
+    assert wire.OID_DICE_CMW.dotted_string == "2.23.133.5.4.9"
+    assert wire.OLD_OID_VERITEE_EVIDENCE.dotted_string not in str(cert.extensions)
 
 
-def test_either_extension_alone_is_read() -> None:
-    dice_only = _cert([(wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"ev"))])
-    ours_only = _cert([(wire.OID_VERITEE_EVIDENCE, b"ev")])
-    assert certificate.read(dice_only).evidence == b"ev"
-    assert certificate.read(ours_only).evidence == b"ev"
+def test_old_format_certificates_are_still_read_and_said_to_be_old() -> None:
+    both = _cert(
+        [
+            (wire.OLD_OID_VERITEE_EVIDENCE, b"ev"),
+            (wire.OID_DICE_CMW, certificate.old_dice_value(b"ev")),
+        ]
+    )
+    dice_only = _cert([(wire.OID_DICE_CMW, certificate.old_dice_value(b"ev"))])
+    ours_only = _cert([(wire.OLD_OID_VERITEE_EVIDENCE, b"ev")])
+    for der, carriers in (
+        (both, ("dice", "veritee")),
+        (dice_only, ("dice",)),
+        (ours_only, ("veritee",)),
+    ):
+        read = certificate.read(der)
+        assert read.evidence == b"ev" and read.carriers == carriers and read.old_format
+        assert "old format" in read.format_note
     assert certificate.read(_cert([])).evidence is None
+    assert certificate.old_dice_value(b"ev")[:5] == b"\xda\x56\x52\x41\x01"
+
+
+def _octet_string(body: bytes) -> bytes:
+    """DER: the length in the fewest bytes."""
+    n = len(body)
+    if n < 0x80:
+        return b"\x04" + bytes([n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\x04" + bytes([0x80 | len(size)]) + size + body
+
+
+@pytest.mark.parametrize("size", [10, 300])
+def test_a_dice_cmw_wrapped_in_a_der_octet_string_is_read_too(size: int) -> None:
+    evidence = b"e" * size
+    value = _octet_string(certificate.cmw_value(evidence))
+    assert certificate.read(_cert([(wire.OID_DICE_CMW, value)])).evidence == evidence
+    for bad, match in [
+        (value + b"\x00", "trailing or odd bytes"),
+        (value[:-1], "trailing or odd bytes"),
+        (b"\x04", "truncated"),
+        (b"\x04\x85" + value[2:], "bad length"),
+        (b"\x04\x82\x00\x05" + certificate.cmw_value(b"abc")[:5], "not DER"),
+        (_octet_string(b"\xff\x00"), "not valid CBOR"),
+    ]:
+        with pytest.raises(MalformedExtension, match=match):
+            certificate.read(_cert([(wire.OID_DICE_CMW, bad)]))
+
+
+def test_a_dice_cmw_may_say_it_is_evidence() -> None:
+    value = cbor2.dumps([wire.CMW_TYPE, b"ev", wire.CMW_IND_EVIDENCE])
+    assert certificate.read(_cert([(wire.OID_DICE_CMW, value)])).evidence == b"ev"
 
 
 @pytest.mark.parametrize(
@@ -158,28 +230,44 @@ def test_either_extension_alone_is_read() -> None:
     [
         (
             [
-                (wire.OID_VERITEE_EVIDENCE, b"one"),
-                (wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"two")),
+                (wire.OLD_OID_VERITEE_EVIDENCE, b"one"),
+                (wire.OID_DICE_CMW, certificate.old_dice_value(b"two")),
             ],
             "disagree",
         ),
-        ([(wire.OID_DICE_TAGGED_EVIDENCE, b"\xff\x00garbage")], "not valid CBOR"),
-        ([(wire.OID_DICE_TAGGED_EVIDENCE, cbor2.dumps(b"untagged"))], "holds no CBOR tag"),
         (
-            [(wire.OID_DICE_TAGGED_EVIDENCE, cbor2.dumps(cbor2.CBORTag(60000, b"sgx")))],
-            "format 60000",
+            [
+                (wire.OLD_OID_VERITEE_EVIDENCE, b"ev"),
+                (wire.OID_DICE_CMW, certificate.cmw_value(b"ev")),
+            ],
+            "carries the evidence twice",
         ),
+        ([(wire.OID_DICE_CMW, b"\xff\x00garbage")], "not valid CBOR"),
+        ([(wire.OID_DICE_CMW, cbor2.dumps(b"untagged"))], "no CMW record"),
+        ([(wire.OID_DICE_CMW, cbor2.dumps([wire.CMW_TYPE]))], "no CMW record"),
+        ([(wire.OID_DICE_CMW, cbor2.dumps({"type": wire.CMW_TYPE}))], "no CMW record"),
+        ([(wire.OID_DICE_CMW, cbor2.dumps(cbor2.CBORTag(60000, b"sgx")))], "CMW CBOR tag"),
+        ([(wire.OID_DICE_CMW, cbor2.dumps([10571, b"ev"]))], "CoAP content format 10571"),
         (
-            [(wire.OID_DICE_TAGGED_EVIDENCE, cbor2.dumps(cbor2.CBORTag(0x56524101, [1])))],
+            [(wire.OID_DICE_CMW, cbor2.dumps(["application/eat+cwt", b"ev"]))],
+            "holds 'application/eat\\+cwt'",
+        ),
+        ([(wire.OID_DICE_CMW, cbor2.dumps([[1], b"ev"]))], "neither a media type"),
+        ([(wire.OID_DICE_CMW, cbor2.dumps([wire.CMW_TYPE, "ev"]))], "must be a byte string"),
+        ([(wire.OID_DICE_CMW, cbor2.dumps([wire.CMW_TYPE, b"ev", 8]))], "does not say evidence"),
+        (
+            [(wire.OID_DICE_CMW, cbor2.dumps(cbor2.CBORTag(0x56524101, [1])))],
             "must be a byte string",
         ),
+        ([(wire.OID_DICE_CMW, certificate.cmw_value(b"ev") + b"\x00")], "trailing"),
+        ([(wire.OID_DICE_CMW, certificate.old_dice_value(b"ev") + b"\x00")], "trailing"),
+        ([(wire.OID_DICE_CMW, certificate.cmw_value(b"ev")[:-1])], "not valid"),
+        ([(wire.OID_DICE_CMW, certificate.cmw_value(b""))], "empty"),
+        ([(wire.OLD_OID_VERITEE_EVIDENCE, b"")], "empty"),
         (
-            [(wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"ev") + b"\x00")],
-            "trailing",
+            [(wire.OID_DICE_CMW, certificate.cmw_value(b"x" * (wire.MAX_EVIDENCE_BYTES + 1)))],
+            "at most",
         ),
-        ([(wire.OID_DICE_TAGGED_EVIDENCE, certificate.dice_value(b"ev")[:-1])], "not valid"),
-        ([(wire.OID_VERITEE_EVIDENCE, b"")], "empty"),
-        ([(wire.OID_VERITEE_EVIDENCE, b"x" * (wire.MAX_EVIDENCE_BYTES + 1))], "at most"),
     ],
 )
 def test_malformed_extensions_are_named(
@@ -187,6 +275,17 @@ def test_malformed_extensions_are_named(
 ) -> None:
     with pytest.raises(MalformedExtension, match=match):
         certificate.read(_cert(extensions))
+
+
+def test_a_duplicated_evidence_extension_is_refused() -> None:
+    der = duplicate_extension(KEY, certificate.cmw_value(b"ev"))
+    with pytest.raises(x509.DuplicateExtension):
+        x509.load_der_x509_certificate(der).extensions  # noqa: B018 - the parse is the point
+    with pytest.raises(MalformedExtension, match=r"2\.23\.133\.5\.4\.9 more than once"):
+        certificate.read(der)
+    other = duplicate_extension(KEY, certificate.cmw_value(b"ev"), second=b"\x82\x60\x40")
+    with pytest.raises(MalformedExtension, match="more than once"):
+        certificate.read(other)
 
 
 def test_garbage_and_truncated_certificates() -> None:
@@ -209,16 +308,18 @@ def test_a_certificate_with_an_impossible_version_is_malformed() -> None:
 @given(value=st.binary(max_size=300))
 def test_any_dice_extension_value_reads_or_fails_cleanly(value: bytes) -> None:
     try:
-        read = certificate.read(_cert([(wire.OID_DICE_TAGGED_EVIDENCE, value)]))
+        read = certificate.read(_cert([(wire.OID_DICE_CMW, value)]))
     except MalformedExtension:
         return
-    assert certificate.dice_value(read.evidence or b"") == value  # only exact encodings pass
+    encode = certificate.old_dice_value if read.old_format else certificate.cmw_value
+    exact = encode(read.evidence or b"")
+    assert value in (exact, _octet_string(exact))  # only exact encodings pass
 
 
 @settings(max_examples=100, deadline=None)
 @given(value=st.binary(min_size=1, max_size=300))
 def test_any_evidence_bytes_fail_appraisal_cleanly(value: bytes) -> None:
-    der = _cert([(wire.OID_VERITEE_EVIDENCE, value)])
+    der = _cert([(wire.OID_DICE_CMW, certificate.cmw_value(value))])
     with pytest.raises(EvidenceError):
         verify.appraise(
             der, Freshness("challenge", bytes(32)), TrustAnchors(()), ReferenceValues(), now=NOW

@@ -22,6 +22,18 @@ def evidence() -> None:
     """Inspect and appraise attestation evidence."""
 
 
+def _note_old_format(path: Path) -> None:
+    """Evidence in the format before the CMW collection is read for one more release."""
+    from veritee.evidence.claims import Evidence
+
+    if Evidence.decode(path.read_bytes()).old_format:
+        click.echo(
+            f"note: {path} is in the old format (before the CMW collection), read for one "
+            "more release: attest again to get the current one",
+            err=True,
+        )
+
+
 @evidence.command("show")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -34,6 +46,7 @@ def evidence_show(path: Path, as_json: bool) -> None:
     from veritee.evidence.readable import describe
 
     data = describe(path.read_bytes())
+    _note_old_format(path)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -129,6 +142,7 @@ def evidence_appraise(
     extra = {measure(to_binary(m.read_bytes())): m.name for m in modules}
     refs = refs.merge(ReferenceValues({}, extra))
     verified = appraise(path.read_bytes(), anchors, refs, nonce=challenge)
+    _note_old_format(path)
     result = {
         "status": local_status(verified),
         "device": verified.platform.ueid.hex(),

@@ -37,7 +37,9 @@ def ratls() -> None:
     Quick start:
       veritee ratls serve directory.wasm --port 8443 &
       veritee ratls connect 127.0.0.1:8443 --module directory.wasm --send alice
-      openssl s_client -connect 127.0.0.1:8443 </dev/null | veritee ratls show -
+      name=$(veritee ratls challenge)
+      openssl s_client -connect 127.0.0.1:8443 -servername "$name" </dev/null \\
+        | veritee ratls show - --challenge "$name" --module directory.wasm
     """
 
 
@@ -115,7 +117,12 @@ def _describe(peer: AttestedPeer) -> list[tuple[str, str]]:
     type=click.Choice(["challenge", "exporter"]),
     default="challenge",
     show_default=True,
-    help="Freshness: a challenge before the handshake, or evidence over the TLS exporter after it.",
+    help="Freshness: a challenge in the TLS server name, or evidence over the TLS exporter.",
+)
+@click.option(
+    "--server-name",
+    metavar="NAME",
+    help="Host name an SNI router or proxy routes on (the challenge goes in front of it).",
 )
 @click.option("--ca", type=FILE, help="Trusted manufacturer CA (PEM). Default: this device's.")
 @click.option(
@@ -148,6 +155,7 @@ def connect(
     home: Home,
     address: str,
     mode: str,
+    server_name: str | None,
     ca: Path | None,
     refs_files: tuple[Path, ...],
     modules: tuple[Path, ...],
@@ -173,18 +181,26 @@ def connect(
     if send is not None and from_stdin:
         raise UsageError("--send and --stdin both give the request: use one")
     host, port = host_port(address)
+    if server_name is not None:
+        _check_server_name(server_name)
     request = send.encode() if send is not None else sys.stdin.buffer.read() if from_stdin else None
     appraiser = _appraiser(home, verifier, ca, refs_files, modules)
     try:
         fresh: Mode = "exporter" if mode == "exporter" else "challenge"
-        with api.connect(host, port, appraiser, mode=fresh, timeout=timeout) as conn:
+        with api.connect(
+            host, port, appraiser, mode=fresh, timeout=timeout, server_name=server_name
+        ) as conn:
             peer = conn.peer
             assert peer is not None
+            der = conn.certificate
             answer = conn.request(request) if request is not None else None
     finally:
         appraiser.close()
+    from veritee.tls import certificate
+
+    carried = certificate.read(der).format_note if der is not None else "-"
     if as_json:
-        out: dict[str, Any] = {"attested": True, **peer.claims()}
+        out: dict[str, Any] = {"attested": True, **peer.claims(), "certificate": carried}
         if answer is not None:
             out["response"] = answer.decode("utf-8", "replace")
         if peer.ear is not None:
@@ -192,7 +208,7 @@ def connect(
         click.echo(json.dumps(out, indent=2))
         return
     click.secho(f"attested TLS to {host}:{port}: every check passed", bold=True, err=True)
-    for key, value in _describe(peer):
+    for key, value in [*_describe(peer), ("evidence", carried)]:
         click.echo(f"  {key:10} {value}", err=True)
     if answer is not None:
         sys.stdout.buffer.write(answer)
@@ -328,16 +344,83 @@ def _report(result: ConnectionResult) -> None:
         )
 
 
+def _check_server_name(name: str) -> None:
+    from veritee.tls import wire
+
+    try:
+        wire.check_routing_name(name)
+    except ValueError as exc:
+        raise UsageError(f"--server-name: {exc}") from None
+
+
+@ratls.command("challenge", context_settings=CONTEXT)
+@click.option(
+    "--server-name",
+    metavar="NAME",
+    default="veritee",
+    show_default=True,
+    help="Host name an SNI router or proxy routes on.",
+)
+def challenge(server_name: str) -> None:
+    """Print a TLS server name carrying a fresh random challenge, for plain TLS clients.
+
+    A module server answers a ClientHello with this server name (SNI) with a certificate whose
+    evidence is over the challenge; `show --challenge` then checks it.
+
+    \b
+    Example:
+      name=$(veritee ratls challenge)
+      openssl s_client -connect 127.0.0.1:8443 -servername "$name" </dev/null \\
+        | veritee ratls show - --challenge "$name" --module directory.wasm
+    """
+    import os
+
+    from veritee.tls import wire
+
+    _check_server_name(server_name)
+    click.echo(wire.challenge_name(os.urandom(wire.CHALLENGE_BYTES), server_name))
+
+
 @ratls.command("show", context_settings=CONTEXT)
 @click.argument("path", metavar="CERT", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--challenge",
+    "challenge_name",
+    metavar="NAME",
+    help="Appraise: the server name (or hex challenge) the certificate must answer.",
+)
+@click.option("--ca", type=FILE, help="With --challenge: trusted manufacturer CA (PEM).")
+@click.option("--refs", "refs_files", multiple=True, type=FILE, help="With --challenge.")
+@click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    type=FILE,
+    help="With --challenge: endorse this module's measurement (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def show(path: str, as_json: bool) -> None:
-    """Print the evidence in an RA-TLS certificate (PEM or DER; '-': stdin). NOT verified.
+@click.pass_obj
+def show(
+    home: Home,
+    path: str,
+    challenge_name: str | None,
+    ca: Path | None,
+    refs_files: tuple[Path, ...],
+    modules: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Print the evidence in an RA-TLS certificate (PEM or DER; '-': stdin).
 
+    NOT verified, unless --challenge names the challenge the certificate must answer: then
+    every check runs (as `connect` runs them) and a failed one exits 7.
     Reads the first certificate found, so the output of openssl s_client can be piped in.
 
     \b
-    Example:  openssl s_client -connect 127.0.0.1:8443 </dev/null | veritee ratls show -
+    Examples:
+      openssl s_client -connect 127.0.0.1:8443 </dev/null | veritee ratls show -
+      name=$(veritee ratls challenge)
+      openssl s_client -connect 127.0.0.1:8443 -servername "$name" </dev/null \\
+        | veritee ratls show - --challenge "$name" --module directory.wasm
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -357,6 +440,9 @@ def show(path: str, as_json: bool) -> None:
             raise UsageError(f"{path}: the PEM certificate does not parse") from None
     else:
         der = data
+    expected = _challenge_of(challenge_name) if challenge_name is not None else None
+    if expected is None and (ca or refs_files or modules):
+        raise UsageError("--ca, --refs and --module appraise: give --challenge too")
     cert = certificate.read(der)
     info: dict[str, Any] = {
         "subject": cert.subject,
@@ -364,6 +450,7 @@ def show(path: str, as_json: bool) -> None:
         "not_after": cert.not_after.isoformat(),
         "key_sha256": cert.spki_sha256.hex(),
         "evidence_in": list(cert.carriers),
+        "format": cert.format_note,
     }
     if cert.evidence is not None:
         claims = describe(cert.evidence)
@@ -372,18 +459,28 @@ def show(path: str, as_json: bool) -> None:
         info["freshness"] = (
             "no challenge: a nonce the module chose itself (proves no freshness)"
             if wire.is_no_challenge(raw)
-            else "a challenge from the peer"
+            else f"over the challenge {raw.hex()}"
         )
         info["binds_this_key"] = module.get("user_data") == cert.spki_sha256.hex()
         info["claims"] = claims
+    if expected is not None:
+        from veritee.tls.verify import Freshness
+
+        appraiser = _appraiser(home, None, ca, refs_files, modules)
+        peer = appraiser.appraise(der, Freshness("challenge", expected))  # raises a failed check
+        info["verified"] = peer.claims()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.secho("certificate (decoded, NOT verified)", bold=True)
+    title = "verified: every check passed" if expected is not None else "decoded, NOT verified"
+    click.secho(f"certificate ({title})", bold=True)
     for key in ("subject", "not_before", "not_after", "key_sha256", "freshness", "binds_this_key"):
         if key in info:
             click.echo(f"  {key}: {info[key]}")
-    click.echo(f"  evidence in: {', '.join(cert.carriers) or 'none: not an RA-TLS certificate'}")
+    click.echo(f"  evidence in: {', '.join(cert.carriers) or '-'}: {cert.format_note}")
+    if expected is not None:
+        for key, value in _describe(peer):
+            click.echo(f"  {key:10} {value}")
     for token, claims in info.get("claims", {}).items():
         click.secho(f"{token} token", bold=True)
         for key, value in claims.items():
@@ -393,3 +490,22 @@ def show(path: str, as_json: bool) -> None:
                     click.echo(f"    {e['component']:14} {e['version']:8} {e['measurement']}")
             elif key != "x5chain":
                 click.echo(f"  {key}: {value}")
+
+
+def _challenge_of(value: str) -> bytes:
+    """The challenge in a server name from `ratls challenge`, or given as hex."""
+    from veritee.tls import wire
+    from veritee.tls.errors import MalformedChallenge
+
+    try:
+        found = wire.parse_server_name(value.encode())
+        if found is None:
+            found = bytes.fromhex(value)
+            if not wire.CHALLENGE_MIN <= len(found) <= wire.CHALLENGE_MAX:
+                raise ValueError
+    except (MalformedChallenge, ValueError, UnicodeEncodeError):
+        raise UsageError(
+            f"--challenge: {value[:80]!r} is neither a challenge server name nor "
+            f"{wire.CHALLENGE_MIN} to {wire.CHALLENGE_MAX} bytes of hex"
+        ) from None
+    return found

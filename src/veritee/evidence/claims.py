@@ -17,7 +17,7 @@ keys. Encoders here are pure: signing happens in the secure world, checking in a
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -29,16 +29,32 @@ PROFILE_EVIDENCE = "tag:veritee.dev,2026:evidence"
 PROFILE_PLATFORM = "tag:veritee.dev,2026:platform"
 PROFILE_VTEE = "tag:veritee.dev,2026:vtee"
 PROFILE_MODULE = "tag:veritee.dev,2026:module"
-MEDIA_TYPE = "application/vnd.veritee.evidence+cbor"
+# The envelope is a CMW collection (draft-ietf-rats-msg-wrap, its media type registered):
+# {"__cmwc_t": PROFILE_EVIDENCE, "platform": [type, token], "vtee": [...], "module": [...]}.
+MEDIA_TYPE = f'application/cmw+cbor; cmwc_t="{PROFILE_EVIDENCE}"'
+# The format before the CMW collection (an untagged map with "profile"), read for one
+# release: decoding it sets Evidence.old_format, and `evidence show` says to update.
+OLD_MEDIA_TYPE = "application/vnd.veritee.evidence+cbor"
+CMWC_TYPE_LABEL = "__cmwc_t"
+# Each token's CMW record type: an EAT in CWT form with its profile (RFC 9782); a TPM-backed
+# device's platform part is a CBOR map of its quote and event log (evidence/tpm.py).
+TOKEN_MEDIA_TYPES = {
+    "platform": f'application/eat+cwt; eat_profile="{PROFILE_PLATFORM}"',
+    "vtee": f'application/eat+cwt; eat_profile="{PROFILE_VTEE}"',
+    "module": f'application/eat+cwt; eat_profile="{PROFILE_MODULE}"',
+}
+TPM_PLATFORM_MEDIA_TYPE = "application/vnd.veritee.tpm-platform+cbor"
 
 # EAT / CWT claim keys.
 IAT = 6
 CNF = 8  # RFC 8747 confirmation: {1: COSE_Key}
 NONCE = 10
 UEID = 256
-HWMODEL = 259
+HWMODEL = 259  # bytes (RFC 9711): here the UTF-8 of the model's name
 SECBOOT = 262
+DBGSTAT = 263  # RFC 9711 debug status, derived from the lifecycle (see DBGSTAT_OF)
 PROFILE = 265
+SWNAME = 270  # the module's name (module token)
 # Veritee private claims.
 LIFECYCLE = -76000
 BOOT_LOG = -76001
@@ -63,8 +79,13 @@ _CNF_COSE_KEY = 1
 _COMPONENT, _MEASUREMENT, _SIGNER, _VERSION = 1, 2, 3, 4
 
 LIFECYCLES = ("emulated", "debug", "secured")
+# dbgstat for each lifecycle: an emulated or debug secure world can be debugged by whoever
+# runs it (enabled, 0); a secured one says debugging is disabled (1). Lifecycle stays the
+# claim Veritee judges by (its values say more than dbgstat can); the two must agree.
+DBGSTAT_OF = {"emulated": 0, "debug": 0, "secured": 1}
 HWMODEL_EMULATED = "veritee-emulated-tee"
 MAX_USER_DATA = 1024  # bound on caller-supplied data folded into a module token
+MAX_HWMODEL = 64
 MAX_HOST_DATA = MAX_USER_DATA  # the same bound for what the normal world asks to be folded in
 
 # Rollback protection, as the platform reports it (claim ROLLBACK_PROTECTION):
@@ -130,8 +151,9 @@ class PlatformClaims:
         return {
             PROFILE: PROFILE_PLATFORM,
             UEID: self.ueid,
-            HWMODEL: self.hwmodel,
+            HWMODEL: self.hwmodel.encode(),
             LIFECYCLE: self.lifecycle,
+            DBGSTAT: DBGSTAT_OF[self.lifecycle],
             SECBOOT: self.secure_boot,
             BOOT_LOG: [e.to_cbor() for e in self.boot_log],
             VTEE_ID: self.vtee_id,
@@ -166,6 +188,12 @@ class PlatformClaims:
             raise MalformedToken(
                 f"rollback protection {str(rollback)[:40]!r} is not one of {ROLLBACK_PROTECTIONS}"
             )
+        dbgstat = c.get(DBGSTAT, DBGSTAT_OF[lifecycle])
+        if dbgstat != DBGSTAT_OF[lifecycle] or isinstance(dbgstat, bool):
+            raise MalformedToken(
+                f"claim 'dbgstat' ({DBGSTAT}) is {str(dbgstat)[:20]}, which lifecycle "
+                f"{lifecycle!r} contradicts ({DBGSTAT_OF[lifecycle]})"
+            )
         key = _cnf_key(c)
         _check_binding(c, key, "platform")
         return cls(
@@ -178,7 +206,7 @@ class PlatformClaims:
             vtee_config=_digest(c, VTEE_CONFIG, "vTEE config digest"),
             vtee_key=key,
             iat=_req(c, IAT, int, "iat"),
-            hwmodel=_req(c, HWMODEL, str, "hwmodel"),
+            hwmodel=_hwmodel(c),
             rollback_protection=rollback,
         )
 
@@ -265,7 +293,7 @@ class ModuleClaims:
             NONCE: self.nonce,
             MODULE_MEASUREMENT: self.measurement,
             MODULE_CONFIG: self.config,
-            MODULE_NAME: self.name,
+            SWNAME: self.name,
             PROVISIONING_KEY: self.provisioning_key,
             USER_DATA: self.user_data,
             IAT: self.iat,
@@ -296,7 +324,7 @@ class ModuleClaims:
             nonce=nonce,
             measurement=_digest(c, MODULE_MEASUREMENT, "module measurement"),
             config=_digest(c, MODULE_CONFIG, "module config digest"),
-            name=_req(c, MODULE_NAME, str, "module name"),
+            name=_swname(c),
             provisioning_key=pkey,  # type: ignore[arg-type]
             iat=_req(c, IAT, int, "iat"),
             user_data=user_data,
@@ -312,15 +340,18 @@ class Evidence:
     platform: bytes
     vtee: bytes
     module: bytes
+    # Decoded from the format before the CMW collection (read for one release).
+    old_format: bool = field(default=False, compare=False)
 
     def encode(self) -> bytes:
+        """A CMW collection of three records (see :data:`MEDIA_TYPE`)."""
         return bytes(
             cbor2.dumps(
                 {
-                    "profile": PROFILE_EVIDENCE,
-                    "platform": self.platform,
-                    "vtee": self.vtee,
-                    "module": self.module,
+                    CMWC_TYPE_LABEL: PROFILE_EVIDENCE,
+                    "platform": [_platform_type(self.platform), self.platform],
+                    "vtee": [TOKEN_MEDIA_TYPES["vtee"], self.vtee],
+                    "module": [TOKEN_MEDIA_TYPES["module"], self.module],
                 }
             )
         )
@@ -328,12 +359,58 @@ class Evidence:
     @classmethod
     def decode(cls, data: bytes) -> Evidence:
         value = cose.loads(data, what="evidence")
-        if not isinstance(value, dict) or value.get("profile") != PROFILE_EVIDENCE:
-            raise MalformedToken(f"not Veritee evidence (expected profile {PROFILE_EVIDENCE})")
-        parts = [value.get(k) for k in ("platform", "vtee", "module")]
-        if not all(isinstance(p, bytes) for p in parts):
-            raise MalformedToken("evidence lacks one of its platform, vtee or module tokens")
-        return cls(*parts)  # type: ignore[arg-type]
+        if isinstance(value, dict) and CMWC_TYPE_LABEL in value:
+            return cls._collection(value)
+        if isinstance(value, dict) and value.get("profile") == PROFILE_EVIDENCE:
+            platform, vtee, module = (value.get(k) for k in ("platform", "vtee", "module"))
+            if not (
+                isinstance(platform, bytes)
+                and isinstance(vtee, bytes)
+                and isinstance(module, bytes)
+            ):
+                raise MalformedToken("evidence lacks one of its platform, vtee or module tokens")
+            return cls(platform, vtee, module, old_format=True)
+        raise MalformedToken(
+            f"not Veritee evidence (expected a CMW collection of type {PROFILE_EVIDENCE})"
+        )
+
+    @classmethod
+    def _collection(cls, value: dict[Any, Any]) -> Evidence:
+        if value[CMWC_TYPE_LABEL] != PROFILE_EVIDENCE:
+            raise MalformedToken(
+                f"a CMW collection of type {str(value[CMWC_TYPE_LABEL])[:60]!r}, not Veritee "
+                f"evidence ({PROFILE_EVIDENCE})"
+            )
+        extra = sorted(str(k)[:20] for k in value if k not in (CMWC_TYPE_LABEL, *TOKEN_MEDIA_TYPES))
+        if extra:
+            raise MalformedToken(f"the evidence collection holds unknown entries: {extra}")
+        parts = []
+        for label in TOKEN_MEDIA_TYPES:
+            record = value.get(label)
+            if not (
+                isinstance(record, list)
+                and len(record) == 2
+                and isinstance(record[0], str)
+                and isinstance(record[1], bytes)
+            ):
+                raise MalformedToken(
+                    f"evidence entry {label!r} is missing or not a CMW record [type, bytes]"
+                )
+            want = _platform_type(record[1]) if label == "platform" else TOKEN_MEDIA_TYPES[label]
+            if record[0] != want:
+                raise MalformedToken(
+                    f"evidence entry {label!r} says it is {record[0][:80]!r}, not {want!r}"
+                )
+            parts.append(record[1])
+        return cls(parts[0], parts[1], parts[2])
+
+
+def _platform_type(token: bytes) -> str:
+    """The record type of a platform part: a CBOR map is a TPM-backed device's quote and
+    event log; anything else is the platform EAT (a COSE_Sign1)."""
+    if token[:1] and 0xA0 <= token[0] <= 0xBF:
+        return TPM_PLATFORM_MEDIA_TYPE
+    return TOKEN_MEDIA_TYPES["platform"]
 
 
 def encode_claims(claims: PlatformClaims | VteeClaims | ModuleClaims) -> bytes:
@@ -348,6 +425,30 @@ def ueid_of(cose_key: dict[int, Any]) -> bytes:
 def config_digest(config: dict[str, Any]) -> bytes:
     """SHA-256 of the canonical CBOR of a configuration map (module or vTEE)."""
     return hashlib.sha256(cbor2.dumps(config, canonical=True)).digest()
+
+
+def _hwmodel(c: dict[Any, Any]) -> str:
+    """hwmodel: bytes (RFC 9711), the UTF-8 of a model name; old tokens: text."""
+    value = c.get(HWMODEL)
+    if isinstance(value, str):  # the old format
+        return value
+    if not isinstance(value, bytes) or len(value) > MAX_HWMODEL:
+        raise MalformedToken(f"claim 'hwmodel' ({HWMODEL}) is missing or not a short byte string")
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise MalformedToken(f"claim 'hwmodel' ({HWMODEL}) is not a model name") from None
+
+
+def _swname(c: dict[Any, Any]) -> str:
+    """The module's name: swname (270); old tokens: the private key -76012. Not both."""
+    if SWNAME in c and MODULE_NAME in c:
+        raise MalformedToken(
+            f"the module's name is given twice (claims {SWNAME} and {MODULE_NAME})"
+        )
+    key = SWNAME if SWNAME in c or MODULE_NAME not in c else MODULE_NAME
+    name: str = _req(c, key, str, "module name")
+    return name
 
 
 def _req(c: dict[Any, Any], key: int, typ: type, what: str) -> Any:

@@ -40,17 +40,20 @@ def connect(
     *,
     mode: Mode = "challenge",
     timeout: float = DEFAULT_TIMEOUT,
+    server_name: str | None = None,
 ) -> AttestedConnection:
     """Connect, run the attested handshake, appraise the server; raise the failed check.
 
-    ``mode`` is how the evidence is made fresh: ``challenge`` (a random challenge is sent
-    before the handshake; the certificate answers it) or ``exporter`` (the server's evidence
-    over this TLS session's exported keying material follows the handshake).
+    ``mode`` is how the evidence is made fresh: ``challenge`` (a random challenge travels in
+    the ClientHello's server name; the certificate answers it) or ``exporter`` (the server's
+    evidence over this TLS session's exported keying material follows the handshake).
+    ``server_name`` is the name an SNI router or proxy on the way routes on (in challenge mode
+    the challenge labels go in front of it: ``<hex>.challenge.<server_name>``).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     sock = dial(host, port, timeout)
-    engine = Engine("client", None, appraiser, mode=mode)
+    engine = Engine("client", None, appraiser, mode=mode, server_name=server_name)
     conn = AttestedConnection(sock, engine, timeout=timeout)
     try:
         engine.start()

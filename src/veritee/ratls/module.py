@@ -129,12 +129,19 @@ class ModuleEndpoint:
         request: bytes = b"",
         data: bytes = b"",
         eof: bool = False,
+        server_name: str | None = None,
     ) -> tuple[int, Feed]:
         """A new connection; ``data``: what already arrived for it (a server's first bytes)."""
-        answer = self._call(
-            CMD_TLS_OPEN,
-            {"role": role, "mode": mode, "request": request, "data": data, "eof": eof},
-        )
+        call: dict[str, Any] = {
+            "role": role,
+            "mode": mode,
+            "request": request,
+            "data": data,
+            "eof": eof,
+        }
+        if server_name is not None:
+            call["server_name"] = server_name
+        answer = self._call(CMD_TLS_OPEN, call)
         return int(answer["conn"]), _feed_of(answer)
 
     def feed(self, conn: int, data: bytes, *, eof: bool = False) -> Feed:
@@ -379,15 +386,17 @@ def module_request(
     name: str = "module",
     args: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
+    server_name: str | None = None,
 ) -> ModuleResult:
     """Connect as a module; raise the failed check, or return the module's run on the answer.
 
     ``peer`` is how the module appraises its server (inside the secure world); None means it
-    does not, for a server authenticated in some other way.
+    does not, for a server authenticated in some other way. ``server_name``: as for
+    :func:`veritee.ratls.connect`.
     """
     endpoint = ModuleEndpoint(context, module, name=name, args=args, peer=peer)
     try:
-        conn, first = endpoint.open("client", mode=mode, request=request)
+        conn, first = endpoint.open("client", mode=mode, request=request, server_name=server_name)
         sock = dial(host, port, timeout)
         try:
             feed = _exchange(sock, endpoint, conn, first.out, timeout)

@@ -9,8 +9,9 @@ plaintext byte of the application.
 
 * The TLS key is the module's **attestation key**, minted at LOAD and never exported: the
   vtee token binds it, so a relying party can tell it from any key the host holds.
-* Each connection's certificate carries fresh evidence over the peer's challenge (or over a
-  marked nonce of our own when none came), and the module token's user data is SHA-256 of
+* Each connection's certificate carries fresh evidence over the peer's challenge, read from
+  the ClientHello's server name while the handshake runs (or over a marked nonce of our own
+  when none came), and the module token's user data is SHA-256 of
   the certificate's SubjectPublicKeyInfo.
 * Server role: a client's request (one DATA frame) runs the module, a WASI command, with the
   request on stdin; its stdout is the response. With a peer policy, clients must attest too
@@ -184,7 +185,17 @@ def _open(endpoint: _Endpoint, request: dict[str, Any]) -> dict[str, Any]:
             raise UsageError(f"mode must be one of {', '.join(wire.MODES)}")
         if not isinstance(payload, bytes) or len(payload) > wire.MAX_DATA_BYTES:
             raise UsageError(f"the request must be at most {wire.MAX_DATA_BYTES} bytes")
-        client = Engine("client", endpoint.identity, endpoint.peer, mode=mode)
+        server_name = request.get("server_name")
+        if server_name is not None:
+            if not isinstance(server_name, str):
+                raise UsageError("server_name must be a host name")
+            try:
+                wire.check_routing_name(server_name)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        client = Engine(
+            "client", endpoint.identity, endpoint.peer, mode=mode, server_name=server_name
+        )
         conn = _Connection(client, "client", request=payload)
     else:
         raise UsageError("role must be 'server' or 'client'")

@@ -10,10 +10,13 @@ plain Python relying parties; only what is plugged in differs:
   its server, for a server authenticated some other way).
 
 The transport feeds :meth:`Engine.receive` with what arrived, sends :meth:`Engine.outgoing`,
-and acts on the events. A failed check raises out of ``receive``; :meth:`Engine.abort` then
-tells the peer why (an ERROR frame, when TLS is up) and closes. TLS is 1.3 only: its exporter
-is bound to the full handshake, and there is no renegotiation to swap keys later. Session
-resumption is off, since a resumed session presents no certificate to check.
+and acts on the events. Nothing precedes the TLS ClientHello: in challenge mode the client's
+challenge is in its server name (SNI), and the server makes the certificate for this
+connection while OpenSSL reads the ClientHello (the server-name callback). A failed check
+raises out of ``receive``; :meth:`Engine.abort` then tells the peer why (an ERROR frame,
+when TLS is up) and closes. TLS is 1.3 only: its exporter is bound to the full handshake,
+and there is no renegotiation to swap keys later. Session resumption is off, since a
+resumed session presents no certificate to check.
 """
 
 from __future__ import annotations
@@ -46,8 +49,6 @@ log = logging.getLogger("veritee.ratls")
 
 Role = Literal["client", "server"]
 READ_CHUNK = 64 * 1024
-# What may sit in front of the TLS stream before we know what it is: a hello is at most 70.
-MAX_PREFACE_BYTES = wire.HELLO_HEADER + wire.CHALLENGE_MAX
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class PeerClosed:
 
 Event = Ready | Data | PeerError | PeerClosed
 
-_PREFACE, _HANDSHAKE, _ATTEST, _READY, _CLOSED = "preface", "handshake", "attest", "ready", "closed"
+_START, _HANDSHAKE, _ATTEST, _READY, _CLOSED = "start", "handshake", "attest", "ready", "closed"
 _CONTEXTS: dict[tuple[str, bool], SSL.Context] = {}  # for ends that present no certificate
 
 
@@ -120,7 +121,17 @@ def tls_context(
         # A missing peer certificate is not a TLS failure here: the protocol then refuses the
         # peer with a frame that names the check (NoEvidence), which a TLS alert could not.
         ctx.set_verify(SSL.VERIFY_PEER, _accept_any)
+    if role == "server" and cert_der is None:
+        # OpenSSL calls this for every ClientHello, with a server name or without one.
+        ctx.set_tlsext_servername_callback(_on_server_name)
     return ctx
+
+
+def _on_server_name(conn: SSL.Connection) -> None:
+    """OpenSSL read the ClientHello: the engine picks this connection's certificate now."""
+    engine = conn.get_app_data()
+    if isinstance(engine, Engine):
+        engine._certify_for(conn)
 
 
 class Engine:
@@ -133,15 +144,19 @@ class Engine:
         appraiser: Appraiser | None,
         *,
         mode: Mode = "challenge",
+        server_name: str | None = None,
     ) -> None:
+        """``server_name`` (a client's): the name an SNI router or proxy routes on; in
+        challenge mode the challenge goes in front of it (``wire.challenge_name``)."""
         if role == "server" and identity is None:
             raise ValueError("a server needs an identity (a certificate to present)")
         self.role, self.identity, self.appraiser = role, identity, appraiser
         self.mode: Mode | None = mode if role == "client" else None
+        self.server_name = server_name
         self.peer: AttestedPeer | None = None
         self.certificate: bytes | None = None  # the one we presented
-        self._state = _PREFACE
-        self._preface = bytearray()
+        self._state = _START
+        self._refusal: Exception | None = None  # raised in the server-name callback
         self._out = bytearray()
         self._ssl: SSL.Connection | None = None
         self._frames = wire.FrameReader()
@@ -159,33 +174,33 @@ class Engine:
         return self._state == _CLOSED
 
     def start(self) -> None:
-        """Begin (a client speaks first); then send :meth:`outgoing`."""
+        """Begin (a client speaks first: its ClientHello); then send :meth:`outgoing`."""
         if self.role == "server":
             return
+        name = self.server_name
         if self.mode == "challenge":
-            # Without an appraiser the challenge is still sent (a hello must carry one), and
-            # the server's answer to it is not checked.
+            # Without an appraiser the challenge is still sent (the mode says there is one),
+            # and the server's answer to it is not checked.
             self._challenge = (
                 self.appraiser.challenge()
                 if self.appraiser is not None
                 else Freshness("challenge", os.urandom(wire.CHALLENGE_BYTES))
             )
-            self._out += wire.Hello(self._challenge.nonce).encode()
-            return
-        self._begin_tls(None)
+            name = wire.challenge_name(
+                self._challenge.nonce, self.server_name or wire.DEFAULT_SERVER_NAME
+            )
+        self._begin_tls(name)
         self._handshake()
 
     def receive(self, data: bytes) -> list[Event]:
         """Feed bytes from the peer; raises the failed check (then call :meth:`abort`)."""
         if self._state == _CLOSED:
             return []
-        if self._state == _PREFACE:
-            self._preface += data
-            if not self._on_preface():
-                if len(self._preface) > MAX_PREFACE_BYTES:  # pragma: no cover - hello bounds it
-                    raise ProtocolViolation("the peer sent too much before the TLS handshake")
+        if self._state == _START:
+            if not data:
                 return []
-            data, self._preface = bytes(self._preface), bytearray()
+            wire.check_first_byte(data[0])
+            self._begin_tls(None)
         assert self._ssl is not None
         if data:
             self._ssl.bio_write(data)
@@ -199,7 +214,7 @@ class Engine:
 
     def eof(self) -> list[Event]:
         """The peer closed its side of the TCP connection."""
-        if self._state in (_PREFACE, _HANDSHAKE):
+        if self._state in (_START, _HANDSHAKE):
             self._state = _CLOSED
             raise HandshakeFailed("the peer closed the connection before the handshake ended")
         if self._state == _ATTEST:
@@ -255,57 +270,37 @@ class Engine:
 
     # -- the protocol ------------------------------------------------------------------------
 
-    def _on_preface(self) -> bool:
-        """Handle what precedes TLS; True once TLS may start."""
-        if self.role == "client":
-            parsed = wire.parse_hello(self._preface)
-            if parsed is None:
-                return False
-            hello, used = parsed
-            del self._preface[:used]
-            if hello.challenge and (self.identity is None or self.identity.evidence is None):
-                raise PeerRefused(
-                    "the server requires client attestation, and this client is not an "
-                    "attested module"
-                )
-            self._begin_tls(hello.challenge or None)
-            return True
-        if not self._preface:
-            return False
-        if not wire.starts_with_hello(self._preface[0]):
-            self.mode = "exporter"
-            self._begin_tls(None)
-            return True
-        parsed = wire.parse_hello(self._preface)
-        if parsed is None:
-            return False
-        hello, used = parsed
-        del self._preface[:used]
-        if not hello.challenge:
-            raise ProtocolViolation("a client's hello must carry a challenge")
-        self.mode = "challenge"
-        if self.appraiser is not None:
-            self._challenge = self.appraiser.challenge()
-        self._out += wire.Hello(self._challenge.nonce if self._challenge else b"").encode()
-        self._begin_tls(hello.challenge)
-        return True
-
-    def _begin_tls(self, challenge: bytes | None) -> None:
-        """Make this connection's certificate (evidence over ``challenge``) and start TLS."""
-        cert = None
-        if self.identity is not None:
-            nonce = challenge if challenge is not None else wire.no_challenge_nonce()
-            cert = self.identity.certify(nonce)
-        self.certificate = cert
+    def _begin_tls(self, server_name: str | None) -> None:
+        """Start TLS. A client presents its certificate (if it has an identity) over a marked
+        nonce of its own: its evidence that counts follows over the exporter. A server makes
+        its certificate once the ClientHello is read (:meth:`_certify_for`)."""
         peer = self.appraiser is not None
         self._ssl = SSL.Connection(self._context(peer), None)
-        if cert is not None:
-            self._ssl.use_certificate(x509.load_der_x509_certificate(cert))
+        self._ssl.set_app_data(self)
         if self.role == "server":
             self._ssl.set_accept_state()
         else:
+            if self.identity is not None:
+                self.certificate = self.identity.certify(wire.no_challenge_nonce())
+                self._ssl.use_certificate(x509.load_der_x509_certificate(self.certificate))
+            if server_name is not None:
+                self._ssl.set_tlsext_host_name(server_name.encode("ascii"))
             self._ssl.set_connect_state()
         self._state = _HANDSHAKE
+
+    def _certify_for(self, conn: SSL.Connection) -> None:
+        """In OpenSSL's server-name callback: this connection's certificate, with evidence
+        over the challenge in the server name, or over a marked nonce of ours (exporter
+        mode). Nothing may raise out of a callback: a refusal is kept, and the handshake
+        then fails for want of a certificate (see :meth:`_handshake`)."""
+        try:
+            assert self.identity is not None
+            challenge = wire.parse_server_name(conn.get_servername())
+            self.mode = "challenge" if challenge is not None else "exporter"
+            self.certificate = self.identity.certify(challenge or wire.no_challenge_nonce())
+            conn.use_certificate(x509.load_der_x509_certificate(self.certificate))
+        except Exception as exc:  # kept, and raised by _handshake
+            self._refusal = exc
 
     def _context(self, peer: bool) -> SSL.Context:
         """A shared context: making one (and loading the key into it) costs more than a
@@ -326,8 +321,12 @@ class Engine:
             return False
         except SSL.Error as exc:
             self._drain()  # the alert, so the peer learns why
+            if self._refusal is not None:
+                raise self._refusal from None
             raise HandshakeFailed(f"TLS handshake failed: {_ssl_reason(exc)}") from None
         self._drain()
+        if self._refusal is not None:  # pragma: no cover - no certificate: OpenSSL fails first
+            raise self._refusal
         if self._ssl.get_protocol_version_name() != "TLSv1.3":
             raise HandshakeFailed("the peer did not negotiate TLS 1.3")
         self._state = _ATTEST
@@ -335,13 +334,17 @@ class Engine:
 
     def _on_handshake(self, events: list[Event]) -> None:
         other: Role = "client" if self.role == "server" else "server"
-        if self.mode == "exporter" and self.identity is not None and self.identity.evidence:
+        # A server's evidence is in its certificate in challenge mode, in a frame over the
+        # exporter otherwise; an attested client's is always in a frame (no challenge reached
+        # it: it has nothing else to be fresh over).
+        sends = self.role == "client" or self.mode == "exporter"
+        if sends and self.identity is not None and self.identity.evidence:
             evidence = self.identity.evidence(self.exporter(self.role))
             assert self._ssl is not None
             self._ssl.sendall(wire.frame(wire.FRAME_EVIDENCE, evidence))
         if self.appraiser is None:
             self._become_ready(None, events)
-        elif self.mode == "challenge":
+        elif self.role == "client" and self.mode == "challenge":
             assert self._challenge is not None
             self._become_ready(self._appraise(self._challenge, None), events)
         else:

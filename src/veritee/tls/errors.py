@@ -79,7 +79,11 @@ class HandshakeFailed(ChannelError):
 
 
 class ProtocolViolation(ChannelError):
-    """The peer sent bytes that are not this protocol (bad hello, unknown or oversized frame)."""
+    """The peer sent bytes that are not this protocol (unknown or oversized frame, ...)."""
+
+
+class MalformedChallenge(ProtocolViolation):
+    """The challenge in the client's TLS server name is not hex, or of the wrong size."""
 
 
 class PeerRefused(ChannelError):
@@ -109,6 +113,7 @@ _BY_NAME: dict[str, type[Error]] = {
         AttestationRejected,
         HandshakeFailed,
         ProtocolViolation,
+        MalformedChallenge,
         PeerRefused,
         Unreachable,
     )

@@ -1,18 +1,14 @@
-"""The RA-TLS wire format: OIDs, the pre-handshake hello, frames inside TLS, the exporter.
+"""The RA-TLS wire format: OIDs, the challenge in the TLS server name, frames, the exporter.
 
-Pure encoders and incremental decoders, shared by the secure world's TLS endpoint and the
-normal-world helpers; docs/ratls.md is the prose version of this file.
+Pure encoders and decoders, shared by the secure world's TLS endpoint and the normal-world
+helpers; docs/ratls.md is the prose version of this file. Nothing precedes the ClientHello:
 
-On the TCP stream, in challenge mode::
-
-    client -> server   HELLO  "VRA" 0x01 | flags (1) | n (1) | challenge (n = 8..64)
-    server -> client   HELLO  "VRA" 0x01 | flags (1) | n (1) | challenge (n = 0 or 8..64)
-    then the TLS 1.3 handshake; the certificate each side presents carries evidence over the
-    challenge the other side sent.
-
-A stream that starts with a TLS record (0x16) instead has no hello: the server's certificate
-then carries evidence over a nonce it chose itself, marked by ``NO_CHALLENGE_PREFIX``, and the
-server sends its evidence over the TLS exporter as the first frame (exporter mode).
+* challenge mode: the client's challenge travels in the ClientHello's server name (SNI) as
+  ``<hex>[.<hex>...].challenge.<server name>`` (see :func:`challenge_name`); the server's
+  certificate for this connection carries evidence over it;
+* exporter mode: a server name without a challenge (or none): the certificate carries
+  evidence over a nonce the server chose itself, marked by ``NO_CHALLENGE_PREFIX``, and the
+  server sends its evidence over the TLS exporter as the first frame.
 
 Inside TLS, every message is a frame: ``kind (1) | length (4, big endian) | body``.
 """
@@ -20,28 +16,32 @@ Inside TLS, every message is a frame: ``kind (1) | length (4, big endian) | body
 from __future__ import annotations
 
 import os
+import string
 import struct
-from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
 
-from veritee.tls.errors import ProtocolViolation
+from veritee.evidence.claims import MEDIA_TYPE
+from veritee.tls.errors import MalformedChallenge, ProtocolViolation
 
 Mode = Literal["challenge", "exporter"]
 MODES: tuple[Mode, ...] = ("challenge", "exporter")
 
-# Veritee's own evidence extension: an OID under 2.25 (X.667: a UUID as an integer, which
-# anyone may mint without registration), UUID 4e3cb86a-901c-4284-ac55-4a12a441f68b. Its
-# extnValue holds the Veritee evidence bytes (application/vnd.veritee.evidence+cbor) as is.
-OID_VERITEE_EVIDENCE = x509.ObjectIdentifier("2.25.103995061888887831624385471322490271371")
-# TCG DICE "tagged evidence" (since DICE Attestation Architecture 1.1: conceptual message
-# wrapper): extnValue holds CBOR #6.<tag>(evidence), the tag naming the evidence format.
-OID_DICE_TAGGED_EVIDENCE = x509.ObjectIdentifier("2.23.133.5.4.9")
-# Our CBOR tag for "Veritee evidence as a byte string": 0x56524101 ("VRA" 1), from IANA's
-# first-come-first-served range and below the range derived from CoAP content formats.
-# Not registered yet: #6.1448231169(bstr .cbor veritee-evidence).
-EVIDENCE_CBOR_TAG = 0x56524101
+# TCG DICE Attestation Architecture 1.1, tcg-dice-conceptual-message-wrapper: the extnValue
+# holds a RATS conceptual message wrapper (CMW, RFC 9999 / draft-ietf-rats-msg-wrap), here a
+# CBOR record ``[type, value]``: the evidence's media type and the evidence as a byte string.
+OID_DICE_CMW = x509.ObjectIdentifier("2.23.133.5.4.9")
+# The CMW record's type: Veritee evidence's media type (itself a CMW collection, see
+# veritee.evidence.claims), which has no CoAP content format yet.
+CMW_TYPE = MEDIA_TYPE
+CMW_IND_EVIDENCE = 4  # the CMW "ind" bit for Evidence, if an encoder adds the optional third member
+
+# The old format (certificates of Veritee before the CMW, read for one more release): the
+# evidence as is under a private OID (2.25: a UUID as an integer), and again in the DICE
+# extension as CBOR #6.OLD_EVIDENCE_CBOR_TAG(bstr), a tag that was never registered.
+OLD_OID_VERITEE_EVIDENCE = x509.ObjectIdentifier("2.25.103995061888887831624385471322490271371")
+OLD_EVIDENCE_CBOR_TAG = 0x56524101
 
 # RFC 5705 / RFC 8446 section 7.5: both ends derive the same value from the session's secrets.
 # The context says whose evidence the value is for, so one side's evidence cannot be
@@ -55,11 +55,23 @@ EXPORTER_CONTEXT = {"server": b"veritee-ratls/server", "client": b"veritee-ratls
 NO_CHALLENGE_PREFIX = b"veritee-ratls:no-challenge:"
 NO_CHALLENGE_RANDOM = 16
 
-HELLO_MAGIC = b"VRA\x01"  # 'V' (0x56) is no TLS record type (0x14-0x18): the two never mix
-HELLO_HEADER = len(HELLO_MAGIC) + 2
 CHALLENGE_MIN, CHALLENGE_MAX = 8, 64  # bytes, as EAT nonces
 CHALLENGE_BYTES = 32  # what our relying parties send
-TLS_HANDSHAKE_RECORD = 0x16
+# The challenge in a server name: hex labels before this label. A DNS label is at most 63
+# characters, so the hex is cut into labels of 32 (16 bytes); 64 bytes make four labels.
+CHALLENGE_LABEL = "challenge"
+CHALLENGE_HEX_PER_LABEL = 32
+DEFAULT_SERVER_NAME = "veritee"
+MAX_SERVER_NAME = 253  # RFC 1035; RFC 6066 carries a DNS host name
+# What is left for the routing name behind the longest challenge (128 hex digits, 4 labels).
+MAX_ROUTING_NAME = MAX_SERVER_NAME - (
+    2 * CHALLENGE_MAX + 2 * CHALLENGE_MAX // CHALLENGE_HEX_PER_LABEL + len(CHALLENGE_LABEL) + 1
+)
+_HEX = frozenset(string.hexdigits)
+_HOST_CHARS = frozenset(string.ascii_lowercase + string.digits + "-")
+# The first byte of the pre-handshake hello that Veritee clients sent before the challenge
+# moved into the server name: 'V' is no TLS record type, so it is told apart and named.
+OLD_HELLO_FIRST_BYTE = ord("V")
 
 FRAME_EVIDENCE = 0x01  # body: Veritee evidence over the exporter value
 FRAME_DATA = 0x02  # body: application bytes (a request or a response)
@@ -79,45 +91,85 @@ _MAX_BODY = {
 _KIND_NAMES = {FRAME_EVIDENCE: "evidence", FRAME_DATA: "data", FRAME_ERROR: "error"}
 
 
-@dataclass(frozen=True)
-class Hello:
-    """The pre-handshake message: the challenge the sender wants evidence over (if any)."""
+def challenge_name(challenge: bytes, server_name: str = DEFAULT_SERVER_NAME) -> str:
+    """The TLS server name that carries ``challenge``: ``<hex>...challenge.<server_name>``.
 
-    challenge: bytes
+    ``server_name`` is what an SNI router or proxy in front of the server routes on (it must
+    route ``*.challenge.<server_name>``); the default suits a direct connection.
+    """
+    if not CHALLENGE_MIN <= len(challenge) <= CHALLENGE_MAX:
+        raise ValueError(f"a challenge is {CHALLENGE_MIN} to {CHALLENGE_MAX} bytes")
+    check_routing_name(server_name)
+    text = challenge.hex()
+    labels = [
+        text[i : i + CHALLENGE_HEX_PER_LABEL] for i in range(0, len(text), CHALLENGE_HEX_PER_LABEL)
+    ]
+    return ".".join([*labels, CHALLENGE_LABEL, server_name.rstrip(".").lower()])
 
-    def encode(self) -> bytes:
-        if self.challenge and not CHALLENGE_MIN <= len(self.challenge) <= CHALLENGE_MAX:
-            raise ValueError(f"a challenge is {CHALLENGE_MIN} to {CHALLENGE_MAX} bytes")
-        return HELLO_MAGIC + bytes([0, len(self.challenge)]) + self.challenge
 
-
-def parse_hello(buf: bytes | bytearray) -> tuple[Hello, int] | None:
-    """The hello at the start of ``buf`` and its length, or None while it is incomplete."""
-    if len(buf) < HELLO_HEADER:
-        if not HELLO_MAGIC.startswith(bytes(buf[: len(HELLO_MAGIC)])):
-            raise ProtocolViolation("the stream starts with neither a hello nor a TLS record")
-        return None
-    if bytes(buf[: len(HELLO_MAGIC)]) != HELLO_MAGIC:
-        raise ProtocolViolation("the stream starts with neither a hello nor a TLS record")
-    flags, size = buf[len(HELLO_MAGIC)], buf[len(HELLO_MAGIC) + 1]
-    if flags != 0:
-        raise ProtocolViolation(f"hello has unknown flags 0x{flags:02x}")
-    if size and not CHALLENGE_MIN <= size <= CHALLENGE_MAX:
-        raise ProtocolViolation(
-            f"hello challenge is {size} bytes; {CHALLENGE_MIN} to {CHALLENGE_MAX} are accepted"
+def check_routing_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is a DNS host name short enough to carry a challenge."""
+    labels = name.rstrip(".").lower().split(".")
+    if len(name) > MAX_ROUTING_NAME:
+        raise ValueError(
+            f"the server name is {len(name)} characters; at most {MAX_ROUTING_NAME} leave "
+            "room for a challenge"
         )
-    if len(buf) < HELLO_HEADER + size:
+    for label in labels:
+        if not label or len(label) > 63 or not set(label) <= _HOST_CHARS:
+            raise ValueError(f"{name!r} is not a DNS host name (letters, digits, '-', dots)")
+
+
+def parse_server_name(name: bytes | None) -> bytes | None:
+    """The challenge a ClientHello's server name carries; None if it carries none.
+
+    A name carries a challenge when a label ``challenge`` follows at least one other label;
+    those labels must then be hex (any case: DNS names are case-insensitive, and a proxy may
+    change the case) and decode to 8 to 64 bytes, or the name is refused
+    (:class:`MalformedChallenge`). Any other name (``localhost``, ``db.example``, none) is
+    exporter mode.
+    """
+    if not name:
         return None
-    return Hello(bytes(buf[HELLO_HEADER : HELLO_HEADER + size])), HELLO_HEADER + size
+    try:
+        text = name.decode("ascii").rstrip(".").lower()
+    except UnicodeDecodeError:
+        raise MalformedChallenge("the TLS server name is not ASCII") from None
+    labels = text.split(".")
+    if CHALLENGE_LABEL not in labels[1:]:
+        return None
+    hex_labels = labels[: labels.index(CHALLENGE_LABEL, 1)]
+    for label in hex_labels:
+        if not label or not set(label) <= _HEX or len(label) > 63:
+            raise MalformedChallenge(
+                "the challenge in the TLS server name must be hex labels before "
+                f"'.{CHALLENGE_LABEL}.' (got {_shown(text)})"
+            )
+    digits = "".join(hex_labels)
+    if len(digits) % 2:
+        raise MalformedChallenge(
+            f"the challenge in the TLS server name has an odd number of hex digits ({len(digits)})"
+        )
+    challenge = bytes.fromhex(digits)
+    if not CHALLENGE_MIN <= len(challenge) <= CHALLENGE_MAX:
+        raise MalformedChallenge(
+            f"the challenge in the TLS server name is {len(challenge)} bytes; "
+            f"{CHALLENGE_MIN} to {CHALLENGE_MAX} are accepted"
+        )
+    return challenge
 
 
-def starts_with_hello(first: int) -> bool:
-    """Whether a stream whose first byte is ``first`` opens with a hello (else: TLS)."""
-    if first == HELLO_MAGIC[0]:
-        return True
-    if first == TLS_HANDSHAKE_RECORD:
-        return False
-    raise ProtocolViolation("the stream starts with neither a hello nor a TLS record")
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def check_first_byte(first: int) -> None:
+    """Refuse, by name, a stream that opens with what older Veritee clients sent first."""
+    if first == OLD_HELLO_FIRST_BYTE:
+        raise ProtocolViolation(
+            "the stream starts with the pre-handshake hello of older Veritee clients; "
+            "the challenge now travels in the TLS server name: update the client"
+        )
 
 
 def no_challenge_nonce() -> bytes:

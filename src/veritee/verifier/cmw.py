@@ -8,7 +8,8 @@ appraises the value as evidence of that media type; the wrapper adds nothing to 
 
 Not taken (each refused with its reason, in the signed result): the CBOR *tag* form and a
 numeric (CoAP content-format) ``type``, which name evidence by a number no media type here
-is registered under; CMW *collections* (maps of several wrappers); a CMW inside a CMW.
+is registered under; CMW *collections* (maps of several wrappers) other than Veritee's own
+evidence, which is one (its three tokens, each a record); a CMW inside a CMW.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Any
 import cbor2
 
 from veritee.evidence import cose
+from veritee.evidence.claims import (
+    CMWC_TYPE_LABEL,
+    MEDIA_TYPE,
+    OLD_MEDIA_TYPE,
+    PROFILE_EVIDENCE,
+)
 from veritee.evidence.errors import MalformedToken
+from veritee.verifier.errors import UnsupportedMediaType
 from veritee.verifier.media import (
     CMW_CBOR_TYPES,
     CMW_JSON_TYPES,
@@ -47,13 +55,24 @@ def is_cmw(media_type: str | None) -> bool:
     if not media_type or len(media_type) > MAX_MEDIA_TYPE_CHARS:
         return False
     essence = media_type.split(";", 1)[0].strip().lower()
+    if essence in CBOR_TYPES and _is_veritee(media_type):
+        return False  # Veritee's own evidence type: its scheme reads the collection itself
     return essence in CBOR_TYPES or essence in JSON_TYPES
+
+
+def _is_veritee(media_type: str) -> bool:
+    try:
+        return MediaType.parse(media_type) == _VERITEE
+    except UnsupportedMediaType:
+        return False
 
 
 def unwrap(body: bytes, media_type: str) -> tuple[str, bytes]:
     """The media type and bytes a CMW record carries; raise :class:`MalformedCmw`."""
     essence = MediaType.parse(media_type).essence
     record = _cbor_record(body) if essence in CBOR_TYPES else _json_record(body)
+    if record is _VERITEE_COLLECTION:
+        return OLD_MEDIA_TYPE, body  # appraised by the Veritee scheme, which reads both forms
     if not isinstance(record, list) or len(record) not in (2, 3):
         raise MalformedCmw("a CMW record is an array of a type, a value and an optional indicator")
     kind, value = record[0], record[1]
@@ -85,8 +104,18 @@ def _cbor_record(body: bytes) -> Any:
             "send the array form with the media type"
         )
     if isinstance(record, dict):
-        raise MalformedCmw("CMW collections are not taken: send one CMW record per session")
+        if record.get(CMWC_TYPE_LABEL) == PROFILE_EVIDENCE:
+            return _VERITEE_COLLECTION  # Veritee's own evidence is such a collection
+        raise MalformedCmw(
+            "CMW collections are not taken, except Veritee evidence (type "
+            f"{PROFILE_EVIDENCE}): send one CMW record per session"
+        )
     return record
+
+
+# What _cbor_record returns for Veritee evidence: unwrap hands the whole collection on.
+_VERITEE_COLLECTION: Any = object()
+_VERITEE = MediaType.parse(MEDIA_TYPE)
 
 
 def _json_record(body: bytes) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from veritee.evidence.claims import MEDIA_TYPE as VERITEE_MEDIA_TYPE
+from veritee.evidence.claims import OLD_MEDIA_TYPE as VERITEE_OLD_MEDIA_TYPE
 from veritee.verifier.errors import UnsupportedMediaType
 
 Scheme = Literal["veritee", "psa", "cca"]
@@ -28,7 +29,8 @@ CCA_PLATFORM_1 = 'application/eat-collection; profile="tag:arm.com,2023:cca_plat
 
 # In the order the session's ``accept`` list offers them: our own evidence first.
 ACCEPTED: tuple[tuple[str, Scheme], ...] = (
-    (VERITEE_MEDIA_TYPE, "veritee"),
+    (VERITEE_MEDIA_TYPE, "veritee"),  # a CMW collection: is_cmw routes it (cmw.unwrap)
+    (VERITEE_OLD_MEDIA_TYPE, "veritee"),  # the media type before it, for one release
     (PSA_TOKEN, "psa"),
     (PSA_2_0_0, "psa"),
     (PSA_RFC9783, "psa"),

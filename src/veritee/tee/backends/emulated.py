@@ -40,7 +40,8 @@ class EmulatedDevice:
         pass
 
     def platform_token(self, claims: PlatformClaims) -> bytes:
-        chain = [self.info.certificate.public_bytes(serialization.Encoding.DER)]
+        # One certificate: x5chain is that certificate's bytes, not an array (RFC 9360).
+        chain = self.info.certificate.public_bytes(serialization.Encoding.DER)
         return cose.sign1(encode_claims(claims), self._dak, unprotected={cose.HDR_X5CHAIN: chain})
 
     def root(self) -> bytes:
