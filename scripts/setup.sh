@@ -40,6 +40,8 @@ if [ "$for_tests" -eq 1 ]; then
   command -v swtpm >/dev/null 2>&1 || need_apt+=(swtpm)
   command -v swtpm_setup >/dev/null 2>&1 || need_apt+=(swtpm-tools)
   command -v tpm2_pcrread >/dev/null 2>&1 || need_apt+=(tpm2-tools)
+  # The NATS transport's tests start their own brokers (JetStream, file storage).
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2

@@ -1,0 +1,180 @@
+"""The NATS JetStream transport against a real nats-server: custody, order, requests, and a
+broker killed (by its PID) mid-stream and restarted; descriptor and CLI choice of it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests._nats import NatsServer
+from veritee.app import descriptor as desc_mod
+from veritee.app.errors import DescriptorError, TransportError
+from veritee.app.transport import Peer
+from veritee.app.transport_nats import BadTransport, NatsTransport, parse_transport
+
+TIMEOUT = 20.0
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "store").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Receiver:
+    """An agent's side: takes events into custody (a list here), answers requests."""
+
+    def __init__(self, directory: Path, url: str, app: str = "t", node: str = "b") -> None:
+        self.events: list[bytes] = []
+        self.lock = threading.Lock()
+        self.transport = NatsTransport(directory, url)
+        self.transport.start(self.take, lambda e: b"re:" + e)
+        self.transport.serve(app, node)
+
+    def take(self, events: list[bytes]) -> None:
+        with self.lock:
+            self.events.extend(events)
+
+    def got(self) -> list[bytes]:
+        with self.lock:
+            return list(self.events)
+
+
+def until(check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError("not reached in time")
+
+
+def sender(tmp_path: Path, url: str) -> NatsTransport:
+    t = NatsTransport(tmp_path / "a", url)
+    t.start(lambda events: None, lambda e: b"")
+    return t
+
+
+TO_B = Peer("t", "b", ("", 0))
+
+
+def test_events_reach_the_node_in_order_once_and_requests_are_answered(
+    tmp_path: Path, broker: NatsServer
+) -> None:
+    b = Receiver(tmp_path / "b", broker.url)
+    a = sender(tmp_path, broker.url)
+    try:
+        sent = [f"event {i}".encode() for i in range(300)]
+        a.send_all(TO_B, sent[:100])
+        for e in sent[100:]:
+            a.send(TO_B, e)
+        until(lambda: len(b.got()) >= len(sent))
+        assert b.got() == sent
+        until(lambda: a.links()[broker.url] == {"up": True, "queued": 0})
+        until(lambda: b.transport.up)
+        assert a.request(TO_B, b"ping") == b"re:ping"
+        with pytest.raises(TransportError, match="no node agent serves"):
+            a.request(Peer("t", "nobody", ("", 0)), b"ping", timeout=2)
+    finally:
+        a.close()
+        b.transport.close()
+
+
+def test_a_broker_killed_mid_stream_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, broker: NatsServer
+) -> None:
+    b = Receiver(tmp_path / "b", broker.url)
+    a = sender(tmp_path, broker.url)
+    sent = [f"event {i}".encode() for i in range(1500)]
+    try:
+
+        def produce() -> None:
+            for e in sent:
+                a.send(TO_B, e)
+                time.sleep(0.0005)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        until(lambda: len(b.got()) > 100)
+        broker.kill()
+        killed_at = len(b.got())
+        time.sleep(0.5)
+        broker.start()  # same port, same store: the stream and its consumer come back
+        t.join()
+        until(lambda: len(b.got()) >= len(sent))
+        time.sleep(0.5)  # anything redelivered would arrive now
+        got = b.got()
+        assert killed_at < len(sent), "the broker was killed mid-stream"
+        assert got == sent
+    finally:
+        a.close()
+        b.transport.close()
+
+
+def test_events_sent_while_the_receiver_is_away_wait_on_the_broker(
+    tmp_path: Path, broker: NatsServer
+) -> None:
+    a = sender(tmp_path, broker.url)
+    b = Receiver(tmp_path / "b", broker.url)  # makes the stream and its consumer
+    try:
+        a.send_all(TO_B, [b"first"])
+        until(lambda: b.got() == [b"first"])
+        b.transport.close()
+        a.send_all(TO_B, [f"later {i}".encode() for i in range(50)])
+        until(lambda: a.links()[broker.url]["queued"] == 0)  # the broker holds them
+        again = Receiver(tmp_path / "b", broker.url)  # the agent restarted, same state
+        until(lambda: len(again.got()) >= 50)
+        time.sleep(0.3)
+        assert again.got() == [f"later {i}".encode() for i in range(50)]
+        again.transport.close()
+    finally:
+        a.close()
+
+
+def test_an_outbox_keeps_events_until_a_broker_is_reachable(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "store")  # not started yet
+    a = sender(tmp_path, server.url)
+    try:
+        a.send_all(TO_B, [b"kept 1", b"kept 2"])
+        time.sleep(0.3)
+        assert a.links()[server.url] == {"up": False, "queued": 2}
+        server.start()
+        b = Receiver(tmp_path / "b", server.url)
+        until(lambda: b.got() == [b"kept 1", b"kept 2"])
+        b.transport.close()
+    finally:
+        a.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "tcp://x:1", "nats://", "nats://u:p@h:4222", "nats://h:4222/path", "nats://h:99999"],
+)
+def test_a_transport_that_is_neither_direct_nor_nats_is_one_clear_error(value: str) -> None:
+    with pytest.raises(BadTransport):
+        parse_transport(value)
+
+
+def test_transports_are_normalised() -> None:
+    assert parse_transport(" direct ") == "direct"
+    assert parse_transport("nats://h") == "nats://h:4222"
+    assert parse_transport("nats://a:1, nats://b:2") == "nats://a:1,nats://b:2"
+
+
+def test_the_descriptor_names_the_transport_with_its_line(tmp_path: Path) -> None:
+    base = (
+        "app: t\nnodes: [{name: n, host: h, port: 1}]\n"
+        "modules: [{name: m, node: n, binary: m.wasm}]\n"
+    )
+    assert desc_mod.parse(base + "transport: nats://b:4222\n").transport == "nats://b:4222"
+    assert desc_mod.parse(base).transport is None
+    with pytest.raises(DescriptorError, match=r"descriptor:4: transport: .*not a NATS URL"):
+        desc_mod.parse(base + "transport: amqp://b\n")
