@@ -1,0 +1,269 @@
+"""The smart-home app over NATS JetStream: two node agents with their own secure worlds and a
+real nats-server, the transport named in the descriptor.
+
+Durability: the broker and each node agent killed (by PID) mid-stream and restarted: every
+press is counted once. The broker as adversary: a hostile NATS client replays, reorders,
+duplicates, injects and redirects events on the app's subjects; the secure worlds refuse
+and count each, and the app runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests._nats import NatsServer
+from tests.test_app_deploy import (
+    REPO,
+    SmartHome,
+    build_smart_home,
+    deploy_trusting_homes,
+    until,
+)
+from veritee.app import state as state_mod
+from veritee.app.cluster import LocalCluster, descriptor_for
+from veritee.app.transport_nats import events_subject, stream_name
+from veritee.tee.channels import HEADER_BYTES
+
+APP = "smart-home"
+BUTTON = "button_driver.button_pressed->controller.button_pressed"
+TIMEOUT = 60.0  # seconds for what a restart holds back to arrive; it takes about one
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats") / "store").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def home(
+    tmp_path_factory: pytest.TempPathFactory, wasm: Any, broker: NatsServer
+) -> Iterator[SmartHome]:
+    workdir = tmp_path_factory.mktemp("smart-home-nats")
+    binaries = build_smart_home(wasm)
+    cluster = LocalCluster(workdir / "cluster", verifier=False)
+    cluster.start()
+    try:
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
+        )
+        data = yaml.safe_load(descriptor.read_text())
+        data["transport"] = broker.url  # one line: the app's events go through the broker
+        descriptor.write_text(yaml.safe_dump(data, sort_keys=False))
+        yield deploy_trusting_homes(cluster, descriptor, binaries, workdir)
+    finally:
+        cluster.stop()
+
+
+def press(home: SmartHome, n: int) -> None:
+    """``n`` presses of the button, as the user's tool seals them, handed to the hub."""
+    dep, tool = home.tool()
+    events = [tool.seal(dep.connection("trigger-btn"), b"press") for _ in range(n)]
+    state_mod.save(home.state, dep)
+    with home.node("home-hub") as hub:
+        for event in events:
+            assert hub.submit(event, wait=True).get("dropped") is None
+
+
+def counted(home: SmartHome) -> int:
+    return int(home.http().text)
+
+
+def settle(home: SmartHome, expected: int) -> None:
+    """Wait for ``expected`` presses counted, then make sure no more come (a duplicate)."""
+    until(lambda: counted(home) >= expected, TIMEOUT)
+    time.sleep(1.0)
+    assert counted(home) == expected
+    assert home.count() == expected  # the db's own answer, asked directly
+
+
+def restart(home: SmartHome, node: str) -> None:
+    home.cluster.start_node(node)
+    if node == "home-server":
+        home.ok("output", "init-server", "start")  # the web server's start is not kept
+
+
+def dropped(home: SmartHome) -> dict[str, int]:
+    report = home.status()
+    by_name = {c["name"]: c for c in report["connections"]}
+    return dict(by_name[BUTTON]["dropped"])
+
+
+def test_the_app_runs_over_the_broker_not_direct_links(home: SmartHome, broker: NatsServer) -> None:
+    before = counted(home)
+    led = home.led()
+    press(home, 3)
+    settle(home, before + 3)
+    until(lambda: home.led() == {"on": "off", "off": "on"}[led])  # controller -> hub, too
+    with home.node("home-hub") as hub:
+        links = hub.status()["links"]
+    assert links[broker.url] == {"up": True, "queued": 0}
+    # No direct link was ever made to the other node: nothing went over TCP.
+    assert [a for a in links if not a.startswith("nats://")] == []
+    dep = state_mod.load(home.state)
+    assert dep.transport == broker.url
+
+
+def _press_in_background(home: SmartHome, n: int) -> threading.Thread:
+    def run() -> None:
+        for _ in range(n):
+            press(home, 1)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_a_broker_killed_mid_stream_loses_and_repeats_nothing(
+    home: SmartHome, broker: NatsServer
+) -> None:
+    before = counted(home)
+    presses = _press_in_background(home, 40)
+    until(lambda: counted(home) > before + 3)
+    broker.kill()
+    time.sleep(1.0)  # presses go on meanwhile: the hub keeps them in its outbox
+    broker.start()
+    presses.join()
+    settle(home, before + 40)
+
+
+@pytest.mark.parametrize("node", ["home-server", "home-hub"])
+def test_a_node_agent_killed_mid_stream_loses_and_repeats_nothing(
+    home: SmartHome, node: str
+) -> None:
+    before = counted(home)
+    if node == "home-server":
+        presses = _press_in_background(home, 30)
+        until(lambda: counted(home) > before + 3)
+        home.cluster.kill_node(node)  # its events wait on the broker meanwhile
+        presses.join()
+    else:
+        press(home, 10)
+        home.cluster.kill_node(node)  # right after: some are still in its outbox
+    restart(home, node)
+    if node == "home-hub":
+        press(home, 20)
+    settle(home, before + 30)
+
+
+class Hostile:
+    """A NATS client that the broker's operator (or anyone it lets in) runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def run(self, work: Any) -> Any:
+        import nats
+
+        async def main() -> Any:
+            nc = await nats.connect(self.url)
+            try:
+                return await work(nc, nc.jetstream())
+            finally:
+                await nc.close()
+
+        return asyncio.run(main())
+
+    def take_all(self, subject: str) -> list[bytes]:
+        """Every event waiting on ``subject``, deleted from the stream (held back)."""
+
+        async def work(nc: Any, js: Any) -> list[bytes]:
+            info = await js.stream_info(stream_name(APP))
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    msg = await js.get_msg(stream_name(APP), seq)
+                except Exception:
+                    continue
+                if msg.subject == subject:
+                    out.append(bytes(msg.data))
+                    await js.delete_msg(stream_name(APP), seq)
+            return out
+
+        result: list[bytes] = self.run(work)
+        return result
+
+    def publish(self, subject: str, *events: bytes) -> None:
+        async def work(nc: Any, js: Any) -> None:
+            for event in events:
+                await js.publish(subject, event)
+
+        self.run(work)
+
+
+def test_a_hostile_broker_replays_reorders_duplicates_injects_and_redirects_in_vain(
+    home: SmartHome, broker: NatsServer
+) -> None:
+    to_server = events_subject(APP, "home-server")
+    to_hub = events_subject(APP, "home-hub")
+    before = counted(home)
+    drops_before = dropped(home)
+    home.cluster.kill_node("home-server")  # events for it wait on the broker
+    press(home, 2)
+    hostile = Hostile(broker.url)
+    held: list[bytes] = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(held) < 2 and time.monotonic() < deadline:
+        held += hostile.take_all(to_server)
+        time.sleep(0.05)
+    assert len(held) == 2, "both presses were held back on the broker"
+    first, second = held
+    altered = bytearray(first)
+    altered[HEADER_BYTES - 8 : HEADER_BYTES] = (2**62).to_bytes(8, "big")  # past the counter
+    altered[HEADER_BYTES + 2] ^= 0x01
+    hostile.publish(
+        to_server,
+        second,  # reordered: the newer first ...
+        first,  # ... the older after it: below the counter now
+        second,  # duplicated
+        bytes(altered),  # injected: a forged event with a fresh counter
+        os.urandom(64),  # injected: not an event at all
+    )
+    hostile.publish(to_hub, first)  # redirected to the other node
+    restart(home, "home-server")
+
+    settle(home, before + 1)  # only the reordered newer one counts
+    until(lambda: sum(dropped(home).values()) >= sum(drops_before.values()) + 4, TIMEOUT)
+    now = dropped(home)
+    assert now.get("replay", 0) >= drops_before.get("replay", 0) + 3  # older, duplicate, redirect
+    assert now.get("altered", 0) >= drops_before.get("altered", 0) + 1
+    press(home, 1)  # and the app runs on
+    settle(home, before + 2)
+
+
+def test_a_node_started_with_a_broker_uses_it_for_apps_that_name_none(
+    tmp_path: Path, wasm: Any, broker: NatsServer
+) -> None:
+    binaries = build_smart_home(wasm)
+    cluster = LocalCluster(tmp_path / "cluster", verifier=False, transport=broker.url)
+    cluster.start()
+    try:
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml", cluster, binaries, tmp_path / "app.yaml"
+        )
+        data = yaml.safe_load(descriptor.read_text())
+        data["app"] = "smart-home-2"
+        descriptor.write_text(yaml.safe_dump(data, sort_keys=False))
+        sh = deploy_trusting_homes(cluster, descriptor, binaries, tmp_path)
+        dep, tool = sh.tool()
+        event = tool.seal(dep.connection("trigger-btn"), b"press")
+        state_mod.save(sh.state, dep)
+        with sh.node("home-hub") as hub:
+            hub.submit(event, wait=True)
+            until(lambda: int(sh.ok("request", "get-presses").strip()) == 1, TIMEOUT)
+            assert broker.url in hub.status()["links"]
+    finally:
+        cluster.stop()
