@@ -30,7 +30,7 @@ from tests.test_app_deploy import (
 )
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster, descriptor_for
-from veritee.app.transport_nats import events_subject, stream_name
+from veritee.app.transport_nats import events_subject, pack, stream_name, unpack
 from veritee.tee.channels import HEADER_BYTES
 
 APP = "smart-home"
@@ -109,7 +109,7 @@ def test_the_app_runs_over_the_broker_not_direct_links(home: SmartHome, broker: 
     until(lambda: home.led() == {"on": "off", "off": "on"}[led])  # controller -> hub, too
     with home.node("home-hub") as hub:
         links = hub.status()["links"]
-    assert links[broker.url] == {"up": True, "queued": 0}
+    assert links[broker.url] == {"up": True, "queued": 0, "dropped": 0}
     # No direct link was ever made to the other node: nothing went over TCP.
     assert [a for a in links if not a.startswith("nats://")] == []
     dep = state_mod.load(home.state)
@@ -189,17 +189,19 @@ class Hostile:
                 except Exception:
                     continue
                 if msg.subject == subject:
-                    out.append(bytes(msg.data))
+                    out += unpack(bytes(msg.data))
                     await js.delete_msg(stream_name(APP), seq)
             return out
 
         result: list[bytes] = self.run(work)
         return result
 
-    def publish(self, subject: str, *events: bytes) -> None:
+    def publish(self, subject: str, *events: bytes, framed: bool = True) -> None:
+        """Each event as a message of its own, framed as node agents frame them."""
+
         async def work(nc: Any, js: Any) -> None:
             for event in events:
-                await js.publish(subject, event)
+                await js.publish(subject, pack([event]) if framed else event)
 
         self.run(work)
 
@@ -253,13 +255,12 @@ def test_a_broker_that_injects_events_gets_them_refused(
     altered = bytearray(event)
     altered[HEADER_BYTES - 8 : HEADER_BYTES] = (2**62).to_bytes(8, "big")  # past the counter
     altered[HEADER_BYTES + 2] ^= 0x01
-    Hostile(broker.url).publish(
-        events_subject(APP, "home-server"),
-        bytes(altered),  # a forged event with a fresh counter
-        os.urandom(64),  # not an event at all
-        b"",
-        event,  # the real one, after them
-    )
+    hostile = Hostile(broker.url)
+    to_server = events_subject(APP, "home-server")
+    hostile.publish(to_server, bytes(altered))  # a forged event with a fresh counter
+    hostile.publish(to_server, os.urandom(64), b"", framed=False)  # not events at all
+    hostile.publish(to_server, os.urandom(64))  # framed, but not an event
+    hostile.publish(to_server, event)  # the real one, after them
     restart(home, "home-server")
     settle(home, before + 1)
     until(lambda: dropped(home).get("altered", 0) >= drops.get("altered", 0) + 1, TIMEOUT)

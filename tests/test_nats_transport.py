@@ -14,7 +14,7 @@ from tests._nats import NatsServer
 from veritee.app import descriptor as desc_mod
 from veritee.app.errors import DescriptorError, TransportError
 from veritee.app.transport import Peer
-from veritee.app.transport_nats import BadTransport, NatsTransport, parse_transport
+from veritee.app.transport_nats import BadTransport, NatsTransport, pack, parse_transport, unpack
 
 TIMEOUT = 20.0
 
@@ -77,7 +77,7 @@ def test_events_reach_the_node_in_order_once_and_requests_are_answered(
             a.send(TO_B, e)
         until(lambda: len(b.got()) >= len(sent))
         assert b.got() == sent
-        until(lambda: a.links()[broker.url] == {"up": True, "queued": 0})
+        until(lambda: a.links()[broker.url] == {"up": True, "queued": 0, "dropped": 0})
         until(lambda: b.transport.up)
         assert a.request(TO_B, b"ping") == b"re:ping"
         with pytest.raises(TransportError, match="no node agent serves"):
@@ -144,7 +144,7 @@ def test_an_outbox_keeps_events_until_a_broker_is_reachable(tmp_path: Path) -> N
     try:
         a.send_all(TO_B, [b"kept 1", b"kept 2"])
         time.sleep(0.3)
-        assert a.links()[server.url] == {"up": False, "queued": 2}
+        assert a.links()[server.url] == {"up": False, "queued": 2, "dropped": 0}
         server.start()
         b = Receiver(tmp_path / "b", server.url)
         until(lambda: b.got() == [b"kept 1", b"kept 2"])
@@ -178,3 +178,25 @@ def test_the_descriptor_names_the_transport_with_its_line(tmp_path: Path) -> Non
     assert desc_mod.parse(base).transport is None
     with pytest.raises(DescriptorError, match=r"descriptor:4: transport: .*not a NATS URL"):
         desc_mod.parse(base + "transport: amqp://b\n")
+
+
+def test_a_batch_is_framed_and_what_does_not_parse_is_one_event() -> None:
+    events = [b"a", b"", b"c" * 300]
+    assert unpack(pack(events)) == events
+    for junk in (b"", b"\x00\x00\x00\x05ab", b"\xff" * 10, pack([b"x"]) + b"\x00"):
+        assert unpack(junk) == [junk]
+
+
+def test_an_event_over_the_brokers_limit_is_dropped_not_blocking_those_behind(
+    tmp_path: Path, broker: NatsServer
+) -> None:
+    b = Receiver(tmp_path / "b", broker.url)
+    a = sender(tmp_path, broker.url)
+    try:
+        a.send_all(TO_B, [b"before", bytes(2 * 1024 * 1024), b"after"])  # the default: 1 MiB
+        until(lambda: b.got() == [b"before", b"after"])
+        assert a.too_big == 1
+        assert a.links()[broker.url]["queued"] == 0
+    finally:
+        a.close()
+        b.transport.close()

@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import struct
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,11 @@ MAX_SERVERS = 16
 # Brokers one agent connects to at once: anyone who reaches its API may create an app and
 # name one, and each is a connection, a thread and an outbox.
 MAX_BROKERS = 16
-FETCH_BATCH = 256  # events taken into custody with one write per inbox
+FETCH_BATCH = 256  # messages taken into custody with one write per inbox
+SEND_EVENTS = 256  # events of the outbox published as one message, at most
+# Bytes of one message at most; below this, the broker's own limit (max_payload, 1 MiB by
+# default): an event bigger than that cannot go through this broker (see docs/apps.md).
+SEND_BYTES = 1024 * 1024
 FETCH_WAIT = 1.0  # seconds a fetch lingers on the broker when there is nothing
 # Unacknowledged events the broker has out to one agent: bounds what a redelivery resends.
 MAX_ACK_PENDING = 4096
@@ -138,6 +143,29 @@ def _decode(record: bytes) -> tuple[str, bytes]:
     return record[1 : 1 + n].decode(), record[1 + n :]
 
 
+_LENGTH = struct.Struct(">I")
+
+
+def pack(events: list[bytes]) -> bytes:
+    """Events as one broker message: ``length (4) || event`` each. One publish, one
+    acknowledgement, stored whole or not at all: a batch keeps its order."""
+    return b"".join(_LENGTH.pack(len(e)) + e for e in events)
+
+
+def unpack(payload: bytes) -> list[bytes]:
+    """The events of a message; one that does not parse is handed on whole, as one event
+    (the agent counts it malformed: whoever published it is not a node agent)."""
+    out, i = [], 0
+    while i + _LENGTH.size <= len(payload):
+        (n,) = _LENGTH.unpack_from(payload, i)
+        i += _LENGTH.size
+        if i + n > len(payload):
+            return [payload]
+        out.append(payload[i : i + n])
+        i += n
+    return out if i == len(payload) and out else [payload]
+
+
 @dataclass
 class _Consumer:
     """What this agent takes from the broker for one (app, node)."""
@@ -151,19 +179,35 @@ class _Consumer:
     requests: Any = None  # the request subscription
     realign: bool = False  # set when the broker came back: its task realigns
 
+    fd: int = -1
+
     def load(self) -> None:
-        try:
-            raw = self.seen_file.read_bytes()
-        except FileNotFoundError:
-            return
-        if len(raw) >= 8:
-            self.seen = int.from_bytes(raw[:8], "big")
-            self.created = raw[8:].decode("ascii", "replace")
+        self.fd = os.open(self.seen_file, os.O_RDWR | os.O_CREAT, 0o600)
+        raw = os.pread(self.fd, 8, 0)
+        self.seen = int.from_bytes(raw, "big") if len(raw) == 8 else 0
+        with contextlib.suppress(FileNotFoundError):
+            self.created = self._created_file.read_text("ascii", "replace")
+
+    @property
+    def _created_file(self) -> Path:
+        return self.seen_file.with_suffix(".stream")
 
     def save(self) -> None:
-        tmp = self.seen_file.with_suffix(".tmp")
-        tmp.write_bytes(self.seen.to_bytes(8, "big") + self.created.encode("ascii"))
-        tmp.replace(self.seen_file)
+        """The newest sequence taken: one write in place (a rename would cost ~1 ms)."""
+        os.pwrite(self.fd, self.seen.to_bytes(8, "big"), 0)
+
+    def restart(self, created: str) -> None:
+        """The stream was made afresh: its sequences start over."""
+        self.seen, self.created = 0, created
+        self.save()
+        tmp = self._created_file.with_suffix(".tmp")
+        tmp.write_text(created, "ascii")
+        tmp.replace(self._created_file)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class NatsTransport(Transport):
@@ -200,6 +244,7 @@ class NatsTransport(Transport):
         self._custody = ThreadPoolExecutor(1, thread_name_prefix="nats-custody")
         self._pool = ThreadPoolExecutor(REQUEST_WORKERS, thread_name_prefix="nats-request")
         self._tasks: list[asyncio.Task[None]] = []
+        self.too_big = 0  # events dropped for being over the broker's max_payload
 
     # -- the seam ----------------------------------------------------------------------------
 
@@ -249,7 +294,8 @@ class NatsTransport(Transport):
         raise TransportError(reply[1:].decode("utf-8", "replace")[:200] or "no answer")
 
     def links(self) -> dict[str, dict[str, int | bool]]:
-        return {self.url: {"up": self.up, "queued": len(self.outbox)}}
+        # "dropped": events over the broker's max_payload, which it would never take.
+        return {self.url: {"up": self.up, "queued": len(self.outbox), "dropped": self.too_big}}
 
     def close(self) -> None:
         if self._closed:
@@ -260,6 +306,8 @@ class NatsTransport(Transport):
                 self._call(self._shutdown(), timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+        for consumer in self._consumers.values():
+            consumer.close()
         self._custody.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.outbox.close()
@@ -336,38 +384,64 @@ class NatsTransport(Transport):
     # -- sending ----------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        """Publish the outbox in order, one acknowledged publish at a time."""
+        """Publish the outbox in order: what is kept for one node, as one message, one
+        acknowledged publish at a time. A message that failed is sent again the same (its
+        id the same), so the broker drops it if it had stored it after all."""
         import nats.errors
         import nats.js.errors
 
         assert self._wake is not None
         delay = RETRY_MIN
+        again = 0  # the last record of a message to send again, 0: none
         while not self._closed:
-            records = self.outbox.pending(self.outbox.head, FETCH_BATCH)
+            self._wake.clear()
+            records = self.outbox.pending(self.outbox.head, SEND_EVENTS)
             if not records or not self.up:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.5)
                 continue
+            limit = min(SEND_BYTES, int(getattr(self._nc, "max_payload", SEND_BYTES)))
+            subject = _decode(records[0][1])[0]
+            batch: list[bytes] = []
+            size, last = 0, records[0][0]
             for seq, record in records:
-                subject, event = _decode(record)
-                headers = {"Nats-Msg-Id": f"{self._outbox_id}-{seq}"}
-                try:
-                    await self._js.publish(subject, event, headers=headers)
-                except nats.js.errors.NoStreamResponseError:
-                    app = subject.split(".")[1]
-                    with contextlib.suppress(Exception):
-                        await self._ensure_stream(app)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                to, event = _decode(record)
+                if to != subject or (batch and size + 4 + len(event) > limit):
                     break
-                except (nats.errors.Error, TimeoutError, OSError) as exc:
-                    log.info("broker %s did not take an event (%s); retrying", self.url, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX)
+                if again and seq > again:
                     break
-                delay = RETRY_MIN
-                self.outbox.consume(seq)
+                batch.append(event)
+                size += 4 + len(event)
+                last = seq
+            if size > limit:
+                # One event over what the broker takes: it would block every event behind it.
+                log.error(
+                    "an event of %d bytes is over what the broker %s takes (%d): dropped",
+                    size - 4,
+                    self.url,
+                    limit,
+                )
+                self.too_big += 1
+                self.outbox.consume(last)
+                continue
+            headers = {"Nats-Msg-Id": f"{self._outbox_id}-{records[0][0]}-{last}"}
+            try:
+                await self._js.publish(subject, pack(batch), headers=headers)
+            except nats.js.errors.NoStreamResponseError:
+                again = last
+                with contextlib.suppress(Exception):
+                    await self._ensure_stream(subject.split(".")[1])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                again = last
+                log.info("broker %s did not take events (%s); retrying", self.url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay, again = RETRY_MIN, 0
+            self.outbox.consume(last)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -408,6 +482,7 @@ class NatsTransport(Transport):
         consumer = self._consumers.pop((app, node), None)
         if consumer is not None:
             await self._stop(consumer)
+            consumer.close()
 
     async def _stop(self, consumer: _Consumer) -> None:
         task, consumer.task = consumer.task, None
@@ -436,8 +511,9 @@ class NatsTransport(Transport):
         if created != consumer.created:
             # A stream made afresh numbers from 1 again: what we recorded no longer applies
             # (a resent event the secure world has already taken is refused there).
-            consumer.seen, consumer.created = 0, created
-            await asyncio.get_running_loop().run_in_executor(self._custody, consumer.save)
+            await asyncio.get_running_loop().run_in_executor(
+                self._custody, consumer.restart, created
+            )
         subject = events_subject(app, node)
         if consumer.seen:
             # Held in custody already, maybe never acknowledged: not to be delivered again.
@@ -509,7 +585,7 @@ class NatsTransport(Transport):
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if seq > newest:
-                    fresh.append(bytes(msg.data))
+                    fresh.extend(unpack(bytes(msg.data)))
                     newest = seq
             then = None
             if fresh:
