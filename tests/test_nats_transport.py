@@ -3,6 +3,7 @@ broker killed (by its PID) mid-stream and restarted; descriptor and CLI choice o
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests._nats import NatsServer
+from tests._nats import NatsServer, free_port
 from veritee.app import descriptor as desc_mod
 from veritee.app.errors import DescriptorError, TransportError
 from veritee.app.transport import Peer
-from veritee.app.transport_nats import BadTransport, NatsTransport, pack, parse_transport, unpack
+from veritee.app.transport_nats import (
+    BadTransport,
+    NatsTransport,
+    pack,
+    parse_transport,
+    stream_name,
+    unpack,
+)
 
 TIMEOUT = 20.0
 
@@ -197,6 +205,72 @@ def test_an_event_over_the_brokers_limit_is_dropped_not_blocking_those_behind(
         until(lambda: b.got() == [b"before", b"after"])
         assert a.too_big == 1
         assert a.links()[broker.url]["queued"] == 0
+    finally:
+        a.close()
+        b.transport.close()
+
+
+def _replicas(url: str, app: str) -> int:
+    import nats
+
+    async def main() -> int:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(stream_name(app))
+            return int(info.config.num_replicas or 1)
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    ports = [free_port() for _ in range(3)]
+    servers = [
+        NatsServer(
+            tmp_path / f"store-{i}",
+            name=f"n{i}",
+            cluster_port=ports[i],
+            routes=tuple(p for j, p in enumerate(ports) if j != i),
+        )
+        for i in range(3)
+    ]
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_a_three_server_cluster_with_one_killed_mid_stream_loses_and_repeats_nothing(
+    tmp_path: Path, cluster: list[NatsServer]
+) -> None:
+    url = ",".join(s.url for s in cluster)
+    b = Receiver(tmp_path / "b", url)
+    a = sender(tmp_path, url)
+    sent = [f"event {i}".encode() for i in range(1500)]
+    try:
+        a.send_all(TO_B, [b"warm"])
+        until(lambda: b.got() == [b"warm"], timeout=60)  # the cluster elected its leaders
+        b.events.clear()
+        assert _replicas(cluster[1].url, "t") == 3  # the stream is kept on all three
+
+        def produce() -> None:
+            for e in sent:
+                a.send(TO_B, e)
+                time.sleep(0.0005)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        until(lambda: len(b.got()) > 100)
+        cluster[0].kill()  # the server both first connected to
+        t.join()
+        until(lambda: len(b.got()) >= len(sent), timeout=60)
+        time.sleep(0.5)
+        assert b.got() == sent
     finally:
         a.close()
         b.transport.close()

@@ -79,6 +79,7 @@ MAX_ACK_PENDING = 4096
 ACK_WAIT = 30.0
 PUBLISH_TIMEOUT = 5.0  # seconds for the stream's acknowledgement of one publish
 RETRY_MIN, RETRY_MAX = 0.05, 1.0  # back-off while the broker is away, seconds
+REPLICAS = 3  # copies of an app's stream on a cluster
 DUPLICATE_WINDOW = 120.0  # seconds the broker remembers message ids of resends
 _OK, _FAILED = 0, 1
 
@@ -455,18 +456,24 @@ class NatsTransport(Transport):
             return await jsm.stream_info(name)
         except NotFoundError:
             pass
-        config = StreamConfig(
-            name=name,
-            subjects=[f"veritee.{app}.events.*"],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.WORK_QUEUE,
-            max_msg_size=MAX_FRAME_BYTES,
-            duplicate_window=DUPLICATE_WINDOW,
-        )
-        try:
-            return await jsm.add_stream(config)
-        except Exception:
-            return await jsm.stream_info(name)  # another agent of the app made it meanwhile
+        servers = len(getattr(self._nc, "servers", ()))
+        # On a cluster (three servers or more known), kept on three: one may fail. A
+        # broker that is not clustered refuses that: then on one.
+        for replicas in (REPLICAS, 1) if servers >= REPLICAS else (1,):
+            config = StreamConfig(
+                name=name,
+                subjects=[f"veritee.{app}.events.*"],
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.WORK_QUEUE,
+                max_msg_size=MAX_FRAME_BYTES,
+                duplicate_window=DUPLICATE_WINDOW,
+                num_replicas=replicas,
+            )
+            try:
+                return await jsm.add_stream(config)
+            except Exception as exc:
+                log.debug("stream %s on %d replica(s) not made: %s", name, replicas, exc)
+        return await jsm.stream_info(name)  # another agent of the app made it meanwhile
 
     async def _add_consumer(self, app: str, node: str) -> None:
         key = (app, node)
