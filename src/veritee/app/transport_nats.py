@@ -68,8 +68,9 @@ MAX_SERVERS = 16
 MAX_BROKERS = 16
 FETCH_BATCH = 256  # messages taken into custody with one write per inbox
 SEND_EVENTS = 256  # events of the outbox published as one message, at most
-# Bytes of one message at most; below this, the broker's own limit (max_payload, 1 MiB by
-# default): an event bigger than that cannot go through this broker (see docs/apps.md).
+# Bytes of events batched into one message at most (or the broker's own limit, max_payload,
+# 1 MiB by default, if lower). An event goes alone when bigger; over max_payload it cannot
+# go through this broker at all (see docs/apps.md).
 SEND_BYTES = 1024 * 1024
 FETCH_WAIT = 1.0  # seconds a fetch lingers on the broker when there is nothing
 # Unacknowledged events the broker has out to one agent: bounds what a redelivery resends.
@@ -401,13 +402,13 @@ class NatsTransport(Transport):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.5)
                 continue
-            limit = min(SEND_BYTES, int(getattr(self._nc, "max_payload", SEND_BYTES)))
+            limit = int(getattr(self._nc, "max_payload", SEND_BYTES))  # the broker's
             subject = _decode(records[0][1])[0]
             batch: list[bytes] = []
             size, last = 0, records[0][0]
             for seq, record in records:
                 to, event = _decode(record)
-                if to != subject or (batch and size + 4 + len(event) > limit):
+                if to != subject or (batch and size + 4 + len(event) > min(limit, SEND_BYTES)):
                     break
                 if again and seq > again:
                     break
