@@ -30,7 +30,7 @@ from tests.test_app_deploy import (
 )
 from veritee.app import state as state_mod
 from veritee.app.cluster import LocalCluster, descriptor_for
-from veritee.app.transport_nats import events_subject, pack, stream_name, unpack
+from veritee.app.transport_nats import events_subject, pack, requests_subject, stream_name, unpack
 from veritee.tee.channels import HEADER_BYTES
 
 APP = "smart-home"
@@ -308,3 +308,95 @@ def test_a_node_started_with_a_broker_uses_it_for_apps_that_name_none(
             assert broker.url in hub.status()["links"]
     finally:
         cluster.stop()
+
+
+class Responder:
+    """A hostile NATS client that records replies and answers requests itself."""
+
+    def __init__(self, url: str) -> None:
+        import nats
+
+        self.replies: list[bytes] = []
+        self.answer: bytes | None = None
+        self.answered = 0
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+        async def connect() -> Any:
+            nc = await nats.connect(url)
+
+            async def record(msg: Any) -> None:
+                self.replies.append(bytes(msg.data))
+
+            await nc.subscribe("_INBOX.>", cb=record)
+            return nc
+
+        self.nc = asyncio.run_coroutine_threadsafe(connect(), self.loop).result(10)
+
+    def answer_on(self, subject: str, answer: bytes) -> None:
+        """Answer every request on ``subject`` with ``answer`` (the latest one given)."""
+        first = self.answer is None
+        self.answer = answer
+
+        async def respond(msg: Any) -> None:
+            self.answered += 1
+            await msg.respond(self.answer)
+
+        async def sub() -> None:
+            await self.nc.subscribe(subject, cb=respond)
+            await self.nc.flush()
+
+        if first:
+            asyncio.run_coroutine_threadsafe(sub(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_requests_cross_nodes_over_the_broker_and_a_hostile_answer_is_refused(
+    home: SmartHome, broker: NatsServer, tmp_path: Path
+) -> None:
+    import httpx
+
+    app = "smart-home-split"  # the web server on the hub: its request to db crosses nodes
+    descriptor = descriptor_for(
+        REPO / "examples/smart-home/app.yaml", home.cluster, home.binaries, tmp_path / "a.yaml"
+    )
+    data = yaml.safe_load(descriptor.read_text())
+    data["app"], data["transport"] = app, broker.url
+    for m in data["modules"]:
+        if m["name"] == "webserver":
+            m["node"] = "home-hub"
+    descriptor.write_text(yaml.safe_dump(data, sort_keys=False))
+    split = deploy_trusting_homes(home.cluster, descriptor, home.binaries, tmp_path)
+    url = f"{home.cluster.nodes['home-hub'].url}/v1/public/{app}/webserver/http/presses"
+
+    hostile = Responder(broker.url)
+    try:
+        first = httpx.get(url, timeout=30)
+        assert (first.status_code, first.text) == (200, "0\n")  # db answered across nodes
+        until(lambda: len(hostile.replies) >= 1)
+        recorded = hostile.replies[-1]  # the sealed answer "0", as it crossed the broker
+
+        dep, tool = split.tool()
+        event = tool.seal(dep.connection("trigger-btn"), b"press")
+        state_mod.save(split.state, dep)
+        with split.node("home-hub") as hub:
+            hub.submit(event, wait=True)
+        until(lambda: httpx.get(url, timeout=30).text == "1\n")
+
+        # The db's node away: the hostile client alone answers, with the recorded answer
+        # (which would say 0), then with bytes of its own.
+        home.cluster.kill_node("home-server")
+        hostile.answer_on(requests_subject(app, "home-server"), recorded)
+        replayed = httpx.get(url, timeout=30)
+        assert hostile.answered >= 1
+        assert (replayed.status_code, replayed.text) == (502, "the database did not answer\n")
+        hostile.answer_on(requests_subject(app, "home-server"), b"\x00" + os.urandom(80))
+        forged = httpx.get(url, timeout=30)
+        assert forged.status_code == 502
+    finally:
+        hostile.close()
+        restart(home, "home-server")
+    until(lambda: httpx.get(url, timeout=30).text == "1\n")  # and it answers again
