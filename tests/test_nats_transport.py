@@ -4,6 +4,8 @@ broker killed (by its PID) mid-stream and restarted; descriptor and CLI choice o
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -291,3 +293,15 @@ def test_a_three_server_cluster_with_one_killed_mid_stream_loses_and_repeats_not
     finally:
         a.close()
         b.transport.close()
+
+
+def test_node_start_with_a_wrong_transport_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", "node", "start", "--home", str(tmp_path / "h"),
+         "--transport", "amqp://broker:5672"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "not a NATS URL" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "h" / "node").exists()

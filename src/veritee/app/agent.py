@@ -250,15 +250,14 @@ class NodeAgent:
             elif a.owner != owner:
                 raise NotAppOwner(f"app {app!r} on this node belongs to another deployment key")
             before = (a.transport, a.node)
-            if is_broker(chosen):
-                broker = self._broker(chosen)
+            broker = self._broker(chosen) if is_broker(chosen) else None
             a.node = node
             a.peers = dict(peers)
             a.transport = chosen
             self._save(app)
         if is_broker(before[0]) and before != (chosen, node) and before[0] in self._brokers:
             self._brokers[before[0]].unserve(app, before[1])
-        if is_broker(chosen):
+        if broker is not None:
             broker.serve(app, node)
 
     def _broker(self, url: str) -> NatsTransport:
