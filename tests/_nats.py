@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,3 +107,21 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+def tree_source() -> Path | None:
+    """This tree's ``src`` when the secure world would run another Veritee, else None.
+
+    Secure-world processes start ``python -I``: PYTHONPATH does not reach them, so in a
+    work tree whose sources differ from the installed ones, a cluster must run this tree
+    through an interpreter of its own (LocalCluster's ``source``), or secure boot refuses
+    the code it measures.
+    """
+    src = Path(__file__).resolve().parent.parent / "src"
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", "import veritee; print(veritee.__file__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return None if out and Path(out).resolve().is_relative_to(src) else src

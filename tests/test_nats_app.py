@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests._nats import NatsServer
+from tests._nats import NatsServer, tree_source
 from tests.test_app_deploy import (
     REPO,
     SmartHome,
@@ -53,7 +53,7 @@ def home(
 ) -> Iterator[SmartHome]:
     workdir = tmp_path_factory.mktemp("smart-home-nats")
     binaries = build_smart_home(wasm)
-    cluster = LocalCluster(workdir / "cluster", verifier=False)
+    cluster = LocalCluster(workdir / "cluster", verifier=False, source=tree_source())
     cluster.start()
     try:
         descriptor = descriptor_for(
@@ -289,7 +289,9 @@ def test_a_node_started_with_a_broker_uses_it_for_apps_that_name_none(
     tmp_path: Path, wasm: Any, broker: NatsServer
 ) -> None:
     binaries = build_smart_home(wasm)
-    cluster = LocalCluster(tmp_path / "cluster", verifier=False, transport=broker.url)
+    cluster = LocalCluster(
+        tmp_path / "cluster", verifier=False, transport=broker.url, source=tree_source()
+    )
     cluster.start()
     try:
         descriptor = descriptor_for(
@@ -400,3 +402,33 @@ def test_requests_cross_nodes_over_the_broker_and_a_hostile_answer_is_refused(
         hostile.close()
         restart(home, "home-server")
     until(lambda: httpx.get(url, timeout=30).text == "1\n")  # and it answers again
+
+
+def test_nodes_started_with_and_without_a_broker_are_refused_together(
+    home: SmartHome, broker: NatsServer, tmp_path: Path
+) -> None:
+    home.cluster.stop_node("home-server")
+    home.cluster.transport = broker.url  # home-server alone defaults to the broker
+    try:
+        restart(home, "home-server")
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml", home.cluster, home.binaries, tmp_path / "a.yaml"
+        )
+        data = yaml.safe_load(descriptor.read_text())
+        data["app"] = "smart-home-mixed"  # and no transport line
+        descriptor.write_text(yaml.safe_dump(data, sort_keys=False))
+        mixed = SmartHome(home.cluster, tmp_path / "state.json", home.binaries, tmp_path)
+        trust = [a for n in home.cluster.nodes.values() for a in ("--trust-home", str(n.home))]
+        proc = mixed.cli("deploy", descriptor, *trust)
+        assert proc.returncode != 0
+        assert "the nodes use different transports (home-hub: direct, home-server: nats)" in (
+            proc.stderr
+        )
+        assert "Traceback" not in proc.stderr
+    finally:
+        home.cluster.stop_node("home-server")
+        home.cluster.transport = None
+        restart(home, "home-server")
+    before = counted(home)
+    press(home, 1)  # the app that names its broker runs on
+    settle(home, before + 1)
