@@ -4,7 +4,7 @@ The agent needs two things of a transport: **send** an event to another node, in
 at least once, even if that node is down for a while (the sender keeps it in an outbox
 and resends until the receiver acknowledges custody), and **request** an answer from
 another node synchronously (a module's request to a handler elsewhere). A message broker
-can take TCP's place behind :class:`Transport`.
+takes TCP's place behind :class:`Transport` for apps that name one (app/transport_nats.py).
 
 Wire format (TCP), one frame per message::
 
