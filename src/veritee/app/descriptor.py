@@ -31,11 +31,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from veritee.app._nats_wire import BadTransport, parse_transport
 from veritee.app._tree import MAX_DESCRIPTOR_BYTES as MAX_DESCRIPTOR_BYTES
 from veritee.app._tree import _Collect, _Reader
 from veritee.app._tree import read_tree as read_tree
 from veritee.app.errors import DescriptorError
-from veritee.app.transport_nats import BadTransport, parse_transport
 from veritee.tee.backends import BACKENDS as _BACKEND_REGISTRY
 from veritee.wasm.endpoints import Endpoint
 

@@ -33,16 +33,24 @@ import contextlib
 import hashlib
 import logging
 import os
-import struct
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from veritee.app.errors import AppError, TransportError
+from veritee.app._nats_wire import DIRECT as DIRECT
+from veritee.app._nats_wire import BadTransport as BadTransport
+from veritee.app._nats_wire import events_subject as events_subject
+from veritee.app._nats_wire import is_broker as is_broker
+from veritee.app._nats_wire import outbox_record, read_outbox_record
+from veritee.app._nats_wire import pack as pack
+from veritee.app._nats_wire import parse_transport as parse_transport
+from veritee.app._nats_wire import requests_subject as requests_subject
+from veritee.app._nats_wire import stream_name as stream_name
+from veritee.app._nats_wire import unpack as unpack
+from veritee.app.errors import TransportError
 from veritee.app.spool import Spool
 from veritee.app.transport import (
     MAX_FRAME_BYTES,
@@ -58,11 +66,6 @@ from veritee.errors import Error
 
 log = logging.getLogger("veritee.node.transport")
 
-DIRECT = "direct"  # the default transport: Veritee's own TCP links
-SCHEME = "nats"
-DEFAULT_NATS_PORT = 4222
-# Servers of one broker URL (a cluster's, comma-separated); a descriptor is not a phone book.
-MAX_SERVERS = 16
 # Brokers one agent connects to at once: anyone who reaches its API may create an app and
 # name one, and each is a connection, a thread and an outbox.
 MAX_BROKERS = 16
@@ -85,87 +88,6 @@ DUPLICATE_WINDOW = 120.0  # seconds the broker remembers message ids of resends
 _OK, _FAILED = 0, 1
 
 T = TypeVar("T")
-
-
-class BadTransport(AppError):
-    """A transport that is neither ``direct`` nor a NATS URL."""
-
-
-def parse_transport(value: str) -> str:
-    """``direct``, or a NATS URL (``nats://host:port``, several comma-separated for a
-    cluster), normalised; raises BadTransport saying what is wrong."""
-    text = value.strip()
-    if text == DIRECT:
-        return DIRECT
-    servers = [s.strip() for s in text.split(",")]
-    if not text or len(servers) > MAX_SERVERS:
-        raise BadTransport(
-            f"transport must be 'direct' or nats://host:port (at most {MAX_SERVERS} servers)"
-        )
-    out = []
-    for server in servers:
-        try:
-            parts = urlsplit(server)
-            port = parts.port or DEFAULT_NATS_PORT
-        except ValueError:
-            raise BadTransport(f"{server!r} is not a NATS URL (nats://host:port)") from None
-        if parts.scheme != SCHEME or not parts.hostname:
-            raise BadTransport(f"{server!r} is not a NATS URL (nats://host:port)")
-        if parts.username or parts.password or parts.path not in ("", "/") or parts.query:
-            # Credentials in a descriptor or an app's configuration would be shown in status.
-            raise BadTransport(f"{server!r}: give only nats://host:port")
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        out.append(f"{SCHEME}://{host}:{port}")
-    return ",".join(out)
-
-
-def is_broker(transport: str) -> bool:
-    return transport.startswith(f"{SCHEME}://")
-
-
-def stream_name(app: str) -> str:
-    return f"veritee-{app}"
-
-
-def events_subject(app: str, node: str) -> str:
-    return f"veritee.{app}.events.{node}"
-
-
-def requests_subject(app: str, node: str) -> str:
-    return f"veritee.{app}.requests.{node}"
-
-
-def _encode(subject: str, event: bytes) -> bytes:
-    raw = subject.encode()
-    return len(raw).to_bytes(1, "big") + raw + event
-
-
-def _decode(record: bytes) -> tuple[str, bytes]:
-    n = record[0]
-    return record[1 : 1 + n].decode(), record[1 + n :]
-
-
-_LENGTH = struct.Struct(">I")
-
-
-def pack(events: list[bytes]) -> bytes:
-    """Events as one broker message: ``length (4) || event`` each. One publish, one
-    acknowledgement, stored whole or not at all: a batch keeps its order."""
-    return b"".join(_LENGTH.pack(len(e)) + e for e in events)
-
-
-def unpack(payload: bytes) -> list[bytes]:
-    """The events of a message; one that does not parse is handed on whole, as one event
-    (the agent counts it malformed: whoever published it is not a node agent)."""
-    out, i = [], 0
-    while i + _LENGTH.size <= len(payload):
-        (n,) = _LENGTH.unpack_from(payload, i)
-        i += _LENGTH.size
-        if i + n > len(payload):
-            return [payload]
-        out.append(payload[i : i + n])
-        i += n
-    return out if i == len(payload) and out else [payload]
 
 
 @dataclass
@@ -277,7 +199,7 @@ class NatsTransport(Transport):
         if not isinstance(to, Peer):
             raise TransportError("an event through a broker goes to an app's node, by name")
         subject = events_subject(to.app, to.node)
-        self.outbox.extend([_encode(subject, e) for e in events])
+        self.outbox.extend([outbox_record(subject, e) for e in events])
         wake = self._wake
         if wake is not None:
             self._loop.call_soon_threadsafe(wake.set)
@@ -403,11 +325,11 @@ class NatsTransport(Transport):
                     await asyncio.wait_for(self._wake.wait(), 0.5)
                 continue
             limit = int(getattr(self._nc, "max_payload", SEND_BYTES))  # the broker's
-            subject = _decode(records[0][1])[0]
+            subject = read_outbox_record(records[0][1])[0]
             batch: list[bytes] = []
             size, last = 0, records[0][0]
             for seq, record in records:
-                to, event = _decode(record)
+                to, event = read_outbox_record(record)
                 if to != subject or (batch and size + 4 + len(event) > min(limit, SEND_BYTES)):
                     break
                 if again and seq > again:
