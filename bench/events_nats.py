@@ -40,6 +40,8 @@ WAIT = events.WAIT
 
 
 def start_broker(store: Path) -> tuple[subprocess.Popen[bytes], str]:
+    if not Path(NATS_SERVER).exists():
+        raise SystemExit("bench/events_nats.py needs nats-server: run scripts/setup.sh --test")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
