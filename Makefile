@@ -34,12 +34,14 @@ fuzz: setup-test
 		VERITEE_FUZZ=1 $(VENV)/pytest -q -k "fuzz or any_" || exit 1; \
 	done
 
-bench: setup
+# setup-test: bench/events_nats.py starts Debian's nats-server.
+bench: setup-test
 	$(VENV)/python bench/compute.py
 	$(VENV)/python bench/vtee.py
 	$(VENV)/python bench/attestation.py
 	$(VENV)/python bench/ratls.py
 	$(VENV)/python bench/events.py
+	$(VENV)/python bench/events_nats.py
 
 clean:
 	rm -rf out bench/out .pytest_cache .mypy_cache .ruff_cache

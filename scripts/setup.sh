@@ -44,6 +44,8 @@ if [ "$for_tests" -eq 1 ]; then
   # The dashboard's test opens its page in a real headless browser, driven by Selenium.
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
   [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+  # The NATS transport's tests start their own brokers (JetStream, file storage).
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 fi
 
 if [ "$for_tests" -eq 1 ]; then

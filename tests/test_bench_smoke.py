@@ -106,6 +106,15 @@ def test_events_bench() -> None:
     )
 
 
+def test_events_nats_bench() -> None:
+    report = _bench("events_nats.py", "--hops", "50", "--burst", "300")
+    for transport in ("direct", "nats"):
+        tput = report[f"throughput_{transport}"]
+        assert tput["received"] == tput["events"] and tput["events_per_s"] > 0
+        assert report[f"latency_{transport}"]["p50_ms"] > 0
+    assert report["nats_alone"]["events_per_s"] > 0 and report["tcp_alone"]["p50_ms"] > 0
+
+
 def test_events_ab_bench_runs_a_revision_beside_this_tree() -> None:
     report = _bench(
         "events_ab.py",

@@ -12,6 +12,7 @@ State under ``directory`` (``HOME/node`` by default)::
     apps/APP/modules/NAME/         module.wasm, load.cbor, state.sealed, inbox.spool
     outbox/HOST_PORT.spool         events kept for another node
     links/LINK                     highest event number taken from a sending node
+    nats/BROKER/                   an app's broker (app/transport_nats.py): outbox, custody
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from veritee.app._host import LoadParams, ModuleHost
 from veritee.app.errors import AppError, NodeError, NotAppOwner, TransportError
 from veritee.app.metrics import NodeMetrics
 from veritee.app.routes import STAGED, End, Route, destination, keep_staged, restage
-from veritee.app.transport import Address, Transport
+from veritee.app.transport import Address, Peer, Transport
+from veritee.app.transport_nats import (
+    DIRECT,
+    MAX_BROKERS,
+    NatsTransport,
+    broker_directory,
+    is_broker,
+    parse_transport,
+)
 from veritee.errors import Error
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.tee.channels import EventRejected
@@ -81,6 +90,8 @@ class _App:
     # The deployment public key (SEC1) of whoever created the app on this node: only
     # requests it signs act on the app (app/auth.py), and only under it do modules load.
     owner: bytes | None = None
+    # How its events travel between nodes: DIRECT (TCP links) or a NATS broker's URL.
+    transport: str = DIRECT
 
     def to_cbor(self, routes: Iterable[Route]) -> bytes:
         return bytes(
@@ -88,6 +99,7 @@ class _App:
                 {
                     "owner": self.owner,
                     "node": self.node,
+                    "transport": self.transport,
                     "peers": {k: list(v) for k, v in self.peers.items()},
                     "periodic": [list(p) for p in self.periodic],
                     "routes": [r.to_cbor() for r in routes if r.app == self.name],
@@ -100,12 +112,22 @@ class NodeAgent:
     """One node's agent. Thread-safe; its HTTP face is :mod:`veritee.app.api`."""
 
     def __init__(
-        self, home: Home, directory: Path, transport: Transport, *, vtee: str = DEFAULT_VTEE
+        self,
+        home: Home,
+        directory: Path,
+        transport: Transport,
+        *,
+        vtee: str = DEFAULT_VTEE,
+        default_transport: str = DIRECT,
     ) -> None:
+        """``transport``: the direct links; ``default_transport``: what an app configured
+        without naming one uses (DIRECT, or a NATS URL: ``node start --transport``)."""
         self.home, self.vtee = home, vtee
         self.directory = directory
         self.agent_id = _agent_id(directory)
         self.transport = transport
+        self.default_transport = parse_transport(default_transport)
+        self._brokers: dict[str, NatsTransport] = {}
         self._apps: dict[str, _App] = {}
         self._hosts: dict[tuple[str, str], ModuleHost] = {}
         self._routes: dict[bytes, Route] = {}
@@ -150,6 +172,12 @@ class NodeAgent:
                 except Error as exc:
                     host.failed = str(exc)
                     problems.append(f"{host}: {exc}")
+        for app in list(self._apps.values()):
+            if is_broker(app.transport) and app.node:
+                try:
+                    self._broker(app.transport).serve(app.name, app.node)
+                except Error as exc:
+                    problems.append(f"app {app.name}: {exc}")
         resume = getattr(self.transport, "resume", None)
         if callable(resume):
             resume()
@@ -164,6 +192,7 @@ class NodeAgent:
             {k: (str(v[0]), int(v[1])) for k, v in raw.get("peers", {}).items()},
             [(str(m), str(e), int(p)) for m, e, p in raw.get("periodic", [])],
             raw.get("owner") if isinstance(raw.get("owner"), bytes) else None,
+            str(raw.get("transport", DIRECT)),
         )
         self._apps[app.name] = app
         for r in raw.get("routes", []):
@@ -174,6 +203,10 @@ class NodeAgent:
     def close(self) -> None:
         self._periodic_stop.set()
         self.transport.close()
+        with self._lock:
+            brokers = list(self._brokers.values())
+        for broker in brokers:
+            broker.close()
         with self._lock:
             hosts = list(self._hosts.values())
         for host in hosts:
@@ -193,11 +226,21 @@ class NodeAgent:
             a = self._apps.get(app)
             return a.node if a is not None else ""
 
-    def configure(self, app: str, node: str, peers: Mapping[str, Address], *, owner: bytes) -> None:
+    def configure(
+        self,
+        app: str,
+        node: str,
+        peers: Mapping[str, Address],
+        *,
+        owner: bytes,
+        transport: str | None = None,
+    ) -> None:
         """This node's name in ``app`` and where the app's other nodes take events.
 
         ``owner``: the deployment key that signed the request. A new app becomes its own
-        (anyone may create an app: it is theirs); an existing one must be owned by it."""
+        (anyone may create an app: it is theirs); an existing one must be owned by it.
+        ``transport``: DIRECT or a NATS URL; None: this node's default."""
+        chosen = self.default_transport if transport is None else parse_transport(transport)
         with self._lock:
             if app not in self._apps and len(self._apps) >= MAX_APPS:
                 raise NodeError(f"this node holds its maximum of {MAX_APPS} apps")
@@ -206,9 +249,43 @@ class NodeAgent:
                 a.owner = owner
             elif a.owner != owner:
                 raise NotAppOwner(f"app {app!r} on this node belongs to another deployment key")
+            before = (a.transport, a.node)
+            broker = self._broker(chosen) if is_broker(chosen) else None
             a.node = node
             a.peers = dict(peers)
+            a.transport = chosen
             self._save(app)
+        if is_broker(before[0]) and before != (chosen, node) and before[0] in self._brokers:
+            self._brokers[before[0]].unserve(app, before[1])
+        if broker is not None:
+            broker.serve(app, node)
+
+    def _broker(self, url: str) -> NatsTransport:
+        """The transport through the broker at ``url``, connected once per agent."""
+        with self._lock:
+            broker = self._brokers.get(url)
+            if broker is None:
+                if len(self._brokers) >= MAX_BROKERS:
+                    raise NodeError(f"this node uses its maximum of {MAX_BROKERS} brokers")
+                broker = NatsTransport(broker_directory(self.directory, url), url)
+                broker.start(self._from_network, self._request_from_network)
+                self._brokers[url] = broker
+            return broker
+
+    def _transport_for(self, app: str) -> Transport:
+        a = self._apps.get(app)
+        if a is not None and is_broker(a.transport):
+            return self._broker(a.transport)
+        return self.transport
+
+    def links(self) -> dict[str, dict[str, int | bool]]:
+        """Per peer address or broker URL: ``up``, ``queued``."""
+        out = dict(self.transport.links())
+        with self._lock:
+            brokers = list(self._brokers.values())
+        for broker in brokers:
+            out.update(broker.links())
+        return out
 
     def load(
         self,
@@ -383,8 +460,8 @@ class NodeAgent:
             target.enqueue(event)
             return "local", target
         if where == "remote":
-            assert isinstance(target, tuple)
-            self.transport.send(target, event)
+            assert isinstance(target, Peer)
+            self._transport_for(target.app).send(target, event)
         return where, None
 
     def route_all(self, events: list[bytes], *, arrived: list[Arrival] | None = None) -> int:
@@ -393,7 +470,7 @@ class NodeAgent:
         inboxes are not woken: what was kept for each is added to it, for the caller to
         deliver (:meth:`ModuleHost.deliver_arrived`)."""
         local: dict[ModuleHost, list[bytes]] = {}
-        remote: dict[Address, list[bytes]] = {}
+        remote: dict[Peer, list[bytes]] = {}
         dropped = 0
         for event in events:
             where, target = self._where(event)
@@ -401,7 +478,7 @@ class NodeAgent:
                 assert isinstance(target, ModuleHost)
                 local.setdefault(target, []).append(event)
             elif where == "remote":
-                assert isinstance(target, tuple)
+                assert isinstance(target, Peer)
                 remote.setdefault(target, []).append(event)
             elif where == "dropped":
                 dropped += 1
@@ -410,11 +487,11 @@ class NodeAgent:
                 host.enqueue_all(batch)
             else:
                 arrived.append((host, host.keep(batch)))
-        for address, batch in remote.items():
-            self.transport.send_all(address, batch)
+        for peer, batch in remote.items():
+            self._transport_for(peer.app).send_all(peer, batch)
         return dropped
 
-    def _where(self, event: bytes) -> tuple[str, ModuleHost | Address | None]:
+    def _where(self, event: bytes) -> tuple[str, ModuleHost | Peer | None]:
         """Where an event goes; events for a user's tool go to its mailbox at once."""
         try:
             conn, direction = _header(event)
@@ -446,7 +523,7 @@ class NodeAgent:
             self.counters["no-peer"] += 1
             return "dropped", None
         self._flow(conn, "out")
-        return "remote", address
+        return "remote", Peer(route.app, end.node, address)
 
     def _flow(self, conn: bytes, direction: str) -> None:
         key = (conn.hex(), direction)
@@ -518,7 +595,7 @@ class NodeAgent:
         if address is None:
             raise NodeError(f"node {end.node!r} of app {route.app!r} has no known address")
         self._flow(conn, "out")
-        return self.transport.request(address, event)
+        return self._transport_for(route.app).request(Peer(route.app, end.node, address), event)
 
     def mailbox(self, conn: bytes, *, of_app: str | None = None) -> list[bytes]:
         if of_app is not None and self._owned_route(conn, of_app) is None:
@@ -613,7 +690,7 @@ class NodeAgent:
         return MetricsSnapshot(
             flows=dict(self.flows),
             dropped=dict(dropped),
-            links=self.transport.links(),
+            links=self.links(),
             inbox=inbox,
             modules=dict(modules),
             apps=apps,
@@ -629,7 +706,7 @@ class NodeAgent:
             "address": list(self.address),
             "uptime": time.time() - self.started,
             "counters": dict(self.counters),
-            "links": self.transport.links(),
+            "links": self.links(),
             "apps": {},
         }
         for name, app in apps.items():
@@ -654,6 +731,7 @@ class NodeAgent:
             out["apps"][name] = {
                 "node": app.node,
                 "peers": {k: list(v) for k, v in app.peers.items()},
+                "transport": app.transport,
                 "modules": modules,
                 "routes": len([r for r in routes if r.app == name]),
                 "periodic": [list(p) for p in app.periodic],

@@ -172,6 +172,8 @@ def create(agent: NodeAgent) -> FastAPI:
                 "events": list(agent.address),
                 "apps": sorted(agent.status()["apps"]),
                 "id": agent.agent_id,  # what a configure request is signed for
+                # What an app configured without naming a transport uses here.
+                "transport": agent.default_transport,
             }
         )
 
@@ -213,7 +215,15 @@ def create(agent: NodeAgent) -> FastAPI:
             if not (isinstance(addr, list) and len(addr) == 2 and isinstance(addr[1], int)):
                 raise UsageError(f"peer {name!r} must be [host, port]")
             parsed[str(name)] = (str(addr[0]), addr[1])
-        agent.configure(app, _get(body, "node", str), parsed, owner=claims.key)
+        transport = _get(body, "transport", str, optional=True)
+        await run_in_threadpool(
+            agent.configure,
+            app,
+            _get(body, "node", str),
+            parsed,
+            owner=claims.key,
+            transport=transport,
+        )
         return _cbor({})
 
     @api.put("/v1/apps/{app}/modules/{name}")

@@ -134,10 +134,19 @@ class NodeClient:
             return self._call("GET", f"/v1/apps/{self.app}/status", max_bytes=MAX_STATUS_BYTES)
         return self._call("GET", "/v1/status", max_bytes=MAX_STATUS_BYTES)
 
-    def configure(self, app: str, node: str, peers: dict[str, tuple[str, int]]) -> None:
+    def configure(
+        self,
+        app: str,
+        node: str,
+        peers: dict[str, tuple[str, int]],
+        transport: str | None = None,
+    ) -> None:
         """Name this node in ``app``; signed for the agent's own id (from /v1/info), since
-        the request names no node yet: recorded, it configures no other agent."""
-        body = {"node": node, "peers": {k: list(v) for k, v in peers.items()}}
+        the request names no node yet: recorded, it configures no other agent.
+        ``transport``: "direct" or a NATS URL; None: the node's own default."""
+        body: dict[str, Any] = {"node": node, "peers": {k: list(v) for k, v in peers.items()}}
+        if transport is not None:
+            body["transport"] = transport
         agent = self.info().get("id")
         self._call("PUT", f"/v1/apps/{app}", body, sign_for=str(agent) if agent else None)
 

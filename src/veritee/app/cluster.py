@@ -82,6 +82,7 @@ class LocalCluster:
         source: Path | None = None,
         poll_us: int | None = None,
         tls: tuple[Path, Path] | None = None,
+        transport: str | None = None,
     ) -> None:
         """``source``: run the nodes and the verifier from that checkout's ``src`` (an A/B
         benchmark compares two versions), with an interpreter of their own whose
@@ -89,8 +90,10 @@ class LocalCluster:
         reach it); their devices are provisioned by it too, since secure boot measures the
         code it runs. ``poll_us``: the agents' ``--poll-us``
         (default: theirs). ``tls``: (certificate, key) every agent, and the verifier, serve
-        HTTPS with (their clients verify it against $VERITEE_CA)."""
+        HTTPS with (their clients verify it against $VERITEE_CA). ``transport``: the agents'
+        ``--transport`` (default: direct links)."""
         self.tls = tls
+        self.transport = transport
         self.workdir = workdir
         self.source = source
         self.poll_us = poll_us
@@ -164,6 +167,7 @@ class LocalCluster:
             "--log-level",
             self.log_level,
             *(() if self.poll_us is None else ("--poll-us", str(self.poll_us))),
+            *(() if self.transport is None else ("--transport", self.transport)),
             *(
                 ()
                 if self.tls is None

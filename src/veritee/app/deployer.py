@@ -36,6 +36,7 @@ from veritee.app.descriptor import Connection, Descriptor
 from veritee.app.errors import AppAlreadyRunning, AppError, DescriptorError, NotAppOwner, StateError
 from veritee.app.routes import End, Route
 from veritee.app.state import ConnectionState, Deployment, Keys, ModuleState, NodeState
+from veritee.app.transport_nats import DIRECT, is_broker
 from veritee.errors import Error
 from veritee.evidence.deployment import Connect, Peer, sign_connect
 from veritee.wasm.endpoints import Endpoint, recorded
@@ -115,6 +116,7 @@ class Deployer:
             trust=[str(h.resolve()) for h in self.trust_homes],
             nodes={n.name: NodeState(n.name, n.host, n.port, tls=n.tls) for n in descriptor.nodes},
             periodic=[[p.module, p.entry, p.period_ms] for p in descriptor.periodic],
+            transport=descriptor.transport,
         )
         try:
             self._preflight(dep, force=force)
@@ -238,6 +240,7 @@ class Deployer:
     # -- nodes ------------------------------------------------------------------------------
 
     def _configure_nodes(self, dep: Deployment) -> None:
+        kinds: dict[str, str] = {}  # node -> "direct" | "nats" (its own default)
         for name, node in dep.nodes.items():
             self.progress(Step(name, "node", "start"))
             info = self._client(dep, name).info()
@@ -246,10 +249,25 @@ class Deployer:
                 raise AppError(f"node {name} did not say where it takes events")
             # The agent may listen on every address; its peers reach it at the descriptor's.
             node.events = [node.host, int(events[1])]
+            kinds[name] = "nats" if is_broker(str(info.get("transport", DIRECT))) else DIRECT
+        if dep.transport is None and len(set(kinds.values())) > 1:
+            # A node's own broker URL may differ (each its nearest server of one cluster),
+            # but events cannot cross from direct links to a broker.
+            raise AppError(
+                "the nodes use different transports ("
+                + ", ".join(f"{n}: {k}" for n, k in sorted(kinds.items()))
+                + "): start them alike (node start --transport), or name one for the app "
+                "in the descriptor ('transport: nats://HOST:PORT' or 'transport: direct')"
+            )
         peers = {n: (str(s.events[0]), int(s.events[1])) for n, s in dep.nodes.items()}
         for name in dep.nodes:
-            self._client(dep, name).configure(dep.app, name, peers)
-            self.progress(Step(name, "node", "done", f"events on port {peers[name][1]}"))
+            self._client(dep, name).configure(dep.app, name, peers, dep.transport)
+            how = (
+                f"events on port {peers[name][1]}"
+                if (dep.transport or kinds[name]) == DIRECT
+                else f"events through {dep.transport or 'its NATS broker'}"
+            )
+            self.progress(Step(name, "node", "done", how))
 
     # -- load and attest ----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from veritee.app._nats_wire import BadTransport, parse_transport
 from veritee.app._tree import MAX_DESCRIPTOR_BYTES as MAX_DESCRIPTOR_BYTES
 from veritee.app._tree import _Collect, _Reader
 from veritee.app._tree import read_tree as read_tree
@@ -138,6 +139,8 @@ class Descriptor:
     connections: tuple[Connection, ...] = ()
     periodic: tuple[PeriodicEvent, ...] = ()
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    # "direct", a NATS URL (app/transport_nats.py), or None: each node's own default.
+    transport: str | None = None
     origin: str = "descriptor"
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     # One line each, ``file:line: field: why``: fields accepted but without meaning here.
@@ -251,7 +254,7 @@ def _raise(problems: Sequence[DescriptorError]) -> None:
 
 # -- building and checking ---------------------------------------------------------------------
 
-_TOP = ("app", "nodes", "modules", "connections", "periodic-events", "verifier")
+_TOP = ("app", "nodes", "modules", "connections", "periodic-events", "verifier", "transport")
 _NODE = ("name", "host", "port", "backend", "tls")
 _MODULE = (
     "name",
@@ -312,6 +315,14 @@ def _build(
     verifier = VerifierConfig()
     with problems:
         verifier = _verifier(r, data.get("verifier"))
+    transport: str | None = None
+    if data.get("transport") is not None:
+        with problems:
+            raw_transport = r.text(data.get("transport"), "transport", 1024)
+            try:
+                transport = parse_transport(raw_transport)
+            except BadTransport as exc:
+                raise r.fail("transport", str(exc)) from None
 
     nodes: dict[str, Node] = {}
     node_names: set[str] = set()
@@ -397,6 +408,7 @@ def _build(
         connections=tuple(c for c in connections if _complete(c, modules)),
         periodic=tuple(e for e in periodic if e.module in modules),
         verifier=verifier,
+        transport=transport,
         origin=origin,
         lines=dict(lines),
     )

@@ -16,6 +16,7 @@ from veritee import notify
 from veritee.app.agent import NodeAgent
 from veritee.app.errors import AppError, NodeError, TransportError
 from veritee.app.transport import POLL, TcpTransport
+from veritee.app.transport_nats import DIRECT
 from veritee.home import DEFAULT_VTEE, Home
 from veritee.servicetls import ServerTls
 
@@ -39,8 +40,10 @@ def serve(
     log_level: str = "info",
     poll: float = POLL,
     tls: ServerTls | None = None,
+    transport_url: str = DIRECT,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; ``tls``: the API over HTTPS (TLS 1.3) with these."""
+    """Serve until SIGINT/SIGTERM; ``tls``: the API over HTTPS (TLS 1.3) with these;
+    ``transport_url``: what apps use unless their deployer names one (DIRECT or a NATS URL)."""
     import uvicorn
 
     from veritee.app import api
@@ -67,7 +70,7 @@ def serve(
         sock.close()
         raise
     port_file.write_text(f"{transport.address[1]}\n")
-    agent = NodeAgent(home, state, transport, vtee=vtee)
+    agent = NodeAgent(home, state, transport, vtee=vtee, default_transport=transport_url)
     try:
         for problem in agent.start():
             log.error("not reloaded: %s", problem)
@@ -75,6 +78,7 @@ def serve(
         info = {
             "url": f"{'https' if tls else 'http'}://{url_host}:{sock.getsockname()[1]}",
             "events": list(agent.address),
+            "transport": agent.default_transport,
         }
         log.info(
             "node agent on %s, events on %s:%d; %s",

@@ -97,6 +97,9 @@ class Deployment:
     modules: dict[str, ModuleState] = field(default_factory=dict)
     connections: dict[str, ConnectionState] = field(default_factory=dict)
     periodic: list[list[Any]] = field(default_factory=list)
+    # How events travel between the app's nodes: "direct", a NATS URL, or None (each
+    # node's own default, ``node start --transport``).
+    transport: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     updated: float = 0.0
     version: int = VERSION
@@ -147,6 +150,7 @@ class Deployment:
                 modules={k: _make(ModuleState, v) for k, v in value["modules"].items()},
                 connections={k: _make(ConnectionState, v) for k, v in value["connections"].items()},
                 periodic=list(value.get("periodic", [])),
+                transport=value.get("transport"),
                 timings=dict(value.get("timings", {})),
                 updated=float(value.get("updated", 0.0)),
             )

@@ -4,7 +4,7 @@ The agent needs two things of a transport: **send** an event to another node, in
 at least once, even if that node is down for a while (the sender keeps it in an outbox
 and resends until the receiver acknowledges custody), and **request** an answer from
 another node synchronously (a module's request to a handler elsewhere). A message broker
-can take TCP's place behind :class:`Transport`.
+takes TCP's place behind :class:`Transport` for apps that name one (app/transport_nats.py).
 
 Wire format (TCP), one frame per message::
 
@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
 
 import cbor2
@@ -70,6 +71,20 @@ POLL = 0.002
 _OK, _FAILED = 0, 1
 
 Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where an event goes: a node of an app, by name, and the address of its direct links.
+
+    TCP sends to ``address``; a broker (app/transport_nats.py) by ``app`` and ``node``.
+    """
+
+    app: str
+    node: str
+    address: Address
+
+
 # Takes custody of events; may return what to do once they are acknowledged (deliver them).
 EventSink = Callable[[list[bytes]], Callable[[], None] | None]
 RequestSink = Callable[[bytes], bytes]
@@ -87,16 +102,16 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def send(self, to: Address, event: bytes) -> None:
+    def send(self, to: Address | Peer, event: bytes) -> None:
         """Queue ``event`` for the agent at ``to``: delivered in order, kept while it is down."""
 
-    def send_all(self, to: Address, events: list[bytes]) -> None:
+    def send_all(self, to: Address | Peer, events: list[bytes]) -> None:
         """Queue ``events``, in order (a transport may store them at once)."""
         for event in events:
             self.send(to, event)
 
     @abstractmethod
-    def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+    def request(self, to: Address | Peer, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
         """Send a request and wait for the sealed reply; raise TransportError."""
 
     @abstractmethod
@@ -105,6 +120,10 @@ class Transport(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+def _address(to: Address | Peer) -> Address:
+    return to.address if isinstance(to, Peer) else to
 
 
 def _addr(a: Address) -> str:
@@ -403,17 +422,17 @@ class TcpTransport(Transport):
             if host and port.isdigit() and spool.stat().st_size:
                 self._link((host, int(port)))
 
-    def send(self, to: Address, event: bytes) -> None:
+    def send(self, to: Address | Peer, event: bytes) -> None:
         self.send_all(to, [event])
 
-    def send_all(self, to: Address, events: list[bytes]) -> None:
-        link = self._link(to)
+    def send_all(self, to: Address | Peer, events: list[bytes]) -> None:
+        link = self._link(_address(to))
         last = link.outbox.extend(events, wake=False)
         if not link.push(list(zip(range(last - len(events) + 1, last + 1), events, strict=True))):
             link.outbox.wake()
 
-    def request(self, to: Address, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
-        link = self._link(to)
+    def request(self, to: Address | Peer, event: bytes, timeout: float = REQUEST_TIMEOUT) -> bytes:
+        link = self._link(_address(to))
         deadline = time.monotonic() + min(timeout, CONNECT_TIMEOUT)
         while not link.up and time.monotonic() < deadline:
             time.sleep(0.01)  # a link just created is connecting

@@ -118,6 +118,15 @@ def node() -> None:
     "they come that often: lower latency for CPU while they do (0: never; default 2000).",
 )
 @click.option(
+    "--transport",
+    "transport_url",
+    default="direct",
+    show_default=True,
+    metavar="direct|nats://HOST:PORT",
+    help="How apps this node hosts exchange events, unless their descriptor says: Veritee's "
+    "direct links, or a NATS JetStream broker (several URLs comma-separated for a cluster).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -135,6 +144,7 @@ def node_start(
     ready_file: Path | None,
     poll_us: int | None,
     log_level: str,
+    transport_url: str,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_self_signed: bool,
@@ -154,12 +164,16 @@ def node_start(
       veritee node start --home /tmp/hub --port 7101 --events-port 7201
       veritee node start --home /tmp/srv --host 0.0.0.0 --port 7102 --events-port 7202 \\
           --tls-cert srv.pem --tls-key srv.key   # deployers: veritee --ca ca.pem deploy …
+      veritee node start --home /tmp/hub --port 7101 --transport nats://127.0.0.1:4222
 
     Off loopback, serve TLS: the owners' signed requests are fresh and bound to this
     node, but TLS keeps who manages which app, and the module binaries, off the network.
     """
     from veritee.app import server
     from veritee.app.transport import POLL
+    from veritee.app.transport_nats import parse_transport
+
+    transport_url = parse_transport(transport_url)  # a wrong one is one line, before booting
 
     if node_home is not None:
         home = Home.resolve(node_home)
@@ -185,6 +199,7 @@ def node_start(
             ready_file=ready_file,
             log_level=log_level,
             poll=POLL if poll_us is None else poll_us / 1e6,
+            transport_url=transport_url,
         )
     finally:
         if started:
