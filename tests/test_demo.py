@@ -31,3 +31,21 @@ def test_the_distributed_demo_runs_over_tls_and_refuses_every_attack(tmp_path: P
     refused = [ln for ln in out.splitlines() if "✘" in ln]
     assert any("replays" in ln for ln in refused) and any("tampered" in ln for ln in refused)
     assert "Done." in out
+
+
+def test_the_demo_runs_over_a_nats_broker_with_one_flag(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "VERITEE_CA")}
+    demo = ["demo", "--nats", "--presses", "2", "--workdir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "veritee", *demo],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "nats-server (JetStream) at nats://127.0.0.1:" in out
+    assert out.count("events through its NATS broker") == 2  # both nodes, no direct link
+    assert "replay" in out and "altered" in out and "Done." in out

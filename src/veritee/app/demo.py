@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,8 +71,10 @@ def _progress(step: Step) -> None:
     console.print(f"  {mark} {step.step:8} {step.what}{detail}")
 
 
-def run(workdir: Path, presses: int = PRESSES) -> None:
-    """Run the whole story in ``workdir`` (replaced); raise Error if any step goes wrong."""
+def run(workdir: Path, presses: int = PRESSES, *, nats: bool = False) -> None:
+    """Run the whole story in ``workdir`` (replaced); raise Error if any step goes wrong.
+    ``nats``: the node agents exchange events through a NATS JetStream broker the demo
+    starts (nats-server), not over direct links."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     examples = sdk_dir().parent / "examples" / "smart-home"
@@ -101,10 +104,20 @@ def run(workdir: Path, presses: int = PRESSES) -> None:
     # clients (deployer, user) trust; every request to a node is signed by the app's owner.
     tls = servicetls.make_self_signed(workdir / "tls", ["127.0.0.1", "localhost"])
     os.environ[servicetls.CA_ENV] = str(tls.cert)
-    cluster = LocalCluster(workdir / "cluster", tls=(tls.cert, tls.key))
+    broker = _Broker(workdir / "nats").start() if nats else None
+    cluster = LocalCluster(
+        workdir / "cluster",
+        tls=(tls.cert, tls.key),
+        transport=None if broker is None else broker.url,
+    )
     t0 = time.monotonic()
-    cluster.start()
     try:
+        cluster.start()
+        if broker is not None:
+            _ok(
+                f"broker       nats-server (JetStream) at {broker.url}: untrusted like the "
+                "agents, it stores and forwards sealed events"
+            )
         for node in cluster.nodes.values():
             _ok(f"{node.name:12} agent {node.url}, events on port {node.events[1]}")
         _ok(f"verifier     {cluster.verifier_url} trusts both devices' CAs and boot values")
@@ -115,6 +128,8 @@ def run(workdir: Path, presses: int = PRESSES) -> None:
         _story(workdir, cluster, binaries, evil, examples, presses)
     finally:
         cluster.stop()
+        if broker is not None:
+            broker.stop()
     console.print()
     console.print(
         Panel.fit(
@@ -204,8 +219,7 @@ def _story(
     _ok(f"the LED is [bold]{led}[/]: {presses} toggles from off")
 
     _step(5, "Attacks by an untrusted host")
-    outbox = next((cluster.nodes["home-hub"].home / "node" / "outbox").glob("*.spool"))
-    captured = _last_record(outbox)
+    captured = _captured(cluster.nodes["home-hub"].home / "node")
     # The demo plays the host through the agent's API, which takes only the app's owner: it
     # signs as the owner here (a real host reaches its secure world directly).
     owner = state_mod.load_keys(state).deployment
@@ -254,6 +268,66 @@ def _story(
         if m["dropped"]:
             table.add_row(m["name"], ", ".join(f"{k} {v}" for k, v in m["dropped"].items()))
     console.print(table)
+
+
+def _captured(node_dir: Path) -> bytes:
+    """The newest event the hub's agent keeps in its outbox (a direct link's, or the
+    broker's, whose records carry the subject too)."""
+    direct = sorted((node_dir / "outbox").glob("*.spool"))
+    if direct:
+        return _last_record(direct[0])
+    from veritee.app._nats_wire import read_outbox_record
+
+    for spool in sorted(node_dir.rglob("outbox.spool")):
+        return read_outbox_record(_last_record(spool))[1]
+    raise AppError(f"{node_dir} keeps no outbox to replay an event from")
+
+
+class _Broker:
+    """A nats-server with JetStream on a free loopback port, its store under ``store``."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> _Broker:
+        import socket
+
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not Path(binary).exists():
+            raise AppError("nats-server is not installed (Debian: apt install nats-server)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.store.mkdir(parents=True, exist_ok=True)
+        log = (self.store.parent / "nats.log").open("ab")
+        self.process = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.store)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        self.url = f"nats://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AppError(f"nats-server exited; see {self.store.parent / 'nats.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AppError("nats-server did not listen within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
 
 def _last_record(path: Path) -> bytes:

@@ -565,7 +565,13 @@ def attest(
     show_default=True,
     help="Button presses in the distributed demo.",
 )
-def demo(workdir: Path, single_device: bool, presses: int) -> None:
+@click.option(
+    "--nats",
+    is_flag=True,
+    help="Carry the events through a NATS JetStream broker (nats-server) instead of direct "
+    "links between the node agents.",
+)
+def demo(workdir: Path, single_device: bool, presses: int, nats: bool) -> None:
     """A narrated demo of Veritee.
 
     By default: the distributed smart-home app (two nodes, each its own device and secure
@@ -573,7 +579,10 @@ def demo(workdir: Path, single_device: bool, presses: int) -> None:
     With --single-device: one device, from provisioning to appraised evidence and sealing.
 
     \b
-    Example:  veritee demo --presses 7
+    \b
+    Examples:
+      veritee demo --presses 7
+      veritee demo --nats        # the same app, its events through a NATS JetStream broker
     """
     if single_device:
         from veritee import demo as tour
@@ -582,7 +591,7 @@ def demo(workdir: Path, single_device: bool, presses: int) -> None:
         return
     from veritee.app import demo as app_demo
 
-    app_demo.run(workdir.resolve(), presses)
+    app_demo.run(workdir.resolve(), presses, nats=nats)
 
 
 def _hex_arg(flag: str, value: str) -> bytes:
