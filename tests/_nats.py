@@ -42,8 +42,10 @@ class NatsServer:
         name: str = "n1",
         cluster_port: int | None = None,
         routes: tuple[int, ...] = (),
+        host: str = "127.0.0.1",
     ) -> None:
         need_nats_server()
+        self.host = host
         self.store = store
         self.port = port or free_port()
         self.name = name
@@ -54,14 +56,14 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     def start(self) -> NatsServer:
         self.store.mkdir(parents=True, exist_ok=True)
         args = [
             NATS_SERVER,
             "-a",
-            "127.0.0.1",
+            self.host,
             "-p",
             str(self.port),
             "-js",
@@ -87,7 +89,7 @@ class NatsServer:
             if self.process.poll() is not None:
                 raise AssertionError(f"nats-server exited: {self.log.read_text()[-500:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection((self.host, self.port), timeout=0.2):
                     return self
             except OSError:
                 time.sleep(0.02)
