@@ -79,19 +79,21 @@ def hosts() -> Iterator[list[tuple[str, str]]]:
         subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def home(
-    tmp_path_factory: pytest.TempPathFactory,
-    wasm: Callable[..., Path],
+def deploy_on_three_hosts(
+    workdir: Path,
+    binaries: dict[str, Path],
     hosts: list[tuple[str, str]],
-) -> Iterator[SmartHome]:
-    workdir = tmp_path_factory.mktemp("smart-home-netns")
-    binaries = build_smart_home(wasm)
+    *,
+    transport: str | None = None,
+) -> tuple[LocalCluster, SmartHome]:
+    """The smart home on a cluster of one node per namespace, the web server on a third,
+    deployed through the cluster's verifier and started; the caller stops the cluster."""
     cluster = LocalCluster(
         workdir / "cluster",
         NAMES,
         hosts=[address for _, address in hosts],
         prefixes=[["ip", "netns", "exec", ns] for ns, _ in hosts],
+        transport=transport,
     )
     cluster.start()
     try:
@@ -110,6 +112,21 @@ def home(
         proc = sh.cli("deploy", descriptor, "--verifier", str(cluster.verifier_url))
         assert proc.returncode == 0, proc.stderr
         sh.ok("output", "init-server", "start")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster, sh
+
+
+@pytest.fixture(scope="module")
+def home(
+    tmp_path_factory: pytest.TempPathFactory,
+    wasm: Callable[..., Path],
+    hosts: list[tuple[str, str]],
+) -> Iterator[SmartHome]:
+    workdir = tmp_path_factory.mktemp("smart-home-netns")
+    cluster, sh = deploy_on_three_hosts(workdir, build_smart_home(wasm), hosts)
+    try:
         yield sh
     finally:
         cluster.stop()

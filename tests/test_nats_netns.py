@@ -10,12 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests._nats import NatsServer
-from tests.test_app_deploy import APP, REPO, SmartHome, build_smart_home, until
-from tests.test_app_netns import NAMES, SUBNET, _netns_unavailable, hosts
-from veritee.app.cluster import LocalCluster, descriptor_for
+from tests.test_app_deploy import APP, SmartHome, build_smart_home, until
+from tests.test_app_netns import NAMES, SUBNET, _netns_unavailable, deploy_on_three_hosts, hosts
 
 pytestmark = [
     pytest.mark.netns,
@@ -44,31 +42,10 @@ def home(
     broker: NatsServer,
 ) -> Iterator[SmartHome]:
     workdir = tmp_path_factory.mktemp("smart-home-nats-netns")
-    binaries = build_smart_home(wasm)
-    cluster = LocalCluster(
-        workdir / "cluster",
-        NAMES,
-        hosts=[address for _, address in hosts],
-        prefixes=[["ip", "netns", "exec", ns] for ns, _ in hosts],
-        transport=broker.url,
+    cluster, sh = deploy_on_three_hosts(
+        workdir, build_smart_home(wasm), hosts, transport=broker.url
     )
-    cluster.start()
     try:
-        cluster.endorse((m, p.read_bytes()) for m, p in binaries.items())
-        descriptor = descriptor_for(
-            REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
-        )
-        data = yaml.safe_load(descriptor.read_text())
-        web = cluster.nodes["home-web"]
-        data["nodes"].append({"name": "home-web", "host": web.host, "port": web.port})
-        for m in data["modules"]:
-            if m["name"] == "webserver":
-                m["node"] = "home-web"
-        descriptor.write_text(yaml.safe_dump(data, sort_keys=False))
-        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
-        proc = sh.cli("deploy", descriptor, "--verifier", str(cluster.verifier_url))
-        assert proc.returncode == 0, proc.stderr
-        sh.ok("output", "init-server", "start")
         yield sh
     finally:
         cluster.stop()
