@@ -105,7 +105,9 @@ def test_a_revoked_device_is_cut_off_and_the_rest_of_the_app_runs_on(
     line = watcher.stderr.readline()
     assert "provisioning changed" in line and "3/5 modules attested and connected" in line, line
     cut = [watcher.stderr.readline() for _ in HUB]
-    assert time.monotonic() - revoked < CUT_OFF_WITHIN
+    elapsed = time.monotonic() - revoked
+    print(f"hub's modules cut off {elapsed:.2f} s after the revocation (poll {POLL} s)")
+    assert elapsed < CUT_OFF_WITHIN
     assert sorted(ln.split()[2].rstrip(":") for ln in cut) == sorted(HUB), cut
 
     modules = _modules(app)
