@@ -249,20 +249,16 @@ def test_event_log_parser_refuses_hostile_cbor() -> None:
 # -- the host user against the TPM's guarantees --------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the sealed root's only policy is PolicyPCR(15); any process of the host "
-    "unseals it while PCR 15 holds the genuine value (nothing caps the PCR after unsealing)",
-)
 def test_host_process_unseals_the_root_after_the_genuine_boot(swtpm: Swtpm, tmp_path: Path) -> None:
-    """HOLE: adversary: the host user (or any process that can open the TPM). The genuine
-    secure world boots, measures its stages and unseals its root. The host user then opens
-    the TPM (the same /dev/tpmrm0, here swtpm's socket), reads root.sealed (a file of the
+    """HOLE (fixed: the secure world caps PCR 15 with CAP_EVENT once it holds its root, in root()
+    and provision_root()): adversary: the host user (or any process that can open the TPM). The
+    genuine secure world boots, measures its stages and unseals its root. The host user then
+    opens the TPM (the same /dev/tpmrm0, here swtpm's socket), reads root.sealed (a file of the
     device's user) and unseals it: PCR 15 still holds the genuine value. With the root they
-    derive every vTEE key and record MAC: the TPM backend then protects the device's secrets
-    no better than the emulated HUK file. The secure behaviour: once the secure world holds
-    its root, the TPM refuses to unseal it again in this boot (extend a separator event
-    into PCR 15 after the unseal, which the reference values expect)."""
+    derive every vTEE key and record MAC: the TPM backend then protects the device's secrets no
+    better than the emulated HUK file. The secure behaviour: once the secure world holds its
+    root, the TPM refuses to unseal it again in this boot (extend a separator event into PCR 15
+    after the unseal, which the reference values expect)."""
     state = tmp_path / "tpm-state"
     with TpmBackend(state, swtpm.tcti) as world:
         boot(world)
@@ -277,27 +273,29 @@ def test_host_process_unseals_the_root_after_the_genuine_boot(swtpm: Swtpm, tmp_
         assert not opened_the_root  # (never print the root itself)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the AK has userWithAuth and an empty authValue; any host process quotes "
-    "with it, binding a vTEE key of its own to the genuine boot's PCR",
-)
 def test_host_process_quotes_an_attacker_vtee_key_after_the_genuine_boot(
     swtpm: Swtpm, tmp_path: Path
 ) -> None:
-    """HOLE: adversary: the host user. After the genuine secure world booted (PCR 15 holds
-    the genuine stages), they load the AK from its blobs in the backend's state directory
-    (files of the device's user; the AK needs no authorisation) and ask the TPM for a quote
-    whose qualifying data binds a vTEE key they generated outside the secure world, for the
-    verifier's challenge. verify_quote accepts it: the verifier would affirm an attacker's
-    key as a vTEE of the genuine secure world (and a relying party seal secrets to it). The
-    secure behaviour: only the secure world can authorise the AK (an authValue derived from
-    the sealed root, which the host cannot unseal; see the test above)."""
+    """HOLE (fixed: the AK's authValue is derived from the sealed root, which the host cannot
+    unseal once the secure world capped PCR 15; the device backend makes the AK only once it
+    holds the root, at provisioning): adversary: the host user. After the genuine secure world
+    booted (PCR 15 holds the genuine stages), they load the AK from its blobs in the backend's
+    state directory (files of the device's user; the AK needs no authorisation) and ask the TPM
+    for a quote whose qualifying data binds a vTEE key they generated outside the secure world,
+    for the verifier's challenge. verify_quote accepts it: the verifier would affirm an
+    attacker's key as a vTEE of the genuine secure world (and a relying party seal secrets to
+    it). The secure behaviour: only the secure world can authorise the AK (an authValue derived
+    from the sealed root, which the host cannot unseal; see the test above)."""
     state = tmp_path / "tpm-state"
     with TpmBackend(state, swtpm.tcti) as world:
-        ak = activated_ak(world, swtpm.ca)
         boot(world)
+        world.provision_root()  # the secure world holds its root, and the AK is made under it
+        ak = activated_ak(world, swtpm.ca)
         event_log = world.event_log  # the log is public: it travels with every quote
+        genuine = world.quote(appraisal.quote_binding(VTEE_KEY_DIGEST, b"n"))
+    appraisal.verify_quote(  # the secure world itself quotes with it
+        genuine, ak, appraisal.quote_binding(VTEE_KEY_DIGEST, b"n"), REFERENCE
+    )
     challenge = b"the verifier's fresh challenge"
     binding = appraisal.quote_binding(ATTACKER_VTEE_KEY, challenge)
     with pytest.raises((DeviceError, EvidenceError)):

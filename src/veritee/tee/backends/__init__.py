@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 # name -> "module:Class". The class implements Backend.
 BACKENDS: dict[str, str] = {
     "emulated": "veritee.tee.backends.emulated:EmulatedBackend",
+    "tpm": "veritee.tee.backends.tpm_device:TpmFactory",
 }
 DEFAULT = "emulated"
 RECORD = "backend.json"  # in HOME/device: which backend provisioned this device, and its options
@@ -74,6 +75,11 @@ class Backend(Protocol):
 
     def open_counters(self, vtee_id: bytes) -> int:
         """A file descriptor on the vTEE's rollback-counter storage, for that vTEE alone."""
+
+    def activate_credential(self, credential_blob: bytes, secret: bytes) -> bytes:
+        """A verifier's credential activation (TPM2_ActivateCredential with the AK and EK):
+        the secret comes out only of the TPM that holds both. A backend whose identity is a
+        certificate alone raises UsageError."""
 
     def describe(self) -> dict[str, Any]:
         """What ``tee status`` shows of the backend: its name and what it protects."""

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from tpm2_pytss.constants import (
 )
 from tpm2_pytss.types import (
     TPM2B_ATTEST,
+    TPM2B_AUTH,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
     TPM2B_NV_PUBLIC,
@@ -61,6 +62,8 @@ from veritee.errors import DeviceError, SealingError
 from veritee.evidence.claims import ROLLBACK_TPM_NV
 from veritee.evidence.tpm import (
     BACKEND_TPM,
+    CAP_DIGEST,
+    CAP_EVENT,
     DIGEST_SIZE,
     EK_TYPE,
     PCR_BANK,
@@ -74,6 +77,7 @@ from veritee.evidence.tpm import (
     quote_binding,
 )
 from veritee.tee.boot import Stage
+from veritee.tee.keys import derive
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +125,11 @@ class CounterTampered(SealingError):
     """The NV index of a counter is not a TPM counter (defined by someone else)."""
 
 
+class AkRefused(DeviceError):
+    """The TPM refused the AK's authorisation: the caller does not hold the secure world's
+    root, from which the AK's authValue is derived."""
+
+
 class UnsealRefused(SealingError):
     """The TPM refused to unseal: the boot measurements are not those it was sealed under."""
 
@@ -157,7 +166,13 @@ class Identity:
 
 class TpmBackend:
     """One secure world's view of its TPM. ``state`` is a directory the backend keeps the AK's
-    TPM-wrapped blobs in (useless off this TPM)."""
+    TPM-wrapped blobs in (useless off this TPM).
+
+    ``events`` continues an event log begun by an earlier context of this boot (the device
+    monitor opens the TPM for each operation, so that it never holds the TPM from others).
+    ``root``, when the caller already holds the secure world's root secret, authorises the AK:
+    its authValue is derived from the root, so only a holder of the root can quote or
+    activate with it (the host, which cannot unseal the root, cannot use the AK)."""
 
     #: What the evidence names (veritee.evidence.tpm): this backend, what it protects, and
     #: what keeps its counters.
@@ -165,15 +180,23 @@ class TpmBackend:
     protection = PROTECTION_TPM
     rollback_protection = ROLLBACK_TPM_NV
 
-    def __init__(self, state: Path, tcti: str = DEFAULT_TCTI) -> None:
+    def __init__(
+        self,
+        state: Path,
+        tcti: str = DEFAULT_TCTI,
+        *,
+        events: Sequence[TpmEvent] = (),
+        root: bytes | None = None,
+    ) -> None:
         self._state = state
         try:
             self._ctx = ESAPI(tcti)
         except TSS2_Exception as exc:
             raise TpmUnavailable(f"cannot open the TPM at {tcti!r} ({exc})") from None
-        self._events: list[TpmEvent] = []
+        self._events: list[TpmEvent] = list(events)
         self._srk: ESYS_TR | None = None
         self._ak: ESYS_TR | None = None
+        self._root: bytes | None = root
 
     def close(self) -> None:
         for handle in (self._ak, self._srk):
@@ -213,12 +236,25 @@ class TpmBackend:
             priv, _ = TPM2B_PRIVATE.unmarshal(priv_path.read_bytes())
         else:
             template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=_AK_ATTRS)
-            priv, pub, *_ = self._ctx.create(srk, None, template)
+            sensitive = TPM2B_SENSITIVE_CREATE(
+                TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(self._ak_auth()))
+            )
+            session = self._salted_session(TPM2_SE.HMAC)  # the authValue never crosses in clear
+            try:
+                priv, pub, *_ = self._ctx.create(srk, sensitive, template, session1=session)
+            finally:
+                self._ctx.flush_context(session)
             self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
             pub_path.write_bytes(bytes(pub.marshal()))
             priv_path.write_bytes(bytes(priv.marshal()))
         self._ak = self._ctx.load(srk, priv, pub)
+        self._ctx.tr_set_auth(self._ak, self._ak_auth())
         return self._ak
+
+    def _ak_auth(self) -> bytes:
+        # Without the root (tests of the primitives alone) the AK has an empty authValue;
+        # the device backend (tpm_device.py) always makes and uses it with the root.
+        return b"" if self._root is None else derive(self._root, "tpm-ak-auth")
 
     def identity(self) -> Identity:
         """The EK certificate from NV and the AK (made on first use)."""
@@ -285,6 +321,11 @@ class TpmBackend:
     def event_log(self) -> bytes:
         return encode_event_log(self._events)
 
+    @property
+    def events(self) -> tuple[TpmEvent, ...]:
+        """This boot's event log so far (to continue it in a later context)."""
+        return tuple(self._events)
+
     def pcr_value(self, pcr: int = VERITEE_PCR) -> bytes:
         _, _, digests = self._ctx.pcr_read(pcr_selection([pcr]))
         return bytes(digests[0])
@@ -292,12 +333,19 @@ class TpmBackend:
     def quote(self, qualifying_data: bytes) -> TpmQuote:
         """TPM2_Quote by the AK over ``VERITEE_PCR`` with ``qualifying_data`` (from
         veritee.evidence.tpm.quote_binding), with this boot's event log."""
-        attest, sig = self._ctx.quote(
-            self._ak_handle(),
-            pcr_selection([VERITEE_PCR]),
-            qualifying_data,
-            TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
-        )
+        try:
+            attest, sig = self._ctx.quote(
+                self._ak_handle(),
+                pcr_selection([VERITEE_PCR]),
+                qualifying_data,
+                TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+            )
+        except TSS2_Exception as exc:
+            if exc.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+                raise AkRefused(
+                    "the TPM refuses the AK: it is authorised by the secure world's root only"
+                ) from None
+            raise TpmUnavailable(f"the TPM failed to quote ({exc})") from None
         assert isinstance(attest, TPM2B_ATTEST)
         return TpmQuote(bytes(attest), bytes(sig.marshal()), self.event_log)
 
@@ -395,22 +443,54 @@ class TpmBackend:
         root = hashlib.sha256(
             secrets.token_bytes(ROOT_BYTES) + bytes(self._ctx.get_random(ROOT_BYTES))
         ).digest()
-        blob = self.seal(root)
+        self._write_root(self.seal(root))
+        self.extend(CAP_EVENT, CAP_DIGEST)  # as root() does: no second unseal in this boot
+        self._root = root
+        self._forget_ak()  # an AK made before the root had no authValue: make it anew under it
+        return root
+
+    def _forget_ak(self) -> None:
+        if self._ak is not None:
+            with contextlib.suppress(TSS2_Exception):
+                self._ctx.flush_context(self._ak)
+            self._ak = None
+        for name in ("ak.pub", "ak.priv"):
+            (self._state / name).unlink(missing_ok=True)
+
+    def store_root(self, root: bytes, pcr_value: bytes) -> None:
+        """Seal ``root`` for a boot not yet run (its ``VERITEE_PCR`` value, from
+        veritee.evidence.tpm.expected_pcr): what device provisioning does. Refuses to replace
+        an existing one."""
+        if self._root_path.exists():
+            raise SealingError("this TPM backend already holds a sealed root; not replacing it")
+        self._write_root(self.seal(root, pcr_value))
+        self._root = root
+
+    def _write_root(self, blob: bytes) -> None:
         self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self._root_path.with_suffix(".tmp")
         tmp.write_bytes(blob)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self._root_path)
-        return root
 
     def root(self) -> bytes:
         """The sealed root secret (the emulated backend's HUK), if this boot is the genuine
-        one; raises :class:`UnsealRefused` otherwise."""
+        one; raises :class:`UnsealRefused` otherwise.
+
+        Once unsealed, the root is capped: ``CAP_EVENT`` is extended into ``VERITEE_PCR``, so
+        that the TPM refuses to unseal it again until the next platform reset. The secure
+        world holds it from then on; a host process that opens the TPM after the genuine
+        boot finds a PCR no sealed root opens under. Quotes show the cap in the event log."""
+        if self._root is not None:
+            return self._root
         try:
             blob = self._root_path.read_bytes()
         except FileNotFoundError:
             raise SealingError("no sealed root: provision this TPM backend first") from None
-        return self.unseal(blob)
+        root = self.unseal(blob)
+        self.extend(CAP_EVENT, CAP_DIGEST)
+        self._root = root
+        return root
 
     # -- counters ---------------------------------------------------------------------
 
