@@ -683,3 +683,36 @@ def verify_platform_token(
         "rollback-protection": ROLLBACK_TPM_NV,
     }
     return VerifiedTpmPlatform(claims, leaf, anchor, submod)
+
+
+# -- the registrar's record ----------------------------------------------------------------
+
+MAX_REGISTRATIONS = 4096  # a registrations file is the verifier's own; bound what it parses
+
+
+def registrations_to_json(registrations: Iterable[Registration]) -> dict[str, Any]:
+    return {
+        "tpm-registrations": [
+            {"ek-sha256": r.ek_fingerprint.hex(), "ak": r.ak_public.hex()} for r in registrations
+        ]
+    }
+
+
+def registrations_from_json(value: Any) -> dict[bytes, Registration]:
+    """The registrations a verifier recorded (EK fingerprint -> Registration); each AK is
+    parsed again, so a file edited to hold another kind of key is refused."""
+    items = value.get("tpm-registrations") if isinstance(value, dict) else None
+    if not isinstance(items, list) or len(items) > MAX_REGISTRATIONS:
+        raise MalformedToken('TPM registrations must be {"tpm-registrations": [...]}')
+    out: dict[bytes, Registration] = {}
+    for item in items:
+        try:
+            fingerprint = bytes.fromhex(item["ek-sha256"])
+            ak = bytes.fromhex(item["ak"])
+        except (KeyError, TypeError, ValueError):
+            raise MalformedToken("TPM registration lacks a hex 'ek-sha256' or 'ak'") from None
+        if len(fingerprint) != DIGEST_SIZE:
+            raise MalformedToken("TPM registration's 'ek-sha256' is not a SHA-256 digest")
+        parse_ak_public(ak)
+        out[fingerprint] = Registration(fingerprint, ak)
+    return out
