@@ -63,11 +63,16 @@ class TpmDevice:
     def register(self) -> None:
         self.ok("evidence", "tpm-register", "--tpm-ca", self.ek_ca, "-o", self.registrations)
 
+    @property
+    def wat(self) -> Path:
+        path = self.work / "ok.wat"
+        if not path.exists():
+            path.write_text(OK_WAT)
+        return path
+
     def attest(self, nonce: str = NONCE, name: str = "ev.cbor") -> Path:
-        wat = self.work / "ok.wat"
-        wat.write_text(OK_WAT)
         out = self.work / name
-        self.ok("attest", wat, "--nonce", nonce, "-o", out)
+        self.ok("attest", self.wat, "--nonce", nonce, "-o", out)
         return out
 
     def appraise(
@@ -75,7 +80,7 @@ class TpmDevice:
     ) -> subprocess.CompletedProcess[str]:
         return self.cli(
             *("evidence", "appraise", evidence, "--nonce", nonce, "--json"),
-            *("--module", self.work / "ok.wat"),
+            *("--module", self.wat),
             *("--tpm-ca", self.ek_ca, "--tpm-registrations", self.registrations),
             *extra,
         )
@@ -234,3 +239,100 @@ def test_event_log_altered_to_match_the_references_is_refused(tpm_device: TpmDev
     }
     path = _write(tpm_device.work / "both.cbor", evidence, both)
     _failed(tpm_device.appraise(path, NONCE, "--refs", verifier_refs), "does not bind")
+
+
+def test_ak_of_another_tpm_is_refused(tpm_device: TpmDevice, tmp_path: Path) -> None:
+    """Adversary: the owner of a second machine with a genuine TPM of the same manufacturer.
+    (a) They present the first device's EK certificate with their own AK for registration,
+    activating the credential in their TPM; (b) they send evidence of their TPM (their AK's
+    quote) under the first device's EK, which the verifier registered."""
+    other = _tpm_device(tmp_path / "b", tpm_device.tpm.ca)
+    dev_b = next(other)
+    try:
+        ident_a = cbor2.loads((tpm_device.home / "manufacturer" / "tpm-identity.cbor").read_bytes())
+        ident_b = cbor2.loads((dev_b.home / "manufacturer" / "tpm-identity.cbor").read_bytes())
+        forged = tmp_path / "forged-identity.cbor"
+        forged.write_bytes(cbor2.dumps({"ek": ident_a["ek"], "ak": ident_b["ak"]}))
+        regs = tmp_path / "regs.json"
+        proc = dev_b.cli(
+            *("evidence", "tpm-register", "--tpm-ca", tpm_device.ek_ca),
+            *("--identity", forged, "-o", regs),
+        )
+        assert proc.returncode != 0 and "refused to activate the credential" in proc.stderr
+        assert "Traceback" not in proc.stderr and not regs.exists()
+        evidence = _evidence(dev_b.attest())
+        platform = {**_platform(evidence), "ek": ident_a["ek"]}
+        path = _write(tmp_path / "b-as-a.cbor", evidence, platform)
+        _failed(tpm_device.appraise(path), "never activated against this EK")
+    finally:
+        next(other, None)
+
+
+def test_ek_certificate_from_an_untrusted_ca_is_refused(tpm_device: TpmDevice) -> None:
+    """Adversary: a software TPM (or a TPM of an untrusted maker) whose EK certificate a CA
+    of the attacker's issued: neither registration nor appraisal trusts it."""
+    stranger = tpm_device.work / "stranger-ca.pem"
+    stranger.write_bytes(make_ek_ca("A TPM maker nobody trusts").pem)
+    regs = tpm_device.work / "stranger-regs.json"
+    proc = tpm_device.cli("evidence", "tpm-register", "--tpm-ca", stranger, "-o", regs)
+    _failed(proc, "does not chain to a trusted TPM manufacturer CA")
+    assert not regs.exists()
+    evidence = tpm_device.attest()
+    proc = tpm_device.cli(
+        *(
+            "evidence",
+            "appraise",
+            evidence,
+            "--nonce",
+            NONCE,
+            "--module",
+            tpm_device.work / "ok.wat",
+        ),
+        *("--tpm-ca", stranger, "--tpm-registrations", tpm_device.registrations),
+    )
+    _failed(proc, "does not chain to a trusted TPM manufacturer CA")
+
+
+def test_a_changed_boot_stage_does_not_unseal_the_root(tpm_device: TpmDevice) -> None:
+    """Adversary: the host user, who changes a boot stage (here the secure world's measured
+    configuration, which secure boot does not sign) to boot a secure world of their making
+    with the device's root. The TPM refuses to unseal: the secure world does not boot."""
+    config_file = tpm_device.home / "device" / "tee-config.json"
+    genuine = config_file.read_text()
+    tpm_device.reboot()
+    config_file.write_text(json.dumps({**json.loads(genuine), "workers": 7}))
+    proc = tpm_device.cli("tee", "start")
+    assert proc.returncode != 0
+    log = (
+        (tpm_device.home / "tee.log").read_text() if (tpm_device.home / "tee.log").exists() else ""
+    )
+    assert "the TPM refuses this boot" in proc.stderr + log, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The genuine boot, after a reset, opens it again.
+    tpm_device.reboot()
+    config_file.write_text(genuine)
+    tpm_device.ok("tee", "start")
+    assert tpm_device.appraise(tpm_device.attest()).returncode == 0
+
+
+def test_a_second_boot_in_one_tpm_power_cycle_is_refused(tpm_device: TpmDevice) -> None:
+    """The root unseals once per platform reset (the cap); a second start says so."""
+    tpm_device.cli("tee", "stop")
+    proc = tpm_device.cli("tee", "start")
+    assert proc.returncode != 0
+    assert "already extended since the last platform reset" in proc.stderr, proc.stderr
+    tpm_device.tpm.restart()
+    tpm_device.ok("tee", "start")
+
+
+def test_no_tpm_and_a_wrong_tcti_are_clear_errors(tmp_path: Path) -> None:
+    proc = _veritee(tmp_path / "a", "device", "init", "--backend", "tpm", "--tpm", "tpm0")
+    assert proc.returncode == 2 and "is neither a TPM device path" in proc.stderr
+    proc = _veritee(
+        tmp_path / "b", "device", "init", "--backend", "tpm", "--tpm", "swtpm:host=127.0.0.1,port=9"
+    )
+    assert proc.returncode != 0 and "cannot open the TPM" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "b" / "device").exists()  # nothing half-provisioned
+    proc = _veritee(tmp_path / "c", "device", "init", "--backend", "tpm", "--tpm", "/dev/no-tpm")
+    assert proc.returncode != 0 and "cannot open the TPM" in proc.stderr, proc.stderr
