@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,3 +336,89 @@ def test_no_tpm_and_a_wrong_tcti_are_clear_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "b" / "device").exists()  # nothing half-provisioned
     proc = _veritee(tmp_path / "c", "device", "init", "--backend", "tpm", "--tpm", "/dev/no-tpm")
     assert proc.returncode != 0 and "cannot open the TPM" in proc.stderr, proc.stderr
+
+
+def test_counter_rollback_with_the_counters_file_restored_is_refused(
+    tpm_device: TpmDevice, wasm: Callable[..., Path]
+) -> None:
+    """Adversary: the host user, who snapshots an app module's sealed state AND the device's
+    counters file (on the emulated device, the RPMB stand-in: restoring both replays, see
+    test_attack_hygiene), lets the state advance, then restores both across a reboot. The
+    file records the TPM NV counter it was written at; the TPM's counter has moved on."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from veritee.home import Home
+    from veritee.tee import client as teec
+    from veritee.tee.ta import AppSession
+
+    raw = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    counter = wasm("tests/assets/c/app_counter.c").read_bytes()
+
+    def load(ctx: teec.Context, state: bytes | None = None) -> AppSession:
+        session = AppSession(ctx)
+        session.load(counter, name="counter", app="tpm-app", deployment_key=raw, state=state)
+        return session
+
+    files = sorted((tpm_device.home / "device" / "counters").glob("*.ctr"))
+    assert len(files) == 1
+    with teec.Context(home=Home(tpm_device.home), vtee="default") as ctx:
+        session = load(ctx)
+        older = session.deliver_batch([]).state
+        kept = files[0].read_bytes()  # the counters file as it was with `older`
+        newest = session.deliver_batch([]).state
+    tpm_device.reboot()
+    files[0].write_bytes(kept)
+    tpm_device.ok("tee", "start")
+    with teec.Context(home=Home(tpm_device.home), vtee="default") as ctx:
+        with pytest.raises(teec.TeecError, match="counters file was rolled back"):
+            load(ctx, older)
+        with pytest.raises(teec.TeecError, match="counters file was rolled back"):
+            load(ctx, newest)  # the restored file opens nothing: a denial, never a replay
+    # Without the restore, the newest state loads and the older one is refused.
+    tpm_device.reboot()
+    files[0].write_bytes(b"")  # (a fresh file: every lineage is gone with it)
+    tpm_device.ok("tee", "start")
+    with (
+        teec.Context(home=Home(tpm_device.home), vtee="default") as ctx,
+        pytest.raises(teec.TeecError, match="no rollback counter"),
+    ):
+        load(ctx, newest)
+
+
+def test_counters_advance_with_the_tpm_and_survive_a_reboot(
+    tpm_device: TpmDevice, wasm: Callable[..., Path]
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from veritee.home import Home
+    from veritee.tee import client as teec
+    from veritee.tee.ta import AppSession
+
+    raw = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    counter = wasm("tests/assets/c/app_counter.c").read_bytes()
+
+    def load(ctx: teec.Context, state: bytes | None = None) -> AppSession:
+        session = AppSession(ctx)
+        session.load(counter, name="counter", app="tpm-app", deployment_key=raw, state=state)
+        return session
+
+    with teec.Context(home=Home(tpm_device.home), vtee="default") as ctx:
+        session = load(ctx)
+        older = session.deliver_batch([]).state
+        newest = session.deliver_batch([]).state
+    tpm_device.reboot()
+    tpm_device.ok("tee", "start")
+    with teec.Context(home=Home(tpm_device.home), vtee="default") as ctx:
+        with pytest.raises(teec.TeecError, match="rolled back: it carries counter"):
+            load(ctx, older)
+        load(ctx, newest)

@@ -188,6 +188,7 @@ class Monitor:
                 "ueid": self.info.ueid,
             },
         }
+        handoff["counters_anchor"] = self.backend.counters_anchor(record.vtee_id)
         counters = self.backend.open_counters(record.vtee_id)
         handoff["counters_fd"] = counters
         handoff["lifeline_fd"] = self.lifeline.child_fd

@@ -563,3 +563,29 @@ class NvCounter:
                 f"stored state carries counter {recorded}, the TPM's NV counter is at "
                 f"{current}: an older copy of the state was restored; refusing it"
             )
+
+
+class NvAnchor:
+    """A vTEE's counters file anchored in NV counter ``number`` of the TPM at ``tcti``
+    (tee/sealing.py: CounterAnchor). It opens the TPM for each use, so it never holds the
+    TPM from the monitor or other vTEEs."""
+
+    def __init__(self, tcti: str, number: int) -> None:
+        if not 0 <= number < MAX_COUNTERS:
+            raise ValueError(f"counter number must be below {MAX_COUNTERS}")
+        self.tcti = tcti
+        self.index = NV_COUNTER_BASE + number
+
+    def _use(self, step: bool) -> int:
+        try:
+            with ESAPI(self.tcti) as ctx:
+                counter = NvCounter(ctx, self.index)
+                return counter.increment() if step else counter.read()
+        except TSS2_Exception as exc:
+            raise TpmUnavailable(f"the TPM's NV counter {self.index:#x} failed ({exc})") from None
+
+    def read(self) -> int:
+        return self._use(False)
+
+    def increment(self) -> int:
+        return self._use(True)

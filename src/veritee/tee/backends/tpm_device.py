@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
@@ -53,6 +54,7 @@ from veritee.tee import boot, device
 from veritee.tee.backends.tpm import (
     DEFAULT_TCTI,
     EK_CERT_INDEX,
+    MAX_COUNTERS,
     ROOT_BYTES,
     Identity,
     TpmBackend,
@@ -66,6 +68,7 @@ STATE = "tpm"  # in HOME/device: the AK's and the sealed root's TPM-wrapped blob
 IDENTITY = "identity.cbor"  # in the state directory: EK certificate and AK public area
 PUBLISHED_IDENTITY = "tpm-identity.cbor"  # in HOME/manufacturer, for verifiers to register
 COUNTERS = "counters"  # in HOME/device: the vTEEs' counter files, anchored in NV counters
+NV_ALLOCATION = "nv-counters.json"  # in the state directory: vTEE id -> NV counter number
 # The TCTIs of the TSS: a kernel device (``device:/dev/tpmrm0``), swtpm and the simulator's
 # sockets, and the access broker. Anything else is a typo, told as such before any TSS call.
 TCTI_KINDS = ("device", "swtpm", "mssim", "tabrmd")
@@ -165,6 +168,30 @@ class TpmDevice:
         path = self.home.device / COUNTERS / f"{vtee_id.hex()}.ctr"
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def counters_anchor(self, vtee_id: bytes) -> dict[str, Any] | None:
+        return {"kind": "tpm-nv", "tcti": self.tcti, "counter": self._counter_number(vtee_id)}
+
+    def _counter_number(self, vtee_id: bytes) -> int:
+        """The NV counter of a vTEE, allocated on its first start. The allocation is a file
+        of the host's: changing it points a vTEE at a counter its file does not record,
+        which refuses its sealed state (a denial of service, never a rollback)."""
+        path = self.state / NV_ALLOCATION
+        try:
+            table = json.loads(path.read_text())
+        except FileNotFoundError:
+            table = {}
+        except (OSError, ValueError) as exc:
+            raise DeviceError(f"{path}: not readable ({exc})") from None
+        if not isinstance(table, dict):
+            raise DeviceError(f"{path}: must map vTEE ids to NV counter numbers")
+        number = table.get(vtee_id.hex())
+        if not isinstance(number, int):
+            used = {n for n in table.values() if isinstance(n, int)}
+            number = next(n for n in range(MAX_COUNTERS) if n not in used)
+            table[vtee_id.hex()] = number
+            path.write_text(json.dumps(table, indent=2) + "\n")
+        return number
 
     def activate_credential(self, credential_blob: bytes, secret: bytes) -> bytes:
         with self._tpm() as tpm:
