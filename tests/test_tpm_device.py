@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
@@ -422,3 +423,76 @@ def test_counters_advance_with_the_tpm_and_survive_a_reboot(
         with pytest.raises(teec.TeecError, match="rolled back: it carries counter"):
             load(ctx, older)
         load(ctx, newest)
+
+
+# -- the verifier's appraisal: the EAR's tpm-platform submodule ------------------------------
+
+
+def _endorsements(dev: TpmDevice, *, with_registrations: bool = True) -> Any:
+    from cryptography import x509
+
+    from veritee.evidence import tpm
+    from veritee.verifier.endorsements import Endorsements, ReferenceValue
+    from veritee.wasm.runtime import measure, to_binary
+
+    refs = json.loads((dev.home / "manufacturer" / "reference-values.json").read_text())
+    references = [
+        ReferenceValue("veritee", "boot", e["component"], bytes.fromhex(e["measurement"]))
+        for e in refs["boot"]
+    ]
+    references.append(
+        ReferenceValue("veritee", "module", "ok", measure(to_binary(dev.wat.read_bytes())))
+    )
+    regs = tpm.registrations_from_json(json.loads(dev.registrations.read_text()))
+    return Endorsements(
+        cas=(x509.load_pem_x509_certificate((dev.home / "manufacturer" / "ca.pem").read_bytes()),),
+        references=tuple(references),
+        tpm_cas=(dev.tpm.ca.cert,),
+        tpm_registrations=regs if with_registrations else {},
+    )
+
+
+def test_the_verifier_appraises_tpm_evidence_into_its_own_submodule(
+    tpm_device: TpmDevice,
+) -> None:
+    """The EAR of TPM-backed evidence carries the TPM platform as its own submodule; the
+    default policy accepts it with a warning (OS-isolated), the strict one refuses it; and a
+    device whose AK no registrar activated is not recognised."""
+    import datetime as dt
+
+    from veritee.evidence.claims import MEDIA_TYPE
+    from veritee.verifier import ear
+    from veritee.verifier._scheme import Context
+    from veritee.verifier.appraise import appraise
+    from veritee.verifier.policy import (
+        DEFAULT_POLICY,
+        STRICT_POLICY,
+        compile_policy,
+    )
+
+    evidence = tpm_device.attest().read_bytes()
+    verifier = ear.VerifierId("Veritee", "test")
+    now = dt.datetime.now(dt.UTC)
+    e = _endorsements(tpm_device)
+    nonce = bytes.fromhex(NONCE)
+    default = compile_policy("default", DEFAULT_POLICY)
+    outcome = appraise(evidence, MEDIA_TYPE, nonce, Context(e, default, verifier, now))
+    assert outcome.failure is None, outcome.failure
+    subs = outcome.result.submods
+    assert set(subs) == {"platform", "module", "tpm-platform"}
+    tpm_sub = subs["tpm-platform"]
+    claims = tpm_sub.extensions["ear.veraison.annotated-evidence"]
+    assert claims["backend"] == "tpm2" and claims["protection"] == "tpm-rooted-os-isolated"
+    assert claims["boot"][-1]["component"] == "veritee/root-unsealed"
+    assert tpm_sub.trust_vector.executables == 2 and tpm_sub.trust_vector.hardware == 32
+    assert outcome.status == "warning"
+    for sub in subs.values():
+        assert sub.extensions["ear.veritee.rollback-protection"] == "tpm-nv"
+    strict = compile_policy("strict", STRICT_POLICY)
+    refused = appraise(evidence, MEDIA_TYPE, nonce, Context(e, strict, verifier, now))
+    assert refused.status == "contraindicated"
+    assert all(s.trust_vector.hardware == 96 for s in refused.result.submods.values())
+    unregistered = _endorsements(tpm_device, with_registrations=False)
+    failed = appraise(evidence, MEDIA_TYPE, nonce, Context(unregistered, default, verifier, now))
+    assert failed.failure is not None and failed.failure.check == "AkNotActivated"
+    assert failed.status == "contraindicated"

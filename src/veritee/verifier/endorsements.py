@@ -162,6 +162,12 @@ class Endorsements:
     revoked_devices: frozenset[bytes] = frozenset()
     revoked_cas: frozenset[bytes] = frozenset()
     references: tuple[ReferenceValue, ...] = ()
+    # TPM-backed devices: the TPM manufacturer CAs of their EK certificates, and the AKs a
+    # registrar activated (EK fingerprint -> veritee.evidence.tpm.Registration).
+    tpm_cas: tuple[x509.Certificate, ...] = ()
+    tpm_registrations: Mapping[bytes, Any] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
     # Indexes built from ``references``: (scheme, kind) -> measurement -> entries, and
     # (scheme, boot component name) -> endorsed measurements.
     _by_measurement: Mapping[tuple[str, str], Mapping[bytes, tuple[ReferenceValue, ...]]] = field(
@@ -190,7 +196,12 @@ class Endorsements:
     def anchors(self) -> TrustAnchors:
         """The CAs as appraisal's trust anchors, with the operator's ceilings (revocations are
         checked by the caller, each with its own error)."""
-        return TrustAnchors(self.cas, ceilings=self.ceilings)
+        return TrustAnchors(
+            self.cas,
+            ceilings=self.ceilings,
+            tpm_cas=self.tpm_cas,
+            tpm_registrations=self.tpm_registrations,
+        )
 
     @classmethod
     def build(
