@@ -416,20 +416,16 @@ def test_quote_of_an_unmeasured_boot_against_no_reference_values_is_refused(
         appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: NvCounter checks only the counter type of a squatted index; one with an "
-    "authValue of the attacker's ends in a raw TSS2_Exception, not CounterTampered",
-)
 def test_counter_squatted_as_a_counter_with_a_foreign_auth_is_refused(
     swtpm: Swtpm, tmp_path: Path
 ) -> None:
-    """HOLE (robustness): adversary: the machine's owner, who defines the counter's NV index
-    first as a genuine counter-type index but with an authValue of their own (and increments
-    it once, so it is written). The type check passes; the secure world's read then fails
-    inside the TSS with TPM_RC_AUTH_FAIL (and counts towards dictionary-attack lockout
-    unless noDA), a traceback rather than one clear error. The secure behaviour: the index's
-    whole public area (attributes, authPolicy, nameAlg, size) is compared with Veritee's
+    """HOLE (robustness; fixed: an authorisation failure on the index is CounterTampered, and every
+    other TSS error of read/increment is wrapped): adversary: the machine's owner, who defines
+    the counter's NV index first as a genuine counter-type index but with an authValue of their
+    own (and increments it once, so it is written). The type check passes; the secure world's
+    read then fails inside the TSS with TPM_RC_AUTH_FAIL (and counts towards dictionary-attack
+    lockout unless noDA), a traceback rather than one clear error. The secure behaviour: the
+    index's whole public area (attributes, authPolicy, nameAlg, size) is compared with Veritee's
     own, and anything else is CounterTampered; TSS errors of read/increment are wrapped."""
     index = 9
     with ESAPI(swtpm.tcti) as ctx:

@@ -523,7 +523,7 @@ class NvCounter:
                     "else, to hold a value they can write; refusing it"
                 )
             if not attrs & TPMA_NV.WRITTEN:  # defined, then interrupted before its first step
-                ctx.nv_increment(self._handle)
+                self.increment()
         else:
             attrs = (
                 TPMA_NV.AUTHREAD
@@ -546,13 +546,30 @@ class NvCounter:
             ctx.nv_increment(self._handle)
 
     def read(self) -> int:
-        data = self._ctx.nv_read(self._handle, _COUNTER_BYTES, 0)
+        try:
+            data = self._ctx.nv_read(self._handle, _COUNTER_BYTES, 0)
+        except TSS2_Exception as exc:
+            raise self._refused(exc) from None
         return int.from_bytes(bytes(data), "big")
 
     def increment(self) -> int:
         """Increment and return the new value (write it into the state it protects)."""
-        self._ctx.nv_increment(self._handle)
+        try:
+            self._ctx.nv_increment(self._handle)
+        except TSS2_Exception as exc:
+            raise self._refused(exc) from None
         return self.read()
+
+    def _refused(self, exc: TSS2_Exception) -> DeviceError:
+        # An index of the right type whose authValue is not Veritee's (empty): defined by
+        # someone else, who can hold it at a value of their choosing. The index is noDA, so
+        # the failed attempt counts towards no lockout.
+        if exc.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+            return CounterTampered(
+                f"NV index {self.index:#x} refuses Veritee's authorisation: it was defined by "
+                "someone else, with an authValue of their own; refusing it"
+            )
+        return TpmUnavailable(f"the TPM failed on NV counter {self.index:#x} ({exc})")
 
     def check(self, recorded: int) -> None:
         """Raises :class:`CounterRolledBack` unless ``recorded`` (from stored state) is the
