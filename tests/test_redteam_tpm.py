@@ -306,22 +306,18 @@ def test_host_process_quotes_an_attacker_vtee_key_after_the_genuine_boot(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: provision_root/root trust any root.sealed that this TPM can load; the SRK "
-    "is usable by every host process, so the host user can plant a root they chose",
-)
 def test_planted_sealed_root_is_refused(swtpm: Swtpm, tmp_path: Path) -> None:
-    """HOLE: adversary: the host user, before the device is provisioned (or by replacing
-    the file later). The SRK has an empty authValue, so they create their own sealed object
-    under it, holding a root of THEIR choosing under a PolicyPCR of the genuine boot value
-    (which they compute from the public reference values), and write it as root.sealed.
-    provision_root then refuses to replace it ("already holds a sealed root") and root()
-    returns the attacker's root on the genuine boot: every vTEE key derived from it is known
-    to them while the quote is genuine. The secure behaviour: the secure world refuses a
-    sealed root it did not make (e.g. the blob's TPM2_CertifyCreation ticket and creation
-    data checked against what the provisioning boot recorded, or the root kept in an NV
-    index whose attributes and name are checked as the counters' are)."""
+    """HOLE (fixed: provisioning makes the AK under the root it seals, and root() refuses a root
+    that does not authorise that AK, or one with no AK at all): adversary: the host user, before
+    the device is provisioned (or by replacing the file later). The SRK has an empty authValue,
+    so they create their own sealed object under it, holding a root of THEIR choosing under a
+    PolicyPCR of the genuine boot value (which they compute from the public reference values),
+    and write it as root.sealed. provision_root then refuses to replace it ("already holds a
+    sealed root") and root() returns the attacker's root on the genuine boot: every vTEE key
+    derived from it is known to them while the quote is genuine. The secure behaviour: the
+    secure world refuses a sealed root it did not make (e.g. the blob's TPM2_CertifyCreation
+    ticket and creation data checked against what the provisioning boot recorded, or the root
+    kept in an NV index whose attributes and name are checked as the counters' are)."""
     state = tmp_path / "tpm-state"
     chosen = hashlib.sha256(b"a root the host user knows").digest()
     genuine_pcr = appraisal.expected_pcr(STAGES)
@@ -336,6 +332,24 @@ def test_planted_sealed_root_is_refused(swtpm: Swtpm, tmp_path: Path) -> None:
         # Today root() returns the attacker's chosen root; it must refuse the planted blob.
         with pytest.raises(SealingError):
             world.root()
+    # After provisioning: the host user swaps their blob in for the genuine one.
+    state = tmp_path / "provisioned"
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as world:
+        boot(world)
+        root = world.provision_root()
+        genuine = (state / "root.sealed").read_bytes()
+    (state / "root.sealed").write_bytes(planted)
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as world:
+        boot(world)
+        with pytest.raises(SealingError, match="does not authorise"):
+            world.root()
+    (state / "root.sealed").write_bytes(genuine)
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as world:
+        boot(world)
+        assert world.root() == root
 
 
 # -- counters ------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from veritee.errors import DeviceError, SealingError
 from veritee.evidence.claims import ROLLBACK_TPM_NV
 from veritee.evidence.tpm import (
     BACKEND_TPM,
+    QUOTE_BINDING_CONTEXT,
     CAP_DIGEST,
     CAP_EVENT,
     DIGEST_SIZE,
@@ -447,13 +448,17 @@ class TpmBackend:
         self.extend(CAP_EVENT, CAP_DIGEST)  # as root() does: no second unseal in this boot
         self._root = root
         self._forget_ak()  # an AK made before the root had no authValue: make it anew under it
+        self._ak_handle()
         return root
 
-    def _forget_ak(self) -> None:
+    def _forget_handle_only(self) -> None:
         if self._ak is not None:
             with contextlib.suppress(TSS2_Exception):
                 self._ctx.flush_context(self._ak)
             self._ak = None
+
+    def _forget_ak(self) -> None:
+        self._forget_handle_only()
         for name in ("ak.pub", "ak.priv"):
             (self._state / name).unlink(missing_ok=True)
 
@@ -465,6 +470,8 @@ class TpmBackend:
             raise SealingError("this TPM backend already holds a sealed root; not replacing it")
         self._write_root(self.seal(root, pcr_value))
         self._root = root
+        self._forget_ak()
+        self._ak_handle()  # the AK the root authorises (root() checks it)
 
     def _write_root(self, blob: bytes) -> None:
         self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -489,8 +496,34 @@ class TpmBackend:
             raise SealingError("no sealed root: provision this TPM backend first") from None
         root = self.unseal(blob)
         self.extend(CAP_EVENT, CAP_DIGEST)
+        self._check_root_made_here(root)
         self._root = root
         return root
+
+    def _check_root_made_here(self, root: bytes) -> None:
+        """Refuse a sealed root that provisioning did not make. Provisioning makes the AK
+        right after it seals the root, with an authValue derived from that root: a root
+        planted by a host process (which the SRK lets anyone seal under) does not authorise
+        the device's AK. Who plants both a root and an AK of their own gets an AK no
+        registrar activated (the verifier refuses it), unless they did so before the device
+        was enrolled."""
+        if not (self._state / "ak.pub").exists() or not (self._state / "ak.priv").exists():
+            raise SealingError(
+                "the sealed root has no attestation key made under it: it was not sealed by "
+                "this device's provisioning (planted?); refusing it"
+            )
+        self._forget_handle_only()
+        previous, self._root = self._root, root
+        try:
+            self.quote(QUOTE_BINDING_CONTEXT)  # needs the AK's authValue, derived from the root
+        except AkRefused:
+            raise SealingError(
+                "the sealed root does not authorise this device's attestation key: it is not "
+                "the root provisioning sealed (planted or swapped); refusing it"
+            ) from None
+        finally:
+            self._root = previous
+            self._forget_handle_only()
 
     # -- counters ---------------------------------------------------------------------
 
