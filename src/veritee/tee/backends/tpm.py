@@ -62,13 +62,13 @@ from veritee.errors import DeviceError, SealingError
 from veritee.evidence.claims import ROLLBACK_TPM_NV
 from veritee.evidence.tpm import (
     BACKEND_TPM,
-    QUOTE_BINDING_CONTEXT,
     CAP_DIGEST,
     CAP_EVENT,
     DIGEST_SIZE,
     EK_TYPE,
     PCR_BANK,
     PROTECTION_TPM,
+    QUOTE_BINDING_CONTEXT,
     VERITEE_PCR,
     TpmEvent,
     TpmPlatformEvidence,
@@ -593,7 +593,7 @@ class NvCounter:
             raise self._refused(exc) from None
         return self.read()
 
-    def _refused(self, exc: TSS2_Exception) -> DeviceError:
+    def _refused(self, exc: TSS2_Exception) -> SealingError | DeviceError:
         # An index of the right type whose authValue is not Veritee's (empty): defined by
         # someone else, who can hold it at a value of their choosing. The index is noDA, so
         # the failed attempt counts towards no lockout.
