@@ -93,7 +93,7 @@ def _open(state: Path, tcti: str, **kwargs: Any) -> TpmBackend:
     except TpmUnavailable as exc:
         raise TpmUnavailable(
             f"{exc}: is the TPM there, and may this user open it? (/dev/tpmrm0 needs the "
-            "'tss' group; see docs/secure-world.md#the-tpm-20-backend)"
+            "'tss' group; see docs/secure-world.md#tpm-20-backend)"
         ) from None
 
 
