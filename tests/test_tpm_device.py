@@ -496,3 +496,38 @@ def test_the_verifier_appraises_tpm_evidence_into_its_own_submodule(
     failed = appraise(evidence, MEDIA_TYPE, nonce, Context(unregistered, default, verifier, now))
     assert failed.failure is not None and failed.failure.check == "AkNotActivated"
     assert failed.status == "contraindicated"
+
+
+def test_a_vtee_on_the_tpm_runs_attests_and_is_shown(
+    tpm_device: TpmDevice, wasm: Callable[..., Path]
+) -> None:
+    """A second vTEE on a TPM-backed device: its own quote binds its own key; a module runs
+    in it; ``evidence show`` reads TPM evidence; garbage in its place is one clear error."""
+    dev = tpm_device
+    dev.ok("vtee", "create", "tenant-a", "--memory", "256", "--workers", "1", "--start")
+    assert "argv[1] = x" in dev.ok("run", "--vtee", "tenant-a", wasm("examples/hello/hello.c"), "x")
+    out = dev.work / "tenant.cbor"
+    dev.ok("attest", "--vtee", "tenant-a", dev.wat, "--nonce", NONCE, "-o", out)
+    result = json.loads(dev.appraise(out).stdout)
+    assert result["vtee"] == "tenant-a" and result["backend"] == "tpm"
+    shown = json.loads(dev.ok("evidence", "show", out, "--json"))
+    assert shown["platform"]["signed_by"].startswith("TPM quote by the AK")
+    assert shown["platform"]["vtee_name"] == "tenant-a"
+    assert shown["platform"]["event_log"][-1]["description"] == "veritee/root-unsealed"
+    default = _platform(_evidence(dev.attest()))
+    assert _platform(_evidence(out))["quote"] != default["quote"]
+    # Hostile TPM platform tokens: one clear error each, never a traceback.
+    evidence = _evidence(out)
+    for bad in (
+        {"backend": "tpm2"},
+        {**_platform(evidence), "claims": b"\xff"},
+        {**_platform(evidence), "quote": {1: b"", 2: b"", 3: b""}},
+        {**_platform(evidence), "ak": b"\x00\x01"},
+        {**_platform(evidence), "ek": b"not a certificate"},
+    ):
+        path = _write(dev.work / "bad.cbor", evidence, bad)
+        proc = dev.appraise(path)
+        assert proc.returncode == EXIT_EVIDENCE, (bad, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        shown_proc = dev.cli("evidence", "show", path)
+        assert "Traceback" not in shown_proc.stderr
