@@ -531,3 +531,21 @@ def test_a_vtee_on_the_tpm_runs_attests_and_is_shown(
         assert "Traceback" not in proc.stderr
         shown_proc = dev.cli("evidence", "show", path)
         assert "Traceback" not in shown_proc.stderr
+
+
+def test_without_tpm2_pytss_the_tpm_backend_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A machine without the TSS binding loses the TPM backend, with a clear error, and
+    keeps the emulated one."""
+    from veritee.errors import DeviceError
+    from veritee.tee import backends
+
+    for name in [
+        m for m in sys.modules if m.startswith(("tpm2_pytss", "veritee.tee.backends.tpm"))
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tpm2_pytss", None)  # import tpm2_pytss now fails
+    with pytest.raises(DeviceError, match="the 'tpm' TEE backend needs tpm2_pytss"):
+        backends.factory("tpm")
+    assert backends.factory("emulated").name == "emulated"
