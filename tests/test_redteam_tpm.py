@@ -562,28 +562,23 @@ def test_quote_over_extra_pcrs_is_refused(swtpm: Swtpm, tmp_path: Path) -> None:
         appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a root sealed under an older boot's PCR value still unseals after an "
-    "upgrade; nothing (PolicyNV on a version counter, PolicyAuthorize) retires the old blob",
-)
 def test_old_sealed_root_does_not_open_on_a_downgraded_boot(swtpm: Swtpm, tmp_path: Path) -> None:
-    """HOLE: adversary: the host user, who kept a copy of root.sealed from before an
-    upgrade. The owner upgrades the secure world (a stage changed because v1 had a
-    vulnerability), seals the root ahead for v2 and replaces root.sealed. The host user
-    restores the v1 blob and boots v1: PCR 15 holds v1's genuine value, so the TPM unseals
-    the root for the vulnerable stage, which they then exploit to read it. The secure
-    behaviour: a root sealed for a boot older than the device's current one is refused (a
-    PolicyNV over an NV counter the upgrade increments, or a PolicyAuthorize whose signed
-    policies carry a version)."""
+    """HOLE (fixed: the sealing policy is PolicyPCR and PolicyNV over the root's epoch counter; an
+    upgrade, TpmBackend.upgrade_root, seals for the next epoch and steps the counter):
+    adversary: the host user, who kept a copy of root.sealed from before an upgrade. The owner
+    upgrades the secure world (a stage changed because v1 had a vulnerability), seals the root
+    ahead for v2 and replaces root.sealed. The host user restores the v1 blob and boots v1: PCR
+    15 holds v1's genuine value, so the TPM unseals the root for the vulnerable stage, which
+    they then exploit to read it. The secure behaviour: a root sealed for a boot older than the
+    device's current one is refused (a PolicyNV over an NV counter the upgrade increments, or a
+    PolicyAuthorize whose signed policies carry a version)."""
     state = tmp_path / "tpm-state"
     v2 = [(n, hashlib.sha256(b"v2 " + d).digest()) for n, d in STAGES]
     with TpmBackend(state, swtpm.tcti) as tpm:
         boot(tpm)  # v1
         root = tpm.provision_root()
         old_blob = (state / "root.sealed").read_bytes()  # the host user's copy
-        upgraded = tpm.seal(root, appraisal.expected_pcr(v2))
-        (state / "root.sealed").write_bytes(upgraded)
+        tpm.upgrade_root(appraisal.expected_pcr(v2))
     swtpm.restart()
     with TpmBackend(state, swtpm.tcti) as tpm:
         boot(tpm, v2)

@@ -32,6 +32,7 @@ from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import (
     ESYS_TR,
     TPM2_ALG,
+    TPM2_EO,
     TPM2_NT,
     TPM2_RC,
     TPM2_SE,
@@ -45,6 +46,7 @@ from tpm2_pytss.types import (
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
     TPM2B_NV_PUBLIC,
+    TPM2B_OPERAND,
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
@@ -89,6 +91,7 @@ ROOT_BYTES = 32  # the secure world's root secret (the emulated backend's HUK)
 # upwards); Veritee's own block, one index per counter.
 NV_COUNTER_BASE = 0x01_56_0000
 MAX_COUNTERS = 0x1_0000  # counters per device: the block's size
+NV_EPOCH_INDEX = NV_COUNTER_BASE + MAX_COUNTERS  # the sealed root's epoch, above the block
 _COUNTER_BYTES = 8
 
 _SRK_ATTRS = (
@@ -358,8 +361,22 @@ class TpmBackend:
 
     # -- sealing ----------------------------------------------------------------------
 
-    def _pcr_policy(self, session: ESYS_TR, pcr_digest: bytes | None) -> None:
+    def _pcr_policy(self, session: ESYS_TR, pcr_digest: bytes | None, epoch: int) -> None:
+        """PolicyPCR over ``VERITEE_PCR``, and PolicyNV: the root's epoch counter holds
+        ``epoch``. An upgrade seals the root for the next epoch and steps the counter, so a
+        root sealed for an older boot (a copy the host kept) never opens again."""
         self._ctx.policy_pcr(session, pcr_digest or b"", pcr_selection([VERITEE_PCR]))
+        counter = self._epoch()
+        self._ctx.policy_nv(
+            counter.handle,
+            counter.handle,
+            session,
+            TPM2B_OPERAND(epoch.to_bytes(_COUNTER_BYTES, "big")),
+            TPM2_EO.EQ,
+        )
+
+    def _epoch(self) -> NvCounter:
+        return NvCounter(self._ctx, NV_EPOCH_INDEX)
 
     def _salted_session(self, kind: TPM2_SE) -> ESYS_TR:
         # Salted with the SRK and parameter-encrypted: the root never crosses the bus (or
@@ -376,11 +393,16 @@ class TpmBackend:
         )
         return session
 
-    def seal(self, root: bytes, pcr_value: bytes | None = None) -> bytes:
+    def seal(
+        self, root: bytes, pcr_value: bytes | None = None, *, epoch: int | None = None
+    ) -> bytes:
         """Seal ``root`` under a PolicyPCR: it unseals only while ``VERITEE_PCR`` holds
-        ``pcr_value`` (by default the value it holds now, after the genuine boot)."""
+        ``pcr_value`` (by default the value it holds now, after the genuine boot), and while
+        the root's epoch counter holds ``epoch`` (by default its value now)."""
         if len(root) != ROOT_BYTES:
             raise ValueError(f"the root secret is {ROOT_BYTES} bytes")
+        if epoch is None:
+            epoch = self._epoch().read()
         pcr_digest = hashlib.sha256(pcr_value).digest() if pcr_value is not None else None
         trial = self._ctx.start_auth_session(
             ESYS_TR.NONE,
@@ -390,7 +412,7 @@ class TpmBackend:
             TPM2_ALG.SHA256,
         )
         try:
-            self._pcr_policy(trial, pcr_digest)
+            self._pcr_policy(trial, pcr_digest, epoch)
             policy = bytes(self._ctx.policy_get_digest(trial))
         finally:
             self._ctx.flush_context(trial)
@@ -415,15 +437,17 @@ class TpmBackend:
             handle = self._ctx.load(self._srk_handle(), priv, pub)
         except TSS2_Exception:  # unmarshal errors or TPM_RC_INTEGRITY: not this TPM's blob
             raise SealingError("sealed blob was not made by this TPM, or was altered") from None
+        epoch = self._epoch().read()
         session = self._salted_session(TPM2_SE.POLICY)
         try:
-            self._pcr_policy(session, None)
+            self._pcr_policy(session, None, epoch)
             data = self._ctx.unseal(handle, session1=session)
         except TSS2_Exception as exc:
-            if exc.error in (TPM2_RC.POLICY_FAIL, TPM2_RC.VALUE):
+            if exc.error in (TPM2_RC.POLICY_FAIL, TPM2_RC.VALUE, TPM2_RC.POLICY):
                 raise UnsealRefused(
                     "the TPM refuses to unseal the root: the boot measurements differ from "
-                    "those it was sealed under (a boot stage changed)"
+                    "those it was sealed under (a boot stage changed), or it was sealed for a "
+                    "boot an upgrade retired"
                 ) from None
             raise TpmUnavailable(f"the TPM failed to unseal ({exc})") from None
         finally:
@@ -473,6 +497,23 @@ class TpmBackend:
         self._forget_ak()
         self._ak_handle()  # the AK the root authorises (root() checks it)
 
+    def upgrade_root(self, pcr_value: bytes) -> None:
+        """Seal the root held now for an upgraded boot (its ``VERITEE_PCR`` value) and retire
+        every blob sealed before: the new one is for the next epoch, and the epoch counter
+        steps to it. A copy of the old blob kept by the host opens on no boot again."""
+        if self._root is None:
+            raise SealingError("only a secure world holding its root can seal it for an upgrade")
+        epoch = self._epoch()
+        following = epoch.read() + 1
+        upgraded = self._root_path.with_suffix(".next")
+        tmp = upgraded.with_suffix(".tmp")
+        tmp.write_bytes(self.seal(self._root, pcr_value, epoch=following))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, upgraded)
+        if epoch.increment() != following:
+            raise SealingError("the root's epoch counter moved meanwhile; upgrade again")
+        os.replace(upgraded, self._root_path)
+
     def _write_root(self, blob: bytes) -> None:
         self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self._root_path.with_suffix(".tmp")
@@ -494,7 +535,15 @@ class TpmBackend:
             blob = self._root_path.read_bytes()
         except FileNotFoundError:
             raise SealingError("no sealed root: provision this TPM backend first") from None
-        root = self.unseal(blob)
+        try:
+            root = self.unseal(blob)
+        except UnsealRefused:
+            # An upgrade interrupted after it stepped the epoch: its blob is the one to open.
+            upgraded = self._root_path.with_suffix(".next")
+            if not upgraded.exists():
+                raise
+            root = self.unseal(upgraded.read_bytes())
+            os.replace(upgraded, self._root_path)
         self.extend(CAP_EVENT, CAP_DIGEST)
         self._check_root_made_here(root)
         self._root = root
@@ -540,6 +589,7 @@ class NvCounter:
     def __init__(self, ctx: ESAPI, index: int) -> None:
         self._ctx = ctx
         self.index = index
+        self._handle: ESYS_TR | None
         try:
             self._handle = ctx.tr_from_tpmpublic(index)
         except TSS2_Exception:
@@ -577,6 +627,11 @@ class NvCounter:
             # the highest value any counter ever had, so a deleted and redefined counter
             # does not restart lower.
             ctx.nv_increment(self._handle)
+
+    @property
+    def handle(self) -> ESYS_TR:
+        assert self._handle is not None
+        return self._handle
 
     def read(self) -> int:
         try:
