@@ -549,3 +549,12 @@ def test_without_tpm2_pytss_the_tpm_backend_says_what_is_missing(
     with pytest.raises(DeviceError, match="the 'tpm' TEE backend needs tpm2_pytss"):
         backends.factory("tpm")
     assert backends.factory("emulated").name == "emulated"
+
+
+def test_sign_boot_on_a_tpm_device_says_to_provision_again(tpm_device: TpmDevice) -> None:
+    """Adversary: the host user, who holds this machine's vendor key: re-signing the boot
+    (a stage of their choosing) must not get the root resealed for it."""
+    manifest = (tpm_device.home / "device" / "boot-manifest.cbor").read_bytes()
+    proc = tpm_device.cli("device", "sign-boot")
+    assert proc.returncode == 2 and "provision it again" in proc.stderr, proc.stderr
+    assert (tpm_device.home / "device" / "boot-manifest.cbor").read_bytes() == manifest

@@ -98,8 +98,19 @@ def device_sign_boot(home: Home, as_json: bool) -> None:
       veritee device sign-boot
       veritee device sign-boot --json
     """
+    from veritee.errors import UsageError
+    from veritee.tee import backends
     from veritee.tee import device as dev
 
+    if backends.recorded(home).name == "tpm":
+        # The root is sealed in the TPM for the boot it was provisioned with. Resealing it
+        # for whatever the vendor key signs would hand it to any stage that key's holder (on
+        # this machine, the host user) chooses: a TPM device is provisioned anew instead.
+        raise UsageError(
+            "a TPM device's root is sealed for the secure world it was provisioned with: "
+            "after an upgrade, provision it again (device init --backend tpm --force) and "
+            "register its new AK"
+        )
     stages = dev.sign_boot_image(home)
     if as_json:
         signed = [{"component": s.component, "measurement": s.measurement.hex()} for s in stages]
