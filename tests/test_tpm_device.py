@@ -373,6 +373,7 @@ def test_counter_rollback_with_the_counters_file_restored_is_refused(
         kept = files[0].read_bytes()  # the counters file as it was with `older`
         newest = session.deliver_batch([]).state
     tpm_device.reboot()
+    current = files[0].read_bytes()
     files[0].write_bytes(kept)
     tpm_device.ok("tee", "start")
     with teec.Context(home=Home(tpm_device.home), vtee="default") as ctx:
@@ -380,6 +381,19 @@ def test_counter_rollback_with_the_counters_file_restored_is_refused(
             load(ctx, older)
         with pytest.raises(teec.TeecError, match="counters file was rolled back"):
             load(ctx, newest)  # the restored file opens nothing: a denial, never a replay
+    # The old slots under the current file's header (which names the TPM counter's value
+    # now): the header authenticates the slots it was written with.
+    tpm_device.reboot()
+    from veritee.tee.sealing import Counters
+
+    header = Counters._HEADER.size  # before the slots
+    files[0].write_bytes(current[:header] + kept[header:])
+    tpm_device.ok("tee", "start")
+    with (
+        teec.Context(home=Home(tpm_device.home), vtee="default") as ctx,
+        pytest.raises(teec.TeecError, match="counters file was altered"),
+    ):
+        load(ctx, older)
     # Without the restore, the newest state loads and the older one is refused.
     tpm_device.reboot()
     files[0].write_bytes(b"")  # (a fresh file: every lineage is gone with it)

@@ -15,6 +15,8 @@ refused (:class:`StateRolledBack`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 import threading
@@ -104,24 +106,32 @@ class Counters:
     MAX_SLOTS = 65536
     _FREE = bytes(ID_BYTES)  # the id of a free slot
 
-    # With an anchor, the file starts with a header: magic and the anchor's value at the
-    # file's last change.
-    _HEADER = struct.Struct(">8sQ")
-    _MAGIC = b"VTNVCTR1"
+    # With an anchor, the file starts with a header: magic, the anchor's value at the file's
+    # last change, and a MAC (under a key of the vTEE's) over both and the slots, so that the
+    # header of a newer file cannot be put on older slots.
+    _HEADER = struct.Struct(">8sQ32s")
+    _MAGIC = b"VTNVCTR2"
 
-    def __init__(self, fd: int, anchor: CounterAnchor | None = None) -> None:
+    def __init__(
+        self, fd: int, anchor: CounterAnchor | None = None, mac_key: bytes | None = None
+    ) -> None:
+        if anchor is not None and mac_key is None:
+            raise ValueError("counters anchored in hardware need the vTEE's MAC key")
         self._fd = fd
         self._lock = threading.Lock()
         self._slots: dict[bytes, tuple[int, int]] = {}  # id -> (slot index, value)
         self._anchor = anchor
+        self._mac_key = mac_key or b""
         self._base = 0 if anchor is None else self._HEADER.size
         # Why every use of these counters is refused (the file is older than its anchor).
         self._refused: str | None = None
-        if anchor is not None:
-            self._refused = self._check_anchor(anchor)
         data = b""
         while chunk := os.pread(fd, 1 << 20, self._base + len(data)):
             data += chunk
+        # The slots as the file holds them (what the header's MAC covers).
+        self._image = bytearray(data)
+        if anchor is not None:
+            self._refused = self._check_anchor(anchor)
         self._free: list[int] = []  # slot indexes to use again
         for i in range(len(data) // self._SLOT.size):
             lineage, value = self._SLOT.unpack_from(data, i * self._SLOT.size)
@@ -135,15 +145,24 @@ class Counters:
         # are stale from that moment, so they never run or seal again (see superseded()).
         self._superseded: dict[bytes, set[bytes]] = {}
 
+    def _mac(self, value: int) -> bytes:
+        body = self._MAGIC + value.to_bytes(8, "big") + hashlib.sha256(self._image).digest()
+        return hmac.new(self._mac_key, body, hashlib.sha256).digest()
+
     def _check_anchor(self, anchor: CounterAnchor) -> str | None:
         header = os.pread(self._fd, self._HEADER.size, 0)
         now = anchor.read()
         if not header:  # a new vTEE's file (or one deleted: then no state has a counter)
-            os.pwrite(self._fd, self._HEADER.pack(self._MAGIC, now), 0)
+            os.pwrite(self._fd, self._HEADER.pack(self._MAGIC, now, self._mac(now)), 0)
             return None
         if len(header) != self._HEADER.size or header[:8] != self._MAGIC:
-            return "this TEE's counters file is not one bound to its TPM counter"
-        recorded = self._HEADER.unpack(header)[1]
+            return "this TEE's counters file was altered: it is not one bound to its TPM counter"
+        _, recorded, mac = self._HEADER.unpack(header)
+        if not hmac.compare_digest(mac, self._mac(recorded)):
+            return (
+                "this TEE's counters file was altered: its slots are not those its header "
+                "was written with; no sealed state is accepted against it"
+            )
         if recorded != now:
             return (
                 f"this TEE's counters file was rolled back: it records TPM counter {recorded}, "
@@ -152,10 +171,19 @@ class Counters:
             )
         return None
 
+    def _write(self, data: bytes, offset: int) -> None:
+        """Write into the slots (``offset`` from their start), in the file and its image."""
+        os.pwrite(self._fd, data, self._base + offset)
+        end = offset + len(data)
+        if end > len(self._image):
+            self._image.extend(bytes(end - len(self._image)))
+        self._image[offset:end] = data
+
     def _changed(self) -> None:
         """After every change of the file: the anchor moves on, and the file records it."""
         if self._anchor is not None:
-            os.pwrite(self._fd, self._HEADER.pack(self._MAGIC, self._anchor.increment()), 0)
+            value = self._anchor.increment()
+            os.pwrite(self._fd, self._HEADER.pack(self._MAGIC, value, self._mac(value)), 0)
 
     def _usable(self) -> None:
         if self._refused is not None:
@@ -214,7 +242,7 @@ class Counters:
                 raise SealingError(
                     f"this TEE holds its maximum of {self.MAX_SLOTS} rollback counters"
                 )
-            os.pwrite(self._fd, self._SLOT.pack(lineage, 0), self._base + index * self._SLOT.size)
+            self._write(self._SLOT.pack(lineage, 0), index * self._SLOT.size)
             self._slots[lineage] = (index, 0)
             self._changed()
         return lineage
@@ -234,9 +262,7 @@ class Counters:
                     "one is stale or from elsewhere"
                 )
             del self._slots[lineage]
-            os.pwrite(
-                self._fd, self._SLOT.pack(self._FREE, 0), self._base + index * self._SLOT.size
-            )
+            self._write(self._SLOT.pack(self._FREE, 0), index * self._SLOT.size)
             self._free.append(index)
             self._changed()
 
@@ -272,8 +298,7 @@ class Counters:
         with self._lock:
             index, value = self._slots[lineage]
             value += 1
-            offset = self._base + index * self._SLOT.size + 16
-            os.pwrite(self._fd, value.to_bytes(8, "big"), offset)
+            self._write(value.to_bytes(8, "big"), index * self._SLOT.size + 16)
             self._slots[lineage] = (index, value)
             self._changed()
             return value

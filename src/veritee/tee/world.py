@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
 from veritee.tee import app_ta, backends, lifeline, protocol, runtime_ta, spawn, tls_ta
 from veritee.tee import client as teec
+from veritee.tee.keys import derive
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
 from veritee.tee.sealing import Counters
 from veritee.tee.ta import (
@@ -97,7 +98,9 @@ class SecureWorld:
             d.mkdir(parents=True, exist_ok=True)
         self.compiler = Compiler(self.root / "cache", handoff["aot_key"])
         self.counters = Counters(
-            int(handoff["counters_fd"]), backends.open_anchor(handoff.get("counters_anchor"))
+            int(handoff["counters_fd"]),
+            backends.open_anchor(handoff.get("counters_anchor")),
+            derive(handoff["seal_root"], "counters-file-mac"),
         )
         self.pool = WorkerPool(int(self.identity.config.get("workers", 2)))
         self.boot = handoff["boot"]
