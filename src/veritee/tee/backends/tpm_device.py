@@ -215,6 +215,10 @@ class TpmFactory:
     def provision(
         self, home: Home, *, ca_dir: Path | None, force: bool, options: dict[str, str]
     ) -> DeviceInfo:
+        # The TSS logs each probe of an absent NV index (the EK templates', our counters'
+        # before their first use) as an error on stderr: here, the user's terminal. (Not in
+        # the secure world, whose environment is its own: its log is tee.log.)
+        os.environ.setdefault("TSS2_LOG", "all+NONE")
         unknown = sorted(set(options) - {"tpm"})
         if unknown:
             raise UsageError(f"the tpm backend takes only --tpm (got {', '.join(unknown)})")
