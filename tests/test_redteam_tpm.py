@@ -1,7 +1,8 @@
 """Red team of the TPM 2.0 primitives and the backend interface: each attack as its adversary
 would run it, on real swtpm instances and real bytes. A docstring starting "HOLE:" is an
 attack that succeeds today (the test asserts the secure behaviour and is marked xfail strict
-until the fix lands); "HOLDS:" is an attack a check stops."""
+until the fix lands); "HOLE (fixed: ...)" one that did, and the fix that stops it; "HOLDS:" is
+an attack a check stops."""
 
 from __future__ import annotations
 
