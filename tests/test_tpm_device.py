@@ -572,3 +572,35 @@ def test_sign_boot_on_a_tpm_device_says_to_provision_again(tpm_device: TpmDevice
     proc = tpm_device.cli("device", "sign-boot")
     assert proc.returncode == 2 and "provision it again" in proc.stderr, proc.stderr
     assert (tpm_device.home / "device" / "boot-manifest.cbor").read_bytes() == manifest
+
+
+def test_the_verifier_service_attests_a_tpm_device(tpm_device: TpmDevice) -> None:
+    """Through the real verifier service: the operator provisions the TPM manufacturer CA and
+    the registrar's file (``verifier provision trust-tpm``); ``verifier attest`` on the device
+    gets an EAR whose TPM platform is its own submodule. Before the registration is
+    provisioned, the same device is not recognised."""
+    from .test_verifier_service import start_verifier
+
+    dev = tpm_device
+    server = start_verifier(dev.home, dev.work / "verifier")
+    try:
+        server.provision(dev.home, "trust-device")
+        server.provision(dev.home, "module", dev.wat, "--name", "ok")
+        server.provision(dev.home, "trust-tpm", "--tpm-ca", dev.ek_ca)
+        url = ("--verifier", server.url)
+        before = json.loads(dev.ok("verifier", "attest", dev.wat, *url, "--json"))["claims"]
+        assert before["ear.veritee.failure"]["check"] == "AkNotActivated"
+        server.provision(dev.home, "trust-tpm", "--registrations", dev.registrations)
+        with server.client(token=True) as admin:
+            kinds = [a["kind"] for a in admin.state()["trust-anchors"]]
+        assert kinds.count("tpm-ca") == 1 and kinds.count("tpm-ak") == 1, kinds
+        claims = json.loads(dev.ok("verifier", "attest", dev.wat, *url, "--json"))["claims"]
+        submods = claims["submods"]
+        assert set(submods) == {"platform", "module", "tpm-platform"}, submods
+        tpm_sub = submods["tpm-platform"]
+        assert tpm_sub["ear.status"] == "warning"
+        annotated = tpm_sub["ear.veraison.annotated-evidence"]
+        assert annotated["protection"] == "tpm-rooted-os-isolated"
+        assert submods["module"]["ear.veritee.rollback-protection"] == "tpm-nv"
+    finally:
+        server.stop()
