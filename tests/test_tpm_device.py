@@ -604,3 +604,36 @@ def test_the_verifier_service_attests_a_tpm_device(tpm_device: TpmDevice) -> Non
         assert submods["module"]["ear.veritee.rollback-protection"] == "tpm-nv"
     finally:
         server.stop()
+
+
+def test_ratls_through_the_verification_service_reaches_a_module_on_a_tpm_device(
+    tpm_device: TpmDevice, wasm: Callable[..., Path]
+) -> None:
+    """A relying party connects over RA-TLS to a module served on a TPM-backed device and has
+    the verification service appraise it (the EAR with its tpm-platform submodule)."""
+    from .test_ratls import _start
+    from .test_verifier_service import start_verifier
+
+    dev = tpm_device
+    directory = wasm("examples/ratls/directory.c")
+    verifier = start_verifier(dev.home, dev.work / "verifier")
+    (dev.work / "ratls").mkdir()
+    servers = _start(dev, dev.work / "ratls", directory)  # type: ignore[arg-type]  # .home
+    try:
+        server = next(servers)
+        verifier.provision(dev.home, "trust-device")
+        verifier.provision(dev.home, "module", directory, "--name", "directory")
+        verifier.provision(
+            dev.home, "trust-tpm", "--tpm-ca", dev.ek_ca, "--registrations", dev.registrations
+        )
+        proc = dev.cli(
+            *("ratls", "connect", server.address, "--verifier", verifier.url),
+            *("--mode", "challenge", "--send", "alice", "--json"),
+        )
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["status"] == "warning" and out["response"].startswith("alice: room 4.12")
+        assert out["module"]["endorsed_as"] == "directory"
+    finally:
+        next(servers, None)
+        verifier.stop()
