@@ -637,3 +637,54 @@ def test_ratls_through_the_verification_service_reaches_a_module_on_a_tpm_device
     finally:
         next(servers, None)
         verifier.stop()
+
+
+def test_an_app_deployed_on_a_tpm_node_is_attested_and_runs(
+    tmp_path_factory: pytest.TempPathFactory, wasm: Callable[..., Path]
+) -> None:
+    """The smart home on two nodes, one of them TPM-backed: the deployer has the verification
+    service attest every module (the TPM node's with its tpm-platform submodule), connects
+    them, and a press crosses from the emulated node to the TPM node's db and back."""
+    from veritee.app import state as state_mod
+    from veritee.app.cluster import LocalCluster, descriptor_for
+    from veritee.verifier.client import VerifierClient
+
+    from .test_app_deploy import REPO, SmartHome, build_smart_home, until
+
+    workdir = tmp_path_factory.mktemp("tpmapp")  # short: socket paths have a length limit
+    binaries = build_smart_home(wasm)
+    tpm = provision_swtpm(workdir / "swtpm", make_ek_ca())
+    tpm.start()
+    cluster = LocalCluster(workdir / "cluster")
+    try:
+        server = cluster.nodes["home-server"]
+        node = TpmDevice(server.home, tpm, workdir)
+        node.ok("device", "init", "--backend", "tpm", "--tpm", tpm.tcti)
+        cluster.start()  # the node agent boots the TPM node's secure world
+        node.register()
+        entries = [{"tpm-ca": tpm.ca.pem.decode()}] + [
+            {"tpm-registration": r}
+            for r in json.loads(node.registrations.read_text())["tpm-registrations"]
+        ]
+        with VerifierClient(str(cluster.verifier_url), token=cluster._token) as client:
+            client.add_trust_anchors(entries)
+        cluster.endorse((m, p.read_bytes()) for m, p in binaries.items())
+        descriptor = descriptor_for(
+            REPO / "examples/smart-home/app.yaml", cluster, binaries, workdir / "app.yaml"
+        )
+        sh = SmartHome(cluster, workdir / "deployment.json", binaries, workdir)
+        proc = sh.cli("deploy", descriptor, "--verifier", str(cluster.verifier_url))
+        assert proc.returncode == 0, proc.stderr
+        assert "5/5 modules attested and connected" in proc.stderr, proc.stderr
+        dep = state_mod.load(sh.state)
+        on_tpm = [m for m in dep.modules.values() if m.node == "home-server"]
+        assert on_tpm and all(m.status == "connected" for m in on_tpm)
+        assert all(m.attestation["status"] == "warning" for m in on_tpm)
+        status = json.loads(node.ok("tee", "status", "--json"))
+        assert status["monitor"]["backend"]["name"] == "tpm"
+        sh.ok("output", "init-server", "start")
+        sh.ok("output", "trigger-btn", "press")
+        until(lambda: sh.cli("request", "get-presses").stdout.strip() == "1")
+    finally:
+        cluster.stop()
+        tpm.stop()
