@@ -688,3 +688,31 @@ def test_an_app_deployed_on_a_tpm_node_is_attested_and_runs(
     finally:
         cluster.stop()
         tpm.stop()
+
+
+def test_an_ak_of_the_hosts_own_in_place_of_the_devices_stops_the_boot(
+    tpm_device: TpmDevice,
+) -> None:
+    """Adversary: the host user, who makes an AK of their own in the same TPM (no
+    authorisation, so they can quote with it at will) and swaps its blobs in for the
+    device's, so that the booted secure world would quote with a key they also hold. The
+    secure world opens its root only if the root authorises the AK it finds: it does not
+    boot. (Swapped in the identity file instead, the AK is not the registered one:
+    AkNotActivated, test_ak_of_another_tpm_is_refused.)"""
+    from veritee.tee.backends.tpm import TpmBackend
+
+    state = tpm_device.home / "device" / "tpm"
+    genuine = {n: (state / n).read_bytes() for n in ("ak.pub", "ak.priv")}
+    tpm_device.reboot()
+    with TpmBackend(tpm_device.work / "host-scratch", tpm_device.tpm.tcti) as host:
+        host.identity()  # makes the host's AK, with an empty authValue
+    for name in genuine:
+        (state / name).write_bytes((tpm_device.work / "host-scratch" / name).read_bytes())
+    proc = tpm_device.cli("tee", "start")
+    assert proc.returncode != 0 and "does not authorise" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for name, data in genuine.items():
+        (state / name).write_bytes(data)
+    tpm_device.reboot()
+    tpm_device.ok("tee", "start")
+    assert tpm_device.appraise(tpm_device.attest()).returncode == 0
