@@ -146,12 +146,18 @@ def test_tpm_device_boots_attests_and_appraises(tpm_device: TpmDevice) -> None:
     assert described["name"] == "tpm" and described["rollback_protection"] == "tpm-nv"
     assert described["protection"] == "tpm-rooted-os-isolated"
     assert "backend tpm" in dev.ok("tee", "status")
+    shown = json.loads(dev.ok("device", "show", "--json"))
+    assert shown["backend"] == "tpm" and shown["tpm"]["tpm"] == dev.tpm.tcti
+    assert "EK        sha256:" in dev.ok("device", "show")
     # No software secret of the device is a file: the root is sealed in the TPM.
     assert not (dev.home / "device" / "huk.bin").exists()
     assert not (dev.home / "device" / "dak.key").exists()
     evidence = dev.attest()
     platform = _platform(_evidence(evidence))
     assert platform["backend"] == "tpm2" and platform["protection"] == "tpm-rooted-os-isolated"
+    # The device is named by its TPM, the same in device show and in its evidence.
+    described = json.loads(dev.ok("evidence", "show", evidence, "--json"))
+    assert described["platform"]["ueid"] == shown["ueid"]
     proc = dev.appraise(evidence)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)

@@ -97,7 +97,8 @@ def _open(state: Path, tcti: str, **kwargs: Any) -> TpmBackend:
         ) from None
 
 
-def _read_identity(home: Home) -> Identity:
+def read_identity(home: Home) -> Identity:
+    """The device's TPM identity as provisioning recorded it (public: no secret)."""
     path = home.device / STATE / IDENTITY
     try:
         raw = cbor2.loads(path.read_bytes())
@@ -124,7 +125,7 @@ class TpmDevice:
         self.home = home
         self.tcti = tcti
         self.state = home.device / STATE
-        self.identity = _read_identity(home)
+        self.identity = read_identity(home)
         self.info = _info(home, self.identity)
         self._events: tuple[TpmEvent, ...] = ()
         self._root: bytes | None = None
