@@ -722,3 +722,38 @@ def test_an_ak_of_the_hosts_own_in_place_of_the_devices_stops_the_boot(
     tpm_device.reboot()
     tpm_device.ok("tee", "start")
     assert tpm_device.appraise(tpm_device.attest()).returncode == 0
+
+
+def test_tpm_trust_anchors_parse_or_say_what_is_wrong(tmp_path: Path) -> None:
+    """What an operator provisions (a deployment file, or the API's body): TPM CAs by path or
+    PEM, registrations as the registrar wrote them; anything else one ProvisioningError."""
+    from veritee.verifier import deployfile
+    from veritee.verifier.endorsements import (
+        Deployment,
+        TpmCaAnchor,
+        TpmRegistration,
+        trust_anchors,
+    )
+    from veritee.verifier.errors import ProvisioningError
+
+    from .test_tpm import _AK
+
+    (tmp_path / "ca.pem").write_bytes(make_ek_ca().pem)
+    registration = {"ek-sha256": "ab" * 32, "ak": _AK.hex()}
+    (tmp_path / "deploy.yaml").write_text(
+        f"trust-anchors:\n  - tpm-ca: ca.pem\n  - tpm-registration: {json.dumps(registration)}\n"
+    )
+    anchors = Deployment.parse(deployfile.load(tmp_path / "deploy.yaml")).anchors
+    assert [type(a) for a in anchors] == [TpmCaAnchor, TpmRegistration]
+    assert anchors[1].ek_fingerprint == bytes.fromhex("ab" * 32)
+    for bad in (
+        {"tpm-ca": "not a PEM"},
+        {"tpm-ca": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+        {"tpm-registration": {"ek-sha256": "ab", "ak": _AK.hex()}},
+        {"tpm-registration": {"ek-sha256": "ab" * 32, "ak": "00"}},
+        {"tpm-registration": {"ek-sha256": "zz" * 32, "ak": _AK.hex()}},
+        {"tpm-registration": "x"},
+        {"tpm-ca": (tmp_path / "ca.pem").read_text(), "max-lifecycle": "secured"},
+    ):
+        with pytest.raises(ProvisioningError):
+            trust_anchors(bad)

@@ -713,6 +713,9 @@ def registrations_from_json(value: Any) -> dict[bytes, Registration]:
             raise MalformedToken("TPM registration lacks a hex 'ek-sha256' or 'ak'") from None
         if len(fingerprint) != DIGEST_SIZE:
             raise MalformedToken("TPM registration's 'ek-sha256' is not a SHA-256 digest")
-        parse_ak_public(ak)
+        try:
+            parse_ak_public(ak)
+        except AkRejected as exc:
+            raise MalformedToken(f"TPM registration's AK: {exc}") from None
         out[fingerprint] = Registration(fingerprint, ak)
     return out
