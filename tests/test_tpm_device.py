@@ -757,3 +757,43 @@ def test_tpm_trust_anchors_parse_or_say_what_is_wrong(tmp_path: Path) -> None:
     ):
         with pytest.raises(ProvisioningError):
             trust_anchors(bad)
+
+
+def test_the_secret_service_releases_a_rollback_protected_secret_to_a_tpm_device(
+    tpm_device: TpmDevice, wasm: Callable[..., Path]
+) -> None:
+    """A secret that requires counters the host cannot roll back is refused to an emulated
+    device (its counters are a file: tests/test_secrets_service.py) and released to a module
+    on a TPM-backed device, whose service trusts its TPM maker and registrar's file."""
+    import yaml
+
+    from veritee.home import Home
+    from veritee.tee import client as teec
+    from veritee.tee.ta import WasmSession
+    from veritee.wasm.runtime import measure
+
+    from .test_secrets_service import start_service, write_config
+
+    dev = tpm_device
+    module = wasm("examples/hello/hello.c").read_bytes()
+    root = dev.work / "secrets"
+    root.mkdir()
+    config = write_config(root, dev, measure(module))  # type: ignore[arg-type]  # .home
+    body = yaml.safe_load(config.read_text())
+    body["trust"]["tpm_ca"] = [str(dev.ek_ca)]
+    body["trust"]["tpm_registrations"] = str(dev.registrations)
+    config.write_text(yaml.safe_dump(body))
+    service = start_service(dev.home, config, root / "state")
+    try:
+        with teec.Context(home=Home(dev.home), vtee="default") as ctx:
+            session = WasmSession(ctx)
+            session.load(module, name="self-named")
+            for name in ("rollback-protected-only", "data-key"):
+                nonce = service.challenge()
+                response = service.release(nonce, session.attest(nonce), name)
+                assert response.status_code == 200, response.text
+            nonce = service.challenge()  # secured-only: a TPM-backed device is not secured
+            response = service.release(nonce, session.attest(nonce), "secured-only")
+            assert response.status_code == 403, response.text
+    finally:
+        service.stop()
