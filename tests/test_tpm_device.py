@@ -612,11 +612,12 @@ def test_the_verifier_service_attests_a_tpm_device(tpm_device: TpmDevice) -> Non
         server.stop()
 
 
-def test_ratls_through_the_verification_service_reaches_a_module_on_a_tpm_device(
+def test_ratls_reaches_a_module_on_a_tpm_device_locally_and_through_the_service(
     tpm_device: TpmDevice, wasm: Callable[..., Path]
 ) -> None:
-    """A relying party connects over RA-TLS to a module served on a TPM-backed device and has
-    the verification service appraise it (the EAR with its tpm-platform submodule)."""
+    """A relying party connects over RA-TLS to a module served on a TPM-backed device, and has
+    the verification service appraise it (the EAR with its tpm-platform submodule), or
+    appraises it itself with the TPM maker's CA and the registrar's file."""
     from .test_ratls import _start
     from .test_verifier_service import start_verifier
 
@@ -640,6 +641,14 @@ def test_ratls_through_the_verification_service_reaches_a_module_on_a_tpm_device
         out = json.loads(proc.stdout)
         assert out["status"] == "warning" and out["response"].startswith("alice: room 4.12")
         assert out["module"]["endorsed_as"] == "directory"
+        # Appraised locally, by a relying party that trusts the TPM maker and registrar.
+        local = ("ratls", "connect", server.address, "--module", directory, "--send", "bob")
+        tpm = ("--tpm-ca", dev.ek_ca, "--tpm-registrations", dev.registrations)
+        proc = dev.cli(*local, *tpm, "--mode", "exporter", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["response"].startswith("bob: ")
+        proc = dev.cli(*local)  # without them: no CA vouches for the EK
+        assert proc.returncode != 0 and "no TPM manufacturer CA is trusted" in proc.stderr
     finally:
         next(servers, None)
         verifier.stop()

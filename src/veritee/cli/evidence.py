@@ -137,7 +137,7 @@ def evidence_appraise(
         raise UsageError(f"--ca {ca or default_ca}: {exc.strerror}") from None
     anchors = TrustAnchors.from_pem(pem, max_lifecycle=max_lifecycle)
     if tpm_cas or tpm_registrations:
-        anchors = _with_tpm(anchors, tpm_cas, tpm_registrations)
+        anchors = with_tpm_trust(anchors, tpm_cas, tpm_registrations)
     refs = ReferenceValues()
     default_refs = home.manufacturer / "reference-values.json"
     for f in refs_files or ((default_refs,) if default_refs.is_file() else ()):
@@ -167,7 +167,7 @@ def evidence_appraise(
         )
 
 
-def _with_tpm(
+def with_tpm_trust(
     anchors: TrustAnchors, tpm_cas: tuple[Path, ...], registrations: Path | None
 ) -> TrustAnchors:
     """``anchors`` and the TPM manufacturer CAs and registered AKs (read here, parsed by
@@ -234,7 +234,7 @@ def evidence_tpm_register(
     from veritee.evidence import tpm
     from veritee.tee import monitor
 
-    anchors = _with_tpm(TrustAnchors(()), tpm_cas, None).tpm_cas
+    anchors = with_tpm_trust(TrustAnchors(()), tpm_cas, None).tpm_cas
     source = identity or home.manufacturer / "tpm-identity.cbor"
     try:
         raw = cbor2.loads(source.read_bytes())
