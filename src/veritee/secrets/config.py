@@ -45,7 +45,7 @@ DEFAULT_CHALLENGES_PER_CLIENT = 1000
 MAX_CHALLENGES_PER_CLIENT = 100_000
 
 _TOP = frozenset({"trust", "nonce_ttl", "secrets", "challenges_per_client"})
-_TRUST = frozenset({"ca", "reference_values", "verifier", "tpm_ca", "tpm_registrations"})
+_TRUST = frozenset({"ca", "reference_values", "verifier"})
 _CA_ENTRY = frozenset({"file", "max_lifecycle"})
 EAR_STATUSES = ("affirming", "warning")  # what min_ear_status may ask for
 _SECRET = frozenset({"name", "value_hex", "value_file", "allow", "policy"})
@@ -97,7 +97,7 @@ def parse(value: Any, path: Path) -> Config:
     """Validate an already-loaded configuration; ``path`` anchors relative paths."""
     f = _Fields(path)
     top = f.mapping(value, "", _TOP)
-    trust = _trust(f, f.mapping(top.get("trust"), "trust", _TRUST, required=True))
+    trust = _trust(f, f.mapping(top.get("trust"), "trust", _TRUST | _TRUST_TPM, required=True))
     ttl = top.get("nonce_ttl", DEFAULT_NONCE_TTL)
     if (
         not isinstance(ttl, int | float)
@@ -210,6 +210,10 @@ def _trust(f: _Fields, value: dict[str, Any]) -> Trust:
         except EvidenceError as exc:
             raise f.error(name, f"{rv}: {exc}") from None
     return Trust.from_reference_values(anchors, refs)
+
+
+# What TPM-backed devices are trusted by (trust.tpm_ca, trust.tpm_registrations).
+_TRUST_TPM = frozenset({"tpm_ca", "tpm_registrations"})
 
 
 def _tpm_trust(f: _Fields, value: dict[str, Any], anchors: TrustAnchors) -> TrustAnchors:
