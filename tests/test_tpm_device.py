@@ -16,6 +16,8 @@ from typing import Any
 import cbor2
 import pytest
 
+from veritee.evidence.claims import Evidence
+
 from ._swtpm import EkCa, Swtpm, make_ek_ca, provision_swtpm
 
 OK_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
@@ -111,20 +113,19 @@ def tpm_device(tmp_path: Path) -> Iterator[TpmDevice]:
     yield from _tpm_device(tmp_path / "a", make_ek_ca())
 
 
-def _evidence(path: Path) -> dict[str, bytes]:
-    value = cbor2.loads(path.read_bytes())
+def _evidence(path: Path) -> Evidence:
+    return Evidence.decode(path.read_bytes())
+
+
+def _platform(evidence: Evidence) -> dict[str, Any]:
+    value = cbor2.loads(evidence.platform)
     assert isinstance(value, dict)
     return value
 
 
-def _platform(evidence: dict[str, bytes]) -> dict[str, object]:
-    value = cbor2.loads(evidence["platform"])
-    assert isinstance(value, dict)
-    return value
-
-
-def _write(path: Path, evidence: dict[str, bytes], platform: dict[str, object]) -> Path:
-    path.write_bytes(cbor2.dumps({**evidence, "platform": cbor2.dumps(platform)}))
+def _write(path: Path, evidence: Evidence, platform: dict[str, Any]) -> Path:
+    """``evidence`` with its platform token replaced by ``platform`` (a TPM token's map)."""
+    path.write_bytes(Evidence(cbor2.dumps(platform), evidence.vtee, evidence.module).encode())
     return path
 
 
