@@ -83,6 +83,18 @@ def test_vtee_bench() -> None:
     assert report["appraise_3link_ms"] > 0 and report["idle_vtee_pss_mib"] > 0
 
 
+def test_tpm_bench() -> None:
+    report = _bench("tpm.py", "--reps", "3", "--boots", "1")
+    assert set(report["ratios"]) == {
+        "boot_ratio",
+        "vtee_start_ratio",
+        "evidence_ratio",
+        "appraise_ratio",
+        "seal_ratio",
+    }
+    assert report["tpm"]["evidence_bytes"] > report["emulated"]["evidence_bytes"]
+
+
 def test_ratls_bench() -> None:
     report = _bench("ratls.py", "--runs", "3")
     assert report["runs"] == 3 and report["results"]

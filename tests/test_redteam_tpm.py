@@ -1,7 +1,8 @@
 """Red team of the TPM 2.0 primitives and the backend interface: each attack as its adversary
 would run it, on real swtpm instances and real bytes. A docstring starting "HOLE:" is an
 attack that succeeds today (the test asserts the secure behaviour and is marked xfail strict
-until the fix lands); "HOLDS:" is an attack a check stops."""
+until the fix lands); "HOLE (fixed: ...)" one that did, and the fix that stops it; "HOLDS:" is
+an attack a check stops."""
 
 from __future__ import annotations
 
@@ -249,20 +250,16 @@ def test_event_log_parser_refuses_hostile_cbor() -> None:
 # -- the host user against the TPM's guarantees --------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the sealed root's only policy is PolicyPCR(15); any process of the host "
-    "unseals it while PCR 15 holds the genuine value (nothing caps the PCR after unsealing)",
-)
 def test_host_process_unseals_the_root_after_the_genuine_boot(swtpm: Swtpm, tmp_path: Path) -> None:
-    """HOLE: adversary: the host user (or any process that can open the TPM). The genuine
-    secure world boots, measures its stages and unseals its root. The host user then opens
-    the TPM (the same /dev/tpmrm0, here swtpm's socket), reads root.sealed (a file of the
+    """HOLE (fixed: the secure world caps PCR 15 with CAP_EVENT once it holds its root, in root()
+    and provision_root()): adversary: the host user (or any process that can open the TPM). The
+    genuine secure world boots, measures its stages and unseals its root. The host user then
+    opens the TPM (the same /dev/tpmrm0, here swtpm's socket), reads root.sealed (a file of the
     device's user) and unseals it: PCR 15 still holds the genuine value. With the root they
-    derive every vTEE key and record MAC: the TPM backend then protects the device's secrets
-    no better than the emulated HUK file. The secure behaviour: once the secure world holds
-    its root, the TPM refuses to unseal it again in this boot (extend a separator event
-    into PCR 15 after the unseal, which the reference values expect)."""
+    derive every vTEE key and record MAC: the TPM backend then protects the device's secrets no
+    better than the emulated HUK file. The secure behaviour: once the secure world holds its
+    root, the TPM refuses to unseal it again in this boot (extend a separator event into PCR 15
+    after the unseal, which the reference values expect)."""
     state = tmp_path / "tpm-state"
     with TpmBackend(state, swtpm.tcti) as world:
         boot(world)
@@ -277,27 +274,29 @@ def test_host_process_unseals_the_root_after_the_genuine_boot(swtpm: Swtpm, tmp_
         assert not opened_the_root  # (never print the root itself)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the AK has userWithAuth and an empty authValue; any host process quotes "
-    "with it, binding a vTEE key of its own to the genuine boot's PCR",
-)
 def test_host_process_quotes_an_attacker_vtee_key_after_the_genuine_boot(
     swtpm: Swtpm, tmp_path: Path
 ) -> None:
-    """HOLE: adversary: the host user. After the genuine secure world booted (PCR 15 holds
-    the genuine stages), they load the AK from its blobs in the backend's state directory
-    (files of the device's user; the AK needs no authorisation) and ask the TPM for a quote
-    whose qualifying data binds a vTEE key they generated outside the secure world, for the
-    verifier's challenge. verify_quote accepts it: the verifier would affirm an attacker's
-    key as a vTEE of the genuine secure world (and a relying party seal secrets to it). The
-    secure behaviour: only the secure world can authorise the AK (an authValue derived from
-    the sealed root, which the host cannot unseal; see the test above)."""
+    """HOLE (fixed: the AK's authValue is derived from the sealed root, which the host cannot
+    unseal once the secure world capped PCR 15; the device backend makes the AK only once it
+    holds the root, at provisioning): adversary: the host user. After the genuine secure world
+    booted (PCR 15 holds the genuine stages), they load the AK from its blobs in the backend's
+    state directory (files of the device's user; the AK needs no authorisation) and ask the TPM
+    for a quote whose qualifying data binds a vTEE key they generated outside the secure world,
+    for the verifier's challenge. verify_quote accepts it: the verifier would affirm an
+    attacker's key as a vTEE of the genuine secure world (and a relying party seal secrets to
+    it). The secure behaviour: only the secure world can authorise the AK (an authValue derived
+    from the sealed root, which the host cannot unseal; see the test above)."""
     state = tmp_path / "tpm-state"
     with TpmBackend(state, swtpm.tcti) as world:
-        ak = activated_ak(world, swtpm.ca)
         boot(world)
+        world.provision_root()  # the secure world holds its root, and the AK is made under it
+        ak = activated_ak(world, swtpm.ca)
         event_log = world.event_log  # the log is public: it travels with every quote
+        genuine = world.quote(appraisal.quote_binding(VTEE_KEY_DIGEST, b"n"))
+    appraisal.verify_quote(  # the secure world itself quotes with it
+        genuine, ak, appraisal.quote_binding(VTEE_KEY_DIGEST, b"n"), REFERENCE
+    )
     challenge = b"the verifier's fresh challenge"
     binding = appraisal.quote_binding(ATTACKER_VTEE_KEY, challenge)
     with pytest.raises((DeviceError, EvidenceError)):
@@ -308,22 +307,18 @@ def test_host_process_quotes_an_attacker_vtee_key_after_the_genuine_boot(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: provision_root/root trust any root.sealed that this TPM can load; the SRK "
-    "is usable by every host process, so the host user can plant a root they chose",
-)
 def test_planted_sealed_root_is_refused(swtpm: Swtpm, tmp_path: Path) -> None:
-    """HOLE: adversary: the host user, before the device is provisioned (or by replacing
-    the file later). The SRK has an empty authValue, so they create their own sealed object
-    under it, holding a root of THEIR choosing under a PolicyPCR of the genuine boot value
-    (which they compute from the public reference values), and write it as root.sealed.
-    provision_root then refuses to replace it ("already holds a sealed root") and root()
-    returns the attacker's root on the genuine boot: every vTEE key derived from it is known
-    to them while the quote is genuine. The secure behaviour: the secure world refuses a
-    sealed root it did not make (e.g. the blob's TPM2_CertifyCreation ticket and creation
-    data checked against what the provisioning boot recorded, or the root kept in an NV
-    index whose attributes and name are checked as the counters' are)."""
+    """HOLE (fixed: provisioning makes the AK under the root it seals, and root() refuses a root
+    that does not authorise that AK, or one with no AK at all): adversary: the host user, before
+    the device is provisioned (or by replacing the file later). The SRK has an empty authValue,
+    so they create their own sealed object under it, holding a root of THEIR choosing under a
+    PolicyPCR of the genuine boot value (which they compute from the public reference values),
+    and write it as root.sealed. provision_root then refuses to replace it ("already holds a
+    sealed root") and root() returns the attacker's root on the genuine boot: every vTEE key
+    derived from it is known to them while the quote is genuine. The secure behaviour: the
+    secure world refuses a sealed root it did not make (e.g. the blob's TPM2_CertifyCreation
+    ticket and creation data checked against what the provisioning boot recorded, or the root
+    kept in an NV index whose attributes and name are checked as the counters' are)."""
     state = tmp_path / "tpm-state"
     chosen = hashlib.sha256(b"a root the host user knows").digest()
     genuine_pcr = appraisal.expected_pcr(STAGES)
@@ -338,6 +333,24 @@ def test_planted_sealed_root_is_refused(swtpm: Swtpm, tmp_path: Path) -> None:
         # Today root() returns the attacker's chosen root; it must refuse the planted blob.
         with pytest.raises(SealingError):
             world.root()
+    # After provisioning: the host user swaps their blob in for the genuine one.
+    state = tmp_path / "provisioned"
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as world:
+        boot(world)
+        root = world.provision_root()
+        genuine = (state / "root.sealed").read_bytes()
+    (state / "root.sealed").write_bytes(planted)
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as world:
+        boot(world)
+        with pytest.raises(SealingError, match="does not authorise"):
+            world.root()
+    (state / "root.sealed").write_bytes(genuine)
+    swtpm.restart()
+    with TpmBackend(state, swtpm.tcti) as world:
+        boot(world)
+        assert world.root() == root
 
 
 # -- counters ------------------------------------------------------------------------------
@@ -418,20 +431,16 @@ def test_quote_of_an_unmeasured_boot_against_no_reference_values_is_refused(
         appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: NvCounter checks only the counter type of a squatted index; one with an "
-    "authValue of the attacker's ends in a raw TSS2_Exception, not CounterTampered",
-)
 def test_counter_squatted_as_a_counter_with_a_foreign_auth_is_refused(
     swtpm: Swtpm, tmp_path: Path
 ) -> None:
-    """HOLE (robustness): adversary: the machine's owner, who defines the counter's NV index
-    first as a genuine counter-type index but with an authValue of their own (and increments
-    it once, so it is written). The type check passes; the secure world's read then fails
-    inside the TSS with TPM_RC_AUTH_FAIL (and counts towards dictionary-attack lockout
-    unless noDA), a traceback rather than one clear error. The secure behaviour: the index's
-    whole public area (attributes, authPolicy, nameAlg, size) is compared with Veritee's
+    """HOLE (robustness; fixed: an authorisation failure on the index is CounterTampered, and every
+    other TSS error of read/increment is wrapped): adversary: the machine's owner, who defines
+    the counter's NV index first as a genuine counter-type index but with an authValue of their
+    own (and increments it once, so it is written). The type check passes; the secure world's
+    read then fails inside the TSS with TPM_RC_AUTH_FAIL (and counts towards dictionary-attack
+    lockout unless noDA), a traceback rather than one clear error. The secure behaviour: the
+    index's whole public area (attributes, authPolicy, nameAlg, size) is compared with Veritee's
     own, and anything else is CounterTampered; TSS errors of read/increment are wrapped."""
     index = 9
     with ESAPI(swtpm.tcti) as ctx:
@@ -554,28 +563,23 @@ def test_quote_over_extra_pcrs_is_refused(swtpm: Swtpm, tmp_path: Path) -> None:
         appraisal.verify_quote(tpm.quote(binding), ak, binding, REFERENCE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a root sealed under an older boot's PCR value still unseals after an "
-    "upgrade; nothing (PolicyNV on a version counter, PolicyAuthorize) retires the old blob",
-)
 def test_old_sealed_root_does_not_open_on_a_downgraded_boot(swtpm: Swtpm, tmp_path: Path) -> None:
-    """HOLE: adversary: the host user, who kept a copy of root.sealed from before an
-    upgrade. The owner upgrades the secure world (a stage changed because v1 had a
-    vulnerability), seals the root ahead for v2 and replaces root.sealed. The host user
-    restores the v1 blob and boots v1: PCR 15 holds v1's genuine value, so the TPM unseals
-    the root for the vulnerable stage, which they then exploit to read it. The secure
-    behaviour: a root sealed for a boot older than the device's current one is refused (a
-    PolicyNV over an NV counter the upgrade increments, or a PolicyAuthorize whose signed
-    policies carry a version)."""
+    """HOLE (fixed: the sealing policy is PolicyPCR and PolicyNV over the root's epoch counter; an
+    upgrade, TpmBackend.upgrade_root, seals for the next epoch and steps the counter):
+    adversary: the host user, who kept a copy of root.sealed from before an upgrade. The owner
+    upgrades the secure world (a stage changed because v1 had a vulnerability), seals the root
+    ahead for v2 and replaces root.sealed. The host user restores the v1 blob and boots v1: PCR
+    15 holds v1's genuine value, so the TPM unseals the root for the vulnerable stage, which
+    they then exploit to read it. The secure behaviour: a root sealed for a boot older than the
+    device's current one is refused (a PolicyNV over an NV counter the upgrade increments, or a
+    PolicyAuthorize whose signed policies carry a version)."""
     state = tmp_path / "tpm-state"
     v2 = [(n, hashlib.sha256(b"v2 " + d).digest()) for n, d in STAGES]
     with TpmBackend(state, swtpm.tcti) as tpm:
         boot(tpm)  # v1
         root = tpm.provision_root()
         old_blob = (state / "root.sealed").read_bytes()  # the host user's copy
-        upgraded = tpm.seal(root, appraisal.expected_pcr(v2))
-        (state / "root.sealed").write_bytes(upgraded)
+        tpm.upgrade_root(appraisal.expected_pcr(v2))
     swtpm.restart()
     with TpmBackend(state, swtpm.tcti) as tpm:
         boot(tpm, v2)

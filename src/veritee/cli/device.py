@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -98,8 +99,19 @@ def device_sign_boot(home: Home, as_json: bool) -> None:
       veritee device sign-boot
       veritee device sign-boot --json
     """
+    from veritee.errors import UsageError
+    from veritee.tee import backends
     from veritee.tee import device as dev
 
+    if backends.recorded(home).name == "tpm":
+        # The root is sealed in the TPM for the boot it was provisioned with. Resealing it
+        # for whatever the vendor key signs would hand it to any stage that key's holder (on
+        # this machine, the host user) chooses: a TPM device is provisioned anew instead.
+        raise UsageError(
+            "a TPM device's root is sealed for the secure world it was provisioned with: "
+            "after an upgrade, provision it again (device init --backend tpm --force) and "
+            "register its new AK"
+        )
     stages = dev.sign_boot_image(home)
     if as_json:
         signed = [{"component": s.component, "measurement": s.measurement.hex()} for s in stages]
@@ -122,12 +134,34 @@ def device_show(home: Home, as_json: bool) -> None:
     """
     from cryptography.hazmat.primitives import serialization
 
+    from veritee.tee import backends
     from veritee.tee import device as dev
     from veritee.tee.keys import spki_digest
 
     info = dev.load_info(home)
+    choice = backends.recorded(home)
+    tpm: dict[str, Any] | None = None
+    if choice.name == "tpm":
+        # Its identity is the TPM's: the EK certificate and the AK (what a verifier registers).
+        from cryptography import x509
+
+        from veritee.evidence.tpm import ak_name, ek_fingerprint, tpm_ueid
+        from veritee.tee.backends import tpm_device
+
+        ident = tpm_device.read_identity(home)
+        ek = x509.load_der_x509_certificate(ident.ek_certificate)
+        info = dataclasses.replace(info, ueid=tpm_ueid(ident.ek_certificate))
+        tpm = {
+            "tpm": choice.options.get("tpm", ""),
+            "ek_sha256": ek_fingerprint(ident.ek_certificate).hex(),
+            "ek_issuer": ek.issuer.rfc4514_string(),
+            "ak_name": ak_name(ident.ak_public).hex(),
+            "identity": str(home.manufacturer / tpm_device.PUBLISHED_IDENTITY),
+        }
     data: dict[str, Any] = {
         "home": str(home.root),
+        "backend": choice.name,
+        **({} if tpm is None else {"tpm": tpm}),
         "ueid": info.ueid.hex(),
         "certificate": {
             "subject": info.certificate.subject.rfc4514_string(),
@@ -148,6 +182,12 @@ def device_show(home: Home, as_json: bool) -> None:
         return
     click.echo(f"device      {data['ueid']}")
     click.echo(f"home        {data['home']}")
+    click.echo(f"backend     {data['backend']}")
+    if tpm is not None:
+        click.echo(f"TPM         {tpm['tpm']}")
+        click.echo(f"  EK        sha256:{tpm['ek_sha256']} (issued by {tpm['ek_issuer']})")
+        click.echo(f"  AK        name {tpm['ak_name']}")
+        click.echo(f"  identity  {tpm['identity']} (for 'veritee evidence tpm-register')")
     click.echo("chain")
     click.echo(f"  [0] {data['certificate']['subject']}")
     click.echo(

@@ -84,16 +84,25 @@ def _appraiser(
     ca: Path | None,
     refs_files: tuple[Path, ...],
     modules: tuple[Path, ...],
+    tpm_cas: tuple[Path, ...] = (),
+    tpm_registrations: Path | None = None,
 ) -> Appraiser:
     from veritee.evidence.appraisal import ReferenceValues, TrustAnchors
     from veritee.ratls import LocalAppraiser, ServiceAppraiser
 
     if verifier is not None:
-        if ca or refs_files or modules:
-            raise UsageError("--verifier appraises remotely: leave out --ca, --refs and --module")
+        if ca or refs_files or modules or tpm_cas or tpm_registrations:
+            raise UsageError(
+                "--verifier appraises remotely: leave out --ca, --refs, --module and --tpm-*"
+            )
         return ServiceAppraiser(verifier)
     pem, refs = _refs_and_anchors(home, ca, refs_files, modules)
-    return LocalAppraiser(TrustAnchors.from_pem(pem), ReferenceValues.from_json(refs))
+    anchors = TrustAnchors.from_pem(pem)
+    if tpm_cas or tpm_registrations:
+        from veritee.cli.evidence import with_tpm_trust
+
+        anchors = with_tpm_trust(anchors, tpm_cas, tpm_registrations)
+    return LocalAppraiser(anchors, ReferenceValues.from_json(refs))
 
 
 def _describe(peer: AttestedPeer) -> list[tuple[str, str]]:
@@ -139,6 +148,18 @@ def _describe(peer: AttestedPeer) -> list[tuple[str, str]]:
     type=FILE,
     help="Endorse this module's measurement (repeatable).",
 )
+@click.option(
+    "--tpm-ca",
+    "tpm_cas",
+    multiple=True,
+    type=FILE,
+    help="Trusted TPM manufacturer CA (PEM), for a server on a TPM-backed device.",
+)
+@click.option(
+    "--tpm-registrations",
+    type=FILE,
+    help="The AKs a registrar activated ('veritee evidence tpm-register').",
+)
 @click.option("--verifier", metavar="URL", help="Appraise through this verification service.")
 @click.option("--send", metavar="TEXT", help="Request to send once attested (UTF-8).")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Send standard input as the request.")
@@ -159,6 +180,8 @@ def connect(
     ca: Path | None,
     refs_files: tuple[Path, ...],
     modules: tuple[Path, ...],
+    tpm_cas: tuple[Path, ...],
+    tpm_registrations: Path | None,
     verifier: str | None,
     send: str | None,
     from_stdin: bool,
@@ -184,7 +207,7 @@ def connect(
     if server_name is not None:
         _check_server_name(server_name)
     request = send.encode() if send is not None else sys.stdin.buffer.read() if from_stdin else None
-    appraiser = _appraiser(home, verifier, ca, refs_files, modules)
+    appraiser = _appraiser(home, verifier, ca, refs_files, modules, tpm_cas, tpm_registrations)
     try:
         fresh: Mode = "exporter" if mode == "exporter" else "challenge"
         with api.connect(

@@ -405,6 +405,44 @@ def provision_ca(ctx: click.Context, pems: tuple[Path, ...], max_lifecycle: str)
     )
 
 
+@provision.command("trust-tpm")
+@click.option(
+    "--tpm-ca",
+    "tpm_cas",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TPM manufacturer CA (PEM) that issues EK certificates.",
+)
+@click.option(
+    "--registrations",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="AKs a registrar activated ('veritee evidence tpm-register' writes the file).",
+)
+@click.pass_context
+def provision_tpm(
+    ctx: click.Context, tpm_cas: tuple[Path, ...], registrations: Path | None
+) -> None:
+    """Trust TPM-backed devices: their TPM manufacturer's CA and their registered AKs.
+
+    \b
+    Example:  veritee verifier provision trust-tpm --tpm-ca tpm-maker-ca.pem \\
+                  --registrations tpm-registrations.json
+    """
+
+    entries: list[dict[str, Any]] = [{"tpm-ca": p.read_text()} for p in tpm_cas]
+    if registrations is not None:
+        listed = _read_json(registrations)
+        items = listed.get("tpm-registrations") if isinstance(listed, dict) else None
+        if not isinstance(items, list):
+            raise UsageError(f"{registrations}: not a TPM registrations file")
+        entries += [{"tpm-registration": item} for item in items]
+    if not entries:
+        raise UsageError("give --tpm-ca and/or --registrations")
+    with _client(ctx) as client:
+        ids = client.add_trust_anchors(entries)
+    _print(ctx, {"ids": ids}, "\n".join(f"trusted TPM anchor {i}" for i in ids))
+
+
 @provision.command("trust-key")
 @click.argument("key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--scheme", type=click.Choice(["psa", "cca"]), required=True)
@@ -730,7 +768,7 @@ def corim_show(path: Path, signer: Path | None) -> None:
     Example:  veritee verifier corim show boot.corim
     """
     from veritee.verifier import corim
-    from veritee.verifier.endorsements import CaAnchor, ec_public_key_pem
+    from veritee.verifier.endorsements import CaAnchor, KeyAnchor, ec_public_key_pem
 
     key = None if signer is None else ec_public_key_pem(signer.read_text())
     decoded = corim.decode(path.read_bytes(), signer=key)
@@ -738,9 +776,11 @@ def corim_show(path: Path, signer: Path | None) -> None:
     out = {
         **decoded.summary(),
         "trust-anchors": [
-            {"ca": a.subject, "id": a.id}
+            {"scheme": a.scheme, "instance-id": a.instance_id.hex()}
+            if isinstance(a, KeyAnchor)
+            else {"ca": a.subject, "id": a.id}
             if isinstance(a, CaAnchor)
-            else {"scheme": a.scheme, "instance-id": a.instance_id.hex()}
+            else {"id": a.id}
             for a in d.anchors
         ],
         "reference-values": [rv.to_json() for rv in d.references],

@@ -36,6 +36,7 @@ from veritee.evidence.claims import (
     HARDWARE_ROLLBACK_PROTECTIONS,
     LIFECYCLES,
     ROLLBACK_HOST_FILE,
+    ROLLBACK_TPM_NV,
     Evidence,
     ModuleClaims,
     PlatformClaims,
@@ -70,6 +71,10 @@ class TrustAnchors:
     revoked_devices: frozenset[bytes] = frozenset()  # UEIDs
     revoked_cas: frozenset[bytes] = frozenset()  # CA keys: certs.key_id (SHA-256 of the SPKI)
     ceilings: Mapping[bytes, str] = field(default_factory=dict)  # certs.key_id -> lifecycle
+    # TPM-backed devices (evidence/tpm.py): the TPM manufacturer CAs their EK certificates
+    # chain to, and the AKs that activated against a trusted EK (by EK fingerprint).
+    tpm_cas: tuple[x509.Certificate, ...] = ()
+    tpm_registrations: Mapping[bytes, Any] = field(default_factory=dict)
 
     @classmethod
     def from_pem(cls, pem: bytes, *, max_lifecycle: str = certs.DEFAULT_CEILING) -> TrustAnchors:
@@ -102,6 +107,8 @@ class TrustAnchors:
             self.revoked_devices | other.revoked_devices,
             self.revoked_cas | other.revoked_cas,
             ceilings,
+            self.tpm_cas + other.tpm_cas,
+            {**self.tpm_registrations, **other.tpm_registrations},
         )
 
 
@@ -149,6 +156,8 @@ class Verified:
     ca_name: str  # the CA's subject (RFC 4514), as results and messages print it
     # The most this device may claim: its chain's marks, capped by its anchor's ceiling.
     endorsed_lifecycle: str
+    # A TPM-backed device: the EAR's tpm-platform submodule claims (None: emulated device).
+    tpm: Mapping[str, Any] | None = None
 
     @property
     def lifecycle(self) -> str:
@@ -163,7 +172,10 @@ class Verified:
     def rollback_protection(self) -> str:
         """The rollback protection appraisal vouches for. A device its chain endorses as no
         more than emulated keeps its counters in a file of its user (host-file), whatever
-        its token reports; so does one whose token says it is emulated."""
+        its token reports; so does one whose token says it is emulated. A TPM-backed
+        device's counters are anchored in the TPM's NV counters, which its quote vouches for."""
+        if self.tpm is not None:
+            return ROLLBACK_TPM_NV
         if (
             self.endorsed_lifecycle == "emulated"
             and self.platform.rollback_protection in HARDWARE_ROLLBACK_PROTECTIONS
@@ -220,6 +232,7 @@ class _Links:
     ca_name: str
     endorsed_lifecycle: str
     validity: _Validity
+    tpm: Mapping[str, Any] | None = None
 
 
 def verify(
@@ -267,11 +280,14 @@ def verify(
         found.ca_key_id,
         found.ca_name,
         found.endorsed_lifecycle,
+        found.tpm,
     )
 
 
 def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | None) -> _Links:
     """The device certificate chain, the platform token and the vtee token, checked."""
+    if evidence.platform[:1] and 0xA0 <= evidence.platform[0] <= 0xBF:  # a CBOR map
+        return _verify_tpm_links(evidence, anchors, now)
     platform_msg = cose.decode(evidence.platform)
     path, dak, validity = _device_certificate(platform_msg, anchors, now)
     cose.verify(platform_msg, dak, what="platform token")
@@ -304,6 +320,45 @@ def _verify_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | 
         ca_name,
         path.lifecycle,
         validity,
+    )
+
+
+def _verify_tpm_links(evidence: Evidence, anchors: TrustAnchors, now: dt.datetime | None) -> _Links:
+    """A TPM-backed device's platform token (evidence/tpm.py: the quote, its EK and AK) and
+    the vtee token it endorses."""
+    try:
+        from veritee.evidence import tpm
+    except ImportError:  # tpm2-pytss (and its libtss2) is not installed on this verifier
+        raise MalformedToken(
+            "TPM platform evidence cannot be appraised here: tpm2-pytss is not installed"
+        ) from None
+    found = tpm.verify_platform_token(
+        evidence.platform, anchors.tpm_cas, anchors.tpm_registrations, now=now
+    )
+    platform = found.claims
+    ceiling = tpm.TPM_LIFECYCLE_CEILING
+    if certs.lowest(platform.lifecycle, ceiling) != platform.lifecycle:
+        raise LifecycleNotEndorsed(
+            f"platform claims lifecycle {platform.lifecycle!r}; a TPM-backed device, whose "
+            f"secure world the OS isolates, is appraised as at most {ceiling!r}"
+        )
+    vtee_msg = cose.decode(evidence.vtee)
+    cose.verify(vtee_msg, cose.cose_to_ec_key(platform.vtee_key), what="vtee token")
+    vtee = VteeClaims.from_cbor(vtee_msg.claims())
+    if vtee.vtee_id != platform.vtee_id:
+        raise BindingMismatch("vtee token names another vTEE than the platform token endorses")
+    ca = found.anchor
+    return _Links(
+        platform,
+        vtee,
+        cose.cose_to_ec_key(vtee.module_key),
+        found.ek_certificate,
+        ca,
+        certs.key_id(ca),
+        ca.subject.rfc4514_string(),
+        ceiling,
+        _validity_of([found.ek_certificate, ca]),
+        found.submod,
     )
 
 

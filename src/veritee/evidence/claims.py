@@ -413,6 +413,22 @@ def _platform_type(token: bytes) -> str:
     return TOKEN_MEDIA_TYPES["platform"]
 
 
+def unverified_platform_claims(token: bytes) -> PlatformClaims:
+    """The claims of a platform token someone else verified (a verification service), NOT
+    checked here: the emulated backend's COSE_Sign1, or a TPM-backed device's quote evidence
+    (a CBOR map whose ``claims`` the quote binds; read without the TPM's libraries)."""
+    if token[:1] and 0xA0 <= token[0] <= 0xBF:
+        raw = cose.loads(token, what="TPM platform evidence")
+        claims = raw.get("claims") if isinstance(raw, dict) else None
+        if not isinstance(claims, bytes):
+            raise MalformedToken("TPM platform evidence carries no platform claims")
+        value = cose.loads(claims, what="TPM platform claims")
+        if not isinstance(value, dict):
+            raise MalformedToken("TPM platform claims are not a map")
+        return PlatformClaims.from_cbor(value)
+    return PlatformClaims.from_cbor(cose.decode(token).claims())
+
+
 def encode_claims(claims: PlatformClaims | VteeClaims | ModuleClaims) -> bytes:
     return bytes(cbor2.dumps(claims.to_cbor()))
 

@@ -9,16 +9,36 @@ from cryptography import x509
 from veritee.evidence import cose
 from veritee.evidence.certs import CERT_ERRORS
 from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
+from veritee.evidence.errors import MalformedToken
 
 
 def describe(data: bytes) -> dict[str, Any]:
     """Decode evidence without verifying it; raise MalformedToken if it does not decode."""
     ev = Evidence.decode(data)
-    pmsg, vmsg, mmsg = cose.decode(ev.platform), cose.decode(ev.vtee), cose.decode(ev.module)
-    platform = PlatformClaims.from_cbor(pmsg.claims())
+    vmsg, mmsg = cose.decode(ev.vtee), cose.decode(ev.module)
+    signer: dict[str, Any]
+    if ev.platform[:1] and 0xA0 <= ev.platform[0] <= 0xBF:  # a TPM-backed device's quote
+        from veritee.evidence import tpm
+
+        quoted = tpm.TpmPlatformEvidence.decode(ev.platform)
+        raw = cose.loads(quoted.claims, what="TPM platform claims")
+        if not isinstance(raw, dict):
+            raise MalformedToken("TPM platform claims are not a map")
+        platform = PlatformClaims.from_cbor(raw)
+        events = tpm.decode_event_log(quoted.quote.event_log)
+        signer = {
+            "signed_by": f"TPM quote by the AK (backend tpm2, protection {tpm.PROTECTION_TPM})",
+            "ek_sha256": tpm.ek_fingerprint(quoted.ek_certificate).hex(),
+            "event_log": [{"description": e.description, "digest": e.digest.hex()} for e in events],
+        }
+        chain: Any = [quoted.ek_certificate]
+    else:
+        pmsg = cose.decode(ev.platform)
+        platform = PlatformClaims.from_cbor(pmsg.claims())
+        signer = {"signed_by": "device attestation key (x5chain)", "alg": pmsg.alg}
+        chain = pmsg.unprotected.get(cose.HDR_X5CHAIN) or []
     vtee = VteeClaims.from_cbor(vmsg.claims())
     module = ModuleClaims.from_cbor(mmsg.claims())
-    chain = pmsg.unprotected.get(cose.HDR_X5CHAIN) or []
     certs = []
     for der in chain if isinstance(chain, list) else [chain]:
         try:
@@ -30,8 +50,7 @@ def describe(data: bytes) -> dict[str, Any]:
             certs.append({"error": "not a DER certificate"})
     return {
         "platform": {
-            "signed_by": "device attestation key (x5chain)",
-            "alg": pmsg.alg,
+            **signer,
             "ueid": platform.ueid.hex(),
             "hwmodel": platform.hwmodel,
             "lifecycle": platform.lifecycle,

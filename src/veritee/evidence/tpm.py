@@ -45,11 +45,14 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import create_ek_template, make_credential
 
-from veritee.evidence.claims import ROLLBACK_TPM_NV
+from veritee.evidence import cose
+from veritee.evidence.claims import ROLLBACK_TPM_NV, PlatformClaims
 from veritee.evidence.errors import (
     AkNotActivated,
     AkRejected,
+    BindingMismatch,
     MalformedQuote,
+    MalformedToken,
     PcrDigestMismatch,
     QuoteNotFresh,
     QuoteSignatureInvalid,
@@ -74,6 +77,12 @@ PCR_BANK = TPM2_ALG.SHA256
 DIGEST_SIZE = 32
 
 QUOTE_BINDING_CONTEXT = b"veritee/tpm-quote/v1\x00"
+# The event the secure world extends into VERITEE_PCR once it has unsealed its root: from then
+# until the next platform reset the PCR holds a value no sealed root opens under, so a host
+# process that opens the TPM after the genuine boot cannot unseal the root again. Quotes made
+# after it show it as their last event; a constant, so every verifier knows its digest.
+CAP_EVENT = "veritee/root-unsealed"
+CAP_DIGEST = hashlib.sha256(b"veritee: the secure world holds its root until the reset").digest()
 CREDENTIAL_BYTES = 32  # the activation secret's size: a guess must be as hard as a key's
 
 MAX_EVENT_LOG_BYTES = 64 * 1024  # an attacker-sized event log must not exhaust memory
@@ -82,6 +91,7 @@ MAX_DESCRIPTION = 256  # bound on one record's description
 MAX_ATTEST_BYTES = 1024  # a TPMS_ATTEST is a few hundred bytes; more is an attack on the parser
 MAX_EK_CERT_BYTES = 8 * 1024  # EK certificates are ~1 KB; bound what the chain builder reads
 MAX_EK_CHAIN = 4  # intermediates a device may present with its EK certificate
+MAX_CLAIMS_BYTES = 64 * 1024  # the platform claims a quote vouches for (a boot log and a key)
 
 # The EK template of the TCG EK Credential Profile (the "low range" RSA 2048 EK at NV index
 # 0x01c00002): the verifier rebuilds the EK's public area from this template and the
@@ -97,6 +107,18 @@ _AK_REQUIRED = (
     | TPMA_OBJECT.FIXEDPARENT
     | TPMA_OBJECT.SENSITIVEDATAORIGIN
 )
+
+
+def claims_binding(vtee_key_digest: bytes, claims: bytes) -> bytes:
+    """The qualifying data of a vTEE's platform quote: the vTEE key it endorses and the
+    platform claims (vTEE id, name, configuration, boot log) it vouches for, so that a
+    quote cannot be moved to other claims or another key."""
+    return quote_binding(vtee_key_digest, hashlib.sha256(claims).digest())
+
+
+def tpm_ueid(ek_cert_der: bytes) -> bytes:
+    """The UEID of a TPM-backed device (EAT RAND type): that of its EK certificate."""
+    return b"\x01" + ek_fingerprint(ek_cert_der)
 
 
 def quote_binding(vtee_key_digest: bytes, challenge: bytes) -> bytes:
@@ -392,6 +414,19 @@ def verify_quote(
     the reference values name was measured exactly once (:class:`TpmBootIncomplete`)."""
     if not reference_values:  # with none, an unmeasured boot (PCR 15 = 0) would pass
         raise TpmBootIncomplete("no reference values for the TPM boot stages: none endorsed")
+    result = verify_quote_log(quote, ak_public, expected_binding, pcrs)
+    check_events(result.events, reference_values)
+    return result
+
+
+def verify_quote_log(
+    quote: TpmQuote,
+    ak_public: bytes,
+    expected_binding: bytes,
+    pcrs: Sequence[int] = (VERITEE_PCR,),
+) -> TpmAppraisal:
+    """:func:`verify_quote` up to the PCR digest: what the quote proves of the event log,
+    before any reference value is asked (the caller checks the records)."""
     pub = parse_ak_public(ak_public)
     if len(quote.attest) > MAX_ATTEST_BYTES:
         raise MalformedQuote(f"TPMS_ATTEST is larger than {MAX_ATTEST_BYTES} bytes")
@@ -433,14 +468,26 @@ def verify_quote(
         raise PcrDigestMismatch(
             "event log does not replay to the quoted PCRs (the log was altered or is incomplete)"
         )
-    for e in events:
+    return TpmAppraisal(events=tuple(events), pcrs=values, clock=int(attest.clockInfo.clock))
+
+
+def check_events(
+    events: Sequence[TpmEvent], reference_values: Mapping[str, Iterable[bytes]]
+) -> None:
+    """Each record of a verified event log against ``reference_values`` (description to
+    accepted digests), then that every stage named there was measured exactly once. The
+    secure world's cap (``CAP_EVENT``, a constant) is accepted where it stands."""
+    if not reference_values:
+        raise TpmBootIncomplete("no reference values for the TPM boot stages: none endorsed")
+    measured = [e for e in events if not _is_cap(e)]
+    for e in measured:
         accepted = [bytes(d) for d in reference_values.get(e.description, ())]
         if not any(hmac.compare_digest(e.digest, d) for d in accepted):
             raise TpmEventNotEndorsed(
                 f"boot stage '{e.description}' measures {e.digest.hex()[:16]}…, which is not "
                 "among the reference values (a modified stage booted)"
             )
-    seen = [e.description for e in events]
+    seen = [e.description for e in measured]
     missing = sorted(set(reference_values) - set(seen))
     repeated = sorted({d for d in seen if seen.count(d) > 1})
     if missing or repeated:
@@ -449,7 +496,10 @@ def verify_quote(
             if missing
             else f"event log measures boot stage(s) {repeated} more than once"
         )
-    return TpmAppraisal(events=tuple(events), pcrs=values, clock=int(attest.clockInfo.clock))
+
+
+def _is_cap(e: TpmEvent) -> bool:
+    return e.description == CAP_EVENT and hmac.compare_digest(e.digest, CAP_DIGEST)
 
 
 # -- platform evidence and registration ----------------------------------------------------
@@ -485,23 +535,27 @@ class TpmPlatformEvidence:
     ek_certificate: bytes
     ak_public: bytes
     quote: TpmQuote
+    # The platform claims (encoded PlatformClaims) the quote vouches for: its qualifying data
+    # is claims_binding(vTEE key, claims). Empty in a quote made for a bare challenge.
+    claims: bytes = b""
 
     def encode(self) -> bytes:
-        return bytes(
-            cbor2.dumps(
-                {
-                    "backend": BACKEND_TPM,
-                    "protection": PROTECTION_TPM,
-                    "ek": self.ek_certificate,
-                    "ak": self.ak_public,
-                    "quote": self.quote.encode(),
-                }
-            )
-        )
+        body: dict[str, Any] = {
+            "backend": BACKEND_TPM,
+            "protection": PROTECTION_TPM,
+            "ek": self.ek_certificate,
+            "ak": self.ak_public,
+            "quote": self.quote.encode(),
+        }
+        if self.claims:
+            body["claims"] = self.claims
+        return bytes(cbor2.dumps(body))
 
     @classmethod
     def decode(cls, data: bytes) -> TpmPlatformEvidence:
-        if len(data) > MAX_EVENT_LOG_BYTES + MAX_EK_CERT_BYTES + 2 * MAX_ATTEST_BYTES:
+        if len(data) > (
+            MAX_EVENT_LOG_BYTES + MAX_EK_CERT_BYTES + 2 * MAX_ATTEST_BYTES + MAX_CLAIMS_BYTES
+        ):
             raise MalformedQuote("TPM platform evidence is larger than this verifier accepts")
         try:
             raw = cbor2.loads(data)
@@ -514,7 +568,10 @@ class TpmPlatformEvidence:
             or not isinstance(raw.get("ak"), bytes)
         ):
             raise MalformedQuote("not TPM platform evidence (backend, ek, ak, quote)")
-        return cls(raw["ek"], raw["ak"], TpmQuote.decode(raw.get("quote")))
+        claims = raw.get("claims", b"")
+        if not isinstance(claims, bytes) or len(claims) > MAX_CLAIMS_BYTES:
+            raise MalformedQuote("TPM platform evidence's claims are not bytes of a bounded size")
+        return cls(raw["ek"], raw["ak"], TpmQuote.decode(raw.get("quote")), claims)
 
 
 def appraise_platform(
@@ -554,3 +611,111 @@ def appraise_platform(
         ],
         "rollback-protection": ROLLBACK_TPM_NV,
     }
+
+
+# -- a vTEE's platform token on the TPM backend --------------------------------------------
+
+# The most a TPM-backed device is appraised as: the TPM roots its keys and boot, but the
+# secure world is ordinary processes the OS isolates, as on an emulated device.
+TPM_LIFECYCLE_CEILING = "emulated"
+
+
+@dataclass(frozen=True)
+class VerifiedTpmPlatform:
+    """A vTEE's TPM platform token whose every check passed."""
+
+    claims: PlatformClaims
+    ek_certificate: x509.Certificate
+    anchor: x509.Certificate  # the TPM manufacturer CA that issued it
+    submod: dict[str, Any]  # the EAR's tpm-platform submodule claims
+
+
+def verify_platform_token(
+    data: bytes,
+    anchors: Sequence[x509.Certificate],
+    registrations: Mapping[bytes, Registration],
+    *,
+    now: dt.datetime | None = None,
+) -> VerifiedTpmPlatform:
+    """Every check on a vTEE's TPM platform token, in order, each its own error: the EK chain
+    to a TPM manufacturer CA (:class:`UntrustedEk`); that this EK's AK was activated and is the
+    one presented (:class:`AkNotActivated`); the quote (:func:`verify_quote_log`) against
+    the binding of the vTEE key and the claims; the cap as the log's last record
+    (:class:`TpmBootIncomplete`); the claims' boot log equal to the quoted records and their
+    UEID to the EK's (:class:`BindingMismatch`). The records are checked against reference
+    values by the caller, through the claims' boot log (appraisal.check_boot)."""
+    evidence = TpmPlatformEvidence.decode(data)
+    if not evidence.claims:
+        raise MalformedQuote("TPM platform token carries no platform claims")
+    leaf = verify_ek_certificate(evidence.ek_certificate, anchors, now=now)
+    registered = registrations.get(ek_fingerprint(evidence.ek_certificate))
+    if registered is None or not hmac.compare_digest(registered.ak_public, evidence.ak_public):
+        raise AkNotActivated(
+            "the quote's AK was never activated against this EK (register the TPM first)"
+        )
+    raw = cose.loads(evidence.claims, what="TPM platform claims")
+    if not isinstance(raw, dict):
+        raise MalformedToken("TPM platform claims are not a map")
+    claims = PlatformClaims.from_cbor(raw)
+    binding = claims_binding(cose.key_digest(claims.vtee_key), evidence.claims)
+    result = verify_quote_log(evidence.quote, evidence.ak_public, binding)
+    events = result.events
+    if not events or not _is_cap(events[-1]) or any(_is_cap(e) for e in events[:-1]):
+        raise TpmBootIncomplete(
+            "the quote's event log does not end with the secure world's cap: it was not made "
+            "by a secure world holding its root"
+        )
+    quoted = [(e.description, e.digest) for e in events[:-1]]
+    claimed = [(b.component, b.measurement) for b in claims.boot_log]
+    if quoted != claimed:
+        raise BindingMismatch("the platform claims' boot log is not the event log the TPM quoted")
+    if not hmac.compare_digest(claims.ueid, tpm_ueid(evidence.ek_certificate)):
+        raise BindingMismatch("the platform claims' UEID is not that of the TPM's EK")
+    anchor = next(ca for ca in anchors if ca.subject == leaf.issuer)
+    submod = {
+        "backend": BACKEND_TPM,
+        # Its own word, never the device's: the secure world on a TPM is OS-isolated.
+        "protection": PROTECTION_TPM,
+        "ek": ek_fingerprint(evidence.ek_certificate).hex(),
+        "ek-ca": anchor.subject.rfc4514_string(),
+        "pcrs": {str(p): v.hex() for p, v in result.pcrs.items()},
+        "boot": [{"component": e.description, "measurement": e.digest.hex()} for e in events],
+        "rollback-protection": ROLLBACK_TPM_NV,
+    }
+    return VerifiedTpmPlatform(claims, leaf, anchor, submod)
+
+
+# -- the registrar's record ----------------------------------------------------------------
+
+MAX_REGISTRATIONS = 4096  # a registrations file is the verifier's own; bound what it parses
+
+
+def registrations_to_json(registrations: Iterable[Registration]) -> dict[str, Any]:
+    return {
+        "tpm-registrations": [
+            {"ek-sha256": r.ek_fingerprint.hex(), "ak": r.ak_public.hex()} for r in registrations
+        ]
+    }
+
+
+def registrations_from_json(value: Any) -> dict[bytes, Registration]:
+    """The registrations a verifier recorded (EK fingerprint -> Registration); each AK is
+    parsed again, so a file edited to hold another kind of key is refused."""
+    items = value.get("tpm-registrations") if isinstance(value, dict) else None
+    if not isinstance(items, list) or len(items) > MAX_REGISTRATIONS:
+        raise MalformedToken('TPM registrations must be {"tpm-registrations": [...]}')
+    out: dict[bytes, Registration] = {}
+    for item in items:
+        try:
+            fingerprint = bytes.fromhex(item["ek-sha256"])
+            ak = bytes.fromhex(item["ak"])
+        except (KeyError, TypeError, ValueError):
+            raise MalformedToken("TPM registration lacks a hex 'ek-sha256' or 'ak'") from None
+        if len(fingerprint) != DIGEST_SIZE:
+            raise MalformedToken("TPM registration's 'ek-sha256' is not a SHA-256 digest")
+        try:
+            parse_ak_public(ak)
+        except AkRejected as exc:
+            raise MalformedToken(f"TPM registration's AK: {exc}") from None
+        out[fingerprint] = Registration(fingerprint, ak)
+    return out

@@ -8,6 +8,7 @@ a message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -98,7 +99,7 @@ def parse(value: Any, path: Path) -> Config:
     """Validate an already-loaded configuration; ``path`` anchors relative paths."""
     f = _Fields(path)
     top = f.mapping(value, "", _TOP)
-    trust = _trust(f, f.mapping(top.get("trust"), "trust", _TRUST, required=True))
+    trust = _trust(f, f.mapping(top.get("trust"), "trust", _TRUST | _TRUST_TPM, required=True))
     ttl = top.get("nonce_ttl", DEFAULT_NONCE_TTL)
     if (
         not isinstance(ttl, int | float)
@@ -193,6 +194,7 @@ def _trust(f: _Fields, value: dict[str, Any]) -> Trust:
             anchors = anchors.merge(TrustAnchors.from_pem(pem, max_lifecycle=ceiling))
         except EvidenceError as exc:
             raise f.error(name, f"{ca}: {exc}") from None
+    anchors = _tpm_trust(f, value, anchors)
     files = f.strings(value.get("reference_values", []), "trust.reference_values")
     if not files:
         raise f.error(
@@ -210,6 +212,44 @@ def _trust(f: _Fields, value: dict[str, Any]) -> Trust:
         except EvidenceError as exc:
             raise f.error(name, f"{rv}: {exc}") from None
     return Trust.from_reference_values(anchors, refs)
+
+
+# What TPM-backed devices are trusted by (trust.tpm_ca, trust.tpm_registrations).
+_TRUST_TPM = frozenset({"tpm_ca", "tpm_registrations"})
+
+
+def _tpm_trust(f: _Fields, value: dict[str, Any], anchors: TrustAnchors) -> TrustAnchors:
+    """``trust.tpm_ca`` (TPM manufacturer CAs, PEM files) and ``trust.tpm_registrations`` (the
+    registrar's file, ``veritee evidence tpm-register``): what TPM-backed devices are trusted
+    by. Neither: no TPM-backed device is."""
+    cas_files = f.strings(value.get("tpm_ca", []), "trust.tpm_ca")
+    registrations = value.get("tpm_registrations")
+    if not cas_files and registrations is None:
+        return anchors
+    if not cas_files or not isinstance(registrations, str):
+        raise f.error(
+            "trust.tpm_ca" if not cas_files else "trust.tpm_registrations",
+            "TPM-backed devices need both a TPM manufacturer CA and the registrations file",
+        )
+    from cryptography import x509
+
+    from veritee.evidence import tpm
+
+    cas: list[x509.Certificate] = []
+    for i, path in enumerate(cas_files):
+        name = f"trust.tpm_ca[{i}]"
+        try:
+            cas.extend(x509.load_pem_x509_certificates(f.read(path, name, "TPM CA certificate")))
+        except ValueError:
+            raise f.error(name, f"{path} holds no PEM certificate") from None
+    raw = f.read(registrations, "trust.tpm_registrations", "TPM registrations")
+    try:
+        regs = tpm.registrations_from_json(json.loads(raw))
+    except ValueError:
+        raise f.error("trust.tpm_registrations", f"{registrations} is not JSON") from None
+    except EvidenceError as exc:
+        raise f.error("trust.tpm_registrations", f"{registrations}: {exc}") from None
+    return dataclasses.replace(anchors, tpm_cas=tuple(cas), tpm_registrations=regs)
 
 
 def _ca_entry(f: _Fields, entry: Any, name: str) -> tuple[str, str]:

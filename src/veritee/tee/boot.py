@@ -62,6 +62,9 @@ LIBRARIES = (
     ("_cffi_backend", "cffi"),
     ("typing_extensions", "typing_extensions"),
     ("_distutils_hack", "setuptools"),  # imported at startup by setuptools' .pth, if installed
+    # The TPM backend's binding of the TSS (the monitor and vTEEs of a TPM-backed device import
+    # it); measured wherever it is installed. The TSS's C libraries are the system's.
+    ("tpm2_pytss", "tpm2-pytss"),
 )
 _CODE_SUFFIXES = (".py", ".so", ".dylib")
 

@@ -145,8 +145,14 @@ def is_provisioned(home: Home) -> bool:
     return (home.device / DAK_CERT).exists()
 
 
-def provision(home: Home, *, ca_dir: Path | None = None, force: bool = False) -> DeviceInfo:
-    """Provision a device in ``home``; refuse to overwrite one unless ``force``."""
+def provision(
+    home: Home, *, ca_dir: Path | None = None, force: bool = False, huk: bytes | None = None
+) -> DeviceInfo:
+    """Provision a device in ``home``; refuse to overwrite one unless ``force``.
+
+    ``huk``: the secure world's root secret, when a hardware backend keeps it (the TPM
+    backend seals it in the TPM): then neither it nor the attestation key is written to a
+    file, and the device certificate only names the device (its evidence is the backend's)."""
     if is_provisioned(home) and not force:
         raise DeviceError(
             f"a device is already provisioned in {home.root} (use --force to replace it, "
@@ -178,9 +184,12 @@ def provision(home: Home, *, ca_dir: Path | None = None, force: bool = False) ->
     vendor = ec.generate_private_key(ec.SECP256R1())
     keys.write_private_key(home.manufacturer / VENDOR_KEY, vendor)
 
-    huk = secrets.token_bytes(keys.HUK_BYTES)
-    keys.write_secret(home.device / HUK, huk)
-    keys.write_private_key(home.device / DAK_KEY, dak)
+    if huk is None:
+        huk = secrets.token_bytes(keys.HUK_BYTES)
+        keys.write_secret(home.device / HUK, huk)
+        keys.write_private_key(home.device / DAK_KEY, dak)
+    else:
+        home.device.mkdir(parents=True, exist_ok=True)
     (home.device / DAK_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (home.device / CA_CERT).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (home.device / VENDOR_PUB).write_bytes(keys.public_pem(vendor.public_key()))

@@ -188,6 +188,7 @@ class Monitor:
                 "ueid": self.info.ueid,
             },
         }
+        handoff["counters_anchor"] = self.backend.counters_anchor(record.vtee_id)
         counters = self.backend.open_counters(record.vtee_id)
         handoff["counters_fd"] = counters
         handoff["lifeline_fd"] = self.lifeline.child_fd
@@ -356,6 +357,13 @@ class _Control(socketserver.BaseRequestHandler):
             elif op == "vtee-destroy":
                 record = monitor.destroy_vtee(name)
                 reply = {"ok": True, "id": record.vtee_id}
+            elif op == "tpm-activate":
+                # A verifier's credential activation, relayed by the host: only the TPM that
+                # holds both the EK and the secure world's AK gives the secret back.
+                blob, secret = request.get("credential"), request.get("secret")
+                if not isinstance(blob, bytes) or not isinstance(secret, bytes):
+                    raise UsageError("tpm-activate takes a credential and a secret (bytes)")
+                reply = {"ok": True, "answer": monitor.backend.activate_credential(blob, secret)}
             elif op == "stop":
                 reply = {"ok": True}
                 threading.Thread(target=self.server.shutdown, daemon=True).start()

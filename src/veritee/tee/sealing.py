@@ -15,9 +15,12 @@ refused (:class:`StateRolledBack`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 import threading
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -74,6 +77,16 @@ class StateRolledBack(SealingError):
     """A sealed state older than the newest one sealed: the host handed back a stale copy."""
 
 
+class CounterAnchor(Protocol):
+    """A monotonic counter the host cannot roll back (a TPM NV counter), which the counters
+    file of a vTEE is bound to: every change of the file increments it, and the file records
+    the value, so an older copy of the file (restored with older sealed state) is refused."""
+
+    def read(self) -> int: ...
+
+    def increment(self) -> int: ...
+
+
 class Counters:
     """Monotonic counters of one vTEE, one per sealed-state lineage, kept in the device's
     replay-protected storage (the emulation's stand-in for RPMB: a file in the device
@@ -93,13 +106,32 @@ class Counters:
     MAX_SLOTS = 65536
     _FREE = bytes(ID_BYTES)  # the id of a free slot
 
-    def __init__(self, fd: int) -> None:
+    # With an anchor, the file starts with a header: magic, the anchor's value at the file's
+    # last change, and a MAC (under a key of the vTEE's) over both and the slots, so that the
+    # header of a newer file cannot be put on older slots.
+    _HEADER = struct.Struct(">8sQ32s")
+    _MAGIC = b"VTNVCTR2"
+
+    def __init__(
+        self, fd: int, anchor: CounterAnchor | None = None, mac_key: bytes | None = None
+    ) -> None:
+        if anchor is not None and mac_key is None:
+            raise ValueError("counters anchored in hardware need the vTEE's MAC key")
         self._fd = fd
         self._lock = threading.Lock()
         self._slots: dict[bytes, tuple[int, int]] = {}  # id -> (slot index, value)
+        self._anchor = anchor
+        self._mac_key = mac_key or b""
+        self._base = 0 if anchor is None else self._HEADER.size
+        # Why every use of these counters is refused (the file is older than its anchor).
+        self._refused: str | None = None
         data = b""
-        while chunk := os.pread(fd, 1 << 20, len(data)):
+        while chunk := os.pread(fd, 1 << 20, self._base + len(data)):
             data += chunk
+        # The slots as the file holds them (what the header's MAC covers).
+        self._image = bytearray(data)
+        if anchor is not None:
+            self._refused = self._check_anchor(anchor)
         self._free: list[int] = []  # slot indexes to use again
         for i in range(len(data) // self._SLOT.size):
             lineage, value = self._SLOT.unpack_from(data, i * self._SLOT.size)
@@ -112,6 +144,50 @@ class Counters:
         # lineage -> instances a successor took the state over from: their channel counters
         # are stale from that moment, so they never run or seal again (see superseded()).
         self._superseded: dict[bytes, set[bytes]] = {}
+
+    def _mac(self, value: int) -> bytes:
+        body = self._MAGIC + value.to_bytes(8, "big") + hashlib.sha256(self._image).digest()
+        return hmac.new(self._mac_key, body, hashlib.sha256).digest()
+
+    def _check_anchor(self, anchor: CounterAnchor) -> str | None:
+        header = os.pread(self._fd, self._HEADER.size, 0)
+        now = anchor.read()
+        if not header:  # a new vTEE's file (or one deleted: then no state has a counter)
+            os.pwrite(self._fd, self._HEADER.pack(self._MAGIC, now, self._mac(now)), 0)
+            return None
+        if len(header) != self._HEADER.size or header[:8] != self._MAGIC:
+            return "this TEE's counters file was altered: it is not one bound to its TPM counter"
+        _, recorded, mac = self._HEADER.unpack(header)
+        if not hmac.compare_digest(mac, self._mac(recorded)):
+            return (
+                "this TEE's counters file was altered: its slots are not those its header "
+                "was written with; no sealed state is accepted against it"
+            )
+        if recorded != now:
+            return (
+                f"this TEE's counters file was rolled back: it records TPM counter {recorded}, "
+                f"the TPM's NV counter is at {now} (an older copy of the file was restored); "
+                "no sealed state is accepted against it"
+            )
+        return None
+
+    def _write(self, data: bytes, offset: int) -> None:
+        """Write into the slots (``offset`` from their start), in the file and its image."""
+        os.pwrite(self._fd, data, self._base + offset)
+        end = offset + len(data)
+        if end > len(self._image):
+            self._image.extend(bytes(end - len(self._image)))
+        self._image[offset:end] = data
+
+    def _changed(self) -> None:
+        """After every change of the file: the anchor moves on, and the file records it."""
+        if self._anchor is not None:
+            value = self._anchor.increment()
+            os.pwrite(self._fd, self._HEADER.pack(self._MAGIC, value, self._mac(value)), 0)
+
+    def _usable(self) -> None:
+        if self._refused is not None:
+            raise StateRolledBack(self._refused)
 
     def claim(self, lineage: bytes, measurement: bytes, *, succession: bool) -> None:
         """Mark a lineage as loaded; a state may run in one instance only (two instances
@@ -156,6 +232,7 @@ class Counters:
     def create(self) -> bytes:
         """A new lineage, its counter at 0; returns its id."""
         lineage = os.urandom(self.ID_BYTES)
+        self._usable()
         with self._lock:
             if self._free:
                 index = self._free.pop()
@@ -165,14 +242,16 @@ class Counters:
                 raise SealingError(
                     f"this TEE holds its maximum of {self.MAX_SLOTS} rollback counters"
                 )
-            os.pwrite(self._fd, self._SLOT.pack(lineage, 0), index * self._SLOT.size)
+            self._write(self._SLOT.pack(lineage, 0), index * self._SLOT.size)
             self._slots[lineage] = (index, 0)
+            self._changed()
         return lineage
 
     def forget(self, lineage: bytes, value: int) -> None:
         """Free ``lineage``'s counter, on being shown its newest sealed ``value``: whoever
         holds that state is discarding it. No state of the lineage loads again (random
         ids are never reused). Refused while an instance runs it."""
+        self._usable()
         with self._lock:
             if lineage in self._live:
                 raise SealingError("this sealed state is in use by a loaded module instance")
@@ -183,11 +262,13 @@ class Counters:
                     "one is stale or from elsewhere"
                 )
             del self._slots[lineage]
-            os.pwrite(self._fd, self._SLOT.pack(self._FREE, 0), index * self._SLOT.size)
+            self._write(self._SLOT.pack(self._FREE, 0), index * self._SLOT.size)
             self._free.append(index)
+            self._changed()
 
     def current(self, lineage: bytes) -> int:
         """The newest value sealed for ``lineage``; SealingError if it has no counter here."""
+        self._usable()
         with self._lock:
             slot = self._slots.get(lineage)
         if slot is None:
@@ -213,9 +294,11 @@ class Counters:
 
     def advance(self, lineage: bytes) -> int:
         """Count one more sealing of ``lineage``; returns the value to seal with it."""
+        self._usable()
         with self._lock:
             index, value = self._slots[lineage]
             value += 1
-            os.pwrite(self._fd, value.to_bytes(8, "big"), index * self._SLOT.size + 16)
+            self._write(value.to_bytes(8, "big"), index * self._SLOT.size + 16)
             self._slots[lineage] = (index, value)
+            self._changed()
             return value

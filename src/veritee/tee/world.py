@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from veritee.errors import Error, ModuleError, ModuleLimitExceeded, UsageError
-from veritee.tee import app_ta, lifeline, protocol, runtime_ta, spawn, tls_ta
+from veritee.tee import app_ta, backends, lifeline, protocol, runtime_ta, spawn, tls_ta
 from veritee.tee import client as teec
+from veritee.tee.keys import derive
 from veritee.tee.runtime_ta import LoadedModule, VteeIdentity
 from veritee.tee.sealing import Counters
 from veritee.tee.ta import (
@@ -96,7 +97,11 @@ class SecureWorld:
         for d in (self.storage, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
         self.compiler = Compiler(self.root / "cache", handoff["aot_key"])
-        self.counters = Counters(int(handoff["counters_fd"]))
+        self.counters = Counters(
+            int(handoff["counters_fd"]),
+            backends.open_anchor(handoff.get("counters_anchor")),
+            derive(handoff["seal_root"], "counters-file-mac"),
+        )
         self.pool = WorkerPool(int(self.identity.config.get("workers", 2)))
         self.boot = handoff["boot"]
         # What all connections may buffer, and how long a partial frame may idle: the

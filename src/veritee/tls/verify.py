@@ -33,7 +33,13 @@ from veritee.evidence.appraisal import STATUS_AFFIRMING as STATUS_AFFIRMING
 from veritee.evidence.appraisal import STATUS_WARNING as STATUS_WARNING
 from veritee.evidence.appraisal import ReferenceValues, TrustAnchors, Verified
 from veritee.evidence.appraisal import local_status as local_status
-from veritee.evidence.claims import Evidence, ModuleClaims, PlatformClaims, VteeClaims
+from veritee.evidence.claims import (
+    Evidence,
+    ModuleClaims,
+    PlatformClaims,
+    VteeClaims,
+    unverified_platform_claims,
+)
 from veritee.tls import certificate, wire
 from veritee.tls.certificate import PeerCertificate
 from veritee.tls.errors import (
@@ -193,7 +199,7 @@ def decode_unverified(data: bytes) -> tuple[PlatformClaims, VteeClaims, ModuleCl
     """The claims of evidence that someone else (the verification service) verified."""
     ev = Evidence.decode(data)
     return (
-        PlatformClaims.from_cbor(cose.decode(ev.platform).claims()),
+        unverified_platform_claims(ev.platform),
         VteeClaims.from_cbor(cose.decode(ev.vtee).claims()),
         ModuleClaims.from_cbor(cose.decode(ev.module).claims()),
     )

@@ -3,18 +3,21 @@ veritee.evidence.tpm.appraise_platform returns once every check on the quote pas
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from veritee.evidence.tpm import BACKEND_TPM, PROTECTION_TPM
-from veritee.verifier._scheme import AFFIRM, WARN, Submod
+from veritee.verifier._scheme import AFFIRM, CONTRAINDICATED, WARN, Submod
 
 SUBMOD = "tpm-platform"
 
 
-def platform_submod(claims: dict[str, Any]) -> Submod:
+def platform_submod(claims: Mapping[str, Any], reasons: Sequence[str] = ()) -> Submod:
     """The ``tpm-platform`` submodule. Its hardware claim is never better than 32: the TPM
     roots keys and measurements, but the secure world above it is isolated by the OS, not by
-    hardware, whatever the evidence says of itself."""
+    hardware, whatever the evidence says of itself. ``reasons``: the boot records that are
+    not reference values (the quoted log is the platform's boot log), which contraindicate
+    its executables."""
     if claims.get("backend") != BACKEND_TPM:
         raise ValueError("not the claims of a TPM platform")
     return Submod(
@@ -24,8 +27,9 @@ def platform_submod(claims: dict[str, Any]) -> Submod:
             # The EK chain and credential activation passed: a genuine, known TPM.
             "instance_identity": AFFIRM,
             "hardware": WARN,
-            # Every boot record was a reference value (appraise_platform refuses otherwise).
-            "executables": AFFIRM,
+            # Every boot record a reference value (appraise_platform refuses otherwise).
+            "executables": CONTRAINDICATED if reasons else AFFIRM,
         },
+        list(reasons),
         rollback_protection=str(claims["rollback-protection"]),
     )

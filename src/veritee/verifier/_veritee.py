@@ -8,7 +8,8 @@ from veritee.verifier.errors import CaRevoked, DeviceRevoked
 
 
 def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
-    """Submodules ``platform`` and ``module``; raises the first failed check's error."""
+    """Submodules ``platform`` and ``module`` (and ``tpm-platform`` for a TPM-backed device);
+    raises the first failed check's error."""
     e = context.endorsements
     # Revocations are checked here rather than by appraisal.verify, so each has its own error.
     # The anchors carry the operator's ceiling per CA key: a CA's own mark counts up to it.
@@ -110,4 +111,10 @@ def appraise(evidence: bytes, nonce: bytes, context: Context) -> list[Submod]:
         module.reasons.append(
             f"module measurement {m.measurement.hex()} is not among the reference values"
         )
-    return [platform, module]
+    if v.tpm is None:
+        return [platform, module]
+    # A TPM-backed device: its quote, EK and AK checked out (appraisal.verify), and the
+    # quoted event log is the boot log above, so it shares the platform's findings.
+    from veritee.verifier import _tpm
+
+    return [platform, module, _tpm.platform_submod(v.tpm, reasons)]

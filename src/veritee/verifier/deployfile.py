@@ -88,7 +88,7 @@ def _anchor(entry: Any, base: Path) -> Any:
     if not isinstance(entry, dict):
         return entry
     out = dict(entry)
-    for key in ("ca", "key"):
+    for key in ("ca", "key", "tpm-ca"):
         if key in out:
             out[key] = _text_or_file(out[key], base)
     return out

@@ -73,6 +73,31 @@ class KeyAnchor:
 
 
 @dataclass(frozen=True)
+class TpmCaAnchor:
+    """A TPM manufacturer CA: TPMs whose EK certificate it issued are genuine TPMs."""
+
+    pem: str
+    id: str  # SHA-256 of the DER certificate, hex
+    subject: str
+
+
+@dataclass(frozen=True)
+class TpmRegistration:
+    """An AK a registrar activated against an EK (``veritee evidence tpm-register``): quotes of
+    that EK's device are believed from this AK only."""
+
+    ek_fingerprint: bytes  # SHA-256 of the EK certificate (DER)
+    ak_public: bytes  # the AK's TPM2B_PUBLIC
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(b"tpm-ak:" + self.ek_fingerprint).hexdigest()
+
+
+Anchor = CaAnchor | KeyAnchor | TpmCaAnchor | TpmRegistration
+
+
+@dataclass(frozen=True)
 class Revocation:
     """A revoked device (its UEID / instance id) or CA (its key: SHA-256 of its
     SubjectPublicKeyInfo, so every certificate of that key is revoked)."""
@@ -162,6 +187,12 @@ class Endorsements:
     revoked_devices: frozenset[bytes] = frozenset()
     revoked_cas: frozenset[bytes] = frozenset()
     references: tuple[ReferenceValue, ...] = ()
+    # TPM-backed devices: the TPM manufacturer CAs of their EK certificates, and the AKs a
+    # registrar activated (EK fingerprint -> veritee.evidence.tpm.Registration).
+    tpm_cas: tuple[x509.Certificate, ...] = ()
+    tpm_registrations: Mapping[bytes, Any] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
     # Indexes built from ``references``: (scheme, kind) -> measurement -> entries, and
     # (scheme, boot component name) -> endorsed measurements.
     _by_measurement: Mapping[tuple[str, str], Mapping[bytes, tuple[ReferenceValue, ...]]] = field(
@@ -190,7 +221,12 @@ class Endorsements:
     def anchors(self) -> TrustAnchors:
         """The CAs as appraisal's trust anchors, with the operator's ceilings (revocations are
         checked by the caller, each with its own error)."""
-        return TrustAnchors(self.cas, ceilings=self.ceilings)
+        return TrustAnchors(
+            self.cas,
+            ceilings=self.ceilings,
+            tpm_cas=self.tpm_cas,
+            tpm_registrations=self.tpm_registrations,
+        )
 
     @classmethod
     def build(
@@ -199,8 +235,10 @@ class Endorsements:
         keys: Iterable[KeyAnchor] = (),
         revocations: Iterable[Revocation] = (),
         references: Iterable[ReferenceValue] = (),
+        tpm: Iterable[TpmCaAnchor | TpmRegistration] = (),
     ) -> Endorsements:
         anchors = list(cas)
+        tpm_cas, tpm_registrations = _tpm_endorsements(tpm)
         certs = tuple(x509.load_pem_x509_certificate(ca.pem.encode()) for ca in anchors)
         ceilings: dict[bytes, str] = {}
         for ca, cert in zip(anchors, certs, strict=True):
@@ -224,6 +262,8 @@ class Endorsements:
             revoked_devices=frozenset(r.value for r in revs if r.kind == "device"),
             revoked_cas=frozenset(revoked_cas),
             references=tuple(references),
+            tpm_cas=tpm_cas,
+            tpm_registrations=types.MappingProxyType(tpm_registrations),
         )
 
     def endorsed(self, scheme: Scheme, kind: RefKind, measurement: bytes) -> ReferenceValue | None:
@@ -351,10 +391,14 @@ def key_anchor(value: Mapping[str, Any]) -> KeyAnchor:
     return KeyAnchor(scheme=cast(Scheme, scheme), instance_id=instance_id, pem=pem)
 
 
-def trust_anchors(value: Any) -> list[CaAnchor | KeyAnchor]:
-    """One trust-anchor entry: ``{"ca": PEM}`` or a key anchor (see :func:`key_anchor`)."""
+def trust_anchors(value: Any) -> list[Anchor]:
+    """One trust-anchor entry: ``{"ca": PEM}``, a key anchor (see :func:`key_anchor`), a TPM
+    manufacturer CA ``{"tpm-ca": PEM}`` or a registered AK ``{"tpm-registration": {"ek-sha256":
+    HEX, "ak": HEX}}`` (one entry of ``veritee evidence tpm-register``'s file)."""
     if not isinstance(value, Mapping):
         raise ProvisioningError("a trust anchor entry must be an object")
+    if "tpm-ca" in value or "tpm-registration" in value:
+        return _tpm_anchors(value)
     if "ca" in value:
         unknown = sorted(str(k) for k in value if k not in ("ca", "max-lifecycle"))
         if unknown:
@@ -367,6 +411,55 @@ def trust_anchors(value: Any) -> list[CaAnchor | KeyAnchor]:
     if "key" in value:
         return [key_anchor(value)]
     raise ProvisioningError("a trust anchor entry needs 'ca' (PEM) or 'key' (PEM or JWK)")
+
+
+def _tpm_anchors(value: Mapping[str, Any]) -> list[Anchor]:
+    if len(value) != 1:
+        raise ProvisioningError(
+            "a TPM trust anchor entry holds 'tpm-ca' or 'tpm-registration' alone"
+        )
+    if "tpm-registration" in value:
+        from veritee.evidence.errors import MalformedToken
+        from veritee.evidence.tpm import registrations_from_json
+
+        try:
+            found = registrations_from_json({"tpm-registrations": [value["tpm-registration"]]})
+        except MalformedToken as exc:
+            raise ProvisioningError(f"tpm-registration: {exc}") from None
+        return [TpmRegistration(r.ek_fingerprint, r.ak_public) for r in found.values()]
+    pem = value["tpm-ca"]
+    if not isinstance(pem, str) or "-----BEGIN CERTIFICATE-----" not in pem:
+        raise ProvisioningError("a TPM CA trust anchor must be PEM text holding a certificate")
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode())
+        if len(certs) > MAX_CAS_PER_ENTRY:
+            raise ProvisioningError(f"a PEM bundle may hold at most {MAX_CAS_PER_ENTRY} CAs")
+        return [
+            TpmCaAnchor(
+                pem=c.public_bytes(serialization.Encoding.PEM).decode(),
+                id=hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest(),
+                subject=c.subject.rfc4514_string(),
+            )
+            for c in certs
+        ]
+    except CERT_ERRORS:
+        raise ProvisioningError("the TPM CA PEM does not parse as X.509 certificates") from None
+
+
+def _tpm_endorsements(
+    anchors: Iterable[TpmCaAnchor | TpmRegistration],
+) -> tuple[tuple[x509.Certificate, ...], dict[bytes, Any]]:
+    """The TPM CAs and registrations as appraisal takes them (evidence/tpm.py, imported only
+    when some are provisioned: a verifier without tpm2-pytss serves everything else)."""
+    cas, registrations = [], {}
+    for a in anchors:
+        if isinstance(a, TpmCaAnchor):
+            cas.append(x509.load_pem_x509_certificate(a.pem.encode()))
+        else:
+            from veritee.evidence.tpm import Registration
+
+            registrations[a.ek_fingerprint] = Registration(a.ek_fingerprint, a.ak_public)
+    return tuple(cas), registrations
 
 
 def revocation(value: Any) -> Revocation:
@@ -478,7 +571,7 @@ def policy_name(value: Any) -> str:
 class Deployment:
     """A whole provisioning document, applied in one transaction (``provision --file``)."""
 
-    anchors: tuple[CaAnchor | KeyAnchor, ...] = ()
+    anchors: tuple[Anchor, ...] = ()
     revocations: tuple[Revocation, ...] = ()
     references: tuple[ReferenceValue, ...] = ()
     policies: tuple[tuple[str, str], ...] = ()

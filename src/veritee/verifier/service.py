@@ -200,7 +200,7 @@ class Verifier:
             if generation != self._generation or self._policy is None:
                 snap = self.store.snapshot()
                 self._endorsements = Endorsements.build(
-                    snap.cas, snap.keys, snap.revocations, snap.references
+                    snap.cas, snap.keys, snap.revocations, snap.references, snap.tpm
                 )
                 self._policy = self.policy(snap.policy_name, snap.policy_rego)
                 self._generation = snap.generation

@@ -47,11 +47,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from veritee.errors import Error
 from veritee.evidence import certs
 from veritee.verifier.endorsements import (
+    Anchor,
     CaAnchor,
     Deployment,
     KeyAnchor,
     ReferenceValue,
     Revocation,
+    TpmCaAnchor,
+    TpmRegistration,
     resolve_revocation,
 )
 from veritee.verifier.errors import NotFound, ProvisioningError
@@ -119,7 +122,7 @@ class AnchorRow(Base):
 
     __tablename__ = "trust_anchors"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(8))  # "ca" | "key"
+    kind: Mapped[str] = mapped_column(String(8))  # "ca" | "key" | "tpm-ca" | "tpm-ak"
     scheme: Mapped[str] = mapped_column(String(16))
     instance_id: Mapped[str | None] = mapped_column(String(130))
     subject: Mapped[str] = mapped_column(Text)
@@ -235,6 +238,12 @@ class _Placeholders(dict[str, str]):
         return self.style.format(name)
 
 
+def _tpm_anchor(row: Any) -> TpmCaAnchor | TpmRegistration:
+    if row.kind == "tpm-ca":
+        return TpmCaAnchor(pem=row.pem, id=row.id, subject=row.subject)
+    return TpmRegistration(bytes.fromhex(row.instance_id or ""), bytes.fromhex(row.pem))
+
+
 def _ca_anchor(row: Any) -> CaAnchor:
     """A stored CA row as a trust anchor; a row without a ceiling (recorded before ceilings
     were) endorses at most emulated."""
@@ -273,6 +282,7 @@ class Snapshot:
     references: tuple[ReferenceValue, ...]
     policy_name: str
     policy_rego: str
+    tpm: tuple[TpmCaAnchor | TpmRegistration, ...] = ()
 
 
 class Store:
@@ -599,6 +609,7 @@ class Store:
             ),
             policy_name=name,
             policy_rego=rego,
+            tpm=tuple(_tpm_anchor(a) for a in anchors if a.kind in ("tpm-ca", "tpm-ak")),
         )
 
     def policy_text(self, name: str) -> str:
@@ -608,7 +619,7 @@ class Store:
             raise NotFound(f"no policy named {name[:80]!r}")
         return str(rego)
 
-    def add_anchors(self, anchors: Iterable[CaAnchor | KeyAnchor]) -> list[str]:
+    def add_anchors(self, anchors: Iterable[Anchor]) -> list[str]:
         with self._write() as c:
             ids = self._add_anchors(c, anchors)
             self._bump(c)
@@ -813,13 +824,30 @@ class Store:
         return [_ca_anchor(a) for a in c.execute(select(_ANCHORS)).all() if a.kind == "ca"]
 
     @staticmethod
-    def _add_anchors(c: Connection, anchors: Iterable[CaAnchor | KeyAnchor]) -> list[str]:
+    def _add_anchors(c: Connection, anchors: Iterable[Anchor]) -> list[str]:
         ids = []
         now = time.time()
         for a in anchors:
             c.execute(delete(_ANCHORS).where(_ANCHORS.c.id == a.id))
-            if isinstance(a, CaAnchor):
+            pem = a.pem if not isinstance(a, TpmRegistration) else a.ak_public.hex()
+            if isinstance(a, TpmCaAnchor):
                 values: dict[str, str | None] = {
+                    "kind": "tpm-ca",
+                    "scheme": "veritee",
+                    "instance_id": None,
+                    "subject": a.subject,
+                    "max_lifecycle": None,
+                }
+            elif isinstance(a, TpmRegistration):
+                values = {
+                    "kind": "tpm-ak",
+                    "scheme": "veritee",
+                    "instance_id": a.ek_fingerprint.hex(),
+                    "subject": f"TPM AK registered for EK {a.ek_fingerprint.hex()[:16]}",
+                    "max_lifecycle": None,
+                }
+            elif isinstance(a, CaAnchor):
+                values = {
                     "kind": "ca",
                     "scheme": "veritee",
                     "instance_id": None,
@@ -834,7 +862,7 @@ class Store:
                     "subject": f"{a.scheme} device {a.instance_id.hex()}",
                     "max_lifecycle": None,
                 }
-            c.execute(insert(_ANCHORS).values(id=a.id, pem=a.pem, created=now, **values))
+            c.execute(insert(_ANCHORS).values(id=a.id, pem=pem, created=now, **values))
             ids.append(a.id)
         return ids
 

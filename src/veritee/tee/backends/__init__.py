@@ -36,10 +36,12 @@ if TYPE_CHECKING:
 
     from veritee.evidence.claims import BootEntry, PlatformClaims
     from veritee.tee.device import DeviceInfo
+    from veritee.tee.sealing import CounterAnchor
 
 # name -> "module:Class". The class implements Backend.
 BACKENDS: dict[str, str] = {
     "emulated": "veritee.tee.backends.emulated:EmulatedBackend",
+    "tpm": "veritee.tee.backends.tpm_device:TpmFactory",
 }
 DEFAULT = "emulated"
 RECORD = "backend.json"  # in HOME/device: which backend provisioned this device, and its options
@@ -74,6 +76,15 @@ class Backend(Protocol):
 
     def open_counters(self, vtee_id: bytes) -> int:
         """A file descriptor on the vTEE's rollback-counter storage, for that vTEE alone."""
+
+    def counters_anchor(self, vtee_id: bytes) -> dict[str, Any] | None:
+        """What binds the vTEE's counters file to counters the host cannot roll back (handed
+        to the vTEE, which opens it with :func:`open_anchor`); None when nothing does."""
+
+    def activate_credential(self, credential_blob: bytes, secret: bytes) -> bytes:
+        """A verifier's credential activation (TPM2_ActivateCredential with the AK and EK):
+        the secret comes out only of the TPM that holds both. A backend whose identity is a
+        certificate alone raises UsageError."""
 
     def describe(self) -> dict[str, Any]:
         """What ``tee status`` shows of the backend: its name and what it protects."""
@@ -161,3 +172,14 @@ def open_device(home: Home) -> Backend:
     """The backend of ``home``'s device, opened for a boot."""
     choice = recorded(home)
     return factory(choice.name).open(home, choice.options)
+
+
+def open_anchor(spec: Any) -> CounterAnchor | None:
+    """The counter anchor a backend's :meth:`Backend.counters_anchor` described (in a vTEE)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("kind") != "tpm-nv":
+        raise DeviceError(f"unknown counters anchor {spec!r}")
+    from veritee.tee.backends.tpm import NvAnchor
+
+    return NvAnchor(str(spec["tcti"]), int(spec["counter"]))

@@ -52,6 +52,17 @@ class EmulatedDevice:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
+    def counters_anchor(self, vtee_id: bytes) -> dict[str, Any] | None:
+        return None  # the emulated RPMB is the file alone
+
+    def activate_credential(self, credential_blob: bytes, secret: bytes) -> bytes:
+        from veritee.errors import UsageError
+
+        raise UsageError(
+            "an emulated device has no TPM credential to activate: its identity is its "
+            "device certificate"
+        )
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

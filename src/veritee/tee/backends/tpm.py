@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import (
     ESYS_TR,
     TPM2_ALG,
+    TPM2_EO,
     TPM2_NT,
     TPM2_RC,
     TPM2_SE,
@@ -41,9 +42,11 @@ from tpm2_pytss.constants import (
 )
 from tpm2_pytss.types import (
     TPM2B_ATTEST,
+    TPM2B_AUTH,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
     TPM2B_NV_PUBLIC,
+    TPM2B_OPERAND,
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
@@ -61,10 +64,13 @@ from veritee.errors import DeviceError, SealingError
 from veritee.evidence.claims import ROLLBACK_TPM_NV
 from veritee.evidence.tpm import (
     BACKEND_TPM,
+    CAP_DIGEST,
+    CAP_EVENT,
     DIGEST_SIZE,
     EK_TYPE,
     PCR_BANK,
     PROTECTION_TPM,
+    QUOTE_BINDING_CONTEXT,
     VERITEE_PCR,
     TpmEvent,
     TpmPlatformEvidence,
@@ -74,6 +80,7 @@ from veritee.evidence.tpm import (
     quote_binding,
 )
 from veritee.tee.boot import Stage
+from veritee.tee.keys import derive
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,7 @@ ROOT_BYTES = 32  # the secure world's root secret (the emulated backend's HUK)
 # upwards); Veritee's own block, one index per counter.
 NV_COUNTER_BASE = 0x01_56_0000
 MAX_COUNTERS = 0x1_0000  # counters per device: the block's size
+NV_EPOCH_INDEX = NV_COUNTER_BASE + MAX_COUNTERS  # the sealed root's epoch, above the block
 _COUNTER_BYTES = 8
 
 _SRK_ATTRS = (
@@ -119,6 +127,11 @@ class CredentialRefused(DeviceError):
 
 class CounterTampered(SealingError):
     """The NV index of a counter is not a TPM counter (defined by someone else)."""
+
+
+class AkRefused(DeviceError):
+    """The TPM refused the AK's authorisation: the caller does not hold the secure world's
+    root, from which the AK's authValue is derived."""
 
 
 class UnsealRefused(SealingError):
@@ -157,7 +170,13 @@ class Identity:
 
 class TpmBackend:
     """One secure world's view of its TPM. ``state`` is a directory the backend keeps the AK's
-    TPM-wrapped blobs in (useless off this TPM)."""
+    TPM-wrapped blobs in (useless off this TPM).
+
+    ``events`` continues an event log begun by an earlier context of this boot (the device
+    monitor opens the TPM for each operation, so that it never holds the TPM from others).
+    ``root``, when the caller already holds the secure world's root secret, authorises the AK:
+    its authValue is derived from the root, so only a holder of the root can quote or
+    activate with it (the host, which cannot unseal the root, cannot use the AK)."""
 
     #: What the evidence names (veritee.evidence.tpm): this backend, what it protects, and
     #: what keeps its counters.
@@ -165,15 +184,23 @@ class TpmBackend:
     protection = PROTECTION_TPM
     rollback_protection = ROLLBACK_TPM_NV
 
-    def __init__(self, state: Path, tcti: str = DEFAULT_TCTI) -> None:
+    def __init__(
+        self,
+        state: Path,
+        tcti: str = DEFAULT_TCTI,
+        *,
+        events: Sequence[TpmEvent] = (),
+        root: bytes | None = None,
+    ) -> None:
         self._state = state
         try:
             self._ctx = ESAPI(tcti)
         except TSS2_Exception as exc:
             raise TpmUnavailable(f"cannot open the TPM at {tcti!r} ({exc})") from None
-        self._events: list[TpmEvent] = []
+        self._events: list[TpmEvent] = list(events)
         self._srk: ESYS_TR | None = None
         self._ak: ESYS_TR | None = None
+        self._root: bytes | None = root
 
     def close(self) -> None:
         for handle in (self._ak, self._srk):
@@ -213,12 +240,25 @@ class TpmBackend:
             priv, _ = TPM2B_PRIVATE.unmarshal(priv_path.read_bytes())
         else:
             template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256:null", objectAttributes=_AK_ATTRS)
-            priv, pub, *_ = self._ctx.create(srk, None, template)
+            sensitive = TPM2B_SENSITIVE_CREATE(
+                TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(self._ak_auth()))
+            )
+            session = self._salted_session(TPM2_SE.HMAC)  # the authValue never crosses in clear
+            try:
+                priv, pub, *_ = self._ctx.create(srk, sensitive, template, session1=session)
+            finally:
+                self._ctx.flush_context(session)
             self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
             pub_path.write_bytes(bytes(pub.marshal()))
             priv_path.write_bytes(bytes(priv.marshal()))
         self._ak = self._ctx.load(srk, priv, pub)
+        self._ctx.tr_set_auth(self._ak, self._ak_auth())
         return self._ak
+
+    def _ak_auth(self) -> bytes:
+        # Without the root (tests of the primitives alone) the AK has an empty authValue;
+        # the device backend (tpm_device.py) always makes and uses it with the root.
+        return b"" if self._root is None else derive(self._root, "tpm-ak-auth")
 
     def identity(self) -> Identity:
         """The EK certificate from NV and the AK (made on first use)."""
@@ -285,6 +325,11 @@ class TpmBackend:
     def event_log(self) -> bytes:
         return encode_event_log(self._events)
 
+    @property
+    def events(self) -> tuple[TpmEvent, ...]:
+        """This boot's event log so far (to continue it in a later context)."""
+        return tuple(self._events)
+
     def pcr_value(self, pcr: int = VERITEE_PCR) -> bytes:
         _, _, digests = self._ctx.pcr_read(pcr_selection([pcr]))
         return bytes(digests[0])
@@ -292,12 +337,19 @@ class TpmBackend:
     def quote(self, qualifying_data: bytes) -> TpmQuote:
         """TPM2_Quote by the AK over ``VERITEE_PCR`` with ``qualifying_data`` (from
         veritee.evidence.tpm.quote_binding), with this boot's event log."""
-        attest, sig = self._ctx.quote(
-            self._ak_handle(),
-            pcr_selection([VERITEE_PCR]),
-            qualifying_data,
-            TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
-        )
+        try:
+            attest, sig = self._ctx.quote(
+                self._ak_handle(),
+                pcr_selection([VERITEE_PCR]),
+                qualifying_data,
+                TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+            )
+        except TSS2_Exception as exc:
+            if exc.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+                raise AkRefused(
+                    "the TPM refuses the AK: it is authorised by the secure world's root only"
+                ) from None
+            raise TpmUnavailable(f"the TPM failed to quote ({exc})") from None
         assert isinstance(attest, TPM2B_ATTEST)
         return TpmQuote(bytes(attest), bytes(sig.marshal()), self.event_log)
 
@@ -309,8 +361,22 @@ class TpmBackend:
 
     # -- sealing ----------------------------------------------------------------------
 
-    def _pcr_policy(self, session: ESYS_TR, pcr_digest: bytes | None) -> None:
+    def _pcr_policy(self, session: ESYS_TR, pcr_digest: bytes | None, epoch: int) -> None:
+        """PolicyPCR over ``VERITEE_PCR``, and PolicyNV: the root's epoch counter holds
+        ``epoch``. An upgrade seals the root for the next epoch and steps the counter, so a
+        root sealed for an older boot (a copy the host kept) never opens again."""
         self._ctx.policy_pcr(session, pcr_digest or b"", pcr_selection([VERITEE_PCR]))
+        counter = self._epoch()
+        self._ctx.policy_nv(
+            counter.handle,
+            counter.handle,
+            session,
+            TPM2B_OPERAND(epoch.to_bytes(_COUNTER_BYTES, "big")),
+            TPM2_EO.EQ,
+        )
+
+    def _epoch(self) -> NvCounter:
+        return NvCounter(self._ctx, NV_EPOCH_INDEX)
 
     def _salted_session(self, kind: TPM2_SE) -> ESYS_TR:
         # Salted with the SRK and parameter-encrypted: the root never crosses the bus (or
@@ -327,11 +393,16 @@ class TpmBackend:
         )
         return session
 
-    def seal(self, root: bytes, pcr_value: bytes | None = None) -> bytes:
+    def seal(
+        self, root: bytes, pcr_value: bytes | None = None, *, epoch: int | None = None
+    ) -> bytes:
         """Seal ``root`` under a PolicyPCR: it unseals only while ``VERITEE_PCR`` holds
-        ``pcr_value`` (by default the value it holds now, after the genuine boot)."""
+        ``pcr_value`` (by default the value it holds now, after the genuine boot), and while
+        the root's epoch counter holds ``epoch`` (by default its value now)."""
         if len(root) != ROOT_BYTES:
             raise ValueError(f"the root secret is {ROOT_BYTES} bytes")
+        if epoch is None:
+            epoch = self._epoch().read()
         pcr_digest = hashlib.sha256(pcr_value).digest() if pcr_value is not None else None
         trial = self._ctx.start_auth_session(
             ESYS_TR.NONE,
@@ -341,7 +412,7 @@ class TpmBackend:
             TPM2_ALG.SHA256,
         )
         try:
-            self._pcr_policy(trial, pcr_digest)
+            self._pcr_policy(trial, pcr_digest, epoch)
             policy = bytes(self._ctx.policy_get_digest(trial))
         finally:
             self._ctx.flush_context(trial)
@@ -366,15 +437,17 @@ class TpmBackend:
             handle = self._ctx.load(self._srk_handle(), priv, pub)
         except TSS2_Exception:  # unmarshal errors or TPM_RC_INTEGRITY: not this TPM's blob
             raise SealingError("sealed blob was not made by this TPM, or was altered") from None
+        epoch = self._epoch().read()
         session = self._salted_session(TPM2_SE.POLICY)
         try:
-            self._pcr_policy(session, None)
+            self._pcr_policy(session, None, epoch)
             data = self._ctx.unseal(handle, session1=session)
         except TSS2_Exception as exc:
-            if exc.error in (TPM2_RC.POLICY_FAIL, TPM2_RC.VALUE):
+            if exc.error in (TPM2_RC.POLICY_FAIL, TPM2_RC.VALUE, TPM2_RC.POLICY):
                 raise UnsealRefused(
                     "the TPM refuses to unseal the root: the boot measurements differ from "
-                    "those it was sealed under (a boot stage changed)"
+                    "those it was sealed under (a boot stage changed), or it was sealed for a "
+                    "boot an upgrade retired"
                 ) from None
             raise TpmUnavailable(f"the TPM failed to unseal ({exc})") from None
         finally:
@@ -395,22 +468,111 @@ class TpmBackend:
         root = hashlib.sha256(
             secrets.token_bytes(ROOT_BYTES) + bytes(self._ctx.get_random(ROOT_BYTES))
         ).digest()
-        blob = self.seal(root)
+        self._write_root(self.seal(root))
+        self.extend(CAP_EVENT, CAP_DIGEST)  # as root() does: no second unseal in this boot
+        self._root = root
+        self._forget_ak()  # an AK made before the root had no authValue: make it anew under it
+        self._ak_handle()
+        return root
+
+    def _forget_handle_only(self) -> None:
+        if self._ak is not None:
+            with contextlib.suppress(TSS2_Exception):
+                self._ctx.flush_context(self._ak)
+            self._ak = None
+
+    def _forget_ak(self) -> None:
+        self._forget_handle_only()
+        for name in ("ak.pub", "ak.priv"):
+            (self._state / name).unlink(missing_ok=True)
+
+    def store_root(self, root: bytes, pcr_value: bytes) -> None:
+        """Seal ``root`` for a boot not yet run (its ``VERITEE_PCR`` value, from
+        veritee.evidence.tpm.expected_pcr): what device provisioning does. Refuses to replace
+        an existing one."""
+        if self._root_path.exists():
+            raise SealingError("this TPM backend already holds a sealed root; not replacing it")
+        self._write_root(self.seal(root, pcr_value))
+        self._root = root
+        self._forget_ak()
+        self._ak_handle()  # the AK the root authorises (root() checks it)
+
+    def upgrade_root(self, pcr_value: bytes) -> None:
+        """Seal the root held now for an upgraded boot (its ``VERITEE_PCR`` value) and retire
+        every blob sealed before: the new one is for the next epoch, and the epoch counter
+        steps to it. A copy of the old blob kept by the host opens on no boot again."""
+        if self._root is None:
+            raise SealingError("only a secure world holding its root can seal it for an upgrade")
+        epoch = self._epoch()
+        following = epoch.read() + 1
+        upgraded = self._root_path.with_suffix(".next")
+        tmp = upgraded.with_suffix(".tmp")
+        tmp.write_bytes(self.seal(self._root, pcr_value, epoch=following))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, upgraded)
+        if epoch.increment() != following:
+            raise SealingError("the root's epoch counter moved meanwhile; upgrade again")
+        os.replace(upgraded, self._root_path)
+
+    def _write_root(self, blob: bytes) -> None:
         self._state.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self._root_path.with_suffix(".tmp")
         tmp.write_bytes(blob)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self._root_path)
-        return root
 
     def root(self) -> bytes:
         """The sealed root secret (the emulated backend's HUK), if this boot is the genuine
-        one; raises :class:`UnsealRefused` otherwise."""
+        one; raises :class:`UnsealRefused` otherwise.
+
+        Once unsealed, the root is capped: ``CAP_EVENT`` is extended into ``VERITEE_PCR``, so
+        that the TPM refuses to unseal it again until the next platform reset. The secure
+        world holds it from then on; a host process that opens the TPM after the genuine
+        boot finds a PCR no sealed root opens under. Quotes show the cap in the event log."""
+        if self._root is not None:
+            return self._root
         try:
             blob = self._root_path.read_bytes()
         except FileNotFoundError:
             raise SealingError("no sealed root: provision this TPM backend first") from None
-        return self.unseal(blob)
+        try:
+            root = self.unseal(blob)
+        except UnsealRefused:
+            # An upgrade interrupted after it stepped the epoch: its blob is the one to open.
+            upgraded = self._root_path.with_suffix(".next")
+            if not upgraded.exists():
+                raise
+            root = self.unseal(upgraded.read_bytes())
+            os.replace(upgraded, self._root_path)
+        self.extend(CAP_EVENT, CAP_DIGEST)
+        self._check_root_made_here(root)
+        self._root = root
+        return root
+
+    def _check_root_made_here(self, root: bytes) -> None:
+        """Refuse a sealed root that provisioning did not make. Provisioning makes the AK
+        right after it seals the root, with an authValue derived from that root: a root
+        planted by a host process (which the SRK lets anyone seal under) does not authorise
+        the device's AK. Who plants both a root and an AK of their own gets an AK no
+        registrar activated (the verifier refuses it), unless they did so before the device
+        was enrolled."""
+        if not (self._state / "ak.pub").exists() or not (self._state / "ak.priv").exists():
+            raise SealingError(
+                "the sealed root has no attestation key made under it: it was not sealed by "
+                "this device's provisioning (planted?); refusing it"
+            )
+        self._forget_handle_only()
+        previous, self._root = self._root, root
+        try:
+            self.quote(QUOTE_BINDING_CONTEXT)  # needs the AK's authValue, derived from the root
+        except AkRefused:
+            raise SealingError(
+                "the sealed root does not authorise this device's attestation key: it is not "
+                "the root provisioning sealed (planted or swapped); refusing it"
+            ) from None
+        finally:
+            self._root = previous
+            self._forget_handle_only()
 
     # -- counters ---------------------------------------------------------------------
 
@@ -427,6 +589,7 @@ class NvCounter:
     def __init__(self, ctx: ESAPI, index: int) -> None:
         self._ctx = ctx
         self.index = index
+        self._handle: ESYS_TR | None
         try:
             self._handle = ctx.tr_from_tpmpublic(index)
         except TSS2_Exception:
@@ -443,7 +606,7 @@ class NvCounter:
                     "else, to hold a value they can write; refusing it"
                 )
             if not attrs & TPMA_NV.WRITTEN:  # defined, then interrupted before its first step
-                ctx.nv_increment(self._handle)
+                self.increment()
         else:
             attrs = (
                 TPMA_NV.AUTHREAD
@@ -465,14 +628,36 @@ class NvCounter:
             # does not restart lower.
             ctx.nv_increment(self._handle)
 
+    @property
+    def handle(self) -> ESYS_TR:
+        assert self._handle is not None
+        return self._handle
+
     def read(self) -> int:
-        data = self._ctx.nv_read(self._handle, _COUNTER_BYTES, 0)
+        try:
+            data = self._ctx.nv_read(self._handle, _COUNTER_BYTES, 0)
+        except TSS2_Exception as exc:
+            raise self._refused(exc) from None
         return int.from_bytes(bytes(data), "big")
 
     def increment(self) -> int:
         """Increment and return the new value (write it into the state it protects)."""
-        self._ctx.nv_increment(self._handle)
+        try:
+            self._ctx.nv_increment(self._handle)
+        except TSS2_Exception as exc:
+            raise self._refused(exc) from None
         return self.read()
+
+    def _refused(self, exc: TSS2_Exception) -> SealingError | DeviceError:
+        # An index of the right type whose authValue is not Veritee's (empty): defined by
+        # someone else, who can hold it at a value of their choosing. The index is noDA, so
+        # the failed attempt counts towards no lockout.
+        if exc.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+            return CounterTampered(
+                f"NV index {self.index:#x} refuses Veritee's authorisation: it was defined by "
+                "someone else, with an authValue of their own; refusing it"
+            )
+        return TpmUnavailable(f"the TPM failed on NV counter {self.index:#x} ({exc})")
 
     def check(self, recorded: int) -> None:
         """Raises :class:`CounterRolledBack` unless ``recorded`` (from stored state) is the
@@ -483,3 +668,29 @@ class NvCounter:
                 f"stored state carries counter {recorded}, the TPM's NV counter is at "
                 f"{current}: an older copy of the state was restored; refusing it"
             )
+
+
+class NvAnchor:
+    """A vTEE's counters file anchored in NV counter ``number`` of the TPM at ``tcti``
+    (tee/sealing.py: CounterAnchor). It opens the TPM for each use, so it never holds the
+    TPM from the monitor or other vTEEs."""
+
+    def __init__(self, tcti: str, number: int) -> None:
+        if not 0 <= number < MAX_COUNTERS:
+            raise ValueError(f"counter number must be below {MAX_COUNTERS}")
+        self.tcti = tcti
+        self.index = NV_COUNTER_BASE + number
+
+    def _use(self, step: bool) -> int:
+        try:
+            with ESAPI(self.tcti) as ctx:
+                counter = NvCounter(ctx, self.index)
+                return counter.increment() if step else counter.read()
+        except TSS2_Exception as exc:
+            raise TpmUnavailable(f"the TPM's NV counter {self.index:#x} failed ({exc})") from None
+
+    def read(self) -> int:
+        return self._use(False)
+
+    def increment(self) -> int:
+        return self._use(True)
