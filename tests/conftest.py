@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -98,9 +99,48 @@ def _provision(root: Path) -> Device:
     return dev
 
 
+# A test module that sets ``BACKENDS = ("emulated", "tpm")`` runs each of its tests that use
+# ``device`` once per backend: the secure world's behaviour that is not about a backend's
+# specifics must be the same on a TPM-rooted device (issue 20).
+# A test there that is about the emulated backend's own evidence is marked
+# ``emulated_backend`` and runs on it alone.
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = getattr(metafunc.module, "BACKENDS", None)
+    if not backends or metafunc.definition.get_closest_marker("emulated_backend"):
+        return
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", backends, indirect=True, scope="session")
+    elif "fresh_device" in metafunc.fixturenames:
+        metafunc.parametrize("fresh_device", backends, indirect=True)
+
+
+@contextlib.contextmanager
+def _tpm_device(base: Path) -> Iterator[Device]:
+    """A device provisioned on an swtpm of its own (its EK certified by a test CA), started."""
+    from ._swtpm import make_ek_ca, provision_swtpm
+
+    tpm = provision_swtpm(base / "swtpm", make_ek_ca())
+    tpm.start()
+    dev = Device(base / "home")
+    try:
+        dev.ok("device", "init", "--backend", "tpm", "--tpm", tpm.tcti)
+        dev.start()
+        yield dev
+    finally:
+        dev.stop()
+        tpm.stop()
+
+
 @pytest.fixture(scope="session")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
-    """One device for the whole session (tests must not restart it: use ``fresh_device``)."""
+def device(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Device]:
+    """One device for the whole session (tests must not restart it: use ``fresh_device``);
+    on its own swtpm when the test module asks for the TPM backend too."""
+    if getattr(request, "param", "emulated") == "tpm":
+        with _tpm_device(tmp_path_factory.mktemp("tpm-device")) as dev:
+            yield dev
+        return
     dev = _provision(tmp_path_factory.mktemp("device"))
     dev.start()
     yield dev
@@ -108,8 +148,12 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
 
 
 @pytest.fixture
-def fresh_device(tmp_path: Path) -> Iterator[Device]:
+def fresh_device(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Device]:
     """A device of this test's own, started; stopped at the end whatever happened."""
+    if getattr(request, "param", "emulated") == "tpm":
+        with _tpm_device(tmp_path / "tpm") as dev:
+            yield dev
+        return
     dev = _provision(tmp_path / "home")
     dev.start()
     yield dev

@@ -35,6 +35,9 @@ from veritee.wasm.runtime import Compiler, measure, new_engine
 
 from .conftest import CLI_TIMEOUT, Device
 
+# Not about a backend's specifics: the same on an emulated and on a TPM-rooted device.
+BACKENDS = ("emulated", "tpm")
+
 HANG_BOUND = 60.0  # seconds; generous on a shared 2-core machine, catches a hang only
 
 # What code planted by the caller does when it runs: leave a marker naming the process.
@@ -194,6 +197,8 @@ def _old_aot_key(home: Home) -> bytes:
     return keys.derive(root, "vtee-aot", record.config_digest)
 
 
+# Forges with the emulated backend's HUK file (a TPM device has none to read).
+@pytest.mark.emulated_backend
 def test_an_aot_artifact_forged_under_another_boot_is_discarded(
     fresh_device: Device, wasm: Callable[..., Path], tmp_path: Path
 ) -> None:

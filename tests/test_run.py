@@ -11,6 +11,9 @@ from pathlib import Path
 
 from .conftest import Device
 
+# Not about a backend's specifics: the same on an emulated and on a TPM-rooted device.
+BACKENDS = ("emulated", "tpm")
+
 
 def _error_lines(stderr: bytes) -> list[str]:
     text = stderr.decode()

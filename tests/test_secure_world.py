@@ -17,6 +17,9 @@ from veritee.wasm.runtime import measure
 
 from .conftest import Device
 
+# Not about a backend's specifics: the same on an emulated and on a TPM-rooted device.
+BACKENDS = ("emulated", "tpm")
+
 HANG_BOUND = 60  # seconds; generous, catches a hang only
 
 

@@ -18,6 +18,9 @@ from veritee.wasm.runtime import measure
 
 from .conftest import Device
 
+# Not about a backend's specifics: the same on an emulated and on a TPM-rooted device.
+BACKENDS = ("emulated", "tpm")
+
 NONCE = b"n" * 32
 
 
@@ -44,6 +47,8 @@ def two_vtees(fresh_device: Device) -> Device:
     return fresh_device
 
 
+# Appraised against the emulated device's own manufacturer CA (TPM: tests/test_tpm_device.py).
+@pytest.mark.emulated_backend
 def test_each_vtee_has_its_own_identity_and_the_chain_verifies(
     two_vtees: Device, wasm: Callable[..., Path]
 ) -> None:
@@ -67,6 +72,8 @@ def test_each_vtee_has_its_own_identity_and_the_chain_verifies(
     assert proc.returncode == 0 and b"argv[1] = x" in proc.stdout
 
 
+# Appraised against the emulated device's own manufacturer CA (TPM: tests/test_tpm_device.py).
+@pytest.mark.emulated_backend
 def test_a_vtee_presenting_another_vtees_endorsement_fails(
     two_vtees: Device, wasm: Callable[..., Path]
 ) -> None:
@@ -120,6 +127,8 @@ def test_host_editing_a_vtee_config_does_not_keep_its_identity(two_vtees: Device
     assert b"record was altered" in proc.stderr
 
 
+# Appraised against the emulated device's own manufacturer CA (TPM: tests/test_tpm_device.py).
+@pytest.mark.emulated_backend
 def test_destroyed_vtee_is_gone_and_a_recreated_one_is_new(
     two_vtees: Device, wasm: Callable[..., Path], tmp_path: Path
 ) -> None:

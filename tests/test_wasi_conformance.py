@@ -23,6 +23,9 @@ import wasmtime
 
 from .conftest import Device
 
+# Not about a backend's specifics: the same on an emulated and on a TPM-rooted device.
+BACKENDS = ("emulated", "tpm")
+
 REPO = Path(__file__).resolve().parent.parent
 CASES_DIR = REPO / "tests" / "wasi"
 ADAPTER = REPO / "scripts" / "wasi_testsuite_adapter.py"
