@@ -178,3 +178,15 @@ def test_watch_rounds_and_status_show_when_each_module_was_last_attested(
     assert all(m.status == "connected" for m in after.values())
     table = app.ok("status")
     assert "s ago" in table
+
+
+def test_a_round_the_verifier_does_not_answer_cuts_nothing_off(app: SmartHome) -> None:
+    from veritee.app.cluster import _stop
+
+    _stop(app.cluster._verifier)  # the verifier is down: no verdict on anything
+    proc = app.cli("watch", "--rounds", "2", "--interval", "1")
+    assert proc.returncode == 0, proc.stderr
+    rounds = [ln for ln in proc.stderr.splitlines() if ln.startswith("round ")]
+    assert len(rounds) == 2 and all("not done" in r and "did not answer" in r for r in rounds)
+    assert "Traceback" not in proc.stderr
+    assert all(m.status == "connected" for m in _modules(app).values())

@@ -568,23 +568,15 @@ def watch(state_path: Path | None, interval: float, poll: float, rounds: int | N
     why = "start"
     try:
         while True:
-            with state_mod.locked(path):
-                before = {m.name: m.status for m in state_mod.load(path).modules.values()}
-                after = changes.reattest(Deployer(path, progress=_Progress(quiet=True)))
             done += 1
-            cut = [
-                m
-                for m in after.modules.values()
-                if m.status == "refused" and before.get(m.name) != "refused"
-            ]
-            lost = [m.name for m in after.modules.values() if m.status == "lost"]
-            ok = sum(m.status == "connected" for m in after.modules.values())
-            line = f"round {done} ({why}): {ok}/{len(after.modules)} modules attested and connected"
-            if lost:
-                line += f"; not answering: {', '.join(lost)}"
-            click.echo(line, err=True)
-            for m in cut:
-                click.echo(f"  cut off {m.name}: {m.reason}", err=True)
+            try:
+                with state_mod.locked(path):
+                    before = {m.name: m.status for m in state_mod.load(path).modules.values()}
+                    after = changes.reattest(Deployer(path, progress=_Progress(quiet=True)))
+            except Error as exc:  # the verifier down, say: no verdict, so nothing is cut off
+                click.echo(f"round {done} ({why}): not done: {exc}", err=True)
+            else:
+                _report_round(done, why, before, after)
             if rounds is not None and done >= rounds:
                 return
             deadline = time.monotonic() + interval
@@ -600,6 +592,20 @@ def watch(state_path: Path | None, interval: float, poll: float, rounds: int | N
     finally:
         if verifier is not None:
             verifier.close()
+
+
+def _report_round(done: int, why: str, before: dict[str, str], after: Any) -> None:
+    """One line for a round of `watch`, and one more for each module it cut off."""
+    modules = list(after.modules.values())
+    cut = [m for m in modules if m.status == "refused" and before.get(m.name) != "refused"]
+    lost = [m.name for m in modules if m.status == "lost"]
+    ok = sum(m.status == "connected" for m in modules)
+    line = f"round {done} ({why}): {ok}/{len(modules)} modules attested and connected"
+    if lost:
+        line += f"; not answering: {', '.join(lost)}"
+    click.echo(line, err=True)
+    for m in cut:
+        click.echo(f"  cut off {m.name}: {m.reason}", err=True)
 
 
 def _status_problem(report: dict[str, Any]) -> Error | None:
