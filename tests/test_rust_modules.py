@@ -34,6 +34,9 @@ from veritee.wasm.runtime import measure
 from .conftest import REPO, Device
 from .test_secrets_service import start_service
 
+# Not about a backend's specifics: the same on an emulated and on a TPM-rooted device.
+BACKENDS = ("emulated", "tpm")
+
 RUST = REPO / "examples" / "rust"
 HOSTCALLS = REPO / "tests" / "assets" / "rust" / "hostcalls.rs"
 RUST_MODULES = ("controller", "db", "webserver")  # the smart-home modules with a Rust twin
@@ -302,6 +305,8 @@ def _pack_events(payloads: list[bytes]) -> bytes:
 # -- running in the secure world --------------------------------------------------------------
 
 
+# Restarts the secure world, which a TPM device does once per platform reset only.
+@pytest.mark.emulated_backend
 def test_the_rust_counter_is_sealed_and_survives_restarts(
     fresh_device: Device, tmp_path: Path
 ) -> None:
@@ -368,6 +373,8 @@ def rust_secret_module(tmp_path: Path, device: Device) -> Iterator[tuple[str, Pa
         svc.stop()
 
 
+# The secret service trusts the emulated device's CA (TPM: tests/test_tpm_device.py).
+@pytest.mark.emulated_backend
 def test_a_rust_module_receives_a_secret_and_decrypts(
     device: Device, rust_secret_module: tuple[str, Path, Path], tmp_path: Path
 ) -> None:
