@@ -301,6 +301,91 @@ class LocalCluster:
         self.stop()
 
 
+NATS_SERVER_READY = 10.0  # seconds for nats-server to listen; it takes tens of milliseconds
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalBroker:
+    """A nats-server with JetStream (file storage under ``store``) on a free port of ``host``,
+    for the demo and the tests; with ``cluster_port`` and ``routes``, one server of a
+    cluster. Started, killed (SIGKILL, a crash) and restarted on the same port and store."""
+
+    def __init__(
+        self,
+        store: Path,
+        *,
+        port: int | None = None,
+        name: str = "n1",
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+        host: str = "127.0.0.1",
+    ) -> None:
+        import shutil
+
+        self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not Path(self.binary).exists():
+            raise AppError("nats-server is not installed (Debian: apt install nats-server)")
+        self.host = host
+        self.store = store
+        self.port = port or _free_port()
+        self.name = name
+        self.cluster_port = cluster_port
+        self.routes = routes
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = store.parent / f"{name}-nats.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> LocalBroker:
+        import socket
+
+        self.store.mkdir(parents=True, exist_ok=True)
+        args = [self.binary, "-a", self.host, "-p", str(self.port), "-js"]
+        args += ["-sd", str(self.store), "-n", self.name]
+        if self.cluster_port is not None:
+            args += ["--cluster_name", "veritee", "--cluster"]
+            args += [f"nats://127.0.0.1:{self.cluster_port}"]
+            args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline = time.monotonic() + NATS_SERVER_READY
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AppError(f"nats-server exited: {self.log.read_text()[-500:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        raise AppError(f"nats-server did not listen in {NATS_SERVER_READY:g} s; see {self.log}")
+
+    def kill(self) -> None:
+        """SIGKILL, by its PID: a crash, not a shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
 def descriptor_for(
     template: Path, cluster: LocalCluster, binaries: dict[str, Path], out: Path
 ) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from veritee.app import changes
 from veritee.app import descriptor as desc_mod
 from veritee.app import state as state_mod
 from veritee.app.client import NodeClient
-from veritee.app.cluster import LocalCluster, descriptor_for
+from veritee.app.cluster import LocalBroker, LocalCluster, descriptor_for
 from veritee.app.deployer import Deployer, Step
 from veritee.app.errors import AppError
 from veritee.app.status import collect
@@ -104,7 +103,7 @@ def run(workdir: Path, presses: int = PRESSES, *, nats: bool = False) -> None:
     # clients (deployer, user) trust; every request to a node is signed by the app's owner.
     tls = servicetls.make_self_signed(workdir / "tls", ["127.0.0.1", "localhost"])
     os.environ[servicetls.CA_ENV] = str(tls.cert)
-    broker = _Broker(workdir / "nats").start() if nats else None
+    broker = LocalBroker(workdir / "nats" / "store").start() if nats else None
     cluster = LocalCluster(
         workdir / "cluster",
         tls=(tls.cert, tls.key),
@@ -281,53 +280,6 @@ def _captured(node_dir: Path) -> bytes:
     for spool in sorted(node_dir.rglob("outbox.spool")):
         return read_outbox_record(_last_record(spool))[1]
     raise AppError(f"{node_dir} keeps no outbox to replay an event from")
-
-
-class _Broker:
-    """A nats-server with JetStream on a free loopback port, its store under ``store``."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self) -> _Broker:
-        import socket
-
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        if not Path(binary).exists():
-            raise AppError("nats-server is not installed (Debian: apt install nats-server)")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.store.mkdir(parents=True, exist_ok=True)
-        log = (self.store.parent / "nats.log").open("ab")
-        self.process = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.store)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        self.url = f"nats://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AppError(f"nats-server exited; see {self.store.parent / 'nats.log'}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise AppError("nats-server did not listen within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 def _last_record(path: Path) -> bytes:
