@@ -342,10 +342,6 @@ class Store:
             with self.engine.begin() as c:
                 c.execute(text("ALTER TABLE reference_values ADD COLUMN extra TEXT"))
 
-    def ping(self) -> None:
-        with self._read() as c:
-            c.execute(select(GenerationRow.value)).first()
-
     # -- sessions ------------------------------------------------------------------------
 
     def record_session(
