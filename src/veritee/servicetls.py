@@ -128,6 +128,20 @@ class ServerTls:
         return fingerprint(self.cert)
 
 
+def check_options(
+    cert: Path | None, key: Path | None, self_signed: bool, client_ca: Path | None
+) -> None:
+    """The ``--tls-*`` options go together; raise :class:`TlsSetupError` when they do not."""
+    if self_signed and (cert or key):
+        raise TlsSetupError(
+            "--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key"
+        )
+    if bool(cert) != bool(key):
+        raise TlsSetupError("--tls-cert and --tls-key go together")
+    if client_ca is not None and not (cert or self_signed):
+        raise TlsSetupError("--tls-client-ca needs TLS (--tls-cert/--tls-key or --tls-self-signed)")
+
+
 def from_options(
     cert: Path | None,
     key: Path | None,
@@ -139,14 +153,7 @@ def from_options(
 ) -> ServerTls | None:
     """The settings a serve command's ``--tls-*`` options ask for (None: plain HTTP), checked
     now, so a bad file is one clear error line at start rather than at the first client."""
-    if self_signed and (cert or key):
-        raise TlsSetupError(
-            "--tls-self-signed makes its own certificate: drop --tls-cert/--tls-key"
-        )
-    if bool(cert) != bool(key):
-        raise TlsSetupError("--tls-cert and --tls-key go together")
-    if client_ca is not None and not (cert or self_signed):
-        raise TlsSetupError("--tls-client-ca needs TLS (--tls-cert/--tls-key or --tls-self-signed)")
+    check_options(cert, key, self_signed, client_ca)
     if self_signed:
         tls = make_self_signed(state / SELF_SIGNED_DIR, _names(host), client_ca=client_ca)
     elif cert and key:

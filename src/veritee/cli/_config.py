@@ -260,17 +260,12 @@ def check_tls(values: Mapping[str, Any], problems: list[str], notes: list[str]) 
 
     cert, key = values.get("tls-cert"), values.get("tls-key")
     self_signed, client_ca = bool(values.get("tls-self-signed")), values.get("tls-client-ca")
-    if self_signed and (cert or key):
-        problems.append("tls-self-signed makes its own certificate: drop tls-cert/tls-key")
-    elif bool(cert) != bool(key):
-        problems.append("tls-cert and tls-key go together")
-    elif client_ca is not None and not (cert or self_signed):
-        problems.append("tls-client-ca needs TLS (tls-cert/tls-key or tls-self-signed)")
-    elif cert and key:
-        try:
+    try:
+        servicetls.check_options(cert, key, self_signed, client_ca)
+        if cert and key:  # the files load, and the key is the certificate's
             servicetls.ServerTls(Path(cert).resolve(), Path(key).resolve(), client_ca).context()
-        except UsageError as exc:
-            problems.append(str(exc))
+    except UsageError as exc:
+        problems.append(str(exc))
     host = str(values.get("host", ""))
     if not (cert or self_signed) and host and not servicetls.is_loopback(host):
         notes.append(
