@@ -6,6 +6,7 @@ Pure functions, no I/O, no NATS client: the descriptor reads a ``transport`` wit
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from urllib.parse import urlsplit
 
@@ -60,6 +61,24 @@ def stream_name(app: str) -> str:
 
 def events_subject(app: str, node: str) -> str:
     return f"veritee.{app}.events.{node}"
+
+
+def fanout_stream_name(app: str) -> str:
+    """The app's stream of fan-out events (no app's :func:`stream_name` is this)."""
+    return f"veritee_fanout-{app}"
+
+
+def fanout_subject(app: str, source: str) -> str:
+    """Where node ``source`` publishes its fan-out events of ``app``, once for all nodes."""
+    return f"veritee.{app}.fanout.{source}"
+
+
+def fanout_durable(node: str, source: str) -> str:
+    """The name, without its generation, of the consumer taking ``source``'s fan-out events
+    for ``node`` (names are hashed: with ``-`` and ``_`` allowed in both, no separator
+    would keep two pairs apart; the consumer's description names them)."""
+    digest = hashlib.sha256(f"{node}\0{source}".encode()).hexdigest()[:24]
+    return f"F{digest}"
 
 
 def requests_subject(app: str, node: str) -> str:

@@ -45,6 +45,7 @@ from veritee.app.transport_nats import (
 )
 from veritee.errors import Error
 from veritee.home import DEFAULT_VTEE, Home
+from veritee.tee import channels
 from veritee.tee.channels import EventRejected
 from veritee.tee.ta import Outcome
 
@@ -136,6 +137,7 @@ class NodeAgent:
         self._retired: dict[bytes, None] = {}
         self._mailboxes: dict[bytes, deque[bytes]] = {}
         self.counters: Counter[str] = Counter()  # agent-level drops: unrouted, retired, ...
+        self.others = 0  # fan-out events taken from a broker that were all for other nodes
         # Events per (connection id hex, "in" | "out"): what /metrics counts per connection.
         self.flows: Counter[tuple[str, str]] = Counter()
         self._lock = threading.RLock()
@@ -176,6 +178,7 @@ class NodeAgent:
             if is_broker(app.transport) and app.node:
                 try:
                     self._broker(app.transport).serve(app.name, app.node)
+                    self._serve_fanout(app.name)
                 except Error as exc:
                     problems.append(f"app {app.name}: {exc}")
         resume = getattr(self.transport, "resume", None)
@@ -259,6 +262,7 @@ class NodeAgent:
             self._brokers[before[0]].unserve(app, before[1])
         if broker is not None:
             broker.serve(app, node)
+            self._serve_fanout(app)
 
     def _broker(self, url: str) -> NatsTransport:
         """The transport through the broker at ``url``, connected once per agent."""
@@ -424,10 +428,31 @@ class NodeAgent:
                     route.name,
                     keep_staged(old.initiator, route.initiator),
                     keep_staged(old.responder, route.responder),
+                    route.fanout,
                 )
             self._routes[route.conn] = route
             self._retired.pop(route.conn, None)
             self._save(app)
+        self._serve_fanout(app)
+
+    def _serve_fanout(self, app: str) -> None:
+        """Tell the app's broker whose fan-out events this node takes and where its own go
+        (a receiving end is made before the sending end: its consumer is there first)."""
+        with self._lock:
+            a = self._apps.get(app)
+            if a is None or not is_broker(a.transport) or not a.node:
+                return
+            sources, destinations = set(), set()
+            for r in self._routes.values():
+                if r.app != app or not r.fanout:
+                    continue
+                if r.responder.node == a.node:
+                    sources.add(r.initiator.node)
+                if r.initiator.node == a.node:
+                    destinations.add(r.responder.node)
+            url = a.transport
+        if sources or destinations:
+            self._broker(url).fanout(app, a.node, sources, destinations)
 
     def _own_route(self, route: Route) -> Route | None:
         """The route already known for ``route``'s connection, which must be of the same app:
@@ -443,6 +468,7 @@ class NodeAgent:
             self._routes[route.conn] = route
             self._retired.pop(route.conn, None)
             self._save(route.app)
+        self._serve_fanout(route.app)
 
     def set_periodic(self, app: str, events: list[tuple[str, str, int]]) -> None:
         with self._lock:
@@ -453,8 +479,14 @@ class NodeAgent:
     # -- events ------------------------------------------------------------------------------
 
     def route(self, event: bytes, *, origin: str = "module") -> tuple[str, ModuleHost | None]:
-        """Send an event on its way. Returns where to ("local", "remote", "user", "dropped")."""
-        where, target = self._where(event)
+        """Send an event for one connection on its way (a user's: never a fan-out).
+        Returns where to ("local", "remote", "user", "dropped")."""
+        try:
+            conn, direction = _header(event)
+        except EventRejected:
+            self.counters["malformed"] += 1
+            return "dropped", None
+        where, target, _ = self._where(conn, direction, event)
         if where == "local":
             assert isinstance(target, ModuleHost)
             target.enqueue(event)
@@ -468,62 +500,117 @@ class NodeAgent:
         """Send events on their way, in order, with one write per inbox or outbox.
         Returns how many had no route here (each counted by why). With ``arrived``, local
         inboxes are not woken: what was kept for each is added to it, for the caller to
-        deliver (:meth:`ModuleHost.deliver_arrived`)."""
+        deliver (:meth:`ModuleHost.deliver_arrived`).
+
+        A fan-out event (one output's, for several connections) is split: a module here
+        gets the part for its connection; another node gets one event with the parts of
+        its connections; on a broker, the parts for connections routed as fan-outs go as
+        one event, published once for all their nodes. Parts for connections this node
+        does not know are another node's (a fan-out published once reaches every node it
+        is for): they are dropped uncounted, unless no part of the event is for here."""
         local: dict[ModuleHost, list[bytes]] = {}
         remote: dict[Peer, list[bytes]] = {}
         dropped = 0
         for event in events:
-            where, target = self._where(event)
-            if where == "local":
-                assert isinstance(target, ModuleHost)
-                local.setdefault(target, []).append(event)
-            elif where == "remote":
-                assert isinstance(target, Peer)
-                remote.setdefault(target, []).append(event)
-            elif where == "dropped":
+            try:
+                parts = channels.split(event)
+            except EventRejected:
+                self.counters["malformed"] += 1
                 dropped += 1
+                continue
+            if len(parts) == 1:
+                conn, direction, one = parts[0]
+                where, target, _ = self._where(conn, direction, one)
+                if where == "local":
+                    assert isinstance(target, ModuleHost)
+                    local.setdefault(target, []).append(one)
+                elif where == "remote":
+                    assert isinstance(target, Peer)
+                    remote.setdefault(target, []).append(one)
+                elif where == "dropped":
+                    dropped += 1
+                continue
+            dropped += self._fan_out(event, parts, local, remote)
         for host, batch in local.items():
             if arrived is None:
                 host.enqueue_all(batch)
             else:
                 arrived.append((host, host.keep(batch)))
         for peer, batch in remote.items():
-            self._transport_for(peer.app).send_all(peer, batch)
+            if isinstance(peer, _FanOut):
+                broker = self._transport_for(peer.app)
+                assert isinstance(broker, NatsTransport)
+                broker.send_fanout(peer.app, peer.node, batch)
+            else:
+                self._transport_for(peer.app).send_all(peer, batch)
         return dropped
 
-    def _where(self, event: bytes) -> tuple[str, ModuleHost | Peer | None]:
-        """Where an event goes; events for a user's tool go to its mailbox at once."""
-        try:
-            conn, direction = _header(event)
-        except EventRejected:
-            self.counters["malformed"] += 1
-            return "dropped", None
+    def _fan_out(
+        self,
+        event: bytes,
+        parts: list[tuple[bytes, int, bytes]],
+        local: dict[ModuleHost, list[bytes]],
+        remote: dict[Peer, list[bytes]],
+    ) -> int:
+        """Where the parts of a fan-out event go (see :meth:`route_all`); returns 1 if it
+        was dropped as a whole."""
+        by_peer: dict[Peer, set[bytes]] = {}
+        seen: set[str] = set()
+        for conn, direction, one in parts:
+            where, target, route = self._where(conn, direction, one, foreign=True)
+            seen.add(where)
+            if where == "local":
+                assert isinstance(target, ModuleHost)
+                local.setdefault(target, []).append(one)
+            elif where == "remote":
+                assert isinstance(target, Peer) and route is not None
+                app = self._apps.get(route.app)
+                if route.fanout and app is not None and is_broker(app.transport):
+                    target = _FanOut(route.app, app.node, target.address)
+                by_peer.setdefault(target, set()).add(conn)
+        for peer, conns in by_peer.items():
+            remote.setdefault(peer, []).append(channels.keep_wraps(event, conns))
+        if seen == {"foreign"}:
+            # All of it for other nodes: what a fan-out published once for several nodes
+            # is to the nodes it does not reach through this one.
+            self.others += 1
+            return 0
+        return 0 if seen & {"local", "remote", "user"} else 1
+
+    def _where(
+        self, conn: bytes, direction: int, event: bytes, *, foreign: bool = False
+    ) -> tuple[str, ModuleHost | Peer | None, Route | None]:
+        """Where an event for one connection goes; events for a user's tool go to its
+        mailbox at once. ``foreign``: a part of a fan-out, which may be another node's:
+        if it has no route here it is "foreign", counted nowhere."""
         with self._lock:
             route = self._routes.get(conn)
             retired = conn in self._retired
         if route is None:
+            if foreign and not retired:
+                return "foreign", None, None
             self.counters["retired" if retired else "unrouted"] += 1
-            return "dropped", None
+            return "dropped", None, None
         end = destination(route, direction)
         app = self._apps.get(route.app)
         if end.module is None:
             box = self._mailboxes.setdefault(conn, deque(maxlen=MAILBOX))
             box.append(event)
             self._flow(conn, "out")
-            return "user", None
+            return "user", None, route
         if app is not None and end.node == app.node:
             host = self._hosts.get((route.app, end.module))
             if host is None:
                 self.counters["no-module"] += 1
-                return "dropped", None
+                return "dropped", None, route
             self._flow(conn, "in")
-            return "local", host
+            return "local", host, route
         address = app.peers.get(end.node) if app is not None else None
         if address is None:
             self.counters["no-peer"] += 1
-            return "dropped", None
+            return "dropped", None, route
         self._flow(conn, "out")
-        return "remote", Peer(route.app, end.node, address)
+        return "remote", Peer(route.app, end.node, address), route
 
     def _flow(self, conn: bytes, direction: str) -> None:
         key = (conn.hex(), direction)
@@ -777,6 +864,12 @@ class NodeAgent:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(a.to_cbor(self._routes.values()))
         tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class _FanOut(Peer):
+    """Every node that this node's fan-out connections of an app go to, through a broker:
+    one destination, published to once (``node`` is this node, the events' source)."""
 
 
 def _header(event: bytes) -> tuple[bytes, int]:

@@ -445,6 +445,7 @@ class Deployer:
             if conn.from_module is None
             else End(dep.modules[conn.from_module].node, conn.from_module),
             End(target.node, target.name),
+            fanout=_fans_out(dep, conn),
         )
         if conn.from_module is None:
             initiator_peer = Peer(USER_MEASUREMENT, keys.user_public, USER_NODE, "user")
@@ -584,3 +585,17 @@ def _state_of(c: Connection) -> ConnectionState:
         from_kind=c.source.kind if c.source else "output",
         from_endpoint=c.source.name if c.source else "user",
     )
+
+
+def _fans_out(dep: Deployment, conn: ConnectionState) -> bool:
+    """Whether ``conn`` is one of several from one output (fixed for the connection's life:
+    it decides the path its events take on a broker, see app/routes.py)."""
+    if conn.from_module is None or conn.from_kind != "output":
+        return False
+    siblings = [
+        c
+        for c in dep.connections.values()
+        if (c.from_module, c.from_kind, c.from_endpoint)
+        == (conn.from_module, conn.from_kind, conn.from_endpoint)
+    ]
+    return len(siblings) > 1

@@ -5,6 +5,10 @@ A connection has an initiator (an output, a request, or the user's tool) and a r
 goes to the responder, BACKWARD (a handler's reply) to the initiator. A route says which
 node and module each end is; ``module`` None is the user's tool. Routes are not secrets:
 a node agent that routes wrongly only gets its events dropped by the secure world.
+
+``fanout``: the connection is one of several from one output. Its events then travel, on a
+broker, as the output's fan-out events do (published once for all the output's nodes), for
+as long as it lives: the path of a connection never changes, so its events keep their order.
 """
 
 from __future__ import annotations
@@ -31,14 +35,18 @@ class Route:
     name: str
     initiator: End
     responder: End
+    fanout: bool = False
 
     def to_cbor(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "conn": self.conn,
             "name": self.name,
             "initiator": [self.initiator.node, self.initiator.module],
             "responder": [self.responder.node, self.responder.module],
         }
+        if self.fanout:
+            out["fanout"] = True
+        return out
 
     @classmethod
     def from_cbor(cls, app: str, c: Any) -> Route:
@@ -64,7 +72,10 @@ class Route:
             ends.append(End(end[0], end[1]))
         if ends[1].module is None:
             raise ValueError("a route's responder is a module")
-        return cls(app, conn, name, ends[0], ends[1])
+        fanout = c.get("fanout", False)
+        if not isinstance(fanout, bool):
+            raise ValueError("a route's fanout is true or false")
+        return cls(app, conn, name, ends[0], ends[1], fanout)
 
 
 def destination(route: Route, direction: int) -> End:
@@ -78,7 +89,14 @@ def restage(route: Route, node: str, old: str, new: str) -> Route:
     def swap(end: End) -> End:
         return End(end.node, new) if end.node == node and end.module == old else end
 
-    return Route(route.app, route.conn, route.name, swap(route.initiator), swap(route.responder))
+    return Route(
+        route.app,
+        route.conn,
+        route.name,
+        swap(route.initiator),
+        swap(route.responder),
+        route.fanout,
+    )
 
 
 def keep_staged(old: End, new: End) -> End:

@@ -10,6 +10,18 @@ Layout on the broker, per app ``APP`` (names are descriptor names: ``[A-Za-z0-9_
     stream   veritee-APP               subjects veritee.APP.events.*, file storage, work queue
     consumer NODE (durable)            filter   veritee.APP.events.NODE: events for that node
     requests veritee.APP.requests.NODE core NATS request/reply (not stored)
+    stream   veritee_fanout-APP        subjects veritee.APP.fanout.*, file storage, interest
+    consumer F<hash>-g<N> (durable)    filter   veritee.APP.fanout.SOURCE: one per node that
+                                                SOURCE's fan-out connections go to
+
+**Fan-out**: an output connected to inputs on several nodes emits one event for all of
+them (tee/channels.py); its node publishes it once, to its own fan-out subject, and every
+node with an input on it takes it from a consumer of its own (taking its part, passing over
+the rest). The stream keeps a message until every such consumer has acknowledged it; so
+that none is dropped for want of interest, the receiving node makes its consumer when its
+end of the connection is made (before the sending end is), and the sending node makes any
+that is still missing before it publishes. A connection takes the fan-out path for its
+whole life or never (app/routes.py), so its events keep their order.
 
 **Sending**: events go to an outbox on disk first (as with direct links), and a sender
 publishes them one by one, in order, each with a message id (the broker drops a resend it
@@ -23,7 +35,9 @@ redelivers *after* a newer one would be lost; the consumer's view is therefore r
 with the agent's own record whenever the agent (re)connects: what it holds already is purged
 from the stream, the consumer is made afresh from what follows, and anything at or below the
 record is acknowledged and skipped. Redeliveries that still come through are duplicates,
-refused by the secure world.
+refused by the secure world. A fan-out consumer is shared by no one but cannot be purged
+(its messages are other nodes' too): it is realigned by making its next generation start
+after the record, then deleting the ones before it.
 """
 
 from __future__ import annotations
@@ -43,8 +57,14 @@ from typing import Any, TypeVar
 from veritee.app._nats_wire import DIRECT as DIRECT
 from veritee.app._nats_wire import BadTransport as BadTransport
 from veritee.app._nats_wire import events_subject as events_subject
+from veritee.app._nats_wire import (
+    fanout_durable,
+    fanout_stream_name,
+    fanout_subject,
+    outbox_record,
+    read_outbox_record,
+)
 from veritee.app._nats_wire import is_broker as is_broker
-from veritee.app._nats_wire import outbox_record, read_outbox_record
 from veritee.app._nats_wire import pack as pack
 from veritee.app._nats_wire import parse_transport as parse_transport
 from veritee.app._nats_wire import requests_subject as requests_subject
@@ -97,11 +117,13 @@ class _Consumer:
     app: str
     node: str
     seen_file: Path
+    source: str = ""  # a fan-out consumer: the node whose fan-out events it takes
     seen: int = 0  # the highest stream sequence taken into custody
     created: str = ""  # the stream's creation time when ``seen`` was recorded
     task: asyncio.Task[None] | None = None  # the one task taking them
     requests: Any = None  # the request subscription
     realign: bool = False  # set when the broker came back: its task realigns
+    ready: asyncio.Event | None = None  # set once its consumer is made on the broker
 
     fd: int = -1
 
@@ -159,7 +181,10 @@ class NatsTransport(Transport):
         self._js: Any = None
         self.up = False
         self._closed = False
-        self._consumers: dict[tuple[str, str], _Consumer] = {}
+        self._consumers: dict[tuple[str, str, str], _Consumer] = {}
+        # (app, source) -> nodes its fan-out events go to; (app, source, node) made sure of
+        self._fanout_to: dict[tuple[str, str], set[str]] = {}
+        self._fanout_ready: set[tuple[str, str, str]] = set()
         self._wake: asyncio.Event | None = None
         self._on_events: EventSink | None = None
         self._on_request: RequestSink | None = None
@@ -190,7 +215,23 @@ class NatsTransport(Transport):
 
     def unserve(self, app: str, node: str) -> None:
         """Stop taking them (the events stay on the broker for whoever serves them next)."""
-        self._call(self._drop_consumer(app, node))
+        for key in [k for k in self._consumers if k[:2] == (app, node)]:
+            self._call(self._drop_consumer(*key))
+
+    def fanout(self, app: str, node: str, sources: set[str], destinations: set[str]) -> None:
+        """``node`` of ``app`` takes the fan-out events of ``sources`` and sends its own to
+        ``destinations`` (from its routes, app/routes.py); idempotent, only adds."""
+        for source in sources - {node}:
+            self._call(self._add_consumer(app, node, source))
+        if destinations - {node}:
+            self._call(self._expect(app, node, destinations - {node}))
+
+    def send_fanout(self, app: str, source: str, events: list[bytes]) -> None:
+        """Events of ``source``'s fan-out connections: published once for all their nodes."""
+        self.outbox.extend([outbox_record(fanout_subject(app, source), e) for e in events])
+        wake = self._wake
+        if wake is not None:
+            self._loop.call_soon_threadsafe(wake.set)
 
     def send(self, to: Address | Peer, event: bytes) -> None:
         self.send_all(to, [event])
@@ -287,6 +328,7 @@ class NatsTransport(Transport):
     async def _reconnected(self) -> None:
         log.info("broker %s reconnected", self.url)
         self.up = True
+        self._fanout_ready.clear()  # the broker may have lost its state meanwhile
         # What was in flight from the broker when it went away is redelivered only after
         # ACK_WAIT, behind newer events: realign first (see the module docstring).
         await self._realign_all()
@@ -349,12 +391,18 @@ class NatsTransport(Transport):
                 self.outbox.consume(last)
                 continue
             headers = {"Nats-Msg-Id": f"{self._outbox_id}-{records[0][0]}-{last}"}
+            _, app, kind, node = subject.split(".")
             try:
+                if kind == "fanout":
+                    await self._ensure_receivers(app, node)
                 await self._js.publish(subject, pack(batch), headers=headers)
             except nats.js.errors.NoStreamResponseError:
                 again = last
+                self._fanout_ready.clear()
                 with contextlib.suppress(Exception):
-                    await self._ensure_stream(subject.split(".")[1])
+                    await (self._ensure_fanout_stream if kind == "fanout" else self._ensure_stream)(
+                        app
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -398,18 +446,77 @@ class NatsTransport(Transport):
                 log.debug("stream %s on %d replica(s) not made: %s", name, replicas, exc)
         return await jsm.stream_info(name)  # another agent of the app made it meanwhile
 
-    async def _add_consumer(self, app: str, node: str) -> None:
-        key = (app, node)
+    async def _ensure_fanout_stream(self, app: str) -> Any:
+        from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+        from nats.js.errors import NotFoundError
+
+        name = fanout_stream_name(app)
+        try:
+            return await self._js.stream_info(name)
+        except NotFoundError:
+            pass
+        servers = len(getattr(self._nc, "servers", ()))
+        for replicas in (REPLICAS, 1) if servers >= REPLICAS else (1,):
+            config = StreamConfig(
+                name=name,
+                subjects=[fanout_subject(app, "*")],
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.INTEREST,
+                max_msg_size=MAX_FRAME_BYTES,
+                duplicate_window=DUPLICATE_WINDOW,
+                num_replicas=replicas,
+            )
+            try:
+                return await self._js.add_stream(config)
+            except Exception as exc:
+                log.debug("stream %s on %d replica(s) not made: %s", name, replicas, exc)
+        return await self._js.stream_info(name)
+
+    async def _expect(self, app: str, source: str, nodes: set[str]) -> None:
+        self._fanout_to.setdefault((app, source), set()).update(nodes)
+
+    async def _ensure_receivers(self, app: str, source: str) -> None:
+        """Before ``source`` publishes fan-out events: a consumer for each node they go to
+        (one that never came up would otherwise have no interest, and the stream would not
+        keep its events). Made once per connection to the broker."""
+        missing = [
+            n
+            for n in sorted(self._fanout_to.get((app, source), ()))
+            if (app, source, n) not in self._fanout_ready
+        ]
+        if not missing:
+            return
+        stream = fanout_stream_name(app)
+        await self._ensure_fanout_stream(app)
+        names = {c.name for c in await self._js.consumers_info(stream)}
+        for node in missing:
+            base = fanout_durable(node, source)
+            if not any(_generation(n, base) is not None for n in names):
+                await self._js.add_consumer(
+                    stream,
+                    _fanout_config(f"{base}-g0", app, node, source, 0),
+                )
+            self._fanout_ready.add((app, source, node))
+
+    async def _add_consumer(self, app: str, node: str, source: str = "") -> None:
+        key = (app, node, source)
         if key in self._consumers:
             return
-        consumer = _Consumer(app, node, self.directory / "seen" / f"{app}.{node}")
+        name = f"{app}.{node}" + (f".from.{source}" if source else "")
+        consumer = _Consumer(app, node, self.directory / "seen" / name, source)
         consumer.load()
+        consumer.ready = asyncio.Event()
         self._consumers[key] = consumer
         if self.up:
             await self._realign(consumer)
+        if self.up and source:
+            # A fan-out consumer is there before the sending end is connected: the stream
+            # keeps what is published for this node from the first event on.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(consumer.ready.wait(), PUBLISH_TIMEOUT)
 
-    async def _drop_consumer(self, app: str, node: str) -> None:
-        consumer = self._consumers.pop((app, node), None)
+    async def _drop_consumer(self, app: str, node: str, source: str = "") -> None:
+        consumer = self._consumers.pop((app, node, source), None)
         if consumer is not None:
             await self._stop(consumer)
             consumer.close()
@@ -436,14 +543,9 @@ class NatsTransport(Transport):
         from nats.js.errors import NotFoundError
 
         app, node = consumer.app, consumer.node
-        info = await self._ensure_stream(app)
-        created = info.created.isoformat() if info.created else ""
-        if created != consumer.created:
-            # A stream made afresh numbers from 1 again: what we recorded no longer applies
-            # (a resent event the secure world has already taken is refused there).
-            await asyncio.get_running_loop().run_in_executor(
-                self._custody, consumer.restart, created
-            )
+        if consumer.source:
+            return await self._prepare_fanout(consumer)
+        await self._restart_if_new(consumer, await self._ensure_stream(app))
         subject = events_subject(app, node)
         if consumer.seen:
             # Held in custody already, maybe never acknowledged: not to be delivered again.
@@ -464,6 +566,33 @@ class NatsTransport(Transport):
         consumer.requests = await self._nc.subscribe(requests_subject(app, node), cb=self._answer)
         return await self._js.pull_subscribe_bind(durable=node, stream=stream_name(app))
 
+    async def _restart_if_new(self, consumer: _Consumer, info: Any) -> None:
+        created = info.created.isoformat() if info.created else ""
+        if created != consumer.created:
+            # A stream made afresh numbers from 1 again: what we recorded no longer applies
+            # (a resent event the secure world has already taken is refused there).
+            await asyncio.get_running_loop().run_in_executor(
+                self._custody, consumer.restart, created
+            )
+
+    async def _prepare_fanout(self, consumer: _Consumer) -> Any:
+        """The next generation of a fan-out consumer, from what this agent took last; the
+        ones before it deleted after (so that the stream's interest never lapses)."""
+        app, node, source = consumer.app, consumer.node, consumer.source
+        stream = fanout_stream_name(app)
+        await self._restart_if_new(consumer, await self._ensure_fanout_stream(app))
+        base = fanout_durable(node, source)
+        names = [c.name for c in await self._js.consumers_info(stream)]
+        gens = {n: g for n in names if (g := _generation(n, base)) is not None}
+        durable = f"{base}-g{max(gens.values(), default=0) + 1}"
+        await self._js.add_consumer(
+            stream, _fanout_config(durable, app, node, source, consumer.seen + 1)
+        )
+        for old in gens:
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(stream, old)
+        return await self._js.pull_subscribe_bind(durable=durable, stream=stream)
+
     async def _consume(self, consumer: _Consumer) -> None:
         """The one task taking events for ``consumer``: realigns, then fetches, until told
         to realign again (or the broker fails it), for as long as the transport runs."""
@@ -473,6 +602,8 @@ class NatsTransport(Transport):
             sub = None
             try:
                 sub = await self._prepare(consumer)
+                if consumer.ready is not None:
+                    consumer.ready.set()
                 log.info(
                     "taking events of %s/%s from %s after %d",
                     consumer.app,
@@ -553,6 +684,27 @@ class NatsTransport(Transport):
         except Exception:
             log.exception("answering a request failed")
             return bytes([_FAILED]) + b"the node agent failed to carry the request"
+
+
+def _generation(name: str, base: str) -> int | None:
+    """N of a consumer named ``base-gN``; None for another's."""
+    head, _, gen = name.rpartition("-g")
+    return int(gen) if head == base and gen.isdigit() else None
+
+
+def _fanout_config(durable: str, app: str, node: str, source: str, start: int) -> Any:
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    return ConsumerConfig(
+        durable_name=durable,
+        description=f"fan-out events of {app} from node {source} for node {node}",
+        filter_subject=fanout_subject(app, source),
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+        opt_start_seq=start if start > 1 else None,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT,
+        max_ack_pending=MAX_ACK_PENDING,
+    )
 
 
 def broker_directory(root: Path, url: str) -> Path:

@@ -745,9 +745,12 @@ class _Call:
             return {"ok": True}
         if not self.loaded.endpoint("output", name):
             return {"error": f"module declares no output {name!r}"}
-        for ch in self.loaded.bound("output", name):
+        bound = self.loaded.bound("output", name)
+        if bound:
             self.used_channels = True
-            self.events.append(ch.seal(data))
+            # Connected to several inputs: sealed once for all of them (a fan-out event).
+            sealed = bound[0].seal(data) if len(bound) == 1 else channels.seal_fanout(bound, data)
+            self.events.append(sealed)
         return {"ok": True}
 
     def _release(self) -> None:
