@@ -566,7 +566,7 @@ class NodeAgent:
                 assert isinstance(target, Peer) and route is not None
                 app = self._apps.get(route.app)
                 if route.fanout and app is not None and is_broker(app.transport):
-                    target = _FanOut(route.app, app.node, target.address)
+                    target = _FanOut(route.app, app.node, ("", 0))
                 by_peer.setdefault(target, set()).add(conn)
         for peer, conns in by_peer.items():
             remote.setdefault(peer, []).append(channels.keep_wraps(event, conns))
