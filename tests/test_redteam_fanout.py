@@ -9,8 +9,9 @@ node agent is the real NodeAgent, with transports that record what it sends (whe
 broker matters, a real nats-server).
 
 A test marked ``xfail(strict=True)`` whose docstring starts ``HOLE:`` asserts the secure
-behaviour and fails while the hole is open; the others are attacks that are refused, and
-pass (each also checks the legitimate flow still works).
+behaviour and fails while the hole is open; one that starts ``Was a HOLE`` found one that
+is fixed; the others are attacks that are refused, and pass (each also checks the
+legitimate flow still works).
 """
 
 from __future__ import annotations
@@ -528,9 +529,9 @@ def test_messages_on_app_xs_fan_out_subject_reach_app_ys_module_only_to_be_refus
     assert loaded.dropped == {"replay": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: an all-foreign fan-out is dropped uncounted")
 def test_a_forged_fan_out_for_no_connection_here_is_counted(agent: NodeAgent) -> None:
-    """HOLE: a hostile NATS client (or anyone on a direct link) sends fan-out events of
+    """Was a HOLE (fixed: counted "foreign"): a hostile NATS client (or anyone on a direct
+    link) sends fan-out events of
     two or more wraps for connections this node does not know. route_all drops each
     (NodeAgent._fan_out: ``seen == {"foreign"}``) and adds 1 to ``agent.others``, which
     neither status() nor /metrics shows: a flood of forged events is invisible. The same
@@ -590,9 +591,9 @@ def test_a_fan_out_connection_keeps_its_broker_path_when_its_output_has_one_left
     assert [e for _, _, es in broker.to_fanout for e in es][1] == e2
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: split copies the payload once per wrap")
 def test_splitting_a_fan_out_from_the_network_costs_memory_of_its_size(agent: NodeAgent) -> None:
-    """HOLE (denial of service, adversaries 2 and 4): channels.split builds every part
+    """Was a HOLE (fixed: route_all builds a part only for a module here; denial of service,
+    adversaries 2 and 4): channels.split built every part
     (``one + wrap + body``) up front, copying the payload once per wrap, for every
     fan-out event the agent takes (route_all, before looking at any route). A frame of
     5 MiB (MAX_FRAME_BYTES: anyone reaching a direct link's port, or publishing on a
@@ -641,9 +642,9 @@ def _count(url: str, stream: str) -> int:
     return result
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: a consumer named '-g\u00b2' kills the send loop")
 def test_a_hostile_consumer_name_does_not_stop_the_agents_broker(tmp_path: Path) -> None:
-    """HOLE (adversary 2: a NATS client that may create a consumer in app X's fan-out
+    """Was a HOLE (fixed: ASCII digits only, and the send loop survives any exception;
+    adversary 2: a NATS client that may create a consumer in app X's fan-out
     stream; nats-server takes the name): a consumer named fanout_durable(n2, n1) + "-g²".
     transport_nats._generation tests ``gen.isdigit()`` ("²" is a digit to str.isdigit)
     and then int("²") raises ValueError. On the sending node, _ensure_receivers raises it

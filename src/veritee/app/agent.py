@@ -17,6 +17,7 @@ State under ``directory`` (``HOME/node`` by default)::
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -513,24 +514,28 @@ class NodeAgent:
         dropped = 0
         for event in events:
             try:
-                parts = channels.split(event)
+                # A fan-out's parts are built only for where they go: one message of 1024
+                # wraps for no one here must not cost 1024 copies of its payload.
+                fanout = event[:1] == bytes([channels.FANOUT])
+                conns = channels.fanout_conns(event) if fanout else []
+                parts = channels.split(event) if len(conns) <= 1 else []
             except EventRejected:
                 self.counters["malformed"] += 1
                 dropped += 1
                 continue
-            if len(parts) == 1:
-                conn, direction, one = parts[0]
-                where, target, _ = self._where(conn, direction, one)
-                if where == "local":
-                    assert isinstance(target, ModuleHost)
-                    local.setdefault(target, []).append(one)
-                elif where == "remote":
-                    assert isinstance(target, Peer)
-                    remote.setdefault(target, []).append(one)
-                elif where == "dropped":
-                    dropped += 1
+            if len(conns) > 1:
+                dropped += self._fan_out(event, conns, local, remote)
                 continue
-            dropped += self._fan_out(event, parts, local, remote)
+            conn, direction, one = parts[0]
+            where, target, _ = self._where(conn, direction, one)
+            if where == "local":
+                assert isinstance(target, ModuleHost)
+                local.setdefault(target, []).append(one)
+            elif where == "remote":
+                assert isinstance(target, Peer)
+                remote.setdefault(target, []).append(one)
+            elif where == "dropped":
+                dropped += 1
         for host, batch in local.items():
             if arrived is None:
                 host.enqueue_all(batch)
@@ -548,7 +553,7 @@ class NodeAgent:
     def _fan_out(
         self,
         event: bytes,
-        parts: list[tuple[bytes, int, bytes]],
+        conns: list[bytes],
         local: dict[ModuleHost, list[bytes]],
         remote: dict[Peer, list[bytes]],
     ) -> int:
@@ -556,29 +561,36 @@ class NodeAgent:
         was dropped as a whole."""
         by_peer: dict[Peer, set[bytes]] = {}
         seen: set[str] = set()
-        for conn, direction, one in parts:
-            where, target, route = self._where(conn, direction, one, foreign=True)
+        for i, conn in enumerate(conns):
+            part = functools.partial(channels.fanout_part, event, i)
+            where, target, route = self._where(conn, channels.FORWARD, part, foreign=True)
             seen.add(where)
             if where == "local":
                 assert isinstance(target, ModuleHost)
-                local.setdefault(target, []).append(one)
+                local.setdefault(target, []).append(part())
             elif where == "remote":
                 assert isinstance(target, Peer) and route is not None
                 app = self._apps.get(route.app)
                 if route.fanout and app is not None and is_broker(app.transport):
                     target = _FanOut(route.app, app.node, ("", 0))
                 by_peer.setdefault(target, set()).add(conn)
-        for peer, conns in by_peer.items():
-            remote.setdefault(peer, []).append(channels.keep_wraps(event, conns))
+        for peer, kept in by_peer.items():
+            remote.setdefault(peer, []).append(channels.keep_wraps(event, kept))
         if seen == {"foreign"}:
             # All of it for other nodes: what a fan-out published once for several nodes
             # is to the nodes it does not reach through this one.
             self.others += 1
+            self.counters["foreign"] += 1  # shown: a forged flood of them would be too
             return 0
         return 0 if seen & {"local", "remote", "user"} else 1
 
     def _where(
-        self, conn: bytes, direction: int, event: bytes, *, foreign: bool = False
+        self,
+        conn: bytes,
+        direction: int,
+        event: bytes | Callable[[], bytes],
+        *,
+        foreign: bool = False,
     ) -> tuple[str, ModuleHost | Peer | None, Route | None]:
         """Where an event for one connection goes; events for a user's tool go to its
         mailbox at once. ``foreign``: a part of a fan-out, which may be another node's:
@@ -595,7 +607,7 @@ class NodeAgent:
         app = self._apps.get(route.app)
         if end.module is None:
             box = self._mailboxes.setdefault(conn, deque(maxlen=MAILBOX))
-            box.append(event)
+            box.append(event() if callable(event) else event)
             self._flow(conn, "out")
             return "user", None, route
         if app is not None and end.node == app.node:

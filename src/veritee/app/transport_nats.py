@@ -406,9 +406,10 @@ class NatsTransport(Transport):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
+            except Exception as exc:  # NATS, OS, or anything a hostile broker provokes:
+                # this task carries every app's events through the broker, it must go on.
                 again = last
-                log.info("broker %s did not take events (%s); retrying", self.url, exc)
+                log.info("broker %s did not take events (%r); retrying", self.url, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -689,7 +690,9 @@ class NatsTransport(Transport):
 def _generation(name: str, base: str) -> int | None:
     """N of a consumer named ``base-gN``; None for another's."""
     head, _, gen = name.rpartition("-g")
-    return int(gen) if head == base and gen.isdigit() else None
+    # ASCII digits only: str.isdigit() holds for "²", which int() refuses (anyone who may
+    # make a consumer on the stream names it).
+    return int(gen) if head == base and gen.isascii() and gen.isdigit() else None
 
 
 def _fanout_config(durable: str, app: str, node: str, source: str, start: int) -> Any:

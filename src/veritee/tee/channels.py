@@ -207,16 +207,29 @@ def split(event: bytes) -> list[tuple[bytes, int, bytes]]:
     if event[:1] != bytes([FANOUT]):
         _, conn_id, direction, _ = parse_header(event)
         return [(conn_id, direction, event)]
-    n, body = _fanout_shape(event)
+    conns = fanout_conns(event)
+    if len(conns) == 1:
+        return [(conns[0], FORWARD, event)]
+    return [(conn, FORWARD, fanout_part(event, i)) for i, conn in enumerate(conns)]
+
+
+def fanout_conns(event: bytes) -> list[bytes]:
+    """The connection id of each wrap of a fan-out event, in order (lengths checked, no
+    copy of the payload: a node agent looks at these before it builds any part)."""
+    n, _ = _fanout_shape(event)
+    start = _FANOUT.size
+    return [event[start + i * WRAP_BYTES : start + i * WRAP_BYTES + 16] for i in range(n)]
+
+
+def fanout_part(event: bytes, i: int) -> bytes:
+    """The event for wrap ``i`` alone of a fan-out event whose shape :func:`fanout_conns`
+    checked (one copy of the payload)."""
+    n, _ = _fanout_shape(event)
     start = _FANOUT.size
     if n == 1:
-        return [(event[start : start + 16], FORWARD, event)]
-    one = _FANOUT.pack(FANOUT, 1)
-    out = []
-    for i in range(n):
-        wrap = event[start + i * WRAP_BYTES : start + (i + 1) * WRAP_BYTES]
-        out.append((wrap[:16], FORWARD, one + wrap + body))
-    return out
+        return event
+    wrap = event[start + i * WRAP_BYTES : start + (i + 1) * WRAP_BYTES]
+    return _FANOUT.pack(FANOUT, 1) + wrap + event[start + n * WRAP_BYTES :]
 
 
 def keep_wraps(event: bytes, conn_ids: set[bytes]) -> bytes:
@@ -225,18 +238,18 @@ def keep_wraps(event: bytes, conn_ids: set[bytes]) -> bytes:
     start = _FANOUT.size
     wraps = [event[start + i * WRAP_BYTES : start + (i + 1) * WRAP_BYTES] for i in range(n)]
     kept = [w for w in wraps if w[:16] in conn_ids]
-    return _FANOUT.pack(FANOUT, len(kept)) + b"".join(kept) + body
+    return _FANOUT.pack(FANOUT, len(kept)) + b"".join(kept) + event[len(event) - body :]
 
 
-def _fanout_shape(event: bytes) -> tuple[int, bytes]:
-    """The number of wraps of a fan-out event and its payload ciphertext."""
+def _fanout_shape(event: bytes) -> tuple[int, int]:
+    """The number of wraps of a fan-out event and the length of its payload ciphertext."""
     if len(event) < _FANOUT.size:
         raise EventRejected("malformed", "event is truncated")
     _, n = _FANOUT.unpack_from(event)
     body = len(event) - _FANOUT.size - n * WRAP_BYTES
     if not 0 < n <= MAX_WRAPS or not TAG_BYTES <= body <= MAX_PAYLOAD + TAG_BYTES:
         raise EventRejected("malformed", "fan-out event is truncated or oversized")
-    return n, event[len(event) - body :]
+    return n, body
 
 
 def parse_header(event: bytes) -> tuple[int, bytes, int, int]:
