@@ -548,11 +548,12 @@ def test_a_forged_fan_out_for_no_connection_here_is_counted(agent: NodeAgent) ->
     assert _total(agent) - before == 10  # ...but says nothing
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: a fan-out connection leaves its path for v1")
 def test_a_fan_out_connection_keeps_its_broker_path_when_its_output_has_one_left(
     agent: NodeAgent,
 ) -> None:
-    """HOLE: routes.py and transport_nats.py promise that a fan-out connection takes the
+    """Was a HOLE (fixed: route_all sends every event of a fan-out route on the broker's
+    fan-out path, and a node takes one-connection events there that are not its own as
+    another node's). routes.py and transport_nats.py promise that a fan-out connection takes the
     fan-out path "for its whole life ... so its events keep their order". Source node n1,
     output a.out to b (node n2) and c (node n3), both routed fanout=True. The deployer
     disables c (changes.disable: a signed disconnect; the source's secure world drops the
@@ -714,3 +715,24 @@ def test_a_hostile_consumer_name_does_not_stop_the_agents_broker(tmp_path: Path)
             if t is not None:
                 t.close()
         server.stop()
+
+
+def test_one_connection_events_on_a_fan_out_subject_reach_their_node_and_only_it(
+    agent: NodeAgent,
+) -> None:
+    """The receiving end of the path above: a node takes the whole fan-out subject of a
+    source (its other nodes' events too). A version 1 event there for a connection of this
+    node is delivered; one for a connection it does not know is another node's, counted
+    "foreign" (a hostile NATS client's flood of them shows), never "unrouted"; the same
+    event off a node's own subject is still counted unrouted."""
+    outs, ins = _ends(2)
+    agent.configure(APP, "n2", {}, owner=b"o", transport=URL)
+    agent.add_route(_route(outs[0].conn_id, "n1", "n2", "b", fanout=True))
+    host = _Host()
+    agent._hosts[(APP, "b")] = host
+    mine, theirs = outs[0].seal(b"for b"), outs[1].seal(b"for c, on n3")
+    agent._from_fanout([mine, theirs])
+    assert [ins[0].open(e) for e in host.got] == [b"for b"]
+    assert agent.status(only="")["counters"] == {"foreign": 1}
+    agent._from_network([theirs])
+    assert agent.status(only="")["counters"] == {"foreign": 1, "unrouted": 1}

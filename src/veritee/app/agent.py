@@ -274,6 +274,7 @@ class NodeAgent:
                     raise NodeError(f"this node uses its maximum of {MAX_BROKERS} brokers")
                 broker = NatsTransport(broker_directory(self.directory, url), url)
                 broker.start(self._from_network, self._request_from_network)
+                broker.on_published = self._from_fanout
                 self._brokers[url] = broker
             return broker
 
@@ -497,7 +498,13 @@ class NodeAgent:
             self._transport_for(target.app).send(target, event)
         return where, None
 
-    def route_all(self, events: list[bytes], *, arrived: list[Arrival] | None = None) -> int:
+    def route_all(
+        self,
+        events: list[bytes],
+        *,
+        arrived: list[Arrival] | None = None,
+        published: bool = False,
+    ) -> int:
         """Send events on their way, in order, with one write per inbox or outbox.
         Returns how many had no route here (each counted by why). With ``arrived``, local
         inboxes are not woken: what was kept for each is added to it, for the caller to
@@ -508,7 +515,14 @@ class NodeAgent:
         its connections; on a broker, the parts for connections routed as fan-outs go as
         one event, published once for all their nodes. Parts for connections this node
         does not know are another node's (a fan-out published once reaches every node it
-        is for): they are dropped uncounted, unless no part of the event is for here."""
+        is for): they are dropped uncounted, unless no part of the event is for here.
+        ``published``: the events came from a broker's fan-out subject, which every node
+        with a fan-out input of the source takes; an event for one connection there that
+        is not this node's is another node's too (counted "foreign", not dropped).
+
+        A connection routed as a fan-out keeps the fan-out path for its whole life, also
+        when its output has one input left (the source then seals version 1 events): its
+        events so stay in one stream, in order."""
         local: dict[ModuleHost, list[bytes]] = {}
         remote: dict[Peer, list[bytes]] = {}
         dropped = 0
@@ -527,13 +541,16 @@ class NodeAgent:
                 dropped += self._fan_out(event, conns, local, remote)
                 continue
             conn, direction, one = parts[0]
-            where, target, _ = self._where(conn, direction, one)
+            where, target, route = self._where(conn, direction, one, foreign=published)
             if where == "local":
                 assert isinstance(target, ModuleHost)
                 local.setdefault(target, []).append(one)
             elif where == "remote":
-                assert isinstance(target, Peer)
-                remote.setdefault(target, []).append(one)
+                assert isinstance(target, Peer) and route is not None
+                remote.setdefault(self._fan_path(route, target), []).append(one)
+            elif where == "foreign":
+                self.others += 1
+                self.counters["foreign"] += 1
             elif where == "dropped":
                 dropped += 1
         for host, batch in local.items():
@@ -570,10 +587,7 @@ class NodeAgent:
                 local.setdefault(target, []).append(part())
             elif where == "remote":
                 assert isinstance(target, Peer) and route is not None
-                app = self._apps.get(route.app)
-                if route.fanout and app is not None and is_broker(app.transport):
-                    target = _FanOut(route.app, app.node, ("", 0))
-                by_peer.setdefault(target, set()).add(conn)
+                by_peer.setdefault(self._fan_path(route, target), set()).add(conn)
         for peer, kept in by_peer.items():
             remote.setdefault(peer, []).append(channels.keep_wraps(event, kept))
         if seen == {"foreign"}:
@@ -583,6 +597,14 @@ class NodeAgent:
             self.counters["foreign"] += 1  # shown: a forged flood of them would be too
             return 0
         return 0 if seen & {"local", "remote", "user"} else 1
+
+    def _fan_path(self, route: Route, peer: Peer) -> Peer:
+        """Where an event of ``route`` for ``peer`` goes: a connection routed as a fan-out,
+        on a broker, to the source's fan-out subject (one publish for all its nodes)."""
+        app = self._apps.get(route.app)
+        if route.fanout and app is not None and is_broker(app.transport):
+            return _FanOut(route.app, app.node, ("", 0))
+        return peer
 
     def _where(
         self,
@@ -713,11 +735,11 @@ class NodeAgent:
         could do. Exposed so that tests and the demo can play that host."""
         return self._host(app, name, False).deliver_now(event)
 
-    def _from_network(self, events: list[bytes]) -> Callable[[], None]:
+    def _from_network(self, events: list[bytes], published: bool = False) -> Callable[[], None]:
         """Take custody of events from another node; then, once the transport has
         acknowledged them, deliver them on its thread to modules that are idle."""
         arrived: list[Arrival] = []
-        dropped = self.route_all(events, arrived=arrived)
+        dropped = self.route_all(events, arrived=arrived, published=published)
         if dropped:
             log.warning("dropped %d event(s) from the network: no route for them here", dropped)
 
@@ -726,6 +748,10 @@ class NodeAgent:
                 host.deliver_arrived(before)
 
         return deliver
+
+    def _from_fanout(self, events: list[bytes]) -> Callable[[], None]:
+        """Events of a broker's fan-out subject (see :meth:`route_all`)."""
+        return self._from_network(events, published=True)
 
     def _request_from_network(self, event: bytes) -> bytes:
         return self.request(event)

@@ -187,6 +187,9 @@ class NatsTransport(Transport):
         self._fanout_ready: set[tuple[str, str, str]] = set()
         self._wake: asyncio.Event | None = None
         self._on_events: EventSink | None = None
+        # Where the events of fan-out consumers go, if not to on_events: a node takes a
+        # source's whole fan-out subject, also events for other nodes' connections.
+        self.on_published: EventSink | None = None
         self._on_request: RequestSink | None = None
         # Custody and delivery run off the loop (disk writes, modules run): one at a time,
         # in the order fetched.
@@ -664,8 +667,9 @@ class NatsTransport(Transport):
 
     def _take(self, consumer: _Consumer, events: list[bytes], newest: int) -> Any:
         """Custody first, then the record of it (a crash between: a duplicate, refused)."""
-        assert self._on_events is not None
-        then = self._on_events(events)
+        sink = self.on_published if consumer.source and self.on_published else self._on_events
+        assert sink is not None
+        then = sink(events)
         consumer.seen = newest
         consumer.save()
         return then
