@@ -119,12 +119,27 @@ def test_events_bench() -> None:
 
 
 def test_events_nats_bench() -> None:
-    report = _bench("events_nats.py", "--hops", "50", "--burst", "300")
+    report = _bench(
+        "events_nats.py",
+        *("--hops", "50", "--burst", "300"),
+        *("--fanout", "1,4", "--fanout-burst", "100", "--fanout-rounds", "1"),
+    )
     for transport in ("direct", "nats"):
         tput = report[f"throughput_{transport}"]
         assert tput["received"] == tput["events"] and tput["events_per_s"] > 0
         assert report[f"latency_{transport}"]["p50_ms"] > 0
     assert report["nats_alone"]["events_per_s"] > 0 and report["tcp_alone"]["p50_ms"] > 0
+    rows = {(r["n"], r["transport"]): r for r in report["fanout"]}
+    assert set(rows) == {(n, t) for n in (1, 4) for t in ("direct", "nats")}
+    for (n, _), row in rows.items():
+        assert row["received"] == 100 and row["deliveries"] == 100 * n
+        assert row["deliveries_per_s"] > 0
+    # Fan-out to 4 over the broker: each source event stored once, with a wrap per input,
+    # on the fan-out stream and not on the node stream; to 1, a plain event on the node's.
+    four, one = rows[4, "nats"]["broker"], rows[1, "nats"]["broker"]
+    assert four["fanout_events"] == 100 and four["fanout_wraps"] == 400
+    assert four["node_messages"] == 0 and 0 < four["fanout_messages"] <= 100
+    assert one["fanout_messages"] == 0 and one["node_messages"] > 0
 
 
 def test_events_ab_bench_runs_a_revision_beside_this_tree() -> None:
