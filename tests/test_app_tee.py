@@ -546,17 +546,22 @@ def test_events_leave_with_the_state_that_covers_them(env: Env, wasm: Callable[.
         assert channels.parse_header(resealed)[3] == 3  # counters went on after the two
 
 
-def test_no_state_is_sealed_for_a_node_agent_that_went_away(
+def test_the_answer_a_killed_node_agent_never_took_is_kept_and_taken_up(
     env: Env, wasm: Callable[..., Path]
 ) -> None:
-    """A state sealed after its agent died would move the counter past what the agent kept,
-    and the module could never be reloaded: the secure world seals nothing for it."""
+    """The node agent is killed mid-call, the module running a batch: its work (counters,
+    private files, events) must be neither lost nor done twice. The secure world seals the
+    state all the same, and keeps the answer the agent never took in its storage; the next
+    load with the state the agent held takes it up (the newest state, the events sealed
+    with it), and the batch, handed in again from the agent's inbox, is done, not run
+    again. A state older than the one the agent held stays refused as rolled back."""
     import socket
     import time
 
     _connect(env.key, b"R" * 16, env.sender, "request", "ask", env.counter, "handler", "count")
     query = _user_channel(env, b"U" * 16, env.sender, "entry", "query")
-    kept = env.sender.deliver_batch([]).state
+    older = env.sender.deliver_batch([]).state
+    kept = env.sender.deliver_batch([]).state  # the newest the agent holds
     event = query.seal(b"")
 
     def dying_agent(rpc: dict[str, Any]) -> dict[str, Any]:
@@ -566,9 +571,58 @@ def test_no_state_is_sealed_for_a_node_agent_that_went_away(
     with pytest.raises(teec.TeecError):
         env.sender.deliver_batch([event], dying_agent)
     sender = wasm("tests/assets/c/app_sender.c")
-    with env.dev.context() as ctx:
+
+    def load(ctx: Any, state: bytes) -> AppSession:
         deadline = time.monotonic() + 10
         while True:  # the secure world lets the dead agent's session go
+            try:
+                return _load(ctx, sender, "sender", env.raw_key, state)
+            except teec.TeecError as exc:
+                if "already in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    with env.dev.context() as ctx:
+        with pytest.raises(teec.TeecError, match="rolled back"):
+            load(ctx, older)  # older than what the agent held: the kept answer is not for it
+        again = load(ctx, kept)
+        recovered = again.info["recovered"]
+        assert recovered["state"] != kept and recovered["events"] == []
+        redone = again.deliver_batch([event])
+        assert redone.dropped == [None] and "ask" not in redone.log  # done, not run again
+        assert again.deliver_batch([event]).dropped == ["replay"]  # and only once
+        fresh = again.deliver_batch([query.seal(b"")])
+        assert fresh.dropped == [None] and "ask failed" in fresh.log  # new events run
+        again.close()
+        for stale in (older, kept):  # what the agent held is behind now: refused
+            with pytest.raises(teec.TeecError, match="rolled back"):
+                _load(ctx, sender, "sender", env.raw_key, stale)
+        _load(ctx, sender, "sender", env.raw_key, fresh.state).close()
+
+
+def test_events_sealed_for_a_killed_node_agent_are_handed_to_the_next(
+    env: Env, wasm: Callable[..., Path]
+) -> None:
+    """The agent dies as the module hands out the events it emitted mid-batch: they never
+    left. The next load hands them over, sealed as they were, once; the receiver takes
+    them in order."""
+    import socket
+    import time
+
+    press = _user_channel(env, b"P" * 16, env.sender, "entry", "press")
+    kept = env.sender.deliver_batch([]).state
+
+    def dying_agent(rpc: dict[str, Any]) -> dict[str, Any]:
+        env.ctx._sock.shutdown(socket.SHUT_RDWR)  # killed as the events come out
+        return {"error": "gone"}
+
+    presses = [press.seal(b"1"), press.seal(b"2")]
+    with pytest.raises(teec.TeecError):
+        env.sender.deliver_batch(presses, dying_agent)
+    sender = wasm("tests/assets/c/app_sender.c")
+    with env.dev.context() as ctx:
+        deadline = time.monotonic() + 10
+        while True:
             try:
                 again = _load(ctx, sender, "sender", env.raw_key, kept)
                 break
@@ -576,4 +630,9 @@ def test_no_state_is_sealed_for_a_node_agent_that_went_away(
                 if "already in use" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        assert again.deliver_batch([event]).dropped == [None]  # never taken: taken now
+        events = again.info["recovered"]["events"]
+        assert len(events) == 2
+        assert env.counter.deliver_batch(events).dropped == [None, None]
+        assert again.deliver_batch(presses).dropped == [None, None]  # done: nothing new
+        assert again.deliver_batch(presses).events == []
+        assert env.counter.deliver_batch(events).dropped == ["replay", "replay"]

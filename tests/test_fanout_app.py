@@ -278,3 +278,20 @@ def test_a_broker_that_replays_splices_and_injects_fan_outs_gets_each_refused(
         until(lambda: n2.status()["counters"].get("malformed", 0) >= malformed + 2, TIMEOUT)
     over_nats.burst(5)  # and the app runs on
     over_nats.settle({s: n + 7 for s, n in before.items()})
+
+
+@pytest.mark.parametrize("path", ["over_links", "over_nats"])
+def test_a_receiving_node_killed_mid_stream_loses_and_repeats_nothing(
+    path: str, request: pytest.FixtureRequest
+) -> None:
+    """The agent of n3 (input b3) killed by its PID while bursts are on their way to it,
+    its secure world left running: the module was mid-batch, and its count is sealed on
+    disk as it goes; back up, b3 has every event once, and the others never stopped."""
+    fan: Fan = request.getfixturevalue(path)
+    before = fan.all_received()
+    fan.burst(200)
+    fan.cluster.kill_node("n3")
+    fan.burst(200)
+    until(lambda: fan.received("b1") >= before["b1"] + 400, TIMEOUT)  # the rest runs on
+    fan.cluster.start_node("n3")
+    fan.settle({s: n + 400 for s, n in before.items()})

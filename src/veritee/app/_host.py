@@ -196,9 +196,27 @@ class ModuleHost:
             context.close()
             raise
         self._context, self._session = context, session
+        recovered = self.info.pop("recovered", None)
+        if isinstance(recovered, dict):
+            self._take_up(recovered)
         self._may_wait = any(kind == "request" for kind, _ in self.info.get("endpoints", ()))
         self.loads += 1
         self.failed = None
+
+    def _take_up(self, recovered: dict[str, Any]) -> None:
+        """The secure world kept the answer this node's agent was killed before taking (the
+        module had run a batch): route its events, keep its state, as after the batch."""
+        events, state = recovered.get("events"), recovered.get("state")
+        if isinstance(events, list):
+            self._absorb(self, [e for e in events if isinstance(e, bytes)])
+        if isinstance(state, bytes):
+            self.store_state(state)
+        log.warning(
+            "module %s: took up the answer of a call under way when its agent stopped "
+            "(%d events sent on)",
+            self,
+            len(events) if isinstance(events, list) else 0,
+        )
 
     def _shut_session(self) -> None:
         if self._session is not None:

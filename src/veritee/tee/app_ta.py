@@ -17,13 +17,14 @@ change, into a base the state names (see AppModule.state).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -47,7 +48,7 @@ from veritee.tee import channels, grants
 from veritee.tee.channels import Channel, EventRejected
 from veritee.tee.keys import derive
 from veritee.tee.runtime_ta import VteeIdentity, parse_limits
-from veritee.tee.sealing import Counters, Sealer
+from veritee.tee.sealing import Counters, Sealer, StateRolledBack
 from veritee.tee.services import Attester, attester_of
 from veritee.tee.worker import ReactorProcess, Relay, WorkerPool
 from veritee.wasm import endpoints
@@ -63,6 +64,7 @@ STATE_VERSION = 4
 STATE_VERSIONS = (4,)
 BINDING_BYTES = 32  # the state handed out starts with its app binding (app_binding)
 BASES_DIR = "bases"  # in the vTEE's storage
+PENDING_DIR = "pending"  # in the vTEE's storage: answers a node agent went away without
 _COUNTS = struct.Struct(">QQ")  # a channel's last counter sent, highest counter received
 MAX_CONNECTIONS = 1024  # per module instance
 # Connections ended by a disconnect statement, remembered so that a replayed connect
@@ -142,9 +144,16 @@ class AppModule:
     vtee_token: bytes
     reactor: ReactorProcess | None = None
     sealed: bytes = b""  # the state as last sealed
-    # Whether the node agent that holds this session is still connected: a state sealed for
-    # an agent that is gone advances the rollback counter past anything it kept.
-    client_alive: Callable[[], bool] = field(default=lambda: True)
+    sealed_counter: int = 0  # its rollback counter
+    # The newest answer that carried a state, until the node agent's next command shows it
+    # took it: (rollback counter, state, events sealed with it, digests of the events it
+    # consumed). Kept in storage if the agent hangs up first (see keep_unanswered).
+    unanswered: tuple[int, bytes, list[bytes], list[bytes]] | None = None
+    taken: int = 0  # the rollback counter of the newest state the agent is known to hold
+    # After a load that took such an answer up: the events it consumed, which the agent
+    # hands in again (they are done, not run again), and what to tell the agent.
+    recovered: set[bytes] = field(default_factory=set)
+    recovery: dict[str, Any] | None = None
     batches: bool = False  # the module runs a batch of events in one call (BATCH_EXPORT)
     # Where the vTEE keeps this module's bases (see state()).
     bases: Path | None = None
@@ -236,9 +245,10 @@ class AppModule:
         """This instance's keys and channels, sealed for this module in this vTEE only.
 
         Each sealing advances the state's rollback counter first: the host can keep only the
-        newest state, and an older one no longer loads. Nothing is sealed for a node agent
-        that went away mid-call: it could not keep that state, and would come back with one
-        behind the counter.
+        newest state, and an older one no longer loads. A node agent that goes away before
+        it takes the state (killed mid-call) comes back with one behind the counter: the
+        vTEE then keeps that answer itself (:meth:`keep_unanswered`), and the next load
+        takes it up, so the module's work is never done twice nor lost.
 
         What changes with events is sealed here: the rollback counter, and each channel's
         counters and drop counts. The rest (keys, channels, the connections the owner
@@ -248,20 +258,19 @@ class AppModule:
         (it was 258 KB with 1024 channels, and 2.3 ms to make). The digest binds the base:
         a host that swaps, alters or drops it has the state refused at load.
         """
-        if not self.client_alive():
-            raise SealingError("the node agent went away mid-call: the state is not sealed")
         fresh = self._base is None or len(self._base[1]) != len(self.channels)
         if fresh:
             self._base = self._write_base()
         assert self._base is not None
         digest, chans = self._base
         dropped = {i: c.dropped for i, c in enumerate(chans) if c.dropped}
+        self.sealed_counter = self.counters.advance(self.lineage)
         body = {
             "v": STATE_VERSION,
             "app": self.app,
             "deployment_key": self.raw_key,
             "lineage": self.lineage,
-            "counter": self.counters.advance(self.lineage),
+            "counter": self.sealed_counter,
             "base": digest,
             "counters": b"".join([_COUNTS.pack(c.sent, c.received) for c in chans]),
             "dropped": dropped,
@@ -270,6 +279,46 @@ class AppModule:
         if fresh:
             self._forget_bases()
         return self.sealed
+
+    def answer(self, state: bytes, events: list[bytes], done: Sequence[bytes] = ()) -> None:
+        """Note the answer about to go to the node agent (see :meth:`keep_unanswered`)."""
+        self.unanswered = (self.sealed_counter, state, list(events), list(done))
+
+    def took(self) -> None:
+        """The node agent sent another command: it took the last answer."""
+        if self.unanswered is not None:
+            self.taken = self.unanswered[0]
+            self.unanswered = None
+
+    def keep_unanswered(self) -> None:
+        """The node agent hung up: if it had not taken the newest answer (its next command
+        would have shown it did), keep it in the vTEE's storage, sealed for this module.
+
+        Its state advanced the rollback counter past the one the agent kept, and the
+        module already ran the events (and changed its private files): without it, the
+        next load would refuse the agent's state, or run those events again. The next load
+        of this lineage with the state the agent held takes it up (:func:`_pending`); an
+        older state than that is still refused as rolled back."""
+        if self.unanswered is None or self.bases is None:
+            return
+        counter, state, events, done = self.unanswered
+        self.unanswered = None
+        if self.counters.current(self.lineage) != counter:
+            return  # a successor sealed since (an update that kept the state)
+        record = {
+            "v": STATE_VERSION,
+            "lineage": self.lineage,
+            "counter": counter,
+            "after": self.taken,
+            "state": state,
+            "events": events,
+            "done": done,
+        }
+        path = pending_path(self.bases.parent, self.lineage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(self.sealer.seal(bytes(cbor2.dumps(record))))
+        tmp.replace(path)
 
     def _write_base(self) -> tuple[bytes, list[Channel]]:
         if self.bases is None:
@@ -305,6 +354,10 @@ class AppModule:
         for p in old:
             p.unlink(missing_ok=True)
         self._written = [keep]
+
+
+def pending_path(storage: Path, lineage: bytes) -> Path:
+    return storage / PENDING_DIR / lineage.hex()
 
 
 def base_path(bases: Path, lineage: bytes, digest: bytes) -> Path:
@@ -410,6 +463,14 @@ def load(
         ended_before=restored.ended_before,
         batches=BATCH_EXPORT in endpoints.exports(wasm),
     )
+    loaded.taken = restored.counter
+    if restored.recovery is not None:
+        newest, events, done = restored.recovery
+        loaded.recovered = set(done)
+        loaded.recovery = {"state": newest, "events": events}
+        # Told to the agent with the load; kept again if it is gone before it took it.
+        loaded.sealed_counter = counters.current(lineage)
+        loaded.answer(newest, events, done)
     job = {
         "artifact_path": str(compiled.artifact_path),
         "artifact_digest": compiled.artifact_digest,
@@ -538,6 +599,10 @@ class _Restored:
     ended: dict[bytes, int]
     ended_before: int
     lineage: bytes | None  # None: a fresh instance, no state
+    counter: int  # the rollback counter of the state the agent handed in (0: none)
+    # Taken up from the vTEE's storage instead of the agent's older state (keep_unanswered):
+    # the events its answer carried, and the digests of those it had consumed.
+    recovery: tuple[bytes, list[bytes], list[bytes]] | None = None
 
 
 def _restore(
@@ -548,9 +613,14 @@ def _restore(
     name: str,
     raw_key: bytes,
     bases: Path,
+    *,
+    pending: bool = True,
 ) -> _Restored:
+    """The channels and keys of ``state``. A state behind the rollback counter is refused,
+    unless the vTEE keeps the newest answer of its lineage, which the agent never took
+    (``pending``): then that answer's state is restored instead, with its events."""
     if state is None:
-        return _Restored(ProvisioningKeys(), [], {}, 0, None)
+        return _Restored(ProvisioningKeys(), [], {}, 0, None, 0)
     if not isinstance(state, bytes):
         raise UsageError("state must be bytes sealed by this module")
     # The binding in front is only a label (the sealing key is derived from it, so a host
@@ -567,8 +637,17 @@ def _restore(
             raise SealingError("sealed state is of another version or application")
         if bytes(body["deployment_key"]) != raw_key:
             raise DeploymentKeyMismatch("sealed state records another deployment key")
-        lineage = bytes(body["lineage"])
-        counters.check(lineage, int(body["counter"]))  # raises StateRolledBack
+        lineage, counter = bytes(body["lineage"]), int(body["counter"])
+        try:
+            counters.check(lineage, counter)
+        except StateRolledBack:
+            kept = _pending(sealer, bases.parent, lineage, counter, counters) if pending else None
+            if kept is None:
+                raise
+            newest, events, done = kept
+            again = _restore(sealer, counters, newest, app, name, raw_key, bases, pending=False)
+            return dataclasses.replace(again, counter=counter, recovery=(newest, events, done))
+        pending_path(bases.parent, lineage).unlink(missing_ok=True)  # the agent took it
         whole = _based(sealer, bases, body)
         return _Restored(
             ProvisioningKeys.restore(whole["provisioning"]),
@@ -576,11 +655,38 @@ def _restore(
             {bytes(conn): int(at) for conn, at in whole["ended"]},
             int(whole["ended_before"]),
             lineage,
+            counter,
         )
     except SealingError:
         raise
     except (KeyError, TypeError, ValueError, struct.error, cbor2.CBORDecodeError):
         raise SealingError("sealed state does not decode") from None
+
+
+def _pending(
+    sealer: Sealer, storage: Path, lineage: bytes, held: int, counters: Counters
+) -> tuple[bytes, list[bytes], list[bytes]] | None:
+    """The answer kept for ``lineage`` (see AppModule.keep_unanswered) if it is the newest
+    and came after the state the agent holds (counter ``held``): its state, events and
+    consumed events' digests. The record is sealed for the module, so a host can delete it
+    (the agent's state then stays refused) but not make nor alter one."""
+    try:
+        sealed = pending_path(storage, lineage).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        record = cbor2.loads(sealer.unseal(sealed))
+        if bytes(record["lineage"]) != lineage:
+            raise SealingError("the answer kept in storage is of another module instance")
+        if int(record["counter"]) != counters.current(lineage) or int(record["after"]) != held:
+            return None  # stale (a newer state was sealed since), or not the agent's next
+        events = [bytes(e) for e in record["events"]]
+        done = [bytes(d) for d in record["done"]]
+        return bytes(record["state"]), events, done
+    except SealingError:
+        raise
+    except (KeyError, TypeError, ValueError, cbor2.CBORDecodeError):
+        raise SealingError("the answer kept in storage does not decode") from None
 
 
 def _based(sealer: Sealer, bases: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -639,6 +745,7 @@ def forget(
     counters.forget(lineage, value)
     for path in _bases_of(storage / BASES_DIR, lineage):
         path.unlink(missing_ok=True)
+    pending_path(storage, lineage).unlink(missing_ok=True)
 
 
 def _owners_word(
@@ -682,7 +789,7 @@ def connect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
                 channel.peer,
             ):
                 raise SealingError("connection refused: that connection id is already bound")
-            return {"state": loaded.state()}
+            return {"state": _answered(loaded, loaded.state())}
         if stmt.conn_id in loaded.ended or stmt.iat <= loaded.ended_before:
             raise SealingError(
                 f"connection refused: connection {stmt.conn_id.hex()} was ended by the app "
@@ -691,7 +798,7 @@ def connect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
         if len(loaded.channels) >= MAX_CONNECTIONS:
             raise UsageError(f"module already has {MAX_CONNECTIONS} connections")
         loaded.add(channel)
-        return {"state": loaded.state()}
+        return {"state": _answered(loaded, loaded.state())}
 
 
 def disconnect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
@@ -703,7 +810,7 @@ def disconnect(loaded: AppModule, statement: bytes) -> dict[str, Any]:
     with loaded.lock:
         loaded.check_current()
         ended = loaded.end(stmt.conn_ids, stmt.iat)
-        return {"state": loaded.state(), "ended": ended}
+        return {"state": _answered(loaded, loaded.state()), "ended": ended}
 
 
 class _Call:
@@ -768,6 +875,7 @@ class _Call:
             self.events = []
             self.used_channels = False
             self.released = state
+            self.loaded.taken = self.loaded.sealed_counter
 
     def _request(self, name: str, data: bytes) -> dict[str, Any]:
         matches = self.loaded.bound("request", name)
@@ -866,13 +974,21 @@ def deliver_batch(loaded: AppModule, events: list[bytes], relay: Relay | None) -
         loaded.check_current()
         dropped: list[str | None] = []
         calls: list[tuple[str, bytes]] = []
+        done: list[bytes] = []
         for event in events:
+            digest = hashlib.sha256(event).digest()
+            if digest in loaded.recovered:
+                # Run before its node agent was killed, in the answer the vTEE kept: done.
+                loaded.recovered.discard(digest)
+                dropped.append(None)
+                continue
             try:
                 channel, payload = _check(loaded, event, BATCHED)
             except EventRejected as exc:
                 dropped.append(exc.reason)
                 continue
             dropped.append(None)
+            done.append(digest)
             calls.append((f"veritee_{channel.kind}_{channel.endpoint}", payload))
         call = _Call(loaded, relay, early=True)
         logs = []
@@ -882,12 +998,10 @@ def deliver_batch(loaded: AppModule, events: list[bytes], relay: Relay | None) -
             logs += [_call(loaded, export, payload, call) for export, payload in calls]
         loaded.delivered += len(calls)
         unchanged = call.released is not None and not call.used_channels
-        return {
-            "dropped": dropped,
-            "events": call.events,
-            "state": call.released if unchanged else loaded.state(),
-            "log": "".join(logs),
-        }
+        state = call.released if unchanged else loaded.state()
+        assert state is not None
+        loaded.answer(state, call.events, done)
+        return {"dropped": dropped, "events": call.events, "state": state, "log": "".join(logs)}
 
 
 def public(loaded: AppModule, endpoint: str, request: bytes, relay: Relay | None) -> dict[str, Any]:
@@ -901,6 +1015,7 @@ def public(loaded: AppModule, endpoint: str, request: bytes, relay: Relay | None
         # A call that moved no counter (a periodic tick, a page served from memory) leaves
         # the state as it was: no new sealing, no rollback counter spent.
         state = loaded.state() if call.used_channels or not loaded.sealed else loaded.sealed
+        loaded.answer(state, call.events)
         return {
             "events": call.events,
             "reply": call.response or b"",
@@ -917,13 +1032,20 @@ def _call(loaded: AppModule, export: str, payload: bytes, call: _Call, events: i
     return loaded.reactor.call(export, payload, loaded.limits.time_seconds * events, call)
 
 
+def _answered(loaded: AppModule, state: bytes) -> bytes:
+    loaded.answer(state, [])
+    return state
+
+
 def _outcome(
     loaded: AppModule, events: list[bytes], reply: bytes | None, dropped: str | None, log: str
 ) -> dict[str, Any]:
+    state = loaded.state()
+    loaded.answer(state, events)
     return {
         "events": events,
         "reply": reply,
-        "state": loaded.state(),
+        "state": state,
         "dropped": dropped,
         "log": log,
     }

@@ -213,6 +213,7 @@ class Context:
                 TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS, f"cannot reach {path}: {exc}"
             ) from None
         self._closed = False
+        self._sessions: set[Session] = set()
 
     def call(self, message: dict[str, Any], relay: Relay | None = None) -> dict[str, Any]:
         """One request; requests the TEE makes of the normal world meanwhile go to ``relay``."""
@@ -259,11 +260,18 @@ class Context:
         op = operation or Operation()
         reply = self.call({"op": "open", "uuid": uuid, "login": login, "params": op.encode()})
         op.update(reply.get("params"))
-        return Session(self, int(reply["session"]))
+        session = Session(self, int(reply["session"]))
+        self._sessions.add(session)
+        return session
 
     def close(self) -> None:
-        """``TEEC_FinalizeContext``: closes every session still open on this context."""
+        """``TEEC_FinalizeContext``: closes every session still open on this context (a
+        client that goes without, a killed one, leaves its sessions hung up: the TEE then
+        keeps an app module's last answer, which it cannot know was taken)."""
         if not self._closed:
+            for session in list(self._sessions):
+                with contextlib.suppress(OSError):
+                    session.close()
             self._closed = True
             self._sock.close()
 
@@ -305,6 +313,7 @@ class Session:
         """``TEEC_CloseSession``."""
         if self._open:
             self._open = False
+            self.context._sessions.discard(self)
             # The session dies with the connection either way.
             with contextlib.suppress(TeecError):
                 self.context.call({"op": "close", "session": self.id})

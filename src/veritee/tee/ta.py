@@ -280,7 +280,9 @@ class AppSession:
         state: bytes | None = None,
         succession: bytes | None = None,
     ) -> dict[str, Any]:
-        """Returns measurement, config_digest, endpoints ([kind, name]), key (X25519).
+        """Returns measurement, config_digest, endpoints ([kind, name]), key (X25519), and
+        ``recovered`` ({state, events}) when the TEE kept the last answer an earlier client
+        of this state went away without: the caller keeps that state and sends the events.
 
         ``succession``: a statement the app owner signed that lets this build open the
         sealed state (and private files) of the build it replaces.
@@ -294,7 +296,8 @@ class AppSession:
             config["state"] = state
         if succession is not None:
             config["succession"] = succession
-        out = teec.memref_out(MAX_INFO_BYTES)
+        # With "recovered" (the answer a killed agent never took: its state and events).
+        out = teec.memref_out(MAX_RESULT_BYTES)
         self.session.invoke(
             CMD_APP_LOAD,
             teec.Operation([teec.memref_in(module), teec.memref_in(cbor2.dumps(config)), out]),

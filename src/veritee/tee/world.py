@@ -20,7 +20,6 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +124,19 @@ class SecureWorld:
             max_items=protocol.MAX_FRAME_ITEMS,
         )
 
-    def close_session(self, sid: int) -> None:
-        """Free what a session held (its module, its app instance's worker)."""
+    def close_session(self, sid: int, *, hung_up: bool = False) -> None:
+        """Free what a session held (its module, its app instance's worker). ``hung_up``:
+        the client went away without closing it (a node agent killed)."""
         with self.lock:
             self.modules.pop(sid, None)
             app = self.apps.pop(sid, None)
         if app is not None:
+            if hung_up:
+                with app.lock:  # after a call under way, before another instance loads
+                    try:
+                        app.keep_unanswered()
+                    except (OSError, Error) as exc:
+                        log.warning("%s/%s: its last answer is lost: %s", app.app, app.name, exc)
             app.counters.release(app.lineage, app.measurement)
             if app.reactor is not None:
                 app.reactor.close()
@@ -249,7 +255,7 @@ class _Connection(socketserver.BaseRequestHandler):
         finally:
             reader.close()
             for sid in sessions:
-                world.close_session(sid)
+                world.close_session(sid, hung_up=True)
 
     def _dispatch(
         self,
@@ -414,7 +420,6 @@ def _app(
             _memref(params, 0)["buf"],
             _memref(params, 1)["buf"],
         )
-        new.client_alive = _liveness(sock)
         try:
             world.admit(sid, new)
         except _Reply:
@@ -423,7 +428,16 @@ def _app(
                 new.reactor.close()
             raise
         log.info("loaded app module %s/%s (%s)", new.app, new.name, new.measurement.hex()[:16])
-        return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(new.info())))})
+        info = new.info()
+        if new.recovery is not None:
+            log.warning(
+                "%s/%s: took up the answer its node agent went away without (%d events)",
+                new.app,
+                new.name,
+                len(new.recovery["events"]),
+            )
+            info["recovered"], new.recovery = new.recovery, None
+        return _reply(params, {2: _out(params, 2, bytes(cbor2.dumps(info)))})
     if cmd == CMD_APP_FORGET:
         if loaded is not None:
             raise _Reply(
@@ -441,6 +455,7 @@ def _app(
         return _reply(params, {})
     if loaded is None:
         raise _Reply(teec.TEEC_ERROR_BAD_STATE, teec.TEEC_ORIGIN_TRUSTED_APP, "no module loaded")
+    loaded.took()  # a command after an answer: the node agent took that answer
     relay = lambda rpc: _relay(world, sock, rpc)  # noqa: E731 - one-line adapter
     if cmd == CMD_APP_ATTEST:
         evidence = loaded.attester(world.identity.platform_token).evidence(
@@ -488,30 +503,6 @@ def _relay(world: SecureWorld, sock: socket.socket, rpc: dict[str, Any]) -> dict
     except (OSError, protocol.ProtocolError) as exc:
         return {"error": f"client gone: {exc}"}
     return answer if isinstance(answer, dict) else {"error": "malformed relay answer"}
-
-
-def _liveness(sock: socket.socket) -> Callable[[], bool]:
-    """A test that is false once the client has hung up (EOF waiting on its socket).
-
-    It runs before every sealing of a module's state, so it is cheap in the usual case: a
-    poll that finds nothing to read (a third of a microsecond, against two for a peek
-    that fails with EAGAIN). Only when something is readable does a peek tell a relay
-    answer from the end of the connection.
-    """
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)  # hang-ups and errors are always reported
-
-    def connected() -> bool:
-        try:
-            if not poller.poll(0):
-                return True
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-        except BlockingIOError:
-            return True
-        except (OSError, ValueError):  # ValueError: the socket is closed on our side
-            return False
-
-    return connected
 
 
 def _watch(sock: socket.socket, cancel: threading.Event, done: threading.Event) -> None:
